@@ -1,0 +1,92 @@
+"""confhub: layered, typed, watched configuration for Python services.
+
+Start with :class:`Hub`; the user guide is in ``docs/guide.md``.
+"""
+
+from __future__ import annotations
+
+from ._backend import Backend, BackendInfo, Notify, Update, hookimpl
+from ._binding import parse_duration
+from ._errors import (
+    BackendNotFoundError,
+    ConfhubError,
+    ConfigKeyError,
+    ConfigValidationError,
+    HubStateError,
+    SourceError,
+    SourceFormatError,
+    SourcePermissionError,
+    SourceUnavailableError,
+    SpecError,
+    StartupError,
+    WriteConflictError,
+    WriteError,
+)
+from ._hub import (
+    Explanation,
+    Health,
+    Hub,
+    Origin,
+    SourceHealth,
+    State,
+    Subscription,
+    View,
+)
+from ._layer import Layer, LayerDelta
+from ._merge import MISSING
+from ._parsers import parse_document
+from ._plugins import PluginError
+from ._redact import is_secret_key
+from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot
+from ._spec import Fallback, SourceSpec
+
+__all__ = [
+    "MISSING",
+    "Backend",
+    "BackendInfo",
+    "BackendNotFoundError",
+    "Change",
+    "ConfhubError",
+    "ConfigKeyError",
+    "ConfigValidationError",
+    "ErrorEvent",
+    "Explanation",
+    "Fallback",
+    "Health",
+    "Hub",
+    "HubStateError",
+    "KeyChange",
+    "Layer",
+    "LayerDelta",
+    "Notify",
+    "Origin",
+    "PluginError",
+    "Snapshot",
+    "SourceError",
+    "SourceFormatError",
+    "SourceHealth",
+    "SourcePermissionError",
+    "SourceSpec",
+    "SourceUnavailableError",
+    "SpecError",
+    "StartupError",
+    "State",
+    "Subscription",
+    "Update",
+    "View",
+    "WriteConflictError",
+    "WriteError",
+    "hookimpl",
+    "is_secret_key",
+    "parse_document",
+    "parse_duration",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith("confhub._"):
+        try:
+            _obj.__module__ = "confhub"
+        except (AttributeError, TypeError):  # pragma: no cover - builtins and aliases
+            pass
+del _name, _obj

@@ -1,0 +1,61 @@
+"""The backend interface that plugins implement."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+import pluggy
+
+from ._layer import Layer, LayerDelta
+
+#: Marks a plugin's hook implementations: ``@confhub.hookimpl``.
+hookimpl = pluggy.HookimplMarker("confhub")
+
+#: What a watching backend reports: a whole new layer, a delta, or the error that stopped it.
+Update = Layer | LayerDelta | BaseException
+Notify = Callable[[Update], None]
+
+
+@attrs.frozen
+class BackendInfo:
+    """A scheme a plugin provides, as ``confhub backends`` lists it."""
+
+    scheme: str
+    description: str = ""
+    writable: bool = False
+    watchable: bool = False
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a backend object provides. ``watch`` and ``write`` are optional.
+
+    - ``load()`` reads the whole source and returns a :class:`Layer` (with the source's
+      revision). It may block for at most its configured timeout; raise
+      :class:`SourceUnavailableError` when the store cannot be reached.
+    - ``watch(notify)`` (optional) starts watching from the revision of the last ``load`` and
+      returns at once. The backend calls ``notify`` from its own thread with a
+      :class:`LayerDelta` (preferred: one per revision, all keys of a transaction together),
+      a whole :class:`Layer`, or an exception when it lost the source (it keeps retrying and
+      reports the next good update). Backends without ``watch`` are polled when the source
+      has a ``poll=SECONDS`` option, else read once.
+    - ``write(key, value, expected_revision)`` (optional) writes one dotted key with
+      compare-and-swap and returns the new revision.
+    - ``close()`` stops watching and joins the backend's threads; it must be idempotent.
+    """
+
+    def load(self) -> Layer: ...
+
+    def close(self) -> None: ...
+
+
+def can_watch(backend: Any) -> bool:
+    """Whether ``backend`` implements ``watch``."""
+    return callable(getattr(backend, "watch", None))
+
+
+def can_write(backend: Any) -> bool:
+    """Whether ``backend`` implements ``write``."""
+    return callable(getattr(backend, "write", None))

@@ -1,0 +1,1 @@
+"""The builtin backends; each registers through the same hooks a third-party plugin uses."""

@@ -1,0 +1,68 @@
+"""The ``env`` backend: ``env:APP_`` maps ``APP_DB__PORT=5433`` to ``db.port = "5433"``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from .._backend import BackendInfo, hookimpl
+from .._errors import SourceFormatError
+from .._layer import Layer
+
+if TYPE_CHECKING:
+    from .._hub import Hub
+    from .._spec import SourceSpec
+
+
+def env_key(name: str, prefix: str) -> str | None:
+    """Map an env var name to a dotted key: strip ``prefix``, lower-case, ``__`` nests."""
+    if not name.startswith(prefix) or len(name) == len(prefix):
+        return None
+    rest = name[len(prefix) :]
+    parts = rest.lower().split("__")
+    if any(not p for p in parts):
+        return None
+    return ".".join(parts)
+
+
+class EnvBackend:
+    """Reads the environment once at load; values stay strings (binding converts them)."""
+
+    def __init__(self, spec: SourceSpec, environ: Mapping[str, str] | None = None) -> None:
+        self.prefix = spec.location
+        self._environ = environ
+        self._name = spec.display
+
+    def load(self) -> Layer:
+        environ = os.environ if self._environ is None else self._environ
+        values: dict[str, str] = {}
+        details: dict[str, str] = {}
+        for name, value in environ.items():
+            key = env_key(name, self.prefix)
+            if key is None:
+                continue
+            if key in values:
+                raise SourceFormatError(
+                    f"{self._name}: {details[key]} and {name} both map to {key!r}; unset one",
+                    source=self._name,
+                    key=key,
+                )
+            values[key] = value
+            details[key] = f"${name}"
+        return Layer.from_flat(values, source=self._name, details=details)
+
+    def close(self) -> None:
+        pass
+
+
+@hookimpl
+def confhub_backend_schemes() -> list[BackendInfo]:
+    return [BackendInfo("env", "environment variables: env:PREFIX_ (PREFIX_A__B -> a.b)")]
+
+
+@hookimpl
+def confhub_make_backend(spec: SourceSpec, hub: Hub) -> EnvBackend | None:
+    if spec.scheme != "env":
+        return None
+    return EnvBackend(spec)

@@ -1,0 +1,148 @@
+"""The exception tree of confhub.
+
+Every exception confhub raises on purpose derives from :class:`ConfhubError`::
+
+    ConfhubError
+    ├── SourceError                    (.source: the source's display name)
+    │   ├── SourceUnavailableError     transient: the store cannot be reached; fallbacks apply
+    │   ├── SourceFormatError          the content is broken; never silently falls back
+    │   └── SourcePermissionError      the store refused us (HTTP 403, ACL, auth)
+    ├── ConfigValidationError(ValueError)   path-qualified binding errors, ``.errors``
+    ├── ConfigKeyError(KeyError)       ``hub.get`` of a key no source provides
+    ├── SpecError(ValueError)          a source spec that cannot be parsed
+    │   └── BackendNotFoundError       no installed plugin handles a scheme
+    ├── WriteError                     a write a backend refused
+    │   └── WriteConflictError         compare-and-swap lost
+    ├── StartupError                   a required source had no live data, alternate or cache
+    └── HubStateError(RuntimeError)    the hub was used in the wrong state (closed, not started)
+
+Exceptions carry their context as attributes so that callers never parse messages, and
+messages name the thing at fault and the way out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class ConfhubError(Exception):
+    """Base of every error confhub raises on purpose."""
+
+
+class SourceError(ConfhubError):
+    """A source could not provide its layer.
+
+    ``source`` is the source's display name (credentials never appear in it) and ``key`` the
+    key at fault when one is known.
+    """
+
+    def __init__(self, message: str, *, source: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+        self.key = key
+
+
+class SourceUnavailableError(SourceError):
+    """The source cannot be reached right now (transient): fallbacks and retries apply."""
+
+
+class SourceFormatError(SourceError):
+    """The source was reached but its content is broken (a parse error, a leaf/parent clash).
+
+    The last good layer is kept; confhub never silently falls back to older data for this.
+    ``line`` is the 1-based line in a file, when known.
+    """
+
+    def __init__(
+        self, message: str, *, source: str, key: str | None = None, line: int | None = None
+    ) -> None:
+        super().__init__(message, source=source, key=key)
+        self.line = line
+
+
+class SourcePermissionError(SourceError):
+    """The store refused access (403, ACL denied, bad credentials): not the same as 'deleted'."""
+
+
+class ConfigValidationError(ConfhubError, ValueError):
+    """The merged configuration does not fit the bound class, or a validator vetoed it.
+
+    ``errors`` lists one line per bad path, such as ``expected int @ $.db.port``.
+    """
+
+    def __init__(self, message: str, *, errors: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.errors = tuple(errors)
+
+
+class ConfigKeyError(ConfhubError, KeyError):
+    """No source provides ``key``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would repr() the message; show it as written.
+        return str(self.args[0])
+
+
+class SpecError(ConfhubError, ValueError):
+    """A source spec could not be parsed; ``spec`` is the offending text, credentials removed."""
+
+    def __init__(self, message: str, *, spec: str) -> None:
+        super().__init__(message)
+        self.spec = spec
+
+
+class BackendNotFoundError(SpecError):
+    """No installed plugin provides the spec's scheme; ``installed`` lists those that exist."""
+
+    def __init__(self, message: str, *, spec: str, scheme: str, installed: Sequence[str]) -> None:
+        super().__init__(message, spec=spec)
+        self.scheme = scheme
+        self.installed = tuple(installed)
+
+
+class WriteError(ConfhubError):
+    """A backend refused a write (read-only backend, limit exceeded, invalid key)."""
+
+    def __init__(self, message: str, *, source: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+        self.key = key
+
+
+class WriteConflictError(WriteError):
+    """A compare-and-swap write lost: the key's revision was not the expected one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str,
+        key: str | None = None,
+        expected: object = None,
+        actual: object = None,
+    ) -> None:
+        super().__init__(message, source=source, key=key)
+        self.expected = expected
+        self.actual = actual
+
+
+class StartupError(ConfhubError):
+    """A required source could not be loaded from anywhere.
+
+    ``attempts`` holds ``(what, error)`` pairs for every place that was tried, in order.
+    """
+
+    def __init__(
+        self, message: str, *, source: str, attempts: Sequence[tuple[str, BaseException]] = ()
+    ) -> None:
+        super().__init__(message)
+        self.source = source
+        self.attempts = tuple(attempts)
+
+
+class HubStateError(ConfhubError, RuntimeError):
+    """The hub was used in a state that does not allow it (after close, before start)."""

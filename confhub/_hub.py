@@ -1,0 +1,886 @@
+"""The hub: loads sources, merges layers, publishes snapshots, notifies subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, Generic, TypeVar
+
+import attrs
+import cattrs
+import pluggy
+
+from ._backend import Backend, Update, can_watch, can_write
+from ._binding import error_lines, make_converter, path_to_key
+from ._errors import (
+    BackendNotFoundError,
+    ConfhubError,
+    ConfigValidationError,
+    HubStateError,
+    SourceError,
+    SourceFormatError,
+    SourcePermissionError,
+    SourceUnavailableError,
+    StartupError,
+    WriteError,
+)
+from ._layer import Layer, LayerDelta
+from ._merge import MISSING, Merged, merge_full, merge_update
+from ._plugins import describe_plugins, make_plugin_manager
+from ._redact import REDACTED, is_secret_key
+from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot, _UnusableSnapshot
+from ._spec import SourceLike, SourceSpec, as_slots
+
+log = logging.getLogger("confhub")
+
+T = TypeVar("T")
+
+
+class State(enum.Enum):
+    """The lifecycle of a :class:`Hub`."""
+
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+# -- health ----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SourceHealth:
+    """How one precedence slot is doing.
+
+    ``state`` is one of:
+
+    - ``"live"``: serving what the source holds now;
+    - ``"stale"``: the source failed or sent content that was rejected; the last good
+      layer is served (``last_error`` says why);
+    - ``"cached"``: serving the on-disk copy of a source that could not be reached;
+    - ``"fallback"``: serving an alternate member of a fallback group (``active``);
+    - ``"absent"``: an optional source that contributes nothing;
+    - ``"pending"``: not loaded yet.
+
+    ``revision`` and ``fetched_at``/``age`` describe the layer being served.
+    """
+
+    source: str
+    state: str
+    active: str | None = None
+    revision: Any = None
+    fetched_at: float | None = None
+    last_error: str | None = None
+    since: float | None = None
+    keys: int = 0
+
+    @property
+    def age(self) -> float | None:
+        """Seconds since the served layer was fetched from its store."""
+        return None if self.fetched_at is None else max(0.0, time.time() - self.fetched_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the ``confhub health --json`` contract)."""
+        age = self.age
+        return {
+            "source": self.source,
+            "state": self.state,
+            "active": self.active,
+            "revision": self.revision,
+            "age_seconds": None if age is None else round(age, 3),
+            "last_error": self.last_error,
+            "keys": self.keys,
+        }
+
+
+@attrs.frozen
+class Health:
+    """The hub's health: one :class:`SourceHealth` per slot, and whether any is degraded."""
+
+    sources: tuple[SourceHealth, ...]
+    generation: int
+
+    @property
+    def degraded(self) -> bool:
+        """True when any source serves something other than its live content."""
+        return any(s.state not in ("live", "absent") for s in self.sources)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the ``confhub health --json`` contract)."""
+        return {
+            "degraded": self.degraded,
+            "generation": self.generation,
+            "sources": [s.to_dict() for s in self.sources],
+        }
+
+
+# -- explain -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Origin:
+    """Where one layer's value of a key comes from."""
+
+    source: str
+    value: Any
+    detail: str | None
+    revision: Any
+    effective: bool
+
+
+@attrs.frozen
+class Explanation:
+    """Why a key has its value: the winning source and every layer that also sets it.
+
+    Values of keys that look secret (``password``, ``token``, ``api_key`` ...) are replaced
+    by ``"<redacted>"`` unless ``reveal=True`` was asked for.
+    """
+
+    key: str
+    value: Any
+    source: str
+    detail: str | None
+    revision: Any
+    stale: bool
+    state: str
+    overridden: tuple[Origin, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the ``confhub explain --json`` contract)."""
+        return {
+            "key": self.key,
+            "value": _jsonable(self.value),
+            "source": self.source,
+            "detail": self.detail,
+            "revision": self.revision,
+            "stale": self.stale,
+            "state": self.state,
+            "overridden": [
+                {"source": o.source, "value": _jsonable(o.value), "detail": o.detail}
+                for o in self.overridden
+            ],
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+# -- views and subscriptions ---------------------------------------------------------------
+
+
+class View(Generic[T]):
+    """A live typed view: ``view.current`` is always the latest valid bound instance.
+
+    ``current`` is a plain attribute that the hub replaces when it publishes a snapshot
+    (after binding succeeded), so reading it costs one attribute load.
+    """
+
+    __slots__ = ("__weakref__", "cls", "current", "generation", "prefix")
+
+    def __init__(self, cls: type[T], prefix: str | None, current: T, generation: int) -> None:
+        self.cls = cls
+        self.prefix = prefix
+        self.current = current
+        self.generation = generation
+
+    def __repr__(self) -> str:
+        return f"<View {self.cls.__name__} generation={self.generation}>"
+
+
+class Subscription:
+    """A registered change callback; :meth:`cancel` stops further calls."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        callback: Callable[[Change], Any] | None,
+        prefix: str,
+        on_error: Callable[[ErrorEvent], Any] | None,
+    ) -> None:
+        self._hub = hub
+        self.callback = callback
+        self.prefix = prefix
+        self.on_error = on_error
+        self.on_close: Callable[[], Any] | None = None
+        self.active = True
+
+    def cancel(self) -> None:
+        """Stop calling this subscription's callbacks (idempotent)."""
+        if self.active:
+            self.active = False
+            self._hub._unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+# -- slots ---------------------------------------------------------------------------------
+
+
+class _Slot:
+    """One precedence slot: its member specs, backends, and the layer it contributes."""
+
+    def __init__(self, index: int, members: tuple[SourceSpec, ...]) -> None:
+        self.index = index
+        self.members = members
+        self.display = members[0].display if len(members) == 1 else " | ".join(
+            m.display for m in members
+        )
+        self.backends: list[Backend | None] = [None] * len(members)
+        self.active: int | None = None  # which member serves
+        self.layer: Layer | None = None  # published
+        self.pending: Layer | None = None  # the active backend's latest state, if rejected
+        self.state = "pending"
+        self.last_error: BaseException | None = None
+        self.since = time.time()
+        self.poller: threading.Thread | None = None
+
+    @property
+    def optional(self) -> bool:
+        return all(m.optional for m in self.members)
+
+    @property
+    def active_spec(self) -> SourceSpec:
+        return self.members[self.active or 0]
+
+    def health(self) -> SourceHealth:
+        layer = self.layer
+        return SourceHealth(
+            source=self.display,
+            state=self.state,
+            active=self.active_spec.display if self.active is not None else None,
+            revision=None if layer is None else layer.revision,
+            fetched_at=None if layer is None else layer.fetched_at,
+            last_error=None if self.last_error is None else str(self.last_error),
+            since=self.since,
+            keys=0 if layer is None else len(layer.values),
+        )
+
+
+_STOP = object()
+
+
+class Hub:
+    """Layered configuration from many sources, merged, typed, watched.
+
+    ``sources`` lists where configuration comes from, lowest precedence first: spec strings
+    (``"file:config.toml"``, ``"env:APP_"``, ``"etcd://host:2379/app/"``), :class:`SourceSpec`
+    or :class:`Fallback` objects, and mappings or attrs instances of defaults. Nothing is
+    read until :meth:`start` (or ``with hub:``).
+
+    Reads (:meth:`get`, ``hub[key]``, :meth:`snapshot`, ``view.current``) take no lock and do
+    no I/O: they read the current immutable snapshot. Updates from watchers build a new
+    snapshot off to the side, validate it (every bound view, and the
+    ``confhub_validate_snapshot`` hook), then publish it with one assignment; subscribers are
+    then called on the hub's notifier thread, one at a time, in generation order.
+
+    Keyword arguments:
+
+    - ``plugins``: extra plugin objects or modules; ``block``: plugin names not to load;
+      ``autoload``: discover entry-point plugins (default: yes, unless the environment
+      variable ``CONFHUB_DISABLE_PLUGIN_AUTOLOAD`` is set).
+    - ``cache_dir``: where remote sources keep their last good copy (see the cache docs).
+    - ``validate``: when False, updates are not bound against the live views before
+      publishing (views then keep their last valid instance on failure).
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[SourceLike],
+        *,
+        plugins: Iterable[Any] = (),
+        block: Sequence[str] = (),
+        autoload: bool | None = None,
+        cache_dir: Any = MISSING,
+    ) -> None:
+        self._slots = [_Slot(i, members) for i, members in enumerate(as_slots(sources))]
+        self.cache_dir = cache_dir
+        self.pm: pluggy.PluginManager = make_plugin_manager(plugins, block, autoload)
+        self.converter: cattrs.Converter = make_converter()
+        self.pm.hook.confhub_register_converters.call_historic(
+            kwargs={"converter": self.converter}
+        )
+        self._state = State.NEW
+        self._lock = threading.RLock()
+        self._snapshot: Snapshot = _UnusableSnapshot(
+            "the hub is not started: use 'with hub:' or call hub.start() before reading"
+        )
+        self._generation = 0
+        self._views: dict[tuple[type[Any], str | None], View[Any]] = {}
+        self._subscribers: tuple[Subscription, ...] = ()
+        self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._notifier: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        """The lifecycle state."""
+        return self._state
+
+    def __enter__(self) -> Hub:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> Hub:
+        """Load every source, publish the first snapshot and start watching.
+
+        Raises :class:`StartupError` when a required source has no data anywhere,
+        :class:`SourceFormatError` for broken content, :class:`BackendNotFoundError` for an
+        unknown scheme, and :class:`HubStateError` when started twice or after close.
+        """
+        with self._lock:
+            if self._state is not State.NEW:
+                raise HubStateError(
+                    f"Hub.start() called on a hub that is {self._state.value}; "
+                    "a hub starts once: create a new Hub"
+                )
+            self._state = State.STARTING
+        try:
+            self.pm.hook.confhub_configure.call_historic(kwargs={"hub": self})
+            for slot in self._slots:
+                self._load_slot(slot)
+            merged = merge_full([s.layer for s in self._slots])
+            snapshot = self._make_snapshot(merged, 1)
+            self.pm.hook.confhub_validate_snapshot(snapshot=snapshot, previous=None)
+        except BaseException:
+            self._shutdown()
+            raise
+        with self._lock:
+            self._generation = 1
+            self._snapshot = snapshot
+            self._state = State.RUNNING
+        for slot in self._slots:
+            if slot.layer is not None and slot.state == "live":
+                self._layer_accepted(slot, slot.layer)
+        self._notifier = threading.Thread(
+            target=self._notify_loop, name="confhub-notifier", daemon=True
+        )
+        self._notifier.start()
+        for slot in self._slots:
+            self._start_watch(slot)
+        return self
+
+    def close(self) -> None:
+        """Stop watchers and the notifier thread and join them. Idempotent.
+
+        Reads after close raise :class:`HubStateError`; ``view.current`` keeps its last value.
+        """
+        with self._lock:
+            if self._state is State.CLOSED:
+                return
+            was_running = self._state is State.RUNNING
+            self._state = State.CLOSED
+        self._shutdown()
+        if was_running:
+            try:
+                self.pm.hook.confhub_unconfigure(hub=self)
+            except Exception:
+                log.exception("a plugin's confhub_unconfigure failed")
+
+    def _shutdown(self) -> None:
+        self._state = State.CLOSED
+        self._stop.set()
+        for slot in self._slots:
+            for i, backend in enumerate(slot.backends):
+                if backend is not None:
+                    try:
+                        backend.close()
+                    except Exception:
+                        log.exception("closing the backend of %s failed", slot.members[i].display)
+            if slot.poller is not None and slot.poller is not threading.current_thread():
+                slot.poller.join(timeout=10)
+        self._events.put(_STOP)
+        notifier = self._notifier
+        if notifier is not None and notifier is not threading.current_thread():
+            notifier.join(timeout=10)
+        self._snapshot = _UnusableSnapshot(
+            "the hub is closed: reads need a running hub; create a new Hub"
+        )
+        for sub in self._subscribers:
+            sub.active = False
+        self._subscribers = ()
+
+    def _check_running(self, what: str) -> None:
+        if self._state is not State.RUNNING:
+            raise HubStateError(
+                f"{what} needs a running hub, but this hub is {self._state.value}; "
+                "use 'with hub:' or hub.start()"
+            )
+
+    # -- loading ---------------------------------------------------------------------------
+    def make_backend(self, spec: SourceSpec) -> Backend:
+        """Create the backend object for ``spec`` through the plugins (no I/O)."""
+        backend = self.pm.hook.confhub_make_backend(spec=spec, hub=self)
+        if backend is None:
+            installed = sorted(
+                {info.scheme for infos in self.pm.hook.confhub_backend_schemes() for info in infos}
+            )
+            raise BackendNotFoundError(
+                f"no installed backend handles {spec.scheme!r} (source {spec.display}); "
+                f"installed schemes: {', '.join(installed)}; install the plugin that provides "
+                f"it (for example 'pip install confhub-{spec.scheme}') or fix the spec",
+                spec=spec.display,
+                scheme=spec.scheme,
+                installed=installed,
+            )
+        return backend  # type: ignore[no-any-return]
+
+    def _load_slot(self, slot: _Slot) -> None:
+        attempts: list[tuple[str, BaseException]] = []
+        for i, spec in enumerate(slot.members):
+            backend = slot.backends[i] = self.make_backend(spec)
+            try:
+                layer = self.pm.hook.confhub_load_layer(spec=spec, backend=backend)
+            except (SourceUnavailableError, SourcePermissionError) as exc:
+                attempts.append((spec.display, exc))
+                self.pm.hook.confhub_source_failed(
+                    spec=spec, error=exc, fallback=_next_name(slot, i)
+                )
+                continue
+            slot.active = i
+            slot.layer = layer
+            slot.state = "live" if i == 0 else "fallback"
+            if attempts:
+                slot.last_error = attempts[-1][1]
+            slot.since = time.time()
+            return
+        if slot.optional:
+            slot.state = "absent"
+            slot.last_error = attempts[-1][1] if attempts else None
+            log.warning("%s is unavailable and optional; it contributes nothing", slot.display)
+            return
+        lines = "; ".join(f"{what}: {err}" for what, err in attempts)
+        raise StartupError(
+            f"required source {slot.display} could not be loaded from anywhere ({lines}); "
+            "start the store, add a fallback or a cache, or mark the source optional",
+            source=slot.display,
+            attempts=attempts,
+        )
+
+    def _start_watch(self, slot: _Slot) -> None:
+        if slot.active is None:
+            return
+        backend = slot.backends[slot.active]
+        spec = slot.active_spec
+
+        def notify(update: Update, _slot: _Slot = slot) -> None:
+            self._on_update(_slot, update)
+
+        if can_watch(backend):
+            try:
+                backend.watch(notify)  # type: ignore[attr-defined]
+            except ConfhubError as exc:
+                self._on_update(slot, exc)
+            return
+        interval = spec.options.get("poll")
+        if interval is None:
+            return
+        period = spec.option_float("poll", 0.0)
+        slot.poller = threading.Thread(
+            target=self._poll_loop, args=(slot, backend, period, notify),
+            name=f"confhub-poll[{spec.display}]", daemon=True,
+        )
+        slot.poller.start()
+
+    def _poll_loop(
+        self, slot: _Slot, backend: Any, period: float, notify: Callable[[Update], None]
+    ) -> None:
+        while not self._stop.wait(period):
+            try:
+                notify(self.pm.hook.confhub_load_layer(spec=slot.active_spec, backend=backend))
+            except ConfhubError as exc:
+                notify(exc)
+
+    # -- updates ---------------------------------------------------------------------------
+    def _on_update(self, slot: _Slot, update: Update) -> None:
+        """Apply one backend update: build, validate, publish, or keep last good."""
+        with self._lock:
+            if self._state is not State.RUNNING:
+                return
+            if isinstance(update, BaseException):
+                self._source_error(slot, update)
+                return
+            base = slot.pending if slot.pending is not None else slot.layer
+            try:
+                if isinstance(update, LayerDelta):
+                    if base is None:
+                        base = Layer.from_flat({}, source=slot.display)
+                    new_layer = base.apply(update, source=slot.display)
+                else:
+                    new_layer = update
+            except SourceFormatError as exc:
+                self._source_error(slot, exc)
+                return
+            published = slot.layer
+            if published is None:
+                delta = (Layer.from_flat({}, source=slot.display)).diff(new_layer)
+            elif base is published and isinstance(update, LayerDelta):
+                delta = update
+            else:
+                delta = published.diff(new_layer)
+            old = self._snapshot
+            layers = old._layers
+            merged, changed = merge_update(old._merged, layers, slot.index, new_layer, delta)
+            slot_layers = list(layers)
+            slot_layers[slot.index] = new_layer
+            if not changed:
+                # Nothing effective changed (masked, or same values): no new generation.
+                self._snapshot = Snapshot(old.generation, merged, tuple(slot_layers), old._names)
+                self._accept(slot, new_layer)
+                return
+            generation = self._generation + 1
+            snapshot = Snapshot(generation, merged, tuple(slot_layers), old._names)
+            try:
+                bound = self._validate(snapshot, old)
+            except Exception as exc:
+                slot.pending = new_layer
+                self._source_error(slot, exc, rejected=True)
+                return
+            self._generation = generation
+            self._snapshot = snapshot
+            for view, instance in bound:
+                view.current = instance
+                view.generation = generation
+            self._accept(slot, new_layer)
+            changed.sort(key=lambda c: c[0])
+            change = Change(
+                generation,
+                tuple(KeyChange(k, o, n) for k, o, n in changed),
+                slot.active_spec.display,
+            )
+            self._events.put(change)
+
+    def _accept(self, slot: _Slot, layer: Layer) -> None:
+        slot.layer = layer
+        slot.pending = None
+        if slot.state != "live" or slot.last_error is not None:
+            log.info("%s is live again", slot.display)
+            slot.state = "live"
+            slot.last_error = None
+            slot.since = time.time()
+        self._layer_accepted(slot, layer)
+
+    def _layer_accepted(self, slot: _Slot, layer: Layer) -> None:
+        spec = slot.active_spec
+
+        def call() -> None:
+            self.pm.hook.confhub_layer_accepted(spec=spec, layer=layer)
+
+        self._events.put(call)
+
+    def _source_error(self, slot: _Slot, error: BaseException, *, rejected: bool = False) -> None:
+        changed_state = str(error) != str(slot.last_error)
+        slot.last_error = error
+        if slot.state == "live" or changed_state:
+            slot.state = "stale" if slot.layer is not None else "absent"
+            slot.since = time.time()
+            if rejected or isinstance(error, SourceFormatError):
+                log.error("%s: update rejected, keeping the last good configuration: %s",
+                          slot.display, error)
+            else:
+                log.warning("%s: %s; serving the last good configuration", slot.display, error)
+            self.pm.hook.confhub_source_failed(
+                spec=slot.active_spec, error=error,
+                fallback="last good" if slot.layer is not None else None,
+            )
+            self._events.put(ErrorEvent(slot.display, error, self._generation))
+
+    def _validate(self, snapshot: Snapshot, previous: Snapshot) -> list[tuple[View[Any], Any]]:
+        bound = [(view, self._bind(snapshot, view.cls, view.prefix)) for view in self._views.values()]
+        self.pm.hook.confhub_validate_snapshot(snapshot=snapshot, previous=previous)
+        return bound
+
+    def _make_snapshot(self, merged: Merged, generation: int) -> Snapshot:
+        return Snapshot(
+            generation, merged, tuple(s.layer for s in self._slots), tuple(s.display for s in self._slots)
+        )
+
+    # -- reads -----------------------------------------------------------------------------
+    def get(self, key: str, default: Any = MISSING) -> Any:
+        """Return the effective value of dotted ``key`` (a read-only mapping for a table).
+
+        Raises :class:`ConfigKeyError` (a ``KeyError``) when no source provides it and no
+        ``default`` was given. Takes no lock and does no I/O.
+        """
+        snap = self._snapshot
+        try:
+            return snap._values[key]
+        except KeyError:
+            return snap._lookup(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        snap = self._snapshot
+        try:
+            return snap._values[key]
+        except KeyError:
+            return snap._lookup(key, MISSING)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._snapshot
+
+    def snapshot(self) -> Snapshot:
+        """Return the current snapshot (immutable; carries ``generation``)."""
+        snap = self._snapshot
+        if snap.generation < 0:
+            snap._lookup("", MISSING)  # raises the state error
+        return snap
+
+    @property
+    def generation(self) -> int:
+        """The generation of the current snapshot."""
+        return self._snapshot.generation
+
+    # -- typed binding ---------------------------------------------------------------------
+    def _bind(self, snapshot: Snapshot, cls: type[T], prefix: str | None) -> T:
+        data: Any = snapshot.to_dict()
+        if prefix:
+            for part in prefix.split("."):
+                data = data.get(part, {}) if isinstance(data, dict) else {}
+        try:
+            return self.converter.structure(data, cls)
+        except Exception as exc:
+            lines = [self._annotate(snapshot, line, prefix) for line in error_lines(exc)]
+            raise ConfigValidationError(
+                f"configuration does not fit {cls.__qualname__}:\n  " + "\n  ".join(lines),
+                errors=lines,
+            ) from exc
+
+    def _annotate(self, snapshot: Snapshot, line: str, prefix: str | None) -> str:
+        """Add the source of the bad value to a ``... @ $.db.port`` line."""
+        _, _, path = line.rpartition(" @ ")
+        key = path_to_key(path)
+        if prefix:
+            key = f"{prefix}.{key}" if key else prefix
+        index = snapshot.origin_index(key)
+        if index is None:
+            return line
+        layer = snapshot._layers[index]
+        detail = layer.detail(key) if layer is not None else None
+        where = self._slots[index].display + (f" ({detail})" if detail else "")
+        return f"{line} (from {where})"
+
+    def bind(self, cls: type[T], *, prefix: str | None = None) -> T:
+        """Return an instance of attrs class ``cls`` built from the current snapshot.
+
+        ``prefix`` binds a sub-table (``prefix="db"``). Raises
+        :class:`ConfigValidationError` listing every bad path (``expected int @ $.db.port``).
+        """
+        return self._bind(self.snapshot(), cls, prefix)
+
+    def view(self, cls: type[T], *, prefix: str | None = None) -> View[T]:
+        """Return the live :class:`View` of ``cls`` (one per class and prefix).
+
+        From now on every update is bound to ``cls`` before it is published: an update
+        that does not fit is rejected and the last good configuration stays.
+        """
+        with self._lock:
+            self._check_running("hub.view()")
+            key = (cls, prefix)
+            view = self._views.get(key)
+            if view is None:
+                snap = self._snapshot
+                view = View(cls, prefix, self._bind(snap, cls, prefix), snap.generation)
+                self._views[key] = view
+            return view
+
+    # -- subscriptions ---------------------------------------------------------------------
+    def subscribe(
+        self,
+        callback: Callable[[Change], Any] | None = None,
+        *,
+        prefix: str = "",
+        on_error: Callable[[ErrorEvent], Any] | None = None,
+    ) -> Subscription:
+        """Call ``callback(change)`` for every published change at or below ``prefix``.
+
+        Callbacks run on the hub's notifier thread, one at a time, in generation order; the
+        :class:`Change` they get holds only keys under ``prefix``. A raising callback is
+        logged and does not stop the others. ``on_error(event)`` is called with an
+        :class:`ErrorEvent` when an update was rejected or a source failed.
+        """
+        if self._state is State.CLOSED:
+            raise HubStateError("hub.subscribe() on a closed hub; create a new Hub")
+        sub = Subscription(self, callback, prefix, on_error)
+        with self._lock:
+            self._subscribers = (*self._subscribers, sub)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subscribers = tuple(s for s in self._subscribers if s is not sub)
+
+    async def changes(self, *, prefix: str = "") -> AsyncIterator[Change]:
+        """Yield each published :class:`Change` at or below ``prefix``, asynchronously.
+
+        ``async for change in hub.changes(prefix="db"): ...``. The iteration ends when the
+        hub closes. Changes are queued without bound for a slow consumer.
+        """
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[Change | None] = asyncio.Queue()
+
+        def push(item: Change | None) -> None:
+            try:
+                loop.call_soon_threadsafe(inbox.put_nowait, item)
+            except RuntimeError:  # the loop closed
+                pass
+
+        sub = self.subscribe(push, prefix=prefix)
+        sub.on_close = lambda: push(None)
+        try:
+            while True:
+                item = await inbox.get()
+                if item is None:
+                    return
+                yield item
+        finally:
+            sub.cancel()
+
+    def _notify_loop(self) -> None:
+        while True:
+            item = self._events.get()
+            if item is _STOP:
+                for sub in self._subscribers:
+                    if sub.on_close is not None:
+                        sub.on_close()
+                return
+            if callable(item) and not isinstance(item, (Change, ErrorEvent)):
+                try:
+                    item()
+                except Exception:
+                    log.exception("a confhub plugin failed after an update; ignored")
+                continue
+            for sub in self._subscribers:
+                if not sub.active:
+                    continue
+                try:
+                    if isinstance(item, Change):
+                        if sub.callback is not None:
+                            part = item.filtered(sub.prefix)
+                            if part is not None:
+                                sub.callback(part)
+                    elif sub.on_error is not None:
+                        sub.on_error(item)
+                except Exception:
+                    log.exception(
+                        "subscriber %r raised while handling generation %s; "
+                        "the other subscribers still run",
+                        getattr(sub.callback, "__qualname__", sub.callback),
+                        getattr(item, "generation", "?"),
+                    )
+            if isinstance(item, Change):
+                try:
+                    self.pm.hook.confhub_snapshot_published(change=item)
+                except Exception:
+                    log.exception("a plugin's confhub_snapshot_published failed; ignored")
+
+    # -- health and explain ----------------------------------------------------------------
+    def health(self) -> Health:
+        """Return the state of every source (works in any lifecycle state)."""
+        return Health(tuple(s.health() for s in self._slots), max(self._snapshot.generation, 0))
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The display names of the precedence slots, lowest first."""
+        return tuple(s.display for s in self._slots)
+
+    def explain(self, key: str, *, reveal: bool = False) -> Explanation:
+        """Explain where ``key``'s value comes from, and which layers it overrides.
+
+        Raises :class:`ConfigKeyError` when no source provides a leaf at ``key``.
+        """
+        snap = self.snapshot()
+        index = snap.origin_index(key)
+        if index is None:
+            snap[key]  # raises ConfigKeyError with hints, or returns a table
+            raise ConfigKeyError(
+                key, f"{key!r} is a table, not a value; explain one of its keys, such as "
+                f"{next(k for k in snap.flat() if k.startswith(key + '.'))!r}"
+            )
+        secret = is_secret_key(key) and not reveal
+        overridden = []
+        for i in range(len(snap._layers) - 1, -1, -1):
+            layer = snap._layers[i]
+            if i == index or layer is None or key not in layer.values:
+                continue
+            overridden.append(
+                Origin(
+                    self._slots[i].display,
+                    REDACTED if secret else layer.values[key],
+                    layer.detail(key),
+                    layer.revision,
+                    False,
+                )
+            )
+        layer = snap._layers[index]
+        assert layer is not None
+        slot = self._slots[index]
+        return Explanation(
+            key=key,
+            value=REDACTED if secret else snap._values[key],
+            source=slot.active_spec.display if slot.active is not None else slot.display,
+            detail=layer.detail(key),
+            revision=layer.revision,
+            stale=slot.state not in ("live",),
+            state=slot.state,
+            overridden=tuple(overridden),
+        )
+
+    def explain_all(self, *, reveal: bool = False) -> list[Explanation]:
+        """Explain every effective key, sorted."""
+        snap = self.snapshot()
+        return [self.explain(k, reveal=reveal) for k in sorted(snap.flat())]
+
+    # -- writes ----------------------------------------------------------------------------
+    def write(
+        self, key: str, value: Any, *, source: str | None = None, expected_revision: Any = MISSING
+    ) -> Any:
+        """Write ``key`` to a writable source (the highest one, or the one named ``source``).
+
+        With ``expected_revision`` the write is a compare-and-swap on the key's revision
+        (0 means "must not exist"); a lost race raises :class:`WriteConflictError`.
+        Returns the new revision. The change reaches readers through the watch.
+        """
+        self._check_running("hub.write()")
+        for slot in reversed(self._slots):
+            if source is not None and source not in (slot.display, *[m.display for m in slot.members]):
+                continue
+            backend = slot.backends[slot.active or 0]
+            if backend is not None and can_write(backend):
+                return backend.write(  # type: ignore[attr-defined]
+                    key, value, None if expected_revision is MISSING else expected_revision
+                )
+        raise WriteError(
+            "no writable source" + (f" named {source!r}" if source else "")
+            + f" among {', '.join(self.sources)}; files and env are read-only here",
+            source=source or "",
+            key=key,
+        )
+
+    def backends(self) -> list[dict[str, Any]]:
+        """Describe the installed backend plugins (scheme, distribution, version)."""
+        return describe_plugins(self.pm)
+
+    def __repr__(self) -> str:
+        return f"<Hub {self._state.value} sources={list(self.sources)!r} generation={self.generation}>"
+
+
+def _next_name(slot: _Slot, i: int) -> str | None:
+    return slot.members[i + 1].display if i + 1 < len(slot.members) else None
+

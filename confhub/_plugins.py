@@ -1,0 +1,121 @@
+"""The plugin manager each hub owns: builtins, entry points, explicit plugins."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from . import hookspecs
+from ._backend import BackendInfo, hookimpl
+from ._errors import ConfhubError
+
+if TYPE_CHECKING:
+    from ._backend import Backend
+    from ._layer import Layer
+    from ._spec import SourceSpec
+
+#: The entry-point group third-party plugins register under.
+ENTRY_POINT_GROUP = "confhub"
+#: Set to a true value to skip entry-point discovery (builtins and explicit plugins stay).
+DISABLE_AUTOLOAD_ENV = "CONFHUB_DISABLE_PLUGIN_AUTOLOAD"
+
+BUILTIN_PLUGINS = (
+    ("core", "confhub._plugins"),
+    ("defaults", "confhub._backends.defaults"),
+    ("env", "confhub._backends.env"),
+    ("file", "confhub._backends.file"),
+)
+
+_BUILTIN_NAMES = frozenset(name for name, _ in BUILTIN_PLUGINS)
+
+
+class PluginError(ConfhubError):
+    """A plugin could not be loaded or implements a hook that does not exist."""
+
+
+@hookimpl(trylast=True)
+def confhub_load_layer(spec: SourceSpec, backend: Backend) -> Layer | None:
+    """The core's layer loading: ask the backend."""
+    return backend.load()
+
+
+def autoload_enabled(explicit: bool | None) -> bool:
+    """Whether to load entry points: ``explicit`` if given, else the environment switch."""
+    if explicit is not None:
+        return explicit
+    return os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() in ("", "0", "false", "no")
+
+
+def make_plugin_manager(
+    plugins: Iterable[Any] = (), block: Sequence[str] = (), autoload: bool | None = None
+) -> pluggy.PluginManager:
+    """Build a plugin manager: builtins, then entry points, then ``plugins``.
+
+    ``block`` names plugins (builtin or entry-point names) not to register. Hook
+    implementations that match no hookspec raise :class:`PluginError`.
+    """
+    pm = pluggy.PluginManager("confhub")
+    pm.add_hookspecs(hookspecs)
+    for name in block:
+        pm.set_blocked(name)
+    for name, module in BUILTIN_PLUGINS:
+        if not pm.is_blocked(name):
+            pm.register(importlib.import_module(module), name=name)
+    if autoload_enabled(autoload):
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        except Exception as exc:
+            raise PluginError(
+                f"loading the confhub plugins from entry points failed: {exc!r}; "
+                f"uninstall the broken plugin, block it, or set {DISABLE_AUTOLOAD_ENV}=1"
+            ) from exc
+    for plugin in plugins:
+        name = getattr(plugin, "confhub_plugin_name", None) or getattr(plugin, "__name__", None)
+        if name and pm.is_blocked(name):
+            continue
+        try:
+            pm.register(plugin, name=name)
+        except ValueError as exc:
+            raise PluginError(f"cannot register plugin {plugin!r}: {exc}") from exc
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(
+            f"{exc}; check the spelling against confhub.hookspecs (names start with 'confhub_')"
+        ) from exc
+    return pm
+
+
+def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
+    """List plugins with their schemes, distribution and version (``confhub backends``)."""
+    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    version = importlib.metadata.version("confhub")
+    rows: list[dict[str, Any]] = []
+    for impl in pm.hook.confhub_backend_schemes.get_hookimpls():
+        infos: list[BackendInfo] = impl.function() or []
+        dist = dists.get(id(impl.plugin))
+        if dist is not None:
+            distribution, dist_version = dist.project_name, dist.version
+        elif impl.plugin_name in _BUILTIN_NAMES:
+            distribution, dist_version = "confhub (builtin)", version
+        else:
+            distribution, dist_version = "(registered in code)", ""
+        for info in infos:
+            rows.append(
+                {
+                    "scheme": info.scheme,
+                    "plugin": impl.plugin_name,
+                    "distribution": distribution,
+                    "version": dist_version,
+                    "writable": info.writable,
+                    "watchable": info.watchable,
+                    "description": info.description,
+                }
+            )
+    rows.sort(key=lambda r: r["scheme"])
+    return rows

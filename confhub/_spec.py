@@ -1,0 +1,193 @@
+"""Source specs: the strings and objects that name where configuration comes from."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import parse_qsl
+
+import attrs
+
+from ._errors import SpecError
+from ._redact import REDACTED, SECRET_OPTIONS, redact_url
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def _freeze_options(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value))
+
+
+@attrs.frozen(repr=False)
+class SourceSpec:
+    """One source of configuration.
+
+    ``scheme`` picks the backend plugin (``file``, ``env``, ``etcd`` ...); ``location`` is
+    everything after ``scheme:`` up to the query string (``//host:2379/myapp/`` for a URL,
+    ``config.toml`` for a file); ``options`` are the query-string options and keyword
+    arguments. ``data`` carries in-code content (the ``defaults`` source).
+
+    The ``repr`` and :attr:`display` never show credentials: a URL password and options such
+    as ``token`` or ``password`` are replaced by ``<redacted>``.
+    """
+
+    scheme: str
+    location: str = ""
+    options: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_options)
+    name: str | None = None
+    data: Any = attrs.field(default=None, eq=False)
+
+    @classmethod
+    def parse(cls, text: str, **options: Any) -> SourceSpec:
+        """Parse a spec string such as ``"etcd://127.0.0.1:2379/myapp/?format=json"``.
+
+        A string without a scheme is a file path. Keyword ``options`` override query options.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise SpecError(
+                f"a source spec must be a non-empty string, not {text!r}; "
+                "write e.g. 'file:config.toml', 'env:APP_' or 'etcd://host:2379/prefix/'",
+                spec=repr(text),
+            )
+        text = text.strip()
+        scheme, sep, rest = text.partition(":")
+        # A bare path ("config.toml", "/etc/app.yaml", "C:\\x") is a file.
+        if not sep or not scheme.isidentifier() or len(scheme) == 1:
+            scheme, rest = "file", text
+        location, _, query = rest.partition("?")
+        opts: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
+        opts.update(options)
+        name = opts.pop("name", None)
+        return cls(scheme=scheme.lower(), location=location, options=opts, name=name)
+
+    @property
+    def optional(self) -> bool:
+        """Whether the source may be absent (``?optional=true``)."""
+        return self.option_bool("optional", False)
+
+    @property
+    def url(self) -> str:
+        """The spec as ``scheme:location``, credentials included: never log this."""
+        return f"{self.scheme}:{self.location}"
+
+    @property
+    def display(self) -> str:
+        """A name fit for logs, errors and ``explain``: credentials replaced."""
+        if self.name:
+            return self.name
+        if self.scheme == "defaults":
+            return "defaults"
+        if self.location.startswith("//"):
+            return redact_url(self.url)
+        if self.scheme == "file":
+            return f"file:{self.location}"
+        return self.url
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """Return the option ``name``; for ``*_env`` style fallbacks see the backend docs."""
+        return self.options.get(name, default)
+
+    def option_bool(self, name: str, default: bool) -> bool:
+        """Return option ``name`` as a bool, accepting ``true/false/1/0/yes/no/on/off``."""
+        value = self.options.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise SpecError(
+            f"option {name}={value!r} of source {self.display} is not a boolean; "
+            "use true or false",
+            spec=self.display,
+        )
+
+    def option_float(self, name: str, default: float) -> float:
+        """Return option ``name`` as a float (seconds, for timeouts)."""
+        value = self.options.get(name)
+        if value is None:
+            return default
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise SpecError(
+                f"option {name}={value!r} of source {self.display} is not a number",
+                spec=self.display,
+            ) from None
+
+    def redacted_options(self) -> dict[str, Any]:
+        """The options with credential values replaced, for display."""
+        return {
+            k: (REDACTED if k.lower() in SECRET_OPTIONS else v) for k, v in self.options.items()
+        }
+
+    def __repr__(self) -> str:
+        return f"SourceSpec({self.display!r})"
+
+
+@attrs.frozen(repr=False)
+class Fallback:
+    """One precedence slot whose members are tried in order until one loads.
+
+    ``Fallback("etcd://a:2379/app/", "consul://b:8500/app/")`` reads etcd and, when etcd
+    cannot be reached, Consul; each member's cache is tried after every live member failed.
+    """
+
+    members: tuple[SourceSpec, ...] = attrs.field(converter=lambda ms: tuple(as_spec(m) for m in ms))
+    name: str | None = None
+
+    def __init__(self, *members: str | SourceSpec, name: str | None = None) -> None:
+        if not members:
+            raise SpecError("a Fallback needs at least one member", spec="Fallback()")
+        self.__attrs_init__(members, name)  # type: ignore[attr-defined]
+
+    @property
+    def display(self) -> str:
+        """The slot's display name."""
+        return self.name or " | ".join(m.display for m in self.members)
+
+    def __repr__(self) -> str:
+        return f"Fallback({self.display!r})"
+
+
+SourceLike = str | SourceSpec | Fallback | Mapping[str, Any] | Any
+
+
+def as_spec(source: SourceLike) -> SourceSpec:
+    """Turn one member of a ``sources`` list into a :class:`SourceSpec`."""
+    if isinstance(source, SourceSpec):
+        return source
+    if isinstance(source, str):
+        return SourceSpec.parse(source)
+    if isinstance(source, os.PathLike):
+        return SourceSpec(scheme="file", location=os.fspath(source))
+    if isinstance(source, Mapping) or attrs.has(type(source)):
+        return SourceSpec(scheme="defaults", data=source)
+    raise SpecError(
+        f"cannot use {type(source).__name__} as a source; give a spec string, a SourceSpec, "
+        "a mapping or an attrs instance of defaults",
+        spec=repr(type(source)),
+    )
+
+
+def as_slots(sources: Sequence[SourceLike]) -> tuple[tuple[SourceSpec, ...], ...]:
+    """Turn a ``sources`` list into precedence slots (lowest first), each a member tuple."""
+    if isinstance(sources, (str, bytes)) or not isinstance(sources, Sequence):
+        raise SpecError(
+            "sources must be a list of specs (lowest precedence first), "
+            f"not {type(sources).__name__}",
+            spec=repr(sources),
+        )
+    slots: list[tuple[SourceSpec, ...]] = []
+    for source in sources:
+        if isinstance(source, Fallback):
+            slots.append(source.members)
+        else:
+            slots.append((as_spec(source),))
+    return tuple(slots)

@@ -1,0 +1,123 @@
+"""The whole plugin contract of confhub, in one module.
+
+A plugin is a module or object with functions marked ``@confhub.hookimpl`` whose names
+match the specs below (a misspelt name is an error when the hub starts). Plugins are found
+through the entry-point group ``confhub``; the builtin backends (``defaults``, ``env``,
+``file``) register through these same hooks. Every hook is called with keyword arguments,
+so an implementation may accept any subset of a spec's arguments.
+
+Hooks are called once per source, layer or snapshot, never per key.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import cattrs
+
+    from ._backend import Backend, BackendInfo
+    from ._hub import Hub
+    from ._layer import Layer
+    from ._snapshot import Change, Snapshot
+    from ._spec import SourceSpec
+
+hookspec = pluggy.HookspecMarker("confhub")
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def confhub_configure(hub: Hub) -> None:
+    """A hub is starting; plugins may keep a reference to it.
+
+    Historic: a plugin registered later is called at registration.
+    """
+
+
+@hookspec
+def confhub_unconfigure(hub: Hub) -> None:
+    """The hub is closing; release what ``confhub_configure`` acquired. Called in every plugin."""
+
+
+# -- backends ----------------------------------------------------------------------------
+
+
+@hookspec
+def confhub_backend_schemes() -> list[BackendInfo]:
+    """Return the schemes this plugin provides (for ``confhub backends`` and error messages).
+
+    Called in every plugin; results are concatenated.
+    """
+
+
+@hookspec(firstresult=True)
+def confhub_make_backend(spec: SourceSpec, hub: Hub) -> Backend | None:
+    """Return a backend object for ``spec``, or ``None`` when ``spec.scheme`` is not yours.
+
+    Stops at first non-None result. Raise :class:`confhub.SpecError` for a spec of your scheme
+    that is malformed (name the option and the fix). Do no I/O here: connect in ``load``.
+    """
+
+
+@hookspec(firstresult=True)
+def confhub_load_layer(spec: SourceSpec, backend: Backend) -> Layer | None:
+    """Load the layer of one source.
+
+    Stops at first non-None result. The core's implementation (``trylast``) calls
+    ``backend.load()``; wrap it (``wrapper=True``) to add caching, metrics or decryption.
+    Raise :class:`confhub.SourceUnavailableError` for a transient failure (fallbacks apply),
+    :class:`confhub.SourceFormatError` for broken content (never falls back).
+    """
+
+
+@hookspec
+def confhub_layer_accepted(spec: SourceSpec, layer: Layer) -> None:
+    """A layer of ``spec`` passed validation and is now part of the published view.
+
+    Called for every accepted load and update (the cache writes its file here). Called in
+    every plugin; a raising implementation is logged and ignored.
+    """
+
+
+@hookspec
+def confhub_source_failed(spec: SourceSpec, error: BaseException, fallback: str | None) -> None:
+    """Loading or watching ``spec`` failed with ``error``; ``fallback`` names what serves
+    instead (``"cache"``, an alternate source, ``"last good"``) or is ``None``.
+
+    Called in every plugin, once per state change (not once per retry).
+    """
+
+
+# -- typed binding -----------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def confhub_register_converters(converter: cattrs.Converter) -> None:
+    """Register structure hooks on the hub's cattrs converter (custom types, coercions).
+
+    Historic: a plugin registered later is called at registration.
+    """
+
+
+# -- snapshots ---------------------------------------------------------------------------
+
+
+@hookspec
+def confhub_validate_snapshot(snapshot: Snapshot, previous: Snapshot | None) -> None:
+    """Raise to veto a new snapshot before it is published; the last good one stays.
+
+    Raise :class:`confhub.ConfigValidationError` (or any exception) with a message naming
+    the key and the fix. Called in every plugin.
+    """
+
+
+@hookspec
+def confhub_snapshot_published(change: Change) -> None:
+    """A new snapshot was published. Called in every plugin, on the hub's notifier thread."""
+
+
+def _all_hookspecs() -> list[Any]:
+    return [v for k, v in globals().items() if k.startswith("confhub_")]
