@@ -119,5 +119,16 @@ def confhub_snapshot_published(change: Change) -> None:
     """A new snapshot was published. Called in every plugin, on the hub's notifier thread."""
 
 
+# -- command line --------------------------------------------------------------------------
+
+
+@hookspec
+def confhub_demo(out: Any, workdir: str) -> bool | None:
+    """Extend ``confhub demo`` with a backend's part (write to ``out``; return True if run).
+
+    Called in every plugin after the core's steps; ``workdir`` is a scratch directory.
+    """
+
+
 def _all_hookspecs() -> list[Any]:
     return [v for k, v in globals().items() if k.startswith("confhub_")]
