@@ -1,0 +1,141 @@
+"""TLS with client certificates, user/password auth, token expiry."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Iterator
+
+import pytest
+from conftest import FAST, Recorder
+
+from confhub_etcd._client import (
+    Credentials,
+    EtcdAuthError,
+    EtcdClient,
+    EtcdTLSError,
+    EtcdUnavailable,
+    TLSConfig,
+)
+from confhub_etcd.testing import EtcdServer
+
+
+@pytest.fixture(scope="module")
+def tls_etcd() -> Iterator[EtcdServer]:
+    with EtcdServer(tls=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def auth_etcd() -> Iterator[EtcdServer]:
+    with EtcdServer(auth=True, auth_token_ttl=2) as server:
+        yield server
+
+
+def _tls(server: EtcdServer, *, client_cert: bool = True) -> TLSConfig:
+    assert server.tls is not None
+    if not client_cert:
+        return TLSConfig(ca_file=server.tls.ca_cert)
+    return TLSConfig(server.tls.ca_cert, server.tls.client_cert, server.tls.client_key)
+
+
+def test_tls_with_client_certificate(tls_etcd: EtcdServer) -> None:
+    """Reads, writes and a watch work over TLS with a client certificate."""
+    recorder = Recorder()
+    with EtcdClient(tls_etcd.endpoints, tls=_tls(tls_etcd)) as client:
+        client.put("/tls/a", "1")
+        with client.watch_prefix("/tls/", recorder.on_batch, backoff=FAST):
+            revision = client.put("/tls/b", "2")
+            recorder.wait_revision(revision)
+        assert {kv.key for kv in client.read_prefix("/tls/").items} == {b"/tls/a", b"/tls/b"}
+
+
+def test_https_endpoint_without_client_cert_fails_fast(tls_etcd: EtcdServer) -> None:
+    """Without the client certificate the call fails within the deadline with a TLS error."""
+    started = time.monotonic()
+    with EtcdClient(tls_etcd.endpoints, tls=_tls(tls_etcd, client_cert=False),
+                    timeout=2.0) as client, pytest.raises(EtcdUnavailable):
+        client.get("/tls/a")
+    assert time.monotonic() - started < 3.0
+
+
+def test_untrusted_server_certificate_is_a_tls_error(tls_etcd: EtcdServer) -> None:
+    """Trusting the wrong CA (system roots) gives EtcdTLSError, not a generic timeout."""
+    started = time.monotonic()
+    with EtcdClient([f"https://{tls_etcd.endpoint}"], timeout=2.0) as client, pytest.raises(
+        EtcdTLSError, match="TLS"
+    ):
+        client.get("/tls/a")
+    assert time.monotonic() - started < 3.0
+
+
+def test_plaintext_client_against_tls_server_fails_fast(tls_etcd: EtcdServer) -> None:
+    """A plaintext client against a TLS port fails within its deadline."""
+    started = time.monotonic()
+    with EtcdClient(tls_etcd.endpoints, timeout=1.0) as client, pytest.raises(EtcdUnavailable):
+        client.get("/tls/a")
+    assert time.monotonic() - started < 2.5
+
+
+def test_auth_roundtrip(auth_etcd: EtcdServer) -> None:
+    """The right password works for reads, writes and watches."""
+    creds = Credentials("root", auth_etcd.root_password)
+    recorder = Recorder()
+    with EtcdClient(auth_etcd.endpoints, credentials=creds) as client:
+        client.put("/auth/a", "1")
+        with client.watch_prefix("/auth/", recorder.on_batch, backoff=FAST):
+            revision = client.put("/auth/b", "1")
+            recorder.wait_revision(revision)
+        assert auth_etcd.root_password not in repr(client)
+
+
+def test_wrong_password_fails_fast_without_leaking_it(auth_etcd: EtcdServer) -> None:
+    """A wrong password is a quick EtcdAuthError whose text never contains the password."""
+    secret = "s3cret-Wrong-Pa55"
+    started = time.monotonic()
+    with EtcdClient(auth_etcd.endpoints, credentials=Credentials("root", secret),
+                    timeout=3.0) as client:
+        with pytest.raises(EtcdAuthError) as info:
+            client.get("/auth/a")
+        assert time.monotonic() - started < 2.0
+        assert "authentication failed" in str(info.value)
+        text = "".join(traceback.format_exception(info.value))
+        assert secret not in text
+        assert secret not in repr(client)
+        assert secret not in repr(Credentials("root", secret))
+
+
+def test_no_credentials_against_auth_server(auth_etcd: EtcdServer) -> None:
+    """Missing credentials are reported as an auth error, not as unavailability."""
+    with EtcdClient(auth_etcd.endpoints) as client, pytest.raises(EtcdAuthError):
+        client.get("/auth/a")
+
+
+def test_expired_token_reauthenticates_once(
+    auth_etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the simple token expires (TTL 2 s) the next call re-authenticates transparently,
+    and a watch created after expiry works too."""
+    creds = Credentials("root", auth_etcd.root_password)
+    with EtcdClient(auth_etcd.endpoints, credentials=creds) as client:
+        calls = []
+        original = client._authenticate
+
+        def counting(conn):  # type: ignore[no-untyped-def]
+            calls.append(time.monotonic())
+            return original(conn)
+
+        monkeypatch.setattr(client, "_authenticate", counting)
+        client.put("/auth/t", "1")
+        assert len(calls) == 1
+        time.sleep(3.5)
+        item, _ = client.get("/auth/t")
+        assert item is not None and item.value == b"1"
+        assert len(calls) == 2
+        time.sleep(3.5)
+        recorder = Recorder()
+        with client.watch_prefix("/auth/", recorder.on_batch, recorder.on_state, backoff=FAST):
+            recorder.wait_for(lambda: bool(recorder.batches))
+            revision = client.put("/auth/t", "2")
+            recorder.wait_revision(revision)
+        assert len(calls) <= 4
