@@ -89,8 +89,7 @@ class Recorder:
                 self._cond.wait(min(left, 0.1))
 
     def wait_revision(self, revision: int, timeout: float = 10.0) -> None:
-        self.wait_for(lambda: bool(self.batches) and self.batches[-1].revision >= revision,
-                      timeout)
+        self.wait_for(lambda: bool(self.batches) and self.batches[-1].revision >= revision, timeout)
 
     def state_names(self) -> list[str]:
         with self._cond:

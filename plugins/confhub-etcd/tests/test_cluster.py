@@ -16,8 +16,11 @@ def _server_history(endpoints: list[str], prefix: str, start: int, end: int) -> 
     from confhub_etcd._client import PrefixSnapshot  # noqa: PLC0415
 
     history = Recorder()
-    with EtcdClient(endpoints) as fresh, fresh.watch_prefix(
-        prefix, history.on_batch, snapshot=PrefixSnapshot(start - 1, ()), backoff=FAST
+    with (
+        EtcdClient(endpoints) as fresh,
+        fresh.watch_prefix(
+            prefix, history.on_batch, snapshot=PrefixSnapshot(start - 1, ()), backoff=FAST
+        ),
     ):
         history.wait_revision(end)
     return history.batches
@@ -44,13 +47,19 @@ def test_leader_loss_during_writes_loses_nothing(cluster: EtcdCluster) -> None:
             except EtcdError:
                 time.sleep(0.02)  # uncertain outcome: the history check covers it
 
-    with EtcdClient(ordered, timeout=1.0) as client, EtcdClient(
-        list(reversed(ordered)), timeout=1.0
-    ) as writer_client:
+    with (
+        EtcdClient(ordered, timeout=1.0) as client,
+        EtcdClient(list(reversed(ordered)), timeout=1.0) as writer_client,
+    ):
         snapshot = client.read_prefix("/cl/")
         with client.watch_prefix(
-            "/cl/", recorder.on_batch, recorder.on_state, snapshot=snapshot, backoff=FAST,
-            progress_interval=0.3, liveness_timeout=1.5,
+            "/cl/",
+            recorder.on_batch,
+            recorder.on_state,
+            snapshot=snapshot,
+            backoff=FAST,
+            progress_interval=0.3,
+            liveness_timeout=1.5,
         ) as watcher:
             recorder.wait_for(lambda: "connected" in recorder.state_names())
             assert watcher.endpoint == endpoints[leader]

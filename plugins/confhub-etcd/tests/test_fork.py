@@ -24,8 +24,9 @@ def _child(client: EtcdClient, watcher: PrefixWatcher, results: Any) -> None:
         recorder = Recorder()
         with client.watch_prefix("/fork/", recorder.on_batch, backoff=FAST):
             recorder.wait_for(lambda: bool(recorder.batches), timeout=5)
-        results.put(("ok", item.value if item else None, revision, forked,
-                     len(recorder.batches[0].events)))
+        results.put(
+            ("ok", item.value if item else None, revision, forked, len(recorder.batches[0].events))
+        )
     except BaseException as exc:  # report anything to the parent
         results.put(("error", repr(exc)))
 

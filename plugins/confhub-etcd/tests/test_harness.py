@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -83,5 +82,5 @@ def test_tls_files_generated() -> None:
         assert server.tls is not None
         for path in (server.tls.ca_cert, server.tls.server_cert, server.tls.client_cert):
             assert path.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
-        assert os.stat(server.tls.client_key).st_mode & 0o777 == 0o600
+        assert server.tls.client_key.stat().st_mode & 0o777 == 0o600
         server.put("/t/a", "1")

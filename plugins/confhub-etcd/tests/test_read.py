@@ -31,10 +31,8 @@ def test_paged_read_is_pinned_to_one_revision(client: EtcdClient, monkeypatch: A
         if args[1] == "Range" and kwargs.get("what") == "range read":
             pages.append(len(response.kvs))
             # A concurrent writer changes, adds and deletes keys between our pages.
-            original("kv", "Put", _put("/app/k049", "new"),
-                     idempotent=False, what="put")
-            original("kv", "Put", _put(f"/app/z{len(pages)}", "new"), idempotent=False,
-                     what="put")
+            original("kv", "Put", _put("/app/k049", "new"), idempotent=False, what="put")
+            original("kv", "Put", _put(f"/app/z{len(pages)}", "new"), idempotent=False, what="put")
         return response
 
     monkeypatch.setattr(client, "_unary", unary_with_interleaved_writes)

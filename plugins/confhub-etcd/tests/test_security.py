@@ -53,8 +53,12 @@ def test_tls_with_client_certificate(tls_etcd: EtcdServer) -> None:
 def test_https_endpoint_without_client_cert_fails_fast(tls_etcd: EtcdServer) -> None:
     """Without the client certificate the call fails within the deadline with a TLS error."""
     started = time.monotonic()
-    with EtcdClient(tls_etcd.endpoints, tls=_tls(tls_etcd, client_cert=False),
-                    timeout=2.0) as client, pytest.raises(EtcdUnavailable):
+    with (
+        EtcdClient(
+            tls_etcd.endpoints, tls=_tls(tls_etcd, client_cert=False), timeout=2.0
+        ) as client,
+        pytest.raises(EtcdUnavailable),
+    ):
         client.get("/tls/a")
     assert time.monotonic() - started < 3.0
 
@@ -62,8 +66,9 @@ def test_https_endpoint_without_client_cert_fails_fast(tls_etcd: EtcdServer) -> 
 def test_untrusted_server_certificate_is_a_tls_error(tls_etcd: EtcdServer) -> None:
     """Trusting the wrong CA (system roots) gives EtcdTLSError, not a generic timeout."""
     started = time.monotonic()
-    with EtcdClient([f"https://{tls_etcd.endpoint}"], timeout=2.0) as client, pytest.raises(
-        EtcdTLSError, match="TLS"
+    with (
+        EtcdClient([f"https://{tls_etcd.endpoint}"], timeout=2.0) as client,
+        pytest.raises(EtcdTLSError, match="TLS"),
     ):
         client.get("/tls/a")
     assert time.monotonic() - started < 3.0
@@ -93,8 +98,9 @@ def test_wrong_password_fails_fast_without_leaking_it(auth_etcd: EtcdServer) -> 
     """A wrong password is a quick EtcdAuthError whose text never contains the password."""
     secret = "s3cret-Wrong-Pa55"
     started = time.monotonic()
-    with EtcdClient(auth_etcd.endpoints, credentials=Credentials("root", secret),
-                    timeout=3.0) as client:
+    with EtcdClient(
+        auth_etcd.endpoints, credentials=Credentials("root", secret), timeout=3.0
+    ) as client:
         with pytest.raises(EtcdAuthError) as info:
             client.get("/auth/a")
         assert time.monotonic() - started < 2.0

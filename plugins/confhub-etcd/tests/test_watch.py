@@ -6,7 +6,7 @@ import time
 
 from conftest import FAST, Recorder, apply, assert_history_valid
 
-from confhub_etcd._client import Backoff, EtcdClient, EventKind, WatchState
+from confhub_etcd._client import Backoff, EtcdClient, EventKind
 from confhub_etcd.testing import EtcdServer
 
 
@@ -30,9 +30,7 @@ def test_multi_key_transaction_is_one_batch(client: EtcdClient, recorder: Record
     """All events of one transaction arrive in one callback call."""
     snapshot = client.read_prefix("/w/")
     with client.watch_prefix("/w/", recorder.on_batch, snapshot=snapshot, backoff=FAST):
-        revision = client.put_many(
-            {f"/w/k{i:02d}": str(i) for i in range(50)}, delete=["/w/none"]
-        )
+        revision = client.put_many({f"/w/k{i:02d}": str(i) for i in range(50)}, delete=["/w/none"])
         recorder.wait_revision(revision)
     assert len(recorder.batches) == 1
     batch = recorder.batches[0]
@@ -50,7 +48,10 @@ def test_deletes_are_delivered(client: EtcdClient, recorder: Recorder) -> None:
         recorder.wait_revision(revision)
     (event,) = recorder.events
     assert (event.kind, event.key, event.value, event.mod_revision) == (
-        EventKind.DELETE, b"/w/a", b"", revision
+        EventKind.DELETE,
+        b"/w/a",
+        b"",
+        revision,
     )
 
 
@@ -62,10 +63,17 @@ def test_kill_and_restart_mid_watch_loses_nothing(
     snapshot = client.read_prefix("/w/")
     slow = Backoff(initial=0.5, maximum=0.5, jitter=0.0)
     writer = EtcdClient(etcd.endpoints, timeout=2.0)
-    with writer, client.watch_prefix(
-        "/w/", recorder.on_batch, recorder.on_state, snapshot=snapshot, backoff=slow,
-        progress_interval=0.3,
-    ) as watcher:
+    with (
+        writer,
+        client.watch_prefix(
+            "/w/",
+            recorder.on_batch,
+            recorder.on_state,
+            snapshot=snapshot,
+            backoff=slow,
+            progress_interval=0.3,
+        ) as watcher,
+    ):
         for i in range(10):
             writer.put(f"/w/before{i}", str(i))
         writer.put_many({"/w/txn1": "a", "/w/txn2": "b"})
@@ -119,9 +127,9 @@ def test_compaction_while_behind_resyncs_with_deletes(
         (EventKind.DELETE, b"/w/drop", b""),
     }
     assert "resynced" in recorder.state_names()
-    assert apply(
-        {kv.key: kv.value for kv in snapshot.items}, recorder.batches
-    ) == {kv.key: kv.value for kv in client.read_prefix("/w/").items}
+    assert apply({kv.key: kv.value for kv in snapshot.items}, recorder.batches) == {
+        kv.key: kv.value for kv in client.read_prefix("/w/").items
+    }
 
 
 def test_compaction_during_outage_resyncs(
@@ -131,8 +139,9 @@ def test_compaction_during_outage_resyncs(
     on reconnect it resyncs instead of jumping silently."""
     client.put_many({"/w/a": "1", "/w/b": "1"})
     slow = Backoff(initial=3.0, maximum=3.0, jitter=0.0)
-    with client.watch_prefix("/w/", recorder.on_batch, recorder.on_state, backoff=slow,
-                             progress_interval=0.3):
+    with client.watch_prefix(
+        "/w/", recorder.on_batch, recorder.on_state, backoff=slow, progress_interval=0.3
+    ):
         recorder.wait_for(lambda: "connected" in recorder.state_names())
         etcd.kill()
         etcd.start()
@@ -143,7 +152,8 @@ def test_compaction_during_outage_resyncs(
     resync = next(b for b in recorder.batches if b.compact_revision)
     assert resync.compact_revision == compacted
     assert {(e.kind, e.key) for e in resync.events} == {
-        (EventKind.DELETE, b"/w/a"), (EventKind.PUT, b"/w/c")
+        (EventKind.DELETE, b"/w/a"),
+        (EventKind.PUT, b"/w/c"),
     }
 
 
@@ -154,8 +164,13 @@ def test_paused_server_is_detected_and_recovered(
     after SIGCONT the watch resumes without a gap."""
     snapshot = client.read_prefix("/w/")
     with client.watch_prefix(
-        "/w/", recorder.on_batch, recorder.on_state, snapshot=snapshot, backoff=FAST,
-        progress_interval=0.2, liveness_timeout=1.0,
+        "/w/",
+        recorder.on_batch,
+        recorder.on_state,
+        snapshot=snapshot,
+        backoff=FAST,
+        progress_interval=0.2,
+        liveness_timeout=1.0,
     ):
         recorder.wait_for(lambda: "connected" in recorder.state_names())
         etcd.pause()
@@ -173,8 +188,9 @@ def test_down_server_reports_once_and_does_not_spin(
 ) -> None:
     """While etcd stays down, repeated failures produce one state report and backoff grows."""
     backoff = Backoff(initial=0.05, maximum=0.4, jitter=0.0)
-    with client.watch_prefix("/w/", recorder.on_batch, recorder.on_state, backoff=backoff,
-                             progress_interval=0.3) as watcher:
+    with client.watch_prefix(
+        "/w/", recorder.on_batch, recorder.on_state, backoff=backoff, progress_interval=0.3
+    ) as watcher:
         recorder.wait_for(lambda: "connected" in recorder.state_names())
         etcd.stop()
         time.sleep(2.0)

@@ -78,9 +78,11 @@ def test_value_just_under_the_limit_is_accepted(client: EtcdClient) -> None:
 
 def test_server_limit_error_is_mapped(etcd: EtcdServer) -> None:
     """If the client is configured above the server's limit, the server's refusal is typed."""
-    with EtcdClient(etcd.endpoints, max_request_bytes=4 * 1024 * 1024) as client:
-        with pytest.raises(EtcdLimitError, match="too large"):
-            client.put("/big", b"x" * (2 * 1024 * 1024))
+    with (
+        EtcdClient(etcd.endpoints, max_request_bytes=4 * 1024 * 1024) as client,
+        pytest.raises(EtcdLimitError, match="too large"),
+    ):
+        client.put("/big", b"x" * (2 * 1024 * 1024))
 
 
 def test_too_many_txn_ops_rejected_before_sending() -> None:

@@ -298,8 +298,8 @@ class _ResponseTooLarge(EtcdError):
 
 def _translate(exc: grpc.RpcError, endpoint: str, *, what: str) -> EtcdError:
     """Map a gRPC error to this module's exceptions; messages hold no secrets."""
-    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]  # RpcError from a call is a grpc.Call
-    details = str(exc.details() or "")  # type: ignore[attr-defined]  # ditto
+    code: grpc.StatusCode = exc.code()
+    details = str(exc.details() or "")
     lowered = details.lower()
     if code in _RETRYABLE_CODES or code == grpc.StatusCode.CANCELLED:
         if code == grpc.StatusCode.UNAVAILABLE and any(m in lowered for m in _TLS_MARKERS):
@@ -465,8 +465,7 @@ class EtcdClient:
     def __repr__(self) -> str:
         user = self._credentials.user if self._credentials else None
         return (
-            f"EtcdClient(endpoints={self._endpoints!r}, tls={self._tls is not None}, "
-            f"user={user!r})"
+            f"EtcdClient(endpoints={self._endpoints!r}, tls={self._tls is not None}, user={user!r})"
         )
 
     @property
@@ -541,7 +540,8 @@ class EtcdClient:
             except EtcdCompacted as exc:
                 last_error = exc
                 log.info("etcd compacted during a paged read of %r; restarting the read", prefix_b)
-        assert last_error is not None
+        if last_error is None:  # attempts < 1 is normalised above; kept for the type checker
+            raise EtcdError(f"paged read of {prefix_b!r} made no attempt")
         raise last_error
 
     def _read_prefix_once(self, prefix: bytes, end: bytes, page_size: int) -> PrefixSnapshot:
@@ -572,8 +572,11 @@ class EtcdClient:
     def revision(self) -> int:
         """The current store revision."""
         response = self._unary(
-            "kv", "Range", _rpc().RangeRequest(key=b"\0", limit=1, count_only=True),
-            idempotent=True, what="revision read",
+            "kv",
+            "Range",
+            _rpc().RangeRequest(key=b"\0", limit=1, count_only=True),
+            idempotent=True,
+            what="revision read",
         )
         return int(response.header.revision)
 
@@ -589,8 +592,11 @@ class EtcdClient:
     def delete(self, key: str | bytes) -> int:
         """Delete one key (no error if absent); returns the store revision after the call."""
         response = self._unary(
-            "kv", "DeleteRange", _rpc().DeleteRangeRequest(key=_to_bytes(key)),
-            idempotent=False, what="delete",
+            "kv",
+            "DeleteRange",
+            _rpc().DeleteRangeRequest(key=_to_bytes(key)),
+            idempotent=False,
+            what="delete",
         )
         return int(response.header.revision)
 
@@ -598,9 +604,11 @@ class EtcdClient:
         """Delete every key under ``prefix`` in one revision; returns the revision."""
         prefix_b = _to_bytes(prefix)
         response = self._unary(
-            "kv", "DeleteRange",
+            "kv",
+            "DeleteRange",
             _rpc().DeleteRangeRequest(key=prefix_b, range_end=prefix_range_end(prefix_b)),
-            idempotent=False, what="delete",
+            idempotent=False,
+            what="delete",
         )
         return int(response.header.revision)
 
@@ -647,9 +655,7 @@ class EtcdClient:
         request = rpc.TxnRequest(
             compare=[compare],
             success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key_b, value=_to_bytes(value)))],
-            failure=[
-                rpc.RequestOp(request_range=rpc.RangeRequest(key=key_b, keys_only=True))
-            ],
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key_b, keys_only=True))],
         )
         self._check_size(request, "put_if_revision")
         response = self._unary("kv", "Txn", request, idempotent=False, what="compare-and-swap")
@@ -665,8 +671,11 @@ class EtcdClient:
     def compact(self, revision: int, *, physical: bool = True) -> None:
         """Compact the history up to ``revision``."""
         self._unary(
-            "kv", "Compact", _rpc().CompactionRequest(revision=revision, physical=physical),
-            idempotent=True, what="compaction",
+            "kv",
+            "Compact",
+            _rpc().CompactionRequest(revision=revision, physical=physical),
+            idempotent=True,
+            what="compaction",
         )
 
     # -- watch -----------------------------------------------------------------------------------
@@ -686,9 +695,15 @@ class EtcdClient:
     ) -> PrefixWatcher:
         """Create and start a :class:`PrefixWatcher`; see its docstring for the arguments."""
         watcher = PrefixWatcher(
-            self, prefix, on_batch, on_state,
-            snapshot=snapshot, backoff=backoff, progress_interval=progress_interval,
-            liveness_timeout=liveness_timeout, page_size=page_size,
+            self,
+            prefix,
+            on_batch,
+            on_state,
+            snapshot=snapshot,
+            backoff=backoff,
+            progress_interval=progress_interval,
+            liveness_timeout=liveness_timeout,
+            page_size=page_size,
             require_leader=require_leader,
         )
         watcher.start()
@@ -757,8 +772,11 @@ class EtcdClient:
         with self._lock:
             if self._endpoints[self._current] == endpoint and len(self._endpoints) > 1:
                 self._current = (self._current + 1) % len(self._endpoints)
-                log.debug("etcd endpoint %s failed; switching to %s", endpoint,
-                          self._endpoints[self._current])
+                log.debug(
+                    "etcd endpoint %s failed; switching to %s",
+                    endpoint,
+                    self._endpoints[self._current],
+                )
 
     def _invalidate_token(self, token: str | None) -> None:
         with self._lock:
@@ -775,15 +793,17 @@ class EtcdClient:
         return (("token", token),)
 
     def _authenticate(self, conn: _Connection) -> str:
-        assert self._credentials is not None
+        if self._credentials is None:
+            raise EtcdAuthError("no credentials configured", reason="no credentials")
         request = _rpc().AuthenticateRequest(
             name=self._credentials.user, password=self._credentials.password
         )
         try:
             response = conn.auth.Authenticate(request, timeout=self._timeout)
         except grpc.RpcError as exc:
-            error = _translate(exc, conn.endpoint, what=f"authentication of user "
-                               f"{self._credentials.user!r}")
+            error = _translate(
+                exc, conn.endpoint, what=f"authentication of user {self._credentials.user!r}"
+            )
             # Not chained: the request object in the frame holds the password.
             raise error from None
         token = str(response.token)
@@ -803,7 +823,7 @@ class EtcdClient:
                 )
             except grpc.RpcError as exc:
                 error = _translate(exc, conn.endpoint, what=what)
-                code = exc.code()  # type: ignore[attr-defined]  # a grpc.Call
+                code = exc.code()
                 if (
                     code == grpc.StatusCode.UNAUTHENTICATED
                     and self._credentials is not None
@@ -818,9 +838,7 @@ class EtcdClient:
                     raise error from exc
                 self._mark_failed(conn.endpoint)
                 tried += 1
-                retry = idempotent or any(
-                    m in error.args[0].lower() for m in _NOT_SENT_MARKERS
-                )
+                retry = idempotent or any(m in error.args[0].lower() for m in _NOT_SENT_MARKERS)
                 if isinstance(error, EtcdTLSError) or not retry or tried >= len(self._endpoints):
                     raise error from exc
             except EtcdUnavailable:
@@ -1075,12 +1093,14 @@ class PrefixWatcher:
                 elif self._compact_revision:
                     self._resync(initial=False)
                 self._stream(connected_at)
-                return
+                return  # noqa: TRY300 - the loop's only normal exit (close() was called)
             except _Compacted as exc:
                 self._compact_revision = exc.compact_revision
                 log.warning(
                     "etcd watch on %r fell behind compaction (revision %d <= %d); resyncing",
-                    self._prefix, self._revision, exc.compact_revision,
+                    self._prefix,
+                    self._revision,
+                    exc.compact_revision,
                 )
                 continue
             except _StreamLost as exc:
@@ -1103,8 +1123,12 @@ class PrefixWatcher:
             delay = self._backoff.delay(attempt)
             attempt += 1
             self.reconnects += 1
-            log.debug("etcd watch on %r retrying in %.2fs (stream lived %.2fs)", self._prefix,
-                      delay, time.monotonic() - started)
+            log.debug(
+                "etcd watch on %r retrying in %.2fs (stream lived %.2fs)",
+                self._prefix,
+                delay,
+                time.monotonic() - started,
+            )
             self._stop.wait(delay)
 
     def _stream(self, connected_at: list[float]) -> None:
@@ -1194,7 +1218,7 @@ class PrefixWatcher:
                 )
             else:
                 error = _translate(exc, conn.endpoint, what=f"the watch on {self._prefix!r}")
-                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:  # type: ignore[attr-defined]
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                     client._invalidate_token(token)
             raise _StreamLost(error) from exc
         finally:
@@ -1230,7 +1254,10 @@ class PrefixWatcher:
                 self._state.pop(event.key, None)
             else:
                 self._state[event.key] = KeyValue(
-                    event.key, event.value, event.mod_revision, event.create_revision,
+                    event.key,
+                    event.value,
+                    event.mod_revision,
+                    event.create_revision,
                     event.version,
                 )
         batch = WatchBatch(revision=max(e.mod_revision for e in events), events=tuple(events))
@@ -1245,8 +1272,14 @@ class PrefixWatcher:
             old = self._state.get(kv.key)
             if old is None or old.mod_revision != kv.mod_revision:
                 events.append(
-                    WatchEvent(EventKind.PUT, kv.key, kv.value, kv.mod_revision,
-                               kv.create_revision, kv.version)
+                    WatchEvent(
+                        EventKind.PUT,
+                        kv.key,
+                        kv.value,
+                        kv.mod_revision,
+                        kv.create_revision,
+                        kv.version,
+                    )
                 )
         events.extend(
             WatchEvent(EventKind.DELETE, key, b"", snapshot.revision)
@@ -1275,19 +1308,29 @@ class PrefixWatcher:
             self._on_batch(batch)
         except Exception:
             self.callback_errors += 1
-            log.exception("etcd watch callback for %r failed on revision %d", self._prefix,
-                          batch.revision)
+            log.exception(
+                "etcd watch callback for %r failed on revision %d", self._prefix, batch.revision
+            )
 
     def _report(self, state: WatchState, error: BaseException | None) -> None:
         if state == self._reported and state is not WatchState.RESYNCED:
             return
         self._reported = state
         if state is WatchState.DISCONNECTED:
-            log.warning("etcd watch on %r disconnected at revision %d: %s", self._prefix,
-                        self._revision, error)
+            log.warning(
+                "etcd watch on %r disconnected at revision %d: %s",
+                self._prefix,
+                self._revision,
+                error,
+            )
         else:
-            log.info("etcd watch on %r %s (revision %d, endpoint %s)", self._prefix,
-                     state.value, self._revision, self._endpoint)
+            log.info(
+                "etcd watch on %r %s (revision %d, endpoint %s)",
+                self._prefix,
+                state.value,
+                self._revision,
+                self._endpoint,
+            )
         if self._on_state is None:
             return
         try:

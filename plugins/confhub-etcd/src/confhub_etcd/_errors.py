@@ -11,7 +11,7 @@ builtin whose meaning it shares::
      ├── EtcdCompacted(EtcdError)                       a revision below the compaction point
      ├── EtcdCASConflict(EtcdError)                     compare-and-swap lost (``CASResult.check``)
      ├── EtcdLimitError(EtcdError, ValueError)          request too large / too many txn ops
-     ├── EtcdForkError(EtcdError, RuntimeError)         an object used in a forked child it cannot serve
+     ├── EtcdForkError(EtcdError, RuntimeError)         parent-bound object used after fork()
      └── EtcdClosedError(EtcdError, RuntimeError)       used after ``close()``
 
 Messages never contain passwords, tokens or values; they name the endpoint or key at fault and

@@ -1,1 +1,4 @@
-"""confhub plugin entry point for the etcd backend (glue to be written against the core contract)."""
+"""confhub plugin entry point for the etcd backend.
+
+The glue against the core's backend contract is written separately; see ``_client``.
+"""

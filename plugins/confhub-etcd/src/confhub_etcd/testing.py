@@ -160,9 +160,15 @@ def _generate_tls(directory: Path) -> TLSFiles:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -436,7 +442,9 @@ class EtcdCluster:
     def compact(self, revision: int | None = None) -> int:
         """Compact history up to ``revision`` (default: the current revision); returns it."""
         target = self.revision() if revision is None else revision
-        self._admin_call("KVStub", "Compact", _rpc().CompactionRequest(revision=target, physical=True))
+        self._admin_call(
+            "KVStub", "Compact", _rpc().CompactionRequest(revision=target, physical=True)
+        )
         return target
 
     # -- internals -----------------------------------------------------------------------------
@@ -462,26 +470,41 @@ class EtcdCluster:
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         args = [
             self.binary,
-            "--name", member.name,
-            "--data-dir", str(member.data_dir),
-            "--listen-client-urls", member.client_url,
-            "--advertise-client-urls", member.client_url,
-            "--listen-peer-urls", member.peer_url,
-            "--initial-advertise-peer-urls", member.peer_url,
-            "--initial-cluster", initial,
-            "--initial-cluster-state", "new",
-            "--initial-cluster-token", self._token,
-            "--heartbeat-interval", str(self._heartbeat_ms),
-            "--election-timeout", str(self._election_timeout_ms),
-            "--log-level", "warn",
+            "--name",
+            member.name,
+            "--data-dir",
+            str(member.data_dir),
+            "--listen-client-urls",
+            member.client_url,
+            "--advertise-client-urls",
+            member.client_url,
+            "--listen-peer-urls",
+            member.peer_url,
+            "--initial-advertise-peer-urls",
+            member.peer_url,
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            self._token,
+            "--heartbeat-interval",
+            str(self._heartbeat_ms),
+            "--election-timeout",
+            str(self._election_timeout_ms),
+            "--log-level",
+            "warn",
             # Page-cache durability is enough: a SIGKILLed process does not lose page cache.
             "--unsafe-no-fsync",
         ]
         if self.tls is not None:
             args += [
-                "--cert-file", str(self.tls.server_cert),
-                "--key-file", str(self.tls.server_key),
-                "--trusted-ca-file", str(self.tls.ca_cert),
+                "--cert-file",
+                str(self.tls.server_cert),
+                "--key-file",
+                str(self.tls.server_key),
+                "--trusted-ca-file",
+                str(self.tls.ca_cert),
                 "--client-cert-auth",
             ]
         if self.auth_token_ttl is not None:
