@@ -88,3 +88,37 @@ def test_leader_loss_during_writes_loses_nothing(cluster: EtcdCluster) -> None:
         assert state[key.encode()] == value.encode()
     assert len(mine) > 20
     cluster.start(leader)
+
+
+def test_quorum_loss_cancels_watch_via_hasleader(cluster: EtcdCluster) -> None:
+    """With two of three members gone, the survivor cancels the hasleader watch ('no leader')
+    instead of leaving it hanging; after the members return the watch resumes without a gap."""
+    survivor = cluster.leader()
+    others = [i for i in range(3) if i != survivor]
+    recorder = Recorder()
+    with EtcdClient([cluster.endpoints[survivor]], timeout=1.0) as client:
+        snapshot = client.read_prefix("/q/")
+        with client.watch_prefix(
+            "/q/",
+            recorder.on_batch,
+            recorder.on_state,
+            snapshot=snapshot,
+            backoff=FAST,
+            progress_interval=5.0,  # liveness far away: the cancel must come from the server
+        ):
+            recorder.wait_for(lambda: "connected" in recorder.state_names())
+            before = client.put("/q/a", "1")
+            recorder.wait_revision(before)
+            for i in others:
+                cluster.kill(i)
+            started = time.monotonic()
+            recorder.wait_for(lambda: "disconnected" in recorder.state_names(), timeout=10)
+            assert time.monotonic() - started < 5.0
+            lost = next(s for s in recorder.states if s.state.value == "disconnected")
+            assert lost.error is not None
+            for i in others:
+                cluster.start(i)
+            after = client.put("/q/b", "2")
+            recorder.wait_revision(after, timeout=15)
+    assert_history_valid(recorder.batches)
+    assert [e.key for e in recorder.events] == [b"/q/a", b"/q/b"]
