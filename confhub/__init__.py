@@ -41,7 +41,6 @@ from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot
 from ._spec import Fallback, SourceSpec
 
 __all__ = [
-    "MISSING",
     "Backend",
     "BackendInfo",
     "BackendNotFoundError",
@@ -58,6 +57,7 @@ __all__ = [
     "KeyChange",
     "Layer",
     "LayerDelta",
+    "MISSING",
     "Notify",
     "Origin",
     "PluginError",

@@ -77,7 +77,7 @@ def _touch(layer: Layer | None, key: str) -> str | None:
         return "leaf"
     if key in layer.inner:
         return "inner"
-    if layer.inner and any(p in layer.values for p in prefixes(key)):
+    if any(p in layer.values for p in prefixes(key)):
         return "prefix"
     return None
 

@@ -1,0 +1,150 @@
+"""The plugin system: builtins, entry points, blocking, misspelt hooks."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import json
+import subprocess
+import sys
+
+import attrs
+import pytest
+
+import confhub
+from confhub import Hub, PluginError
+from confhub._cli import main
+
+
+def _example_installed() -> None:
+    try:
+        importlib.metadata.distribution("confhub-example-plugin")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail(
+            "the throwaway plugin distribution tests/plugin_dist is not installed; "
+            "run the tests through 'python3 dev.py test', which installs it"
+        )
+
+
+def test_third_party_plugin_is_discovered_through_entry_points() -> None:
+    """An installed distribution's backend is usable from a Hub with no registration."""
+    _example_installed()
+    with Hub([{"greeting": "hi"}, "example:greeting=hello,name=confhub"]) as hub:
+        assert hub.get("greeting") == "hello"
+        assert hub.explain("name").detail == "pair name=confhub"
+
+
+def test_third_party_plugin_is_listed_by_the_cli_with_its_distribution() -> None:
+    """`confhub backends --json` lists the plugin's scheme with its distribution and version."""
+    _example_installed()
+    out = io.StringIO()
+    assert main(["backends", "--json"], out=out) == 0
+    rows = {r["scheme"]: r for r in json.loads(out.getvalue())}
+    assert rows["example"]["distribution"] == "confhub-example-plugin"
+    assert rows["example"]["version"] == "0.0.1"
+    assert rows["file"]["distribution"] == "confhub (builtin)"
+
+
+def test_cli_backends_in_a_subprocess_sees_the_plugin() -> None:
+    """The installed console script finds entry-point plugins too."""
+    _example_installed()
+    proc = subprocess.run(
+        [sys.executable, "-m", "confhub", "backends"], capture_output=True, text=True, timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "confhub-example-plugin" in proc.stdout
+
+
+def test_autoload_can_be_disabled_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CONFHUB_DISABLE_PLUGIN_AUTOLOAD=1 skips entry points; builtins stay."""
+    monkeypatch.setenv("CONFHUB_DISABLE_PLUGIN_AUTOLOAD", "1")
+    hub = Hub(["example:a=1"])
+    with pytest.raises(confhub.BackendNotFoundError) as info:
+        hub.start()
+    assert "example" not in info.value.installed
+    assert "file" in info.value.installed
+
+
+def test_block_removes_a_builtin_backend() -> None:
+    """Hub(block=['env']) unregisters the env backend."""
+    hub = Hub(["env:APP_"], block=["env"], autoload=False)
+    with pytest.raises(confhub.BackendNotFoundError):
+        hub.start()
+
+
+def test_block_removes_an_entry_point_plugin() -> None:
+    """Blocking an entry-point name keeps that plugin out."""
+    _example_installed()
+    hub = Hub(["example:a=1"], block=["example"])
+    with pytest.raises(confhub.BackendNotFoundError):
+        hub.start()
+
+
+def test_misspelt_hook_implementation_is_an_error() -> None:
+    """A hookimpl whose name matches no hookspec fails loudly at construction."""
+
+    class Typo:
+        @confhub.hookimpl
+        def confhub_make_backed(self, spec: object) -> None:  # sic
+            return None
+
+    with pytest.raises(PluginError, match="confhub_make_backed"):
+        Hub([], plugins=[Typo()], autoload=False)
+
+
+def test_explicit_plugin_object_provides_a_backend() -> None:
+    """Hub(plugins=[...]) registers a plugin object."""
+
+    class Static:
+        @confhub.hookimpl
+        def confhub_make_backend(self, spec: confhub.SourceSpec, hub: Hub) -> object:
+            if spec.scheme != "static":
+                return None
+
+            class B:
+                def load(self) -> confhub.Layer:
+                    return confhub.Layer.from_mapping({"x": {"y": 1}}, source=spec.display)
+
+                def close(self) -> None:
+                    pass
+
+            return B()
+
+    with Hub(["static:"], plugins=[Static()], autoload=False) as hub:
+        assert hub.get("x.y") == 1
+
+
+def test_load_layer_wrapper_can_post_process() -> None:
+    """A wrapper around confhub_load_layer sees and can replace the core's result."""
+
+    class Upper:
+        @confhub.hookimpl(wrapper=True)
+        def confhub_load_layer(self, spec: confhub.SourceSpec, backend: object):  # type: ignore[no-untyped-def]
+            layer = yield
+            return confhub.Layer.from_flat(
+                {k: str(v).upper() for k, v in layer.values.items()}, source=spec.display
+            )
+
+    with Hub([{"a": "x"}], plugins=[Upper()], autoload=False) as hub:
+        assert hub.get("a") == "X"
+
+
+class Port(int):
+    """A custom type only a plugin's structure hook knows."""
+
+
+@attrs.frozen
+class WithPort:
+    port: Port
+
+
+def test_register_converters_hook_adds_types() -> None:
+    """confhub_register_converters lets a plugin teach the converter a type."""
+    class Ports:
+        @confhub.hookimpl
+        def confhub_register_converters(self, converter: object) -> None:
+            converter.register_structure_hook(Port, lambda v, _: Port(int(v)))  # type: ignore[attr-defined]
+
+    with Hub([{"port": "80"}], plugins=[Ports()], autoload=False) as hub:
+        assert isinstance(hub.bind(WithPort).port, Port)

@@ -1,0 +1,54 @@
+"""The public surface: pinned, sorted, and reported under the confhub module."""
+
+from __future__ import annotations
+
+import confhub
+from confhub import hookspecs
+
+
+def test_all_is_sorted_and_complete() -> None:
+    """__all__ is sorted and every name in it exists."""
+    assert confhub.__all__ == sorted(confhub.__all__)
+    for name in confhub.__all__:
+        assert hasattr(confhub, name), name
+
+
+def test_public_classes_report_the_confhub_module() -> None:
+    """Public classes say confhub, not a private module."""
+    for name in confhub.__all__:
+        obj = getattr(confhub, name)
+        if isinstance(obj, type):
+            assert obj.__module__ == "confhub", name
+
+
+def test_public_surface_is_pinned() -> None:
+    """Changing the public API is deliberate: update this list and the changelog."""
+    assert set(confhub.__all__) == {
+        "MISSING", "Backend", "BackendInfo", "BackendNotFoundError", "Change", "ConfhubError",
+        "ConfigKeyError", "ConfigValidationError", "ErrorEvent", "Explanation", "Fallback",
+        "Health", "Hub", "HubStateError", "KeyChange", "Layer", "LayerDelta", "Notify",
+        "Origin", "PluginError", "Snapshot", "SourceError", "SourceFormatError",
+        "SourceHealth", "SourcePermissionError", "SourceSpec", "SourceUnavailableError",
+        "SpecError", "StartupError", "State", "Subscription", "Update", "View",
+        "WriteConflictError", "WriteError", "hookimpl", "is_secret_key", "parse_document",
+        "parse_duration",
+    }
+
+
+def test_every_error_derives_from_confhub_error() -> None:
+    """One exception tree."""
+    for name in confhub.__all__:
+        obj = getattr(confhub, name)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            assert issubclass(obj, confhub.ConfhubError), name
+    assert issubclass(confhub.ConfigKeyError, KeyError)
+    assert issubclass(confhub.HubStateError, RuntimeError)
+
+
+def test_hookspecs_have_prefix_and_docstrings() -> None:
+    """Every hookspec is named confhub_* and documents itself."""
+    specs = hookspecs._all_hookspecs()
+    assert len(specs) >= 10
+    for spec in specs:
+        assert spec.__name__.startswith("confhub_")
+        assert spec.__doc__ and len(spec.__doc__) > 40, spec.__name__

@@ -1,0 +1,50 @@
+"""Source specs: parsing, options and credential redaction."""
+
+from __future__ import annotations
+
+import pytest
+
+from confhub import Fallback, SourceSpec, SpecError
+
+
+def test_bare_path_is_a_file() -> None:
+    """A string without a scheme is a file path."""
+    spec = SourceSpec.parse("conf/app.toml")
+    assert (spec.scheme, spec.location) == ("file", "conf/app.toml")
+
+
+def test_query_options_and_keyword_overrides() -> None:
+    """Options come from the query string; keyword arguments override them."""
+    spec = SourceSpec.parse("etcd://h:2379/app/?format=json&timeout=2", timeout=5)
+    assert spec.location == "//h:2379/app/"
+    assert spec.options == {"format": "json", "timeout": 5}
+    assert spec.option_float("timeout", 1) == 5.0
+
+
+def test_credentials_never_in_display_or_repr() -> None:
+    """Passwords in the URL and token options are redacted."""
+    spec = SourceSpec.parse("etcd://root:pa55word@h:2379/app/?token=t0ps3cret&format=json")
+    for text in (spec.display, repr(spec), str(spec.redacted_options())):
+        assert "pa55word" not in text
+        assert "t0ps3cret" not in text
+    assert "root" in spec.display
+
+
+def test_bad_boolean_option_names_the_option() -> None:
+    """A non-boolean value for a boolean option is a SpecError naming it."""
+    with pytest.raises(SpecError, match="optional"):
+        _ = SourceSpec.parse("file:x.toml?optional=perhaps").optional
+
+
+def test_empty_spec_is_an_error() -> None:
+    """An empty spec is rejected with an example of a good one."""
+    with pytest.raises(SpecError, match="file:config.toml"):
+        SourceSpec.parse("  ")
+
+
+def test_fallback_group_members() -> None:
+    """A Fallback groups specs into one slot."""
+    group = Fallback("memory:a", "memory:b")
+    assert [m.location for m in group.members] == ["a", "b"]
+    with pytest.raises(SpecError):
+        Fallback()
