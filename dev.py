@@ -28,7 +28,7 @@ TEST_PLUGIN = ROOT / "tests" / "plugin_dist"
 
 def run(*cmd: str | Path, check: bool = True) -> int:
     print("+", " ".join(str(c) for c in cmd), flush=True)
-    return subprocess.run([str(c) for c in cmd], cwd=ROOT, check=check).returncode
+    return subprocess.run([str(c) for c in cmd], cwd=ROOT, check=check).returncode  # noqa: S603
 
 
 def _fingerprint(extras: str) -> str:
@@ -43,8 +43,6 @@ def _fingerprint(extras: str) -> str:
 
 def ensure_env(extras: str = "test") -> None:
     """Create .venv and install confhub, the plugins and the test tools into it."""
-    if sys.version_info < (3, 11):
-        sys.exit("confhub needs Python 3.11 or newer")
     if not PY.exists():
         run(sys.executable, "-m", "venv", VENV)
         run(PY, "-m", "pip", "install", "-q", "--upgrade", "pip")
@@ -67,16 +65,30 @@ def check() -> int:
     for plugin in PLUGINS:
         src = plugin / "src"
         if src.exists():
-            rc |= run(BIN / "mypy", "--strict", "--config-file", ROOT / "pyproject.toml",
-                      *sorted(str(p) for p in src.iterdir() if p.is_dir()), check=False)
-    rc |= run(BIN / "mypy", "--strict", "--config-file", ROOT / "pyproject.toml",
-              ROOT / "tests" / "typing_usage.py", check=False)
+            rc |= run(
+                BIN / "mypy",
+                "--strict",
+                "--config-file",
+                ROOT / "pyproject.toml",
+                *sorted(str(p) for p in src.iterdir() if p.is_dir()),
+                check=False,
+            )
+    rc |= run(
+        BIN / "mypy",
+        "--strict",
+        "--config-file",
+        ROOT / "pyproject.toml",
+        ROOT / "tests" / "typing_usage.py",
+        check=False,
+    )
     return rc
 
 
 def test(extra: list[str]) -> int:
     rc = check()
-    paths = ["tests"] + [str(p.relative_to(ROOT) / "tests") for p in PLUGINS if (p / "tests").exists()]
+    paths = ["tests"] + [
+        str(p.relative_to(ROOT) / "tests") for p in PLUGINS if (p / "tests").exists()
+    ]
     # Each distribution's tests run in their own pytest process, so that their conftest
     # files and rootdirs stay apart.
     for path in paths:
@@ -88,6 +100,9 @@ def test(extra: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs before the venv exists
+        print("confhub needs Python 3.11 or newer")
+        return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2

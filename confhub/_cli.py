@@ -44,10 +44,17 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Sources come from -s (repeatable, lowest precedence first), or from "
         "confhub.toml / [tool.confhub] in pyproject.toml (sources = [...]).",
     )
-    parser.add_argument("-s", "--source", action="append", default=[], metavar="SPEC",
-                        help="a source spec, e.g. file:config.toml, env:APP_, etcd://h:2379/app/")
-    parser.add_argument("-c", "--config", metavar="FILE",
-                        help="a confhub.toml or pyproject.toml naming the sources")
+    parser.add_argument(
+        "-s",
+        "--source",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a source spec, e.g. file:config.toml, env:APP_, etcd://h:2379/app/",
+    )
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", help="a confhub.toml or pyproject.toml naming the sources"
+    )
     parser.add_argument("--cache-dir", metavar="DIR", help="where remote sources are cached")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -75,8 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("key")
     p.add_argument("value")
-    p.add_argument("--if-revision", type=int, default=None, metavar="N",
-                   help="write only if the key's revision is N (0: only if absent)")
+    p.add_argument(
+        "--if-revision",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write only if the key's revision is N (0: only if absent)",
+    )
 
     p = sub.add_parser("backends", help="list installed backend plugins")
     p.add_argument("--json", action="store_true")
@@ -207,8 +219,10 @@ def _cmd_dump(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_explain(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
-    items = [hub.explain(args.key, reveal=args.reveal)] if args.key else hub.explain_all(
-        reveal=args.reveal
+    items = (
+        [hub.explain(args.key, reveal=args.reveal)]
+        if args.key
+        else hub.explain_all(reveal=args.reveal)
     )
     if args.json:
         payload: Any = items[0].to_dict() if args.key else [e.to_dict() for e in items]
@@ -221,8 +235,11 @@ def _cmd_explain(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
         if e.detail:
             out.write(f"    at {e.detail}\n")
         for o in e.overridden:
-            out.write(f"    overrides {o.value!r} from {o.source}"
-                      + (f" ({o.detail})" if o.detail else "") + "\n")
+            out.write(
+                f"    overrides {o.value!r} from {o.source}"
+                + (f" ({o.detail})" if o.detail else "")
+                + "\n"
+            )
     return EXIT_OK
 
 
@@ -230,16 +247,34 @@ def _change_lines(change: Change, as_json: bool) -> list[str]:
     lines = []
     for c in change.changes:
         if as_json:
-            lines.append(json.dumps({
-                "generation": change.generation,
-                "key": c.key,
-                "old": _jsonable(REDACTED if is_secret_key(c.key) and c.old is not MISSING else c.old),
-                "new": _jsonable(REDACTED if is_secret_key(c.key) and c.new is not MISSING else c.new),
-                "source": change.source,
-            }, ensure_ascii=False, sort_keys=True))
+            lines.append(
+                json.dumps(
+                    {
+                        "generation": change.generation,
+                        "key": c.key,
+                        "old": _jsonable(
+                            REDACTED if is_secret_key(c.key) and c.old is not MISSING else c.old
+                        ),
+                        "new": _jsonable(
+                            REDACTED if is_secret_key(c.key) and c.new is not MISSING else c.new
+                        ),
+                        "source": change.source,
+                    },
+                    ensure_ascii=False,
+                    sort_keys=True,
+                )
+            )
         else:
-            old = "<absent>" if c.old is MISSING else (REDACTED if is_secret_key(c.key) else repr(c.old))
-            new = "<absent>" if c.new is MISSING else (REDACTED if is_secret_key(c.key) else repr(c.new))
+            old = (
+                "<absent>"
+                if c.old is MISSING
+                else (REDACTED if is_secret_key(c.key) else repr(c.old))
+            )
+            new = (
+                "<absent>"
+                if c.new is MISSING
+                else (REDACTED if is_secret_key(c.key) else repr(c.new))
+            )
             lines.append(f"[{change.generation}] {c.key}: {old} -> {new}  ({change.source})")
     return lines
 
@@ -298,10 +333,14 @@ def _cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
         out.write(json.dumps(rows, sort_keys=True) + "\n")
         return EXIT_OK
     for r in rows:
-        flags = ",".join(f for f in ("watch" if r["watchable"] else "",
-                                      "write" if r["writable"] else "") if f)
-        out.write(f"{r['scheme']:<10} {r['distribution']} {r['version']}".rstrip()
-                  + (f"  [{flags}]" if flags else "") + f"  {r['description']}\n")
+        flags = ",".join(
+            f for f in ("watch" if r["watchable"] else "", "write" if r["writable"] else "") if f
+        )
+        out.write(
+            f"{r['scheme']:<10} {r['distribution']} {r['version']}".rstrip()
+            + (f"  [{flags}]" if flags else "")
+            + f"  {r['description']}\n"
+        )
     return EXIT_OK
 
 
@@ -339,8 +378,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return _cmd_set(args, out)
         hub = _make_hub(args)
         with hub:
-            command = {"get": _cmd_get, "dump": _cmd_dump, "explain": _cmd_explain,
-                       "watch": _cmd_watch, "health": _cmd_health}[args.command]
+            command = {
+                "get": _cmd_get,
+                "dump": _cmd_dump,
+                "explain": _cmd_explain,
+                "watch": _cmd_watch,
+                "health": _cmd_health,
+            }[args.command]
             return command(hub, args, out)
     except _UsageError as exc:
         sys.stderr.write(f"confhub: {exc}\n")

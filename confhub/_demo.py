@@ -77,7 +77,8 @@ def _run(say: Any) -> int:
                 for o in e.overridden:
                     say(f"     {o.value!r} from {o.source} ({o.detail or 'in code'})")
                 e = hub.explain("db.password")
-                say(f"   db.password = {e.value!r} from {e.source} ({e.detail}): secrets are redacted")
+                say(f"   db.password = {e.value!r} from {e.source} ({e.detail})")
+                say("   (values of secret-looking keys are redacted)")
                 say()
                 events: queue.Queue[Change | ErrorEvent] = queue.Queue()
                 hub.subscribe(events.put, on_error=events.put)
@@ -87,20 +88,26 @@ def _run(say: Any) -> int:
                 item = events.get(timeout=10)
                 took = (time.perf_counter() - start) * 1000
                 for c in getattr(item, "changes", ()):
-                    say(f"   change in generation {item.generation}: {c.key}: "  # type: ignore[union-attr]
-                        f"{c.old!r} -> {c.new!r} ({took:.0f} ms after the save)")
+                    say(
+                        f"   change in generation {item.generation}: {c.key}: "
+                        f"{c.old!r} -> {c.new!r} ({took:.0f} ms after the save)"
+                    )
                 say(f"   view.current.db.host -> {view.current.db.host!r}")
                 say()
                 say("== 4. A bad save (an unterminated string) never replaces the last good one")
                 _save(path, '[db]\nhost = "db3.internal\nport = 5432\n')
                 item = events.get(timeout=10)
                 say(f"   rejected: {getattr(item, 'error', item)}".replace("\n", "\n   "))
-                say(f"   still serving db.host = {hub.get('db.host')!r}; "
-                    f"health: {hub.health().sources[1].state}")
+                say(
+                    f"   still serving db.host = {hub.get('db.host')!r}; "
+                    f"health: {hub.health().sources[1].state}"
+                )
                 _save(path, '[db]\nhost = "db3.internal"\nport = 5433\n')
                 item = events.get(timeout=10)
-                say(f"   fixed save applies: db.host = {hub.get('db.host')!r}; "
-                    f"health: {hub.health().sources[1].state}")
+                say(
+                    f"   fixed save applies: db.host = {hub.get('db.host')!r}; "
+                    f"health: {hub.health().sources[1].state}"
+                )
                 say()
                 results = hub.pm.hook.confhub_demo(out=say.out, workdir=work)
                 if not any(results):

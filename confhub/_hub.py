@@ -20,9 +20,9 @@ from ._binding import error_lines, make_converter, path_to_key
 from ._errors import (
     BackendNotFoundError,
     ConfhubError,
+    ConfigKeyError,
     ConfigValidationError,
     HubStateError,
-    SourceError,
     SourceFormatError,
     SourcePermissionError,
     SourceUnavailableError,
@@ -236,8 +236,8 @@ class _Slot:
     def __init__(self, index: int, members: tuple[SourceSpec, ...]) -> None:
         self.index = index
         self.members = members
-        self.display = members[0].display if len(members) == 1 else " | ".join(
-            m.display for m in members
+        self.display = (
+            members[0].display if len(members) == 1 else " | ".join(m.display for m in members)
         )
         self.backends: list[Backend | None] = [None] * len(members)
         self.active: int | None = None  # which member serves
@@ -310,9 +310,7 @@ class Hub:
         self.cache_dir = cache_dir
         self.pm: pluggy.PluginManager = make_plugin_manager(plugins, block, autoload)
         self.converter: cattrs.Converter = make_converter()
-        self.pm.hook.confhub_register_converters.call_historic(
-            kwargs={"converter": self.converter}
-        )
+        self.pm.hook.confhub_register_converters.call_historic(kwargs={"converter": self.converter})
         self._state = State.NEW
         self._lock = threading.RLock()
         self._snapshot: Snapshot = _UnusableSnapshot(
@@ -485,7 +483,7 @@ class Hub:
 
         if can_watch(backend):
             try:
-                backend.watch(notify)  # type: ignore[attr-defined]
+                backend.watch(notify)  # type: ignore[union-attr]
             except ConfhubError as exc:
                 self._on_update(slot, exc)
             return
@@ -494,8 +492,10 @@ class Hub:
             return
         period = spec.option_float("poll", 0.0)
         slot.poller = threading.Thread(
-            target=self._poll_loop, args=(slot, backend, period, notify),
-            name=f"confhub-poll[{spec.display}]", daemon=True,
+            target=self._poll_loop,
+            args=(slot, backend, period, notify),
+            name=f"confhub-poll[{spec.display}]",
+            daemon=True,
         )
         slot.poller.start()
 
@@ -549,7 +549,7 @@ class Hub:
             snapshot = Snapshot(generation, merged, tuple(slot_layers), old._names)
             try:
                 bound = self._validate(snapshot, old)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any veto rejects the update, reported
                 slot.pending = new_layer
                 self._source_error(slot, exc, rejected=True)
                 return
@@ -592,24 +592,33 @@ class Hub:
             slot.state = "stale" if slot.layer is not None else "absent"
             slot.since = time.time()
             if rejected or isinstance(error, SourceFormatError):
-                log.error("%s: update rejected, keeping the last good configuration: %s",
-                          slot.display, error)
+                log.error(
+                    "%s: update rejected, keeping the last good configuration: %s",
+                    slot.display,
+                    error,
+                )
             else:
                 log.warning("%s: %s; serving the last good configuration", slot.display, error)
             self.pm.hook.confhub_source_failed(
-                spec=slot.active_spec, error=error,
+                spec=slot.active_spec,
+                error=error,
                 fallback="last good" if slot.layer is not None else None,
             )
             self._events.put(ErrorEvent(slot.display, error, self._generation))
 
     def _validate(self, snapshot: Snapshot, previous: Snapshot) -> list[tuple[View[Any], Any]]:
-        bound = [(view, self._bind(snapshot, view.cls, view.prefix)) for view in self._views.values()]
+        bound = [
+            (view, self._bind(snapshot, view.cls, view.prefix)) for view in self._views.values()
+        ]
         self.pm.hook.confhub_validate_snapshot(snapshot=snapshot, previous=previous)
         return bound
 
     def _make_snapshot(self, merged: Merged, generation: int) -> Snapshot:
         return Snapshot(
-            generation, merged, tuple(s.layer for s in self._slots), tuple(s.display for s in self._slots)
+            generation,
+            merged,
+            tuple(s.layer for s in self._slots),
+            tuple(s.display for s in self._slots),
         )
 
     # -- reads -----------------------------------------------------------------------------
@@ -810,8 +819,9 @@ class Hub:
         if index is None:
             snap[key]  # raises ConfigKeyError with hints, or returns a table
             raise ConfigKeyError(
-                key, f"{key!r} is a table, not a value; explain one of its keys, such as "
-                f"{next(k for k in snap.flat() if k.startswith(key + '.'))!r}"
+                key,
+                f"{key!r} is a table, not a value; explain one of its keys, such as "
+                f"{next(k for k in snap.flat() if k.startswith(key + '.'))!r}",
             )
         secret = is_secret_key(key) and not reveal
         overridden = []
@@ -859,7 +869,10 @@ class Hub:
         """
         self._check_running("hub.write()")
         for slot in reversed(self._slots):
-            if source is not None and source not in (slot.display, *[m.display for m in slot.members]):
+            if source is not None and source not in (
+                slot.display,
+                *[m.display for m in slot.members],
+            ):
                 continue
             backend = slot.backends[slot.active or 0]
             if backend is not None and can_write(backend):
@@ -867,7 +880,8 @@ class Hub:
                     key, value, None if expected_revision is MISSING else expected_revision
                 )
         raise WriteError(
-            "no writable source" + (f" named {source!r}" if source else "")
+            "no writable source"
+            + (f" named {source!r}" if source else "")
             + f" among {', '.join(self.sources)}; files and env are read-only here",
             source=source or "",
             key=key,
@@ -878,9 +892,10 @@ class Hub:
         return describe_plugins(self.pm)
 
     def __repr__(self) -> str:
-        return f"<Hub {self._state.value} sources={list(self.sources)!r} generation={self.generation}>"
+        return (
+            f"<Hub {self._state.value} sources={list(self.sources)!r} generation={self.generation}>"
+        )
 
 
 def _next_name(slot: _Slot, i: int) -> str | None:
     return slot.members[i + 1].display if i + 1 < len(slot.members) else None
-

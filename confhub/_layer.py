@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeAlias
 
 import attrs
 import immutables
@@ -23,7 +23,7 @@ import immutables
 from ._errors import SourceFormatError
 
 #: ``immutables.Map`` is generic at runtime but not in its stubs; these names keep it readable.
-Values = immutables.Map  # type: ignore[type-arg]
+Values: TypeAlias = "immutables.Map[str, Any]"
 
 
 def prefixes(key: str) -> Iterator[str]:
@@ -77,8 +77,7 @@ def _flatten_into(out: dict[str, Any], data: Mapping[str, Any], prefix: str, sou
         else:
             if key in out:
                 raise SourceFormatError(
-                    f"{source}: key {key!r} is given twice (once with dots in its name); "
-                    "keep one",
+                    f"{source}: key {key!r} is given twice (once with dots in its name); keep one",
                     source=source,
                     key=key,
                 )
@@ -91,7 +90,10 @@ def _flatten_into(out: dict[str, Any], data: Mapping[str, Any], prefix: str, sou
 
 
 def _check_no_leaf_parent(
-    values: Mapping[str, Any], inner: Mapping[str, int], keys: Iterable[str], source: str,
+    values: Mapping[str, Any],
+    inner: Mapping[str, int],
+    keys: Iterable[str],
+    source: str,
     details: Mapping[str, str],
 ) -> None:
     for key in keys:
@@ -268,6 +270,14 @@ class Layer:
 _ABSENT: Any = object()
 
 
+def _read_only(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+def _frozen_keys(keys: Iterable[str]) -> frozenset[str]:
+    return frozenset(keys)
+
+
 @attrs.frozen(repr=False)
 class LayerDelta:
     """A change to a layer: keys set (added or changed) and keys deleted.
@@ -277,8 +287,8 @@ class LayerDelta:
     the keys in ``set``; with ``replace_details`` it replaces the layer's details entirely.
     """
 
-    set: Mapping[str, Any] = attrs.field(factory=dict, converter=lambda m: MappingProxyType(dict(m)))
-    deleted: Collection[str] = attrs.field(factory=frozenset, converter=frozenset)
+    set: Mapping[str, Any] = attrs.field(factory=dict, converter=_read_only)
+    deleted: frozenset[str] = attrs.field(factory=frozenset, converter=_frozen_keys)
     revision: Any = None
     details: Mapping[str, str] = attrs.field(factory=dict)
     locate: Callable[[str], str | None] | None = None

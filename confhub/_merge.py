@@ -22,7 +22,9 @@ import immutables
 from ._layer import Layer, LayerDelta, Values, prefixes
 
 #: Marks a key that is absent on one side of a change.
-MISSING: Any = type("MissingType", (), {"__repr__": lambda self: "MISSING", "__bool__": lambda self: False})()
+MISSING: Any = type(
+    "MissingType", (), {"__repr__": lambda self: "MISSING", "__bool__": lambda self: False}
+)()
 
 Changed = list[tuple[str, Any, Any]]
 
@@ -116,9 +118,7 @@ def merge_update(
         if origins.get(key) != index:
             continue  # masked by a higher layer: removing it reveals nothing
         old_value = values[key]
-        below = next(
-            (j for j in range(index - 1, -1, -1) if touches[j] == "leaf"), None
-        )
+        below = next((j for j in range(index - 1, -1, -1) if touches[j] == "leaf"), None)
         if below is None:
             del values[key]
             del origins[key]

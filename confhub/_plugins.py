@@ -75,11 +75,13 @@ def make_plugin_manager(
                 f"uninstall the broken plugin, block it, or set {DISABLE_AUTOLOAD_ENV}=1"
             ) from exc
     for plugin in plugins:
-        name = getattr(plugin, "confhub_plugin_name", None) or getattr(plugin, "__name__", None)
-        if name and pm.is_blocked(name):
+        plugin_name: str | None = getattr(plugin, "confhub_plugin_name", None) or getattr(
+            plugin, "__name__", None
+        )
+        if plugin_name and pm.is_blocked(plugin_name):
             continue
         try:
-            pm.register(plugin, name=name)
+            pm.register(plugin, name=plugin_name)
         except ValueError as exc:
             raise PluginError(f"cannot register plugin {plugin!r}: {exc}") from exc
     try:
@@ -97,7 +99,7 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
     version = importlib.metadata.version("confhub")
     rows: list[dict[str, Any]] = []
     for impl in pm.hook.confhub_backend_schemes.get_hookimpls():
-        infos: list[BackendInfo] = impl.function() or []
+        infos: list[BackendInfo] = list(impl.function() or [])  # type: ignore[call-overload]
         dist = dists.get(id(impl.plugin))
         if dist is not None:
             distribution, dist_version = dist.project_name, dist.version

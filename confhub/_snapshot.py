@@ -14,7 +14,9 @@ from ._merge import MISSING, Merged
 
 
 def _deep_freeze_tree(tree: dict[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType({k: _deep_freeze_tree(v) if isinstance(v, dict) else v for k, v in tree.items()})
+    return MappingProxyType(
+        {k: _deep_freeze_tree(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    )
 
 
 class Snapshot(Mapping[str, Any]):
@@ -69,7 +71,13 @@ class Snapshot(Mapping[str, Any]):
         if parent in self._values:
             hint = f"; {parent!r} is a value, not a table"
         elif parent:
-            siblings = sorted({k[len(parent) + 1 :].split(".", 1)[0] for k in self._values if k.startswith(parent + ".")})
+            siblings = sorted(
+                {
+                    k[len(parent) + 1 :].split(".", 1)[0]
+                    for k in self._values
+                    if k.startswith(parent + ".")
+                }
+            )
             hint = f"; keys under {parent!r}: {', '.join(siblings[:10])}"
         return (
             f"no source provides {key!r}{hint}; sources (lowest first): "
@@ -100,7 +108,7 @@ class Snapshot(Mapping[str, Any]):
 
     def flat(self) -> Mapping[str, Any]:
         """Return the leaves keyed by dotted path (a read-only mapping)."""
-        return self._values  # type: ignore[no-any-return]
+        return self._values
 
     def to_dict(self) -> dict[str, Any]:
         """Return a plain, mutable nested ``dict`` copy (lists stay tuples)."""
@@ -108,7 +116,7 @@ class Snapshot(Mapping[str, Any]):
 
     def origin_index(self, key: str) -> int | None:
         """The precedence slot the leaf ``key`` came from, or ``None``."""
-        return self._merged.origins.get(key)  # type: ignore[no-any-return]
+        return self._merged.origins.get(key)
 
     def __repr__(self) -> str:
         return f"<Snapshot generation={self.generation} keys={len(self._values)}>"

@@ -103,8 +103,7 @@ class SourceSpec:
         if text in _FALSE:
             return False
         raise SpecError(
-            f"option {name}={value!r} of source {self.display} is not a boolean; "
-            "use true or false",
+            f"option {name}={value!r} of source {self.display} is not a boolean; use true or false",
             spec=self.display,
         )
 
@@ -131,6 +130,10 @@ class SourceSpec:
         return f"SourceSpec({self.display!r})"
 
 
+def _as_specs(members: Sequence[SourceLike]) -> tuple[SourceSpec, ...]:
+    return tuple(as_spec(m) for m in members)
+
+
 @attrs.frozen(repr=False)
 class Fallback:
     """One precedence slot whose members are tried in order until one loads.
@@ -139,7 +142,7 @@ class Fallback:
     cannot be reached, Consul; each member's cache is tried after every live member failed.
     """
 
-    members: tuple[SourceSpec, ...] = attrs.field(converter=lambda ms: tuple(as_spec(m) for m in ms))
+    members: tuple[SourceSpec, ...] = attrs.field(converter=_as_specs)
     name: str | None = None
 
     def __init__(self, *members: str | SourceSpec, name: str | None = None) -> None:

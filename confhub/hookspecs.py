@@ -46,7 +46,7 @@ def confhub_unconfigure(hub: Hub) -> None:
 
 
 @hookspec
-def confhub_backend_schemes() -> list[BackendInfo]:
+def confhub_backend_schemes() -> list[BackendInfo]:  # type: ignore[empty-body]
     """Return the schemes this plugin provides (for ``confhub backends`` and error messages).
 
     Called in every plugin; results are concatenated.

@@ -81,7 +81,9 @@ class MemoryStore:
     def fail(self, error: BaseException | type[BaseException] = SourceUnavailableError) -> None:
         """Make loads fail and tell watchers the source is lost."""
         if isinstance(error, type):
-            error = error(f"memory:{self.name} is down (MemoryStore.fail)", source=f"memory:{self.name}")  # type: ignore[call-arg]
+            error = error(
+                f"memory:{self.name} is down (MemoryStore.fail)", source=f"memory:{self.name}"
+            )  # type: ignore[call-arg]
         with self._lock:
             self._failure = error
             watchers = list(self._watchers)
@@ -166,4 +168,4 @@ class MemoryBackend:
     def close(self) -> None:
         with self.store._lock:
             if self._notify in self.store._watchers:
-                self.store._watchers.remove(self._notify)  # type: ignore[arg-type]
+                self.store._watchers.remove(self._notify)

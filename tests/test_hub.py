@@ -464,7 +464,10 @@ def test_write_goes_to_the_writable_source_with_cas() -> None:
 
 def test_write_without_writable_source_is_a_clear_error() -> None:
     """Files and env are read-only."""
-    with Hub([{"a": 1}], autoload=False) as hub, pytest.raises(confhub.WriteError, match="read-only"):
+    with (
+        Hub([{"a": 1}], autoload=False) as hub,
+        pytest.raises(confhub.WriteError, match="read-only"),
+    ):
         hub.write("a", 2)
 
 

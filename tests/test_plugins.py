@@ -49,7 +49,10 @@ def test_cli_backends_in_a_subprocess_sees_the_plugin() -> None:
     """The installed console script finds entry-point plugins too."""
     _example_installed()
     proc = subprocess.run(
-        [sys.executable, "-m", "confhub", "backends"], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "confhub", "backends"],
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
@@ -141,6 +144,7 @@ class WithPort:
 
 def test_register_converters_hook_adds_types() -> None:
     """confhub_register_converters lets a plugin teach the converter a type."""
+
     class Ports:
         @confhub.hookimpl
         def confhub_register_converters(self, converter: object) -> None:

@@ -24,13 +24,44 @@ def test_public_classes_report_the_confhub_module() -> None:
 def test_public_surface_is_pinned() -> None:
     """Changing the public API is deliberate: update this list and the changelog."""
     assert set(confhub.__all__) == {
-        "MISSING", "Backend", "BackendInfo", "BackendNotFoundError", "Change", "ConfhubError",
-        "ConfigKeyError", "ConfigValidationError", "ErrorEvent", "Explanation", "Fallback",
-        "Health", "Hub", "HubStateError", "KeyChange", "Layer", "LayerDelta", "Notify",
-        "Origin", "PluginError", "Snapshot", "SourceError", "SourceFormatError",
-        "SourceHealth", "SourcePermissionError", "SourceSpec", "SourceUnavailableError",
-        "SpecError", "StartupError", "State", "Subscription", "Update", "View",
-        "WriteConflictError", "WriteError", "hookimpl", "is_secret_key", "parse_document",
+        "MISSING",
+        "Backend",
+        "BackendInfo",
+        "BackendNotFoundError",
+        "Change",
+        "ConfhubError",
+        "ConfigKeyError",
+        "ConfigValidationError",
+        "ErrorEvent",
+        "Explanation",
+        "Fallback",
+        "Health",
+        "Hub",
+        "HubStateError",
+        "KeyChange",
+        "Layer",
+        "LayerDelta",
+        "Notify",
+        "Origin",
+        "PluginError",
+        "Snapshot",
+        "SourceError",
+        "SourceFormatError",
+        "SourceHealth",
+        "SourcePermissionError",
+        "SourceSpec",
+        "SourceUnavailableError",
+        "SpecError",
+        "StartupError",
+        "State",
+        "Subscription",
+        "Update",
+        "View",
+        "WriteConflictError",
+        "WriteError",
+        "hookimpl",
+        "is_secret_key",
+        "parse_document",
         "parse_duration",
     }
 
@@ -51,4 +82,5 @@ def test_hookspecs_have_prefix_and_docstrings() -> None:
     assert len(specs) >= 10
     for spec in specs:
         assert spec.__name__.startswith("confhub_")
-        assert spec.__doc__ and len(spec.__doc__) > 40, spec.__name__
+        assert spec.__doc__, spec.__name__
+        assert len(spec.__doc__) > 40, spec.__name__

@@ -38,7 +38,7 @@ def test_bad_boolean_option_names_the_option() -> None:
 
 def test_empty_spec_is_an_error() -> None:
     """An empty spec is rejected with an example of a good one."""
-    with pytest.raises(SpecError, match="file:config.toml"):
+    with pytest.raises(SpecError, match=r"file:config\.toml"):
         SourceSpec.parse("  ")
 
 

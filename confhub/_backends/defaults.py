@@ -25,8 +25,7 @@ class DefaultsBackend:
             data = hub.converter.unstructure(data)
         if not isinstance(data, Mapping):
             raise SpecError(
-                "defaults must be a mapping or an attrs instance, "
-                f"not {type(data).__name__}",
+                f"defaults must be a mapping or an attrs instance, not {type(data).__name__}",
                 spec="defaults",
             )
         self._data: Mapping[str, Any] = data
