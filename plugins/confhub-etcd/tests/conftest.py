@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
+from etcd_testlib import Recorder
 
-from confhub_etcd._client import Backoff, EtcdClient, WatchBatch, WatchEvent, WatchStatus
+from confhub_etcd._client import EtcdClient
 from confhub_etcd.testing import EtcdCluster, EtcdServer
-
-#: Short reconnect backoff so fault tests finish quickly.
-FAST = Backoff(initial=0.05, maximum=0.3, jitter=0.5)
 
 
 @pytest.fixture
@@ -53,80 +51,6 @@ def _no_leaked_watch_threads() -> Iterator[None]:
     pytest.fail(f"watcher threads leaked: {leaked}")
 
 
-class Recorder:
-    """Collects watch batches and state reports; waits are bounded."""
-
-    def __init__(self) -> None:
-        self.batches: list[WatchBatch] = []
-        self.states: list[WatchStatus] = []
-        self._cond = threading.Condition()
-
-    def on_batch(self, batch: WatchBatch) -> None:
-        with self._cond:
-            self.batches.append(batch)
-            self._cond.notify_all()
-
-    def on_state(self, status: WatchStatus) -> None:
-        with self._cond:
-            self.states.append(status)
-            self._cond.notify_all()
-
-    @property
-    def events(self) -> list[WatchEvent]:
-        with self._cond:
-            return [e for b in self.batches for e in b.events]
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"condition not met within {timeout}s; batches={self.batches[-5:]}, "
-                        f"states={[s.state for s in self.states]}"
-                    )
-                self._cond.wait(min(left, 0.1))
-
-    def wait_revision(self, revision: int, timeout: float = 10.0) -> None:
-        self.wait_for(lambda: bool(self.batches) and self.batches[-1].revision >= revision, timeout)
-
-    def state_names(self) -> list[str]:
-        with self._cond:
-            return [s.state.value for s in self.states]
-
-
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
-
-
-def apply(state: dict[bytes, bytes], batches: list[WatchBatch]) -> dict[bytes, bytes]:
-    """Fold batches into a key->value mapping, the way a consumer would."""
-    for batch in batches:
-        for event in batch.events:
-            if event.kind.value == "delete":
-                state.pop(event.key, None)
-            else:
-                state[event.key] = event.value
-    return state
-
-
-def assert_history_valid(batches: list[WatchBatch]) -> None:
-    """Ordered, unique and atomic: revisions never go back, no (revision, key) twice, and no
-    revision appears in two batches."""
-    seen: set[tuple[int, bytes]] = set()
-    last = 0
-    for batch in batches:
-        if batch.resync:
-            assert batch.revision >= last
-            last = batch.revision
-            continue
-        revisions = [e.mod_revision for e in batch.events]
-        assert revisions == sorted(revisions), batch
-        assert min(revisions) > last, f"revision {min(revisions)} after {last}: not ordered/atomic"
-        for event in batch.events:
-            assert (event.mod_revision, event.key) not in seen
-            seen.add((event.mod_revision, event.key))
-        assert batch.revision == max(revisions)
-        last = batch.revision

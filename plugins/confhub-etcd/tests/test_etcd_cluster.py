@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from conftest import FAST, Recorder, apply, assert_history_valid
+from etcd_testlib import FAST, Recorder, apply, assert_history_valid
 
 from confhub_etcd._client import EtcdClient, EtcdError, WatchBatch
 from confhub_etcd.testing import EtcdCluster

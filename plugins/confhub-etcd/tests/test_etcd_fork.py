@@ -7,7 +7,8 @@ import os
 import time
 from typing import Any
 
-from conftest import FAST, Recorder
+import pytest
+from etcd_testlib import FAST, Recorder
 
 from confhub_etcd._client import EtcdClient, EtcdForkError, PrefixWatcher
 
@@ -31,6 +32,8 @@ def _child(client: EtcdClient, watcher: PrefixWatcher, results: Any) -> None:
         results.put(("error", repr(exc)))
 
 
+# Python 3.12+ warns that fork() in a threaded process may deadlock; that risk is what we test.
+@pytest.mark.filterwarnings("ignore:This process.*multi-threaded:DeprecationWarning")
 def test_child_after_fork_gets_a_working_client(client: EtcdClient) -> None:
     """After the parent used the client (and runs a watcher), a forked child can read, write
     and watch with new channels, is told clearly that the parent's watcher is not its own,

@@ -7,7 +7,7 @@ import traceback
 from collections.abc import Iterator
 
 import pytest
-from conftest import FAST, Recorder
+from etcd_testlib import FAST, Recorder
 
 from confhub_etcd._client import (
     Credentials,

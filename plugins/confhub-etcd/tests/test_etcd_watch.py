@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import FAST, Recorder, apply, assert_history_valid
+from etcd_testlib import FAST, Recorder, apply, assert_history_valid
 
 from confhub_etcd._client import Backoff, EtcdClient, EventKind
 from confhub_etcd.testing import EtcdServer
