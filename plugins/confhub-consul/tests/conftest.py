@@ -41,8 +41,9 @@ TARGET_KINDS = ["double", *(["consul"] if CONSUL_BIN else [])]
 class Target:
     """One Consul endpoint under test, reached over HTTP only (plus knobs when a double)."""
 
-    def __init__(self, kind: str, host: str, port: int, server: ConsulTestServer | None,
-                 *, acl: bool = False) -> None:
+    def __init__(
+        self, kind: str, host: str, port: int, server: ConsulTestServer | None, *, acl: bool = False
+    ) -> None:
         self.kind = kind
         self.host = host
         self.port = port
@@ -52,10 +53,18 @@ class Target:
         self._session = requests.Session()
         self._clients: list[Any] = []
 
-    def http(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-             data: bytes | str | None = None, headers: dict[str, str] | None = None,
-             token: str | None = None, timeout: float = HTTP_TIMEOUT,
-             json_body: Any = None) -> requests.Response:
+    def http(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        data: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
+        timeout: float = HTTP_TIMEOUT,
+        json_body: Any = None,
+    ) -> requests.Response:
         """Send one request (no redirects followed, always a timeout)."""
         hdrs = dict(headers or {})
         if token is not None:
@@ -64,13 +73,21 @@ class Target:
             hdrs["X-Consul-Token"] = MGMT_TOKEN
         if json_body is not None:
             data = json.dumps(json_body)
-        return self._session.request(method, self.url + path, params=params, data=data,
-                                     headers=hdrs, timeout=timeout, allow_redirects=False)
+        return self._session.request(
+            method,
+            self.url + path,
+            params=params,
+            data=data,
+            headers=hdrs,
+            timeout=timeout,
+            allow_redirects=False,
+        )
 
     def anon(self, method: str, path: str, **kw: Any) -> requests.Response:
         """Send a request with no token at all."""
-        return self._session.request(method, self.url + path, timeout=HTTP_TIMEOUT,
-                                     allow_redirects=False, **kw)
+        return self._session.request(
+            method, self.url + path, timeout=HTTP_TIMEOUT, allow_redirects=False, **kw
+        )
 
     def raw(self, method: str, path: str, body: bytes = b"") -> http.client.HTTPResponse:
         """Send a request with the path exactly as given (no client-side normalisation)."""
@@ -109,23 +126,39 @@ class Target:
         self._clients.append(client)
         return client
 
-    def make_token(self, *, key_prefix: dict[str, str] | None = None,
-                   key: dict[str, str] | None = None, session: str | None = None,
-                   agent: str | None = None) -> str:
+    def make_token(
+        self,
+        *,
+        key_prefix: dict[str, str] | None = None,
+        key: dict[str, str] | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+    ) -> str:
         """Create an ACL token with these rules and return its secret."""
         if self.server is not None:
             secret = str(uuid.uuid4())
-            self.server.add_token(AclToken(secret_id=secret, key_prefix=key_prefix or {},
-                                           key=key or {}, session=session, agent=agent))
+            self.server.add_token(
+                AclToken(
+                    secret_id=secret,
+                    key_prefix=key_prefix or {},
+                    key=key or {},
+                    session=session,
+                    agent=agent,
+                )
+            )
             return secret
-        rules = [f'key_prefix "{p}" {{ policy = "{lvl}" }}' for p, lvl in (key_prefix or {}).items()]
+        rules = [
+            f'key_prefix "{p}" {{ policy = "{lvl}" }}' for p, lvl in (key_prefix or {}).items()
+        ]
         rules += [f'key "{k}" {{ policy = "{lvl}" }}' for k, lvl in (key or {}).items()]
         if session:
             rules.append(f'session_prefix "" {{ policy = "{session}" }}')
         if agent:
             rules.append(f'agent_prefix "" {{ policy = "{agent}" }}')
         name = f"p-{uuid.uuid4().hex[:12]}"
-        pol = self.http("PUT", "/v1/acl/policy", json_body={"Name": name, "Rules": "\n".join(rules)})
+        pol = self.http(
+            "PUT", "/v1/acl/policy", json_body={"Name": name, "Rules": "\n".join(rules)}
+        )
         assert pol.status_code == 200, pol.text
         tok = self.http("PUT", "/v1/acl/token", json_body={"Policies": [{"Name": name}]})
         assert tok.status_code == 200, tok.text
@@ -155,13 +188,34 @@ def _consul_agent(*, acl: bool) -> Iterator[tuple[str, int]]:
         "ports { grpc_tls = -1 }",
     ]
     if acl:
-        hcl.append('acl { enabled = true default_policy = "deny" enable_token_persistence = false '
-                   f'tokens {{ initial_management = "{MGMT_TOKEN}" }} }}')
+        hcl.append(
+            'acl { enabled = true default_policy = "deny" enable_token_persistence = false '
+            f'tokens {{ initial_management = "{MGMT_TOKEN}" }} }}'
+        )
     with tempfile.TemporaryDirectory() as data_dir:
-        args = [CONSUL_BIN, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-                "-http-port", str(http_port), "-dns-port", "-1", "-grpc-port", "-1",
-                "-server-port", str(_free_port()), "-serf-lan-port", str(_free_port()),
-                "-serf-wan-port", str(_free_port()), "-data-dir", data_dir]
+        args = [
+            CONSUL_BIN,
+            "agent",
+            "-dev",
+            "-bind",
+            "127.0.0.1",
+            "-client",
+            "127.0.0.1",
+            "-http-port",
+            str(http_port),
+            "-dns-port",
+            "-1",
+            "-grpc-port",
+            "-1",
+            "-server-port",
+            str(_free_port()),
+            "-serf-lan-port",
+            str(_free_port()),
+            "-serf-wan-port",
+            str(_free_port()),
+            "-data-dir",
+            data_dir,
+        ]
         for line in hcl:
             args += ["-hcl", line]
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -171,8 +225,7 @@ def _consul_agent(*, acl: bool) -> Iterator[tuple[str, int]]:
                 if proc.poll() is not None:
                     pytest.fail(f"consul agent exited with {proc.returncode}")
                 try:
-                    resp = requests.get(f"http://127.0.0.1:{http_port}/v1/status/leader",
-                                        timeout=1)
+                    resp = requests.get(f"http://127.0.0.1:{http_port}/v1/status/leader", timeout=1)
                     if resp.status_code == 200 and resp.json():
                         break
                 except requests.RequestException:
@@ -202,7 +255,7 @@ def consul_acl_agent() -> Iterator[tuple[str, int]]:
         yield addr
 
 
-def _double(**kwargs: Any) -> ConsulTestServer:
+def make_double(**kwargs: Any) -> ConsulTestServer:
     kwargs.setdefault("default_query_time", DEFAULT_QUERY_TIME)
     kwargs.setdefault("max_query_time", MAX_QUERY_TIME)
     return ConsulTestServer(**kwargs)
@@ -219,7 +272,7 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
         finally:
             tgt.close()
         return
-    with _double() as server:
+    with make_double() as server:
         tgt = Target("double", server.host, server.port, server)
         try:
             yield tgt
@@ -239,7 +292,7 @@ def acl_target(request: pytest.FixtureRequest) -> Iterator[Target]:
             tgt.close()
         return
     mgmt = AclToken(secret_id=MGMT_TOKEN, management=True)
-    with _double(acl_enabled=True, acl_default_policy="deny", tokens=[mgmt]) as server:
+    with make_double(acl_enabled=True, acl_default_policy="deny", tokens=[mgmt]) as server:
         tgt = Target("double", server.host, server.port, server, acl=True)
         try:
             yield tgt
@@ -250,7 +303,7 @@ def acl_target(request: pytest.FixtureRequest) -> Iterator[Target]:
 @pytest.fixture
 def double() -> Iterator[ConsulTestServer]:
     """The in-repo test server alone (fault injection and knobs)."""
-    with _double() as server:
+    with make_double() as server:
         yield server
 
 
@@ -265,7 +318,7 @@ def dtarget(double: ConsulTestServer) -> Iterator[Target]:
 
 
 @pytest.fixture
-def K() -> str:  # noqa: N802 - the checklist calls the per-test prefix K
+def K() -> str:
     """A fresh key prefix per test."""
     return f"t-{uuid.uuid4().hex[:10]}"
 

@@ -8,7 +8,6 @@ injection or test-server knobs. Each docstring names its checklist item as ``[#N
 from __future__ import annotations
 
 import base64
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -18,8 +17,11 @@ import consul
 import consul.exceptions
 import pytest
 import requests
+from conftest import DEFAULT_QUERY_TIME, MAX_QUERY_TIME, Target, make_double
 
-from conftest import DEFAULT_QUERY_TIME, MAX_QUERY_TIME, Target
+from confhub_consul._testserver import Engine, EngineConfig
+from confhub_consul._teststate import ConsulState
+from confhub_consul.testing import ConsulTestServer, ManualClock
 
 SLACK = 0.5  # scheduling slack for timing assertions
 
@@ -39,7 +41,7 @@ class Call:
         start = time.monotonic()
         try:
             self.result = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported by join()
+        except BaseException as exc:
             self.error = exc
         finally:
             self.elapsed = time.monotonic() - start
@@ -114,8 +116,11 @@ def test_04_idempotent_write_keeps_index_and_does_not_wake(target: Target, K: st
     target.put(f"{K}/a", b"same", flags=3)
     before = target.entry(f"{K}/a")
     assert before is not None
-    watcher = Call(lambda: target.http(
-        "GET", f"/v1/kv/{K}/a", params={"index": before["ModifyIndex"], "wait": "1s"}))
+    watcher = Call(
+        lambda: target.http(
+            "GET", f"/v1/kv/{K}/a", params={"index": before["ModifyIndex"], "wait": "1s"}
+        )
+    )
     settle(target)
     assert target.http("PUT", f"/v1/kv/{K}/a", data=b"same", params={"flags": 3}).text == "true"
     resp = watcher.join()
@@ -185,12 +190,11 @@ def test_09_recurse_is_string_prefix_in_byte_order(target: Target, K: str) -> No
         target.put(key, b"v")
     resp = target.http("GET", f"/v1/kv/{K}/", params={"recurse": ""})
     assert resp.status_code == 200
-    assert [e["Key"] for e in resp.json()] == [f"{K}/", f"{K}/B", f"{K}/a", f"{K}/apple",
-                                                f"{K}/b"]
+    assert [e["Key"] for e in resp.json()] == [f"{K}/", f"{K}/B", f"{K}/a", f"{K}/apple", f"{K}/b"]
     ap = target.http("GET", f"/v1/kv/{K}/ap", params={"recurse": ""})
     assert [e["Key"] for e in ap.json()] == [f"{K}/apple"]
     _, data = target.py().kv.get(f"{K}/", recurse=True)
-    assert [e["Key"] for e in data][0] == f"{K}/"
+    assert data[0]["Key"] == f"{K}/"
 
 
 def test_10_recurse_nothing_404(target: Target, K: str) -> None:
@@ -290,11 +294,14 @@ def test_17_cas_delete(target: Target, K: str) -> None:
     entry = target.entry(key)
     assert entry is not None
     assert target.http("DELETE", f"/v1/kv/{key}", params={"cas": 0}).text == "false"
-    assert target.http("DELETE", f"/v1/kv/{key}",
-                       params={"cas": entry["ModifyIndex"] + 1}).text == "false"
+    assert (
+        target.http("DELETE", f"/v1/kv/{key}", params={"cas": entry["ModifyIndex"] + 1}).text
+        == "false"
+    )
     assert target.entry(key) is not None
-    assert target.http("DELETE", f"/v1/kv/{key}",
-                       params={"cas": entry["ModifyIndex"]}).text == "true"
+    assert (
+        target.http("DELETE", f"/v1/kv/{key}", params={"cas": entry["ModifyIndex"]}).text == "true"
+    )
     assert target.entry(key) is None
 
 
@@ -330,7 +337,7 @@ def test_20_method_not_allowed(target: Target, K: str) -> None:
 
 
 def test_21_path_cleaning_redirects(target: Target, K: str) -> None:
-    """[#21] Unclean KV paths 301 to the cleaned path with the query; py put on ``//`` loses data."""
+    """[#21] Unclean KV paths 301 to the cleaned path, query kept; py put on ``//`` loses data."""
     resp = target.raw("GET", f"/v1/kv/{K}//a?recurse")
     assert resp.status == 301
     assert resp.getheader("Location") == f"/v1/kv/{K}/a?recurse"
@@ -370,7 +377,9 @@ def test_23_index_per_query_type(target: Target, K: str) -> None:
     a = target.entry(f"{K}/a")
     b = target.entry(f"{K}/b")
     z = target.entry(f"{other}/z")
-    assert a is not None and b is not None and z is not None
+    assert a is not None
+    assert b is not None
+    assert z is not None
     assert idx(target.http("GET", f"/v1/kv/{K}/a")) == a["ModifyIndex"]
     kv_max = idx(target.http("GET", "/v1/kv/", params={"keys": ""}))
     assert kv_max >= z["ModifyIndex"]
@@ -400,8 +409,9 @@ def test_25_block_wakes_on_write(target: Target, K: str) -> None:
     """[#25] A blocked key read returns within 1 s of a write with the new value and index."""
     target.put(f"{K}/a", b"old")
     first = target.http("GET", f"/v1/kv/{K}/a")
-    watcher = Call(lambda: target.http("GET", f"/v1/kv/{K}/a",
-                                       params={"index": idx(first), "wait": "30s"}))
+    watcher = Call(
+        lambda: target.http("GET", f"/v1/kv/{K}/a", params={"index": idx(first), "wait": "30s"})
+    )
     settle(target)
     written = time.monotonic()
     target.put(f"{K}/a", b"new")
@@ -417,8 +427,11 @@ def test_26_prefix_block_wakes_on_any_change(target: Target, K: str, change: str
     target.put(f"{K}/a", b"v")
     target.put(f"{K}/b", b"v")
     first = target.http("GET", f"/v1/kv/{K}/", params={"recurse": ""})
-    watcher = Call(lambda: target.http("GET", f"/v1/kv/{K}/",
-                                       params={"recurse": "", "index": idx(first), "wait": "30s"}))
+    watcher = Call(
+        lambda: target.http(
+            "GET", f"/v1/kv/{K}/", params={"recurse": "", "index": idx(first), "wait": "30s"}
+        )
+    )
     settle(target)
     if change == "create":
         target.put(f"{K}/c", b"v")
@@ -435,8 +448,9 @@ def test_27_key_block_ignores_other_writes(target: Target, K: str) -> None:
     """[#27] A blocked single-key read is not woken by writes to other keys or prefixes."""
     target.put(f"{K}/a", b"v")
     first = target.http("GET", f"/v1/kv/{K}/a")
-    watcher = Call(lambda: target.http("GET", f"/v1/kv/{K}/a",
-                                       params={"index": idx(first), "wait": "1s"}))
+    watcher = Call(
+        lambda: target.http("GET", f"/v1/kv/{K}/a", params={"index": idx(first), "wait": "1s"})
+    )
     settle(target)
     target.put(f"{K}/b", b"v")
     target.put(f"{K}-x/c", b"v")
@@ -449,8 +463,9 @@ def test_28_missing_key_block_wakes_on_create_only(target: Target, K: str) -> No
     """[#28] A blocked read of a missing key ignores unrelated writes and wakes on creation."""
     first = target.http("GET", f"/v1/kv/{K}/new")
     assert first.status_code == 404
-    watcher = Call(lambda: target.http("GET", f"/v1/kv/{K}/new",
-                                       params={"index": idx(first), "wait": "30s"}))
+    watcher = Call(
+        lambda: target.http("GET", f"/v1/kv/{K}/new", params={"index": idx(first), "wait": "30s"})
+    )
     settle(target)
     target.put(f"{K}/unrelated", b"v")
     time.sleep(0.3)
@@ -465,8 +480,9 @@ def test_29_block_on_deleted_key_returns_404(target: Target, K: str) -> None:
     """[#29] A blocked read of a key that gets deleted returns 404 with a higher index."""
     target.put(f"{K}/a", b"v")
     first = target.http("GET", f"/v1/kv/{K}/a")
-    watcher = Call(lambda: target.http("GET", f"/v1/kv/{K}/a",
-                                       params={"index": idx(first), "wait": "30s"}))
+    watcher = Call(
+        lambda: target.http("GET", f"/v1/kv/{K}/a", params={"index": idx(first), "wait": "30s"})
+    )
     settle(target)
     target.http("DELETE", f"/v1/kv/{K}/a")
     resp = watcher.join()
@@ -501,8 +517,9 @@ def test_31_index_reset_fault_lowers_indexes(double: Any, dtarget: Target, K: st
     for i in range(5):
         dtarget.put(f"{K}/a", f"v{i}")
     high = idx(dtarget.http("GET", f"/v1/kv/{K}/a"))
-    watcher = Call(lambda: dtarget.http("GET", f"/v1/kv/{K}/a",
-                                        params={"index": high, "wait": "30s"}))
+    watcher = Call(
+        lambda: dtarget.http("GET", f"/v1/kv/{K}/a", params={"index": high, "wait": "30s"})
+    )
     double.wait_for_blocked(1)
     double.reset_index(3)
     resp = watcher.join()
@@ -540,9 +557,12 @@ def test_33_jitter_bounds(target: Target, K: str) -> None:
     """[#33] Observed blocking time stays within [wait, wait + wait/16] (plus slack)."""
     target.put(f"{K}/a", b"v")
     current = idx(target.http("GET", f"/v1/kv/{K}/a"))
-    calls = [Call(lambda: target.http("GET", f"/v1/kv/{K}/a",
-                                      params={"index": current, "wait": "800ms"}))
-             for _ in range(6)]
+    calls = [
+        Call(
+            lambda: target.http("GET", f"/v1/kv/{K}/a", params={"index": current, "wait": "800ms"})
+        )
+        for _ in range(6)
+    ]
     for call in calls:
         call.join()
         assert 0.8 <= call.elapsed <= 0.85 + 0.25
@@ -551,20 +571,20 @@ def test_33_jitter_bounds(target: Target, K: str) -> None:
 @pytest.mark.double_only
 def test_33_jitter_is_spread_and_seedable() -> None:
     """[#33] The double's jitter is uniform in [0, wait/16) and reproducible with a seed."""
-    from confhub_consul._teststate import ConsulState
-    from confhub_consul._testserver import Engine, EngineConfig
 
     def samples(seed: int) -> list[float]:
         engine = Engine(EngineConfig(seed=seed), ConsulState(clock=time.monotonic), {})
-        return [engine._query_timeout(16.0) for _ in range(200)]  # noqa: SLF001
+        return [engine._query_timeout(16.0) for _ in range(200)]
 
     values = samples(7)
     assert all(16.0 <= v < 17.0 for v in values)
     assert max(values) - min(values) > 0.5
     assert values == samples(7)
-    engine = Engine(EngineConfig(jitter=False, max_query_time=5.0), ConsulState(clock=time.monotonic), {})
-    assert engine._query_timeout(60.0) == 5.0  # noqa: SLF001
-    assert engine._query_timeout(None) == 5.0  # noqa: SLF001
+    engine = Engine(
+        EngineConfig(jitter=False, max_query_time=5.0), ConsulState(clock=time.monotonic), {}
+    )
+    assert engine._query_timeout(60.0) == 5.0
+    assert engine._query_timeout(None) == 5.0
 
 
 # ------------------------------------------------------------------ consistency, headers
@@ -615,7 +635,7 @@ def test_36_default_acl_policy_header_everywhere(target: Target, K: str) -> None
 
 @pytest.mark.double_only
 def test_37_no_leader(double: Any, dtarget: Target, K: str) -> None:
-    """[#37] No leader: default/consistent reads and writes 500, stale reads 200 KnownLeader false."""
+    """[#37] No leader: default/consistent reads and writes 500; stale reads 200, leader false."""
     dtarget.put(f"{K}/a", b"v")
     double.set_leader(False)
     for params in ({}, {"consistent": ""}):
@@ -658,17 +678,23 @@ def test_39_acls_off_ignore_tokens(target: Target, K: str) -> None:
     assert target.http("PUT", f"/v1/kv/{K}/a", data=b"v", token=garbage).text == "true"
     assert target.http("GET", f"/v1/kv/{K}/a", token=garbage).status_code == 200
     assert target.http("GET", f"/v1/kv/{K}/a", params={"token": garbage}).status_code == 200
-    assert target.http("GET", f"/v1/kv/{K}/a",
-                       headers={"Authorization": f"Bearer {garbage}"}).status_code == 200
+    assert (
+        target.http(
+            "GET", f"/v1/kv/{K}/a", headers={"Authorization": f"Bearer {garbage}"}
+        ).status_code
+        == 200
+    )
     assert target.http("GET", "/v1/agent/self", token=garbage).status_code == 200
     assert target.http("DELETE", f"/v1/kv/{K}/a", token=garbage).text == "true"
     assert target.py(token=garbage).kv.put(f"{K}/b", "v") is True
 
 
 def test_40_acl_default_deny(acl_target: Target, K: str) -> None:
-    """[#40] Unknown token 403 ``ACL not found``; missing read/write rights 403 Permission denied."""
+    """[#40] Unknown token 403 ``ACL not found``; missing rights 403 ``Permission denied``."""
     acl_target.put(f"{K}/secret", b"v")
-    unknown = acl_target.http("GET", f"/v1/kv/{K}/secret", token="00000000-dead-beef-0000-000000000000")
+    unknown = acl_target.http(
+        "GET", f"/v1/kv/{K}/secret", token="00000000-dead-beef-0000-000000000000"
+    )
     assert unknown.status_code == 403
     assert unknown.text == "ACL not found"
     with pytest.raises(consul.ACLPermissionDenied, match="ACL not found"):
@@ -692,18 +718,31 @@ def test_41_token_precedence(acl_target: Target, K: str) -> None:
     good = acl_target.make_token(key_prefix={f"{K}/": "read"})
     bogus = "00000000-dead-beef-0000-000000000001"
     path = f"/v1/kv/{K}/a"
-    assert acl_target.anon("GET", path, params={"token": good},
-                           headers={"X-Consul-Token": bogus}).status_code == 200
-    assert acl_target.anon("GET", path, params={"token": bogus},
-                           headers={"X-Consul-Token": good}).text == "ACL not found"
-    assert acl_target.anon("GET", path, headers={"X-Consul-Token": good,
-                                                 "Authorization": f"Bearer {bogus}"}
-                           ).status_code == 200
-    assert acl_target.anon("GET", path, headers={"X-Consul-Token": bogus,
-                                                 "Authorization": f"Bearer {good}"}
-                           ).text == "ACL not found"
-    assert acl_target.anon("GET", path,
-                           headers={"Authorization": f"bearer {good}"}).status_code == 200
+    assert (
+        acl_target.anon(
+            "GET", path, params={"token": good}, headers={"X-Consul-Token": bogus}
+        ).status_code
+        == 200
+    )
+    assert (
+        acl_target.anon("GET", path, params={"token": bogus}, headers={"X-Consul-Token": good}).text
+        == "ACL not found"
+    )
+    assert (
+        acl_target.anon(
+            "GET", path, headers={"X-Consul-Token": good, "Authorization": f"Bearer {bogus}"}
+        ).status_code
+        == 200
+    )
+    assert (
+        acl_target.anon(
+            "GET", path, headers={"X-Consul-Token": bogus, "Authorization": f"Bearer {good}"}
+        ).text
+        == "ACL not found"
+    )
+    assert (
+        acl_target.anon("GET", path, headers={"Authorization": f"bearer {good}"}).status_code == 200
+    )
     assert acl_target.anon("GET", path).status_code == 403
 
 
@@ -739,14 +778,16 @@ def _kv_op(verb: str, key: str, value: bytes | None = None, **extra: Any) -> dic
 
 def test_43_txn_set_shares_index(target: Target, K: str) -> None:
     """[#43] A two-set txn returns null Values and both keys share one ModifyIndex."""
-    resp = target.http("PUT", "/v1/txn", json_body=[_kv_op("set", f"{K}/a", b"1"),
-                                                     _kv_op("set", f"{K}/b", b"2")])
+    resp = target.http(
+        "PUT", "/v1/txn", json_body=[_kv_op("set", f"{K}/a", b"1"), _kv_op("set", f"{K}/b", b"2")]
+    )
     assert resp.status_code == 200
     body = resp.json()
     assert body["Errors"] is None
     assert [r["KV"]["Value"] for r in body["Results"]] == [None, None]
     a, b = target.entry(f"{K}/a"), target.entry(f"{K}/b")
-    assert a is not None and b is not None
+    assert a is not None
+    assert b is not None
     assert a["ModifyIndex"] == b["ModifyIndex"]
     result = target.py().txn.put([_kv_op("set", f"{K}/c", b"3")])
     assert result["Errors"] is None
@@ -762,11 +803,16 @@ def test_44_txn_rollback(target: Target, K: str) -> None:
     resp = target.http("PUT", "/v1/txn", json_body=ops)
     assert resp.status_code == 409
     assert resp.headers["Content-Type"] == "application/json"
-    assert resp.json() == {"Results": None, "Errors": [{
-        "OpIndex": 1,
-        "What": f'failed index check for key "{K}/a", current modify index '
+    assert resp.json() == {
+        "Results": None,
+        "Errors": [
+            {
+                "OpIndex": 1,
+                "What": f'failed index check for key "{K}/a", current modify index '
                 f"{a['ModifyIndex']} != {wrong}",
-    }]}
+            }
+        ],
+    }
     assert target.entry(f"{K}/c") is None
     with pytest.raises(consul.exceptions.ClientError, match="^409 "):
         target.py().txn.put(ops)
@@ -776,8 +822,9 @@ def test_45_read_only_txn(target: Target, K: str) -> None:
     """[#45] Read txns return base64 values, no index; get on missing 409; get-or-empty null."""
     target.put(f"{K}/a", b"hi")
     target.put(f"{K}/b", b"yo")
-    resp = target.http("PUT", "/v1/txn", json_body=[_kv_op("get", f"{K}/a"),
-                                                     _kv_op("get-tree", f"{K}/")])
+    resp = target.http(
+        "PUT", "/v1/txn", json_body=[_kv_op("get", f"{K}/a"), _kv_op("get-tree", f"{K}/")]
+    )
     assert resp.status_code == 200
     values = [r["KV"]["Value"] for r in resp.json()["Results"]]
     assert values == ["aGk=", "aGk=", "eW8="]
@@ -797,12 +844,14 @@ def test_46_txn_limits_and_errors(target: Target, K: str) -> None:
     too_many = target.http("PUT", "/v1/txn", json_body=many)
     assert too_many.status_code == 413
     assert too_many.text == "Transaction contains too many operations (129 > 128)"
-    unknown = target.http("PUT", "/v1/txn", json_body=[{"KV": {"Verb": "get", "Key": "k",
-                                                               "Bogus": 1}}])
+    unknown = target.http(
+        "PUT", "/v1/txn", json_body=[{"KV": {"Verb": "get", "Key": "k", "Bogus": 1}}]
+    )
     assert unknown.status_code == 400
     assert unknown.text.startswith("Failed to parse body:")
-    bad64 = target.http("PUT", "/v1/txn", json_body=[{"KV": {"Verb": "set", "Key": "k",
-                                                             "Value": "!!notbase64"}}])
+    bad64 = target.http(
+        "PUT", "/v1/txn", json_body=[{"KV": {"Verb": "set", "Key": "k", "Value": "!!notbase64"}}]
+    )
     assert bad64.status_code == 400
     assert bad64.text.startswith("Failed to parse body:")
     ok = target.http("PUT", "/v1/txn", json_body=many[:128])
@@ -810,14 +859,19 @@ def test_46_txn_limits_and_errors(target: Target, K: str) -> None:
 
 
 def test_46_txn_acl(acl_target: Target, K: str) -> None:
-    """[#46] Under ACLs a forbidden txn write is a 409 ``Permission denied`` entry; bad token 403."""
+    """[#46] Under ACLs a forbidden txn write is a 409 ``Permission denied`` entry; bad token 403"""
     reader = acl_target.make_token(key_prefix={f"{K}/": "read"})
-    resp = acl_target.http("PUT", "/v1/txn", json_body=[_kv_op("set", f"{K}/a", b"v")],
-                           token=reader)
+    resp = acl_target.http(
+        "PUT", "/v1/txn", json_body=[_kv_op("set", f"{K}/a", b"v")], token=reader
+    )
     assert resp.status_code == 409
     assert resp.json()["Errors"][0]["What"].startswith("Permission denied")
-    bad = acl_target.http("PUT", "/v1/txn", json_body=[_kv_op("set", f"{K}/a", b"v")],
-                          token="00000000-dead-beef-0000-000000000002")
+    bad = acl_target.http(
+        "PUT",
+        "/v1/txn",
+        json_body=[_kv_op("set", f"{K}/a", b"v")],
+        token="00000000-dead-beef-0000-000000000002",
+    )
     assert bad.status_code == 403
     assert bad.text == "ACL not found"
     # py-consul sends no token with txn.put: writes fail as 409 Permission denied.
@@ -850,7 +904,7 @@ def test_47_session_unknown_field(dtarget: Target, double: Any) -> None:
     resp = dtarget.http("PUT", "/v1/session/create", json_body={"bogus": 1})
     assert resp.status_code == 400
     assert resp.text.startswith("Request decode failed")
-    with __import__("conftest")._double(strict_session_decode=False) as lax:  # noqa: SLF001
+    with make_double(strict_session_decode=False) as lax:
         lax_resp = requests.put(f"{lax.url}/v1/session/create", data='{"bogus": 1}', timeout=5)
         assert lax_resp.status_code == 200
 
@@ -862,8 +916,16 @@ def test_48_session_info(target: Target) -> None:
     assert resp.status_code == 200
     info = resp.json()
     assert len(info) == 1
-    for field in ("ID", "Name", "Node", "LockDelay", "Behavior", "TTL", "CreateIndex",
-                  "ModifyIndex"):
+    for field in (
+        "ID",
+        "Name",
+        "Node",
+        "LockDelay",
+        "Behavior",
+        "TTL",
+        "CreateIndex",
+        "ModifyIndex",
+    ):
         assert field in info[0]
     assert info[0]["Name"] == "info"
     assert int(resp.headers["X-Consul-Index"]) >= 1
@@ -915,8 +977,9 @@ def test_50_locks(target: Target, K: str) -> None:
     assert "Session" not in released
     assert released["LockIndex"] == held["LockIndex"]
     assert base64.b64decode(released["Value"]) == b"rel"
-    bogus = target.http("PUT", f"/v1/kv/{K}/m",
-                        params={"acquire": "6f1e5b4c-0000-4000-8000-00000000dead"})
+    bogus = target.http(
+        "PUT", f"/v1/kv/{K}/m", params={"acquire": "6f1e5b4c-0000-4000-8000-00000000dead"}
+    )
     assert bogus.status_code == 500
     assert "invalid session" in bogus.text
     assert target.py().kv.put(f"{K}/p", "v", acquire=s2) is True
@@ -925,13 +988,15 @@ def test_50_locks(target: Target, K: str) -> None:
 @pytest.mark.parametrize("behavior", ["release", "delete"])
 def test_51_session_destroy_invalidates(target: Target, K: str, behavior: str) -> None:
     """[#51] Destroying a session releases (index bumped, watchers woken) or deletes its keys."""
-    sid = target.http("PUT", "/v1/session/create",
-                      json_body={"behavior": behavior, "lockdelay": "0s"}).json()["ID"]
+    sid = target.http(
+        "PUT", "/v1/session/create", json_body={"behavior": behavior, "lockdelay": "0s"}
+    ).json()["ID"]
     key = f"{K}/held"
     target.http("PUT", f"/v1/kv/{key}", data=b"v", params={"acquire": sid})
     first = target.http("GET", f"/v1/kv/{key}")
-    watcher = Call(lambda: target.http("GET", f"/v1/kv/{key}",
-                                       params={"index": idx(first), "wait": "30s"}))
+    watcher = Call(
+        lambda: target.http("GET", f"/v1/kv/{key}", params={"index": idx(first), "wait": "30s"})
+    )
     settle(target)
     target.http("PUT", f"/v1/session/destroy/{sid}")
     resp = watcher.join()
@@ -961,17 +1026,19 @@ def test_51_lock_delay(target: Target, K: str) -> None:
 @pytest.mark.double_only
 def test_51_ttl_expiry_with_manual_clock(K: str) -> None:
     """[#51] TTL expiry happens no earlier than TTL and no later than 2xTTL (injectable clock)."""
-    from confhub_consul.testing import ConsulTestServer, ManualClock
-
     clock = ManualClock()
     with ConsulTestServer(clock=clock) as server:
         base = server.url
         with requests.Session() as http:
-            sid = http.put(f"{base}/v1/session/create", timeout=5,
-                           json={"ttl": "10s", "behavior": "release", "lockdelay": "5s"}
-                           ).json()["ID"]
+            sid = http.put(
+                f"{base}/v1/session/create",
+                timeout=5,
+                json={"ttl": "10s", "behavior": "release", "lockdelay": "5s"},
+            ).json()["ID"]
             other = http.put(f"{base}/v1/session/create", timeout=5, json={}).json()["ID"]
-            assert http.put(f"{base}/v1/kv/{K}/k", params={"acquire": sid}, timeout=5).text == "true"
+            assert (
+                http.put(f"{base}/v1/kv/{K}/k", params={"acquire": sid}, timeout=5).text == "true"
+            )
             clock.advance(10)
             assert server.expire_sessions() == []
             assert http.get(f"{base}/v1/session/info/{sid}", timeout=5).json() != []
@@ -979,11 +1046,14 @@ def test_51_ttl_expiry_with_manual_clock(K: str) -> None:
             assert server.expire_sessions() == [sid]
             entry = http.get(f"{base}/v1/kv/{K}/k", timeout=5).json()[0]
             assert "Session" not in entry
-            assert http.put(f"{base}/v1/kv/{K}/k", params={"acquire": other},
-                            timeout=5).text == "false"
+            assert (
+                http.put(f"{base}/v1/kv/{K}/k", params={"acquire": other}, timeout=5).text
+                == "false"
+            )
             clock.advance(5)
-            assert http.put(f"{base}/v1/kv/{K}/k", params={"acquire": other},
-                            timeout=5).text == "true"
+            assert (
+                http.put(f"{base}/v1/kv/{K}/k", params={"acquire": other}, timeout=5).text == "true"
+            )
 
 
 # --------------------------------------------------------------- status, agent, client
@@ -1061,8 +1131,13 @@ def test_55_concurrent_watchers(target: Target, K: str) -> None:
     sessions = [requests.Session() for _ in range(50)]
     try:
         watchers = [
-            Call(lambda i=i: sessions[i].get(f"{target.url}/v1/kv/{K}/w{i}", timeout=15,
-                                             params={"index": indexes[i], "wait": "3s"}))
+            Call(
+                lambda i=i: sessions[i].get(
+                    f"{target.url}/v1/kv/{K}/w{i}",
+                    timeout=15,
+                    params={"index": indexes[i], "wait": "3s"},
+                )
+            )
             for i in range(50)
         ]
         settle(target, 50)
@@ -1084,16 +1159,19 @@ def test_55_concurrent_watchers(target: Target, K: str) -> None:
 @pytest.mark.double_only
 def test_55_stop_releases_blocked_requests(K: str) -> None:
     """[#55] Stopping the server releases every blocked request promptly."""
-    from conftest import _double
-
-    server = _double(max_query_time=600, default_query_time=300).start()
+    server = make_double(max_query_time=600, default_query_time=300).start()
     server.put(f"{K}/a", b"v")
     index = server.get(f"{K}/a").modify_index  # type: ignore[union-attr]
     sessions = [requests.Session() for _ in range(10)]
     try:
-        calls = [Call(lambda s=s: s.get(f"{server.url}/v1/kv/{K}/a", timeout=30,
-                                         params={"index": index, "wait": "5m"}))
-                 for s in sessions]
+        calls = [
+            Call(
+                lambda s=s: s.get(
+                    f"{server.url}/v1/kv/{K}/a", timeout=30, params={"index": index, "wait": "5m"}
+                )
+            )
+            for s in sessions
+        ]
         server.wait_for_blocked(10)
         start = time.monotonic()
         server.stop()
