@@ -1,22 +1,36 @@
-"""Document parsers (TOML, JSON, YAML): strict, safe, bounded, with line numbers in errors."""
+"""Document parsers (TOML, JSON, YAML): strict, safe, bounded, with line numbers in errors.
+
+Strict means: duplicate keys, ``NaN``/``Infinity``, documents that are not a mapping at the
+top, invalid UTF-8 and (in YAML) non-string keys such as ``on:``/``yes:`` (booleans in YAML
+1.1) are errors, not surprises. Safe means YAML is loaded with a ``SafeLoader``: Python tags
+such as ``!!python/object`` are refused. Bounded means a document may nest at most
+:data:`MAX_DEPTH` levels and expand to at most :data:`MAX_NODES` values; YAML aliases are
+counted as expanded *before* anything is constructed, so an alias bomb ("billion laughs") is
+refused in time and memory proportional to its text.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 import tomllib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import SourceFormatError, SpecError
+
+if TYPE_CHECKING:
+    import yaml
 
 FORMATS = ("toml", "json", "yaml")
 _SUFFIXES = {".toml": "toml", ".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
-#: Bounds against resource bombs (deep nesting, YAML alias expansion).
+#: Bounds against resource bombs: nesting levels, and values after YAML alias expansion.
+#: A layer holds every value flattened, so MAX_NODES also bounds a layer's memory.
 MAX_DEPTH = 64
-MAX_NODES = 2_000_000
+MAX_NODES = 1_000_000
 
 
 def format_for_path(path: str, explicit: str | None, *, source: str) -> str:
@@ -41,86 +55,88 @@ def format_for_path(path: str, explicit: str | None, *, source: str) -> str:
     )
 
 
-def parse_document(content: bytes | str, fmt: str, *, source: str) -> Mapping[str, Any]:
+class _Where:
+    """Formats "in PATH at line N, column C" for error messages."""
+
+    def __init__(self, source: str, path: str | None) -> None:
+        self.source = source
+        self.path = path
+
+    def error(
+        self, what: str, line: int | None = None, column: int | None = None,
+        *, key: str | None = None, hint: str = "",
+    ) -> SourceFormatError:
+        where = f" in {self.path}" if self.path else ""
+        if line is not None:
+            where += f" at line {line}"
+            if column is not None:
+                where += f", column {column}"
+        return SourceFormatError(
+            f"{self.source}: {what}{where}{hint}", source=self.source, key=key, line=line
+        )
+
+
+def parse_document(
+    content: bytes | str, fmt: str, *, source: str, path: str | None = None
+) -> Mapping[str, Any]:
     """Parse a whole document into a mapping; raise :class:`SourceFormatError` with the line.
 
-    Duplicate keys, NaN/Infinity, non-mapping documents, nesting deeper than
-    :data:`MAX_DEPTH` and documents expanding to more than :data:`MAX_NODES` values are
-    rejected. YAML is loaded safely only (no Python tags).
+    ``source`` names the source in messages and in the error's ``.source``; ``path``, when
+    given, is named too (``... in /etc/app.toml at line 3, column 7``). See the module
+    docstring for what is rejected.
     """
+    where = _Where(source, path)
     if isinstance(content, bytes):
         try:
             text = content.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise SourceFormatError(
-                f"{source}: not valid UTF-8 at byte {exc.start}; save the file as UTF-8",
-                source=source,
+            line = content.count(b"\n", 0, exc.start) + 1
+            raise where.error(
+                f"not valid UTF-8 at byte {exc.start}", line,
+                hint="; save the file as UTF-8",
             ) from None
     else:
         text = content
-    if fmt == "toml":
-        data = _parse_toml(text, source)
-    elif fmt == "json":
-        data = _parse_json(text, source)
-    elif fmt == "yaml":
-        data = _parse_yaml(text, source)
-    else:  # pragma: no cover - format_for_path validates
-        raise SpecError(f"{source}: unknown format {fmt!r}", spec=source)
-    if data is None:
-        return {}
+    try:
+        if fmt == "toml":
+            data = _parse_toml(text, where)
+        elif fmt == "json":
+            data = _parse_json(text, where)
+        elif fmt == "yaml":
+            data = _parse_yaml(text, where)
+        else:  # pragma: no cover - format_for_path validates
+            raise SpecError(f"{source}: unknown format {fmt!r}", spec=source)
+    except RecursionError:
+        raise where.error(f"nesting deeper than {MAX_DEPTH} levels; refusing it") from None
+    if data is None and fmt != "json":
+        return {}  # an empty (or comments-only) document
     if not isinstance(data, Mapping):
-        raise SourceFormatError(
-            f"{source}: the document must be a mapping (a table/object) at the top, "
-            f"not {type(data).__name__}",
-            source=source,
+        raise where.error(
+            "the document must be a mapping (a table/object) at the top, "
+            f"not {type(data).__name__}"
         )
-    _check_bounds(data, source)
+    _check_bounds(data, where)
     return data
 
 
-def _parse_toml(text: str, source: str) -> Any:
+def _parse_toml(text: str, where: _Where) -> Any:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"line (\d+)", str(exc))
-        line = int(match.group(1)) if match else None
-        raise SourceFormatError(
-            f"{source}: invalid TOML: {exc}", source=source, line=line
+        message = str(exc)
+        match = re.search(r"\s*\(at line (\d+), column (\d+)\)", message)
+        if match is None:
+            raise where.error(f"invalid TOML: {message}") from None
+        message = message[: match.start()] + message[match.end():]
+        raise where.error(
+            f"invalid TOML: {message}", int(match.group(1)), int(match.group(2))
         ) from None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in configuration")
-
-
-def _parse_json(text: str, source: str) -> Any:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in items:
-            if key in out:
-                raise _DuplicateKey(key)
-            out[key] = value
-        return out
-
-    try:
-        return json.loads(text, object_pairs_hook=pairs, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise SourceFormatError(
-            f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-            source=source,
-            line=exc.lineno,
-        ) from None
-    except _DuplicateKey as exc:
-        line = _find_key_line(text, exc.key, second=True)
-        where = f" (line {line})" if line else ""
-        raise SourceFormatError(
-            f"{source}: duplicate key {exc.key!r}{where}; keep one",
-            source=source,
-            key=exc.key,
-            line=line,
-        ) from None
-    except ValueError as exc:
-        raise SourceFormatError(f"{source}: invalid JSON: {exc}", source=source) from None
+class _JSONConstant(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
 
 
 class _DuplicateKey(Exception):
@@ -129,76 +145,173 @@ class _DuplicateKey(Exception):
         self.key = key
 
 
-def _parse_yaml(text: str, source: str) -> Any:
+def _reject_constant(name: str) -> Any:
+    raise _JSONConstant(name)
+
+
+def _unique_pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in items:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _parse_json(text: str, where: _Where) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise where.error(f"invalid JSON: {exc.msg}", exc.lineno, exc.colno) from None
+    except _DuplicateKey as exc:
+        raise where.error(
+            f"duplicate key {exc.key!r}", _find_key_line(text, exc.key, second=True),
+            key=exc.key, hint="; keep one",
+        ) from None
+    except _JSONConstant as exc:
+        match = re.search(r"(?<![\w\"])-?" + re.escape(exc.name.lstrip("-")) + r"(?![\w\"])", text)
+        line = text.count("\n", 0, match.start()) + 1 if match else None
+        raise where.error(
+            f"{exc.name} is not allowed in configuration", line,
+            hint="; write a finite number or a string",
+        ) from None
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+@functools.cache
+def _strict_loader() -> type[yaml.SafeLoader]:
+    """Build (once) the YAML loader: safe, with duplicate and non-string keys refused."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        """A SafeLoader that refuses duplicate keys and keys that are not strings."""
+
+        def construct_mapping(
+            self, node: yaml.MappingNode, deep: bool = False
+        ) -> dict[Any, Any]:
+            if not isinstance(node, yaml.MappingNode):  # pragma: no cover - YAML's contract
+                return super().construct_mapping(node, deep=deep)
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    continue  # "<<: *base" then overriding a merged key is not a duplicate
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, bool) or not isinstance(key, (str, int)):
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found a key that is not a string ({key!r}); quote it",
+                        key_node.start_mark,
+                    )
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key!r}", key_node.start_mark,
+                    )
+                seen.add(key)
+            mapping = super().construct_mapping(node, deep=deep)
+            return {str(k) if isinstance(k, int) else k: v for k, v in mapping.items()}
+
+    return StrictLoader
+
+
+def _measure_yaml(root: yaml.Node, where: _Where) -> None:
+    """Refuse a node graph that nests too deep or expands (through aliases) too far.
+
+    Aliases make the composed graph a DAG: sizes are memoized per node, so this costs time
+    proportional to the text, however large the expansion would be.
+    """
+    import yaml
+
+    memo: dict[int, tuple[int, int]] = {}
+
+    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
+        known = memo.get(id(node))
+        if known is None:
+            if depth > MAX_DEPTH:
+                raise where.error(
+                    f"nesting deeper than {MAX_DEPTH} levels; refusing it",
+                    node.start_mark.line + 1,
+                )
+            size, height = 1, 0
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.MappingNode):
+                for key_node, value_node in node.value:
+                    children += (key_node, value_node)
+            elif isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            for child in children:
+                child_size, child_height = measure(child, depth + 1)
+                size += child_size
+                height = max(height, child_height + 1)
+                if size > MAX_NODES:
+                    break
+            known = memo[id(node)] = (size, height)
+        size, height = known
+        if size > MAX_NODES:
+            raise where.error(
+                f"the document expands to more than {MAX_NODES:,} values "
+                "(a YAML alias bomb?); refusing it",
+                node.start_mark.line + 1,
+            )
+        if depth + height > MAX_DEPTH:
+            raise where.error(
+                f"nesting deeper than {MAX_DEPTH} levels; refusing it", node.start_mark.line + 1
+            )
+        return known
+
+    measure(root, 0)
+
+
+def _parse_yaml(text: str, where: _Where) -> Any:
     try:
         import yaml
     except ImportError:
         raise SpecError(
-            f"{source}: YAML support is not installed; pip install 'confhub[yaml]'",
-            spec=source,
+            f"{where.source}: YAML support is not installed; pip install 'confhub[yaml]'",
+            spec=where.source,
         ) from None
-
-    class StrictLoader(yaml.SafeLoader):
-        """Safe loading that refuses duplicate keys."""
-
-    def construct_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-        loader.flatten_mapping(node)
-        seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-            seen[key] = True
-        return loader.construct_mapping(node, deep=deep)
-
-    StrictLoader.add_constructor(
-        yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-        construct_mapping,  # type: ignore[arg-type]
-    )
+    loader = _strict_loader()(text)
     try:
-        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _measure_yaml(node, where)
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        problem = exc.problem or "invalid YAML"
-        where = f" at line {line}" if line else ""
-        raise SourceFormatError(
-            f"{source}: invalid YAML{where}: {problem}", source=source, line=line
-        ) from None
+        column = mark.column + 1 if mark is not None else None
+        raise where.error(f"invalid YAML: {exc.problem or exc.context}", line, column) from None
     except yaml.YAMLError as exc:
-        raise SourceFormatError(f"{source}: invalid YAML: {exc}", source=source) from None
+        raise where.error(f"invalid YAML: {exc}") from None
+    finally:
+        loader.dispose()
 
 
-def _check_bounds(data: Any, source: str) -> None:
+def _check_bounds(data: Any, where: _Where) -> None:
     """Walk the document once, bounded, refusing deep nesting, bombs and non-finite floats."""
     budget = MAX_NODES
     stack: list[tuple[Any, int]] = [(data, 0)]
+    pop, push = stack.pop, stack.extend
     while stack:
-        node, depth = stack.pop()
+        node, depth = pop()
         budget -= 1
         if budget < 0:
-            raise SourceFormatError(
-                f"{source}: the document expands to more than {MAX_NODES:,} values "
-                "(a YAML alias bomb?); refusing it",
-                source=source,
+            raise where.error(
+                f"the document expands to more than {MAX_NODES:,} values; refusing it"
             )
         if depth > MAX_DEPTH:
-            raise SourceFormatError(
-                f"{source}: nesting deeper than {MAX_DEPTH} levels; refusing it", source=source
-            )
-        if isinstance(node, Mapping):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, (list, tuple)):
-            stack.extend((v, depth + 1) for v in node)
-        elif isinstance(node, float) and not math.isfinite(node):
-            raise SourceFormatError(
-                f"{source}: {node!r} is not allowed in configuration", source=source
-            )
+            raise where.error(f"nesting deeper than {MAX_DEPTH} levels; refusing it")
+        # Exact type checks first: they are what the parsers produce, and cheap.
+        kind = type(node)
+        if kind is dict or (kind is not list and isinstance(node, Mapping)):
+            push([(v, depth + 1) for v in node.values()])
+        elif kind is list or isinstance(node, tuple):
+            push([(v, depth + 1) for v in node])
+        elif kind is float and not math.isfinite(node):
+            raise where.error(f"{node!r} is not allowed in configuration")
 
 
 def _find_key_line(text: str, key: str, *, second: bool = False, start: int = 0) -> int | None:

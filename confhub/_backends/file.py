@@ -1,18 +1,39 @@
 """The ``file`` backend: TOML, JSON or YAML, watched through watchdog on the parent directory.
 
+Spec: ``file:PATH`` (or a bare path) with these query options:
+
+- ``format=toml|json|yaml``: the format, when the suffix does not tell it.
+- ``optional=true``: a missing file contributes no keys instead of failing; when a watched
+  optional file is deleted its keys go away, and come back when it is recreated.
+- ``watch=auto|poll|false``: ``auto`` (the default) uses the platform's native observer
+  (inotify on Linux) and falls back to polling with one warning when it cannot start;
+  ``poll`` always polls (network filesystems, CIFS); ``false`` reads the file once.
+- ``settle=SECONDS`` (default 0.02): the debounce window; the file is read once no event
+  arrived for this long.
+- ``max_settle=SECONDS`` (default ``max(1.0, 10 * settle)``): the longest a stream of events
+  can postpone a read, so a writer that never pauses cannot starve readers.
+- ``poll_interval=SECONDS`` (default 0.5): how often the polling observer scans.
+
 Watching follows the lessons of viper, Envoy and kubelet's atomic writer:
 
 - Watch the *parent directory*, never the file: editors save by writing a new file and
   renaming it over the old one (vim, JetBrains), and Kubernetes swaps a ConfigMap by
   re-pointing the ``..data`` symlink, so the watched inode disappears.
 - Re-resolve the real path on every check, and also watch the directory the path resolves
-  to when it differs (symlinked files).
+  to when it differs (symlinked files); a directory the path no longer resolves to is
+  unwatched again, so ConfigMap swaps do not pile up dead watches.
 - Debounce: wait until no event arrived for ``settle`` seconds, then read.
 - Compare a content hash, so duplicate events and touch-only saves publish nothing.
 - A file that does not parse is re-read once after another ``settle`` (it may be half
   written); if it is still broken, the error is reported and the last good content stays.
-- inotify may be unavailable (instance limits, some container filesystems): fall back to
-  polling with one warning.
+- A file that is missing is looked for again after another ``settle`` (vim renames the
+  original away before writing the new one): only a file that stays missing is reported.
+- The first check runs as soon as watching starts, so a change made between ``load()`` and
+  ``watch()`` is not lost.
+- The watching thread survives anything a check raises: the error is reported and the
+  next event is handled (viper's watcher returned for good on the first error).
+- inotify may be unavailable (instance or watch limits, some container filesystems): fall
+  back to polling with one warning.
 """
 
 from __future__ import annotations
@@ -26,11 +47,17 @@ from typing import TYPE_CHECKING, Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
 from .._backend import BackendInfo, Notify, hookimpl
-from .._errors import SourceFormatError, SourceUnavailableError, SpecError
+from .._errors import (
+    ConfhubError,
+    SourceFormatError,
+    SourcePermissionError,
+    SourceUnavailableError,
+    SpecError,
+)
 from .._layer import Layer
 from .._parsers import format_for_path, locate_key, parse_document
 
@@ -42,6 +69,12 @@ log = logging.getLogger("confhub.file")
 
 DEFAULT_SETTLE = 0.02
 DEFAULT_POLL_INTERVAL = 0.5
+_ABSENT = "absent"
+_WATCH_MODES = {
+    "auto": "auto", "true": "auto", "on": "auto", "yes": "auto",
+    "poll": "poll",
+    "false": "false", "off": "false", "no": "false",
+}
 
 
 class FileBackend:
@@ -55,23 +88,33 @@ class FileBackend:
         self.format = format_for_path(self.path, spec.option("format"), source=self.name)
         self.optional = spec.optional
         self.settle = spec.option_float("settle", DEFAULT_SETTLE)
+        self.max_settle = spec.option_float("max_settle", max(1.0, 10 * self.settle))
         self.poll_interval = spec.option_float("poll_interval", DEFAULT_POLL_INTERVAL)
+        for option in ("settle", "max_settle", "poll_interval"):
+            if getattr(self, option) < 0:
+                raise SpecError(
+                    f"{self.name}: {option}={getattr(self, option)} is negative; "
+                    "give seconds >= 0",
+                    spec=self.name,
+                )
         mode = str(spec.option("watch", "auto")).lower()
-        if mode not in ("auto", "poll", "false", "off", "no", "true", "on", "yes"):
+        if mode not in _WATCH_MODES:
             raise SpecError(
                 f"{self.name}: watch={mode!r}; use auto, poll or false", spec=self.name
             )
-        self.watch_mode = {"true": "auto", "on": "auto", "yes": "auto", "off": "false",
-                           "no": "false"}.get(mode, mode)
+        self.watch_mode = _WATCH_MODES[mode]
         self._last_hash: str | None = None
         self._reported_broken: str | None = None
         self._observer: BaseObserver | None = None
+        self._handler = _Handler(self)
+        self._watches: dict[str, ObservedWatch] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._deadline: float | None = None
+        self._first_event: float | None = None
         self._notify: Notify | None = None
-        self._watched_dirs: set[str] = set()
+        #: The observer class in use (``InotifyObserver``, ``PollingObserver`` ...), once watching.
         self.observer_kind: str | None = None
 
     # -- loading ---------------------------------------------------------------------------
@@ -85,13 +128,19 @@ class FileBackend:
             raise SourceFormatError(
                 f"{self.name}: {self.path} is a directory, not a file", source=self.name
             ) from None
+        except PermissionError as exc:
+            raise SourcePermissionError(
+                f"{self.name}: cannot read {self.path}: {exc.strerror or exc}; "
+                "fix its permissions",
+                source=self.name,
+            ) from None
         except OSError as exc:
             raise SourceUnavailableError(
                 f"{self.name}: cannot read {self.path}: {exc.strerror or exc}", source=self.name
             ) from None
 
     def _parse(self, content: bytes) -> Layer:
-        data = parse_document(content, self.format, source=self.name)
+        data = parse_document(content, self.format, source=self.name, path=self.path)
         text = content.decode("utf-8-sig", errors="replace")
         path = self.path
 
@@ -105,7 +154,7 @@ class FileBackend:
 
     def _missing(self) -> Layer:
         if self.optional:
-            return Layer.from_flat({}, source=self.name, revision="absent")
+            return Layer.from_flat({}, source=self.name, revision=_ABSENT)
         raise SourceUnavailableError(
             f"{self.name}: {self.path} does not exist; create it, fix the path, "
             "or add ?optional=true",
@@ -115,7 +164,7 @@ class FileBackend:
     def load(self) -> Layer:
         content = self._read()
         if content is None:
-            self._last_hash = "absent"
+            self._last_hash = _ABSENT
             return self._missing()
         layer = self._parse(content)
         self._last_hash = layer.revision
@@ -132,88 +181,142 @@ class FileBackend:
             daemon=True,
         )
         self._thread.start()
+        # The file may have changed between load() and now, before anything watched it.
+        self._poke()
 
     def _dirs(self) -> set[str]:
-        dirs = {os.path.dirname(self.path)}
-        real = os.path.realpath(self.path)
-        if os.path.dirname(real) != os.path.dirname(self.path) and os.path.isdir(
-            os.path.dirname(real)
-        ):
-            dirs.add(os.path.dirname(real))
+        parent = os.path.dirname(self.path)
+        dirs = {parent}
+        real_parent = os.path.dirname(os.path.realpath(self.path))
+        if real_parent != parent and os.path.isdir(real_parent):
+            dirs.add(real_parent)
         return dirs
 
+    def _schedule_all(self, observer: BaseObserver, dirs: set[str]) -> None:
+        for d in sorted(dirs):
+            self._watches[d] = observer.schedule(self._handler, d, recursive=False)
+
     def _start_observer(self) -> BaseObserver:
-        handler = _Handler(self)
-        dirs = self._dirs()
-        if not os.path.isdir(os.path.dirname(self.path)):
+        parent = os.path.dirname(self.path)
+        if not os.path.isdir(parent):
             raise SourceUnavailableError(
-                f"{self.name}: directory {os.path.dirname(self.path)} does not exist, "
+                f"{self.name}: directory {parent} does not exist, "
                 "so the file cannot be watched; create it",
                 source=self.name,
             )
+        dirs = self._dirs()
         if self.watch_mode != "poll":
-            observer: BaseObserver = Observer()
+            native: BaseObserver | None = None
             try:
-                for d in dirs:
-                    observer.schedule(handler, d, recursive=False)
-                observer.start()
-                self._watched_dirs = dirs
-                self.observer_kind = type(observer).__name__
-                return observer
+                # InotifyObserver creates its inotify instance here: EMFILE when the
+                # instance limit is reached, ENOSPC from a watch limit in schedule/start.
+                native = Observer()
+                self._schedule_all(native, dirs)
+                native.start()
             except OSError as exc:
+                self._watches.clear()
+                if native is not None:
+                    # Its thread never started; stop() joins what did (emitters, inotify).
+                    native.stop()
                 log.warning(
                     "%s: native file watching is unavailable (%s); polling every %.2fs instead",
                     self.name, exc, self.poll_interval,
                 )
-                try:
-                    observer.stop()
-                except Exception:  # noqa: BLE001 - best effort on a half-started observer
-                    pass
-        observer = PollingObserver(timeout=self.poll_interval)
-        for d in dirs:
-            observer.schedule(handler, d, recursive=False)
-        observer.start()
-        self._watched_dirs = dirs
+            else:
+                self.observer_kind = type(native).__name__
+                return native
+        observer: BaseObserver = PollingObserver(timeout=self.poll_interval)
+        try:
+            self._schedule_all(observer, dirs)
+            observer.start()
+        except OSError as exc:
+            self._watches.clear()
+            observer.stop()
+            raise SourceUnavailableError(
+                f"{self.name}: cannot watch {parent}, not even by polling: {exc}",
+                source=self.name,
+            ) from exc
         self.observer_kind = type(observer).__name__
         return observer
 
     def _poke(self) -> None:
+        """Note an event: (re)start the debounce window, bounded by ``max_settle``."""
         with self._cond:
-            self._deadline = time.monotonic() + self.settle
+            now = time.monotonic()
+            if self._first_event is None:
+                self._first_event = now
+            self._deadline = min(now + self.settle, self._first_event + self.max_settle)
             self._cond.notify()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             with self._cond:
-                while self._deadline is None and not self._stop.is_set():
+                deadline = self._deadline
+                if deadline is None:
                     self._cond.wait()
-                if self._stop.is_set():
-                    return
-                delay = self._deadline - time.monotonic()  # type: ignore[operator]
+                    continue
+                delay = deadline - time.monotonic()
                 if delay > 0:
                     self._cond.wait(delay)
                     continue  # re-check: a newer event may have moved the deadline
                 self._deadline = None
-            self._check()
+                self._first_event = None
+            try:
+                self._check()
+            except Exception as exc:  # the watcher must outlive any one check
+                log.exception("%s: checking %s failed; still watching", self.name, self.path)
+                self._report(exc)
+
+    def _report(self, error: BaseException) -> None:
+        notify = self._notify
+        if notify is None or self._stop.is_set():
+            return
+        try:
+            notify(error)
+        except Exception:  # a failing consumer must not stop the watcher
+            log.exception("%s: reporting an error failed", self.name)
+
+    def _publish(self, update: Layer) -> None:
+        notify = self._notify
+        if notify is None or self._stop.is_set():
+            return
+        notify(update)
+
+    def _read_or_report(self) -> tuple[bool, bytes | None]:
+        try:
+            return True, self._read()
+        except (SourceUnavailableError, SourcePermissionError, SourceFormatError) as exc:
+            self._last_hash = None  # whatever comes next is news
+            self._reported_broken = None
+            self._report(exc)
+            return False, None
 
     def _check(self) -> None:
         """Read the settled file and report a new layer, its absence, or why it is broken."""
-        notify = self._notify
-        assert notify is not None
-        self._maybe_rewatch()
-        try:
-            content = self._read()
-        except (SourceUnavailableError, SourceFormatError) as exc:
-            notify(exc)
+        self._rewatch()
+        ok, content = self._read_or_report()
+        if not ok:
             return
         if content is None:
-            if self._last_hash == "absent":
+            if self._last_hash == _ABSENT:
                 return
-            self._last_hash = "absent"
+            # A rename-style save may leave the name missing for a moment: look again.
+            if self._stop.wait(self.settle):
+                return
+            ok, content = self._read_or_report()
+            if not ok:
+                return
+            if content is not None:
+                self._poke()
+                return
+            self._last_hash = _ABSENT
+            self._reported_broken = None
             try:
-                notify(self._missing())
+                layer = self._missing()
             except SourceUnavailableError as exc:
-                notify(exc)
+                self._report(exc)
+            else:
+                self._publish(layer)
             return
         digest = _digest(content)
         if digest == self._last_hash and self._reported_broken is None:
@@ -226,64 +329,78 @@ class FileBackend:
                 return
             try:
                 again = self._read()
-            except (SourceUnavailableError, SourceFormatError):
+            except ConfhubError:
                 again = None
             if again is not None and _digest(again) == digest:
                 if self._reported_broken != digest:
                     self._reported_broken = digest
-                    notify(exc)
+                    self._report(exc)
             else:
                 self._poke()
             return
         self._last_hash = digest
         self._reported_broken = None
-        notify(layer)
+        self._publish(layer)
 
-    def _maybe_rewatch(self) -> None:
-        """Watch the directory the path now resolves to (a symlink target may have moved)."""
+    def _rewatch(self) -> None:
+        """Watch the directory the path now resolves to; drop ones it no longer does."""
         observer = self._observer
         if observer is None:
             return
-        missing = self._dirs() - self._watched_dirs
-        for d in missing:
+        wanted = self._dirs()
+        for d in set(self._watches) - wanted:
+            watch = self._watches.pop(d)
             try:
-                observer.schedule(_Handler(self), d, recursive=False)
-                self._watched_dirs.add(d)
+                observer.unschedule(watch)
+            except (KeyError, OSError) as exc:  # already gone with its directory
+                log.debug("%s: unwatching %s: %s", self.name, d, exc)
+        for d in wanted - set(self._watches):
+            try:
+                self._watches[d] = observer.schedule(self._handler, d, recursive=False)
             except OSError as exc:  # pragma: no cover - depends on the platform's limits
                 log.warning("%s: cannot watch %s: %s", self.name, d, exc)
 
     def close(self) -> None:
+        """Stop watching and join the observer's and the settle thread. Idempotent."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-            self._observer = None
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-            self._thread = None
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            if observer.is_alive() and observer is not threading.current_thread():
+                observer.join(timeout=5)
+        self._watches.clear()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
 
     def __repr__(self) -> str:
         return f"<FileBackend {self.path} format={self.format}>"
 
 
 class _Handler(FileSystemEventHandler):
+    """Pokes the backend for any event that may concern its file (both ends of a move)."""
+
     def __init__(self, backend: FileBackend) -> None:
         self._backend = backend
-        self._names = {os.path.basename(backend.path)}
+        self._name = os.path.basename(backend.path)
 
     def _relevant(self, path: Any) -> bool:
+        if not path:
+            return False
         if isinstance(path, bytes):
             path = os.fsdecode(path)
         base = os.path.basename(str(path))
-        if base in self._names or base.startswith(".."):
+        # ``..data``, ``..data_tmp`` and ``..<timestamp>``: a Kubernetes atomic-writer swap.
+        if base == self._name or base.startswith(".."):
             return True
         # The file may be a symlink whose target lives in this directory.
         real = os.path.realpath(self._backend.path)
         return os.path.basename(real) == base
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        # Our own reads open and close the file: reacting to those would loop forever.
         if event.event_type in ("opened", "closed_no_write"):
             return
         if self._relevant(event.src_path) or self._relevant(getattr(event, "dest_path", "")):
