@@ -6,6 +6,7 @@ import asyncio
 import enum
 import logging
 import queue
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -292,7 +293,14 @@ class Hub:
     - ``plugins``: extra plugin objects or modules; ``block``: plugin names not to load;
       ``autoload``: discover entry-point plugins (default: yes, unless the environment
       variable ``CONFHUB_DISABLE_PLUGIN_AUTOLOAD`` is set).
-    - ``cache_dir``: where remote sources keep their last good copy (see the cache docs).
+    - ``cache_dir``: where remote sources keep their last good copy; default: the platform's
+      user cache directory (``~/.cache/confhub``, or ``$CONFHUB_CACHE_DIR``); ``None``
+      turns the cache off.
+    - ``connect_timeout``: the default timeout of one attempt to reach a remote store
+      (backends read it when the spec has no ``timeout=``); ``start_timeout``: the
+      ceiling of the whole :meth:`start`.
+    - ``retry_initial``/``retry_max``: the backoff (seconds, doubled with jitter, capped)
+      of retries of a source served from cache or absent at start.
     - ``validate``: when False, updates are not bound against the live views before
       publishing (views then keep their last valid instance on failure).
     """
@@ -305,9 +313,17 @@ class Hub:
         block: Sequence[str] = (),
         autoload: bool | None = None,
         cache_dir: Any = MISSING,
+        connect_timeout: float = 2.0,
+        start_timeout: float = 10.0,
+        retry_initial: float = 0.5,
+        retry_max: float = 30.0,
     ) -> None:
         self._slots = [_Slot(i, members) for i, members in enumerate(as_slots(sources))]
         self.cache_dir = cache_dir
+        self.connect_timeout = connect_timeout
+        self.start_timeout = start_timeout
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
         self.pm: pluggy.PluginManager = make_plugin_manager(plugins, block, autoload)
         self.converter: cattrs.Converter = make_converter()
         self.pm.hook.confhub_register_converters.call_historic(kwargs={"converter": self.converter})
@@ -352,8 +368,9 @@ class Hub:
             self._state = State.STARTING
         try:
             self.pm.hook.confhub_configure.call_historic(kwargs={"hub": self})
+            deadline = time.monotonic() + self.start_timeout
             for slot in self._slots:
-                self._load_slot(slot)
+                self._load_slot(slot, deadline)
             merged = merge_full([s.layer for s in self._slots])
             snapshot = self._make_snapshot(merged, 1)
             self.pm.hook.confhub_validate_snapshot(snapshot=snapshot, previous=None)
@@ -365,14 +382,25 @@ class Hub:
             self._snapshot = snapshot
             self._state = State.RUNNING
         for slot in self._slots:
-            if slot.layer is not None and slot.state == "live":
+            if slot.layer is not None and slot.state in ("live", "fallback"):
                 self._layer_accepted(slot, slot.layer)
         self._notifier = threading.Thread(
             target=self._notify_loop, name="confhub-notifier", daemon=True
         )
         self._notifier.start()
         for slot in self._slots:
-            self._start_watch(slot)
+            if slot.state in ("cached", "absent") and any(
+                getattr(b, "cacheable", False) for b in slot.backends
+            ):
+                slot.poller = threading.Thread(
+                    target=self._recover_loop,
+                    args=(slot,),
+                    name=f"confhub-recover[{slot.display}]",
+                    daemon=True,
+                )
+                slot.poller.start()
+            else:
+                self._start_watch(slot)
         return self
 
     def close(self) -> None:
@@ -404,6 +432,12 @@ class Hub:
                         log.exception("closing the backend of %s failed", slot.members[i].display)
             if slot.poller is not None and slot.poller is not threading.current_thread():
                 slot.poller.join(timeout=10)
+            for backend in slot.backends:
+                if backend is not None:
+                    try:
+                        backend.close()  # again: a recovery may have started a watch
+                    except Exception:
+                        log.exception("closing the backend of %s failed", slot.display)
         self._events.put(_STOP)
         notifier = self._notifier
         if notifier is not None and notifier is not threading.current_thread():
@@ -440,37 +474,131 @@ class Hub:
             )
         return backend  # type: ignore[no-any-return]
 
-    def _load_slot(self, slot: _Slot) -> None:
+    def _load_live(self, spec: SourceSpec, backend: Backend, timeout: float) -> Layer:
+        """Load through the hooks, bounded by ``timeout`` for remote backends."""
+        if not getattr(backend, "cacheable", False):
+            return self.pm.hook.confhub_load_layer(spec=spec, backend=backend)  # type: ignore[no-any-return]
+        result: list[Any] = []
+
+        def target() -> None:
+            try:
+                result.append(self.pm.hook.confhub_load_layer(spec=spec, backend=backend))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                result.append(exc)
+
+        worker = threading.Thread(target=target, name=f"confhub-load[{spec.display}]", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if not result:
+            raise SourceUnavailableError(
+                f"{spec.display} did not answer within {timeout:.1f}s "
+                "(the start ceiling, start_timeout); raise it or check the store",
+                source=spec.display,
+            )
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]  # type: ignore[no-any-return]
+
+    def _load_slot(self, slot: _Slot, deadline: float) -> None:
+        """Fill one slot: live members in order, then their caches; else absent or fail."""
         attempts: list[tuple[str, BaseException]] = []
         for i, spec in enumerate(slot.members):
             backend = slot.backends[i] = self.make_backend(spec)
-            try:
-                layer = self.pm.hook.confhub_load_layer(spec=spec, backend=backend)
-            except (SourceUnavailableError, SourcePermissionError) as exc:
-                attempts.append((spec.display, exc))
-                self.pm.hook.confhub_source_failed(
-                    spec=spec, error=exc, fallback=_next_name(slot, i)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                attempts.append(
+                    (
+                        spec.display,
+                        SourceUnavailableError(
+                            f"not tried: the start ceiling of {self.start_timeout}s was reached",
+                            source=spec.display,
+                        ),
+                    )
                 )
                 continue
+            try:
+                layer = self._load_live(spec, backend, remaining)
+            except SourceUnavailableError as exc:
+                attempts.append((spec.display, exc))
+                self.pm.hook.confhub_source_failed(
+                    spec=spec, error=exc, fallback=_next_name(slot, i) or "cache"
+                )
+                continue
+            except SourcePermissionError as exc:
+                # A refusal is an operator's error: do not hide it behind a cache.
+                attempts.append((spec.display, exc))
+                break
             slot.active = i
             slot.layer = layer
             slot.state = "live" if i == 0 else "fallback"
             if attempts:
                 slot.last_error = attempts[-1][1]
+                log.warning(
+                    "%s: serving the alternate %s (%s)", slot.display, spec.display, attempts[-1][1]
+                )
             slot.since = time.time()
             return
+        if not any(isinstance(e, SourcePermissionError) for _, e in attempts):
+            for i, spec in enumerate(slot.members):
+                layer = self.pm.hook.confhub_load_cached(spec=spec, backend=slot.backends[i])
+                if layer is None:
+                    continue
+                slot.active = i
+                slot.layer = layer
+                slot.state = "cached"
+                slot.last_error = attempts[-1][1] if attempts else None
+                slot.since = time.time()
+                log.warning(
+                    "%s is unavailable (%s); serving its cached copy (revision %s, %.0fs old)",
+                    slot.display,
+                    slot.last_error,
+                    layer.revision,
+                    time.time() - layer.fetched_at,
+                )
+                return
         if slot.optional:
             slot.state = "absent"
             slot.last_error = attempts[-1][1] if attempts else None
             log.warning("%s is unavailable and optional; it contributes nothing", slot.display)
             return
         lines = "; ".join(f"{what}: {err}" for what, err in attempts)
+        cached = (
+            " and has no usable cache"
+            if any(getattr(b, "cacheable", False) for b in slot.backends)
+            else ""
+        )
         raise StartupError(
-            f"required source {slot.display} could not be loaded from anywhere ({lines}); "
-            "start the store, add a fallback or a cache, or mark the source optional",
+            f"required source {slot.display} could not be loaded ({lines}){cached}; "
+            "start the store, add a fallback, or mark the source optional",
             source=slot.display,
             attempts=attempts,
         )
+
+    def _recover_loop(self, slot: _Slot) -> None:
+        """Retry a slot served from cache (or absent) with capped, jittered backoff."""
+        delay = self.retry_initial
+        while not self._stop.wait(delay * random.uniform(0.5, 1.0)):  # noqa: S311 - jitter
+            for i, spec in enumerate(slot.members):
+                backend = slot.backends[i]
+                if backend is None:
+                    continue
+                try:
+                    layer = self.pm.hook.confhub_load_layer(spec=spec, backend=backend)
+                except (SourceUnavailableError, SourcePermissionError):
+                    continue
+                except ConfhubError as exc:
+                    self._on_update(slot, exc)
+                    continue
+                with self._lock:
+                    if self._state is not State.RUNNING:
+                        return
+                    slot.active = i
+                    self._on_update(slot, layer)
+                    if slot.layer is layer:
+                        log.info("%s is back: promoted from %s to live", slot.display, "cache")
+                self._start_watch(slot)
+                return
+            delay = min(delay * 2, self.retry_max)
 
     def _start_watch(self, slot: _Slot) -> None:
         if slot.active is None:
@@ -570,18 +698,20 @@ class Hub:
     def _accept(self, slot: _Slot, layer: Layer) -> None:
         slot.layer = layer
         slot.pending = None
-        if slot.state != "live" or slot.last_error is not None:
-            log.info("%s is live again", slot.display)
-            slot.state = "live"
+        state = "live" if not slot.active else "fallback"
+        if slot.state != state or slot.last_error is not None:
+            log.info("%s is %s again", slot.display, state)
+            slot.state = state
             slot.last_error = None
             slot.since = time.time()
         self._layer_accepted(slot, layer)
 
     def _layer_accepted(self, slot: _Slot, layer: Layer) -> None:
         spec = slot.active_spec
+        backend = slot.backends[slot.active or 0]
 
         def call() -> None:
-            self.pm.hook.confhub_layer_accepted(spec=spec, layer=layer)
+            self.pm.hook.confhub_layer_accepted(spec=spec, layer=layer, backend=backend)
 
         self._events.put(call)
 

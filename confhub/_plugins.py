@@ -31,7 +31,7 @@ BUILTIN_PLUGINS = (
     ("file", "confhub._backends.file"),
 )
 
-_BUILTIN_NAMES = frozenset(name for name, _ in BUILTIN_PLUGINS)
+_BUILTIN_NAMES = frozenset(name for name, _ in BUILTIN_PLUGINS) | {"cache"}
 
 
 class PluginError(ConfhubError):
@@ -66,6 +66,10 @@ def make_plugin_manager(
     for name, module in BUILTIN_PLUGINS:
         if not pm.is_blocked(name):
             pm.register(importlib.import_module(module), name=name)
+    if not pm.is_blocked("cache"):
+        from ._cache import CachePlugin
+
+        pm.register(CachePlugin(), name="cache")
     if autoload_enabled(autoload):
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)

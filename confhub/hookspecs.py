@@ -73,12 +73,23 @@ def confhub_load_layer(spec: SourceSpec, backend: Backend) -> Layer | None:
     """
 
 
-@hookspec
-def confhub_layer_accepted(spec: SourceSpec, layer: Layer) -> None:
-    """A layer of ``spec`` passed validation and is now part of the published view.
+@hookspec(firstresult=True)
+def confhub_load_cached(spec: SourceSpec, backend: Backend) -> Layer | None:
+    """Return the last good layer of ``spec`` kept locally, or ``None``.
 
-    Called for every accepted load and update (the cache writes its file here). Called in
-    every plugin; a raising implementation is logged and ignored.
+    Stops at first non-None result. The hub calls it only after every live member of the
+    source's precedence slot failed (live, then alternates, then caches). The builtin
+    ``cache`` plugin implements it from its on-disk cache.
+    """
+
+
+@hookspec
+def confhub_layer_accepted(spec: SourceSpec, layer: Layer, backend: Backend) -> None:
+    """A live layer of ``spec`` passed validation and is now part of the published view.
+
+    Called for every accepted load and update, on the hub's notifier thread (the cache
+    writes its file here). Called in every plugin; a raising implementation is logged and
+    ignored.
     """
 
 

@@ -15,6 +15,7 @@ Updates are delivered to the hub synchronously, from the thread that calls :meth
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,8 @@ class MemoryStore:
         self._watchers: list[Notify] = []
         self._failure: BaseException | None = None
         self.loads = 0
+        #: Seconds every load blocks before answering (a slow or hung store).
+        self.delay = 0.0
 
     # -- mutation --------------------------------------------------------------------------
     def set(self, key: str, value: Any) -> int:
@@ -115,6 +118,8 @@ class MemoryStore:
         )
 
     def load(self) -> Layer:
+        if self.delay:
+            time.sleep(self.delay)
         with self._lock:
             self.loads += 1
             if self._failure is not None:
@@ -148,7 +153,12 @@ class MemoryStore:
 
 
 class MemoryBackend:
-    """The backend object the hub gets for a ``memory:NAME`` spec."""
+    """The backend object the hub gets for a ``memory:NAME`` spec.
+
+    It is ``cacheable`` like a remote store, so the hub's cache and fallback logic apply.
+    """
+
+    cacheable = True
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store

@@ -26,9 +26,10 @@ def _no_thread_leaks() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _env_guard() -> Iterator[None]:
-    """Restore os.environ after each test."""
+def _env_guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Restore os.environ after each test; point the default cache at a fresh directory."""
     saved = dict(os.environ)
+    os.environ["CONFHUB_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache") / "confhub")
     yield
     os.environ.clear()
     os.environ.update(saved)
