@@ -188,6 +188,9 @@ def test_kubernetes_configmap_swap_is_published(
         wait_for(lambda n=n: hub.get("port") == n)
     assert recorder.errors == []
     assert state(hub) == "live"
+    # Only the volume and the current version are watched: removed versions were unwatched.
+    backend = hub._slots[0].backends[0]
+    assert set(backend._watches) == {str(tmp_path), str(tmp_path / version)}  # type: ignore[union-attr]
 
 
 def test_touch_and_identical_rewrites_publish_nothing(
