@@ -207,8 +207,10 @@ class Subscription:
         callback: Callable[[Change], Any] | None,
         prefix: str,
         on_error: Callable[[ErrorEvent], Any] | None,
+        on_state: Callable[[SourceHealth], Any] | None = None,
     ) -> None:
         self._hub = hub
+        self.on_state = on_state
         self.callback = callback
         self.prefix = prefix
         self.on_error = on_error
@@ -704,6 +706,7 @@ class Hub:
             slot.state = state
             slot.last_error = None
             slot.since = time.time()
+            self._events.put(slot.health())
         self._layer_accepted(slot, layer)
 
     def _layer_accepted(self, slot: _Slot, layer: Layer) -> None:
@@ -735,6 +738,7 @@ class Hub:
                 fallback="last good" if slot.layer is not None else None,
             )
             self._events.put(ErrorEvent(slot.display, error, self._generation))
+            self._events.put(slot.health())
 
     def _validate(self, snapshot: Snapshot, previous: Snapshot) -> list[tuple[View[Any], Any]]:
         bound = [
@@ -846,17 +850,20 @@ class Hub:
         *,
         prefix: str = "",
         on_error: Callable[[ErrorEvent], Any] | None = None,
+        on_state: Callable[[SourceHealth], Any] | None = None,
     ) -> Subscription:
         """Call ``callback(change)`` for every published change at or below ``prefix``.
 
         Callbacks run on the hub's notifier thread, one at a time, in generation order; the
         :class:`Change` they get holds only keys under ``prefix``. A raising callback is
         logged and does not stop the others. ``on_error(event)`` is called with an
-        :class:`ErrorEvent` when an update was rejected or a source failed.
+        :class:`ErrorEvent` when an update was rejected or a source failed, and
+        ``on_state(health)`` with the new :class:`SourceHealth` whenever a source changes
+        state (live -> stale -> live, cached -> live ...).
         """
         if self._state is State.CLOSED:
             raise HubStateError("hub.subscribe() on a closed hub; create a new Hub")
-        sub = Subscription(self, callback, prefix, on_error)
+        sub = Subscription(self, callback, prefix, on_error, on_state)
         with self._lock:
             self._subscribers = (*self._subscribers, sub)
         return sub
@@ -899,7 +906,7 @@ class Hub:
                     if sub.on_close is not None:
                         sub.on_close()
                 return
-            if callable(item) and not isinstance(item, (Change, ErrorEvent)):
+            if callable(item) and not isinstance(item, (Change, ErrorEvent, SourceHealth)):
                 try:
                     item()
                 except Exception:
@@ -914,6 +921,9 @@ class Hub:
                             part = item.filtered(sub.prefix)
                             if part is not None:
                                 sub.callback(part)
+                    elif isinstance(item, SourceHealth):
+                        if sub.on_state is not None:
+                            sub.on_state(item)
                     elif sub.on_error is not None:
                         sub.on_error(item)
                 except Exception:

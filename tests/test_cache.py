@@ -335,3 +335,31 @@ def test_writer_killed_mid_write_leaves_a_usable_or_no_file(tmp_path: Path) -> N
     layer = Cache(tmp_path).read(spec)
     assert layer is not None
     assert layer.values["writer"] == "k"
+
+
+def test_state_changes_reach_subscribers(tmp_path: Path) -> None:
+    """on_state hears a source go stale and come back live."""
+    store = MemoryStore("app", {"a": "1"})
+    with hub_for(store, tmp_path) as hub:
+        states: list[str] = []
+        hub.subscribe(on_state=lambda h: states.append(h.state))
+        store.fail()
+        store.recover()
+        wait_for(lambda: states == ["stale", "live"])
+
+
+def test_long_outage_does_not_spin(tmp_path: Path) -> None:
+    """A compressed long outage retries with capped backoff: bounded attempts, flat threads."""
+    import threading
+
+    store = MemoryStore("app", {"a": "1"})
+    warm(store, tmp_path)
+    store.fail()
+    with hub_for(store, tmp_path, retry_initial=0.01, retry_max=0.05) as hub:
+        threads = threading.active_count()
+        loads = store.loads
+        time.sleep(2.0)
+        attempts = store.loads - loads
+        assert threading.active_count() == threads
+        assert 10 <= attempts <= 2.0 / 0.025 + 5, attempts  # capped backoff, jitter >= half
+        assert hub.health().sources[0].state == "cached"
