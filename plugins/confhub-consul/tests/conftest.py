@@ -10,7 +10,6 @@ alone, for fault-injection tests.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.client import HTTPConnection, HTTPResponse
 from typing import Any
 
 import consul
@@ -89,9 +89,9 @@ class Target:
             method, self.url + path, timeout=HTTP_TIMEOUT, allow_redirects=False, **kw
         )
 
-    def raw(self, method: str, path: str, body: bytes = b"") -> http.client.HTTPResponse:
+    def raw(self, method: str, path: str, body: bytes = b"") -> HTTPResponse:
         """Send a request with the path exactly as given (no client-side normalisation)."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=HTTP_TIMEOUT)
+        conn = HTTPConnection(self.host, self.port, timeout=HTTP_TIMEOUT)
         try:
             conn.request(method, path, body=body or None)
             resp = conn.getresponse()
@@ -162,8 +162,7 @@ class Target:
         assert pol.status_code == 200, pol.text
         tok = self.http("PUT", "/v1/acl/token", json_body={"Policies": [{"Name": name}]})
         assert tok.status_code == 200, tok.text
-        secret: str = tok.json()["SecretID"]
-        return secret
+        return str(tok.json()["SecretID"])
 
     def close(self) -> None:
         for client in self._clients:

@@ -1130,16 +1130,15 @@ def test_55_concurrent_watchers(target: Target, K: str) -> None:
     indexes = [idx(target.http("GET", f"/v1/kv/{K}/w{i}")) for i in range(50)]
     sessions = [requests.Session() for _ in range(50)]
     try:
-        watchers = [
-            Call(
-                lambda i=i: sessions[i].get(
-                    f"{target.url}/v1/kv/{K}/w{i}",
-                    timeout=15,
-                    params={"index": indexes[i], "wait": "3s"},
-                )
+
+        def watch(i: int) -> Callable[[], requests.Response]:
+            return lambda: sessions[i].get(
+                f"{target.url}/v1/kv/{K}/w{i}",
+                timeout=15,
+                params={"index": str(indexes[i]), "wait": "3s"},
             )
-            for i in range(50)
-        ]
+
+        watchers = [Call(watch(i)) for i in range(50)]
         settle(target, 50)
         start = time.monotonic()
         assert target.http("GET", f"/v1/kv/{K}/w1").status_code == 200
@@ -1161,17 +1160,18 @@ def test_55_stop_releases_blocked_requests(K: str) -> None:
     """[#55] Stopping the server releases every blocked request promptly."""
     server = make_double(max_query_time=600, default_query_time=300).start()
     server.put(f"{K}/a", b"v")
-    index = server.get(f"{K}/a").modify_index  # type: ignore[union-attr]
+    entry = server.get(f"{K}/a")
+    assert entry is not None
+    index = entry.modify_index
     sessions = [requests.Session() for _ in range(10)]
     try:
-        calls = [
-            Call(
-                lambda s=s: s.get(
-                    f"{server.url}/v1/kv/{K}/a", timeout=30, params={"index": index, "wait": "5m"}
-                )
+
+        def watch(s: requests.Session) -> Callable[[], requests.Response]:
+            return lambda: s.get(
+                f"{server.url}/v1/kv/{K}/a", timeout=30, params={"index": str(index), "wait": "5m"}
             )
-            for s in sessions
-        ]
+
+        calls = [Call(watch(s)) for s in sessions]
         server.wait_for_blocked(10)
         start = time.monotonic()
         server.stop()

@@ -409,7 +409,9 @@ def test_tls(tls_files: dict[str, Path]) -> None:
     """With a cert the server speaks HTTPS; py-consul connects with ``verify=<ca>``."""
     with make_double(tls_cert=tls_files["server.pem"], tls_key=tls_files["server.key"]) as srv:
         assert srv.url.startswith("https://")
-        resp = requests.get(f"{srv.url}/v1/status/leader", verify=tls_files["ca.pem"], timeout=5)
+        resp = requests.get(
+            f"{srv.url}/v1/status/leader", verify=str(tls_files["ca.pem"]), timeout=5
+        )
         assert resp.status_code == 200
         client = consul.Consul(
             host=srv.host, port=srv.port, scheme="https", verify=str(tls_files["ca.pem"])
@@ -428,10 +430,10 @@ def test_tls_client_certs(tls_files: dict[str, Path]) -> None:
         tls_client_ca=tls_files["ca.pem"],
     ) as srv:
         with pytest.raises(requests.exceptions.RequestException):
-            requests.get(f"{srv.url}/v1/status/leader", verify=tls_files["ca.pem"], timeout=5)
+            requests.get(f"{srv.url}/v1/status/leader", verify=str(tls_files["ca.pem"]), timeout=5)
         ok = requests.get(
             f"{srv.url}/v1/status/leader",
-            verify=tls_files["ca.pem"],
+            verify=str(tls_files["ca.pem"]),
             timeout=5,
             cert=(str(tls_files["client.pem"]), str(tls_files["client.key"])),
         )
