@@ -250,6 +250,8 @@ class _Slot:
         self.last_error: BaseException | None = None
         self.since = time.time()
         self.poller: threading.Thread | None = None
+        self.accepted: tuple[SourceSpec, Layer, Backend | None] | None = None
+        self.accept_queued = False
 
     @property
     def optional(self) -> bool:
@@ -710,11 +712,21 @@ class Hub:
         self._layer_accepted(slot, layer)
 
     def _layer_accepted(self, slot: _Slot, layer: Layer) -> None:
-        spec = slot.active_spec
-        backend = slot.backends[slot.active or 0]
+        """Tell plugins (the cache) about an accepted layer, coalesced per slot.
+
+        Only the latest layer of a slot matters to a cache, so a burst of updates queues
+        one call, not one per update: the notifier's queue stays bounded by the slots.
+        """
+        slot.accepted = (slot.active_spec, layer, slot.backends[slot.active or 0])
+        if slot.accept_queued:
+            return
+        slot.accept_queued = True
 
         def call() -> None:
-            self.pm.hook.confhub_layer_accepted(spec=spec, layer=layer, backend=backend)
+            with self._lock:
+                spec, latest, backend = slot.accepted  # type: ignore[misc]
+                slot.accept_queued = False
+            self.pm.hook.confhub_layer_accepted(spec=spec, layer=latest, backend=backend)
 
         self._events.put(call)
 
@@ -901,7 +913,8 @@ class Hub:
     def _notify_loop(self) -> None:
         while True:
             item = self._events.get()
-            if item is _STOP:
+            if item is _STOP or self._stop.is_set():
+                # Closing: what is still queued is not delivered.
                 for sub in self._subscribers:
                     if sub.on_close is not None:
                         sub.on_close()

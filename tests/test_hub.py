@@ -487,3 +487,17 @@ def test_poll_option_reloads_backends_without_watch(tmp_path: Any) -> None:
     # The example plugin has no watch; poll reloads it (static content: no change).
     with Hub(["example:k=v?poll=0.01"]) as hub:
         wait_for(lambda: hub.get("k") == "v")
+
+
+def test_close_does_not_wait_for_a_backlog_of_changes() -> None:
+    """Changes still queued at close are dropped, so close returns promptly."""
+    import time
+
+    store = MemoryStore("app", {"n": "0"})
+    hub = memory_hub("memory:app", store=store).start()
+    hub.subscribe(lambda change: time.sleep(0.05))
+    for i in range(200):
+        store.set("n", str(i + 1))
+    began = time.monotonic()
+    hub.close()
+    assert time.monotonic() - began < 2.0
