@@ -1,4 +1,49 @@
-"""confhub plugin entry point for the etcd backend.
+"""confhub plugin entry point for the etcd backend (entry point ``etcd`` in group ``confhub``).
 
-The glue against the core's backend contract is written separately; see ``_client``.
+Implements ``confhub_backend_schemes``, ``confhub_make_backend`` (scheme ``etcd``, no I/O) and
+``confhub_demo``. The backend itself is :class:`confhub_etcd._backend.EtcdBackend`.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from confhub import BackendInfo, hookimpl
+
+if TYPE_CHECKING:
+    from confhub import Hub, SourceSpec
+
+    from ._backend import EtcdBackend
+
+__all__ = ["confhub_backend_schemes", "confhub_demo", "confhub_make_backend"]
+
+
+@hookimpl
+def confhub_backend_schemes() -> list[BackendInfo]:
+    """The ``etcd`` scheme: watchable and writable."""
+    return [
+        BackendInfo(
+            "etcd",
+            "etcd v3 key prefix or document key (etcd://host:2379/prefix/)",
+            writable=True,
+            watchable=True,
+        )
+    ]
+
+
+@hookimpl
+def confhub_make_backend(spec: SourceSpec, hub: Hub) -> EtcdBackend | None:
+    """An :class:`EtcdBackend` for ``etcd:`` specs; ``None`` for other schemes. No I/O."""
+    if spec.scheme != "etcd":
+        return None
+    from ._backend import make_backend  # noqa: PLC0415 - keep plugin discovery free of gRPC
+
+    return make_backend(spec, hub)
+
+
+@hookimpl
+def confhub_demo(out: Any, workdir: str) -> bool:
+    """``confhub demo``'s etcd part; False (with a hint) when no etcd binary is found."""
+    from ._demo import run  # noqa: PLC0415 - the demo pulls in the test harness
+
+    return run(out, workdir)

@@ -1,0 +1,705 @@
+"""The confhub backend for etcd v3: specs, loads, the watch glue, and compare-and-swap writes.
+
+Two layouts:
+
+* **tree** (the default): every key under a prefix is one leaf; ``/myapp/db/pool/size`` under
+  the prefix ``/myapp/`` becomes ``db.pool.size``. Values are UTF-8 text.
+* **document** (``?format=json|yaml|toml``): the spec names ONE key whose value is a whole
+  document.
+
+The spec ``etcd://[user[:password]@]host:port[,host:port...]/prefix/?options``; see
+``docs/backend.md`` for the options, the watch semantics and the behaviour under failure.
+
+Everything etcd-specific (channels, failover, resume, compaction resync, auth, limits, fork
+safety) lives in :mod:`confhub_etcd._client`; this module maps it onto confhub's contract.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote
+
+from confhub import (
+    Layer,
+    LayerDelta,
+    Notify,
+    SourceFormatError,
+    SourcePermissionError,
+    SourceSpec,
+    SourceUnavailableError,
+    SpecError,
+    WriteConflictError,
+    WriteError,
+    parse_document,
+)
+
+from ._client import (
+    Backoff,
+    Credentials,
+    EtcdAuthError,
+    EtcdClient,
+    EtcdError,
+    EtcdLimitError,
+    EventKind,
+    KeyValue,
+    PrefixSnapshot,
+    PrefixWatcher,
+    TLSConfig,
+    WatchBatch,
+    WatchEvent,
+    WatchState,
+    WatchStatus,
+)
+
+if TYPE_CHECKING:
+    from confhub import Hub
+
+__all__ = ["EtcdBackend", "EtcdSourceConfig", "parse_spec"]
+
+log = logging.getLogger("confhub.etcd")
+
+_FORMATS: Final = ("json", "yaml", "toml")
+#: Options this backend reads; the rest belong to the core (cache, optional ...).
+_OWN_OPTIONS: Final = frozenset(
+    {
+        "prefix",
+        "format",
+        "user",
+        "password",
+        "password_env",
+        "ca",
+        "cert",
+        "key",
+        "tls",
+        "timeout",
+        "page_size",
+        "retry_initial",
+        "retry_max",
+        "progress_interval",
+    }
+)
+_CORE_OPTIONS: Final = frozenset(
+    {"optional", "cache", "cache_secrets", "max_stale", "poll", "poll_interval", "watch", "name"}
+)
+_DETAIL_HEAD: Final = "etcd key "
+_DETAIL_TAIL: Final = " (mod_revision "
+
+
+# ------------------------------------------------------------------------------------------------
+# the spec
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdSourceConfig:
+    """What an ``etcd://`` spec asks for, parsed and checked (no I/O done).
+
+    ``prefix`` is the etcd key prefix (tree layout) or the document key (``fmt`` set).
+    ``credentials`` never shows its password in a repr.
+    """
+
+    endpoints: tuple[str, ...]
+    prefix: str
+    fmt: str | None
+    credentials: Credentials | None
+    tls: TLSConfig | None
+    timeout: float
+    page_size: int
+    backoff: Backoff
+    progress_interval: float
+    display: str = field(default="")
+
+
+def _spec_error(spec: SourceSpec, message: str) -> SpecError:
+    return SpecError(f"{spec.display}: {message}", spec=spec.display)
+
+
+def _positive(spec: SourceSpec, name: str, default: float) -> float:
+    value = spec.option_float(name, default)
+    if not value > 0:
+        raise _spec_error(spec, f"option {name}={spec.options.get(name)!r} must be above 0")
+    return value
+
+
+def parse_spec(spec: SourceSpec, *, default_timeout: float = 2.0) -> EtcdSourceConfig:
+    """Parse an ``etcd:`` spec; raises :class:`confhub.SpecError` naming the fix."""
+    location = spec.location
+    if not location.startswith("//"):
+        raise _spec_error(
+            spec, "write the spec as etcd://host:2379/prefix/ (two slashes, then host:port)"
+        )
+    netloc, slash, path = location[2:].partition("/")
+    path = slash + path
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        hosts, userinfo = netloc, ""
+    endpoints = tuple(h.strip() for h in hosts.split(",") if h.strip())
+    if not endpoints:
+        raise _spec_error(spec, "no etcd endpoint given; write etcd://host:2379/prefix/")
+    for endpoint in endpoints:
+        host, colon, port = endpoint.rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise _spec_error(
+                spec, f"endpoint {endpoint!r} is not host:port; write e.g. 127.0.0.1:2379"
+            )
+    user = unquote(userinfo.partition(":")[0]) if userinfo else None
+    password = unquote(userinfo.partition(":")[2]) if ":" in userinfo else None
+    user = spec.options.get("user", user) or None
+    password = spec.options.get("password", password)
+    password_env = spec.options.get("password_env")
+    if password is None and password_env:
+        password = os.environ.get(str(password_env))
+        if password is None:
+            raise _spec_error(
+                spec, f"password_env names {password_env!r}, which is not set in the environment"
+            )
+    if password is not None and not user:
+        raise _spec_error(spec, "a password needs a user: add ?user=NAME or user:password@")
+    credentials = Credentials(str(user), str(password or "")) if user else None
+
+    fmt_option = spec.options.get("format")
+    fmt = str(fmt_option).lower() if fmt_option else None
+    if fmt == "yml":
+        fmt = "yaml"
+    if fmt is not None and fmt not in _FORMATS:
+        raise _spec_error(spec, f"unknown format {fmt_option!r}; use one of json, yaml, toml")
+    prefix_option = spec.options.get("prefix")
+    prefix = str(prefix_option) if prefix_option is not None else path
+    if not prefix:
+        raise _spec_error(
+            spec,
+            "no key prefix given; write etcd://host:2379/myapp/ (keys starting with /myapp/) "
+            "or add ?prefix=myapp/",
+        )
+    if fmt is None and not prefix.endswith("/"):
+        # /myapp must not also read /myapp2/...: a tree prefix is a directory.
+        prefix += "/"
+    if fmt is not None and prefix.endswith("/"):
+        raise _spec_error(
+            spec, f"format={fmt} names one key holding a document; {prefix!r} ends with '/'"
+        )
+
+    ca, cert, key = (spec.options.get(n) for n in ("ca", "cert", "key"))
+    if (cert is None) != (key is None):
+        raise _spec_error(spec, "TLS client authentication needs both cert= and key= (PEM files)")
+    tls: TLSConfig | None = None
+    if ca or cert or spec.option_bool("tls", False):
+        tls = TLSConfig(ca_file=ca or None, cert_file=cert or None, key_file=key or None)
+
+    page_size = int(_positive(spec, "page_size", 500))
+    retry_initial = _positive(spec, "retry_initial", 0.2)
+    retry_max = _positive(spec, "retry_max", 10.0)
+    if retry_max < retry_initial:
+        raise _spec_error(spec, "retry_max must be at least retry_initial")
+    unknown = set(spec.options) - _OWN_OPTIONS - _CORE_OPTIONS
+    if unknown:
+        log.warning(
+            "%s: ignoring unknown option(s) %s; known: %s",
+            spec.display,
+            ", ".join(sorted(unknown)),
+            ", ".join(sorted(_OWN_OPTIONS)),
+        )
+    return EtcdSourceConfig(
+        endpoints=endpoints,
+        prefix=prefix,
+        fmt=fmt,
+        credentials=credentials,
+        tls=tls,
+        timeout=_positive(spec, "timeout", default_timeout),
+        page_size=page_size,
+        backoff=Backoff(initial=retry_initial, maximum=retry_max),
+        progress_interval=_positive(spec, "progress_interval", 5.0),
+        display=spec.display,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _detail(key: bytes, mod_revision: int) -> str:
+    return f"{_DETAIL_HEAD}{key.decode('utf-8', 'backslashreplace')}{_DETAIL_TAIL}{mod_revision})"
+
+
+def _owner(detail: str | None) -> str | None:
+    """The etcd key named by a detail written by :func:`_detail` (cached details too)."""
+    if detail is None or not detail.startswith(_DETAIL_HEAD):
+        return None
+    end = detail.rfind(_DETAIL_TAIL)
+    return detail[len(_DETAIL_HEAD) : end] if end > 0 else None
+
+
+def _encode(value: Any, *, source: str, key: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    if isinstance(value, str | int | float):
+        return str(value).encode("utf-8")
+    raise WriteError(
+        f"{source}: cannot write a {type(value).__name__} to {key!r}: etcd keys hold text; "
+        "write one leaf key at a time as a string or number",
+        source=source,
+        key=key,
+    )
+
+
+def _set_nested(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def _dump_document(data: Mapping[str, Any], fmt: str, *, source: str, key: str) -> bytes:
+    if fmt == "json":
+        return json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+    if fmt == "yaml":
+        import yaml  # noqa: PLC0415 - optional, as in the core's parsers
+
+        return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True).encode("utf-8")
+    try:
+        import tomli_w  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
+    except ImportError:
+        raise WriteError(
+            f"{source}: writing into a TOML document needs the tomli_w package "
+            "(pip install tomli_w), or write the whole document key yourself",
+            source=source,
+            key=key,
+        ) from None
+    dumped: str = tomli_w.dumps(dict(data))
+    return dumped.encode("utf-8")
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+# the backend
+
+
+class EtcdBackend:
+    """One ``etcd://`` source: ``load()``, ``watch(notify)``, ``write()``, ``close()``.
+
+    The client is created on first use (``load``, ``write``), never in the constructor. The
+    watcher thread calls ``notify`` with one :class:`confhub.LayerDelta` per etcd watch
+    response (all keys of a revision together), an empty delta carrying the revision when a
+    lost watch is re-established, a :class:`confhub.SourceUnavailableError` once per lost
+    connection, and a :class:`confhub.SourceFormatError` while the content is broken.
+    """
+
+    #: Remote: the hub bounds loads and keeps a last-good copy on disk.
+    cacheable = True
+
+    def __init__(self, spec: SourceSpec, config: EtcdSourceConfig) -> None:
+        self.spec = spec
+        self.config = config
+        self.display = spec.display
+        self._lock = threading.Lock()
+        self._client: EtcdClient | None = None
+        self._watcher: PrefixWatcher | None = None
+        self._closed = False
+        self._notify: Notify | None = None
+        # State shared between load() and the watcher thread; the watcher thread is the only
+        # writer once watch() started.
+        self._snapshot: PrefixSnapshot | None = None
+        self._layer: Layer | None = None  # the last content delivered without error
+        self._pending: dict[bytes, WatchEvent] = {}  # changes not yet deliverable (broken)
+        self._lost = False
+        self._broken = False  # the last update sent was a SourceFormatError
+
+    def __repr__(self) -> str:
+        return f"EtcdBackend({self.display!r})"
+
+    # -- client ------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> EtcdClient:
+        """The etcd client, created on first use. Raises SpecError for unreadable TLS files."""
+        with self._lock:
+            if self._closed:
+                raise SourceUnavailableError(
+                    f"{self.display}: the backend is closed", source=self.display
+                )
+            if self._client is None:
+                cfg = self.config
+                try:
+                    self._client = EtcdClient(
+                        list(cfg.endpoints),
+                        timeout=cfg.timeout,
+                        tls=cfg.tls,
+                        credentials=cfg.credentials,
+                    )
+                except OSError as exc:
+                    raise SpecError(
+                        f"{self.display}: cannot read a TLS file ({exc.strerror}: "
+                        f"{exc.filename}); fix the ca=, cert= or key= option",
+                        spec=self.display,
+                    ) from None
+                except ValueError as exc:
+                    raise SpecError(f"{self.display}: {exc}", spec=self.display) from None
+            return self._client
+
+    def _translate(self, exc: EtcdError, what: str) -> Exception:
+        if isinstance(exc, EtcdAuthError):
+            return SourcePermissionError(
+                f"{self.display}: etcd refused {what}: {exc.reason or exc}; check the user, "
+                "the password and the user's roles",
+                source=self.display,
+            )
+        return SourceUnavailableError(f"{self.display}: {exc}", source=self.display)
+
+    # -- load ----------------------------------------------------------------------------------
+
+    def load(self) -> Layer:
+        """Read the prefix (or the document key) at one revision; returns the layer."""
+        client = self.client
+        cfg = self.config
+        try:
+            if cfg.fmt is None:
+                snapshot = client.read_prefix(cfg.prefix, page_size=cfg.page_size)
+            else:
+                kv, revision = client.get(cfg.prefix)
+                snapshot = PrefixSnapshot(revision, (kv,) if kv is not None else ())
+        except EtcdError as exc:
+            raise self._translate(exc, "the read") from None
+        layer = self._tree_layer(snapshot) if cfg.fmt is None else self._document_layer(snapshot)
+        with self._lock:
+            if self._watcher is None:  # once watching, the watcher thread owns this state
+                self._snapshot = snapshot
+                self._layer = layer
+                self._pending.clear()
+                self._broken = False
+        return layer
+
+    def _dotted(self, key: bytes) -> str | None:
+        """The dotted key of an etcd key under the prefix; None for keys that carry none."""
+        try:
+            rel = key.decode("utf-8")[len(self.config.prefix) :]
+        except UnicodeDecodeError:
+            raise SourceFormatError(
+                f"{self.display}: etcd key {key!r} is not valid UTF-8; rename it",
+                source=self.display,
+            ) from None
+        if not rel or rel.endswith("/"):
+            return None  # the prefix itself, or a "directory" marker key
+        dotted = rel.replace("/", ".")
+        if dotted.startswith(".") or ".." in dotted:
+            raise SourceFormatError(
+                f"{self.display}: etcd key {key.decode()!r} has an empty path segment; rename it",
+                source=self.display,
+                key=dotted,
+            )
+        return dotted
+
+    def _text(self, kv: KeyValue | WatchEvent, dotted: str) -> str:
+        try:
+            return kv.value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SourceFormatError(
+                f"{self.display}: the value of etcd key {kv.key.decode('utf-8', 'replace')!r} "
+                f"is not valid UTF-8 (byte {exc.start}); store text",
+                source=self.display,
+                key=dotted,
+            ) from None
+
+    def _tree_layer(self, snapshot: PrefixSnapshot) -> Layer:
+        values: dict[str, str] = {}
+        details: dict[str, str] = {}
+        dotted_of = self._dotted
+        for kv in snapshot.items:
+            dotted = dotted_of(kv.key)
+            if dotted is None:
+                continue
+            if dotted in values:
+                raise self._clash(dotted, _owner(details[dotted]), kv.key)
+            try:
+                values[dotted] = kv.value.decode("utf-8")
+            except UnicodeDecodeError:
+                self._text(kv, dotted)  # raises the SourceFormatError
+            details[dotted] = _detail(kv.key, kv.mod_revision)
+        return Layer.from_flat(
+            values, source=self.display, revision=snapshot.revision, details=details
+        )
+
+    def _clash(self, dotted: str, first: str | None, second: bytes) -> SourceFormatError:
+        return SourceFormatError(
+            f"{self.display}: etcd keys {first!r} and {second.decode()!r} both map to "
+            f"{dotted!r} (dots nest like slashes); delete or rename one of them",
+            source=self.display,
+            key=dotted,
+        )
+
+    def _document_layer(self, snapshot: PrefixSnapshot) -> Layer:
+        key = self.config.prefix.encode()
+        kv = next((item for item in snapshot.items if item.key == key), None)
+        if kv is None:
+            log.warning(
+                "%s: document key %s does not exist; the source is empty until it is written",
+                self.display,
+                self.config.prefix,
+            )
+            return Layer.from_flat({}, source=self.display, revision=snapshot.revision)
+        assert self.config.fmt is not None
+        data = parse_document(kv.value, self.config.fmt, source=self.display, path=kv.key.decode())
+        layer = Layer.from_mapping(data, source=self.display)
+        detail = _detail(kv.key, kv.mod_revision)
+        return Layer.from_flat(
+            dict(layer.values),
+            source=self.display,
+            revision=snapshot.revision,
+            details=dict.fromkeys(layer.values, detail),
+        )
+
+    # -- watch ---------------------------------------------------------------------------------
+
+    def watch(self, notify: Notify) -> None:
+        """Start the prefix watcher at the last load's revision + 1; returns at once."""
+        client = self.client
+        with self._lock:
+            old, self._watcher = self._watcher, None
+        if old is not None:
+            old.close()
+        self._notify = notify
+        snapshot, self._snapshot = self._snapshot, None  # the watcher keeps its own copy
+        watcher = PrefixWatcher(
+            client,
+            self.config.prefix,
+            self._on_batch,
+            self._on_state,
+            snapshot=snapshot,
+            backoff=self.config.backoff,
+            progress_interval=self.config.progress_interval,
+            page_size=self.config.page_size,
+        )
+        with self._lock:
+            if self._closed:
+                return
+            self._watcher = watcher
+        watcher.start()
+
+    def _deliver(self, update: Layer | LayerDelta | BaseException) -> None:
+        notify = self._notify
+        if notify is not None:
+            notify(update)
+
+    def _on_state(self, status: WatchStatus) -> None:
+        if status.state is WatchState.DISCONNECTED:
+            self._lost = True
+            self._deliver(
+                SourceUnavailableError(
+                    f"{self.display}: lost the etcd watch at revision {status.revision}: "
+                    f"{status.error}; retrying",
+                    source=self.display,
+                )
+            )
+        elif status.state is WatchState.CONNECTED and self._lost:
+            self._lost = False
+            if not self._broken and self._layer is not None:
+                # Nothing may have changed while we were away: tell the hub the source is
+                # back (an empty delta makes it "live" again); changes made meanwhile follow
+                # on this same thread right after.
+                self._deliver(LayerDelta(revision=status.revision))
+
+    def _on_batch(self, batch: WatchBatch) -> None:
+        try:
+            if self.config.fmt is None:
+                self._tree_batch(batch)
+            else:
+                self._document_batch(batch)
+        except SourceFormatError as exc:
+            self._broken = True
+            self._deliver(exc)
+
+    def _tree_batch(self, batch: WatchBatch) -> None:
+        # Changes accumulate in _pending until they apply cleanly on top of the last good
+        # layer; the hub then gets them as one delta. So a broken value or a leaf/parent
+        # clash holds back only until it is fixed, and nothing is lost meanwhile.
+        base = self._layer
+        if base is None:  # watch without a load: the first batch is the initial read
+            base = Layer.from_flat({}, source=self.display)
+        pending = self._pending
+        for event in batch.events:
+            pending[event.key] = event
+        to_set: dict[str, str] = {}
+        set_from: dict[str, bytes] = {}
+        details: dict[str, str] = {}
+        deleted: set[str] = set()
+        base_values, base_details = base.values, base.details
+        for event in pending.values():
+            if event.kind is EventKind.DELETE:
+                dotted = self._dotted(event.key)
+                if dotted is not None and _owner(base_details.get(dotted)) in (
+                    None,
+                    event.key.decode("utf-8", "backslashreplace"),
+                ):
+                    deleted.add(dotted)
+        for event in pending.values():
+            if event.kind is not EventKind.PUT:
+                continue
+            dotted = self._dotted(event.key)
+            if dotted is None:
+                continue
+            if dotted in set_from:
+                raise self._clash(dotted, set_from[dotted].decode(), event.key)
+            owner = _owner(base_details.get(dotted))
+            name = event.key.decode("utf-8", "backslashreplace")
+            if dotted in base_values and dotted not in deleted and owner not in (None, name):
+                raise self._clash(dotted, owner, event.key)
+            to_set[dotted] = self._text(event, dotted)
+            set_from[dotted] = event.key
+            details[dotted] = _detail(event.key, event.mod_revision)
+        delta = LayerDelta(
+            set=to_set, deleted=deleted - to_set.keys(), revision=batch.revision, details=details
+        )
+        new = base.apply(delta, source=self.display)  # raises on a leaf/parent clash
+        pending.clear()
+        self._layer = new
+        self._broken = False
+        self._deliver(delta)
+
+    def _document_batch(self, batch: WatchBatch) -> None:
+        key = self.config.prefix.encode()
+        mine = [e for e in batch.events if e.key == key]
+        if not mine:
+            return
+        event = mine[-1]
+        if event.kind is EventKind.DELETE:
+            log.warning("%s: document key %s was deleted", self.display, self.config.prefix)
+            snapshot = PrefixSnapshot(batch.revision, ())
+        else:
+            kv = KeyValue(
+                event.key, event.value, event.mod_revision, event.create_revision, event.version
+            )
+            snapshot = PrefixSnapshot(batch.revision, (kv,))
+        layer = self._document_layer(snapshot)  # raises SourceFormatError when malformed
+        self._layer = layer
+        self._broken = False
+        self._deliver(layer)
+
+    # -- write ---------------------------------------------------------------------------------
+
+    def _etcd_key(self, key: str) -> str:
+        parts = key.split(".")
+        if not key or any(not p for p in parts) or "/" in key:
+            raise WriteError(
+                f"{self.display}: {key!r} is not a dotted key such as db.pool.size "
+                "(no empty segments, no '/')",
+                source=self.display,
+                key=key,
+            )
+        return self.config.prefix + "/".join(parts)
+
+    def write(self, key: str, value: Any, expected_revision: Any = None) -> int:
+        """Write dotted ``key``; with ``expected_revision`` a compare-and-swap on the etcd
+        key's mod_revision (0: the key must not exist). Returns the new revision."""
+        if self.config.fmt is not None:
+            return self._write_document(key, value, expected_revision)
+        etcd_key = self._etcd_key(key)
+        payload = _encode(value, source=self.display, key=key)
+        client = self.client
+        try:
+            if expected_revision is None:
+                return client.put(etcd_key, payload)
+            expected = int(expected_revision)
+            result = client.put_if_revision(etcd_key, payload, expected)
+        except EtcdLimitError as exc:
+            raise WriteError(f"{self.display}: {exc}", source=self.display, key=key) from None
+        except EtcdError as exc:
+            raise self._translate(exc, f"the write of {key!r}") from None
+        if not result.succeeded:
+            raise WriteConflictError(
+                f"{self.display}: {key} (etcd key {etcd_key}) is at mod_revision "
+                f"{result.actual or 'none (absent)'}, not {expected}; re-read "
+                "(confhub explain shows the mod_revision) and retry",
+                source=self.display,
+                key=key,
+                expected=expected,
+                actual=result.actual,
+            )
+        return result.revision
+
+    def _write_document(self, key: str, value: Any, expected_revision: Any) -> int:
+        cfg = self.config
+        assert cfg.fmt is not None
+        self._etcd_key(key)  # validates the dotted key
+        client = self.client
+        for _ in range(5):
+            try:
+                kv, _rev = client.get(cfg.prefix)
+            except EtcdError as exc:
+                raise self._translate(exc, "the read") from None
+            actual = kv.mod_revision if kv is not None else 0
+            expected = actual if expected_revision is None else int(expected_revision)
+            if expected != actual:
+                raise WriteConflictError(
+                    f"{self.display}: document key {cfg.prefix} is at mod_revision {actual}, "
+                    f"not {expected}; re-read and retry",
+                    source=self.display,
+                    key=key,
+                    expected=expected,
+                    actual=actual,
+                )
+            data = (
+                _thaw(parse_document(kv.value, cfg.fmt, source=self.display))
+                if kv is not None
+                else {}
+            )
+            _set_nested(data, key, value)
+            payload = _dump_document(data, cfg.fmt, source=self.display, key=key)
+            try:
+                result = client.put_if_revision(cfg.prefix, payload, expected)
+            except EtcdLimitError as exc:
+                raise WriteError(f"{self.display}: {exc}", source=self.display, key=key) from None
+            except EtcdError as exc:
+                raise self._translate(exc, f"the write of {key!r}") from None
+            if result.succeeded:
+                return result.revision
+            if expected_revision is not None:
+                raise WriteConflictError(
+                    f"{self.display}: document key {cfg.prefix} changed (mod_revision "
+                    f"{result.actual}, not {expected}); re-read and retry",
+                    source=self.display,
+                    key=key,
+                    expected=expected,
+                    actual=result.actual,
+                )
+        raise WriteConflictError(
+            f"{self.display}: document key {cfg.prefix} kept changing; retry later",
+            source=self.display,
+            key=key,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the watcher (joined) and close the client. Idempotent."""
+        with self._lock:
+            self._closed = True
+            watcher, self._watcher = self._watcher, None
+            client, self._client = self._client, None
+        self._notify = None
+        if watcher is not None:
+            watcher.close()
+        if client is not None:
+            client.close()
+
+
+def make_backend(spec: SourceSpec, hub: Hub | None) -> EtcdBackend:
+    """Build the backend for an ``etcd:`` spec (no I/O)."""
+    timeout = float(getattr(hub, "connect_timeout", 2.0) or 2.0)
+    return EtcdBackend(spec, parse_spec(spec, default_timeout=timeout))
