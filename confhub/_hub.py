@@ -251,6 +251,8 @@ class _Slot:
         self.since = time.time()
         self.poller: threading.Thread | None = None
         self.accepted: tuple[SourceSpec, Layer, Backend | None] | None = None
+        # The store's state while it cannot be a layer (a leaf/parent clash): values, details.
+        self.raw: tuple[dict[str, Any], dict[str, str]] | None = None
         self.accept_queued = False
 
     @property
@@ -305,8 +307,6 @@ class Hub:
       ceiling of the whole :meth:`start`.
     - ``retry_initial``/``retry_max``: the backoff (seconds, doubled with jitter, capped)
       of retries of a source served from cache or absent at start.
-    - ``validate``: when False, updates are not bound against the live views before
-      publishing (views then keep their last valid instance on failure).
     """
 
     def __init__(
@@ -495,8 +495,8 @@ class Hub:
         worker.join(timeout)
         if not result:
             raise SourceUnavailableError(
-                f"{spec.display} did not answer within {timeout:.1f}s "
-                "(the start ceiling, start_timeout); raise it or check the store",
+                f"did not answer within {timeout:.2f}s (connect_timeout, or the "
+                "start_timeout ceiling); check the store or raise the timeout",
                 source=spec.display,
             )
         if isinstance(result[0], BaseException):
@@ -521,7 +521,8 @@ class Hub:
                 )
                 continue
             try:
-                layer = self._load_live(spec, backend, remaining)
+                attempt = min(remaining, spec.option_float("timeout", self.connect_timeout))
+                layer = self._load_live(spec, backend, attempt)
             except SourceUnavailableError as exc:
                 attempts.append((spec.display, exc))
                 self.pm.hook.confhub_source_failed(
@@ -535,6 +536,8 @@ class Hub:
             slot.active = i
             slot.layer = layer
             slot.state = "live" if i == 0 else "fallback"
+            if slot.optional and not layer.values:
+                slot.state = "absent"  # an optional source that contributes nothing
             if attempts:
                 slot.last_error = attempts[-1][1]
                 log.warning(
@@ -650,21 +653,17 @@ class Hub:
                 self._source_error(slot, update)
                 return
             base = slot.pending if slot.pending is not None else slot.layer
+            via_raw = slot.raw is not None
             try:
-                if isinstance(update, LayerDelta):
-                    if base is None:
-                        base = Layer.from_flat({}, source=slot.display)
-                    new_layer = base.apply(update, source=slot.display)
-                else:
-                    new_layer = update
+                new_layer = self._next_layer(slot, base, update)
             except SourceFormatError as exc:
                 self._source_error(slot, exc)
                 return
             published = slot.layer
             if published is None:
                 delta = (Layer.from_flat({}, source=slot.display)).diff(new_layer)
-            elif base is published and isinstance(update, LayerDelta):
-                delta = update
+            elif base is published and isinstance(update, LayerDelta) and not via_raw:
+                delta = update  # the fast path: the backend's delta is exactly the change
             else:
                 delta = published.diff(new_layer)
             old = self._snapshot
@@ -699,10 +698,42 @@ class Hub:
             )
             self._events.put(change)
 
+    def _next_layer(self, slot: _Slot, base: Layer | None, update: Layer | LayerDelta) -> Layer:
+        """The layer the backend now holds, or SourceFormatError if it cannot be one.
+
+        A delta that makes a key both a leaf and a parent cannot be applied to a layer; the
+        store's state is then tracked as a plain dict (``slot.raw``) so that no later delta
+        is lost, until a delta makes it a valid layer again.
+        """
+        if not isinstance(update, LayerDelta):
+            slot.raw = None
+            return update
+        if base is None:
+            base = Layer.from_flat({}, source=slot.display)
+        if slot.raw is None:
+            try:
+                return base.apply(update, source=slot.display)
+            except SourceFormatError:
+                slot.raw = (dict(base.values), dict(base.details))
+        values, details = slot.raw
+        for key in update.deleted:
+            if key not in update.set:
+                values.pop(key, None)
+                details.pop(key, None)
+        values.update(update.set)
+        details.update(update.details)
+        layer = Layer.from_flat(
+            values, source=slot.display, revision=update.revision, details=details
+        )
+        slot.raw = None
+        return layer
+
     def _accept(self, slot: _Slot, layer: Layer) -> None:
         slot.layer = layer
         slot.pending = None
         state = "live" if not slot.active else "fallback"
+        if slot.optional and not layer.values:
+            state = "absent"
         if slot.state != state or slot.last_error is not None:
             log.info("%s is %s again", slot.display, state)
             slot.state = state
@@ -823,6 +854,9 @@ class Hub:
         key = path_to_key(path)
         if prefix:
             key = f"{prefix}.{key}" if key else prefix
+        if is_secret_key(key):
+            # The message may quote the value (``got 'hunter2'``): never for a secret.
+            line = f"invalid value (redacted: the key looks secret) @ {path}"
         index = snapshot.origin_index(key)
         if index is None:
             return line
@@ -1000,7 +1034,7 @@ class Hub:
             source=slot.active_spec.display if slot.active is not None else slot.display,
             detail=layer.detail(key),
             revision=layer.revision,
-            stale=slot.state not in ("live",),
+            stale=slot.state in ("stale", "cached"),
             state=slot.state,
             overridden=tuple(overridden),
         )

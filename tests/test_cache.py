@@ -363,3 +363,21 @@ def test_long_outage_does_not_spin(tmp_path: Path) -> None:
         assert threading.active_count() == threads
         assert 10 <= attempts <= 2.0 / 0.025 + 5, attempts  # capped backoff, jitter >= half
         assert hub.health().sources[0].state == "cached"
+
+
+def test_hung_primary_is_bounded_by_connect_timeout_then_alternate_serves(tmp_path: Path) -> None:
+    """Each attempt is bounded by connect_timeout, so a hung primary leaves time for others."""
+    primary, alternate = MemoryStore("p", {"a": "p"}), MemoryStore("alt", {"a": "alt"})
+    primary.delay = 1.0
+    began = time.monotonic()
+    with Hub(
+        [Fallback("memory:p", "memory:alt")],
+        plugins=[primary, alternate],
+        autoload=False,
+        cache_dir=tmp_path,
+        connect_timeout=0.2,
+        start_timeout=5,
+    ) as hub:
+        assert hub.get("a") == "alt"
+        assert time.monotonic() - began < 0.9
+    wait_for(lambda: primary.loads >= 1, timeout=3)

@@ -501,3 +501,40 @@ def test_close_does_not_wait_for_a_backlog_of_changes() -> None:
     began = time.monotonic()
     hub.close()
     assert time.monotonic() - began < 2.0
+
+
+def test_binding_errors_never_quote_secret_values() -> None:
+    """A secret-looking key that fails binding is reported without its value."""
+
+    @attrs.frozen
+    class Secretive:
+        api_key: int
+
+    store = MemoryStore("app", {"api_key": "hunter2"})
+    with memory_hub("memory:app", store=store) as hub:
+        with pytest.raises(ConfigValidationError) as info:
+            hub.bind(Secretive)
+        assert "hunter2" not in str(info.value)
+        assert "$.api_key" in str(info.value)
+
+
+def test_leaf_parent_clash_from_a_delta_loses_no_later_update() -> None:
+    """A delta that cannot apply is reported; later deltas still converge on the store."""
+    store = MemoryStore("app", {"app": {"db": "x"}})
+    with memory_hub("memory:app", store=store) as hub:
+        errors: list[ErrorEvent] = []
+        hub.subscribe(on_error=errors.append)
+        store.set("app.db.host", "h")  # app.db is a value: clash
+        wait_for(lambda: errors)
+        assert isinstance(errors[0].error, SourceFormatError)
+        assert hub.get("app.db") == "x"
+        store.delete("app.db")  # the clash is gone: the store holds app.db.host
+        wait_for(lambda: hub.get("app.db.host", None) == "h")
+        assert hub.health().sources[0].state == "live"
+
+
+def test_optional_source_with_nothing_is_absent(tmp_path: Any) -> None:
+    """An optional file that does not exist reports the 'absent' state."""
+    with Hub([{"a": 1}, f"file:{tmp_path / 'nope.toml'}?optional=true"]) as hub:
+        assert hub.health().sources[1].state == "absent"
+        assert not hub.health().degraded

@@ -44,7 +44,7 @@ class EnvBackend:
                 continue
             if key in values:
                 raise SourceFormatError(
-                    f"{self._name}: {details[key]} and {name} both map to {key!r}; unset one",
+                    f"{self._name}: {details[key]} and ${name} both map to {key!r}; unset one",
                     source=self._name,
                     key=key,
                 )
