@@ -1133,7 +1133,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
     daemon_threads = False
     block_on_close = True
-    allow_reuse_address = False
+    allow_reuse_address = True  # a restarted agent on the same port (TIME_WAIT)
 
     def __init__(self, address: tuple[str, int], engine: Engine,
                  context: ssl.SSLContext | None) -> None:

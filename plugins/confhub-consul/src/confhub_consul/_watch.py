@@ -111,7 +111,7 @@ class Watcher:
                 state = (type(exc).__name__, _kind(exc))
                 if state != reported:
                     reported = state
-                    log.warning("%s: %s", self.source, exc)
+                    log.warning("%s", exc)
                     self.notify(exc)
                 resync = True
                 delay = backoff * random.uniform(0.5, 1.0)

@@ -1,0 +1,730 @@
+"""The Consul backend through a real ``confhub.Hub`` (plugin found by its entry point).
+
+Most tests run against the in-repo ``ConsulTestServer``; those using the conftest's
+``target`` fixture also run against a real ``consul agent -dev`` when one is on PATH.
+Watches use ``wait=1`` (seconds) so that timeouts stay short; every wait below is bounded.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import ipaddress
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import confhub
+import pytest
+from confhub import (
+    ErrorEvent,
+    SourceFormatError,
+    SourcePermissionError,
+    SourceSpec,
+    SourceUnavailableError,
+    SpecError,
+    StartupError,
+    WriteConflictError,
+    WriteError,
+)
+from confhub._cli import main as cli_main
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from confhub_consul._backend import ConsulBackend
+from confhub_consul.testing import AclToken, ConsulTestServer
+
+FAST = "wait=1&timeout=1&retry_initial=0.05&retry_max=0.3"
+BOUND = 8.0  # seconds any single expected event may take
+
+
+@pytest.fixture
+def server() -> Iterator[ConsulTestServer]:
+    with ConsulTestServer(default_query_time=2, max_query_time=3) as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def _no_watch_thread_leak() -> Iterator[None]:
+    """No Consul watch thread outlives its test (the conftest guards every other thread)."""
+    yield
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("confhub-consul-watch") for t in threading.enumerate()):
+        if time.monotonic() > deadline:
+            pytest.fail("a Consul watch thread is still running after the test")
+        time.sleep(0.02)
+
+
+def spec(srv: Any, path: str = "myapp/", extra: str = "") -> str:
+    address = srv.address if hasattr(srv, "address") else f"{srv.host}:{srv.port}"
+    query = FAST + (f"&{extra}" if extra else "")
+    return f"consul://{address}/{path}?{query}"
+
+
+def hub_for(*sources: Any, cache_dir: Path | None = None, **kw: Any) -> confhub.Hub:
+    kw.setdefault("connect_timeout", 1.0)
+    kw.setdefault("retry_initial", 0.05)
+    kw.setdefault("retry_max", 0.3)
+    return confhub.Hub(list(sources), cache_dir=cache_dir, **kw)
+
+
+class Events:
+    """Changes and error events a hub delivers to a subscriber, with bounded waits."""
+
+    def __init__(self, hub: confhub.Hub, prefix: str = "") -> None:
+        self.changes: list[Any] = []
+        self.errors: list[ErrorEvent] = []
+        self._cond = threading.Condition()
+        hub.subscribe(self._change, prefix=prefix, on_error=self._error)
+
+    def _change(self, change: Any) -> None:
+        with self._cond:
+            self.changes.append(change)
+            self._cond.notify_all()
+
+    def _error(self, event: ErrorEvent) -> None:
+        with self._cond:
+            self.errors.append(event)
+            self._cond.notify_all()
+
+    def wait(self, pred: Callable[[], bool], timeout: float = BOUND) -> None:
+        with self._cond:
+            assert self._cond.wait_for(pred, timeout), (self.changes, self.errors)
+
+
+def until(pred: Callable[[], bool], timeout: float = BOUND) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def health(hub: confhub.Hub) -> Any:
+    return hub.health().sources[0]
+
+
+# -- plugin and spec ---------------------------------------------------------------------
+
+
+def test_plugin_is_discovered_through_its_entry_point() -> None:
+    """``consul`` is listed as a watchable, writable scheme by an autoloading hub."""
+    rows = {r["scheme"]: r for r in confhub.Hub([]).backends()}
+    assert rows["consul"]["writable"] is True
+    assert rows["consul"]["watchable"] is True
+
+
+def test_make_backend_does_no_io() -> None:
+    """Creating the backend for an address nobody listens on succeeds (no I/O)."""
+    backend = confhub.Hub([]).make_backend(SourceSpec.parse("consul://127.0.0.1:1/x/"))
+    assert isinstance(backend, ConsulBackend)
+    assert backend.cacheable is True
+    backend.close()
+    backend.close()  # idempotent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "consul://h:8500/a//b/",
+        "consul://h:8500/a/./b/",
+        "consul://h:8500/a/../b/",
+        "consul://h:8500/a/?format=xml",
+        "consul://h:8500/a/?format=json",
+        "consul://h:8500/a/?consistency=fast",
+        "consul://h:8500/a/?wait=0",
+        "consul://h:8500/a/?bogus=1",
+        "consul://u:pw@h:8500/a/",
+        "consul://h:8500/a/?scheme=http&ca=/x.pem",
+    ],
+)
+def test_bad_specs_are_refused_before_any_request(text: str) -> None:
+    """Paths Consul would redirect, unknown options and bad values raise SpecError."""
+    with pytest.raises(SpecError) as info:
+        confhub.Hub([]).make_backend(SourceSpec.parse(text))
+    assert "pw" not in str(info.value)
+
+
+# -- tree layout -------------------------------------------------------------------------
+
+
+def test_tree_layout_values_and_provenance(target: Any) -> None:
+    """Keys under the prefix become dotted keys; details name the key and ModifyIndex."""
+    target.wipe()
+    target.put("myapp/db/pool/size", "10")
+    target.put("myapp/db/host", "db1")
+    target.put("myapp/empty", b"")
+    target.put("myapp/folder/", b"")
+    target.put("myapplication/other", "not mine")
+    with hub_for(spec(target)) as hub:
+        assert hub.get("db.pool.size") == "10"
+        assert hub.get("db.host") == "db1"
+        assert hub.get("empty") == ""  # an empty value is a value, not a missing key
+        assert "folder" not in hub.snapshot().to_dict()
+        assert "other" not in hub.snapshot().to_dict()
+        entry = target.entry("myapp/db/host")
+        exp = hub.explain("db.host")
+        assert exp.detail == f"consul key myapp/db/host (ModifyIndex {entry['ModifyIndex']})"
+        assert isinstance(exp.revision, int)
+        assert exp.revision >= entry["ModifyIndex"]
+
+
+def test_live_create_update_delete_reach_subscribers(target: Any) -> None:
+    """Creating, changing and deleting keys under the prefix each reach a subscriber."""
+    target.wipe()
+    target.put("myapp/a", "1")
+    with hub_for(spec(target)) as hub:
+        ev = Events(hub)
+        target.put("myapp/b", "2")
+        ev.wait(lambda: hub.get("b", None) == "2")
+        target.put("myapp/a", "one")
+        ev.wait(lambda: hub.get("a", None) == "one")
+        assert target.http("DELETE", "/v1/kv/myapp/a").status_code == 200
+        ev.wait(lambda: len(ev.changes) == 3)  # callbacks run after publication
+        assert hub.get("a", None) is None
+        keys = [k.key for c in ev.changes for k in c.changes]
+        assert keys == ["b", "a", "a"]
+        assert ev.changes[2].changes[0].new is confhub.MISSING
+        assert not ev.errors
+
+
+def test_leaf_and_parent_key_is_a_format_error_naming_both(server: ConsulTestServer) -> None:
+    """``app/db`` and ``app/db/host`` together fail the load naming both Consul keys."""
+    server.put("myapp/db", "x")
+    server.put("myapp/db/host", "h")
+    with pytest.raises(SourceFormatError) as info, hub_for(spec(server)):
+        pass
+    assert "myapp/db " in str(info.value) or "myapp/db (" in str(info.value)
+    assert "myapp/db/host" in str(info.value)
+
+
+def test_every_byte_value_is_reported_and_last_good_kept(server: ConsulTestServer) -> None:
+    """A value with all 256 bytes (invalid UTF-8) is an error naming the key; a fix applies."""
+    server.put("myapp/a", "good")
+    with hub_for(spec(server)) as hub:
+        ev = Events(hub)
+        server.put("myapp/a", bytes(range(256)))
+        ev.wait(lambda: bool(ev.errors))
+        err = ev.errors[0].error
+        assert isinstance(err, SourceFormatError)
+        assert "myapp/a" in str(err)
+        assert "UTF-8" in str(err)
+        assert hub.get("a") == "good"
+        assert health(hub).state == "stale"
+        server.put("myapp/a", "fixed \u00e9")
+        ev.wait(lambda: hub.get("a") == "fixed \u00e9")
+        until(lambda: health(hub).state == "live")
+        assert len(ev.errors) == 1
+
+
+def test_non_utf8_at_start_fails_the_load(server: ConsulTestServer) -> None:
+    """Invalid UTF-8 at start is a SourceFormatError (never a silent fallback)."""
+    server.put("myapp/bin", b"\xff\xfe")
+    with pytest.raises(SourceFormatError, match="myapp/bin"), hub_for(spec(server)):
+        pass
+
+
+# -- document layout ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "doc", "bad"),
+    [
+        ("json", b'{"db": {"port": 5432}}', b'{"db": {"port": '),
+        ("yaml", b"db:\n  port: 5432\n", b"db: [\n"),
+        ("toml", b"[db]\nport = 5432\n", b"[db\n"),
+    ],
+)
+def test_document_layout_and_malformed_update(
+    server: ConsulTestServer, fmt: str, doc: bytes, bad: bytes
+) -> None:
+    """One key holds a document; a malformed update keeps the last good and the fix applies."""
+    server.put("myapp/config", doc)
+    with hub_for(spec(server, "myapp/config", f"format={fmt}")) as hub:
+        assert hub.get("db.port") == 5432
+        assert "consul key myapp/config (ModifyIndex" in (hub.explain("db.port").detail or "")
+        ev = Events(hub)
+        server.put("myapp/config", bad)
+        ev.wait(lambda: bool(ev.errors))
+        assert isinstance(ev.errors[0].error, SourceFormatError)
+        assert hub.get("db.port") == 5432
+        server.put("myapp/config", doc.replace(b"5432", b"6543"))
+        ev.wait(lambda: hub.get("db.port") == 6543)
+
+
+def test_document_missing_at_start_is_unavailable(server: ConsulTestServer) -> None:
+    """A document key that does not exist makes the source unavailable (StartupError)."""
+    with pytest.raises(StartupError, match="does not exist"):
+        hub_for(spec(server, "myapp/nothere.json", "format=json")).start()
+
+
+# -- watch edge cases ----------------------------------------------------------------------
+
+
+def test_wakeups_without_change_notify_nobody_and_do_not_spin(server: ConsulTestServer) -> None:
+    """Blocking queries that time out, and idempotent writes, give no callback and no spin."""
+    server.put("myapp/a", "1")
+    with hub_for(spec(server)) as hub:
+        ev = Events(hub)
+        server.wait_for_blocked(1)
+        server.reset_requests()
+        server.put("myapp/a", "1")  # idempotent: Consul keeps the index, wakes nobody
+        time.sleep(2.3)  # two 1 s waits (+ jitter) time out
+        assert not ev.changes
+        assert not ev.errors
+        assert server.request_count("/v1/kv/") <= 4
+        assert hub.generation == 1
+
+
+def test_index_going_backwards_resyncs(server: ConsulTestServer) -> None:
+    """After a snapshot restore (lower index) the watch resets and still sees changes."""
+    for i in range(5):
+        server.put(f"myapp/k{i}", str(i))
+    with hub_for(spec(server)) as hub:
+        ev = Events(hub)
+        server.wait_for_blocked(1)
+        server.reset_index(to=1)  # every index drops to 1; blocked queries return
+        time.sleep(0.3)
+        server.reset_requests()
+        server.put("myapp/k0", "changed")  # index 2: lower than before the restore
+        ev.wait(lambda: hub.get("k0") == "changed")
+        server.delete("myapp/k1")
+        ev.wait(lambda: hub.get("k1", None) is None)
+        assert not ev.errors
+        # Never an index-0 busy loop: a handful of requests, not hundreds.
+        assert server.request_count("/v1/kv/") < 20
+
+
+def test_index_floor_never_busy_loops(server: ConsulTestServer) -> None:
+    """With the index at its floor (1) the loop still blocks instead of spinning."""
+    server.put("myapp/a", "1")
+    with hub_for(spec(server)) as hub:
+        server.wait_for_blocked(1)
+        server.reset_index(to=1)
+        time.sleep(0.2)
+        server.reset_requests()
+        time.sleep(1.5)
+        assert server.request_count("/v1/kv/") <= 4
+        assert hub.get("a") == "1"
+
+
+def test_hung_connection_recovers_and_close_is_prompt(server: ConsulTestServer) -> None:
+    """A request that never answers times out client-side; the watch then carries on."""
+    server.put("myapp/a", "1")
+    with hub_for(spec(server)) as hub:
+        ev = Events(hub)
+        server.wait_for_blocked(1)
+        server.hang(times=1, path_prefix="/v1/kv/")
+        server.put("myapp/a", "2")  # wakes the parked query; its successor hangs
+        ev.wait(lambda: hub.get("a") == "2")
+        until(lambda: server.hung_requests == 1)
+        server.put("myapp/a", "3")  # seen once the hung request timed out (~2.1 s)
+        ev.wait(lambda: hub.get("a") == "3")
+        server.hang(times=None, path_prefix="/v1/kv/")
+        server.put("myapp/a", "4")  # the next query hangs until close()
+        until(lambda: server.hung_requests >= 1)
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 2.0  # close() did not wait for the hung request
+    server.clear_faults()
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_server_errors_then_recovery_with_changes_made_meanwhile(
+    server: ConsulTestServer, status: int
+) -> None:
+    """Errors for a while: one ErrorEvent, values kept, then the changes made meanwhile."""
+    server.put("myapp/a", "1")
+    server.put("myapp/b", "1")
+    with hub_for(spec(server)) as hub:
+        ev = Events(hub)
+        server.wait_for_blocked(1)
+        fault = server.inject_status(status, times=None, path_prefix="/v1/kv/")
+        # The parked query answers normally; the next one runs into the fault.
+        server.put("myapp/a", "2")
+        ev.wait(lambda: bool(ev.errors))
+        server.put("myapp/a", "3")
+        time.sleep(0.8)  # several retries while it fails
+        assert len(ev.errors) == 1  # reported once, not per retry
+        assert isinstance(ev.errors[0].error, SourceUnavailableError)
+        assert str(status) in str(ev.errors[0].error)
+        assert hub.get("a") == "2"
+        assert health(hub).state == "stale"
+        server.delete("myapp/b")
+        server.put("myapp/c", "new")
+        fault.clear()
+        ev.wait(lambda: hub.get("c", None) == "new")
+        assert hub.get("a") == "3"
+        assert hub.get("b", None) is None
+        until(lambda: health(hub).state == "live")
+        assert len(ev.errors) == 1
+
+
+def test_dropped_connections_then_recovery(server: ConsulTestServer) -> None:
+    """Connections closed without an answer are retried with backoff until answered."""
+    server.put("myapp/a", "1")
+    with hub_for(spec(server)) as hub:
+        ev = Events(hub)
+        server.wait_for_blocked(1)
+        fault = server.drop_connections(times=None, path_prefix="/v1/kv/")
+        server.put("myapp/a", "2")
+        ev.wait(lambda: bool(ev.errors))
+        server.put("myapp/a", "3")
+        fault.clear()
+        ev.wait(lambda: hub.get("a") == "3")
+        assert len(ev.errors) == 1
+
+
+def test_connection_refused_then_a_new_agent_on_the_same_port(tmp_path: Path) -> None:
+    """Consul goes away (refused) and comes back with other data: the hub follows it."""
+    first = ConsulTestServer(default_query_time=2, max_query_time=3).start()
+    port = first.port
+    try:
+        first.put("myapp/a", "1")
+        hub = hub_for(spec(first)).start()
+    except BaseException:
+        first.stop()
+        raise
+    try:
+        ev = Events(hub)
+        first.stop()  # the parked query ends; every retry is refused
+        ev.wait(lambda: bool(ev.errors))
+        assert "cannot reach Consul" in str(ev.errors[0].error)
+        assert hub.get("a") == "1"
+        with ConsulTestServer(port=port, default_query_time=2, max_query_time=3) as second:
+            second.put("myapp/a", "from the new agent")
+            second.put("myapp/b", "2")
+            ev.wait(lambda: hub.get("b", None) == "2")
+            assert hub.get("a") == "from the new agent"
+            until(lambda: health(hub).state == "live")
+            hub.close()
+        assert len(ev.errors) == 1
+    finally:
+        hub.close()
+
+
+def test_403_on_the_prefix_is_a_permission_error_and_values_stay(
+    server: ConsulTestServer,
+) -> None:
+    """A 403 shows as SourcePermissionError in health; no key is deleted."""
+    server.put("myapp/a", "1")
+    with hub_for(spec(server)) as hub:
+        ev = Events(hub)
+        server.wait_for_blocked(1)
+        fault = server.inject_status(403, times=None, path_prefix="/v1/kv/")
+        server.put("myapp/a", "2")  # answered by the parked query; the next one gets 403
+        ev.wait(lambda: bool(ev.errors))
+        server.delete("myapp/a")
+        time.sleep(0.5)
+        assert isinstance(ev.errors[0].error, SourcePermissionError)
+        h = health(hub)
+        assert h.state == "stale"
+        assert "refused" in (h.last_error or "")
+        assert hub.get("a") == "2"  # a refusal is not a deletion
+        server.put("myapp/a", "3")
+        fault.clear()
+        ev.wait(lambda: hub.get("a") == "3")
+        assert len(ev.errors) == 1
+
+
+def test_acl_filtered_listing_is_not_a_deletion() -> None:
+    """A token that loses read on part of the prefix gives a permission error, not deletes."""
+    full = AclToken(secret_id="reader-token", key_prefix={"myapp/": "read"})
+    admin = AclToken(secret_id="admin-token", management=True)
+    with ConsulTestServer(
+        acl_enabled=True, acl_default_policy="deny", tokens=[full, admin],
+        default_query_time=2, max_query_time=3,
+    ) as srv:  # fmt: skip
+        srv.put("myapp/a", "1")
+        srv.put("myapp/secret/x", "2")
+        with hub_for(spec(srv, extra="token=reader-token")) as hub:
+            ev = Events(hub)
+            assert hub.get("secret.x") == "2"
+            srv.wait_for_blocked(1)
+            srv.remove_token("reader-token")
+            srv.add_token(
+                AclToken(
+                    secret_id="reader-token",
+                    key_prefix={"myapp/": "read", "myapp/secret/": "deny"},
+                )
+            )
+            srv.put("myapp/a", "changed")
+            ev.wait(lambda: bool(ev.errors))
+            assert isinstance(ev.errors[0].error, SourcePermissionError)
+            assert "filtered" in str(ev.errors[0].error)
+            assert hub.get("secret.x") == "2"  # hidden, not deleted
+            assert "reader-token" not in str(ev.errors[0].error)
+
+
+# -- ACL token ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def acl_server() -> Iterator[ConsulTestServer]:
+    tokens = [
+        AclToken(secret_id="good-token", key_prefix={"myapp/": "write"}),
+        AclToken(secret_id="other-token", key_prefix={"elsewhere/": "read"}),
+    ]
+    with ConsulTestServer(
+        acl_enabled=True, acl_default_policy="deny", tokens=tokens,
+        default_query_time=2, max_query_time=3,
+    ) as srv:  # fmt: skip
+        srv.put("myapp/a", "1")
+        yield srv
+
+
+def test_token_option_beats_the_environment(
+    acl_server: ConsulTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``?token=`` wins over CONSUL_HTTP_TOKEN (py-consul would do the opposite)."""
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "other-token")
+    with hub_for(spec(acl_server, extra="token=good-token")) as hub:
+        assert hub.get("a") == "1"
+        assert hub.write("b", "2") > 0  # the token is sent on /v1/txn too
+
+
+def test_token_from_the_environment(
+    acl_server: ConsulTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``?token=``, CONSUL_HTTP_TOKEN is used."""
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "good-token")
+    with hub_for(spec(acl_server)) as hub:
+        assert hub.get("a") == "1"
+
+
+def test_denied_token_fails_start_without_leaking_it(
+    acl_server: ConsulTestServer, tmp_path: Path
+) -> None:
+    """A 403 at start is a StartupError naming the refusal; the token appears nowhere."""
+    text = spec(acl_server, extra="token=other-token")
+    with pytest.raises(StartupError) as info:
+        hub_for(text, cache_dir=tmp_path).start()
+    assert isinstance(info.value.attempts[-1][1], SourcePermissionError)
+    assert "other-token" not in str(info.value)
+    backend = confhub.Hub([]).make_backend(SourceSpec.parse(text))
+    assert "other-token" not in repr(backend)
+    assert "other-token" not in repr(backend.opts)  # type: ignore[attr-defined]
+    backend.close()
+
+
+def test_token_never_in_explain_health_or_cache_names(
+    acl_server: ConsulTestServer, tmp_path: Path
+) -> None:
+    """The token stays out of explain, health, the source name and cache file names."""
+    with hub_for(spec(acl_server, extra="token=good-token"), cache_dir=tmp_path) as hub:
+        text = repr(hub.explain("a")) + repr(hub.health()) + repr(hub.sources) + repr(hub)
+        assert "good-token" not in text
+    for path in tmp_path.rglob("*"):
+        assert "good-token" not in path.name
+        if path.is_file():
+            assert b"good-token" not in path.read_bytes()
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+def _make_certs(directory: Path) -> dict[str, Path]:
+    now = datetime.datetime.now(datetime.UTC)
+
+    def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("test ca"))
+        .issuer_name(name("test ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    out: dict[str, Path] = {"ca": directory / "ca.pem"}
+    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    loopback = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+    for who, san in (("server", x509.SubjectAlternativeName([loopback])), ("client", None)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(who))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+        )
+        if san is not None:
+            builder = builder.add_extension(san, critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        out[f"{who}_cert"] = directory / f"{who}.pem"
+        out[f"{who}_key"] = directory / f"{who}.key"
+        out[f"{who}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        out[f"{who}_key"].write_bytes(key_pem(key))
+    return out
+
+
+def test_tls_with_client_certificate(tmp_path: Path) -> None:
+    """HTTPS with a private CA and a required client certificate: load, watch and write."""
+    certs = _make_certs(tmp_path)
+    with ConsulTestServer(
+        tls_cert=certs["server_cert"], tls_key=certs["server_key"], tls_client_ca=certs["ca"],
+        default_query_time=2, max_query_time=3,
+    ) as srv:  # fmt: skip
+        srv.put("myapp/a", "1")
+        tls = f"scheme=https&ca={certs['ca']}&cert={certs['client_cert']}&key={certs['client_key']}"
+        with hub_for(spec(srv, extra=tls)) as hub:
+            ev = Events(hub)
+            assert hub.get("a") == "1"
+            hub.write("a", "2")
+            ev.wait(lambda: hub.get("a") == "2")
+        # Without the client certificate the handshake fails: unavailable, not a crash.
+        with pytest.raises(StartupError, match="cannot reach Consul"):
+            hub_for(spec(srv, extra=f"scheme=https&ca={certs['ca']}")).start()
+        # An unknown CA is refused too.
+        with pytest.raises(StartupError):
+            hub_for(spec(srv, extra="scheme=https")).start()
+
+
+# -- writes ---------------------------------------------------------------------------------
+
+
+def test_cas_writes_and_conflicts(target: Any) -> None:
+    """expected_revision 0 creates once; a stale ModifyIndex loses with WriteConflictError."""
+    target.wipe()
+    with hub_for(spec(target, extra="consistency=consistent")) as hub:
+        rev = hub.write("db.port", "5432", expected_revision=0)
+        assert rev == target.entry("myapp/db/port")["ModifyIndex"]
+        with pytest.raises(WriteConflictError) as info:
+            hub.write("db.port", "1", expected_revision=0)
+        assert info.value.actual == rev
+        rev2 = hub.write("db.port", "5433", expected_revision=rev)
+        assert rev2 > rev
+        with pytest.raises(WriteConflictError):
+            hub.write("db.port", "9", expected_revision=rev)
+        with pytest.raises(WriteConflictError):
+            hub.write("db.missing", "9", expected_revision=rev2)
+        assert hub.write("db.plain", "x") > 0
+        until(lambda: hub.get("db.port", None) == "5433")
+        assert hub.get("db.port") == "5433"
+
+
+def test_refused_keys_and_values_never_reach_the_wire(server: ConsulTestServer) -> None:
+    """Keys Consul would redirect and values over 512 KiB are refused client-side."""
+    with hub_for(spec(server)) as hub:
+        server.reset_requests()
+        for bad in ("a..b", ".a", "a.", "", "a/b", "a b", "a.%2e"):
+            with pytest.raises(WriteError):
+                hub.write(bad, "v")
+        with pytest.raises(WriteError, match="512 KiB"):
+            hub.write("big", b"x" * (524_288 + 1))
+        with pytest.raises(WriteError):
+            hub.write("n", "v", expected_revision=-1)
+        assert server.request_count("/v1/txn") == 0
+        assert server.request_count("/v1/kv/", method="PUT") == 0
+        # Exactly the limit is fine (too big for a txn body: a plain PUT is used).
+        rev = hub.write("big", b"y" * 524_288)
+        entry = server.get("myapp/big")
+        assert entry is not None
+        assert entry.value == b"y" * 524_288
+        assert rev == entry.modify_index
+
+
+def test_document_sources_refuse_key_writes(server: ConsulTestServer) -> None:
+    """A document-layout source does not rewrite a document key by key."""
+    server.put("myapp/config", b'{"a": 1}')
+    with (
+        hub_for(spec(server, "myapp/config", "format=json")) as hub,
+        pytest.raises(WriteError, match="document"),
+    ):
+        hub.write("a", "2")
+
+
+def test_cli_set_with_if_revision(server: ConsulTestServer) -> None:
+    """``confhub set consul://... KEY VALUE --if-revision N`` writes with CAS."""
+    out = io.StringIO()
+    url = spec(server)
+    assert cli_main(["set", url, "db.port", "5432", "--if-revision", "0"], out=out) == 0
+    entry = server.get("myapp/db/port")
+    assert entry is not None
+    assert entry.value == b"5432"
+    assert f"revision {entry.modify_index}" in out.getvalue()
+    assert cli_main(["set", url, "db.port", "1", "--if-revision", "0"], out=out) != 0
+    good = str(entry.modify_index)
+    assert cli_main(["set", url, "db.port", "5433", "--if-revision", good], out=out) == 0
+    entry2 = server.get("myapp/db/port")
+    assert entry2 is not None
+    assert entry2.value == b"5433"
+
+
+# -- cache and startup -------------------------------------------------------------------
+
+
+def test_start_with_consul_down_serves_the_cache_then_goes_live(tmp_path: Path) -> None:
+    """A warm cache serves while Consul is down; the hub goes live when it comes back."""
+    first = ConsulTestServer(default_query_time=2, max_query_time=3).start()
+    port = first.port
+    try:
+        first.put("myapp/db/port", "5432")
+        text = spec(first)
+        with hub_for(text, cache_dir=tmp_path) as hub:
+            assert hub.get("db.port") == "5432"
+    finally:
+        first.stop()
+    hub = hub_for(text, cache_dir=tmp_path)
+    hub.start()
+    try:
+        assert hub.get("db.port") == "5432"
+        assert health(hub).state == "cached"
+        with ConsulTestServer(port=port, default_query_time=2, max_query_time=3) as second:
+            second.put("myapp/db/port", "6000")
+            until(lambda: hub.get("db.port") == "6000")
+            until(lambda: health(hub).state == "live")
+            ev = Events(hub)
+            second.put("myapp/db/port", "6001")  # the watch runs after the recovery
+            ev.wait(lambda: hub.get("db.port") == "6001")
+            hub.close()
+    finally:
+        hub.close()
+
+
+def test_start_with_consul_down_and_no_cache_fails(tmp_path: Path) -> None:
+    """No agent and no cache: StartupError naming the source, within the timeouts."""
+    probe = ConsulTestServer().start()
+    port = probe.port
+    probe.stop()
+    t0 = time.monotonic()
+    with pytest.raises(StartupError, match="cannot reach Consul"):
+        hub_for(f"consul://127.0.0.1:{port}/myapp/?{FAST}", cache_dir=tmp_path).start()
+    assert time.monotonic() - t0 < 5
