@@ -47,7 +47,9 @@ class Events:
             self.errors.append(event)
             self._cond.notify_all()
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    def wait_for(
+        self, predicate: Callable[[], bool], timeout: float = 15.0, what: str = ""
+    ) -> None:
         deadline = time.monotonic() + timeout
         with self._cond:
             while not predicate():

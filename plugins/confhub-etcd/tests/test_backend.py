@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from backend_lib import Events, make_hub, spec
-
 from confhub import (
     SourceFormatError,
     SourceSpec,
@@ -22,8 +21,10 @@ from confhub import (
     WriteError,
 )
 from confhub._cli import main as cli_main
+
 from confhub_etcd._backend import EtcdBackend, parse_spec
 from confhub_etcd._client import EtcdClient
+from confhub_etcd._plugin import confhub_demo
 from confhub_etcd.testing import EtcdServer
 
 
@@ -250,8 +251,6 @@ def test_forked_child_gets_a_working_backend(etcd: EtcdServer) -> None:
 
 def test_demo_hook_runs(tmp_path: Path) -> None:
     """The confhub_demo hook narrates the etcd scenario and returns True."""
-    from confhub_etcd._plugin import confhub_demo
-
     out = io.StringIO()
     started = time.monotonic()
     assert confhub_demo(out=out, workdir=str(tmp_path)) is True

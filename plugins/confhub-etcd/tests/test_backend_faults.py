@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from backend_lib import FAST_OPTS, Events, make_hub, spec
-
 from confhub import SourceFormatError, SourcePermissionError, StartupError
+
 from confhub_etcd.testing import EtcdCluster, EtcdServer
 
 
@@ -156,7 +156,7 @@ def test_tls_with_client_certificates() -> None:
             events.wait_value("a", "2")
         started = time.monotonic()
         with (
-            pytest.raises(StartupError, match="(?i)tls|ssl|certificate"),
+            pytest.raises(StartupError, match=r"(?i)tls|ssl|certificate"),
             make_hub([spec(etcd.endpoint, opts=f"ca={etcd.tls.ca_cert}")]),
         ):
             pass

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
+import immutables
 from confhub import (
     Layer,
     LayerDelta,
@@ -418,22 +419,56 @@ class EtcdBackend:
             ) from None
 
     def _tree_layer(self, snapshot: PrefixSnapshot) -> Layer:
+        # The hot loop of a load (100,000 keys): one decode per key and value, the general
+        # (error-reporting) path only for keys that need it.
         values: dict[str, str] = {}
         details: dict[str, str] = {}
-        dotted_of = self._dotted
+        inner: dict[str, int] = {}
+        prefix = self.config.prefix
+        skip = len(prefix.encode("utf-8"))
+        head = f"{_DETAIL_HEAD}{prefix}"
         for kv in snapshot.items:
-            dotted = dotted_of(kv.key)
-            if dotted is None:
-                continue
+            try:
+                rel = kv.key[skip:].decode("utf-8")
+                value = kv.value.decode("utf-8")
+            except UnicodeDecodeError:
+                dotted = self._dotted(kv.key)  # raises for a bad key
+                if dotted is None:
+                    continue
+                self._text(kv, dotted)  # raises for a bad value
+                raise  # pragma: no cover - one of the two above raised
+            if not rel or rel[-1] == "/":
+                continue  # the prefix itself, or a "directory" marker key
+            dotted = rel.replace("/", ".")
+            if dotted[0] == "." or ".." in dotted:
+                self._dotted(kv.key)  # raises, naming the key
             if dotted in values:
                 raise self._clash(dotted, _owner(details[dotted]), kv.key)
-            try:
-                values[dotted] = kv.value.decode("utf-8")
-            except UnicodeDecodeError:
-                self._text(kv, dotted)  # raises the SourceFormatError
-            details[dotted] = _detail(kv.key, kv.mod_revision)
-        return Layer.from_flat(
-            values, source=self.display, revision=snapshot.revision, details=details
+            values[dotted] = value
+            details[dotted] = f"{head}{rel}{_DETAIL_TAIL}{kv.mod_revision})"
+            # The parents' child counts (Layer.inner), inline: Layer.from_flat would walk
+            # every key's prefixes twice more.
+            i = dotted.rfind(".")
+            while i > 0:
+                parent = dotted[:i]
+                inner[parent] = inner.get(parent, 0) + 1
+                i = dotted.rfind(".", 0, i)
+        both = values.keys() & inner.keys()
+        if both:
+            parent = min(both)
+            child = next(k for k in sorted(values) if k.startswith(parent + "."))
+            raise SourceFormatError(
+                f"{self.display}: {_owner(details[parent])!r} is both a value and the parent "
+                f"of {_owner(details[child])!r}; a key cannot be both a leaf and a parent: "
+                "delete or rename one of them",
+                source=self.display,
+                key=parent,
+            )
+        return Layer(
+            values=immutables.Map(values),
+            inner=immutables.Map(inner),
+            revision=snapshot.revision,
+            details=immutables.Map(details),
         )
 
     def _clash(self, dotted: str, first: str | None, second: bytes) -> SourceFormatError:
@@ -454,8 +489,8 @@ class EtcdBackend:
                 self.config.prefix,
             )
             return Layer.from_flat({}, source=self.display, revision=snapshot.revision)
-        assert self.config.fmt is not None
-        data = parse_document(kv.value, self.config.fmt, source=self.display, path=kv.key.decode())
+        fmt = self.config.fmt or "json"  # only called for the document layout
+        data = parse_document(kv.value, fmt, source=self.display, path=kv.key.decode())
         layer = Layer.from_mapping(data, source=self.display)
         detail = _detail(kv.key, kv.mod_revision)
         return Layer.from_flat(
@@ -635,7 +670,7 @@ class EtcdBackend:
 
     def _write_document(self, key: str, value: Any, expected_revision: Any) -> int:
         cfg = self.config
-        assert cfg.fmt is not None
+        fmt = cfg.fmt or "json"  # only called for the document layout
         self._etcd_key(key)  # validates the dotted key
         client = self.client
         for _ in range(5):
@@ -655,12 +690,10 @@ class EtcdBackend:
                     actual=actual,
                 )
             data = (
-                _thaw(parse_document(kv.value, cfg.fmt, source=self.display))
-                if kv is not None
-                else {}
+                _thaw(parse_document(kv.value, fmt, source=self.display)) if kv is not None else {}
             )
             _set_nested(data, key, value)
-            payload = _dump_document(data, cfg.fmt, source=self.display, key=key)
+            payload = _dump_document(data, fmt, source=self.display, key=key)
             try:
                 result = client.put_if_revision(cfg.prefix, payload, expected)
             except EtcdLimitError as exc:

@@ -1,0 +1,283 @@
+"""etcd sources: propagation latency, initial load, applying one change, memory.
+
+Runs a real single-member etcd on loopback (``confhub_etcd.testing.EtcdServer``).
+
+1. Propagation: a put to etcd -> the confhub subscriber callback, median and p99 over the
+   same puts, against the floor of the raw client's own watch callback
+   (``EtcdClient.watch_prefix``) receiving those puts. Targets: median <= floor + 1 ms,
+   p99 <= 1.5x the floor's p99.
+2. Initial load of 10,000 and 100,000 keys: ``EtcdBackend.load()`` (paged read at one
+   revision plus building the layer), against the floor of the raw paged range read
+   (``EtcdClient.read_prefix``, same page size). Target <= 1.5x. ``Hub.start()`` is shown too
+   (it adds the core's merge and snapshot; no target here).
+3. Applying one changed key: a watch batch of one key handed to the backend of a running hub
+   (delta, hub apply, merge, publish), with a 100,000-key layer against a 10-key layer.
+   Target <= 3x.
+4. Peak memory (tracemalloc) of ``EtcdBackend.load()`` for 100,000 keys against the raw
+   client's list of the same keys (``read_prefix``). Reported, no target.
+
+Run: ``.venv/bin/python -m benchmarks.bench_etcd [--quick]``.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+from confhub_etcd._backend import EtcdBackend
+from confhub_etcd._client import EtcdClient, EventKind, WatchBatch, WatchEvent
+from confhub_etcd.testing import EtcdServer
+
+import confhub
+
+from ._table import Row, header, p99, parse_args, print_table, versions
+
+LATENCY_MEDIAN_SLACK_NS = 1_000_000
+LATENCY_P99_TARGET = 1.5
+LOAD_TARGET = 1.5
+APPLY_TARGET = 3.0
+PAGE_SIZE = 500
+
+
+def fill(client: EtcdClient, prefix: str, n: int) -> None:
+    items = [(f"{prefix}s{i // 100}/k{i % 100}", f"value-{i}") for i in range(n)]
+    for start in range(0, n, 128):
+        client.put_many(items[start : start + 128])
+
+
+def _hub(spec: str) -> confhub.Hub:
+    return confhub.Hub([spec], cache_dir=None, start_timeout=120, connect_timeout=60)
+
+
+# -- 1. propagation ----------------------------------------------------------------------------
+
+
+def bench_propagation(etcd: EtcdServer, client: EtcdClient, *, updates: int) -> list[Row]:
+    prefix = "/lat/"
+    client.put(f"{prefix}n", "-1")
+    arrived_raw: dict[str, int] = {}
+    arrived_hub: dict[str, int] = {}
+    cond = threading.Condition()
+
+    def on_raw(batch: WatchBatch) -> None:
+        now = time.perf_counter_ns()
+        with cond:
+            for e in batch.events:
+                arrived_raw[e.value.decode()] = now
+            cond.notify_all()
+
+    def on_change(change: confhub.Change) -> None:
+        now = time.perf_counter_ns()
+        with cond:
+            for c in change.changes:
+                arrived_hub[str(c.new)] = now
+            cond.notify_all()
+
+    raw_client = EtcdClient(etcd.endpoints, timeout=5)
+    snapshot = raw_client.read_prefix(prefix)
+    hub = _hub(f"etcd://{etcd.endpoint}{prefix}")
+    raw_lat: list[int] = []
+    hub_lat: list[int] = []
+    with raw_client, raw_client.watch_prefix(prefix, on_raw, snapshot=snapshot), hub:
+        hub.subscribe(on_change)
+        for i in range(updates + 20):
+            value = str(i)
+            t0 = time.perf_counter_ns()
+            client.put(f"{prefix}n", value)
+            with cond:
+                if not cond.wait_for(
+                    lambda v=value: v in arrived_raw and v in arrived_hub, timeout=10
+                ):
+                    raise RuntimeError(f"update {i} did not arrive within 10 s")
+            if i >= 20:  # warm-up
+                raw_lat.append(arrived_raw[value] - t0)
+                hub_lat.append(arrived_hub[value] - t0)
+    floor_med, floor_p99 = statistics.median(raw_lat), p99(raw_lat)
+    med, tail = statistics.median(hub_lat), p99(hub_lat)
+    return [
+        Row("raw client watch callback (floor)", floor_med, p99_ns=floor_p99),
+        Row(
+            "put -> confhub subscriber, median",
+            med,
+            floor="raw watch + 1 ms",
+            ratio=med / (floor_med + LATENCY_MEDIAN_SLACK_NS),
+            target=1.0,
+            p99_ns=tail,
+            note=f"+{(med - floor_med) / 1000:.0f} us over the floor, {updates} puts",
+        ),
+        Row(
+            "put -> confhub subscriber, p99",
+            tail,
+            floor="raw watch p99",
+            ratio=tail / floor_p99,
+            target=LATENCY_P99_TARGET,
+            p99_ns=tail,
+        ),
+    ]
+
+
+# -- 2. initial load -----------------------------------------------------------------------------
+
+
+def _interleaved(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    samples: dict[str, list[int]] = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()  # warm-up
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            gc.collect()
+            t0 = time.perf_counter_ns()
+            fn()
+            samples[name].append(time.perf_counter_ns() - t0)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def bench_load(
+    etcd: EtcdServer, client: EtcdClient, sizes: list[int], rounds: int
+) -> tuple[list[Row], dict[int, str]]:
+    rows: list[Row] = []
+    prefixes: dict[int, str] = {}
+    for n in sizes:
+        prefix = f"/load{n}/"
+        prefixes[n] = prefix
+        fill(client, prefix, n)
+        spec = f"etcd://{etcd.endpoint}{prefix}?page_size={PAGE_SIZE}&timeout=60"
+        hub = _hub(spec)
+        backend = hub.make_backend(confhub.SourceSpec.parse(spec))
+        assert isinstance(backend, EtcdBackend)
+        assert len(backend.load().values) == n
+
+        def start_hub(spec: str = spec) -> None:
+            with _hub(spec):
+                pass
+
+        cases: dict[str, Callable[[], Any]] = {
+            "raw": lambda prefix=prefix: client.read_prefix(prefix, page_size=PAGE_SIZE),
+            "load": backend.load,
+            "hub": start_hub,
+        }
+        t = _interleaved(cases, rounds)
+        backend.close()
+        rows += [
+            Row(f"{n:,} keys: raw paged read_prefix (floor)", t["raw"]),
+            Row(
+                f"{n:,} keys: EtcdBackend.load()",
+                t["load"],
+                floor="read_prefix",
+                ratio=t["load"] / t["raw"],
+                target=LOAD_TARGET,
+            ),
+            Row(
+                f"{n:,} keys: Hub.start() (informative)",
+                t["hub"],
+                floor="read_prefix",
+                ratio=t["hub"] / t["raw"],
+                note="adds the core's merge_full and snapshot",
+            ),
+        ]
+    return rows, prefixes
+
+
+# -- 3. applying one change ----------------------------------------------------------------------
+
+
+def bench_apply(etcd: EtcdServer, client: EtcdClient, big_prefix: str, *, repeat: int) -> list[Row]:
+    small_prefix = "/small/"
+    fill(client, small_prefix, 10)
+    results: dict[str, float] = {}
+    for label, prefix in (("10", small_prefix), ("100,000", big_prefix)):
+        with _hub(f"etcd://{etcd.endpoint}{prefix}?timeout=60") as hub:
+            backend = hub._slots[0].backends[0]
+            assert isinstance(backend, EtcdBackend)
+            key = f"{prefix}s0/k0".encode()
+            revision = 10_000_000
+            samples = []
+            for i in range(repeat + 50):
+                revision += 1
+                batch = WatchBatch(
+                    revision, (WatchEvent(EventKind.PUT, key, f"v{i}".encode(), revision),)
+                )
+                t0 = time.perf_counter_ns()
+                backend._on_batch(batch)  # what the watcher thread calls
+                elapsed = time.perf_counter_ns() - t0
+                if i >= 50:
+                    samples.append(elapsed)
+            assert hub.get("s0.k0") == f"v{repeat + 49}"
+            results[label] = statistics.median(samples)
+    return [
+        Row("one changed key, 10-key layer (floor)", results["10"]),
+        Row(
+            "one changed key, 100,000-key layer",
+            results["100,000"],
+            floor="10-key layer",
+            ratio=results["100,000"] / results["10"],
+            target=APPLY_TARGET,
+            note="watch batch -> delta -> hub apply/merge/publish",
+        ),
+    ]
+
+
+# -- 4. memory -----------------------------------------------------------------------------------
+
+
+def bench_memory(etcd: EtcdServer, client: EtcdClient, prefix: str) -> list[Row]:
+    def peak(fn: Callable[[], Any]) -> tuple[int, Any]:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            result = fn()
+            return tracemalloc.get_traced_memory()[1], result
+        finally:
+            tracemalloc.stop()
+
+    raw_peak, raw = peak(lambda: client.read_prefix(prefix, page_size=PAGE_SIZE))
+    n = len(raw.items)
+    del raw
+    spec = f"etcd://{etcd.endpoint}{prefix}?page_size={PAGE_SIZE}&timeout=60"
+    backend = _hub(spec).make_backend(confhub.SourceSpec.parse(spec))
+    backend.load()  # warm the channel outside the measurement
+    load_peak, _ = peak(backend.load)
+    backend.close()
+    mib = 1024 * 1024
+    return [
+        Row(f"{n:,} keys: read_prefix list, peak (floor)", None, note=f"{raw_peak / mib:.1f} MiB"),
+        Row(
+            f"{n:,} keys: EtcdBackend.load(), peak",
+            None,
+            floor="read_prefix",
+            ratio=load_peak / raw_peak,
+            note=f"{load_peak / mib:.1f} MiB (snapshot kept for the watcher + the layer)",
+        ),
+    ]
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0] if __doc__ else "etcd benchmarks")
+    header("confhub etcd benchmarks")
+    print(versions(["confhub", "confhub-etcd", "etcd-sdk-python", "grpcio", "protobuf"]))
+    print()
+    updates = 100 if args.quick else 500
+    rounds = 2 if args.quick else 5
+    sizes = [10_000, 100_000]
+    with EtcdServer() as etcd, EtcdClient(etcd.endpoints, timeout=60) as client:
+        print_table(
+            "Propagation: put -> callback",
+            bench_propagation(etcd, client, updates=updates),
+            latency=True,
+        )
+        rows, prefixes = bench_load(etcd, client, sizes, rounds)
+        print_table("Initial load", rows)
+        print_table(
+            "Applying one changed key",
+            bench_apply(etcd, client, prefixes[100_000], repeat=200 if args.quick else 1000),
+        )
+        print_table("Peak memory (tracemalloc)", bench_memory(etcd, client, prefixes[100_000]))
+
+
+if __name__ == "__main__":
+    main()
