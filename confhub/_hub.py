@@ -186,13 +186,66 @@ class View(Generic[T]):
     (after binding succeeded), so reading it costs one attribute load.
     """
 
-    __slots__ = ("__weakref__", "cls", "current", "generation", "prefix")
+    __slots__ = ("__weakref__", "_fields", "_input", "cls", "current", "generation", "prefix")
 
     def __init__(self, cls: type[T], prefix: str | None, current: T, generation: int) -> None:
         self.cls = cls
         self.prefix = prefix
         self.current = current
         self.generation = generation
+        # The nested input of the last binding, kept up to date with each change so that an
+        # update re-binds from it instead of rebuilding the whole tree (None: rebuild).
+        self._input: dict[str, Any] | None = None
+        self._fields: frozenset[str] | None = (
+            frozenset(a.name for a in attrs.fields(cls)) if attrs.has(cls) else None
+        )
+
+    def _relevant(self, changed: Sequence[tuple[str, Any, Any]]) -> list[tuple[str, Any]] | None:
+        """The changes under this view as ``(relative key, new)``; ``None``: rebind all.
+
+        Changes to keys the bound class does not declare are left out: cattrs ignores them.
+        """
+        prefix = self.prefix
+        out: list[tuple[str, Any]] = []
+        for key, _, new in changed:
+            if prefix:
+                if key == prefix or prefix.startswith(key + "."):
+                    return None  # the table itself was replaced by a value, or back
+                if not key.startswith(prefix + "."):
+                    continue
+                key = key[len(prefix) + 1 :]
+            if self._fields is None or key.split(".", 1)[0] in self._fields:
+                out.append((key, new))
+        return out
+
+    def _apply(self, changes: list[tuple[str, Any]]) -> dict[str, Any]:
+        data = self._input
+        assert data is not None
+        for key, new in sorted(changes, key=lambda c: c[1] is not MISSING):
+            parts = key.split(".")
+            node = data
+            if new is MISSING:
+                trail = []
+                for part in parts[:-1]:
+                    trail.append((node, part))
+                    child = node.get(part)
+                    if not isinstance(child, dict):
+                        break
+                    node = child
+                else:
+                    node.pop(parts[-1], None)
+                    for parent, part in reversed(trail):
+                        if parent[part]:
+                            break
+                        del parent[part]
+                continue
+            for part in parts[:-1]:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    child = node[part] = {}
+                node = child
+            node[parts[-1]] = new
+        return data
 
     def __repr__(self) -> str:
         return f"<View {self.cls.__name__} generation={self.generation}>"
@@ -679,7 +732,7 @@ class Hub:
             generation = self._generation + 1
             snapshot = Snapshot(generation, merged, tuple(slot_layers), old._names)
             try:
-                bound = self._validate(snapshot, old)
+                bound = self._validate(snapshot, old, changed)
             except Exception as exc:  # noqa: BLE001 - any veto rejects the update, reported
                 slot.pending = new_layer
                 self._source_error(slot, exc, rejected=True)
@@ -783,11 +836,32 @@ class Hub:
             self._events.put(ErrorEvent(slot.display, error, self._generation))
             self._events.put(slot.health())
 
-    def _validate(self, snapshot: Snapshot, previous: Snapshot) -> list[tuple[View[Any], Any]]:
-        bound = [
-            (view, self._bind(snapshot, view.cls, view.prefix)) for view in self._views.values()
-        ]
-        self.pm.hook.confhub_validate_snapshot(snapshot=snapshot, previous=previous)
+    def _validate(
+        self, snapshot: Snapshot, previous: Snapshot, changed: Sequence[tuple[str, Any, Any]]
+    ) -> list[tuple[View[Any], Any]]:
+        """Re-bind the views the change touches, then ask the validators.
+
+        A view whose declared fields did not change keeps its instance (cattrs ignores
+        undeclared keys, so binding again would give an equal one).
+        """
+        bound = []
+        try:
+            for view in self._views.values():
+                relevant = view._relevant(changed)
+                if relevant is not None and not relevant:
+                    continue
+                if relevant is None or view._input is None:
+                    view._input = None
+                    data = _plain(_subtree(snapshot._tree(), view.prefix))
+                    view._input = data
+                else:
+                    data = view._apply(relevant)
+                bound.append((view, self._structure(snapshot, view.cls, view.prefix, data)))
+            self.pm.hook.confhub_validate_snapshot(snapshot=snapshot, previous=previous)
+        except BaseException:
+            for view in self._views.values():
+                view._input = None  # holds the rejected state: rebuild on the next update
+            raise
         return bound
 
     def _make_snapshot(self, merged: Merged, generation: int) -> Snapshot:
@@ -835,10 +909,9 @@ class Hub:
 
     # -- typed binding ---------------------------------------------------------------------
     def _bind(self, snapshot: Snapshot, cls: type[T], prefix: str | None) -> T:
-        data: Any = snapshot.to_dict()
-        if prefix:
-            for part in prefix.split("."):
-                data = data.get(part, {}) if isinstance(data, dict) else {}
+        return self._structure(snapshot, cls, prefix, _subtree(snapshot._tree(), prefix))
+
+    def _structure(self, snapshot: Snapshot, cls: type[T], prefix: str | None, data: Any) -> T:
         try:
             return self.converter.structure(data, cls)
         except Exception as exc:
@@ -885,7 +958,9 @@ class Hub:
             view = self._views.get(key)
             if view is None:
                 snap = self._snapshot
-                view = View(cls, prefix, self._bind(snap, cls, prefix), snap.generation)
+                data = _plain(_subtree(snap._tree(), prefix))
+                view = View(cls, prefix, self._structure(snap, cls, prefix, data), snap.generation)
+                view._input = data
                 self._views[key] = view
             return view
 
@@ -1082,6 +1157,21 @@ class Hub:
         return (
             f"<Hub {self._state.value} sources={list(self.sources)!r} generation={self.generation}>"
         )
+
+
+def _subtree(tree: Any, prefix: str | None) -> Any:
+    """The part of a nested mapping at dotted ``prefix`` (an empty dict if absent)."""
+    if prefix:
+        for part in prefix.split("."):
+            tree = tree.get(part, {}) if hasattr(tree, "get") else {}
+    return tree
+
+
+def _plain(tree: Any) -> Any:
+    """A mutable plain-dict copy of a nested read-only mapping."""
+    if hasattr(tree, "items"):
+        return {k: _plain(v) for k, v in tree.items()}
+    return tree
 
 
 def _next_name(slot: _Slot, i: int) -> str | None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import wait_for
 
 import confhub
@@ -538,3 +540,44 @@ def test_optional_source_with_nothing_is_absent(tmp_path: Any) -> None:
     with Hub([{"a": 1}, f"file:{tmp_path / 'nope.toml'}?optional=true"]) as hub:
         assert hub.health().sources[1].state == "absent"
         assert not hub.health().degraded
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "a.b", "a.b.c", "a.d", "e", "e.f"]),
+            st.one_of(st.none(), st.sampled_from(["1", "2"])),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_view_kept_incrementally_equals_a_fresh_binding(ops: list[tuple[str, str | None]]) -> None:
+    """After any sequence of updates, a view's instance equals binding the snapshot afresh."""
+    store = MemoryStore("app", {"x": "0"})
+    with memory_hub("memory:app", store=store) as hub:
+        view = hub.view(dict[str, Any])
+        for key, value in ops:
+            data = store.data
+            if value is None:
+                store.delete(key)
+                continue
+            # Keep the store a valid tree: drop keys that would clash with this one.
+            clash = [k for k in data if k.startswith(key + ".") or key.startswith(k + ".")]
+            store.transaction({key: value}, delete=clash)
+        assert view.current == hub.snapshot().to_dict()
+        assert hub.bind(dict[str, Any]) == view.current
+
+
+def test_view_not_rebound_by_changes_outside_its_fields() -> None:
+    """A change to keys a view's class does not declare keeps the same instance."""
+    store = MemoryStore("app", {"db": {"host": "h", "port": "1"}, "other": "x"})
+    with memory_hub("memory:app", store=store) as hub:
+        view = hub.view(Db, prefix="db")
+        before = view.current
+        store.set("other", "y")
+        store.set("db.extra", "z")  # under the prefix, but not a field of Db
+        assert view.current is before
+        store.set("db.port", "2")
+        assert view.current == Db("h", 2)
