@@ -9,9 +9,9 @@ from typing import Any
 
 import attrs
 import pytest
+from conftest import wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from conftest import wait_for
 
 import confhub
 from confhub import (
