@@ -397,14 +397,30 @@ class ConsulBackend:
         if self.opts.document is not None:
             return self._build_document(snap)
         values: dict[str, Any] = {}
-        details: dict[str, str] = {}
+        where: dict[str, tuple[str, int]] = {}
         for ckey, (mod, raw) in snap.entries.items():
             dotted = self.dotted(ckey, raw)
             if dotted is None:
                 continue
             values[dotted] = self.decode(ckey, raw)
-            details[dotted] = f"consul key {ckey} (ModifyIndex {mod})"
-        return Layer.from_flat(values, source=self.source, revision=snap.index, details=details)
+            where[dotted] = (ckey, mod)
+        # Provenance is computed on demand (explain is rare; a load of 10,000 keys is not).
+        try:
+            return Layer.from_flat(
+                values, source=self.source, revision=snap.index, locate=_TreeLocator(where)
+            )
+        except SourceFormatError as exc:
+            parent = exc.key or ""
+            child = next((k for k in values if k.startswith(parent + ".")), None)
+            if parent not in where or child is None:
+                raise
+            a, b = where[parent][0], where[child][0]
+            raise SourceFormatError(
+                f"{self.source}: Consul key {a!r} is both a value and the parent of {b!r}; "
+                "a key cannot be both a leaf and a parent: delete or rename one of them",
+                source=self.source,
+                key=a,
+            ) from None
 
     def _build_document(self, snap: Snapshot) -> Layer:
         key, fmt = self.opts.document or "", self.opts.fmt or "json"
@@ -440,15 +456,23 @@ class ConsulBackend:
                 source=self.source,
                 key=ckey,
             )
-        segments = rel.split("/")
-        if any(s == "" or s.startswith(".") or s.endswith(".") or ".." in s for s in segments):
+        # One pass over the string instead of per segment: an empty segment, or one that
+        # starts or ends with "." or holds "..", would give an empty dotted segment.
+        if (
+            "//" in rel
+            or rel[0] in "/."
+            or rel[-1] == "."
+            or ".." in rel
+            or "/." in rel
+            or "./" in rel
+        ):
             raise SourceFormatError(
                 f"{self.source}: Consul key {ckey!r} has an empty segment (a '//' or a "
                 "segment starting or ending with '.'); rename it",
                 source=self.source,
                 key=ckey,
             )
-        return ".".join(segments)
+        return rel.replace("/", ".")
 
     def decode(self, ckey: str, raw: str | None) -> str:
         """The text of a base64 value; an empty value is ``""``."""
@@ -734,6 +758,19 @@ class ConsulBackend:
             conn.close()
 
 
+class _TreeLocator:
+    """``Layer.locate`` for a tree: the Consul key and ModifyIndex of a dotted key."""
+
+    def __init__(self, where: Mapping[str, tuple[str, int]]) -> None:
+        self.where = where
+
+    def __call__(self, key: str) -> str | None:
+        found = self.where.get(key)
+        if found is None:
+            return None
+        return f"consul key {found[0]} (ModifyIndex {found[1]})"
+
+
 class _DocumentLocator:
     """``Layer.locate`` for a document: every key comes from the same Consul key."""
 
@@ -748,7 +785,7 @@ def _b64(source: str, ckey: str, raw: str | None) -> bytes:
     if raw is None:
         return b""
     try:
-        return base64.b64decode(raw, validate=True)
+        return binascii.a2b_base64(raw, strict_mode=True)
     except (binascii.Error, ValueError):
         raise SourceUnavailableError(
             f"{source}: Consul sent a value for {ckey!r} that is not base64; retrying",
