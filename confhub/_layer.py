@@ -37,8 +37,13 @@ def prefixes(key: str) -> Iterator[str]:
         start = dot + 1
 
 
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
 def freeze(value: Any) -> Any:
     """Return ``value`` made read-only all the way down (lists become tuples)."""
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, Mapping):
         return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
@@ -62,10 +67,14 @@ def flatten(data: Mapping[str, Any], *, source: str, _prefix: str = "") -> dict[
 
 
 def _flatten_into(out: dict[str, Any], data: Mapping[str, Any], prefix: str, source: str) -> None:
+    scalars = _SCALARS
     for raw_key, value in data.items():
         if not isinstance(raw_key, str):
             raw_key = str(raw_key)
         key = f"{prefix}.{raw_key}" if prefix else raw_key
+        if type(value) in scalars and "." not in raw_key and raw_key and key not in out:
+            out[key] = value  # the common case, checked cheaply
+            continue
         if not raw_key or raw_key.startswith(".") or raw_key.endswith(".") or ".." in raw_key:
             raise SourceFormatError(
                 f"{source}: key {key!r} has an empty segment; rename it",
@@ -120,9 +129,13 @@ def _leaf_parent_error(
 
 def _inner_counts(keys: Iterable[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
+    get = counts.get
     for key in keys:
-        for p in prefixes(key):
-            counts[p] = counts.get(p, 0) + 1
+        dot = key.find(".")
+        while dot >= 0:
+            p = key[:dot]
+            counts[p] = get(p, 0) + 1
+            dot = key.find(".", dot + 1)
     return counts
 
 
@@ -184,10 +197,14 @@ class Layer:
         fetched_at: float | None = None,
     ) -> Layer:
         """Build a layer from dotted keys to (frozen) leaves, checking leaf/parent clashes."""
-        vals = immutables.Map(values)
-        inner = immutables.Map(_inner_counts(values))
+        counts = _inner_counts(values)
         dets = immutables.Map(details or {})
-        _check_no_leaf_parent(vals, inner, vals, source, dets)
+        # A leaf/parent clash is exactly a key that is both a leaf and a parent.
+        clash = values.keys() & counts.keys()
+        vals = immutables.Map(values)
+        inner = immutables.Map(counts)
+        if clash:
+            _check_no_leaf_parent(vals, inner, sorted(clash), source, dets)
         return cls(
             values=vals,
             inner=inner,

@@ -43,11 +43,23 @@ EMPTY = Merged(immutables.Map(), immutables.Map(), immutables.Map())
 
 def merge_full(layers: Sequence[Layer | None]) -> Merged:
     """Merge ``layers`` (lowest precedence first; ``None`` for a slot with no data)."""
-    values: dict[str, Any] = {}
-    origins: dict[str, int] = {}
-    inner: dict[str, int] = {}
-    seen: set[str] = set()
-    for index in range(len(layers) - 1, -1, -1):
+    present = [i for i, layer in enumerate(layers) if layer is not None and layer.values]
+    if not present:
+        return EMPTY
+    top = present[-1]
+    top_layer = layers[top]
+    assert top_layer is not None
+    if len(present) == 1:
+        # One contributing layer is the effective view as it is.
+        return Merged(
+            top_layer.values, immutables.Map(dict.fromkeys(top_layer.values, top)), top_layer.inner
+        )
+    # The highest layer is entirely effective: start from it, then add what shows through.
+    values: dict[str, Any] = dict(top_layer.values.items())
+    origins: dict[str, int] = dict.fromkeys(values, top)
+    inner: dict[str, int] = dict(top_layer.inner.items())
+    seen: set[str] = set(values)
+    for index in range(top - 1, -1, -1):
         layer = layers[index]
         if layer is None:
             continue

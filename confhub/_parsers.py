@@ -63,8 +63,13 @@ class _Where:
         self.path = path
 
     def error(
-        self, what: str, line: int | None = None, column: int | None = None,
-        *, key: str | None = None, hint: str = "",
+        self,
+        what: str,
+        line: int | None = None,
+        column: int | None = None,
+        *,
+        key: str | None = None,
+        hint: str = "",
     ) -> SourceFormatError:
         where = f" in {self.path}" if self.path else ""
         if line is not None:
@@ -92,7 +97,8 @@ def parse_document(
         except UnicodeDecodeError as exc:
             line = content.count(b"\n", 0, exc.start) + 1
             raise where.error(
-                f"not valid UTF-8 at byte {exc.start}", line,
+                f"not valid UTF-8 at byte {exc.start}",
+                line,
                 hint="; save the file as UTF-8",
             ) from None
     else:
@@ -112,8 +118,7 @@ def parse_document(
         return {}  # an empty (or comments-only) document
     if not isinstance(data, Mapping):
         raise where.error(
-            "the document must be a mapping (a table/object) at the top, "
-            f"not {type(data).__name__}"
+            f"the document must be a mapping (a table/object) at the top, not {type(data).__name__}"
         )
     _check_bounds(data, where)
     return data
@@ -127,7 +132,7 @@ def _parse_toml(text: str, where: _Where) -> Any:
         match = re.search(r"\s*\(at line (\d+), column (\d+)\)", message)
         if match is None:
             raise where.error(f"invalid TOML: {message}") from None
-        message = message[: match.start()] + message[match.end():]
+        message = message[: match.start()] + message[match.end() :]
         raise where.error(
             f"invalid TOML: {message}", int(match.group(1)), int(match.group(2))
         ) from None
@@ -165,14 +170,17 @@ def _parse_json(text: str, where: _Where) -> Any:
         raise where.error(f"invalid JSON: {exc.msg}", exc.lineno, exc.colno) from None
     except _DuplicateKey as exc:
         raise where.error(
-            f"duplicate key {exc.key!r}", _find_key_line(text, exc.key, second=True),
-            key=exc.key, hint="; keep one",
+            f"duplicate key {exc.key!r}",
+            _find_key_line(text, exc.key, second=True),
+            key=exc.key,
+            hint="; keep one",
         ) from None
     except _JSONConstant as exc:
         match = re.search(r"(?<![\w\"])-?" + re.escape(exc.name.lstrip("-")) + r"(?![\w\"])", text)
         line = text.count("\n", 0, match.start()) + 1 if match else None
         raise where.error(
-            f"{exc.name} is not allowed in configuration", line,
+            f"{exc.name} is not allowed in configuration",
+            line,
             hint="; write a finite number or a string",
         ) from None
 
@@ -188,9 +196,7 @@ def _strict_loader() -> type[yaml.SafeLoader]:
     class StrictLoader(yaml.SafeLoader):
         """A SafeLoader that refuses duplicate keys and keys that are not strings."""
 
-        def construct_mapping(
-            self, node: yaml.MappingNode, deep: bool = False
-        ) -> dict[Any, Any]:
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
             if not isinstance(node, yaml.MappingNode):  # pragma: no cover - YAML's contract
                 return super().construct_mapping(node, deep=deep)
             seen: set[Any] = set()
@@ -200,14 +206,17 @@ def _strict_loader() -> type[yaml.SafeLoader]:
                 key = self.construct_object(key_node, deep=True)
                 if isinstance(key, bool) or not isinstance(key, (str, int)):
                     raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
+                        "while constructing a mapping",
+                        node.start_mark,
                         f"found a key that is not a string ({key!r}); quote it",
                         key_node.start_mark,
                     )
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
-                        f"found duplicate key {key!r}", key_node.start_mark,
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key!r}",
+                        key_node.start_mark,
                     )
                 seen.add(key)
             mapping = super().construct_mapping(node, deep=deep)
@@ -294,30 +303,32 @@ def _check_bounds(data: Any, where: _Where) -> None:
     """Walk the document once, bounded, refusing deep nesting, bombs and non-finite floats."""
     budget = MAX_NODES
     stack: list[tuple[Any, int]] = [(data, 0)]
-    pop, push = stack.pop, stack.extend
+    pop, push = stack.pop, stack.append
+    isfinite = math.isfinite
     while stack:
         node, depth = pop()
-        budget -= 1
+        if depth > MAX_DEPTH:
+            raise where.error(f"nesting deeper than {MAX_DEPTH} levels; refusing it")
+        budget -= len(node) + 1
         if budget < 0:
             raise where.error(
                 f"the document expands to more than {MAX_NODES:,} values; refusing it"
             )
-        if depth > MAX_DEPTH:
-            raise where.error(f"nesting deeper than {MAX_DEPTH} levels; refusing it")
-        # Exact type checks first: they are what the parsers produce, and cheap.
-        kind = type(node)
-        if kind is dict or (kind is not list and isinstance(node, Mapping)):
-            push([(v, depth + 1) for v in node.values()])
-        elif kind is list or isinstance(node, tuple):
-            push([(v, depth + 1) for v in node])
-        elif kind is float and not math.isfinite(node):
-            raise where.error(f"{node!r} is not allowed in configuration")
+        children = node.values() if isinstance(node, Mapping) else node
+        for value in children:
+            # Exact type checks first: they are what the parsers produce, and cheap.
+            kind = type(value)
+            if kind is str or kind is int or kind is bool:
+                continue
+            if kind is float:
+                if not isfinite(value):
+                    raise where.error(f"{value!r} is not allowed in configuration")
+            elif kind is dict or kind is list or isinstance(value, (Mapping, list, tuple)):
+                push((value, depth + 1))
 
 
 def _find_key_line(text: str, key: str, *, second: bool = False, start: int = 0) -> int | None:
-    pattern = re.compile(
-        r"""(^|[\s\[{,.])["']?""" + re.escape(key) + r"""["']?\s*([=:\]]|\.)"""
-    )
+    pattern = re.compile(r"""(^|[\s\[{,.])["']?""" + re.escape(key) + r"""["']?\s*([=:\]]|\.)""")
     found = 0
     lines = text.splitlines()
     for number in range(start, len(lines)):
