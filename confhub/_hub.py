@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
-import queue
 import random
 import threading
 import time
@@ -360,6 +360,8 @@ class Hub:
       ceiling of the whole :meth:`start`.
     - ``retry_initial``/``retry_max``: the backoff (seconds, doubled with jitter, capped)
       of retries of a source served from cache or absent at start.
+    - ``max_backlog``: when this many events wait behind slow subscribers, consecutive
+      changes are merged (the last value of every key is still delivered).
     """
 
     def __init__(
@@ -374,6 +376,7 @@ class Hub:
         start_timeout: float = 10.0,
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
+        max_backlog: int = 1000,
     ) -> None:
         self._slots = [_Slot(i, members) for i, members in enumerate(as_slots(sources))]
         self.cache_dir = cache_dir
@@ -381,6 +384,7 @@ class Hub:
         self.start_timeout = start_timeout
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self.max_backlog = max_backlog
         self.pm: pluggy.PluginManager = make_plugin_manager(plugins, block, autoload)
         self.converter: cattrs.Converter = make_converter()
         self.pm.hook.confhub_register_converters.call_historic(kwargs={"converter": self.converter})
@@ -392,7 +396,7 @@ class Hub:
         self._generation = 0
         self._views: dict[tuple[type[Any], str | None], View[Any]] = {}
         self._subscribers: tuple[Subscription, ...] = ()
-        self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._events = _EventQueue(max_backlog)
         self._notifier: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -1028,38 +1032,41 @@ class Hub:
                     if sub.on_close is not None:
                         sub.on_close()
                 return
-            if callable(item) and not isinstance(item, (Change, ErrorEvent, SourceHealth)):
-                try:
-                    item()
-                except Exception:
-                    log.exception("a confhub plugin failed after an update; ignored")
+            self._deliver(item)
+
+    def _deliver(self, item: Any) -> None:
+        if callable(item) and not isinstance(item, (Change, ErrorEvent, SourceHealth)):
+            try:
+                item()
+            except Exception:
+                log.exception("a confhub plugin failed after an update; ignored")
+            return
+        for sub in self._subscribers:
+            if not sub.active:
                 continue
-            for sub in self._subscribers:
-                if not sub.active:
-                    continue
-                try:
-                    if isinstance(item, Change):
-                        if sub.callback is not None:
-                            part = item.filtered(sub.prefix)
-                            if part is not None:
-                                sub.callback(part)
-                    elif isinstance(item, SourceHealth):
-                        if sub.on_state is not None:
-                            sub.on_state(item)
-                    elif sub.on_error is not None:
-                        sub.on_error(item)
-                except Exception:
-                    log.exception(
-                        "subscriber %r raised while handling generation %s; "
-                        "the other subscribers still run",
-                        getattr(sub.callback, "__qualname__", sub.callback),
-                        getattr(item, "generation", "?"),
-                    )
-            if isinstance(item, Change):
-                try:
-                    self.pm.hook.confhub_snapshot_published(change=item)
-                except Exception:
-                    log.exception("a plugin's confhub_snapshot_published failed; ignored")
+            try:
+                if isinstance(item, Change):
+                    if sub.callback is not None:
+                        part = item.filtered(sub.prefix)
+                        if part is not None:
+                            sub.callback(part)
+                elif isinstance(item, SourceHealth):
+                    if sub.on_state is not None:
+                        sub.on_state(item)
+                elif sub.on_error is not None:
+                    sub.on_error(item)
+            except Exception:
+                log.exception(
+                    "subscriber %r raised while handling generation %s; "
+                    "the other subscribers still run",
+                    getattr(sub.callback, "__qualname__", sub.callback),
+                    getattr(item, "generation", "?"),
+                )
+        if isinstance(item, Change):
+            try:
+                self.pm.hook.confhub_snapshot_published(change=item)
+            except Exception:
+                log.exception("a plugin's confhub_snapshot_published failed; ignored")
 
     # -- health and explain ----------------------------------------------------------------
     def health(self) -> Health:
@@ -1157,6 +1164,82 @@ class Hub:
         return (
             f"<Hub {self._state.value} sources={list(self.sources)!r} generation={self.generation}>"
         )
+
+
+class _EventQueue:
+    """The notifier's queue: FIFO, and bounded by merging changes when it grows.
+
+    When more than ``limit`` events wait (slow or blocked subscribers), every run of
+    consecutive changes is merged into one: the last value of every key is still
+    delivered, generations in between are skipped, and memory stays bounded by the number
+    of distinct keys rather than the number of updates.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._items: collections.deque[Any] = collections.deque()
+        self._cond = threading.Condition()
+        self.coalesced = 0
+
+    def put(self, item: Any) -> None:
+        with self._cond:
+            self._items.append(item)
+            if len(self._items) > self.limit:
+                before = len(self._items)
+                self._items = collections.deque(_coalesce_runs(self._items))
+                self.coalesced += before - len(self._items)
+            self._cond.notify()
+
+    def get(self) -> Any:
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            return self._items.popleft()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
+def _coalesce_runs(items: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    run: list[Change] = []
+    for item in [*items, _STOP_RUN]:
+        if isinstance(item, Change):
+            run.append(item)
+            continue
+        if run:
+            merged = _merge_changes(run)
+            if merged is not None:
+                out.append(merged)
+            run = []
+        if item is not _STOP_RUN:
+            out.append(item)
+    return out
+
+
+_STOP_RUN = object()
+
+
+def _merge_changes(run: list[Change]) -> Change | None:
+    """One change equivalent to ``run`` applied in order (``None`` if it nets to nothing)."""
+    if len(run) == 1:
+        return run[0]
+    first_old: dict[str, Any] = {}
+    last_new: dict[str, Any] = {}
+    sources: dict[str, None] = {}
+    for change in run:
+        sources[change.source] = None
+        for c in change.changes:
+            first_old.setdefault(c.key, c.old)
+            last_new[c.key] = c.new
+    kept = tuple(
+        KeyChange(k, first_old[k], last_new[k])
+        for k in sorted(last_new)
+        if first_old[k] is not last_new[k] and first_old[k] != last_new[k]
+    )
+    if not kept:
+        return None
+    return Change(run[-1].generation, kept, ", ".join(sources))
 
 
 def _subtree(tree: Any, prefix: str | None) -> Any:

@@ -581,3 +581,24 @@ def test_view_not_rebound_by_changes_outside_its_fields() -> None:
         assert view.current is before
         store.set("db.port", "2")
         assert view.current == Db("h", 2)
+
+
+def test_blocked_subscriber_keeps_memory_bounded_and_gets_last_values() -> None:
+    """Behind a blocked subscriber the queue merges changes; the last value of each key wins."""
+    store = MemoryStore("app", {f"k{i}": "0" for i in range(5)})
+    release = threading.Event()
+    seen: dict[str, Any] = {}
+
+    def blocked(change: Change) -> None:
+        release.wait(10)
+        for c in change:
+            seen[c.key] = c.new
+
+    with Hub(["memory:app"], plugins=[store], autoload=False, max_backlog=50) as hub:
+        hub.subscribe(blocked)
+        for n in range(3000):
+            store.set(f"k{n % 5}", str(n))
+            assert hub._events.qsize() <= 51
+        release.set()
+        wait_for(lambda: seen == {f"k{i}": str(2995 + i) for i in range(5)})
+        assert hub._events.coalesced > 0
