@@ -454,6 +454,7 @@ class EtcdClient:
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._connections: dict[str, _Connection] = {}
+        self._fork_grace = False
         self._current = 0
         self._token: str | None = None
         self._closed = False
@@ -737,6 +738,9 @@ class EtcdClient:
         self._lock = threading.RLock()
         self._connections = {}
         self._pid = os.getpid()
+        # gRPC's poller can fail the first call on a channel made right after fork()
+        # ("Wrong file descriptor generation"); one fresh channel and retry fixes it.
+        self._fork_grace = True
 
     def _connection(self) -> _Connection:
         with self._lock:
@@ -818,12 +822,21 @@ class EtcdClient:
             conn = self._connection()
             try:
                 metadata = self._metadata(conn)
-                return getattr(getattr(conn, stub), method)(
+                result = getattr(getattr(conn, stub), method)(
                     request, timeout=self._timeout, metadata=metadata
                 )
+                self._fork_grace = False
+                return result
             except grpc.RpcError as exc:
                 error = _translate(exc, conn.endpoint, what=what)
                 code = exc.code()
+                if self._fork_grace and code == grpc.StatusCode.UNAVAILABLE:
+                    self._fork_grace = False
+                    with self._lock:
+                        self._connections = {}
+                    log.info("first etcd call after fork failed (%s); retrying on a new channel",
+                             code.name)
+                    continue
                 if (
                     code == grpc.StatusCode.UNAUTHENTICATED
                     and self._credentials is not None
