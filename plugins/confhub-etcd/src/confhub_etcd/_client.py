@@ -825,8 +825,6 @@ class EtcdClient:
                 result = getattr(getattr(conn, stub), method)(
                     request, timeout=self._timeout, metadata=metadata
                 )
-                self._fork_grace = False
-                return result
             except grpc.RpcError as exc:
                 error = _translate(exc, conn.endpoint, what=what)
                 code = exc.code()
@@ -860,6 +858,9 @@ class EtcdClient:
                 tried += 1
                 if tried >= len(self._endpoints):
                     raise
+            else:
+                self._fork_grace = False
+                return result
 
     # -- internals: limits -----------------------------------------------------------------------
 
