@@ -114,6 +114,10 @@ def parse_document(
             raise SpecError(f"{source}: unknown format {fmt!r}", spec=source)
     except RecursionError:
         raise where.error(f"nesting deeper than {MAX_DEPTH} levels; refusing it") from None
+    except ValueError as exc:
+        # Raised by the parsers outside their own error types: an integer longer than
+        # Python's int_max_str_digits (4300), say. Bad input all the same.
+        raise where.error(f"invalid {fmt.upper()}: a value cannot be read ({exc})") from None
     if data is None and fmt != "json":
         return {}  # an empty (or comments-only) document
     if not isinstance(data, Mapping):
@@ -281,13 +285,21 @@ def _parse_yaml(text: str, where: _Where) -> Any:
             f"{where.source}: YAML support is not installed; pip install 'confhub[yaml]'",
             spec=where.source,
         ) from None
-    loader = _strict_loader()(text)
+    try:
+        # The reader checks the whole text for unprintable characters right here.
+        loader = _strict_loader()(text)
+    except yaml.YAMLError as exc:
+        raise where.error(f"invalid YAML: {exc}") from None
     try:
         node = loader.get_single_node()
         if node is None:
             return None
         _measure_yaml(node, where)
         return loader.construct_document(node)
+    except (ValueError, TypeError, LookupError, ArithmeticError) as exc:
+        # SafeConstructor's scalar constructors raise these for bad tagged scalars
+        # ("!!int zz", an empty "!!int", "!!timestamp 2001-99-14").
+        raise where.error(f"invalid YAML: a value cannot be constructed ({exc})") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
