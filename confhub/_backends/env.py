@@ -20,10 +20,11 @@ def env_key(name: str, prefix: str) -> str | None:
     if not name.startswith(prefix) or len(name) == len(prefix):
         return None
     rest = name[len(prefix) :]
-    parts = rest.lower().split("__")
-    if any(not p for p in parts):
+    key = ".".join(rest.lower().split("__"))
+    # A dot in the name (``APP_A.``, ``APP_.A``) makes an empty segment as ``____`` does.
+    if any(not p for p in key.split(".")):
         return None
-    return ".".join(parts)
+    return key
 
 
 class EnvBackend:
