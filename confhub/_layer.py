@@ -40,6 +40,22 @@ def prefixes(key: str) -> Iterator[str]:
 _SCALARS = frozenset({str, int, bool, type(None)})
 
 
+def add_parents(inner: Any, key: str) -> None:
+    """Count ``key`` under each of its parents in a (mutable) parent-count map."""
+    for p in prefixes(key):
+        inner[p] = inner.get(p, 0) + 1
+
+
+def remove_parents(inner: Any, key: str) -> None:
+    """Undo :func:`add_parents`, dropping parents that no longer have any key below them."""
+    for p in prefixes(key):
+        n = inner[p] - 1
+        if n:
+            inner[p] = n
+        else:
+            del inner[p]
+
+
 def freeze(value: Any) -> Any:
     """Return ``value`` made read-only all the way down (lists become tuples)."""
     if type(value) in _SCALARS:
@@ -242,18 +258,12 @@ class Layer:
         for key in delta.deleted:
             if key in values and key not in delta.set:
                 del values[key]
-                for p in prefixes(key):
-                    n = inner[p] - 1
-                    if n:
-                        inner[p] = n
-                    else:
-                        del inner[p]
+                remove_parents(inner, key)
         added = []
         for key, value in delta.set.items():
             if key not in values:
                 added.append(key)
-                for p in prefixes(key):
-                    inner[p] = inner.get(p, 0) + 1
+                add_parents(inner, key)
             values[key] = value
         new_values, new_inner = values.finish(), inner.finish()
         if delta.replace_details:

@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 import immutables
 
-from ._layer import Layer, LayerDelta, Values, prefixes
+from ._layer import Layer, LayerDelta, Values, add_parents, prefixes, remove_parents
 
 #: Marks a key that is absent on one side of a change.
 MISSING: Any = type(
@@ -68,8 +68,7 @@ def merge_full(layers: Sequence[Layer | None]) -> Merged:
                 continue
             values[key] = value
             origins[key] = index
-            for p in prefixes(key):
-                inner[p] = inner.get(p, 0) + 1
+            add_parents(inner, key)
         seen.update(layer.values.keys())
     return Merged(immutables.Map(values), immutables.Map(origins), immutables.Map(inner))
 
@@ -134,12 +133,7 @@ def merge_update(
         if below is None:
             del values[key]
             del origins[key]
-            for p in prefixes(key):
-                n = inner[p] - 1
-                if n:
-                    inner[p] = n
-                else:
-                    del inner[p]
+            remove_parents(inner, key)
             changed.append((key, old_value, MISSING))
         else:
             value = lower[below].values[key]  # type: ignore[union-attr]
@@ -158,8 +152,7 @@ def merge_update(
             continue  # an existing leaf masked by a higher layer
         old_value = values.get(key, MISSING)
         if old_value is MISSING:
-            for p in prefixes(key):
-                inner[p] = inner.get(p, 0) + 1
+            add_parents(inner, key)
         values[key] = value
         origins[key] = index
         if old_value != value:

@@ -28,6 +28,7 @@ import attrs
 from confhub import (
     Layer,
     LayerDelta,
+    Notify,
     SourceFormatError,
     SourcePermissionError,
     SourceSpec,
@@ -35,9 +36,8 @@ from confhub import (
     SpecError,
     WriteConflictError,
     WriteError,
+    parse_document,
 )
-from confhub._backend import Notify
-from confhub._parsers import parse_document
 
 from ._http import TRANSPORT_ERRORS, Aborted, Connection, Response, kv_path
 from ._watch import Watcher

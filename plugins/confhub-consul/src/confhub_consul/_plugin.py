@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from confhub import hookimpl
-from confhub._backend import BackendInfo
+from confhub import BackendInfo, hookimpl
 
 from ._backend import ConsulBackend
 

@@ -25,8 +25,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from confhub import Layer, LayerDelta, SourceError, SourceFormatError
-from confhub._backend import Notify
+from confhub import Layer, LayerDelta, Notify, SourceError, SourceFormatError
 
 from ._http import Aborted
 
