@@ -450,8 +450,9 @@ class Hub:
         )
         self._notifier.start()
         for slot in self._slots:
-            if slot.state in ("cached", "absent") and any(
-                getattr(b, "cacheable", False) for b in slot.backends
+            # Served from cache, or nothing could be loaded: retry until the store is back.
+            if slot.state == "cached" or (
+                slot.active is None and any(getattr(b, "cacheable", False) for b in slot.backends)
             ):
                 slot.poller = threading.Thread(
                     target=self._recover_loop,
