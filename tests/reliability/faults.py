@@ -32,7 +32,8 @@ class TcpProxy:
     - ``blackhole``: connections are accepted and kept, every byte is read and dropped
       (a partition the peer cannot see: no RST, no FIN);
     - ``pause``: nothing is read (TCP back-pressure; a stopped peer);
-    - ``delay``: each chunk waits ``delay`` seconds before it is forwarded.
+    - ``delay``: each chunk waits ``delay`` seconds before it is forwarded;
+    - ``refuse``: new connections are closed at once (a member that is down).
 
     :meth:`reset` closes every open connection with an RST. One thread accepts, one thread
     per connection pumps both directions; all have a stop event and are joined by
@@ -64,7 +65,7 @@ class TcpProxy:
         return f"127.0.0.1:{self.port}"
 
     def set_mode(self, mode: str, delay: float = 0.0) -> None:
-        assert mode in ("pass", "blackhole", "pause", "delay"), mode
+        assert mode in ("pass", "blackhole", "pause", "delay", "refuse"), mode
         self.delay = delay
         self.mode = mode
 
@@ -91,10 +92,8 @@ class TcpProxy:
         self.reset()
         with self._lock:
             conns = list(self._conns)
-        for client, upstream, thread in conns:
+        for _, _, thread in conns:
             thread.join(5)
-            client.close()
-            upstream.close()
         assert not self._acceptor.is_alive()
         assert not [t for _, _, t in conns if t.is_alive()], "a proxy thread did not stop"
 
@@ -115,7 +114,7 @@ class TcpProxy:
             with self._lock:
                 self._conns = [c for c in self._conns if c[2].is_alive()]
                 full = len(self._conns) >= self.max_connections
-            if full:
+            if full or self.mode == "refuse":
                 client.close()
                 continue
             try:
@@ -155,6 +154,7 @@ class TcpProxy:
             for sock in (client, upstream):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
 
 
 # -- etcd: the store's side of the history -------------------------------------------------

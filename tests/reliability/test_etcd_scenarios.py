@@ -1,0 +1,427 @@
+"""etcd scenarios of reliability.md §7.2 through a real confhub.Hub over a real etcd.
+
+Every scenario records the server's own history (read back with a fresh watch) and what
+the hub delivered and served, and ends with ``History.check()``. Numbers refer to §7.2.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from confhub_etcd.testing import EtcdCluster, EtcdServer
+from faults import EtcdHistory, TcpProxy, Writer, cpu_seconds
+from history import History, wait_until
+
+from confhub import Hub, SourcePermissionError, SourceUnavailableError, StartupError, WriteError
+
+FAST = "retry_initial=0.05&retry_max=0.3&progress_interval=0.5"
+T_DETECT = 3 * 0.5 + 2.0  # liveness (3 progress intervals) + margin
+T_RECOVER = T_DETECT + 0.3 + 3.0  # + backoff cap + margin (reconnect, resync)
+
+
+def spec(endpoints: str | list[str], prefix: str = "/app/", opts: str = FAST) -> str:
+    hosts = endpoints if isinstance(endpoints, str) else ",".join(endpoints)
+    return f"etcd://{hosts}{prefix}?{opts}"
+
+
+def make_hub(source: str, **kw: Any) -> Hub:
+    kw.setdefault("connect_timeout", 1.0)
+    kw.setdefault("start_timeout", 5.0)
+    return Hub([source], cache_dir=None, **kw)
+
+
+def state(hub: Hub) -> str:
+    return hub.health().sources[0].state
+
+
+def watcher(hub: Hub) -> Any:
+    return hub._slots[0].backends[0]._watcher  # type: ignore[union-attr]
+
+
+class Scenario:
+    """One recorded scenario: a hub over ``cluster``, its history, readers, and the check."""
+
+    def __init__(self, name: str, cluster: EtcdCluster, source: str, keys: list[str]) -> None:
+        self.history = History(name)
+        self.store = EtcdHistory(cluster, "/app/", self.history)
+        self.cluster = cluster
+        self.hub = make_hub(source)
+        self.keys = keys
+
+    @contextmanager
+    def running(self, readers: int = 4) -> Iterator[Hub]:
+        hub = self.hub.start()
+        try:
+            self.history.attach(hub)
+            stop = self.history.start_readers(
+                readers, lambda r: self.history.sample_snapshot(r, hub, self.keys), interval=0.002
+            )
+            try:
+                yield hub
+            finally:
+                stop()
+            self.converge(hub)
+        finally:
+            hub.close()
+        self.report = self.history.check()
+        print(f"{self.history.name}: {self.report.stats}")  # shown with -rA / -s
+        assert self.report.stats["commits"] > 0, "a vacuous history"
+
+    def converge(self, hub: Hub, timeout: float = 15.0) -> None:
+        """Read the store's history and final state; wait until the hub delivered it."""
+        self.store.sync()
+        final = self.store.final_state()
+        self.history.store_state(final)
+        sub = self.history.subscribers[0]
+
+        def caught_up() -> bool:
+            flat = {k: str(v) for k, v in hub.snapshot().flat().items()}
+            last = sub.changes[-1][0] if sub.changes else sub.start_generation
+            return flat == final and last == hub.generation
+
+        wait_until(caught_up, timeout, "the hub converging on the store's final state")
+        self.history.hub_state(hub)
+
+
+# -- 1: SIGKILL mid-watch, restart, writes after restart --------------------------------------
+
+
+def test_01_sigkill_mid_watch_then_restart_with_writes(etcd: EtcdServer) -> None:
+    """etcd SIGKILLed under a stream of writes and restarted on its data dir: stale with the
+    last good values meanwhile, live again within T_recover, no gap, no duplicate."""
+    etcd.put("/app/n", "0")
+    sc = Scenario("etcd-1-sigkill", etcd, spec(etcd.endpoint), ["n", "m"])
+    with sc.running() as hub, Writer(lambda i: etcd.put("/app/n", str(i)), period=0.005) as w:
+        w.wait_done(50, 10)
+        etcd.kill()
+        wait_until(lambda: state(hub) == "stale", T_DETECT, "stale after the kill")
+        served = hub.get("n")
+        assert hub.explain("n").stale
+        time.sleep(0.5)
+        assert hub.get("n") == served  # last good, unchanged while down
+        t0 = time.monotonic()
+        etcd.start(0)
+        done = w.done
+        w.wait_done(done + 50, 15)  # the writer resumes after the restart
+        etcd.put("/app/m", "after-restart")
+        wait_until(lambda: hub.get("m", None) == "after-restart", T_RECOVER, "recovery")
+        wait_until(lambda: state(hub) == "live", T_RECOVER, "live again")
+        assert time.monotonic() - t0 < T_RECOVER + 5
+
+
+# -- 2: left down (compressed), no spin, no thread growth, no log flood ------------------------
+
+
+@pytest.mark.slow
+def test_02_left_down_no_spin_no_flood(etcd: EtcdServer, caplog: pytest.LogCaptureFixture) -> None:
+    """etcd down for 8 s (standing in for 10 min) with the backoff capped at 1 s: bounded
+    reconnect attempts, low CPU, constant thread count, one log line per state change;
+    everything written before the stop and after the return is delivered."""
+    etcd.put("/app/a", "1")
+    opts = "retry_initial=0.1&retry_max=1&progress_interval=0.5"
+    sc = Scenario("etcd-2-left-down", etcd, spec(etcd.endpoint, opts=opts), ["a"])
+    caplog.set_level(logging.INFO, logger="confhub")
+    with sc.running(readers=1) as hub:
+        etcd.put("/app/a", "2")
+        wait_until(lambda: hub.get("a") == "2", 5)
+        etcd.stop()
+        wait_until(lambda: state(hub) == "stale", T_DETECT, "stale")
+        time.sleep(0.5)
+        caplog.clear()
+        threads = threading.active_count()
+        w = watcher(hub)
+        reconnects = w.reconnects
+        cpu = cpu_seconds()
+        down = 8.0
+        time.sleep(down)
+        cpu_used = cpu_seconds() - cpu
+        attempts = w.reconnects - reconnects
+        assert threading.active_count() == threads, "thread count changed while down"
+        # Capped at 1 s with jitter in [0.5, 1]: at most ~down/0.5 attempts, never a spin.
+        assert attempts <= down / 0.5 + 2, attempts
+        assert cpu_used < 0.25 * down, f"{cpu_used:.2f}s CPU in {down}s down: spinning"
+        lines = [r for r in caplog.records if r.name.startswith("confhub")]
+        assert len(lines) <= 2, [r.getMessage() for r in lines]
+        etcd.start(0)
+        etcd.put("/app/a", "3")
+        wait_until(lambda: hub.get("a") == "3", T_RECOVER)
+        wait_until(lambda: state(hub) == "live", T_RECOVER)
+
+
+# -- 3: SIGSTOP the only etcd ------------------------------------------------------------------
+
+
+def test_03_sigstop_half_open_then_sigcont(etcd: EtcdServer) -> None:
+    """A paused etcd (sockets open, nothing answers): the watch is declared lost within
+    T_detect, a unary load fails within its deadline, and after SIGCONT everything written
+    is delivered with no gap."""
+    etcd.put("/app/a", "1")
+    sc = Scenario("etcd-3-sigstop", etcd, spec(etcd.endpoint), ["a", "b"])
+    with sc.running() as hub:
+        etcd.put("/app/a", "2")
+        wait_until(lambda: hub.get("a") == "2", 5)
+        etcd.pause()
+        try:
+            t0 = time.monotonic()
+            wait_until(lambda: state(hub) == "stale", T_DETECT, "watch declared lost")
+            detected = time.monotonic() - t0
+            backend = hub._slots[0].backends[0]
+            t1 = time.monotonic()
+            with pytest.raises(SourceUnavailableError):
+                backend.load()  # type: ignore[union-attr]
+            assert time.monotonic() - t1 < 1.0 + 1.5  # the 1 s deadline + margin
+            assert hub.get("a") == "2"
+        finally:
+            etcd.resume()
+        for i in range(3, 20):
+            etcd.put("/app/a", str(i))
+        etcd.put("/app/b", "after")
+        wait_until(lambda: hub.get("b", None) == "after", T_RECOVER, "recovery")
+        wait_until(lambda: state(hub) == "live", T_RECOVER)
+    assert detected < T_DETECT
+
+
+# -- 4: three members, SIGKILL the leader during writes --------------------------------------
+
+
+@pytest.mark.slow
+def test_04_leader_killed_during_continuous_writes(cluster: EtcdCluster) -> None:
+    """With all three endpoints, killing the leader under ~200 writes/s loses, repeats and
+    reorders nothing; errors are retried, never published as config errors."""
+    cluster.put("/app/n", "0")
+    sc = Scenario("etcd-4-leader-kill", cluster, spec(cluster.endpoints), ["n"])
+    with sc.running() as hub:
+        errors: list[Any] = []
+        hub.subscribe(on_error=errors.append)
+        with Writer(lambda i: cluster.put("/app/n", str(i)), period=0.005) as w:
+            w.wait_done(100, 15)
+            leader = cluster.leader()
+            t0 = time.monotonic()
+            cluster.kill(leader)
+            w.wait_done(w.done + 300, 30)
+        assert time.monotonic() - t0 < 30
+        wait_until(lambda: state(hub) == "live", T_RECOVER)
+        assert not [e for e in errors if not isinstance(e.error, SourceUnavailableError)]
+
+
+# -- 5: quorum loss ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_05_quorum_loss_then_return(cluster: EtcdCluster) -> None:
+    """Two of three members killed, the hub on the survivor: the watch is cancelled (no
+    leader) and health degrades within ~3 election timeouts + margin; last good served;
+    after the members return the hub resyncs with no gap."""
+    cluster.put("/app/a", "1")
+    sc = Scenario("etcd-5-quorum", cluster, spec(cluster.members[0].endpoint), ["a", "b"])
+    with sc.running() as hub:
+        cluster.put("/app/a", "2")
+        wait_until(lambda: hub.get("a") == "2", 5)
+        t0 = time.monotonic()
+        cluster.kill(1)
+        cluster.kill(2)
+        wait_until(lambda: hub.health().degraded, 3 * 0.5 + T_DETECT, "degraded")
+        lost = time.monotonic() - t0
+        assert hub.get("a") == "2"
+        cluster.start(1)
+        cluster.start(2)
+        cluster.put("/app/a", "3")
+        cluster.put("/app/b", "back")
+        wait_until(lambda: hub.get("b", None) == "back", T_RECOVER + 5, "resync")
+        wait_until(lambda: state(hub) == "live", T_RECOVER)
+    assert lost < 3 * 0.5 + T_DETECT
+
+
+# -- 6: blackhole between the hub and its member -------------------------------------------------
+
+
+@pytest.mark.slow
+def test_06_blackholed_endpoint_switches_and_resumes(cluster: EtcdCluster) -> None:
+    """The connection to member 0 is blackholed by a proxy (the member stays healthy): the
+    hub moves to another endpoint within T_recover and resumes from its last revision;
+    writes made meanwhile arrive."""
+    cluster.put("/app/n", "0")
+    with TcpProxy(cluster.members[0].endpoint) as proxy:
+        endpoints = [proxy.endpoint, cluster.members[1].endpoint, cluster.members[2].endpoint]
+        sc = Scenario("etcd-6-blackhole", cluster, spec(endpoints), ["n"])
+        with sc.running() as hub:
+            with Writer(lambda i: cluster.put("/app/n", str(i)), period=0.01) as w:
+                w.wait_done(20, 10)
+                assert watcher(hub).endpoint == proxy.endpoint
+                proxy.set_mode("blackhole")
+                t0 = time.monotonic()
+                wait_until(
+                    lambda: watcher(hub).endpoint != proxy.endpoint, T_RECOVER, "endpoint switch"
+                )
+                switched = time.monotonic() - t0
+                w.wait_done(w.done + 50, 10)
+            wait_until(lambda: state(hub) == "live", T_RECOVER)
+            proxy.set_mode("pass")
+    assert switched < T_RECOVER
+
+
+# -- 9: watch resume at the compaction edge -----------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [1, 2])
+def test_09_resume_at_the_compaction_edge(etcd: EtcdServer, offset: int) -> None:
+    """While the hub is cut off at revision R, the store moves on and is compacted at R+1
+    (resuming at R+1 is still allowed) or R+2 (R+1 is gone: a resync). Either way: no
+    gap beyond the resync window, nothing reordered, no endless create loop."""
+    etcd.put("/app/a", "0")
+    with TcpProxy(etcd.endpoint) as proxy:
+        sc = Scenario(f"etcd-9-edge+{offset}", etcd, spec(proxy.endpoint), ["a", "b"])
+        with sc.running() as hub:
+            etcd.put("/app/a", "1")
+            wait_until(lambda: hub.get("a") == "1", 5)
+            w = watcher(hub)
+            revision = w.revision
+            proxy.set_mode("refuse")
+            proxy.reset()
+            wait_until(lambda: state(hub) == "stale", T_DETECT)
+            for i in range(2, 8):
+                etcd.put("/app/a", str(i))
+            etcd.put("/app/b", "x")
+            sc.store.sync()
+            etcd.compact(revision + offset)
+            proxy.set_mode("pass")
+            wait_until(lambda: hub.get("b", None) == "x", T_RECOVER, "resume")
+            wait_until(lambda: state(hub) == "live", T_RECOVER)
+            assert (w.resyncs >= 1) == (offset == 2), w.resyncs
+            assert w.reconnects < 20
+
+
+# -- 10: a 50-key transaction is one change, atomic to readers ---------------------------------
+
+
+def test_10_fifty_key_txn_is_one_change_even_across_breaks(etcd: EtcdServer) -> None:
+    """Transactions of 50 keys each arrive as one Change and are never seen half-applied by
+    readers, including when the stream is reset right after one and while catching up."""
+    keys = [f"k{i:02d}" for i in range(50)]
+    with TcpProxy(etcd.endpoint) as proxy:
+        sc = Scenario("etcd-10-txn", etcd, spec(proxy.endpoint), keys)
+        client = _client(etcd)
+        try:
+            client.put_many({f"/app/{k}": "0" for k in keys})
+            with sc.running(readers=6) as hub:
+                for round_ in range(1, 16):
+                    client.put_many({f"/app/{k}": f"{round_}" for k in keys})
+                    if round_ in (2, 4, 11):
+                        proxy.reset()  # break the stream right after a txn
+                    if round_ == 6:
+                        proxy.set_mode("refuse")  # rounds 6-8 are caught up at once
+                        proxy.reset()
+                        wait_until(lambda: state(hub) == "stale", T_DETECT)
+                    if round_ == 8:
+                        proxy.set_mode("pass")
+                    if round_ not in (6, 7):
+                        wait_until(lambda r=round_: hub.get("k49") == str(r), T_RECOVER)
+        finally:
+            client.close()
+    changes = sc.history.subscribers[0].changes
+    assert len(changes) >= 10
+    assert {len(ch[2]) for ch in changes} == {50}  # one Change per txn (or per catch-up)
+
+
+def _client(etcd: EtcdCluster) -> Any:
+    from confhub_etcd._client import EtcdClient
+
+    return EtcdClient(etcd.endpoints, timeout=2.0)
+
+
+# -- 12: auth token expiry ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_12_auth_token_expiry_is_transparent() -> None:
+    """With simple tokens living 2 s, a hub idle for 5 s still reads, writes and watches:
+    one transparent re-authentication, within the call deadline."""
+    with EtcdServer(auth=True, auth_token_ttl=2) as etcd:
+        etcd.put("/app/a", "1")
+        source = spec(etcd.endpoint, opts=f"user=root&password={etcd.root_password}&{FAST}")
+        sc = Scenario("etcd-12-token-ttl", etcd, source, ["a", "b"])
+        with sc.running(readers=1) as hub:
+            time.sleep(5)  # every token is expired now
+            t0 = time.monotonic()
+            layer = hub._slots[0].backends[0].load()  # type: ignore[union-attr]
+            assert layer.values["a"] == "1"
+            hub.write("b", "written-after-expiry")
+            assert time.monotonic() - t0 < 2 * 1.0 + 1
+            wait_until(lambda: hub.get("b", None) == "written-after-expiry", T_RECOVER)
+            etcd.put("/app/a", "2")
+            wait_until(lambda: hub.get("a") == "2", T_RECOVER)
+            assert state(hub) == "live"
+
+
+# -- 13: wrong password --------------------------------------------------------------------------
+
+
+def test_13_wrong_password_fails_fast_and_is_never_shown(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong password (in the URL and as an option) fails start within the connect deadline
+    with SourcePermissionError, retries nothing, and appears in no log line, message or repr."""
+    wrong = "Wr0ng-S3cret-plugh-42"
+    caplog.set_level(logging.DEBUG)
+    with EtcdServer(auth=True) as etcd:
+        for source in (
+            f"etcd://root:{wrong}@{etcd.endpoint}/app/?{FAST}",
+            spec(etcd.endpoint, opts=f"user=root&password={wrong}&{FAST}"),
+        ):
+            hub = make_hub(source)
+            t0 = time.monotonic()
+            with pytest.raises(StartupError) as info:
+                hub.start()
+            assert time.monotonic() - t0 < 2.0
+            causes = [e for _, e in info.value.attempts]
+            assert any(isinstance(e, SourcePermissionError) for e in causes)
+            texts = [
+                str(info.value), repr(info.value), repr(hub), str(hub.health().to_dict()),
+                *map(str, causes), *map(repr, causes), caplog.text,
+            ]  # fmt: skip
+            chained = info.value.__cause__ or info.value.__context__
+            while chained is not None:
+                texts += [str(chained), repr(chained)]
+                chained = chained.__cause__ or chained.__context__
+            assert not [t for t in texts if wrong in t]
+    out = capsys.readouterr()
+    assert wrong not in out.out + out.err
+
+
+# -- 14: oversized values and transactions ----------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [int(1.6 * 2**20), 10 * 2**20])
+def test_14_oversized_values_are_refused_before_the_server(etcd: EtcdServer, size: int) -> None:
+    """1.6 MiB and 10 MiB values are refused client-side (WriteError naming the limit); the
+    store revision does not move and the hub keeps serving."""
+    etcd.put("/app/a", "1")
+    sc = Scenario(f"etcd-14-{size}", etcd, spec(etcd.endpoint), ["a"])
+    with sc.running(readers=1) as hub:
+        before = etcd.revision()
+        t0 = time.monotonic()
+        with pytest.raises(WriteError, match=r"(?i)limit|too large|max"):
+            hub.write("big", "x" * size)
+        assert time.monotonic() - t0 < 2
+        assert etcd.revision() == before
+        assert hub.get("a") == "1"
+
+
+def test_14_too_many_txn_ops_refused_client_side(etcd: EtcdServer) -> None:
+    """A 200-operation transaction is refused by the client before anything is sent."""
+    from confhub_etcd._errors import EtcdLimitError
+
+    client = _client(etcd)
+    try:
+        before = etcd.revision()
+        with pytest.raises(EtcdLimitError):
+            client.put_many({f"/app/k{i}": "v" for i in range(200)})
+        assert etcd.revision() == before
+    finally:
+        client.close()
