@@ -1,0 +1,492 @@
+"""Bad input, fuzzed: the merge, key mappings, decoders and parsers, and resource bombs.
+
+Every property states what must hold for *any* input: either a result or a
+:class:`SourceFormatError` (or :class:`SpecError`), never another exception; incremental
+updates equal a full merge; a hub converges on the store's final valid state.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from confhub import (
+    MISSING,
+    Change,
+    ErrorEvent,
+    Hub,
+    Layer,
+    LayerDelta,
+    SourceFormatError,
+    SourcePermissionError,
+    SpecError,
+)
+from confhub._backends.env import EnvBackend, env_key
+from confhub._layer import flatten, unflatten
+from confhub._merge import merge_full, merge_update
+from confhub._parsers import MAX_DEPTH, MAX_NODES, parse_document
+from confhub._spec import SourceSpec
+from confhub.testing import MemoryStore
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# -- the merge: deltas applied one after another ------------------------------------------
+
+#: A small key pool full of leaf/parent relations, so that clashes are common.
+POOL = ["a", "a.b", "a.b.c", "a.d", "e", "e.f", "g"]
+values = st.sampled_from(["1", "2", "", 3])
+flat_dicts = st.dictionaries(st.sampled_from(POOL), values, max_size=4)
+deltas = st.builds(
+    lambda s, d: LayerDelta(set=s, deleted=d),
+    flat_dicts,
+    st.frozensets(st.sampled_from(POOL), max_size=3),
+)
+
+
+def _valid_layer(data: dict[str, Any]) -> Layer | None:
+    try:
+        return Layer.from_flat(data, source="fuzz")
+    except SourceFormatError:
+        return None
+
+
+@FUZZ
+@given(
+    st.lists(flat_dicts.map(_valid_layer).filter(lambda x: x is not None), min_size=1, max_size=3),
+    st.lists(st.tuples(st.integers(0, 2), deltas), min_size=1, max_size=10),
+)
+def test_delta_sequence_applied_incrementally_equals_full_merge(
+    layers: list[Layer], steps: list[tuple[int, LayerDelta]]
+) -> None:
+    """After every applicable delta, merge_update's view and changes equal a full merge."""
+    merged = merge_full(layers)
+    for raw_index, delta in steps:
+        index = raw_index % len(layers)
+        try:
+            new_layer = layers[index].apply(delta, source="fuzz")
+        except SourceFormatError:
+            continue  # a leaf/parent clash: the layer stays as it was
+        # The applied layer is exactly the layer built from scratch.
+        rebuilt = Layer.from_flat(dict(new_layer.values), source="fuzz")
+        assert dict(new_layer.inner) == dict(rebuilt.inner)
+        updated, changed = merge_update(merged, layers, index, new_layer, delta)
+        layers = [*layers[:index], new_layer, *layers[index + 1 :]]
+        expected = merge_full(layers)
+        assert dict(updated.values) == dict(expected.values)
+        assert dict(updated.origins) == dict(expected.origins)
+        assert dict(updated.inner) == dict(expected.inner)
+        want = {
+            k: (merged.values.get(k, MISSING), expected.values.get(k, MISSING))
+            for k in set(merged.values) | set(expected.values)
+            if merged.values.get(k, MISSING) != expected.values.get(k, MISSING)
+        }
+        assert {k: (o, n) for k, o, n in changed} == want
+        merged = updated
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    flat_dicts.map(_valid_layer).filter(lambda x: x is not None),
+    st.lists(deltas, min_size=1, max_size=12),
+)
+def test_hub_converges_on_the_stores_final_valid_state(
+    initial: Layer, steps: list[LayerDelta]
+) -> None:
+    """Through clash deltas and all, the hub ends serving exactly what the store holds."""
+    store = MemoryStore("app", unflatten(initial.values.items()))
+    with Hub([{"zz": "default"}, "memory:app"], plugins=[store], autoload=False) as hub:
+        for delta in steps:
+            store.transaction(delta.set, delete=delta.deleted)
+        final = _valid_layer(store.data)
+        if final is None:
+            # The store holds a clash: the hub keeps its last good layer and says why.
+            assert hub.health().sources[1].state == "stale"
+            return
+        wait_for(lambda: dict(hub.snapshot()._layers[1].values) == store.data, timeout=2)
+        expected = dict(merge_full([Layer.from_flat({"zz": "default"}, source="d"), final]).values)
+        assert dict(hub.snapshot().flat()) == expected
+        assert hub.health().sources[1].state == "live"
+
+
+# -- key mappings --------------------------------------------------------------------------
+
+segments = st.from_regex(r"[a-z0-9]+(_[a-z0-9]+)*", fullmatch=True)
+dotted_keys = st.lists(segments, min_size=1, max_size=4).map(".".join)
+
+
+@FUZZ
+@given(dotted_keys)
+def test_env_name_round_trip(key: str) -> None:
+    """A dotted key written as APP_SEG__SEG maps back to the same key."""
+    name = "APP_" + "__".join(part.upper() for part in key.split("."))
+    assert env_key(name, "APP_") == key
+
+
+@FUZZ
+@given(st.text(max_size=30), st.sampled_from(["APP_", "", "X"]))
+def test_env_key_never_raises_and_never_makes_empty_segments(name: str, prefix: str) -> None:
+    """Any variable name maps to None or to a key without empty segments."""
+    key = env_key(name, prefix)
+    if key is not None:
+        assert all(key.split(".")), key
+        assert name.startswith(prefix)
+
+
+@pytest.mark.parametrize("name", ["APP_", "APP___A", "APP_A__", "APP_A____B", "APP_A.", "APP_.A"])
+def test_env_names_with_empty_segments_are_ignored(name: str) -> None:
+    """Names that would give an empty key segment map to nothing (regression: dots)."""
+    assert env_key(name, "APP_") is None
+
+
+env_names = st.one_of(
+    st.text(alphabet="APX_._bB", min_size=1, max_size=10),
+    st.builds(lambda k: "APP_" + k, st.text(alphabet="AB_.", max_size=8)),
+)
+
+
+@FUZZ
+@given(st.dictionaries(env_names, st.text(max_size=5), max_size=8))
+def test_env_decoder_loads_or_raises_format_error(environ: dict[str, str]) -> None:
+    """Any environment either loads as a layer or is a SourceFormatError."""
+    backend = EnvBackend(SourceSpec.parse("env:APP_"), environ=environ)
+    try:
+        layer = backend.load()
+    except SourceFormatError as exc:
+        error = exc
+    else:
+        error = None
+    if error is not None:
+        assert error.source == "env:APP_"
+        return
+    for key, value in layer.values.items():
+        assert all(key.split("."))
+        assert value in environ.values()
+
+
+names = st.text(alphabet="ab_0", min_size=1, max_size=3)
+nested = st.recursive(
+    st.one_of(st.integers(), st.text(max_size=3), st.booleans()),
+    lambda children: st.dictionaries(names, children, min_size=1, max_size=3),
+    max_leaves=10,
+)
+
+
+@FUZZ
+@given(st.dictionaries(names, nested, max_size=4))
+def test_flatten_unflatten_round_trip(document: dict[str, Any]) -> None:
+    """A nested document without dotted keys flattens and unflattens to itself."""
+    flat = flatten(document, source="fuzz")
+    assert unflatten(flat.items()) == document
+    assert Layer.from_flat(flat, source="fuzz").nested() == document
+
+
+kv_keys = st.text(alphabet="ab.", min_size=1, max_size=5)
+
+
+@FUZZ
+@given(st.dictionaries(kv_keys, st.just("v"), max_size=8))
+def test_from_flat_is_a_layer_or_an_error_naming_both_clashing_keys(
+    data: dict[str, str],
+) -> None:
+    """Arbitrary KV key sets: a layer, or a SourceFormatError quoting the leaf and its child."""
+    try:
+        layer = Layer.from_flat(data, source="kv")
+    except SourceFormatError as exc:
+        message = str(exc)
+        quoted = [k for k in data if repr(k) in message]
+        parent = exc.key
+        assert parent in data
+        assert any(k != parent and k.startswith(parent + ".") for k in quoted), message
+        return
+    assert dict(layer.values) == data
+    for key in data:
+        assert not any(k.startswith(key + ".") for k in data)
+
+
+# -- document parsers ------------------------------------------------------------------------
+
+FRAGMENTS = [
+    b"a",
+    b":",
+    b" ",
+    b"\n",
+    b"- ",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b"&x",
+    b"*x",
+    b"!!",
+    b"int",
+    b"timestamp",
+    b"binary",
+    b"9999999999",
+    b"=",
+    b'"',
+    b"'",
+    b",",
+    b"<<",
+    b"?",
+    b"\t",
+    b"\\",
+    b"#",
+    b"0x",
+    b"1e999",
+    b".",
+    b"\x00",
+    b"\xff",
+    b"!",
+    b"---",
+    b"|",
+    b"NaN",
+    b"true",
+]
+documents = st.one_of(
+    st.binary(max_size=60), st.lists(st.sampled_from(FRAGMENTS), max_size=25).map(b"".join)
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents, st.sampled_from(["toml", "json", "yaml"]))
+def test_parse_document_returns_a_mapping_or_a_format_error(content: bytes, fmt: str) -> None:
+    """Any bytes: a mapping, or SourceFormatError/SpecError; never another exception."""
+    try:
+        data = parse_document(content, fmt, source="fuzz")
+    except (SourceFormatError, SpecError):
+        return
+    assert isinstance(data, dict)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content"),
+    [
+        ("json", b'{"a": ' + b"9" * 5000 + b"}"),
+        ("toml", b"a = " + b"9" * 5000),
+        ("yaml", b"a: " + b"9" * 5000),
+        ("yaml", b"a: !!int zz"),
+        ("yaml", b"!!int"),
+        ("yaml", b"a: !!timestamp 2001-99-14"),
+        ("yaml", b"a: 1\x00"),
+        ("yaml", b"\x7f{"),
+    ],
+)
+def test_parser_regressions_are_format_errors(fmt: str, content: bytes) -> None:
+    """Inputs that once escaped as ValueError/IndexError/ReaderError are SourceFormatError."""
+    with pytest.raises(SourceFormatError):
+        parse_document(content, fmt, source="fuzz")
+
+
+# -- resource bombs ----------------------------------------------------------------------------
+
+
+def _bounded(fn: Callable[[], Any], *, seconds: float, mib: float, trace: bool = True) -> Any:
+    """Run ``fn``; assert it took at most ``seconds`` and allocated at most ``mib`` at peak.
+
+    ``trace=False`` bounds the growth of the process's peak RSS instead of tracemalloc's
+    peak: tracemalloc slows the pure-Python YAML scanner (and deep recursion) tenfold.
+    """
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if trace:
+        tracemalloc.start()
+    began = time.monotonic()
+    try:
+        try:
+            result: Any = fn()
+        except SourceFormatError as exc:
+            result = exc
+        took = time.monotonic() - began
+        if trace:
+            peak = tracemalloc.get_traced_memory()[1] / 2**20
+            assert peak < mib, f"peak {peak:.1f} MiB"
+    finally:
+        if trace:
+            tracemalloc.stop()
+    if not trace:  # tracemalloc's own bookkeeping would count here
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+        assert grown < mib, f"peak RSS grew {grown:.1f} MiB"
+    assert took < seconds, f"took {took:.2f}s"
+    return result
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text"),
+    [
+        ("json", "[" * 100_000 + "]" * 100_000),
+        ("json", '{"a":' * 100_000 + "1" + "}" * 100_000),
+        ("toml", "a = " + "[" * 100_000 + "]" * 100_000),
+        ("yaml", "a: " + "[" * 20_000 + "]" * 20_000),
+        ("yaml", "".join(" " * i + "a:\n" for i in range(2_000))),
+    ],
+)
+def test_deep_nesting_is_refused_fast(fmt: str, text: str) -> None:
+    """100,000-deep JSON/TOML (and deep YAML) is refused in bounded time and memory."""
+    error = _bounded(
+        lambda: parse_document(text, fmt, source="bomb"), seconds=3, mib=64, trace=fmt != "yaml"
+    )
+    assert isinstance(error, SourceFormatError)
+    assert f"deeper than {MAX_DEPTH}" in str(error)
+
+
+def test_yaml_alias_bomb_over_nine_levels_is_refused_fast() -> None:
+    """A 9-level "billion laughs" is refused before anything is expanded."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    error = _bounded(
+        lambda: parse_document("\n".join(lines), "yaml", source="bomb"), seconds=1, mib=8
+    )
+    assert isinstance(error, SourceFormatError)
+    assert "alias bomb" in str(error)
+
+
+@pytest.mark.parametrize("fmt", ["json", "toml", "yaml"])
+def test_ten_mib_value_is_accepted_in_bounded_time_and_memory(fmt: str) -> None:
+    """A 10 MiB string value is within the bounds: accepted, in linear time and memory."""
+    big = "x" * (10 * 2**20)
+    text = {"json": json.dumps({"v": big}), "toml": f'v = "{big}"', "yaml": f'v: "{big}"'}[fmt]
+    # The pure-Python YAML scanner is slow under tracemalloc: time it without.
+    data = _bounded(
+        lambda: parse_document(text.encode(), fmt, source="big"),
+        seconds=8,
+        mib=64,
+        trace=fmt == "json",
+    )
+    assert data["v"] == big
+
+
+def test_ten_mib_value_through_a_hub_is_delivered_once_in_memory() -> None:
+    """A 10 MiB value set in the store reaches get() and subscribers without copies piling up."""
+    store = MemoryStore("app", {"small": "1"})
+    with Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=None) as hub:
+        got: list[Change] = []
+        hub.subscribe(got.append)
+        big = "y" * (10 * 2**20)
+        _bounded(lambda: store.set("big", big), seconds=2, mib=12)
+        assert hub.get("big") is big
+        wait_for(lambda: got)
+        assert [c.new for c in got[0]] == [big]
+        assert got[0].changes[0].new is big
+
+
+def test_a_million_keys_are_refused_in_bounded_time_and_memory() -> None:
+    """A document of 1,000,000 keys is over MAX_NODES: refused, memory proportional to the text."""
+    text = "{" + ",".join(f'"k{i}":{i}' for i in range(MAX_NODES)) + "}"
+    error = _bounded(lambda: parse_document(text, "json", source="bomb"), seconds=15, mib=400)
+    assert isinstance(error, SourceFormatError)
+    assert "more than 1,000,000 values" in str(error)
+
+
+def test_a_million_values_through_yaml_aliases_are_refused_fast() -> None:
+    """A million values reached through aliases are refused without building them."""
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 6)]
+    error = _bounded(
+        lambda: parse_document("\n".join(lines), "yaml", source="bomb"), seconds=1, mib=8
+    )
+    assert isinstance(error, SourceFormatError)
+
+
+# -- invalid UTF-8 -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content", [b'{"k\xffey": 1}', b'{"key": "va\xc3\x28lue"}', b'{"ok": 1, "bad": "\xed\xa0\x80"}']
+)
+def test_invalid_utf8_in_a_file_key_or_value_fails_start(tmp_path: Path, content: bytes) -> None:
+    """A file with invalid UTF-8 in a key or a value is a format error naming the byte."""
+    path = tmp_path / "c.json"
+    path.write_bytes(content)
+    with pytest.raises(SourceFormatError, match="not valid UTF-8 at byte"):
+        Hub([f"file:{path}"], autoload=False).start()
+
+
+def test_invalid_utf8_in_a_watched_file_keeps_last_good_then_applies_the_fix(
+    tmp_path: Path,
+) -> None:
+    """A save with invalid UTF-8 is rejected (no U+FFFD published); the next good save applies."""
+    path = tmp_path / "c.json"
+    path.write_bytes(b'{"v": "good"}')
+    with Hub([f"file:{path}?settle=0.01"], autoload=False, cache_dir=None) as hub:
+        errors: list[ErrorEvent] = []
+        hub.subscribe(on_error=errors.append)
+        path.write_bytes(b'{"v": "b\xffd"}')
+        wait_for(lambda: errors)
+        assert isinstance(errors[0].error, SourceFormatError)
+        assert hub.get("v") == "good"
+        assert "\ufffd" not in json.dumps(hub.snapshot().to_dict())
+        path.write_bytes(b'{"v": "fixed"}')
+        wait_for(lambda: hub.get("v") == "fixed")
+        assert hub.health().sources[0].state == "live"
+
+
+def test_invalid_utf8_in_a_cache_file_is_never_used(tmp_path: Path) -> None:
+    """A cache file with invalid UTF-8 is quarantined; the source is then unavailable."""
+    from confhub import StartupError
+
+    store = MemoryStore("app", {"a": "1"})
+    with Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=tmp_path):
+        pass
+    (cache,) = tmp_path.glob("memory-*.json")
+    cache.write_bytes(cache.read_bytes().replace(b'"1"', b'"\xff"'))
+    store.fail()
+    with pytest.raises(StartupError):
+        Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=tmp_path).start()
+    assert list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_bytes_keys_and_values_in_a_layer_are_not_decoded_or_replaced() -> None:
+    """The Layer path keeps what a store gave: nothing is decoded with replacement."""
+    store = MemoryStore("app", {"a": "1"})
+    with Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=None) as hub:
+        store.set("raw", b"\xff\xfe")
+        assert hub.get("raw") == b"\xff\xfe"
+        with pytest.raises(SourceFormatError):
+            store.set("", "empty key")  # flatten refuses an empty segment
+        assert hub.get("a") == "1"
+
+
+# -- empty vs deleted vs permission-filtered ----------------------------------------------------
+
+
+def test_empty_deleted_and_permission_filtered_keys_stay_distinct() -> None:
+    """An empty value stays a key, a delete publishes MISSING, a refusal keeps keys and says so."""
+    store = MemoryStore("app", {"empty": "x", "gone": "y", "kept": "z"})
+    with Hub(
+        [{"gone": "default"}, "memory:app"], plugins=[store], autoload=False, cache_dir=None
+    ) as hub:
+        changes: list[Change] = []
+        errors: list[ErrorEvent] = []
+        hub.subscribe(changes.append, on_error=errors.append)
+        store.set("empty", "")
+        assert hub.get("empty") == ""
+        assert "empty" in hub
+        store.delete("gone")
+        assert hub.get("gone") == "default"  # the lower layer shows through
+        store.delete("empty")
+        assert "empty" not in hub
+        wait_for(lambda: len(changes) == 3)
+        assert [(c.key, c.new) for ch in changes for c in ch] == [
+            ("empty", ""),
+            ("gone", "default"),
+            ("empty", MISSING),
+        ]
+        store.set("empty", "")
+        store.fail(SourcePermissionError)
+        wait_for(lambda: errors)
+        assert isinstance(errors[0].error, SourcePermissionError)
+        assert hub.get("empty") == ""
+        assert hub.get("kept") == "z"
+        health = hub.health().sources[1]
+        assert health.state == "stale"
+        assert health.keys == 2
+        assert health.last_error == str(errors[0].error)
