@@ -1,0 +1,320 @@
+"""Load: 16 readers while ~1,000 updates per second stream in; misbehaving listeners.
+
+Every run is bounded in time; each test checks what readers saw (no torn reads, nothing
+going backwards), what subscribers got (the last value of every key), and that memory and
+the notifier's queue stayed bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+from conftest import wait_for
+
+from confhub import Change, Hub
+from confhub.testing import MemoryStore
+
+RATE = 1000  # transactions per second
+DURATION = 3.0
+READERS = 16
+BACKLOG = 64
+
+
+@attrs.frozen
+class Pair:
+    a: int
+    b: int
+
+
+@attrs.frozen
+class Triple:
+    x: int
+    y: int
+    z: int
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return pages * 4096 / 2**20
+
+
+def _initial() -> dict[str, Any]:
+    return {
+        "pair": {"a": "0", "b": "0"},
+        "triple": {"x": "0", "y": "0", "z": "0"},
+        **{f"k{i}": "0" for i in range(20)},
+    }
+
+
+def _write(store: MemoryStore, n: int) -> None:
+    """One transaction: a pair, a triple and one rotating key, all to ``n``."""
+    store.transaction(
+        {
+            "pair.a": str(n),
+            "pair.b": str(n),
+            "triple.x": str(n),
+            "triple.y": str(n),
+            "triple.z": str(n),
+            f"k{n % 20}": str(n),
+        }
+    )
+
+
+def _paced_writer(
+    store: MemoryStore, stop: threading.Event, written: list[int], duration: float = DURATION
+) -> Callable[[], None]:
+    def run() -> None:
+        began = time.monotonic()
+        n = 0
+        while not stop.is_set():
+            elapsed = time.monotonic() - began
+            if elapsed > duration:
+                break
+            due = began + n / RATE
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())
+            n += 1
+            _write(store, n)
+            written.append(n)
+
+    return run
+
+
+class Recorder:
+    """A subscriber keeping the last value of every key, checking pairs stay together."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.last: dict[str, Any] = {}
+        self.generations: list[int] = []
+        self.problems: list[str] = []
+        self.calls = 0
+
+    def __call__(self, change: Change) -> None:
+        self.calls += 1
+        if self.generations and change.generation <= self.generations[-1]:
+            self.problems.append(f"generation {change.generation} after {self.generations[-1]}")
+        self.generations.append(change.generation)
+        got = {c.key: c.new for c in change}
+        for group in (("pair.a", "pair.b"), ("triple.x", "triple.y", "triple.z")):
+            present = [k for k in group if k in got]
+            if present and (len(present) != len(group) or len({got[k] for k in group}) != 1):
+                self.problems.append(f"torn change at {change.generation}: {got}")
+        self.last.update(got)
+        if self.delay:
+            time.sleep(self.delay)
+
+
+def test_sixteen_readers_under_a_thousand_updates_per_second() -> None:
+    """No torn reads, no generation going back, bounded memory and queue, last values delivered."""
+    store = MemoryStore("app", _initial())
+    stop = threading.Event()
+    problems: list[str] = []
+    reads = [0] * READERS
+    written: list[int] = []
+    queue_sizes: list[int] = []
+    with Hub(["memory:app"], plugins=[store], autoload=False, max_backlog=BACKLOG) as hub:
+        pair_view = hub.view(Pair, prefix="pair")
+        triple_view = hub.view(Triple, prefix="triple")
+        fast, slow = Recorder(), Recorder(delay=0.002)
+        hub.subscribe(fast)
+        hub.subscribe(slow)
+
+        def reader(i: int) -> None:
+            last_gen = last_get = last_view = last_view_gen = 0
+            while not stop.is_set():
+                snap = hub.snapshot()
+                pa, pb = snap["pair.a"], snap["pair.b"]
+                tx, ty, tz = snap["triple.x"], snap["triple.y"], snap["triple.z"]
+                if not (pa == pb == tx == ty == tz):
+                    problems.append(f"torn snapshot {snap.generation}: {pa} {pb} {tx} {ty} {tz}")
+                if snap.generation < last_gen:
+                    problems.append(f"reader {i}: generation {snap.generation} < {last_gen}")
+                last_gen = snap.generation
+                got = int(hub.get("pair.a"))
+                if got < last_get:
+                    problems.append(f"reader {i}: get went back {got} < {last_get}")
+                last_get = got
+                view_gen = pair_view.generation
+                pair, triple = pair_view.current, triple_view.current
+                if pair.a != pair.b or not (triple.x == triple.y == triple.z):
+                    problems.append(f"torn view: {pair} {triple}")
+                if pair.a < last_view or view_gen < last_view_gen:
+                    problems.append(f"reader {i}: view went back {pair.a} < {last_view}")
+                last_view, last_view_gen = pair.a, view_gen
+                reads[i] += 1
+
+        def sampler() -> None:
+            while not stop.wait(0.002):
+                queue_sizes.append(hub._events.qsize())
+
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(READERS)]
+        threads.append(threading.Thread(target=sampler))
+        for t in threads:
+            t.start()
+        writer = threading.Thread(target=_paced_writer(store, stop, written))
+        rss_start = _rss_mib()
+        writer.start()
+        writer.join(DURATION + 10)
+        rss_end = _rss_mib()
+        stop.set()
+        for t in threads:
+            t.join(10)
+        assert not writer.is_alive()
+        assert not problems, problems[:5]
+        assert all(reads), reads
+        # The writer kept (roughly) its pace: the test measured what it claims to.
+        assert len(written) > 0.6 * RATE * DURATION, len(written)
+        assert max(queue_sizes) <= BACKLOG + 1, max(queue_sizes)
+        assert rss_end - rss_start < 64, f"RSS grew {rss_end - rss_start:.1f} MiB"
+        final = store.data
+        n = written[-1]
+        assert hub.get("pair.a") == str(n)
+        assert pair_view.current == Pair(n, n)
+        for recorder in (fast, slow):
+            wait_for(lambda r=recorder: r.last.get("pair.a") == str(n), timeout=10)  # type: ignore[misc]
+            assert not recorder.problems, recorder.problems[:5]
+            for key, value in final.items():
+                if key in recorder.last:
+                    assert recorder.last[key] == value, key
+        assert {f"k{i}" for i in range(20)} <= fast.last.keys()
+        # The slow one fell behind and was served merged changes, not every generation.
+        assert slow.calls < len(written)
+
+
+def test_raising_listener_is_logged_and_the_others_get_every_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A listener that always raises: logged each time, the others still called in order."""
+    store = MemoryStore("app", _initial())
+    boom = 0
+
+    def raising(change: Change) -> None:
+        nonlocal boom
+        boom += 1
+        raise RuntimeError("listener bug")
+
+    with (
+        caplog.at_level(logging.ERROR, logger="confhub"),
+        Hub(["memory:app"], plugins=[store], autoload=False) as hub,
+    ):
+        before, after = Recorder(), Recorder()
+        hub.subscribe(before)
+        hub.subscribe(raising)
+        hub.subscribe(after)
+        for n in range(1, 201):
+            _write(store, n)
+        wait_for(lambda: after.last.get("pair.a") == "200")
+        assert before.generations == after.generations
+        assert len(after.generations) == 200
+        assert boom == 200
+    raised = [r for r in caplog.records if "raised while handling" in r.getMessage()]
+    assert len(raised) == 200
+    assert raised[0].exc_info is not None
+
+
+def test_blocked_listener_delays_others_but_loses_nothing() -> None:
+    """A listener blocked mid-stream holds the others back; once released all get last values."""
+    store = MemoryStore("app", _initial())
+    release = threading.Event()
+    entered = threading.Event()
+
+    def blocking(change: Change) -> None:
+        entered.set()
+        release.wait(10)
+
+    with Hub(["memory:app"], plugins=[store], autoload=False, max_backlog=BACKLOG) as hub:
+        other = Recorder()
+        hub.subscribe(blocking)
+        hub.subscribe(other)
+        stop = threading.Event()
+        written: list[int] = []
+        writer = threading.Thread(target=_paced_writer(store, stop, written, duration=1.0))
+        writer.start()
+        assert entered.wait(5)
+        sizes = []
+        while writer.is_alive():
+            sizes.append(hub._events.qsize())
+            writer.join(0.01)
+        # Readers are never held back by the blocked listener.
+        assert hub.get("pair.a") == str(written[-1])
+        assert other.calls <= 1  # the others wait behind the blocked one
+        assert max(sizes) <= BACKLOG + 1
+        release.set()
+        wait_for(lambda: other.last.get("pair.a") == str(written[-1]))
+        assert other.last == {k: v for k, v in store.data.items() if k in other.last}
+        assert not other.problems
+
+
+def test_close_while_a_listener_is_blocked_returns_once_it_returns() -> None:
+    """close() waits only for the running callback, not for the backlog behind it."""
+    store = MemoryStore("app", _initial())
+    release = threading.Event()
+    entered = threading.Event()
+    calls = 0
+
+    def blocking(change: Change) -> None:
+        nonlocal calls
+        calls += 1
+        entered.set()
+        release.wait(10)
+
+    hub = Hub(["memory:app"], plugins=[store], autoload=False).start()
+    hub.subscribe(blocking)
+    for n in range(1, 501):
+        _write(store, n)
+    assert entered.wait(5)
+    closer = threading.Thread(target=hub.close)
+    began = time.monotonic()
+    closer.start()
+    time.sleep(0.2)
+    release.set()
+    closer.join(5)
+    assert not closer.is_alive()
+    assert time.monotonic() - began < 1.5
+    assert calls == 1  # the queued backlog was dropped, not delivered after close
+
+
+def test_subscribe_and_cancel_from_inside_callbacks_under_load() -> None:
+    """Callbacks that subscribe, cancel and read the hub while updates stream in: no deadlock."""
+    store = MemoryStore("app", _initial())
+    with Hub(["memory:app"], plugins=[store], autoload=False, max_backlog=BACKLOG) as hub:
+        churned: list[Any] = []
+        inner_calls = 0
+
+        def inner(change: Change) -> None:
+            nonlocal inner_calls
+            inner_calls += 1
+
+        def churn(change: Change) -> None:
+            # Each inner subscription lives for two changes: called once, then cancelled.
+            churned.append(hub.subscribe(inner))
+            if len(churned) > 2:
+                churned.pop(0).cancel()
+            hub.get("pair.a")
+            hub.snapshot()
+
+        def self_cancelling(change: Change) -> None:
+            sub.cancel()
+
+        tail = Recorder()
+        hub.subscribe(churn)
+        sub = hub.subscribe(self_cancelling)
+        hub.subscribe(tail)
+        stop = threading.Event()
+        written: list[int] = []
+        writer = threading.Thread(target=_paced_writer(store, stop, written, duration=1.0))
+        writer.start()
+        writer.join(10)
+        wait_for(lambda: tail.last.get("pair.a") == str(written[-1]))
+        assert inner_calls > 0
+        assert not sub.active
+        assert len(hub._subscribers) == 4  # churn, its two latest inner ones, tail
+        assert not tail.problems
