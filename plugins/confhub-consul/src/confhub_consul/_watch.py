@@ -141,7 +141,9 @@ class Watcher:
                         update = None  # same content (a touch of the document)
                 else:
                     delta, new_mod, new_layer = self.backend.delta(snap, mod, layer)
-                    update = delta if delta else None
+                    # A new ModifyIndex with the same value (a flags-only change, a CAS
+                    # rewrite) changes no value: deliver nothing, as for a touched document.
+                    update = delta if _changes_values(delta, layer) else None
             except SourceFormatError as exc:
                 # Last good stays; the index moves on so the loop waits for the next change.
                 index = max(snap.index, 1)
@@ -168,6 +170,14 @@ class Watcher:
             self.backend.set_state(index, mod, layer)
             if update is not None:
                 self.notify(update)
+
+
+def _changes_values(delta: LayerDelta, layer: Layer) -> bool:
+    """Whether ``delta`` changes a value of ``layer`` (O(keys in the delta))."""
+    if delta.deleted:
+        return True
+    values = layer.values
+    return any(key not in values or values[key] != value for key, value in delta.set.items())
 
 
 def _kind(exc: SourceError) -> str:
