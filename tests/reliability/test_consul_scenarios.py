@@ -1,0 +1,247 @@
+"""Consul scenarios of reliability.md §7.2 through a real confhub.Hub over the in-repo
+ConsulTestServer (its fault injection, plus the loopback proxy for refused connections).
+
+The store's side of each history is recorded by the writes themselves (``ConsulRecorder``:
+each write's ModifyIndex); a blocking query returns the latest state, so the history
+checker's windows allow values superseded between two reads to be skipped, never reordered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confhub_consul.testing import AclToken, ConsulTestServer
+from faults import ConsulRecorder, TcpProxy
+from history import History, wait_until
+
+from confhub import Hub, SourcePermissionError, SourceUnavailableError
+
+WAIT, TIMEOUT = 1.0, 1.0
+FAST = f"wait={WAIT:g}&timeout={TIMEOUT:g}&retry_initial=0.05&retry_max=0.3"
+
+
+def spec(address: str, extra: str = "") -> str:
+    return f"consul://{address}/myapp/?{FAST}" + (f"&{extra}" if extra else "")
+
+
+def state(hub: Hub) -> str:
+    return hub.health().sources[0].state
+
+
+class Scenario:
+    """A hub over a Consul test server, its recorded history, readers and the final check."""
+
+    def __init__(
+        self, name: str, server: ConsulTestServer, source: str, keys: list[str], **hub_kw: Any
+    ) -> None:
+        self.history = History(name)
+        self.store = ConsulRecorder(server, "myapp/", self.history)
+        hub_kw.setdefault("cache_dir", None)
+        self.hub = Hub([source], connect_timeout=1.0, retry_initial=0.05, retry_max=0.3, **hub_kw)
+        self.keys = keys
+        self.errors: list[Any] = []
+
+    @contextmanager
+    def running(self, readers: int = 3) -> Iterator[Hub]:
+        hub = self.hub.start()
+        try:
+            self.history.attach(hub)
+            hub.subscribe(on_error=self.errors.append)
+            stop = self.history.start_readers(
+                readers, lambda r: self.history.sample_snapshot(r, hub, self.keys), interval=0.002
+            )
+            try:
+                yield hub
+            finally:
+                stop()
+            final = self.store.final_state()
+            self.history.store_state(final)
+            sub = self.history.subscribers[0]
+
+            def caught_up() -> bool:
+                flat = {k: str(v) for k, v in hub.snapshot().flat().items()}
+                last = sub.changes[-1][0] if sub.changes else sub.start_generation
+                return flat == final and last == hub.generation
+
+            wait_until(caught_up, 10, "the hub converging on the store's final state")
+            self.history.hub_state(hub)
+        finally:
+            hub.close()
+        self.report = self.history.check()
+        print(f"{self.history.name}: {self.report.stats}")
+        assert self.report.stats["commits"] > 0, "a vacuous history"
+
+
+# -- 17: 500, then refused, then 503, then recovery ------------------------------------------
+
+
+@pytest.mark.slow
+def test_17_errors_refused_errors_then_recovery(consul: ConsulTestServer) -> None:
+    """500s, then refused connections, then 503s, 2 s each: capped backoff keeps the request
+    rate bounded, the last good values are served (stale), one ErrorEvent per kind of
+    failure, and every change made meanwhile arrives on recovery."""
+    with TcpProxy(consul.address) as proxy:
+        sc = Scenario("consul-17", consul, spec(proxy.endpoint), ["a", "b", "c"])
+        sc.store.put("a", "0")
+        sc.store.put("b", "0")
+        with sc.running() as hub:
+            consul.wait_for_blocked(1)
+            phase = 2.0
+            # Backoff doubles to 0.3 s with jitter in [0.5, 1]: at most ~1/0.15 per second,
+            # plus the first fast retries.
+            bound = phase / 0.15 + 8
+            fault = consul.inject_status(500, times=None, path_prefix="/v1/kv/")
+            sc.store.put("a", "1")  # the parked query answers; the next gets 500
+            wait_until(lambda: state(hub) == "stale", 5)
+            consul.reset_requests()
+            for i in range(2, 6):
+                sc.store.put("a", str(i))
+                time.sleep(phase / 4)
+            assert consul.request_count("/v1/kv/") <= bound
+            assert hub.get("a") == "1"
+            assert hub.explain("a").stale
+            proxy.set_mode("refuse")
+            proxy.reset()
+            fault.clear()
+            sc.store.delete("b")
+            time.sleep(phase)
+            fault = consul.inject_status(503, times=None, path_prefix="/v1/kv/")
+            consul.reset_requests()
+            proxy.set_mode("pass")
+            sc.store.put("c", "during-503")
+            time.sleep(phase)
+            assert consul.request_count("/v1/kv/") <= bound
+            assert hub.get("b") == "0"  # last good: the delete is not seen yet
+            fault.clear()
+            wait_until(lambda: hub.get("c", None) == "during-503", 5, "recovery")
+            wait_until(lambda: state(hub) == "live", 5)
+            assert hub.get("a") == "5"
+            assert hub.get("b", None) is None
+        kinds = {type(e.error) for e in sc.errors}
+        assert kinds == {SourceUnavailableError}
+        assert 1 <= len(sc.errors) <= 3  # once per kind of failure, not per retry
+
+
+# -- 18: 403 and ACL-filtered listings ---------------------------------------------------------
+
+
+def test_18_forbidden_prefix_keeps_keys_and_shows_permission(consul: ConsulTestServer) -> None:
+    """A 403 on the prefix is a SourcePermissionError in health; no key is deleted while
+    the store deletes and writes meanwhile; after the fault the hub converges."""
+    sc = Scenario("consul-18-403", consul, spec(consul.address), ["a", "b"])
+    sc.store.put("a", "1")
+    sc.store.put("b", "1")
+    with sc.running() as hub:
+        consul.wait_for_blocked(1)
+        fault = consul.inject_status(403, times=None, path_prefix="/v1/kv/")
+        sc.store.put("a", "2")
+        wait_until(lambda: state(hub) == "stale", 5)
+        sc.store.delete("b")
+        sc.store.put("a", "3")
+        time.sleep(0.5)
+        h = hub.health().sources[0]
+        assert "refused" in (h.last_error or "") or "403" in (h.last_error or "")
+        assert hub.get("b") == "1"  # a refusal is not a deletion
+        assert isinstance(sc.errors[0].error, SourcePermissionError)
+        consul.reset_requests()
+        time.sleep(1.0)
+        assert consul.request_count("/v1/kv/") <= 1 / 0.15 + 4  # slow retry, not a spin
+        fault.clear()
+        wait_until(lambda: hub.get("a") == "3", 5)
+        wait_until(lambda: state(hub) == "live", 5)
+
+
+def test_18_acl_filtered_listing_is_not_a_deletion() -> None:
+    """A token that loses read on part of the prefix: the hidden keys stay (permission
+    error in health), and once read is restored the hub converges on the store."""
+    reader = AclToken(secret_id="reader-token", key_prefix={"myapp/": "read"})
+    with ConsulTestServer(
+        acl_enabled=True, acl_default_policy="deny", tokens=[reader],
+        default_query_time=2, max_query_time=3,
+    ) as srv:  # fmt: skip
+        sc = Scenario("consul-18-filtered", srv, spec(srv.address, "token=reader-token"), ["a"])
+        sc.store.put("a", "1")
+        sc.store.put("secret.x", "s1")
+        with sc.running() as hub:
+            srv.wait_for_blocked(1)
+            srv.remove_token("reader-token")
+            srv.add_token(
+                AclToken(
+                    secret_id="reader-token",
+                    key_prefix={"myapp/": "read", "myapp/secret/": "deny"},
+                )
+            )
+            sc.store.put("a", "2")
+            wait_until(lambda: bool(sc.errors), 5)
+            assert isinstance(sc.errors[0].error, SourcePermissionError)
+            assert "filtered" in str(sc.errors[0].error)
+            assert hub.get("secret.x") == "s1"  # hidden, not deleted
+            assert "reader-token" not in str(sc.errors[0].error)
+            assert "filtered" in (hub.health().sources[0].last_error or "")
+            sc.store.put("secret.x", "s2")
+            srv.remove_token("reader-token")
+            srv.add_token(reader)
+            sc.store.put("a", "3")
+            wait_until(lambda: hub.get("secret.x") == "s2", 5)
+            wait_until(lambda: state(hub) == "live", 5)
+
+
+# -- 20: same index, identical content -------------------------------------------------------
+
+
+def test_20_same_index_or_identical_content_emits_nothing(
+    consul: ConsulTestServer, tmp_path: Path
+) -> None:
+    """Blocking queries that time out (same index), an idempotent write, and a new index
+    with identical values (a flags-only change) emit no event and do not rewrite the cache."""
+    cache = tmp_path / "cache"
+    sc = Scenario("consul-20", consul, spec(consul.address), ["a"], cache_dir=cache)
+    sc.store.put("a", "1")
+    with sc.running(readers=1) as hub:
+        wait_until(lambda: list(cache.glob("*.json")), 5, "cache written")
+        files = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in cache.glob("*.json")}
+        generation = hub.generation
+        consul.wait_for_blocked(1)
+        consul.reset_requests()
+        consul.put("myapp/a", "1")  # idempotent: same index
+        index = consul.index
+        consul.put("myapp/a", "1", flags=7)  # new index, identical value
+        assert consul.index > index
+        time.sleep(2 * WAIT * 17 / 16 + 0.3)  # two blocking queries time out too
+        assert hub.generation == generation
+        assert not sc.errors
+        assert consul.request_count("/v1/kv/") <= 5
+        after = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in cache.glob("*.json")}
+        assert after == files, "the cache was rewritten for identical content"
+    assert sc.history.subscribers[0].changes == []
+
+
+# -- 21: half-open blocking query ---------------------------------------------------------------
+
+
+def test_21_hung_blocking_query_times_out_client_side(consul: ConsulTestServer) -> None:
+    """A blocking query the server accepts and never answers is abandoned by the client
+    within wait*17/16 + timeout + margin; the next query follows and changes arrive."""
+    sc = Scenario("consul-21-hang", consul, spec(consul.address), ["a"])
+    sc.store.put("a", "1")
+    with sc.running() as hub:
+        consul.wait_for_blocked(1)
+        consul.hang(times=1, path_prefix="/v1/kv/")
+        sc.store.put("a", "2")  # wakes the parked query; its successor hangs
+        wait_until(lambda: consul.hung_requests == 1, 5, "a hung request")
+        t0 = time.monotonic()
+        count = consul.request_count("/v1/kv/")
+        sc.store.put("a", "3")
+        wait_until(lambda: consul.request_count("/v1/kv/") > count, 10, "the next query")
+        gave_up = time.monotonic() - t0
+        bound = WAIT * 17 / 16 + TIMEOUT + 0.5
+        assert gave_up <= bound, f"the hung query was abandoned after {gave_up:.2f}s"
+        wait_until(lambda: hub.get("a") == "3", 5, "recovery")
+        sc.store.put("a", "4")
+        wait_until(lambda: hub.get("a") == "4", 5)
+    consul.clear_faults()
