@@ -1028,7 +1028,12 @@ class Hub:
         while True:
             item = self._events.get()
             if item is _STOP or self._stop.is_set():
-                # Closing: what is still queued is not delivered.
+                # Closing: changes still queued are not delivered, but the plugins' calls
+                # (one per slot at most: the cache's write of the last accepted layer) are
+                # run, so that the last published configuration is not missing from disk.
+                for pending in (item, *self._events.drain()):
+                    if pending is not _STOP and _is_call(pending):
+                        self._deliver(pending)
                 for sub in self._subscribers:
                     if sub.on_close is not None:
                         sub.on_close()
@@ -1036,7 +1041,7 @@ class Hub:
             self._deliver(item)
 
     def _deliver(self, item: Any) -> None:
-        if callable(item) and not isinstance(item, (Change, ErrorEvent, SourceHealth)):
+        if _is_call(item):
             try:
                 item()
             except Exception:
@@ -1199,6 +1204,18 @@ class _EventQueue:
 
     def qsize(self) -> int:
         return len(self._items)
+
+    def drain(self) -> list[Any]:
+        """Remove and return everything queued."""
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+
+def _is_call(item: Any) -> bool:
+    """Whether a queued item is a plugin call rather than an event for subscribers."""
+    return callable(item) and not isinstance(item, (Change, ErrorEvent, SourceHealth))
 
 
 def _coalesce_runs(items: Iterable[Any]) -> list[Any]:
