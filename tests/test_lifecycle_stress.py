@@ -264,3 +264,17 @@ def test_start_failure_cycles_leak_nothing(tmp_path: Path, thread_errors: list[s
     leaked: list[Any] = sorted(v for k, v in _fds().items() if k not in fds_before)
     assert not leaked, leaked[:10]
     assert not thread_errors
+
+
+def test_close_right_after_an_update_still_caches_it(tmp_path: Path) -> None:
+    """The last layer published before close() is on disk, for a restart during an outage."""
+    store = MemoryStore("app", {"a": "0"})
+    for n in range(1, 21):
+        with Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=tmp_path) as hub:
+            hub.subscribe(lambda change: time.sleep(0.01))  # keep the notifier busy
+            store.set("a", str(n))
+        store.fail()
+        with Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=tmp_path) as hub:
+            assert hub.health().sources[0].state == "cached"
+            assert hub.get("a") == str(n)
+        store.recover()
