@@ -190,7 +190,6 @@ def test_03_sigstop_half_open_then_sigcont(etcd: EtcdServer) -> None:
 # -- 4: three members, SIGKILL the leader during writes --------------------------------------
 
 
-@pytest.mark.slow
 def test_04_leader_killed_during_continuous_writes(cluster: EtcdCluster) -> None:
     """With all three endpoints, killing the leader under ~200 writes/s loses, repeats and
     reorders nothing; errors are retried, never published as config errors."""
@@ -213,7 +212,6 @@ def test_04_leader_killed_during_continuous_writes(cluster: EtcdCluster) -> None
 # -- 5: quorum loss ----------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_05_quorum_loss_then_return(cluster: EtcdCluster) -> None:
     """Two of three members killed, the hub on the survivor: the watch is cancelled (no
     leader) and health degrades within ~3 election timeouts + margin; last good served;
@@ -241,7 +239,6 @@ def test_05_quorum_loss_then_return(cluster: EtcdCluster) -> None:
 # -- 6: blackhole between the hub and its member -------------------------------------------------
 
 
-@pytest.mark.slow
 def test_06_blackholed_endpoint_switches_and_resumes(cluster: EtcdCluster) -> None:
     """The connection to member 0 is blackholed by a proxy (the member stays healthy): the
     hub moves to another endpoint within T_recover and resumes from its last revision;
