@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from core_testlib import wait_for
 
 from confhub import Change, Fallback, Hub, SourceSpec, StartupError
 from confhub._cache import Cache, source_identity

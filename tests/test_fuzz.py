@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from core_testlib import wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import wait_for
+from core_testlib import wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

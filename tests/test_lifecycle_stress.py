@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from core_testlib import wait_for
 
 from confhub import Change, Hub, SourceUnavailableError
 from confhub.testing import MemoryStore

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from core_testlib import wait_for
 
 from confhub import ErrorEvent, Hub, SourceFormatError, SourceSpec, StartupError
 from confhub._cli import main

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import wait_for
+from core_testlib import wait_for
 
 from confhub import Change, Hub
 from confhub.testing import MemoryStore

@@ -6,8 +6,6 @@ the thread-leak guard of ``tests/conftest.py`` applies here too.
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import os
 import sys
 import threading
@@ -24,35 +22,6 @@ from confhub_consul.testing import ConsulTestServer
 from confhub_etcd.testing import EtcdCluster, EtcdServer
 
 SLOW = os.environ.get("CONFHUB_SLOW") == "1"
-
-
-def _reexport_parent_helpers() -> None:
-    """Make ``from conftest import wait_for`` keep working in the core tests.
-
-    With no packages under tests/, pytest imports every conftest.py as the module
-    ``conftest``, and the one imported last (this one) is what ``sys.modules`` holds when the
-    core test modules are collected; so this module re-exports the helpers (not fixtures)
-    that tests/conftest.py defines.
-    """
-    path = Path(__file__).parent.parent / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_confhub_tests_conftest", path)
-    assert spec is not None
-    assert spec.loader is not None
-    parent = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(parent)
-    for name, value in vars(parent).items():
-        if name.startswith("_") or name in globals() or inspect.ismodule(value):
-            continue
-        if getattr(value, "__module__", None) != parent.__name__:
-            continue  # imported there, not defined there
-        if type(value).__name__ == "FixtureFunctionDefinition" or hasattr(
-            value, "_pytestfixturefunction"
-        ):
-            continue  # fixtures stay the parent's
-        globals()[name] = value
-
-
-_reexport_parent_helpers()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
