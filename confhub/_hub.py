@@ -35,7 +35,7 @@ from ._merge import MISSING, Merged, merge_full, merge_update
 from ._plugins import describe_plugins, make_plugin_manager
 from ._redact import REDACTED, is_secret_key
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot, _UnusableSnapshot
-from ._spec import SourceLike, SourceSpec, as_slots
+from ._spec import Fallback, SourceLike, SourceSpec, as_slots
 
 log = logging.getLogger("confhub")
 
@@ -289,13 +289,11 @@ class Subscription:
 class _Slot:
     """One precedence slot: its member specs, backends, and the layer it contributes."""
 
-    def __init__(self, index: int, members: tuple[SourceSpec, ...]) -> None:
+    def __init__(self, index: int, group: Fallback) -> None:
         self.index = index
-        self.members = members
-        self.display = (
-            members[0].display if len(members) == 1 else " | ".join(m.display for m in members)
-        )
-        self.backends: list[Backend | None] = [None] * len(members)
+        self.members = group.members
+        self.display = group.display
+        self.backends: list[Backend | None] = [None] * len(self.members)
         self.active: int | None = None  # which member serves
         self.layer: Layer | None = None  # published
         self.pending: Layer | None = None  # the active backend's latest state, if rejected
@@ -378,7 +376,7 @@ class Hub:
         retry_max: float = 30.0,
         max_backlog: int = 1000,
     ) -> None:
-        self._slots = [_Slot(i, members) for i, members in enumerate(as_slots(sources))]
+        self._slots = [_Slot(i, group) for i, group in enumerate(as_slots(sources))]
         self.cache_dir = cache_dir
         self.connect_timeout = connect_timeout
         self.start_timeout = start_timeout

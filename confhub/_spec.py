@@ -134,7 +134,7 @@ def _as_specs(members: Sequence[SourceLike]) -> tuple[SourceSpec, ...]:
     return tuple(as_spec(m) for m in members)
 
 
-@attrs.frozen(repr=False)
+@attrs.frozen(repr=False, init=False)
 class Fallback:
     """One precedence slot whose members are tried in order until one loads.
 
@@ -179,18 +179,15 @@ def as_spec(source: SourceLike) -> SourceSpec:
     )
 
 
-def as_slots(sources: Sequence[SourceLike]) -> tuple[tuple[SourceSpec, ...], ...]:
-    """Turn a ``sources`` list into precedence slots (lowest first), each a member tuple."""
+def as_slots(sources: Sequence[SourceLike]) -> tuple[Fallback, ...]:
+    """Turn a ``sources`` list into precedence slots (lowest first).
+
+    Every slot is a :class:`Fallback`; a plain source is a group of one.
+    """
     if isinstance(sources, (str, bytes)) or not isinstance(sources, Sequence):
         raise SpecError(
             "sources must be a list of specs (lowest precedence first), "
             f"not {type(sources).__name__}",
             spec=repr(sources),
         )
-    slots: list[tuple[SourceSpec, ...]] = []
-    for source in sources:
-        if isinstance(source, Fallback):
-            slots.append(source.members)
-        else:
-            slots.append((as_spec(source),))
-    return tuple(slots)
+    return tuple(s if isinstance(s, Fallback) else Fallback(as_spec(s)) for s in sources)
