@@ -148,7 +148,7 @@ class Fallback:
     def __init__(self, *members: str | SourceSpec, name: str | None = None) -> None:
         if not members:
             raise SpecError("a Fallback needs at least one member", spec="Fallback()")
-        self.__attrs_init__(members, name)  # type: ignore[attr-defined]
+        self.__attrs_init__(members, name)
 
     @property
     def display(self) -> str:
