@@ -88,7 +88,13 @@ def _flatten_into(out: dict[str, Any], data: Mapping[str, Any], prefix: str, sou
         if not isinstance(raw_key, str):
             raw_key = str(raw_key)
         key = f"{prefix}.{raw_key}" if prefix else raw_key
-        if type(value) in scalars and "." not in raw_key and raw_key and key not in out:
+        kind = type(value)
+        if (
+            (kind in scalars or (kind is float and -math.inf < value < math.inf))
+            and "." not in raw_key
+            and raw_key
+            and key not in out
+        ):
             out[key] = value  # the common case, checked cheaply
             continue
         if not raw_key or raw_key.startswith(".") or raw_key.endswith(".") or ".." in raw_key:
