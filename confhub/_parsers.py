@@ -31,6 +31,13 @@ _SUFFIXES = {".toml": "toml", ".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 #: A layer holds every value flattened, so MAX_NODES also bounds a layer's memory.
 MAX_DEPTH = 64
 MAX_NODES = 1_000_000
+#: Integers may have at most MAX_INT_DIGITS decimal digits: Python's own limit for decimal
+#: literals (``sys.get_int_max_str_digits()`` default). Hex, octal and binary literals (YAML
+#: ``0x...``, TOML ``0x...``) are not limited by Python, and an integer above the limit could
+#: not be turned back into text later (``str()`` raises), so the parser refuses it.
+MAX_INT_DIGITS = 4300
+_INT_LIMIT = 10**MAX_INT_DIGITS  # the smallest integer with MAX_INT_DIGITS + 1 digits
+_INT_BITS = _INT_LIMIT.bit_length() - 1  # below this many bits, an integer is below the limit
 
 
 def format_for_path(path: str, explicit: str | None, *, source: str) -> str:
@@ -330,7 +337,14 @@ def _check_bounds(data: Any, where: _Where) -> None:
         for value in children:
             # Exact type checks first: they are what the parsers produce, and cheap.
             kind = type(value)
-            if kind is str or kind is int or kind is bool:
+            if kind is str or kind is bool:
+                continue
+            if kind is int:
+                if value.bit_length() >= _INT_BITS and abs(value) >= _INT_LIMIT:
+                    raise where.error(
+                        f"an integer with more than {MAX_INT_DIGITS:,} decimal digits; refusing it",
+                        hint="; store such a number as a string",
+                    )
                 continue
             if kind is float:
                 if not isfinite(value):

@@ -27,6 +27,25 @@ def env_key(name: str, prefix: str) -> str | None:
     return key
 
 
+def _has_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (bytes that were not UTF-8)."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _printable(name: str) -> str:
+    """``name`` with the bytes that were not UTF-8 shown as ``\\xNN``."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no byte escaped to
+        return name.encode("utf-8", "backslashreplace").decode("ascii")
+
+
 class EnvBackend:
     """Reads the environment once at load; values stay strings (binding converts them)."""
 
@@ -46,6 +65,15 @@ class EnvBackend:
             if key in values:
                 raise SourceFormatError(
                     f"{self._name}: {details[key]} and ${name} both map to {key!r}; unset one",
+                    source=self._name,
+                    key=key,
+                )
+            if _has_surrogate(name) or _has_surrogate(value):
+                # os.environ keeps bytes that are not UTF-8 as lone surrogates
+                # (surrogateescape); such text cannot be published, cached or encoded.
+                raise SourceFormatError(
+                    f"{self._name}: ${_printable(name)} "
+                    "is not valid UTF-8 (in its name or value); fix or unset it",
                     source=self._name,
                     key=key,
                 )
