@@ -80,6 +80,7 @@ _OWN_OPTIONS: Final = frozenset(
         "tls",
         "timeout",
         "page_size",
+        "max_receive_bytes",
         "retry_initial",
         "retry_max",
         "progress_interval",
@@ -114,6 +115,7 @@ class EtcdSourceConfig:
     backoff: Backoff
     progress_interval: float
     display: str = field(default="")
+    max_receive_bytes: int = 64 * 1024 * 1024
 
 
 def _spec_error(spec: SourceSpec, message: str) -> SpecError:
@@ -193,6 +195,9 @@ def parse_spec(spec: SourceSpec, *, default_timeout: float = 2.0) -> EtcdSourceC
         tls = TLSConfig(ca_file=ca or None, cert_file=cert or None, key_file=key or None)
 
     page_size = int(_positive(spec, "page_size", 500))
+    max_receive = int(_positive(spec, "max_receive_bytes", 64 * 1024 * 1024))
+    if max_receive < 4096:
+        raise _spec_error(spec, f"max_receive_bytes={max_receive} is too small; use >= 4096")
     retry_initial = _positive(spec, "retry_initial", 0.2)
     retry_max = _positive(spec, "retry_max", 10.0)
     if retry_max < retry_initial:
@@ -216,6 +221,7 @@ def parse_spec(spec: SourceSpec, *, default_timeout: float = 2.0) -> EtcdSourceC
         backoff=Backoff(initial=retry_initial, maximum=retry_max),
         progress_interval=_positive(spec, "progress_interval", 5.0),
         display=spec.display,
+        max_receive_bytes=max_receive,
     )
 
 
@@ -344,6 +350,7 @@ class EtcdBackend:
                         timeout=cfg.timeout,
                         tls=cfg.tls,
                         credentials=cfg.credentials,
+                        max_receive_bytes=cfg.max_receive_bytes,
                     )
                 except OSError as exc:
                     raise SpecError(
@@ -535,6 +542,17 @@ class EtcdBackend:
     def _on_state(self, status: WatchStatus) -> None:
         if status.state is WatchState.DISCONNECTED:
             self._lost = True
+            if isinstance(status.error, EtcdAuthError):
+                # Permission revoked (or the user removed): an ACL problem, not an outage.
+                self._deliver(
+                    SourcePermissionError(
+                        f"{self.display}: etcd refused the watch at revision "
+                        f"{status.revision}: {status.error.reason or status.error}; check the "
+                        "user's roles; retrying",
+                        source=self.display,
+                    )
+                )
+                return
             self._deliver(
                 SourceUnavailableError(
                     f"{self.display}: lost the etcd watch at revision {status.revision}: "

@@ -1001,6 +1001,7 @@ class PrefixWatcher:
         self._revision = snapshot.revision if snapshot else 0
         self._need_initial = snapshot is None
         self._compact_revision = 0
+        self._resync_needed = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -1014,6 +1015,7 @@ class PrefixWatcher:
         self.duplicates_dropped = 0
         self.reconnects = 0
         self.resyncs = 0
+        self.permission_checks = 0
 
     def __repr__(self) -> str:
         return (
@@ -1104,7 +1106,7 @@ class PrefixWatcher:
             try:
                 if self._need_initial:
                     self._resync(initial=True)
-                elif self._compact_revision:
+                elif self._compact_revision or self._resync_needed:
                     self._resync(initial=False)
                 self._stream(connected_at)
                 return  # noqa: TRY300 - the loop's only normal exit (close() was called)
@@ -1119,6 +1121,11 @@ class PrefixWatcher:
                 continue
             except _StreamLost as exc:
                 error: BaseException = exc.error
+                if isinstance(error, _ResponseTooLarge):
+                    # An event above max_receive_bytes: resuming would replay it forever.
+                    # Re-read the prefix instead (it fails while the value is still there;
+                    # once it is replaced, watching goes on from the read's revision).
+                    self._resync_needed = True
             except EtcdError as exc:  # from a resync read
                 error = exc
             except Exception as exc:
@@ -1173,9 +1180,17 @@ class PrefixWatcher:
             requests.call = call
             self._requests, self._call = requests, call
         watch_id: int | None = None
+        # etcd checks a watch's permission only when it is created: a role losing read on
+        # the prefix keeps streaming. With auth on, a cheap read (one key, keys only) every
+        # progress interval notices the revocation; the watch is then lost like any other.
+        probe_every = self._progress_interval if client._credentials is not None else 0.0
+        next_probe = time.monotonic() + probe_every
         try:
             for response in call:
                 requests.last_response = time.monotonic()
+                if probe_every and requests.last_response >= next_probe:
+                    next_probe = requests.last_response + probe_every
+                    self._check_permission()
                 if response.created and watch_id is None and not response.canceled:
                     watch_id = int(response.watch_id)
                     connected_at.append(time.monotonic())
@@ -1240,6 +1255,22 @@ class PrefixWatcher:
             call.cancel()
             with self._lock:
                 self._requests, self._call = None, None
+
+    def _check_permission(self) -> None:
+        """Raise :class:`_StreamLost` when the prefix may no longer be read."""
+        self.permission_checks += 1
+        request = _rpc().RangeRequest(
+            key=self._prefix or b"\0",
+            range_end=prefix_range_end(self._prefix),
+            limit=1,
+            keys_only=True,
+        )
+        try:
+            self._client._unary("kv", "Range", request, idempotent=True, what="a permission check")
+        except EtcdAuthError as exc:
+            raise _StreamLost(exc) from None
+        except EtcdError:
+            pass  # reachability is the stream's business (liveness, keepalive)
 
     def _apply(self, raw_events: Any) -> None:
         events: list[WatchEvent] = []
@@ -1313,6 +1344,7 @@ class PrefixWatcher:
         self._revision = snapshot.revision
         self._need_initial = False
         self._compact_revision = 0
+        self._resync_needed = False
         if not initial:
             self.resyncs += 1
             self._report(WatchState.RESYNCED, None)
