@@ -16,6 +16,7 @@ import http.client
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from urllib.parse import quote, urlencode
 
@@ -50,6 +51,28 @@ class Response:
 def kv_path(key: str) -> str:
     """The request path of a KV key, percent-encoded except ``/``."""
     return "/v1/kv/" + quote(key, safe="/")
+
+
+def _read_body(
+    resp: http.client.HTTPResponse, sock: socket.socket | None, deadline: float
+) -> bytes:
+    """The whole body of ``resp``, or TimeoutError once ``deadline`` (monotonic) passes."""
+    chunks: list[bytes] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            resp.close()
+            raise TimeoutError("the response did not complete within the read timeout")
+        if sock is not None:
+            sock.settimeout(remaining)
+        if resp.length == 0:  # everything announced was read
+            break
+        chunk = resp.read1(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    chunks.append(resp.read())  # b"" here; marks the response complete (keep-alive reuse)
+    return b"".join(chunks)
 
 
 class Connection:
@@ -131,12 +154,16 @@ class Connection:
                 conn = self._conn if self._conn is not None else self._open()
                 sent = False
                 try:
-                    if conn.sock is not None:
-                        conn.sock.settimeout(read_timeout)
+                    # read_timeout bounds the whole answer, not each recv: a server that
+                    # drips one byte at a time must not hold the request forever.
+                    deadline = time.monotonic() + read_timeout
+                    sock = conn.sock
+                    if sock is not None:
+                        sock.settimeout(read_timeout)
                     conn.request(method, url, body=body, headers=headers)
                     sent = True
                     resp = conn.getresponse()
-                    data = resp.read()
+                    data = _read_body(resp, sock, deadline)
                 except TRANSPORT_ERRORS:
                     self._drop()
                     if self._aborted:
