@@ -131,6 +131,31 @@ def test_inject_500_maps_to_consul_exception(double: ConsulTestServer) -> None:
         client.http.session.close()
 
 
+def test_drip_sends_headers_then_one_byte_at_a_time(double: ConsulTestServer) -> None:
+    """drip() answers with the headers at once and the body byte by byte: a per-recv read
+    timeout longer than the drip never fires; the whole body still arrives, then close."""
+
+    double.put("k", "drip!")
+    double.drip(0.05, times=1, path_prefix="/v1/kv/")
+    with socket.create_connection(("127.0.0.1", double.port), timeout=0.5) as sock:
+        sock.sendall(b"GET /v1/kv/k?raw HTTP/1.1\r\nHost: x\r\n\r\n")
+        t0 = time.monotonic()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert time.monotonic() - t0 < 0.3  # the headers come at once
+        assert head.startswith(b"HTTP/1.1 200")
+        assert b"X-Consul-Index" in head
+        first = sock.recv(100)
+        assert len(first) == 1  # one byte per drip
+        body = first
+        while chunk := sock.recv(100):
+            body += chunk
+        assert body == b"drip!"
+        assert time.monotonic() - t0 >= 4 * 0.05
+    assert _get(double, "/v1/kv/k").status_code == 200  # times=1: the next one is normal
+
+
 def test_hang_until_released_and_stop(double: ConsulTestServer) -> None:
     """hang() parks requests until release_hung(); stop() frees the rest promptly."""
     double.put("k", "v")

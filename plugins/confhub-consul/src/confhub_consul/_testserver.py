@@ -154,6 +154,7 @@ class Reply:
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     action: Literal["reply", "drop"] = "reply"
+    drip: float = 0.0  # > 0: send the headers, then the body one byte per ``drip`` seconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +170,7 @@ class RequestRecord:
 @dataclasses.dataclass
 class _Fault:
     id: int
-    kind: Literal["status", "drop", "hang", "delay"]
+    kind: Literal["status", "drop", "hang", "delay", "drip"]
     path_prefix: str
     methods: frozenset[str] | None
     remaining: int | None
@@ -267,7 +268,7 @@ class Engine:
 
     # --------------------------------------------------------------- faults
 
-    def add_fault(self, fault_kind: Literal["status", "drop", "hang", "delay"], *,
+    def add_fault(self, fault_kind: Literal["status", "drop", "hang", "delay", "drip"], *,
                   path_prefix: str, methods: frozenset[str] | None, times: int | None,
                   status: int = 0, body: str = "", delay: float = 0.0) -> FaultHandle:
         """Register a fault and return its handle."""
@@ -391,6 +392,9 @@ class Engine:
                 return Reply(0, action="drop")
             if fault.kind == "status":
                 return self._finish(req, _text(fault.status, fault.body))
+            if fault.kind == "drip":
+                reply = self._finish(req, self._route(req))
+                return dataclasses.replace(reply, drip=fault.delay)
         return self._finish(req, self._route(req))
 
     def _finish(self, req: Request, reply: Reply) -> Reply:
@@ -1121,7 +1125,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(reply.body)))
         self.end_headers()
         if self.command != "HEAD" and reply.body:
+            if reply.drip > 0:
+                self._drip(reply)
+                return
             self.wfile.write(reply.body)
+
+    def _drip(self, reply: Reply) -> None:
+        """Send the body one byte per ``reply.drip`` seconds (a slow-drip server)."""
+        self.close_connection = True
+        self.wfile.flush()
+        stopping = self.server.engine.stopping
+        for i in range(len(reply.body)):
+            if stopping.wait(reply.drip):
+                return
+            try:
+                self.wfile.write(reply.body[i : i + 1])
+                self.wfile.flush()
+            except OSError:
+                return  # the client gave up
 
     do_GET = do_PUT = do_DELETE = do_POST = do_OPTIONS = do_HEAD = do_PATCH = _serve
 

@@ -390,6 +390,15 @@ class ConsulTestServer:
         return self._engine.add_fault("delay", path_prefix=path_prefix,
                                       methods=_methods(methods), times=times, delay=seconds)
 
+    def drip(self, seconds_per_byte: float, *, times: int | None = None, path_prefix: str = "/",
+             methods: Iterable[str] | None = None) -> FaultHandle:
+        """Answer matching requests normally but slowly: the status line and headers at
+        once, then the body one byte every ``seconds_per_byte`` (the connection is closed
+        after it). A client whose read timeout is per ``recv`` never times out."""
+        return self._engine.add_fault("drip", path_prefix=path_prefix,
+                                      methods=_methods(methods), times=times,
+                                      delay=seconds_per_byte)
+
     def clear_faults(self) -> None:
         """Remove every injected fault, release hung requests and restore the leader."""
         self._engine.clear_faults()
