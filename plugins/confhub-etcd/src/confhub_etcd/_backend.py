@@ -595,7 +595,10 @@ class EtcdBackend:
         base_values, base_details = base.values, base.details
         for event in pending.values():
             if event.kind is EventKind.DELETE:
-                dotted = self._dotted(event.key)
+                try:
+                    dotted = self._dotted(event.key)
+                except SourceFormatError:
+                    continue  # a key that never applied (not UTF-8, empty segment)
                 if dotted is not None and _owner(base_details.get(dotted)) in (
                     None,
                     event.key.decode("utf-8", "backslashreplace"),
