@@ -167,7 +167,10 @@ def etcd_key(prefix: str) -> Callable[[bytes], str | None]:
     def to_key(key: bytes) -> str | None:
         if not key.startswith(raw) or key == raw:
             return None
-        return key[len(raw) :].decode().replace("/", ".")
+        try:
+            return key[len(raw) :].decode().replace("/", ".")
+        except UnicodeDecodeError:
+            return None  # not a key confhub can publish (scenario 39): not on record
 
     return to_key
 

@@ -245,3 +245,83 @@ def test_21_hung_blocking_query_times_out_client_side(consul: ConsulTestServer) 
         sc.store.put("a", "4")
         wait_until(lambda: hub.get("a") == "4", 5)
     consul.clear_faults()
+
+
+def test_21_slow_drip_answer_times_out_client_side(consul: ConsulTestServer) -> None:
+    """A server that sends the headers and then one byte every 0.3 s (each recv succeeds,
+    so a per-recv socket timeout never fires): the client gives up within
+    wait*17/16 + timeout + margin of the request, and recovers."""
+    sc = Scenario("consul-21-drip", consul, spec(consul.address), ["a"])
+    sc.store.put("a", "1" * 64)
+    with sc.running() as hub:
+        consul.wait_for_blocked(1)
+        consul.drip(0.3, times=1, path_prefix="/v1/kv/")
+        sc.store.put("a", "2" * 64)  # wakes the parked query; the next answer drips
+        wait_until(lambda: consul.request_count("/v1/kv/") >= 2, 5)
+        t0 = time.monotonic()
+        count = consul.request_count("/v1/kv/")
+        wait_until(lambda: consul.request_count("/v1/kv/") > count, 10, "the next query")
+        gave_up = time.monotonic() - t0
+        bound = WAIT * 17 / 16 + TIMEOUT + 0.5
+        assert gave_up <= bound, f"the dripping answer was abandoned after {gave_up:.2f}s"
+        sc.store.put("a", "3" * 64)
+        wait_until(lambda: hub.get("a") == "3" * 64, 5, "recovery")
+    consul.clear_faults()
+
+
+# -- 22: update storm --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_22_update_storm_stays_within_the_rate_limit(consul: ConsulTestServer) -> None:
+    """The store changes a key every 10 ms for 3 s: the watch loop's request rate stays
+    within its token bucket (rate 5/s, burst 2), CPU stays bounded, and the final value is
+    delivered."""
+    from faults import cpu_seconds
+
+    rate, burst, storm = 5.0, 2, 3.0
+    sc = Scenario(
+        "consul-22-storm", consul, spec(consul.address, f"rate={rate:g}&burst={burst}"), ["n"]
+    )
+    sc.store.put("n", "0")
+    with sc.running(readers=1) as hub:
+        consul.wait_for_blocked(1)
+        consul.reset_requests()
+        cpu = cpu_seconds()
+        t0 = time.monotonic()
+        i = 0
+        while time.monotonic() - t0 < storm:
+            i += 1
+            sc.store.put("n", str(i))
+            time.sleep(0.01)
+        elapsed = time.monotonic() - t0
+        requests = consul.request_count("/v1/kv/")
+        used = cpu_seconds() - cpu
+        assert requests <= elapsed * rate + burst + 1, f"{requests} requests in {elapsed:.1f}s"
+        assert used < 0.6 * elapsed, f"{used:.2f}s CPU in {elapsed:.1f}s"
+        wait_until(lambda: hub.get("n") == str(i), 5, "the final value")
+    assert i > 100
+
+
+# -- 23: 429 Too Many Requests ----------------------------------------------------------------
+
+
+def test_23_429_is_retried_with_backoff(consul: ConsulTestServer) -> None:
+    """Consul answering 429 for 1.5 s: retried with capped backoff (bounded request count),
+    last good served, an unavailable (not permission) error, and the change made meanwhile
+    arrives when the 429s stop."""
+    sc = Scenario("consul-23-429", consul, spec(consul.address), ["a"])
+    sc.store.put("a", "1")
+    with sc.running() as hub:
+        consul.wait_for_blocked(1)
+        fault = consul.inject_status(429, times=None, path_prefix="/v1/kv/")
+        sc.store.put("a", "2")
+        wait_until(lambda: state(hub) == "stale", 5)
+        consul.reset_requests()
+        time.sleep(1.5)
+        assert consul.request_count("/v1/kv/") <= 1.5 / 0.15 + 4
+        assert isinstance(sc.errors[0].error, SourceUnavailableError)
+        assert "429" in str(sc.errors[0].error)
+        fault.clear()
+        wait_until(lambda: hub.get("a") == "2", 5, "recovery")
+        wait_until(lambda: state(hub) == "live", 5)

@@ -7,6 +7,7 @@ the hub delivered and served, and ends with ``History.check()``. Numbers refer t
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,14 @@ from confhub_etcd.testing import EtcdCluster, EtcdServer
 from faults import EtcdHistory, TcpProxy, Writer, cpu_seconds
 from history import History, wait_until
 
-from confhub import Hub, SourcePermissionError, SourceUnavailableError, StartupError, WriteError
+from confhub import (
+    Hub,
+    SourceFormatError,
+    SourcePermissionError,
+    SourceUnavailableError,
+    StartupError,
+    WriteError,
+)
 
 FAST = "retry_initial=0.05&retry_max=0.3&progress_interval=0.5"
 T_DETECT = 3 * 0.5 + 2.0  # liveness (3 progress intervals) + margin
@@ -47,11 +55,13 @@ def watcher(hub: Hub) -> Any:
 class Scenario:
     """One recorded scenario: a hub over ``cluster``, its history, readers, and the check."""
 
-    def __init__(self, name: str, cluster: EtcdCluster, source: str, keys: list[str]) -> None:
+    def __init__(
+        self, name: str, cluster: EtcdCluster, source: str, keys: list[str], **hub_kw: Any
+    ) -> None:
         self.history = History(name)
         self.store = EtcdHistory(cluster, "/app/", self.history)
         self.cluster = cluster
-        self.hub = make_hub(source)
+        self.hub = make_hub(source, **hub_kw)
         self.keys = keys
 
     @contextmanager
@@ -422,3 +432,247 @@ def test_14_too_many_txn_ops_refused_client_side(etcd: EtcdServer) -> None:
         assert etcd.revision() == before
     finally:
         client.close()
+
+
+# -- 8: compaction between the pages of a paginated read -------------------------------------
+
+
+class _CompactBetweenPages:
+    """Wraps a client's unary calls: before the ``page``-th page of a paged read (a Range
+    that names its revision), write one transaction changing every key, sync the history and
+    compact the store past the read's revision: the read's revision is gone mid-read."""
+
+    def __init__(self, mp: pytest.MonkeyPatch, sc: Scenario, etcd: EtcdServer, keys: list[str]):
+        from confhub_etcd._client import EtcdClient
+
+        self.sc, self.etcd, self.keys = sc, etcd, keys
+        self.unary = EtcdClient._unary
+        self.armed = False
+        self.fired = 0
+        self.pages: list[int] = []  # the revision each later page asked for
+        hook = self
+
+        def unary(client: Any, stub: str, method: str, request: Any, **kw: Any) -> Any:
+            hook.before(method, request)
+            return hook.unary(client, stub, method, request, **kw)
+
+        mp.setattr(EtcdClient, "_unary", unary)
+
+    def before(self, method: str, request: Any) -> None:
+        if method == "Range" and request.limit and request.revision:
+            self.pages.append(int(request.revision))
+            if self.armed and len([r for r in self.pages if r == request.revision]) == 3:
+                self.armed = False
+                self.fired += 1
+                writer = _client(self.etcd)
+                try:
+                    writer.put_many({f"/app/{k}": f"mid{self.fired}-{k}" for k in self.keys})
+                finally:
+                    writer.close()
+                self.sc.store.compact()
+
+
+@pytest.mark.parametrize("when", ["start", "resync"])
+def test_08_compaction_between_pages_restarts_the_read(
+    etcd: EtcdServer, when: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paged read (100 keys, pages of 4) whose revision is compacted after its third page
+    restarts at a new revision: the published snapshot holds every key at one revision
+    (never a mix of two transactions), at start and in a resync after compaction."""
+    keys = [f"k{i:03d}" for i in range(100)]
+    writer = _client(etcd)
+    try:
+        writer.put_many({f"/app/{k}": f"r0-{k}" for k in keys})
+        with TcpProxy(etcd.endpoint) as proxy:
+            sc = Scenario(
+                f"etcd-8-{when}",
+                etcd,
+                spec(proxy.endpoint, opts=f"{FAST}&page_size=4"),
+                keys,
+                connect_timeout=5.0,  # the load waits for the injected txn and compaction
+            )
+            hook = _CompactBetweenPages(monkeypatch, sc, etcd, keys)
+            hook.armed = when == "start"
+            published: list[dict[str, Any]] = []
+            with sc.running(readers=4) as hub:
+                published.append(hub.snapshot().flat())
+                hub.subscribe(lambda ch: published.append({c.key: c.new for c in ch.changes}))
+                if when == "resync":
+                    w = watcher(hub)
+                    proxy.set_mode("refuse")
+                    proxy.reset()
+                    wait_until(lambda: state(hub) == "stale", T_DETECT)
+                    writer.put_many({f"/app/{k}": f"r1-{k}" for k in keys})
+                    writer.put_many({f"/app/{k}": f"r2-{k}" for k in keys})
+                    sc.store.compact()  # the hub's resume revision is gone: it must resync
+                    hook.armed = True
+                    proxy.set_mode("pass")
+                    wait_until(lambda: w.resyncs >= 1, T_RECOVER, "the resync")
+                wait_until(lambda: state(hub) == "live", T_RECOVER)
+                writer.put("/app/k000", "after")
+                wait_until(lambda: hub.get("k000") == "after", T_RECOVER)
+    finally:
+        writer.close()
+    assert hook.fired == 1, "the compaction never hit a paged read"
+    revisions = sorted(set(hook.pages))
+    assert len(revisions) >= 2, f"the read did not restart at a new revision: {revisions}"
+    # The starting snapshot and every multi-key change hold every key at one round (one
+    # store revision), never a mix of the transactions before and after the compaction.
+    assert len(published[0]) == len(keys)
+    for values in published:
+        if len(values) > 1:
+            rounds = {str(v).split("-", 1)[0] for v in values.values()}
+            assert len(rounds) == 1, f"a published snapshot mixes revisions: {sorted(rounds)}"
+    assert published[-1] == {"k000": "after"}
+
+
+# -- 11: permission revoked mid-watch ---------------------------------------------------------
+
+
+def _grant_app_user(etcd: EtcdServer) -> tuple[Any, Any]:
+    """User ``app`` with role ``app`` holding readwrite on ``/app/``; returns the admin call
+    and the permission (to revoke and grant again)."""
+    from confhub_etcd.testing import _rpc
+
+    rpc = _rpc()
+
+    def admin(method: str, request: Any) -> Any:
+        return etcd._admin_call("AuthStub", method, request)
+
+    perm = rpc.Permission(permType=rpc.Permission.READWRITE, key=b"/app/", range_end=b"/app0")
+    admin("RoleAdd", rpc.AuthRoleAddRequest(name="app"))
+    admin("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(name="app", perm=perm))
+    admin("UserAdd", rpc.AuthUserAddRequest(name="app", password="app-pw-11"))
+    admin("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="app", role="app"))
+    return admin, perm
+
+
+def test_11_permission_revoked_mid_watch_then_granted_again() -> None:
+    """The app user's read on the prefix is revoked while the hub watches: health shows a
+    SourcePermissionError within a bound (etcd does not cancel an existing watch, so the
+    watcher's periodic permission check finds it), the last good values stay, the watch is
+    re-created with backoff (no busy loop), and it recovers once read is granted again."""
+    from confhub_etcd.testing import _rpc
+
+    rpc = _rpc()
+    with EtcdServer(auth=True) as etcd:
+        etcd.put("/app/a", "1")
+        admin, perm = _grant_app_user(etcd)
+        source = spec(etcd.endpoint, opts=f"user=app&password=app-pw-11&{FAST}")
+        sc = Scenario("etcd-11-revoke", etcd, source, ["a", "b"])
+        with sc.running(readers=2) as hub:
+            errors: list[Any] = []
+            hub.subscribe(on_error=errors.append)
+            etcd.put("/app/a", "2")
+            wait_until(lambda: hub.get("a") == "2", 5)
+            t0 = time.monotonic()
+            admin(
+                "RoleRevokePermission",
+                rpc.AuthRoleRevokePermissionRequest(role="app", key=b"/app/", range_end=b"/app0"),
+            )
+            bound = 2 * 0.5 + 1.0  # one progress interval to the next check, + margin
+            wait_until(lambda: state(hub) == "stale", bound, "the permission error in health")
+            detected = time.monotonic() - t0
+            assert "permission denied" in (hub.health().sources[0].last_error or "")
+            assert isinstance(errors[-1].error, SourcePermissionError)
+            etcd.put("/app/a", "3")  # written while the hub may not read
+            w = watcher(hub)
+            before = w.reconnects
+            time.sleep(2.0)
+            attempts = w.reconnects - before
+            assert attempts <= 2.0 / 0.15 + 2, f"{attempts} watch re-creates in 2 s: a busy loop"
+            assert hub.get("a") == "2"  # last good kept (the refusal is no deletion)
+            assert hub.explain("a").stale
+            admin("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(name="app", perm=perm))
+            etcd.put("/app/b", "granted")
+            wait_until(lambda: hub.get("b", None) == "granted", T_RECOVER, "recovery")
+            wait_until(lambda: state(hub) == "live", T_RECOVER)
+            assert hub.get("a") == "3"
+    assert detected < bound
+
+
+# -- 13: TLS that cannot work --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["untrusted-ca", "unknown-client-cert"])
+def test_13_tls_failures_fail_start_fast(variant: str, tmp_path: Any) -> None:
+    """An untrusted server CA, or a client certificate from a CA the server does not trust:
+    start fails within the connect deadline with an error saying TLS and what to check,
+    after a handful of connection attempts (no retry storm)."""
+    from confhub_etcd.testing import _generate_tls
+
+    other = _generate_tls(tmp_path / "other")  # a second, unrelated CA and its client cert
+    with EtcdServer(tls=True) as etcd, TcpProxy(etcd.endpoint) as proxy:
+        assert etcd.tls is not None
+        if variant == "untrusted-ca":
+            ca, cert, key = other.ca_cert, etcd.tls.client_cert, etcd.tls.client_key
+        else:
+            ca, cert, key = etcd.tls.ca_cert, other.client_cert, other.client_key
+        hub = make_hub(spec(proxy.endpoint, opts=f"ca={ca}&cert={cert}&key={key}&{FAST}"))
+        t0 = time.monotonic()
+        with pytest.raises(StartupError) as info:
+            hub.start()
+        took = time.monotonic() - t0
+        hub.close()
+        text = " ".join(str(e) for _, e in info.value.attempts)
+        assert took < 1.0 + 1.5, f"start took {took:.2f}s"
+        assert re.search(r"(?i)tls|ssl|certificate|handshake", text), text
+        assert proxy.accepted <= 6, f"{proxy.accepted} connections: a retry storm"
+
+
+# -- 14 (read path): a value above the client's receive limit --------------------------------
+
+
+def test_14_value_above_the_receive_limit_keeps_last_good(etcd: EtcdServer) -> None:
+    """With ``max_receive_bytes=65536``, a 200 KiB value written to a watched key is refused
+    by the client (the watch response is too large): the source goes stale naming the
+    limit, the last good values stay, memory stays bounded, and once the value is replaced
+    the watcher re-reads the prefix and delivers the fix."""
+    import resource
+
+    etcd.put("/app/a", "1")
+    etcd.put("/app/big", "small")
+    opts = f"{FAST}&max_receive_bytes=65536"
+    sc = Scenario("etcd-14-receive", etcd, spec(etcd.endpoint, opts=opts), ["a", "big"])
+    with sc.running(readers=1) as hub:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        etcd.put("/app/big", "x" * 200 * 1024)
+        wait_until(lambda: state(hub) == "stale", T_DETECT, "the refusal")
+        assert re.search(r"(?i)too large|larger than max", hub.health().sources[0].last_error or "")
+        assert hub.get("big") == "small"  # last good kept
+        etcd.put("/app/a", "2")  # held back while the big value is there
+        time.sleep(1.0)
+        assert hub.get("a") == "1"
+        w = watcher(hub)
+        assert w.reconnects < 1.0 / 0.15 + 4
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss
+        assert grown < 64 * 1024, f"max RSS grew by {grown} KiB"
+        etcd.put("/app/big", "fixed")
+        wait_until(lambda: hub.get("big") == "fixed", T_RECOVER, "the fix")
+        wait_until(lambda: state(hub) == "live", T_RECOVER)
+        assert hub.get("a") == "2"
+
+
+# -- 39: invalid UTF-8 in a key ----------------------------------------------------------------
+
+
+def test_39_invalid_utf8_key_is_refused_naming_it(etcd: EtcdServer) -> None:
+    """A key under the prefix that is not UTF-8 arriving live: SourceFormatError naming the
+    key (escaped), last good kept (the policy: a tree change is held back until it applies
+    cleanly), no U+FFFD published; deleting it lets the held-back changes through."""
+    etcd.put("/app/a", "1")
+    sc = Scenario("etcd-39-key", etcd, spec(etcd.endpoint), ["a"])
+    with sc.running(readers=1) as hub:
+        errors: list[Any] = []
+        hub.subscribe(on_error=errors.append)
+        etcd.put(b"/app/bad\xff", "x")
+        wait_until(lambda: state(hub) == "stale", 5, "the format error")
+        assert isinstance(errors[-1].error, SourceFormatError)
+        assert "\\xff" in str(errors[-1].error)
+        etcd.put("/app/a", "2")
+        time.sleep(0.3)
+        assert hub.get("a") == "1"  # last good
+        assert not [v for v in hub.snapshot().flat().values() if "\ufffd" in str(v)]
+        etcd.delete(b"/app/bad\xff")
+        wait_until(lambda: hub.get("a") == "2", T_RECOVER, "the held-back change")
+        wait_until(lambda: state(hub) == "live", T_RECOVER)
