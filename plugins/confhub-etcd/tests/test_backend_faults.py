@@ -57,6 +57,8 @@ def test_member_killed_and_restarted_with_writes_during_the_outage(
         cluster.kill(0)
         events.wait_state("stale")
         assert hub.get("n") == "5"
+        # Health changes at once; the ErrorEvent follows on the notifier thread.
+        events.wait_for(lambda: len(events.errors) >= 1, 5.0, "one error event")
         errors = len(events.errors)
         assert errors == 1
         for i in range(6, 16):
