@@ -658,7 +658,7 @@ class Hub:
                     slot.active = i
                     self._on_update(slot, layer)
                     if slot.layer is layer:
-                        log.info("%s is back: promoted from %s to live", slot.display, "cache")
+                        log.info("%s is back: serving %s live", slot.display, spec.display)
                 self._start_watch(slot)
                 return
             delay = min(delay * 2, self.retry_max)
