@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("confhub.cache")
 
 MAGIC = "confhub-cache"
+#: A temp file this old was left by a writer that died; newer ones may be in flight.
+STALE_TEMP_SECONDS = 60.0
 FORMAT = 1
 #: Options that do not change what a source holds, so not part of its identity.
 _VOLATILE_OPTIONS = frozenset(
@@ -264,6 +266,7 @@ class Cache:
         if self._write_failing:
             log.info("cache writes in %s work again", self.directory)
             self._write_failing = False
+        self._remove_stale_temps(self.path_for(spec))
         with self._lock:
             self._written[identity + ":content"] = content_sum
         return True
@@ -277,6 +280,16 @@ class Cache:
             return _checksum({"data": envelope["data"], "revision": envelope.get("revision")})
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
+
+    def _remove_stale_temps(self, path: Path) -> None:
+        """Delete temp files a killed writer left behind (old enough not to be in flight)."""
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        for leftover in self.directory.glob(f".{path.name}.*.tmp"):
+            try:
+                if leftover.lstat().st_mtime < cutoff:
+                    leftover.unlink()
+            except OSError:
+                pass
 
     def _atomic_write(self, path: Path, payload: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")

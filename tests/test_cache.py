@@ -381,3 +381,97 @@ def test_hung_primary_is_bounded_by_connect_timeout_then_alternate_serves(tmp_pa
         assert hub.get("a") == "alt"
         assert time.monotonic() - began < 0.9
     wait_for(lambda: primary.loads >= 1, timeout=3)
+
+
+_CRASH_WRITER = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {here!r})
+import confhub._cache as cache_module
+from confhub import Layer, SourceSpec
+
+step = {step!r}
+real_fsync, real_replace, real_open = os.fsync, os.replace, os.open
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def fsync(fd):
+    if step == "before-fsync":
+        die()
+    real_fsync(fd)
+    if step == "after-fsync" and not os.path.isdir(f"/proc/self/fd/{{fd}}"):
+        die()
+
+def replace(src, dst):
+    real_replace(src, dst)
+    if step == "after-rename":
+        die()
+
+cache_module.os.fsync = fsync
+cache_module.os.replace = replace
+cache = cache_module.Cache(Path({directory!r}))
+layer = Layer.from_flat({{"v": "new", "pad": "y" * 20000}}, source="memory:crash", revision=2)
+cache.write(SourceSpec.parse("memory:crash"), layer)
+"""
+
+
+@pytest.mark.parametrize("step", ["before-fsync", "after-fsync", "after-rename"])
+def test_crash_at_each_step_of_a_cache_write(tmp_path: Path, step: str) -> None:
+    """A writer killed at each step leaves the old or the new complete version, never a mix;
+    the temp file it left is cleaned up by a later write once it is stale."""
+    from confhub import Layer
+
+    spec = SourceSpec.parse("memory:crash")
+    old = Layer.from_flat({"v": "old", "pad": "x" * 20000}, source="memory:crash", revision=1)
+    assert Cache(tmp_path).write(spec, old)
+    code = _CRASH_WRITER.format(here=str(Path(__file__).parent), step=step, directory=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, timeout=60, check=False
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    layer = Cache(tmp_path).read(spec)
+    assert layer is not None
+    expected = "new" if step == "after-rename" else "old"
+    assert layer.values["v"] == expected
+    assert layer.values["pad"] == ("y" if expected == "new" else "x") * 20000
+    temps = list(tmp_path.glob(".*.tmp"))
+    if step != "after-rename":
+        assert temps, "the killed writer should have left its temp file"
+    for temp in temps:
+        os.utime(temp, (time.time() - 3600, time.time() - 3600))
+    newest = Layer.from_flat({"v": "newest"}, source="memory:crash", revision=3)
+    assert Cache(tmp_path).write(spec, newest)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_full_cache_directory_never_stops_updates(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ENOSPC (a tiny tmpfs) logs one warning, leaves no temp file, and updates continue."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tiny tmpfs here (needs root and mount): {proc.stderr}")
+    try:
+        store = MemoryStore("app", {f"k{i}": "v" * 100 for i in range(500)})
+        with (
+            caplog.at_level(logging.WARNING, logger="confhub.cache"),
+            hub_for(store, mnt / "confhub") as hub,
+        ):
+            for n in range(3):
+                store.set("k0", f"update-{n}")
+            wait_for(lambda: hub.get("k0") == "update-2")
+            wait_for(lambda: any("cannot write the cache" in r.message for r in caplog.records))
+        warnings = [r for r in caplog.records if "cannot write the cache" in r.message]
+        assert len(warnings) == 1
+        assert "No space left" in warnings[0].getMessage()
+        assert not list((mnt / "confhub").glob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
