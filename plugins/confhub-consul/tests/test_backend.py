@@ -331,6 +331,23 @@ def test_hung_connection_recovers_and_close_is_prompt(server: ConsulTestServer) 
     server.clear_faults()
 
 
+def test_hung_server_is_reported_after_one_read_timeout(server: ConsulTestServer) -> None:
+    """A server that answers nothing is reported after one read timeout, not two (a timed
+    out request on a kept-alive socket is not retried as if the socket had gone stale)."""
+    server.put("myapp/a", "1")
+    with hub_for(spec(server)) as hub:
+        ev = Events(hub)
+        server.wait_for_blocked(1)
+        server.hang(times=None, path_prefix="/v1/kv/")
+        server.put("myapp/a", "2")  # answers the parked query; every later one hangs
+        t0 = time.monotonic()
+        ev.wait(lambda: bool(ev.errors))
+        elapsed = time.monotonic() - t0
+        assert elapsed < 1 + 1 / 16 + 1 + 0.7, f"reported after {elapsed:.2f}s"
+        assert isinstance(ev.errors[0].error, SourceUnavailableError)
+    server.clear_faults()
+
+
 @pytest.mark.parametrize("status", [500, 503, 429])
 def test_server_errors_then_recovery_with_changes_made_meanwhile(
     server: ConsulTestServer, status: int

@@ -81,7 +81,9 @@ class Connection:
     ``connect_timeout`` bounds connecting (and the TLS handshake); every request passes its
     own read timeout. A reused keep-alive socket that the server closed in the meantime is
     retried once on a fresh socket for GETs, and for any method when the failure happened
-    while sending (nothing reached the server).
+    while sending (nothing reached the server). A timeout is never retried: the server was
+    there and did not answer in time, and a retry would double the time a hung or dripping
+    server holds the caller.
     """
 
     def __init__(
@@ -164,11 +166,16 @@ class Connection:
                     sent = True
                     resp = conn.getresponse()
                     data = _read_body(resp, sock, deadline)
-                except TRANSPORT_ERRORS:
+                except TRANSPORT_ERRORS as exc:
                     self._drop()
                     if self._aborted:
                         raise Aborted from None
-                    retry = reused and attempt == 1 and (method == "GET" or not sent)
+                    retry = (
+                        reused
+                        and attempt == 1
+                        and (method == "GET" or not sent)
+                        and not isinstance(exc, TimeoutError)
+                    )
                     if retry:
                         continue
                     raise
