@@ -255,6 +255,48 @@ def test_document_layout_and_malformed_update(
         ev.wait(lambda: hub.get("db.port") == 6543)
 
 
+def test_deleted_document_blocks_until_it_comes_back(server: ConsulTestServer) -> None:
+    """A document deleted mid-watch is one error, then a blocking wait (no polling); its
+    re-creation applies at once."""
+    server.put("myapp/config", b'{"a": 1}')
+    with hub_for(spec(server, "myapp/config", "format=json")) as hub:
+        ev = Events(hub)
+        server.wait_for_blocked(1)
+        server.delete("myapp/config")
+        ev.wait(lambda: bool(ev.errors))
+        assert "does not exist" in str(ev.errors[0].error)
+        assert hub.get("a") == 1
+        server.wait_for_blocked(1)
+        server.reset_requests()
+        time.sleep(1.5)
+        assert server.request_count("/v1/kv/") <= 3
+        server.put("myapp/config", b'{"a": 2}')
+        ev.wait(lambda: hub.get("a") == 2, timeout=1.0)
+        until(lambda: health(hub).state == "live")
+        assert len(ev.errors) == 1
+
+
+def test_bad_value_met_on_recovery_does_not_poll(server: ConsulTestServer) -> None:
+    """A bad value written during an outage: the read after recovery reports it, then the
+    watch blocks (no re-read loop) until the value is fixed."""
+    server.put("myapp/a", "1")
+    with hub_for(spec(server)) as hub:
+        ev = Events(hub)
+        server.wait_for_blocked(1)
+        fault = server.inject_status(500, times=None, path_prefix="/v1/kv/")
+        server.put("myapp/b", "x")  # answers the parked query; the next ones get 500
+        ev.wait(lambda: bool(ev.errors))
+        server.put("myapp/a", b"\xff")
+        fault.clear()
+        ev.wait(lambda: any(isinstance(e.error, SourceFormatError) for e in ev.errors))
+        server.reset_requests()
+        time.sleep(1.5)
+        assert server.request_count("/v1/kv/") <= 3
+        assert hub.get("a") == "1"
+        server.put("myapp/a", "2")
+        ev.wait(lambda: hub.get("a") == "2")
+
+
 def test_document_missing_at_start_is_unavailable(server: ConsulTestServer) -> None:
     """A document key that does not exist makes the source unavailable (StartupError)."""
     with pytest.raises(StartupError, match="does not exist"):

@@ -14,7 +14,9 @@ It follows Consul's documented client contract (``features/blocking``):
   connection is noticed;
 - errors back off exponentially with jitter (``retry_initial`` .. ``retry_max``) and are
   reported to the hub once per state change (same kind of failure: reported once); after
-  an error the next good answer is delivered as a whole layer (a resync).
+  an error the next good answer is delivered as a whole layer (a resync);
+- an answer whose content cannot be used (bad value, broken or deleted document) keeps the
+  last good and moves the index on: the loop blocks until the next change.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from confhub import Layer, LayerDelta, Notify, SourceError, SourceFormatError
+from confhub import Layer, LayerDelta, Notify, SourceError
 
 from ._http import Aborted
 
@@ -144,22 +146,18 @@ class Watcher:
                     # A new ModifyIndex with the same value (a flags-only change, a CAS
                     # rewrite) changes no value: deliver nothing, as for a touched document.
                     update = delta if _changes_values(delta, layer) else None
-            except SourceFormatError as exc:
-                # Last good stays; the index moves on so the loop waits for the next change.
+            except SourceError as exc:
+                # The read worked but its content cannot be used (a bad value, a leaf/parent
+                # clash, a broken or deleted document). Last good stays; the index moves on
+                # and the loop blocks until the next change (a deleted document's query
+                # wakes when it is created again). Reading again at once would get the same
+                # content, in a loop only the token bucket would slow down.
                 index = max(snap.index, 1)
+                resync = False
                 state = (type(exc).__name__, str(exc))
                 if state != reported:
                     reported = state
                     self.notify(exc)
-                continue
-            except SourceError as exc:
-                state = (type(exc).__name__, _kind(exc))
-                if state != reported:
-                    reported = state
-                    self.notify(exc)
-                resync = True
-                if self._stop.wait(backoff * random.uniform(0.5, 1.0)):
-                    return
                 continue
             index = max(snap.index, 1)
             mod, layer = new_mod, new_layer
