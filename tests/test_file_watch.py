@@ -105,6 +105,7 @@ def test_in_place_write_is_published(tmp_path: Path, open_hub: Any, recorder: Re
     hub = open_hub(path)
     write_in_place(path, "port = 2\n")
     wait_for(lambda: hub.get("port") == 2)
+    wait_for(lambda: recorder.changes)  # delivered on the notifier thread, after the swap
     assert [c.key for ch in recorder.changes for c in ch.changes] == ["port"]
     assert recorder.errors == []
 
