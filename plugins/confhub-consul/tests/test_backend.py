@@ -220,6 +220,34 @@ def test_every_byte_value_is_reported_and_last_good_kept(server: ConsulTestServe
         assert len(ev.errors) == 1
 
 
+@pytest.mark.parametrize(
+    ("path", "extra", "good", "bad"),
+    [
+        ("myapp/", "", "good", b"\xff"),
+        ("myapp/a", "format=json", b'{"a": "good"}', b'{"a": '),
+    ],
+    ids=["tree", "document"],
+)
+def test_bad_value_put_back_as_it_was_makes_the_source_live_again(
+    server: ConsulTestServer, path: str, extra: str, good: bytes | str, bad: bytes
+) -> None:
+    """A rejected value, then the last good value written back: health returns to live
+    (the hub is told even though no value changed)."""
+    server.put("myapp/a", good)
+    with hub_for(spec(server, path, extra)) as hub:
+        ev = Events(hub)
+        server.wait_for_blocked(1)
+        server.put("myapp/a", bad)
+        ev.wait(lambda: bool(ev.errors))
+        assert health(hub).state == "stale"
+        generation = hub.generation
+        server.put("myapp/a", good)
+        until(lambda: health(hub).state == "live")
+        assert hub.get("a") == "good"
+        assert hub.generation == generation  # no change event for identical values
+        assert not ev.changes
+
+
 def test_non_utf8_at_start_fails_the_load(server: ConsulTestServer) -> None:
     """Invalid UTF-8 at start is a SourceFormatError (never a silent fallback)."""
     server.put("myapp/bin", b"\xff\xfe")

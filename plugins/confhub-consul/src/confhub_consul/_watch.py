@@ -134,18 +134,22 @@ class Watcher:
                 )
             if not went_back and not resync and snap.index == index:
                 continue  # a wait that timed out: nothing changed
+            # After a reported failure the hub shows the source stale: the next good answer
+            # is delivered even when it only restores the last good values (a bad value
+            # put back as it was), or the hub would never hear that the source is well.
+            deliver = resync or reported is not None
             try:
                 if went_back or resync or layer is None or opts.document is not None:
                     new_layer = self.backend.build(snap)
                     new_mod = {k: m for k, (m, _) in snap.entries.items()}
                     update: Layer | LayerDelta | None = new_layer
-                    if not resync and layer is not None and new_layer.values == layer.values:
+                    if not deliver and layer is not None and new_layer.values == layer.values:
                         update = None  # same content (a touch of the document)
                 else:
                     delta, new_mod, new_layer = self.backend.delta(snap, mod, layer)
                     # A new ModifyIndex with the same value (a flags-only change, a CAS
                     # rewrite) changes no value: deliver nothing, as for a touched document.
-                    update = delta if _changes_values(delta, layer) else None
+                    update = delta if deliver or _changes_values(delta, layer) else None
             except SourceError as exc:
                 # The read worked but its content cannot be used (a bad value, a leaf/parent
                 # clash, a broken or deleted document). Last good stays; the index moves on
