@@ -139,6 +139,7 @@ def test_make_backend_does_no_io() -> None:
         "consul://h:8500/a/?bogus=1",
         "consul://u:pw@h:8500/a/",
         "consul://h:8500/a/?scheme=http&ca=/x.pem",
+        "consul://h:8500/a/?token=t%E2%82%ACx",
     ],
 )
 def test_bad_specs_are_refused_before_any_request(text: str) -> None:

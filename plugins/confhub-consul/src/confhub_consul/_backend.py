@@ -179,8 +179,13 @@ class ConsulOptions:
             token, token_from = os.environ["CONSUL_HTTP_TOKEN"], "env"
         else:
             token, token_from = None, "none"
-        if token is not None and not token.isprintable():
-            raise SpecError(f"{display}: the ACL token has unprintable characters", spec=display)
+        # HTTP header values go out as Latin-1, and Consul tokens are ASCII (UUIDs): anything
+        # else would fail on the first request with a bare UnicodeEncodeError.
+        if token is not None and not (token.isascii() and token.isprintable()):
+            raise SpecError(
+                f"{display}: the ACL token has unprintable or non-ASCII characters",
+                spec=display,
+            )
         consistency = str(spec.option("consistency", "default")).lower()
         if consistency not in _CONSISTENCY:
             raise SpecError(
