@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from confhub_consul._backend import ConsulBackend
+from confhub_consul._watch import Watcher
 from confhub_consul.testing import AclToken, ConsulTestServer
 
 FAST = "wait=1&timeout=1&retry_initial=0.05&retry_max=0.3"
@@ -417,6 +418,32 @@ def test_hung_server_is_reported_after_one_read_timeout(server: ConsulTestServer
         assert elapsed < 1 + 1 / 16 + 1 + 0.7, f"reported after {elapsed:.2f}s"
         assert isinstance(ev.errors[0].error, SourceUnavailableError)
     server.clear_faults()
+
+
+def test_close_racing_watch_joins_the_thread(
+    server: ConsulTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close() that runs while watch() is starting the thread waits for it and joins it:
+    no watch thread starts after close() returned."""
+    server.put("myapp/a", "1")
+    backend = ConsulBackend(SourceSpec.parse(spec(server)))
+    backend.load()
+    closed = threading.Event()
+    closer = threading.Thread(target=lambda: (backend.close(), closed.set()))
+    seen: list[bool] = []
+    original = Watcher.start
+
+    def start(self: Watcher) -> None:
+        closer.start()
+        closer.join(0.3)  # close() now, while watch() is between creating and starting
+        seen.append(closed.is_set())
+        original(self)
+
+    monkeypatch.setattr(Watcher, "start", start)
+    backend.watch(lambda update: None)
+    closer.join(BOUND)
+    assert seen == [False], "close() returned before the watch thread was started"
+    assert not any(t.name.startswith("confhub-consul-watch") for t in threading.enumerate())
 
 
 @pytest.mark.parametrize("status", [500, 503, 429])

@@ -514,8 +514,10 @@ class ConsulBackend:
         with self._lock:
             if self._closed or self._watcher is not None:
                 return
+            # Started under the lock: a close() racing with watch() then always finds a
+            # running thread to join (the thread's first step waits for this lock).
             self._watcher = Watcher(self, notify)
-        self._watcher.start()
+            self._watcher.start()
 
     def state(self) -> tuple[int, dict[str, int], Layer | None]:
         """The index, ModifyIndex per key and layer of the last delivered state."""
