@@ -99,7 +99,16 @@ _NOT_SENT_MARKERS: Final = (
     "connection refused",
     "connections to all backends failing",
     "dns resolution failed",
+    # gRPC's fd layer refuses, before the system call, a socket of the wrong fork generation
+    # (seen on the first call in a forked child: "sendmsg: Wrong file descriptor generation").
+    "wrong file descriptor generation",
 )
+
+
+def _not_sent(error: EtcdError) -> bool:
+    """Whether ``error`` proves the request never left this process."""
+    text = str(error).lower()
+    return any(marker in text for marker in _NOT_SENT_MARKERS)
 
 
 def _rpc() -> Any:
@@ -738,8 +747,8 @@ class EtcdClient:
         self._lock = threading.RLock()
         self._connections = {}
         self._pid = os.getpid()
-        # gRPC's poller can fail the first call on a channel made right after fork()
-        # ("Wrong file descriptor generation"); one fresh channel and retry fixes it.
+        # gRPC can fail the first call made in a child ("sendmsg: Wrong file descriptor
+        # generation", about 1 fork in 15 with grpcio 1.85): see _fork_retry.
         self._fork_grace = True
 
     def _connection(self) -> _Connection:
@@ -781,6 +790,29 @@ class EtcdClient:
                     endpoint,
                     self._endpoints[self._current],
                 )
+
+    def _fork_retry(self, conn: _Connection, error: EtcdError, *, idempotent: bool) -> bool:
+        """Whether the first call after fork() may be retried at once on a fresh channel.
+
+        Only the first call in a child gets this grace, whatever its outcome, so a real outage
+        later is never retried silently; a write only when ``error`` proves nothing was sent.
+        The failed channel (the child's own) is closed.
+        """
+        with self._lock:
+            if not self._fork_grace:
+                return False
+            self._fork_grace = False
+            if (
+                not isinstance(error, EtcdUnavailable)
+                or isinstance(error, EtcdTLSError)
+                or not (idempotent or _not_sent(error))
+            ):
+                return False
+            if self._connections.get(conn.endpoint) is conn:
+                del self._connections[conn.endpoint]
+        conn.channel.close()
+        log.info("first etcd call after fork failed (%s); retrying on a new channel", error)
+        return True
 
     def _invalidate_token(self, token: str | None) -> None:
         with self._lock:
@@ -827,14 +859,9 @@ class EtcdClient:
                 )
             except grpc.RpcError as exc:
                 error = _translate(exc, conn.endpoint, what=what)
-                code = exc.code()
-                if self._fork_grace and code == grpc.StatusCode.UNAVAILABLE:
-                    self._fork_grace = False
-                    with self._lock:
-                        self._connections = {}
-                    log.info("first etcd call after fork failed (%s); retrying on a new channel",
-                             code.name)
+                if self._fork_retry(conn, error, idempotent=idempotent):
                     continue
+                code = exc.code()
                 if (
                     code == grpc.StatusCode.UNAUTHENTICATED
                     and self._credentials is not None
@@ -849,11 +876,13 @@ class EtcdClient:
                     raise error from exc
                 self._mark_failed(conn.endpoint)
                 tried += 1
-                retry = idempotent or any(m in error.args[0].lower() for m in _NOT_SENT_MARKERS)
+                retry = idempotent or _not_sent(error)
                 if isinstance(error, EtcdTLSError) or not retry or tried >= len(self._endpoints):
                     raise error from exc
-            except EtcdUnavailable:
+            except EtcdUnavailable as exc:
                 # Authentication itself hit an unavailable endpoint: try the next one.
+                if self._fork_retry(conn, exc, idempotent=True):
+                    continue
                 self._mark_failed(conn.endpoint)
                 tried += 1
                 if tried >= len(self._endpoints):
@@ -893,11 +922,13 @@ class EtcdClient:
 
 
 class _StreamLost(Exception):
-    """Internal: the watch stream ended; ``error`` says why."""
+    """Internal: the watch stream ended; ``error`` says why. ``retry_now``: the first call
+    after fork() failed and may be retried at once, unreported (``EtcdClient._fork_retry``)."""
 
-    def __init__(self, error: EtcdError) -> None:
+    def __init__(self, error: EtcdError, *, retry_now: bool = False) -> None:
         super().__init__(str(error))
         self.error = error
+        self.retry_now = retry_now
 
 
 class _Compacted(Exception):
@@ -1120,6 +1151,8 @@ class PrefixWatcher:
                 )
                 continue
             except _StreamLost as exc:
+                if exc.retry_now:
+                    continue
                 error: BaseException = exc.error
                 if isinstance(error, _ResponseTooLarge):
                     # An event above max_receive_bytes: resuming would replay it forever.
@@ -1160,7 +1193,8 @@ class PrefixWatcher:
         try:
             metadata = client._metadata(conn)
         except EtcdError as exc:
-            raise _StreamLost(exc) from exc
+            retry_now = client._fork_retry(conn, exc, idempotent=True)
+            raise _StreamLost(exc, retry_now=retry_now) from exc
         token = dict(metadata).get("token")
         if self._require_leader:
             metadata = (*metadata, ("hasleader", "true"))
@@ -1193,6 +1227,7 @@ class PrefixWatcher:
                     self._check_permission()
                 if response.created and watch_id is None and not response.canceled:
                     watch_id = int(response.watch_id)
+                    client._fork_grace = False  # the channel works
                     connected_at.append(time.monotonic())
                     self._status = WatchState.CONNECTED
                     self._report(WatchState.CONNECTED, None)
@@ -1238,6 +1273,7 @@ class PrefixWatcher:
         except grpc.RpcError as exc:
             if self._stop.is_set():
                 return
+            retry_now = False
             if requests.timed_out:
                 error: EtcdError = EtcdUnavailable(
                     f"no watch response or progress from etcd at {conn.endpoint} within "
@@ -1249,7 +1285,9 @@ class PrefixWatcher:
                 error = _translate(exc, conn.endpoint, what=f"the watch on {self._prefix!r}")
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                     client._invalidate_token(token)
-            raise _StreamLost(error) from exc
+                if watch_id is None:
+                    retry_now = client._fork_retry(conn, error, idempotent=True)
+            raise _StreamLost(error, retry_now=retry_now) from exc
         finally:
             requests.close()
             call.cancel()
