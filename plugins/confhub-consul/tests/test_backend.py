@@ -755,6 +755,21 @@ def test_cas_writes_and_conflicts(target: Any) -> None:
         assert hub.get("db.port") == "5433"
 
 
+def test_index_read_after_a_write_is_not_stale(server: ConsulTestServer) -> None:
+    """With consistency=stale, the ModifyIndex read after a write (large PUT, lost CAS) is
+    asked of the leader: a stale server may not have the write yet."""
+    with hub_for(spec(server, extra="consistency=stale")) as hub:
+        server.reset_requests()
+        big = "x" * 400_000  # over the txn body limit once base64'd: plain PUT, then a read
+        index = hub.write("big", big)
+        assert index == server.get("myapp/big").modify_index
+        with pytest.raises(WriteConflictError):
+            hub.write("big", "y", expected_revision=index + 100)
+        reads = [r for r in server.requests if r.method == "GET" and r.path == "/v1/kv/myapp/big"]
+        assert len(reads) == 2
+        assert all("stale" not in r.query for r in reads)
+
+
 def test_refused_keys_and_values_never_reach_the_wire(server: ConsulTestServer) -> None:
     """Keys Consul would redirect and values over 512 KiB are refused client-side."""
     with hub_for(spec(server)) as hub:

@@ -724,7 +724,9 @@ class ConsulBackend:
             ) from None
 
     def _modify_index(self, conn: Connection, key: str, ckey: str) -> int | None:
-        query = self.opts.read_params()
+        # Asked of the leader whatever ``consistency`` says: a stale server may not have the
+        # write yet and would report an older ModifyIndex.
+        query = [("dc", self.opts.dc)] if self.opts.dc else []
         resp = self._send(
             conn=conn, method="GET", path=kv_path(ckey), query=query, body=None, key=key
         )
