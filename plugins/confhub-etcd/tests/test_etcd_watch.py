@@ -241,3 +241,22 @@ def test_close_is_idempotent_and_start_twice_fails(client: EtcdClient) -> None:
     client.close()
     with pytest.raises(EtcdClosedError):
         client.get("/w/a")
+
+
+def test_client_close_ends_a_watcher_read_in_flight(etcd: EtcdServer, recorder: Recorder) -> None:
+    """Closing the client ends at once the read its watcher is blocked in (a paused etcd,
+    a long deadline), so the thread is joined instead of outliving close()."""
+    client = EtcdClient(etcd.endpoints, timeout=30.0)
+    try:
+        client.put("/w/a", "1")
+        etcd.pause()
+        watcher = client.watch_prefix("/w/", recorder.on_batch, recorder.on_state, backoff=FAST)
+        time.sleep(0.3)  # the initial read is now waiting on the paused member
+        started = time.monotonic()
+        client.close()
+        assert time.monotonic() - started < 2.0
+        assert not watcher.running
+        assert recorder.state_names() == ["closed"]
+    finally:
+        client.close()
+        etcd.resume()

@@ -747,10 +747,11 @@ class EtcdBackend:
             watcher, self._watcher = self._watcher, None
             client, self._client = self._client, None
         self._notify = None
-        if watcher is not None:
-            watcher.close()
+        # The client first: it ends a call the watcher may be blocked in, then joins it.
         if client is not None:
             client.close()
+        if watcher is not None:
+            watcher.close()
 
 
 def make_backend(spec: SourceSpec, hub: Hub | None) -> EtcdBackend:

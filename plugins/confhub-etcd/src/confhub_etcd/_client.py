@@ -505,19 +505,25 @@ class EtcdClient:
         self.close()
 
     def close(self) -> None:
-        """Stop this client's watchers and close its channels. Idempotent."""
+        """Stop this client's watchers and close its channels. Idempotent.
+
+        The channels are closed before the watcher threads are joined: that ends at once a
+        call they may be blocked in (a resync read, a permission check), which could
+        otherwise outlast the join.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             watchers = list(self._watchers)
-        for watcher in watchers:
-            watcher.close()
-        with self._lock:
             connections = list(self._connections.values()) if self._pid == os.getpid() else []
             self._connections.clear()
+        for watcher in watchers:
+            watcher._halt()
         for conn in connections:
             conn.channel.close()
+        for watcher in watchers:
+            watcher.close()
         _LIVE_CLIENTS.discard(self)
 
     # -- reads -----------------------------------------------------------------------------------
@@ -1089,23 +1095,36 @@ class PrefixWatcher:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the watcher and join its thread (bounded by ``timeout``). Idempotent."""
-        if self._pid != os.getpid():
-            # The thread lives in the parent; there is nothing to stop here.
-            self._stop.set()
+        if not self._halt():
             return
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning(
+                    "etcd watch on %r did not stop within %.1fs (a callback or call is blocked)",
+                    self._prefix,
+                    timeout,
+                )
         with self._lock:
-            already = self._stop.is_set()
-            self._stop.set()
-            requests, call, thread = self._requests, self._call, self._thread
+            if self._status is WatchState.CLOSED:
+                return
+            self._status = WatchState.CLOSED
+        self._report(WatchState.CLOSED, None)
+
+    def _halt(self) -> bool:
+        """Ask the thread to stop and end its stream, without waiting; False in a forked
+        child (the thread lives in the parent: nothing to stop or report here)."""
+        self._stop.set()
+        if self._pid != os.getpid():
+            return False
+        with self._lock:
+            requests, call = self._requests, self._call
         if requests is not None:
             requests.close()
         if call is not None:
             call.cancel()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-        if not already:
-            self._status = WatchState.CLOSED
-            self._report(WatchState.CLOSED, None)
+        return True
 
     def __enter__(self) -> Self:
         if self._thread is None:
