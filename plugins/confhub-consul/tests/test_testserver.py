@@ -244,6 +244,34 @@ def test_clear_faults_restores_everything(double: ConsulTestServer) -> None:
     assert _get(double, "/v1/kv/k").status_code == 200
 
 
+def test_set_last_contact_applies_to_stale_reads_only(double: ConsulTestServer) -> None:
+    """A lagging follower: ?stale reads (key, listing, 404, read-only txn) carry its
+    X-Consul-Lastcontact; default and ?consistent reads carry the leader's 0; None and
+    clear_faults end it."""
+    double.put("k", "v")
+    double.set_last_contact(2.5)
+
+    def contact(path: str, **params: str) -> str:
+        return _get(double, path, params=params).headers["X-Consul-Lastcontact"]
+
+    assert contact("/v1/kv/k", stale="") == "2500"
+    assert contact("/v1/kv/", recurse="", stale="") == "2500"
+    assert contact("/v1/kv/missing", stale="") == "2500"
+    txn = requests.put(
+        f"{double.url}/v1/txn?stale", json=[{"KV": {"Verb": "get", "Key": "k"}}], timeout=5
+    )
+    assert txn.headers["X-Consul-Lastcontact"] == "2500"
+    assert contact("/v1/kv/k") == "0"
+    assert contact("/v1/kv/k", consistent="") == "0"
+    double.set_last_contact(None)
+    assert contact("/v1/kv/k", stale="") == "0"
+    double.set_last_contact(0.75)
+    double.clear_faults()
+    assert contact("/v1/kv/k", stale="") == "0"
+    with pytest.raises(ValueError, match=">= 0"):
+        double.set_last_contact(-1)
+
+
 def test_gc_tombstones_lowers_prefix_index(double: ConsulTestServer) -> None:
     """Tombstone GC can make a prefix index go backwards, as on real Consul."""
     double.put("p/a", "1")

@@ -261,6 +261,7 @@ class Engine:
         self._blocked = 0
         self._leader = True
         self._leader_lost_at = 0.0
+        self._follower_lag_ms = 0
         self.anonymous = config.anonymous_token or AclToken(
             secret_id="anonymous",  # noqa: S106 - Consul's well-known anonymous token name
             accessor_id=ANONYMOUS_ACCESSOR,
@@ -319,11 +320,21 @@ class Engine:
         with self._lock:
             return self._leader
 
-    def _last_contact_ms(self) -> int:
+    def set_last_contact(self, seconds: float | None) -> None:
+        """Make ``?stale`` reads answer as a follower ``seconds`` behind the leader."""
+        if seconds is not None and seconds < 0:
+            raise ValueError("a last contact is >= 0 seconds, or None")
         with self._lock:
+            self._follower_lag_ms = 0 if seconds is None else int(seconds * 1000)
+
+    def _last_contact_ms(self, mode: str) -> int:
+        """``X-Consul-Lastcontact``: 0 on the leader; a stale read may be served by a lagging
+        follower; without a leader, the time since it was lost."""
+        with self._lock:
+            lag = self._follower_lag_ms if mode == "stale" else 0
             if self._leader:
-                return 0
-            return int((time.monotonic() - self._leader_lost_at) * 1000)
+                return lag
+            return max(lag, int((time.monotonic() - self._leader_lost_at) * 1000))
 
     def records(self) -> list[RequestRecord]:
         """Return a copy of the request log."""
@@ -535,12 +546,12 @@ class Engine:
             return _text(500, "No cluster leader")
         return None
 
-    def _meta(self, index: int | None) -> tuple[tuple[str, str], ...]:
+    def _meta(self, index: int | None, mode: str) -> tuple[tuple[str, str], ...]:
         headers: list[tuple[str, str]] = []
         if index is not None:
             headers.append(("X-Consul-Index", str(max(index, 1))))
         headers.append(("X-Consul-Knownleader", "true" if self.has_leader else "false"))
-        headers.append(("X-Consul-Lastcontact", str(self._last_contact_ms())))
+        headers.append(("X-Consul-Lastcontact", str(self._last_contact_ms(mode))))
         return tuple(headers)
 
     def _query_timeout(self, wait: float | None) -> float:
@@ -653,7 +664,7 @@ class Engine:
                 entries = self.state.list_prefix(key)
                 index = self.state.prefix_index(key)
                 visible = [e for e in entries if self._can_read(token, e.key)]
-                headers = self._meta(index)
+                headers = self._meta(index, mode)
                 if len(visible) < len(entries) and not token.is_anonymous:
                     headers += (("X-Consul-Results-Filtered-By-Acls", "true"),)
                 if keys_mode:
@@ -676,7 +687,7 @@ class Engine:
         def evaluate_key() -> tuple[Reply, int, bool]:
             entry = self.state.get(key)
             index = self.state.key_index(key)
-            headers = self._meta(index)
+            headers = self._meta(index, mode)
             if entry is None:
                 return Reply(404, headers), index, False
             if raw:
@@ -837,7 +848,7 @@ class Engine:
             if self._can_read(token, entry.key)
         ]
         body_out = {"Results": visible or None, "Errors": None}
-        headers = _JSON_HEADERS if writes else (*self._meta(None), *_JSON_HEADERS)
+        headers = _JSON_HEADERS if writes else (*self._meta(None, mode), *_JSON_HEADERS)
         return Reply(200, headers, _go_json(body_out, pretty="pretty" in req.query))
 
     # ------------------------------------------------------------- sessions
@@ -955,7 +966,7 @@ class Engine:
         def evaluate() -> tuple[Reply, int, bool]:
             index = self.state.session_table_index()
             body = _go_json(select(), pretty="pretty" in req.query)
-            return Reply(200, (*self._meta(index), *_JSON_HEADERS), body), index, True
+            return Reply(200, (*self._meta(index, mode), *_JSON_HEADERS), body), index, True
 
         return self._block(min_index, wait, evaluate, missing_key_rule=False)
 

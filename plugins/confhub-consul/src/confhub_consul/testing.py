@@ -17,6 +17,7 @@ Fault injection (all thread-safe): :meth:`ConsulTestServer.set_leader`,
 :meth:`~ConsulTestServer.reset_index`, :meth:`~ConsulTestServer.gc_tombstones`,
 :meth:`~ConsulTestServer.inject_status`, :meth:`~ConsulTestServer.drop_connections`,
 :meth:`~ConsulTestServer.hang`, :meth:`~ConsulTestServer.delay`,
+:meth:`~ConsulTestServer.drip`, :meth:`~ConsulTestServer.set_last_contact`,
 :meth:`~ConsulTestServer.clear_faults`, plus a request log to assert there is no busy loop.
 ``docs/testing-server.md`` lists what is and is not faithful to real Consul.
 """
@@ -327,6 +328,16 @@ class ConsulTestServer:
         """
         self._engine.set_leader(has_leader)
 
+    def set_last_contact(self, seconds: float | None) -> None:
+        """Simulate a follower lagging ``seconds`` behind the leader.
+
+        ``?stale`` reads (which any server may answer) then carry
+        ``X-Consul-Lastcontact: <seconds in ms>``; default and ``?consistent`` reads are
+        served by the leader and carry 0. Only the header changes: the data is the current
+        state (the test server keeps one copy). ``None`` (or :meth:`clear_faults`) ends it.
+        """
+        self._engine.set_last_contact(seconds)
+
     @property
     def has_leader(self) -> bool:
         """Whether the simulated cluster currently has a leader."""
@@ -400,9 +411,11 @@ class ConsulTestServer:
                                       delay=seconds_per_byte)
 
     def clear_faults(self) -> None:
-        """Remove every injected fault, release hung requests and restore the leader."""
+        """Remove every injected fault, release hung requests, restore the leader and end a
+        simulated follower lag."""
         self._engine.clear_faults()
         self._engine.set_leader(True)
+        self._engine.set_last_contact(None)
 
     # ------------------------------------------------------ observation
 
