@@ -39,16 +39,22 @@ def cluster() -> Iterator[EtcdCluster]:
 
 
 @pytest.fixture(autouse=True)
-def _no_leaked_watch_threads() -> Iterator[None]:
-    """Every test must join the watcher threads it started."""
+def _no_leaked_confhub_threads() -> Iterator[None]:
+    """Every hub, watcher and recovery thread a test started is gone after it."""
+    before = set(threading.enumerate())
     yield
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        leaked = [t for t in threading.enumerate() if t.name.startswith("confhub-etcd-watch")]
+    while True:
+        leaked = [
+            t
+            for t in threading.enumerate()
+            if t not in before and t.name.startswith("confhub") and t.is_alive()
+        ]
         if not leaked:
             return
+        if time.monotonic() > deadline:
+            pytest.fail(f"threads leaked: {leaked}")
         time.sleep(0.05)
-    pytest.fail(f"watcher threads leaked: {leaked}")
 
 
 @pytest.fixture

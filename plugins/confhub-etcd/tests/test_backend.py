@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +24,6 @@ from confhub_etcd._backend import EtcdBackend, parse_spec
 from confhub_etcd._client import EtcdClient
 from confhub_etcd._plugin import confhub_demo
 from confhub_etcd.testing import EtcdServer
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_confhub_threads() -> Iterator[None]:
-    """Every hub, watcher and recovery thread a test started is gone after it."""
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 5
-    while True:
-        leaked = [
-            t
-            for t in threading.enumerate()
-            if t not in before and t.name.startswith("confhub") and t.is_alive()
-        ]
-        if not leaked:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"threads leaked: {leaked}")
-        time.sleep(0.05)
 
 
 def test_plugin_is_discovered_through_its_entry_point(etcd: EtcdServer) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,25 +13,6 @@ from backend_lib import FAST_OPTS, Events, make_hub, spec
 from confhub import SourceFormatError, SourcePermissionError, StartupError
 
 from confhub_etcd.testing import EtcdCluster, EtcdServer
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_confhub_threads() -> Iterator[None]:
-    """Every hub, watcher and recovery thread a test started is gone after it."""
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 5
-    while True:
-        leaked = [
-            t
-            for t in threading.enumerate()
-            if t not in before and t.name.startswith("confhub") and t.is_alive()
-        ]
-        if not leaked:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"threads leaked: {leaked}")
-        time.sleep(0.05)
 
 
 def _assert_history(events: Events, key: str) -> None:
