@@ -325,3 +325,48 @@ def test_23_429_is_retried_with_backoff(consul: ConsulTestServer) -> None:
         fault.clear()
         wait_until(lambda: hub.get("a") == "2", 5, "recovery")
         wait_until(lambda: state(hub) == "live", 5)
+
+
+# -- 23: stale mode with X-Consul-LastContact beyond max_last_contact ----------------------------
+
+
+def _prefix_reads(server: ConsulTestServer) -> tuple[int, int]:
+    """(stale reads, leader reads) of the prefix in the request log."""
+    gets = [r for r in server.requests if r.method == "GET" and r.path == "/v1/kv/myapp/"]
+    stale = sum(1 for r in gets if "stale" in r.query)
+    return stale, len(gets) - stale
+
+
+def test_23_too_stale_answer_is_asked_of_the_leader(consul: ConsulTestServer) -> None:
+    """consistency=stale with max_last_contact=0.5: while followers answer 2 s behind the
+    leader, every stale answer is asked again in default mode and the changes arrive in
+    order; once they are back within the bound, no leader read is made; no error at all."""
+    sc = Scenario(
+        "consul-23-stale",
+        consul,
+        spec(consul.address, "consistency=stale&max_last_contact=0.5"),
+        ["a", "b"],
+    )
+    sc.store.put("a", "0")
+    sc.store.put("b", "0")
+    with sc.running() as hub:
+        consul.wait_for_blocked(1)
+        consul.set_last_contact(2.0)
+        consul.reset_requests()
+        for i in range(1, 6):
+            sc.store.put("a" if i % 2 else "b", str(i))
+            wait_until(lambda i=i: hub.get("a" if i % 2 else "b") == str(i), 5)
+            time.sleep(0.05)
+        consul.wait_for_blocked(1)
+        stale, leader = _prefix_reads(consul)
+        assert leader >= 5, f"{leader} leader reads for 5 too-stale answers"
+        assert leader <= stale  # one leader read per stale answer at most
+        consul.set_last_contact(0.2)  # the header is set when an answer is made
+        consul.reset_requests()
+        sc.store.put("b", "within")
+        wait_until(lambda: hub.get("b") == "within", 5)
+        consul.wait_for_blocked(1)
+        assert _prefix_reads(consul)[1] == 0, "a leader read for an answer within the bound"
+        assert state(hub) == "live"
+    assert not sc.errors
+    consul.clear_faults()

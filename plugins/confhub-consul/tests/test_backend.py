@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from confhub_consul._backend import ConsulBackend
+from confhub_consul._http import Response
 from confhub_consul._watch import Watcher
 from confhub_consul.testing import AclToken, ConsulTestServer
 
@@ -141,6 +142,8 @@ def test_make_backend_does_no_io() -> None:
         "consul://u:pw@h:8500/a/",
         "consul://h:8500/a/?scheme=http&ca=/x.pem",
         "consul://h:8500/a/?token=t%E2%82%ACx",
+        "consul://h:8500/a/?max_last_contact=1",
+        "consul://h:8500/a/?consistency=stale&max_last_contact=-1",
     ],
 )
 def test_bad_specs_are_refused_before_any_request(text: str) -> None:
@@ -571,6 +574,79 @@ def test_acl_filtered_listing_is_not_a_deletion() -> None:
             assert "filtered" in str(ev.errors[0].error)
             assert hub.get("secret.x") == "2"  # hidden, not deleted
             assert "reader-token" not in str(ev.errors[0].error)
+
+
+# -- consistency=stale and max_last_contact ----------------------------------------------------
+
+
+def _reads(server: ConsulTestServer) -> tuple[int, int]:
+    """(stale reads, leader reads) of the prefix in the request log."""
+    gets = [r for r in server.requests if r.method == "GET" and r.path == "/v1/kv/myapp/"]
+    stale = sum(1 for r in gets if "stale" in r.query)
+    return stale, len(gets) - stale
+
+
+def test_stale_answer_over_max_last_contact_is_asked_of_the_leader(
+    server: ConsulTestServer,
+) -> None:
+    """With consistency=stale, an answer whose X-Consul-LastContact is over
+    max_last_contact is asked again without ?stale, at load and in the watch; an answer
+    within the bound is used as it is."""
+    server.put("myapp/a", "1")
+    server.set_last_contact(3.0)
+    with hub_for(spec(server, extra="consistency=stale&max_last_contact=1")) as hub:
+        ev = Events(hub)
+        assert _reads(server) == (1, 1)  # the load
+        server.wait_for_blocked(1)
+        server.put("myapp/a", "2")
+        ev.wait(lambda: hub.get("a") == "2")
+        server.wait_for_blocked(1)
+        stale, leader = _reads(server)
+        assert leader == 2
+        assert stale == 3  # the load, the answered watch query, the parked one
+        server.set_last_contact(0.5)
+        server.reset_requests()
+        server.put("myapp/a", "3")
+        ev.wait(lambda: hub.get("a") == "3")
+        server.wait_for_blocked(1)
+        assert _reads(server) == (1, 0)  # the next parked query; no leader read
+        assert not ev.errors
+
+
+def test_too_stale_answer_with_no_leader_keeps_the_last_good(server: ConsulTestServer) -> None:
+    """A too-stale answer while the cluster has no leader cannot be checked with the leader:
+    an unavailable error naming max_last_contact, last good kept; the leader's return
+    brings the changes."""
+    server.put("myapp/a", "1")
+    with hub_for(spec(server, extra="consistency=stale&max_last_contact=1")) as hub:
+        ev = Events(hub)
+        server.wait_for_blocked(1)
+        server.set_leader(False)
+        server.set_last_contact(3.0)
+        server.put("myapp/a", "2")  # answers the parked query, too stale; the leader is gone
+        ev.wait(lambda: bool(ev.errors))
+        err = ev.errors[0].error
+        assert isinstance(err, SourceUnavailableError)
+        assert "max_last_contact=1s" in str(err)
+        assert "No cluster leader" in str(err)
+        assert hub.get("a") == "1"
+        server.clear_faults()
+        ev.wait(lambda: hub.get("a") == "2")
+        until(lambda: health(hub).state == "live")
+
+
+@pytest.mark.parametrize(
+    ("header", "too_stale"),
+    [("0", False), ("1000", False), ("1001", True), (None, True), ("soon", True)],
+)
+def test_last_contact_header_is_checked_strictly(header: str | None, too_stale: bool) -> None:
+    """Over the bound, missing or unreadable X-Consul-LastContact: asked again."""
+    backend = ConsulBackend(
+        SourceSpec.parse("consul://127.0.0.1:1/x/?consistency=stale&max_last_contact=1")
+    )
+    headers = {} if header is None else {"x-consul-lastcontact": header}
+    assert (backend._too_stale(Response(200, headers, b"[]")) is not None) is too_stale
+    backend.close()
 
 
 # -- ACL token ------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ _KNOWN_OPTIONS = frozenset(
     {
         "token", "scheme", "ca", "cert", "key", "verify", "consistency", "dc", "timeout",
         "wait", "retry_initial", "retry_max", "rate", "burst", "format", "optional", "poll",
+        "max_last_contact",
     }
 )  # fmt: skip
 
@@ -103,6 +104,9 @@ class ConsulOptions:
     retry_max: float
     rate: float
     burst: int
+    #: consistency=stale only: an answer whose X-Consul-LastContact is above this many
+    #: seconds is asked again of the leader. None: any stale answer is used.
+    max_last_contact: float | None = None
 
     def __repr__(self) -> str:
         return f"<ConsulOptions {self.display} token={'<redacted>' if self.token else None}>"
@@ -207,6 +211,20 @@ class ConsulOptions:
                 raise SpecError(f"{display}: {name} must be > 0, not {value}", spec=display)
         if wait > 600:
             raise SpecError(f"{display}: wait is capped at 600 s by Consul", spec=display)
+        max_last_contact: float | None = None
+        if spec.option("max_last_contact") is not None:
+            max_last_contact = spec.option_float("max_last_contact", 0.0)
+            if not max_last_contact >= 0:
+                raise SpecError(
+                    f"{display}: max_last_contact must be >= 0 seconds, not {max_last_contact}",
+                    spec=display,
+                )
+            if consistency != "stale":
+                raise SpecError(
+                    f"{display}: max_last_contact needs consistency=stale (default and "
+                    "consistent reads are answered by the leader, never stale)",
+                    spec=display,
+                )
         dc = spec.option("dc")
         return cls(
             display=display,
@@ -230,6 +248,7 @@ class ConsulOptions:
             retry_max=max(retry_max, retry_initial),
             rate=rate,
             burst=max(1, burst),
+            max_last_contact=max_last_contact,
         )
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -292,6 +311,8 @@ class ConsulBackend:
         self._index = 0
         self._mod: dict[str, int] = {}
         self._layer: Layer | None = None
+        # Whether the last stale answer was over max_last_contact (logged on changes only).
+        self._lagging = False
 
     def __repr__(self) -> str:
         return f"<ConsulBackend {self.source}>"
@@ -337,12 +358,31 @@ class ConsulBackend:
         if self.opts.document is None:
             query.append(("recurse", ""))
         read_timeout = self.opts.timeout
+        blocking: list[tuple[str, str]] = []
         if index > 0 and wait is not None:
-            query += [("index", str(index)), ("wait", _duration(wait))]
+            blocking = [("index", str(index)), ("wait", _duration(wait))]
             # Consul adds up to wait/16 of jitter; the margin covers the network.
             read_timeout = wait + wait / 16 + self.opts.timeout
+        resp = self._get(conn, query + blocking, read_timeout)
+        lag = self._too_stale(resp)
+        if lag is not None:
+            # Asked again of the leader, at once (no index): its answer is at least as new.
+            leader = [p for p in query if p[0] != "stale"]
+            resp = self._get(conn, leader, self.opts.timeout)
+            if resp.status == 429 or resp.status >= 500:
+                raise SourceUnavailableError(
+                    f"{self.source}: a stale answer was {lag} behind the leader (over "
+                    f"max_last_contact={self.opts.max_last_contact:g}s) and the leader "
+                    f"answered {resp.status} {_body_text(resp)}; retrying",
+                    source=self.source,
+                )
+        return self._snapshot(resp)
+
+    def _get(
+        self, conn: Connection, query: list[tuple[str, str]], read_timeout: float
+    ) -> Response:
         try:
-            resp = conn.request(
+            return conn.request(
                 "GET", kv_path(self.read_key), query=query, read_timeout=read_timeout
             )
         except Aborted:
@@ -353,7 +393,38 @@ class ConsulBackend:
                 f"({type(exc).__name__}: {exc}); retrying",
                 source=self.source,
             ) from None
-        return self._snapshot(resp)
+
+    def _too_stale(self, resp: Response) -> str | None:
+        """How far behind the leader a stale answer is, when over ``max_last_contact``.
+
+        None when the answer may be used: no bound set, not a stale read, an error status
+        (handled as any other), or a ``X-Consul-LastContact`` within the bound. A missing or
+        unreadable header cannot prove the bound holds, so it counts as too stale.
+        """
+        bound = self.opts.max_last_contact
+        if bound is None or resp.status not in (200, 404):
+            return None
+        raw = resp.header("X-Consul-LastContact")
+        try:
+            ms = int(raw or "")
+        except ValueError:
+            ms = -1
+        if 0 <= ms <= bound * 1000:
+            if self._lagging:
+                self._lagging = False
+                log.info("%s: stale answers are within max_last_contact again", self.source)
+            return None
+        lag = f"{ms} ms" if ms >= 0 else f"an unknown time (X-Consul-LastContact {raw!r})"
+        if not self._lagging:
+            self._lagging = True
+            log.info(
+                "%s: a stale answer was %s behind the leader (max_last_contact=%gs); "
+                "asking the leader until stale answers are within the bound again",
+                self.source,
+                lag,
+                bound,
+            )
+        return lag
 
     def _snapshot(self, resp: Response) -> Snapshot:
         status = resp.status
