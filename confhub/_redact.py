@@ -20,6 +20,9 @@ SECRET_OPTIONS = frozenset(
 )
 
 
+_RAW_USERINFO = re.compile(r"(?P<userinfo>.*)@(?P<rest>[A-Za-z0-9.\-:,\[\]]+(?:[/?].*)?)$", re.S)
+
+
 def is_secret_key(key: str) -> bool:
     """Return whether the dotted ``key`` looks like it holds a secret (``db.password``)."""
     last = key.rsplit(".", 1)[-1]
@@ -33,6 +36,14 @@ def redact_url(text: str) -> str:
     except ValueError:
         return REDACTED
     netloc = parts.netloc
+    if "@" not in netloc and "@" in parts.path and text.partition(":")[2].startswith("//"):
+        # A password with a raw "/" ends the netloc early ("u:pa/ss@h:2379/app/"): redact
+        # everything up to the last "@" before the hosts, whatever it holds.
+        match = _RAW_USERINFO.match(text.partition(":")[2][2:])
+        if match is not None:
+            user = match.group("userinfo").split(":", 1)[0].split("/", 1)[0]
+            scheme = text.partition(":")[0]
+            return redact_url(f"{scheme}://{user}:{REDACTED}@{match.group('rest')}")
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
         user = userinfo.split(":", 1)[0]

@@ -48,3 +48,13 @@ def test_fallback_group_members() -> None:
     assert [m.location for m in group.members] == ["a", "b"]
     with pytest.raises(SpecError):
         Fallback()
+
+
+def test_password_with_a_raw_slash_is_still_redacted() -> None:
+    """A '/' in an unencoded password ends the URL's netloc early; it is redacted anyway."""
+    spec = SourceSpec.parse("etcd://root:pa/ss@h:2379/app/?token=t0ps3cret")
+    assert "pa/ss" not in spec.display
+    assert "ss@" not in spec.display
+    from confhub._redact import redact_url
+
+    assert "t0ps3cret" not in redact_url("etcd://root:pa/ss@h:2379/app/?token=t0ps3cret")

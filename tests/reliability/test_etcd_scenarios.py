@@ -574,6 +574,8 @@ def test_11_permission_revoked_mid_watch_then_granted_again() -> None:
             wait_until(lambda: state(hub) == "stale", bound, "the permission error in health")
             detected = time.monotonic() - t0
             assert "permission denied" in (hub.health().sources[0].last_error or "")
+            # Health changes at once; the ErrorEvent follows on the notifier thread.
+            wait_until(lambda: bool(errors), 5, "the error event")
             assert isinstance(errors[-1].error, SourcePermissionError)
             etcd.put("/app/a", "3")  # written while the hub may not read
             w = watcher(hub)
@@ -667,6 +669,7 @@ def test_39_invalid_utf8_key_is_refused_naming_it(etcd: EtcdServer) -> None:
         hub.subscribe(on_error=errors.append)
         etcd.put(b"/app/bad\xff", "x")
         wait_until(lambda: state(hub) == "stale", 5, "the format error")
+        wait_until(lambda: bool(errors), 5, "the error event")  # after the health change
         assert isinstance(errors[-1].error, SourceFormatError)
         assert "\\xff" in str(errors[-1].error)
         etcd.put("/app/a", "2")

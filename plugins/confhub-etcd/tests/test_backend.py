@@ -237,3 +237,15 @@ def test_demo_hook_runs(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
     for expected in ("live", "stale", "cached"):
         assert expected in text
+
+
+def test_raw_slash_in_url_password_is_a_spec_error_without_the_password() -> None:
+    """user:pa/ss@host is refused with the fix, and no part of the password is echoed."""
+    from confhub import Hub, SpecError
+
+    hub = Hub(["etcd://root:pa/ss@127.0.0.1:2379/app/"], cache_dir=None)
+    with pytest.raises(SpecError) as info:
+        hub.start()
+    assert "%2F" in str(info.value)
+    assert "pa/ss" not in str(info.value)
+    assert "ss@" not in str(info.value)

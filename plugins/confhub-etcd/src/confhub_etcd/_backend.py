@@ -138,6 +138,13 @@ def parse_spec(spec: SourceSpec, *, default_timeout: float = 2.0) -> EtcdSourceC
         )
     netloc, slash, path = location[2:].partition("/")
     path = slash + path
+    if "@" in path and "@" not in netloc:
+        # Most likely user:password@ with a raw "/" in the password: never echo it.
+        raise _spec_error(
+            spec,
+            "the part before the first '/' has no '@' but the rest does: percent-encode a "
+            "'/' in the password as %2F, or pass it as ?password= (or password_env=)",
+        )
     userinfo, at, hosts = netloc.rpartition("@")
     if not at:
         hosts, userinfo = netloc, ""
