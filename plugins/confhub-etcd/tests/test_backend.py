@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from backend_lib import Events, make_hub, spec
 from confhub import (
+    Hub,
     SourceFormatError,
     SourceSpec,
     SpecError,
@@ -241,8 +242,6 @@ def test_demo_hook_runs(tmp_path: Path) -> None:
 
 def test_raw_slash_in_url_password_is_a_spec_error_without_the_password() -> None:
     """user:pa/ss@host is refused with the fix, and no part of the password is echoed."""
-    from confhub import Hub, SpecError
-
     hub = Hub(["etcd://root:pa/ss@127.0.0.1:2379/app/"], cache_dir=None)
     with pytest.raises(SpecError) as info:
         hub.start()
