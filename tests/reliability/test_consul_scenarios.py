@@ -19,7 +19,7 @@ from confhub_consul.testing import AclToken, ConsulTestServer
 from faults import ConsulRecorder, TcpProxy
 from history import History, wait_until
 
-from confhub import Hub, SourcePermissionError, SourceUnavailableError
+from confhub import Hub, SourceFormatError, SourcePermissionError, SourceUnavailableError
 
 WAIT, TIMEOUT = 1.0, 1.0
 FAST = f"wait={WAIT:g}&timeout={TIMEOUT:g}&retry_initial=0.05&retry_max=0.3"
@@ -370,3 +370,53 @@ def test_23_too_stale_answer_is_asked_of_the_leader(consul: ConsulTestServer) ->
         assert state(hub) == "live"
     assert not sc.errors
     consul.clear_faults()
+
+
+# -- 39: bytes that are not UTF-8, in a value and in a key ------------------------------------
+
+
+def test_39_non_utf8_value_and_key_are_refused_by_name(consul: ConsulTestServer) -> None:
+    """A value that is not UTF-8 (written in one transaction with a good change) is a
+    SourceFormatError naming its key; the update is refused whole (both keys keep their
+    last good values) and its fix applies both. A key stored with a byte that is not UTF-8
+    is listed with U+FFFD: refused by name, and deleting it clears the error. No U+FFFD is
+    ever published."""
+    import requests
+
+    sc = Scenario("consul-39", consul, spec(consul.address), ["a", "b"])
+    sc.store.put("a", "1")
+    sc.store.put("b", "1")
+
+    def no_replacement_char(hub: Hub) -> bool:
+        return all("\ufffd" not in f"{k}{v}" for k, v in hub.snapshot().flat().items())
+
+    with sc.running() as hub:
+        consul.wait_for_blocked(1)
+        sc.store.put_many({"a": b"caf\xe9", "b": "2"})  # Latin-1, not UTF-8
+        wait_until(lambda: bool(sc.errors), 5, "the format error")
+        err = sc.errors[0].error
+        assert isinstance(err, SourceFormatError)
+        assert "'myapp/a'" in str(err)
+        assert "UTF-8" in str(err)
+        time.sleep(0.3)
+        assert (hub.get("a"), hub.get("b")) == ("1", "1")  # refused whole, last good kept
+        assert state(hub) == "stale"
+        assert no_replacement_char(hub)
+        sc.store.put_many({"a": "caf\u00e9", "b": "3"})
+        wait_until(lambda: (hub.get("a"), hub.get("b")) == ("caf\u00e9", "3"), 5, "the fix")
+        wait_until(lambda: state(hub) == "live", 5)
+
+        consul.wait_for_blocked(1)
+        url = f"{consul.url}/v1/kv/myapp/c%FF"
+        assert requests.put(url, data=b"x", timeout=5).status_code == 200
+        wait_until(lambda: len(sc.errors) == 2, 5, "the key's format error")
+        err = sc.errors[1].error
+        assert isinstance(err, SourceFormatError)
+        assert "U+FFFD" in str(err)
+        assert no_replacement_char(hub)
+        assert requests.delete(url, timeout=5).status_code == 200
+        wait_until(lambda: state(hub) == "live", 5, "the error cleared by the delete")
+        sc.store.put("a", "after")
+        wait_until(lambda: hub.get("a") == "after", 5)
+        assert no_replacement_char(hub)
+    assert len(sc.errors) == 2

@@ -18,6 +18,7 @@ from typing import Any
 
 import confhub
 import pytest
+import requests
 from confhub import (
     ErrorEvent,
     SourceFormatError,
@@ -251,6 +252,28 @@ def test_bad_value_put_back_as_it_was_makes_the_source_live_again(
         assert hub.get("a") == "good"
         assert hub.generation == generation  # no change event for identical values
         assert not ev.changes
+
+
+def test_key_listed_with_a_replacement_char_is_refused_by_name(server: ConsulTestServer) -> None:
+    """A key stored with a byte that is not UTF-8 lists with U+FFFD (Go's JSON encoder): a
+    SourceFormatError naming it at start and while watched; deleting it clears the error."""
+    url = f"{server.url}/v1/kv/myapp/k%FF"
+    assert requests.put(url, data=b"v", timeout=5).status_code == 200
+    with pytest.raises(SourceFormatError, match="U\\+FFFD"), hub_for(spec(server)):
+        pass
+    assert requests.delete(url, timeout=5).status_code == 200
+    server.put("myapp/a", "1")
+    with hub_for(spec(server)) as hub:
+        ev = Events(hub)
+        server.wait_for_blocked(1)
+        assert requests.put(url, data=b"v", timeout=5).status_code == 200
+        ev.wait(lambda: bool(ev.errors))
+        assert isinstance(ev.errors[0].error, SourceFormatError)
+        assert "'myapp/k\ufffd'" in str(ev.errors[0].error)
+        assert all("\ufffd" not in k for k in hub.snapshot().flat())
+        assert requests.delete(url, timeout=5).status_code == 200
+        until(lambda: health(hub).state == "live")
+        assert hub.get("a") == "1"
 
 
 def test_non_utf8_at_start_fails_the_load(server: ConsulTestServer) -> None:

@@ -518,10 +518,27 @@ class ConsulBackend:
         )
 
     def dotted(self, ckey: str, raw: str | None) -> str | None:
-        """The dotted key of Consul key ``ckey``, or None for a folder to skip."""
+        """The dotted key of Consul key ``ckey``, or None for a folder to skip.
+
+        A key that is not UTF-8 never reaches the client as such: Consul takes the key from
+        the percent-decoded URL path, so ``PUT /v1/kv/app/%FF`` stores the byte 0xFF, but
+        listings are JSON, and Go's encoder writes every byte that is not UTF-8 as U+FFFD
+        (``app/%FF`` and ``app/%FE`` both list as ``app/`` and U+FFFD). A key holding
+        U+FFFD is therefore refused (a SourceFormatError naming it): its real name is
+        unknown, a write to the listed name would reach another key, and U+FFFD is never
+        published.
+        """
         rel = ckey[len(self.opts.prefix) :]
         if not ckey.startswith(self.opts.prefix):  # pragma: no cover - recurse is a prefix
             return None
+        if "\ufffd" in rel:
+            raise SourceFormatError(
+                f"{self.source}: Consul key {ckey!r} holds U+FFFD, which Consul lists in "
+                "place of bytes that are not UTF-8, so its real name is unknown: rename it "
+                "to a UTF-8 name",
+                source=self.source,
+                key=ckey,
+            )
         if rel == "" or rel.endswith("/"):
             if raw is None:
                 return None  # a folder marker (the UI creates them) or the prefix itself
