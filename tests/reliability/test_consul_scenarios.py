@@ -420,3 +420,59 @@ def test_39_non_utf8_value_and_key_are_refused_by_name(consul: ConsulTestServer)
         wait_until(lambda: hub.get("a") == "after", 5)
         assert no_replacement_char(hub)
     assert len(sc.errors) == 2
+
+
+# -- 40: empty value vs deleted key vs ACL-filtered key --------------------------------------
+
+
+def test_40_empty_deleted_and_filtered_keys_stay_distinct() -> None:
+    """Over a lower layer of defaults: an empty value is the empty string (it hides the
+    default); a deleted key falls through to the default, with no error; a key the token
+    may no longer read is a permission error and keeps its last good value (not the
+    default)."""
+    reader = AclToken(secret_id="reader-token", key_prefix={"myapp/": "read"})
+    with ConsulTestServer(
+        acl_enabled=True, acl_default_policy="deny", tokens=[reader],
+        default_query_time=2, max_query_time=3,
+    ) as srv:  # fmt: skip
+        srv.put("myapp/empty", b"")
+        srv.put("myapp/gone", "g")
+        srv.put("myapp/hidden/x", "h")
+        defaults = {"empty": "D", "gone": "D", "hidden": {"x": "D"}, "other": "D"}
+        source = spec(srv.address, "token=reader-token")
+        errors: list[Any] = []
+        with Hub([defaults, source], cache_dir=None, connect_timeout=1.0,
+                 retry_initial=0.05, retry_max=0.3) as hub:  # fmt: skip
+            hub.subscribe(on_error=errors.append)
+
+            def state() -> str:  # of the Consul source (the defaults are source 0)
+                return hub.health().sources[1].state
+
+            assert (hub.get("empty"), hub.get("gone"), hub.get("hidden.x")) == ("", "g", "h")
+            srv.wait_for_blocked(1)
+            srv.delete("myapp/gone")
+            wait_until(lambda: hub.get("gone") == "D", 5, "the delete falling through")
+            assert not errors
+            assert state() == "live"
+            srv.remove_token("reader-token")
+            srv.add_token(
+                AclToken(
+                    secret_id="reader-token",
+                    key_prefix={"myapp/": "read", "myapp/hidden/": "deny"},
+                )
+            )
+            srv.put("myapp/other", "o")  # wakes the watch; the listing comes back filtered
+            wait_until(lambda: bool(errors), 5, "the permission error")
+            assert isinstance(errors[0].error, SourcePermissionError)
+            time.sleep(0.3)
+            assert hub.get("hidden.x") == "h"  # last good, neither deleted nor the default
+            assert hub.get("empty") == ""
+            assert hub.get("gone") == "D"
+            assert state() == "stale"
+            srv.remove_token("reader-token")
+            srv.add_token(reader)
+            srv.put("myapp/empty", b"")  # idempotent: a real change is needed to wake it
+            srv.put("myapp/other", "o2")
+            wait_until(lambda: hub.get("other") == "o2", 5, "recovery")
+            wait_until(lambda: state() == "live", 5)
+            assert (hub.get("empty"), hub.get("gone"), hub.get("hidden.x")) == ("", "D", "h")
