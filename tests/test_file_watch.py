@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 import pytest
+from core_testlib import wait_for
 
 import confhub
 from confhub._backends.file import FileBackend
@@ -30,18 +31,6 @@ SETTLE = 0.05
 #: How long a "nothing happens" assertion waits: many settle windows, still short.
 QUIET = 0.5
 DEADLINE = 5.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE) -> Any:
-    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.005)
 
 
 class Recorder:
@@ -340,9 +329,7 @@ def test_optional_file_deleted_drops_keys_then_recreated(
     assert recorder.errors == []
 
 
-def test_polling_mode_publishes_changes(
-    tmp_path: Path, open_hub: Any, recorder: Recorder
-) -> None:
+def test_polling_mode_publishes_changes(tmp_path: Path, open_hub: Any, recorder: Recorder) -> None:
     """With watch=poll the file is watched by polling and changes still arrive."""
     path = tmp_path / "app.toml"
     path.write_text("port = 1\n")
@@ -419,7 +406,10 @@ def test_inotify_unavailable_falls_back_to_polling_with_one_warning(tmp_path: Pa
     path.write_text("port = 1\n")
     proc = subprocess.run(
         [sys.executable, "-W", "error", "-c", _NO_INOTIFY_SCRIPT, str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -25,10 +25,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from core_testlib import wait_for
 
 from confhub import MISSING, Change, Hub
 
@@ -541,11 +542,4 @@ def _diff(a: Mapping[str, Hash], b: Mapping[str, Hash], an: str, bn: str) -> str
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str = "") -> Any:
     """Poll ``predicate`` (bounded); raise AssertionError naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what or predicate} not met within {timeout}s")
-        time.sleep(0.01)
+    return wait_for(predicate, timeout, 0.01, what)
