@@ -112,7 +112,7 @@ class Watcher:
                 state = (type(exc).__name__, _kind(exc))
                 if state != reported:
                     reported = state
-                    log.warning("%s", exc)
+                    log.debug("%s", exc)  # the hub logs the state change
                     self.notify(exc)
                 resync = True
                 delay = backoff * random.uniform(0.5, 1.0)
