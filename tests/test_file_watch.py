@@ -315,6 +315,28 @@ def test_required_file_deleted_keeps_last_good_then_recreated(
     assert state(hub) == "live"
 
 
+@pytest.mark.parametrize("mode", ["auto", "poll"])
+@pytest.mark.parametrize("pause", [0.0, 0.3])
+def test_directory_deleted_and_recreated_is_watched_again(
+    tmp_path: Path, open_hub: Any, recorder: Recorder, pause: float, mode: str
+) -> None:
+    """The file's whole directory deleted and recreated (at once, or after a while): the
+    last good stays while it is gone, and the recreated file applies and is watched again."""
+    directory = tmp_path / "conf"
+    directory.mkdir()
+    path = directory / "app.toml"
+    path.write_text("port = 1\n")
+    hub = open_hub(path, poll_interval="0.05", watch=mode)
+    shutil.rmtree(directory)
+    time.sleep(pause)
+    directory.mkdir()
+    path.write_text("port = 2\n")
+    wait_for(lambda: hub.get("port") == 2)
+    replace_save(path, "port = 3\n")  # and the new directory is watched
+    wait_for(lambda: hub.get("port") == 3)
+    wait_for(lambda: state(hub) == "live")
+
+
 def test_optional_file_deleted_drops_keys_then_recreated(
     tmp_path: Path, open_hub: Any, recorder: Recorder
 ) -> None:

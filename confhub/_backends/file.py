@@ -28,6 +28,9 @@ Watching follows the lessons of viper, Envoy and kubelet's atomic writer:
   written); if it is still broken, the error is reported and the last good content stays.
 - A file that is missing is looked for again after another ``settle`` (vim renames the
   original away before writing the new one): only a file that stays missing is reported.
+- The directory itself deleted: its watch dies with it (and a directory recreated at once
+  may reuse the inode), so the backend looks for it every ``poll_interval`` and starts a
+  fresh observer once it is back.
 - The first check runs as soon as watching starts, so a change made between ``load()`` and
   ``watch()`` is not lost.
 - The watching thread survives anything a check raises: the error is reported and the
@@ -71,9 +74,14 @@ DEFAULT_SETTLE = 0.02
 DEFAULT_POLL_INTERVAL = 0.5
 _ABSENT = "absent"
 _WATCH_MODES = {
-    "auto": "auto", "true": "auto", "on": "auto", "yes": "auto",
+    "auto": "auto",
+    "true": "auto",
+    "on": "auto",
+    "yes": "auto",
     "poll": "poll",
-    "false": "false", "off": "false", "no": "false",
+    "false": "false",
+    "off": "false",
+    "no": "false",
 }
 
 
@@ -93,21 +101,22 @@ class FileBackend:
         for option in ("settle", "max_settle", "poll_interval"):
             if getattr(self, option) < 0:
                 raise SpecError(
-                    f"{self.name}: {option}={getattr(self, option)} is negative; "
-                    "give seconds >= 0",
+                    f"{self.name}: {option}={getattr(self, option)} is negative; give seconds >= 0",
                     spec=self.name,
                 )
         mode = str(spec.option("watch", "auto")).lower()
         if mode not in _WATCH_MODES:
-            raise SpecError(
-                f"{self.name}: watch={mode!r}; use auto, poll or false", spec=self.name
-            )
+            raise SpecError(f"{self.name}: watch={mode!r}; use auto, poll or false", spec=self.name)
         self.watch_mode = _WATCH_MODES[mode]
         self._last_hash: str | None = None
         self._reported_broken: str | None = None
         self._observer: BaseObserver | None = None
         self._handler = _Handler(self)
         self._watches: dict[str, ObservedWatch] = {}
+        # The identity (device, inode) of each watched directory when it was scheduled: a
+        # directory deleted and recreated is a new inode that the old watch does not see.
+        self._watched_ids: dict[str, tuple[int, int]] = {}
+        self._dir_lost = False  # set by the handler when a watched directory was deleted
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._cond = threading.Condition()
@@ -130,8 +139,7 @@ class FileBackend:
             ) from None
         except PermissionError as exc:
             raise SourcePermissionError(
-                f"{self.name}: cannot read {self.path}: {exc.strerror or exc}; "
-                "fix its permissions",
+                f"{self.name}: cannot read {self.path}: {exc.strerror or exc}; fix its permissions",
                 source=self.name,
             ) from None
         except OSError as exc:
@@ -148,9 +156,7 @@ class FileBackend:
             line = locate_key(text, key)
             return f"{path}:{line}" if line else path
 
-        return Layer.from_mapping(
-            data, source=self.name, revision=_digest(content), locate=locate
-        )
+        return Layer.from_mapping(data, source=self.name, revision=_digest(content), locate=locate)
 
     def _missing(self) -> Layer:
         if self.optional:
@@ -177,7 +183,8 @@ class FileBackend:
         self._notify = notify
         self._observer = self._start_observer()
         self._thread = threading.Thread(
-            target=self._run, name=f"confhub-file-settle[{os.path.basename(self.path)}]",
+            target=self._run,
+            name=f"confhub-file-settle[{os.path.basename(self.path)}]",
             daemon=True,
         )
         self._thread.start()
@@ -194,7 +201,23 @@ class FileBackend:
 
     def _schedule_all(self, observer: BaseObserver, dirs: set[str]) -> None:
         for d in sorted(dirs):
-            self._watches[d] = observer.schedule(self._handler, d, recursive=False)
+            self._schedule(observer, d)
+
+    def _schedule(self, observer: BaseObserver, directory: str) -> None:
+        st = os.stat(directory)
+        self._watches[directory] = observer.schedule(self._handler, directory, recursive=False)
+        self._watched_ids[directory] = (st.st_dev, st.st_ino)
+
+    def _parent_gone(self) -> bool:
+        """Whether the watched parent directory is missing or was replaced by another."""
+        if self._dir_lost:
+            return True
+        parent = os.path.dirname(self.path)
+        try:
+            st = os.stat(parent)
+        except OSError:
+            return True
+        return self._watched_ids.get(parent) != (st.st_dev, st.st_ino)
 
     def _start_observer(self) -> BaseObserver:
         parent = os.path.dirname(self.path)
@@ -215,12 +238,15 @@ class FileBackend:
                 native.start()
             except OSError as exc:
                 self._watches.clear()
+                self._watched_ids.clear()
                 if native is not None:
                     # Its thread never started; stop() joins what did (emitters, inotify).
                     native.stop()
                 log.warning(
                     "%s: native file watching is unavailable (%s); polling every %.2fs instead",
-                    self.name, exc, self.poll_interval,
+                    self.name,
+                    exc,
+                    self.poll_interval,
                 )
             else:
                 self.observer_kind = type(native).__name__
@@ -231,6 +257,7 @@ class FileBackend:
             observer.start()
         except OSError as exc:
             self._watches.clear()
+            self._watched_ids.clear()
             observer.stop()
             raise SourceUnavailableError(
                 f"{self.name}: cannot watch {parent}, not even by polling: {exc}",
@@ -253,7 +280,14 @@ class FileBackend:
             with self._cond:
                 deadline = self._deadline
                 if deadline is None:
-                    self._cond.wait()
+                    if not self._parent_gone():
+                        self._cond.wait()
+                        continue
+                    # The directory was deleted: no event will come from it. Look for it
+                    # again every poll interval, and re-arm the watch when it is back.
+                    self._cond.wait(self.poll_interval)
+                    if self._deadline is None and os.path.isdir(os.path.dirname(self.path)):
+                        self._deadline = time.monotonic()
                     continue
                 delay = deadline - time.monotonic()
                 if delay > 0:
@@ -347,18 +381,44 @@ class FileBackend:
         observer = self._observer
         if observer is None:
             return
-        wanted = self._dirs()
+        wanted = {d for d in self._dirs() if os.path.isdir(d)}
+        parent = os.path.dirname(self.path)
+        if parent in wanted and self._parent_gone():
+            # The directory was deleted and is back as a new inode. watchdog keeps its
+            # bookkeeping by path, so a watch scheduled again on the same path can stay
+            # attached to the dead inode: start a fresh observer instead.
+            self._restart_observer()
+            return
         for d in set(self._watches) - wanted:
             watch = self._watches.pop(d)
+            self._watched_ids.pop(d, None)
             try:
                 observer.unschedule(watch)
             except (KeyError, OSError) as exc:  # already gone with its directory
                 log.debug("%s: unwatching %s: %s", self.name, d, exc)
         for d in wanted - set(self._watches):
             try:
-                self._watches[d] = observer.schedule(self._handler, d, recursive=False)
+                self._schedule(observer, d)
             except OSError as exc:  # pragma: no cover - depends on the platform's limits
                 log.warning("%s: cannot watch %s: %s", self.name, d, exc)
+
+    def _restart_observer(self) -> None:
+        old, self._observer = self._observer, None
+        if old is not None:
+            old.stop()
+            if old.is_alive():
+                old.join(timeout=5)
+        self._watches.clear()
+        self._watched_ids.clear()
+        self._dir_lost = False
+        if self._stop.is_set():
+            return
+        try:
+            self._observer = self._start_observer()
+        except SourceUnavailableError as exc:
+            self._report(exc)
+            return
+        log.info("%s: %s was recreated; watching it again", self.name, os.path.dirname(self.path))
 
     def close(self) -> None:
         """Stop watching and join the observer's and the settle thread. Idempotent."""
@@ -371,6 +431,7 @@ class FileBackend:
             if observer.is_alive() and observer is not threading.current_thread():
                 observer.join(timeout=5)
         self._watches.clear()
+        self._watched_ids.clear()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
@@ -403,6 +464,16 @@ class _Handler(FileSystemEventHandler):
         # Our own reads open and close the file: reacting to those would loop forever.
         if event.event_type in ("opened", "closed_no_write"):
             return
+        if event.event_type == "deleted" and event.is_directory:
+            src = (
+                os.fsdecode(event.src_path) if isinstance(event.src_path, bytes) else event.src_path
+            )
+            if src in self._backend._watched_ids:
+                # A watched directory itself was deleted; its watch died with it (watchdog
+                # stops that emitter). A directory recreated at once may even reuse the inode.
+                self._backend._dir_lost = True
+                self._backend._poke()
+                return
         if self._relevant(event.src_path) or self._relevant(getattr(event, "dest_path", "")):
             self._backend._poke()
 
@@ -414,9 +485,7 @@ def _digest(content: bytes) -> str:
 @hookimpl
 def confhub_backend_schemes() -> list[BackendInfo]:
     return [
-        BackendInfo(
-            "file", "a TOML, JSON or YAML file (file:PATH, or a bare path)", watchable=True
-        )
+        BackendInfo("file", "a TOML, JSON or YAML file (file:PATH, or a bare path)", watchable=True)
     ]
 
 
