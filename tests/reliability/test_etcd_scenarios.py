@@ -129,9 +129,19 @@ def test_01_sigkill_mid_watch_then_restart_with_writes(etcd: EtcdServer) -> None
 
 
 @pytest.mark.slow
+def _rss_bytes() -> int:
+    """The resident set size of this process (Linux), for flat-memory checks."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
 def test_02_left_down_no_spin_no_flood(etcd: EtcdServer, caplog: pytest.LogCaptureFixture) -> None:
     """etcd down for 8 s (standing in for 10 min) with the backoff capped at 1 s: bounded
-    reconnect attempts, low CPU, constant thread count, one log line per state change;
+    reconnect attempts, low CPU, flat memory, constant thread count, one log line per state
+    change;
     everything written before the stop and after the return is delivered."""
     etcd.put("/app/a", "1")
     opts = "retry_initial=0.1&retry_max=1&progress_interval=0.5"
@@ -148,9 +158,12 @@ def test_02_left_down_no_spin_no_flood(etcd: EtcdServer, caplog: pytest.LogCaptu
         w = watcher(hub)
         reconnects = w.reconnects
         cpu = cpu_seconds()
+        rss = _rss_bytes()
         down = 8.0
         time.sleep(down)
         cpu_used = cpu_seconds() - cpu
+        grown = _rss_bytes() - rss
+        assert grown < 16 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB while down"
         attempts = w.reconnects - reconnects
         assert threading.active_count() == threads, "thread count changed while down"
         # Capped at 1 s with jitter in [0.5, 1]: at most ~down/0.5 attempts, never a spin.
