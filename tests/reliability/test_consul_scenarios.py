@@ -269,6 +269,29 @@ def test_21_slow_drip_answer_times_out_client_side(consul: ConsulTestServer) -> 
     consul.clear_faults()
 
 
+def test_21_header_drip_times_out_client_side(consul: ConsulTestServer) -> None:
+    """A server that drips its status line and headers too, one byte every 0.05 s
+    (http.client reads them with a per-recv timeout, which never fires): the client gives
+    up within wait*17/16 + timeout + margin of the request, names the deadline, and
+    recovers."""
+    sc = Scenario("consul-21-header-drip", consul, spec(consul.address), ["a"])
+    sc.store.put("a", "1")
+    with sc.running() as hub:
+        consul.wait_for_blocked(1)
+        count = consul.request_count("/v1/kv/")  # the parked query included
+        consul.drip(0.05, times=1, path_prefix="/v1/kv/", headers=True)
+        sc.store.put("a", "2")  # wakes the parked query; the next answer drips
+        wait_until(lambda: consul.request_count("/v1/kv/") >= count + 2, 10, "the next query")
+        kv = [r for r in consul.requests if r.path.startswith("/v1/kv/")]
+        gave_up = kv[count + 1].at - kv[count].at  # the dripping request to its successor
+        bound = WAIT * 17 / 16 + TIMEOUT + 0.5
+        assert 1.0 <= gave_up <= bound, f"the dripping headers were abandoned after {gave_up:.2f}s"
+        sc.store.put("a", "3")
+        wait_until(lambda: hub.get("a") == "3", 5, "recovery")
+        assert any("no answer within" in str(e.error) for e in sc.errors), sc.errors
+    consul.clear_faults()
+
+
 # -- 22: update storm --------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from confhub_consul._backend import ConsulBackend
-from confhub_consul._http import Response
+from confhub_consul._http import Aborted, Connection, Response
 from confhub_consul._watch import Watcher
 from confhub_consul.testing import AclToken, ConsulTestServer
 
@@ -427,6 +427,60 @@ def test_hung_connection_recovers_and_close_is_prompt(server: ConsulTestServer) 
         t0 = time.monotonic()
     assert time.monotonic() - t0 < 2.0  # close() did not wait for the hung request
     server.clear_faults()
+
+
+def _deadline_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("confhub-consul-deadline")]
+
+
+def test_header_drip_is_bounded_by_one_deadline(server: ConsulTestServer) -> None:
+    """A server dripping its status line and headers (each recv succeeds, so a per-recv
+    socket timeout never fires) is abandoned at the request's deadline: "no answer within",
+    not retried; the connection then works on a fresh socket; close() joins the watchdog."""
+    server.put("k", "v")
+    conn = Connection("127.0.0.1", server.port, tls=None, connect_timeout=1.0, headers={})
+    try:
+        assert conn.request("GET", "/v1/kv/k", read_timeout=1.0).status == 200  # kept alive
+        assert len(_deadline_threads()) == 1
+        server.drip(0.05, times=None, path_prefix="/v1/kv/", headers=True)
+        count = server.request_count("/v1/kv/")
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"^no answer within 0\.5 s$"):
+            conn.request("GET", "/v1/kv/k", read_timeout=0.5)
+        elapsed = time.monotonic() - t0
+        assert 0.45 <= elapsed <= 0.5 + 0.3, elapsed
+        assert server.request_count("/v1/kv/") == count + 1  # a timeout is never retried
+        server.clear_faults()
+        resp = conn.request("GET", "/v1/kv/k", query=[("raw", "")], read_timeout=1.0)
+        assert (resp.status, resp.body) == (200, b"v")
+        assert len(_deadline_threads()) == 1  # one watchdog per connection, reused
+    finally:
+        conn.close()
+    assert _deadline_threads() == []
+    with pytest.raises(Aborted):
+        conn.request("GET", "/v1/kv/k", read_timeout=1.0)
+    assert _deadline_threads() == []  # a closed connection never starts another
+
+
+def test_header_drip_watch_gives_up_in_time_and_recovers(server: ConsulTestServer) -> None:
+    """A blocking query whose answer drips its status line and headers is abandoned within
+    wait*17/16 + timeout + margin; the error names the deadline; the watch recovers."""
+    server.put("myapp/a", "1")
+    with hub_for(spec(server)) as hub:
+        ev = Events(hub)
+        server.wait_for_blocked(1)
+        server.drip(0.05, times=1, path_prefix="/v1/kv/", headers=True)
+        count = server.request_count("/v1/kv/")  # the parked query included
+        server.put("myapp/a", "2")  # wakes the parked query; the next answer drips
+        until(lambda: server.request_count("/v1/kv/") >= count + 2)
+        kv = [r for r in server.requests if r.path.startswith("/v1/kv/")]
+        gave_up = kv[count + 1].at - kv[count].at  # the dripping request to its successor
+        assert gave_up >= 1.0, gave_up  # the drip did hold it (wait=1 s when no change)
+        assert gave_up <= 1 * 17 / 16 + 1 + 0.5, gave_up
+        server.put("myapp/a", "3")
+        ev.wait(lambda: hub.get("a") == "3")
+        assert any("no answer within" in str(e.error) for e in ev.errors), ev.errors
+    assert _deadline_threads() == []
 
 
 def test_hung_server_is_reported_after_one_read_timeout(server: ConsulTestServer) -> None:

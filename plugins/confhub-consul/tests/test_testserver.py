@@ -156,6 +156,33 @@ def test_drip_sends_headers_then_one_byte_at_a_time(double: ConsulTestServer) ->
     assert _get(double, "/v1/kv/k").status_code == 200  # times=1: the next one is normal
 
 
+def test_drip_headers_sends_the_status_line_byte_by_byte(double: ConsulTestServer) -> None:
+    """drip(headers=True) drips the status line and headers too, one byte per recv: a
+    client reading the status line with a per-recv timeout never times out; the whole
+    answer still arrives intact, then close."""
+    double.put("k", "drip!")
+    double.drip(0.002, times=1, path_prefix="/v1/kv/", headers=True)
+    with socket.create_connection(("127.0.0.1", double.port), timeout=0.5) as sock:
+        sock.sendall(b"GET /v1/kv/k?raw HTTP/1.1\r\nHost: x\r\n\r\n")
+        t0 = time.monotonic()
+        first = sock.recv(100)
+        assert b"HTTP/1.1 "[: len(first)] == first
+        assert len(first) <= 3  # a byte per drip, the status line included
+        data, recvs = first, 1
+        while chunk := sock.recv(100):
+            data += chunk
+            recvs += 1
+        elapsed = time.monotonic() - t0
+    assert recvs > len(data) / 10  # dripped, not sent in one go
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"X-Consul-Index: " in head
+    assert b"Content-Length: 5" in head
+    assert body == b"drip!"
+    assert elapsed >= (len(data) - 1) * 0.002 * 0.9
+    assert _get(double, "/v1/kv/k").status_code == 200  # times=1: the next one is normal
+
+
 def test_hang_until_released_and_stop(double: ConsulTestServer) -> None:
     """hang() parks requests until release_hung(); stop() frees the rest promptly."""
     double.put("k", "v")

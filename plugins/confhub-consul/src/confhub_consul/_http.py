@@ -7,6 +7,13 @@ deleted keys), lets ``CONSUL_HTTP_TOKEN`` override an explicit token, sends no t
 :class:`Connection` is one keep-alive socket with explicit connect and read timeouts, and
 :meth:`Connection.abort` shuts the socket down so a thread parked in a long poll wakes at
 once (``close()`` of the backend must not wait for the poll to end).
+
+Every request is bounded by one deadline for the whole exchange (connect, TLS handshake,
+send, status line, headers, body). ``http.client`` applies the socket timeout to each
+``recv``, so a server that drips its status line, headers or body one byte at a time would
+never trip it; instead each :class:`Connection` has one watchdog thread (started with the
+first request, joined by :meth:`Connection.close`) that shuts the socket down when the
+deadline passes, and the request raises :class:`TimeoutError` ("no answer within X s").
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import quote, urlencode
 
 import attrs
@@ -53,16 +60,24 @@ def kv_path(key: str) -> str:
     return "/v1/kv/" + quote(key, safe="/")
 
 
+def _no_answer(read_timeout: float) -> TimeoutError:
+    return TimeoutError(f"no answer within {read_timeout:g} s")
+
+
 def _read_body(
-    resp: http.client.HTTPResponse, sock: socket.socket | None, deadline: float
+    resp: http.client.HTTPResponse, sock: socket.socket | None, deadline: float, read_timeout: float
 ) -> bytes:
-    """The whole body of ``resp``, or TimeoutError once ``deadline`` (monotonic) passes."""
+    """The whole body of ``resp``, or TimeoutError once ``deadline`` (monotonic) passes.
+
+    The watchdog enforces the deadline too; bounding each ``recv`` by the time left makes a
+    silent server time out here without waiting for it.
+    """
     chunks: list[bytes] = []
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             resp.close()
-            raise TimeoutError("the response did not complete within the read timeout")
+            raise _no_answer(read_timeout)
         if sock is not None:
             sock.settimeout(remaining)
         if resp.length == 0:  # everything announced was read
@@ -75,15 +90,85 @@ def _read_body(
     return b"".join(chunks)
 
 
+class _Watchdog:
+    """One thread per connection that shuts the socket down when a request's deadline passes.
+
+    :meth:`arm` before a request, :meth:`disarm` after it (it says whether the deadline fired,
+    in which case the socket is dead). The thread starts with the first :meth:`arm` and ends
+    in :meth:`stop`, which joins it; after :meth:`stop`, :meth:`arm` raises :class:`Aborted`.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._target: Callable[[], socket.socket | None] | None = None
+        self._fired = False
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float, target: Callable[[], socket.socket | None]) -> None:
+        """Watch one request: at ``deadline`` (monotonic), shut down ``target()``."""
+        with self._cond:
+            if self._stopped:
+                raise Aborted
+            self._deadline, self._target, self._fired = deadline, target, False
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def disarm(self) -> bool:
+        """Stop watching the current request; True if its deadline fired."""
+        with self._cond:
+            fired = self._fired
+            self._deadline, self._target, self._fired = None, None, False
+            return fired
+
+    @property
+    def fired(self) -> bool:
+        """Whether the deadline of the current request has fired."""
+        with self._cond:
+            return self._fired
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                if self._deadline is None or self._fired:
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                # Under the lock: disarm() cannot return meanwhile, so the socket shut down
+                # is the one of the request that ran out of time, never the next request's.
+                self._fired = True
+                sock = self._target() if self._target is not None else None
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        """End the thread and join it; later :meth:`arm` calls raise :class:`Aborted`."""
+        with self._cond:
+            self._stopped = True
+            thread, self._thread = self._thread, None
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+
 class Connection:
     """One persistent connection to a Consul agent; used by one thread at a time.
 
     ``connect_timeout`` bounds connecting (and the TLS handshake); every request passes its
-    own read timeout. A reused keep-alive socket that the server closed in the meantime is
-    retried once on a fresh socket for GETs, and for any method when the failure happened
-    while sending (nothing reached the server). A timeout is never retried: the server was
-    there and did not answer in time, and a retry would double the time a hung or dripping
-    server holds the caller.
+    own read timeout, a deadline for the whole exchange (a fresh socket's connect included)
+    enforced by a watchdog thread that :meth:`close` joins. A reused keep-alive socket that
+    the server closed in the meantime is retried once on a fresh socket for GETs, and for any
+    method when the failure happened while sending (nothing reached the server). A timeout is
+    never retried: the server was there and did not answer in time, and a retry would double
+    the time a hung or dripping server holds the caller.
     """
 
     def __init__(
@@ -104,10 +189,17 @@ class Connection:
         self._lock = threading.Lock()  # guards _conn and _aborted against abort()
         self._use = threading.Lock()  # one request at a time
         self._aborted = False
+        self._watchdog = _Watchdog(f"confhub-consul-deadline[{host}:{port}]")
 
     def __repr__(self) -> str:
         # The headers may hold the ACL token: never show them.
         return f"<consul Connection {self._host}:{self._port}>"
+
+    def _socket(self) -> socket.socket | None:
+        """The current socket (the plain one during a TLS handshake), for the watchdog."""
+        with self._lock:
+            conn = self._conn
+        return None if conn is None else conn.sock
 
     def _open(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
@@ -152,37 +244,66 @@ class Connection:
             for attempt in (1, 2):
                 if self._aborted:
                     raise Aborted
-                reused = self._conn is not None
-                conn = self._conn if self._conn is not None else self._open()
-                sent = False
+                # One deadline for the whole exchange: connect, send, status line, headers
+                # and body. http.client's socket timeout applies per recv, so a server that
+                # drips any part of its answer one byte at a time would never trip it; the
+                # watchdog shuts the socket down when the deadline passes instead.
+                deadline = time.monotonic() + read_timeout
+                self._watchdog.arm(deadline, self._socket)
                 try:
-                    # read_timeout bounds the whole answer, not each recv: a server that
-                    # drips one byte at a time must not hold the request forever.
-                    deadline = time.monotonic() + read_timeout
-                    sock = conn.sock
-                    if sock is not None:
-                        sock.settimeout(read_timeout)
-                    conn.request(method, url, body=body, headers=headers)
-                    sent = True
-                    resp = conn.getresponse()
-                    data = _read_body(resp, sock, deadline)
-                except TRANSPORT_ERRORS as exc:
-                    self._drop()
-                    if self._aborted:
-                        raise Aborted from None
-                    retry = (
-                        reused
-                        and attempt == 1
-                        and (method == "GET" or not sent)
-                        and not isinstance(exc, TimeoutError)
+                    answer = self._exchange(
+                        method=method, url=url, body=body, headers=headers, deadline=deadline,
+                        read_timeout=read_timeout, attempt=attempt,
                     )
-                    if retry:
-                        continue
-                    raise
-                if resp.will_close:
+                finally:
+                    fired = self._watchdog.disarm()
+                if answer is None:
+                    continue  # a stale keep-alive socket; retried once on a fresh one
+                resp, data = answer
+                if resp.will_close or fired:
                     self._drop()
                 return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _exchange(
+        self,
+        *,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        deadline: float,
+        read_timeout: float,
+        attempt: int,
+    ) -> tuple[http.client.HTTPResponse, bytes] | None:
+        """One attempt of :meth:`request`: (response, body), or None to retry it."""
+        reused = self._conn is not None
+        sent = False
+        try:
+            conn = self._conn if self._conn is not None else self._open()
+            if self._watchdog.fired:  # the connect took the whole deadline
+                raise _no_answer(read_timeout)
+            sock = conn.sock
+            if sock is not None:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            conn.request(method, url, body=body, headers=dict(headers))
+            sent = True
+            resp = conn.getresponse()
+            data = _read_body(resp, sock, deadline, read_timeout)
+        except TRANSPORT_ERRORS as exc:
+            self._drop()
+            if self._aborted:
+                raise Aborted from None
+            # A timeout is never retried: the server was there and did not answer in time,
+            # and a retry would double the time a hung or dripping server holds the caller.
+            if self._watchdog.fired or (sent and isinstance(exc, TimeoutError)):
+                raise _no_answer(read_timeout) from None
+            if isinstance(exc, TimeoutError):
+                raise  # connecting timed out
+            if reused and attempt == 1 and (method == "GET" or not sent):
+                return None
+            raise
+        return resp, data
 
     def abort(self) -> None:
         """Wake a request in progress (it raises :class:`Aborted`) and refuse new ones."""
@@ -195,10 +316,13 @@ class Connection:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        """Abort and close the socket."""
+        """Abort, close the socket and join the watchdog thread."""
         self.abort()
-        if self._use.acquire(timeout=1.0):
-            try:
-                self._drop()
-            finally:
-                self._use.release()
+        try:
+            if self._use.acquire(timeout=1.0):
+                try:
+                    self._drop()
+                finally:
+                    self._use.release()
+        finally:
+            self._watchdog.stop()

@@ -155,6 +155,7 @@ class Reply:
     body: bytes = b""
     action: Literal["reply", "drop"] = "reply"
     drip: float = 0.0  # > 0: send the headers, then the body one byte per ``drip`` seconds
+    drip_headers: bool = False  # with ``drip``: the status line and headers drip too
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +178,7 @@ class _Fault:
     status: int = 0
     body: str = ""
     delay: float = 0.0
+    drip_headers: bool = False
 
     def matches(self, req: Request) -> bool:
         if self.remaining is not None and self.remaining <= 0:
@@ -271,14 +273,15 @@ class Engine:
 
     def add_fault(self, fault_kind: Literal["status", "drop", "hang", "delay", "drip"], *,
                   path_prefix: str, methods: frozenset[str] | None, times: int | None,
-                  status: int = 0, body: str = "", delay: float = 0.0) -> FaultHandle:
+                  status: int = 0, body: str = "", delay: float = 0.0,
+                  drip_headers: bool = False) -> FaultHandle:
         """Register a fault and return its handle."""
         if times is not None and times < 1:
             raise ValueError("times must be >= 1, or None for 'until cleared'")
         with self._lock:
             fid = next(self._fault_ids)
             self._faults[fid] = _Fault(fid, fault_kind, path_prefix, methods, times, status,
-                                       body, delay)
+                                       body, delay, drip_headers)
         return FaultHandle(fid, self)
 
     def clear_fault(self, fault_id: int) -> None:
@@ -405,7 +408,8 @@ class Engine:
                 return self._finish(req, _text(fault.status, fault.body))
             if fault.kind == "drip":
                 reply = self._finish(req, self._route(req))
-                return dataclasses.replace(reply, drip=fault.delay)
+                return dataclasses.replace(reply, drip=fault.delay,
+                                           drip_headers=fault.drip_headers)
         return self._finish(req, self._route(req))
 
     def _finish(self, req: Request, reply: Reply) -> Reply:
@@ -1129,6 +1133,9 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.action == "drop":
             self.close_connection = True
             return
+        if reply.drip > 0 and reply.drip_headers:
+            self._drip_all(reply)
+            return
         self.send_response_only(reply.status)
         self.send_header("Date", email.utils.formatdate(usegmt=True))
         for name, value in reply.headers:
@@ -1151,6 +1158,28 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             try:
                 self.wfile.write(reply.body[i : i + 1])
+                self.wfile.flush()
+            except OSError:
+                return  # the client gave up
+
+    def _drip_all(self, reply: Reply) -> None:
+        """Send everything, status line and headers included, one byte per ``reply.drip``
+        seconds (a server whose every ``recv`` succeeds but never finishes its headers)."""
+        self.close_connection = True
+        phrase = self.responses.get(reply.status, ("",))[0]
+        lines = [f"{self.protocol_version} {reply.status} {phrase}",
+                 f"Date: {email.utils.formatdate(usegmt=True)}",
+                 *(f"{name}: {value}" for name, value in reply.headers),
+                 f"Content-Length: {len(reply.body)}"]
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if self.command != "HEAD":
+            data += reply.body
+        stopping = self.server.engine.stopping
+        for i in range(len(data)):
+            if stopping.wait(reply.drip):
+                return
+            try:
+                self.wfile.write(data[i : i + 1])
                 self.wfile.flush()
             except OSError:
                 return  # the client gave up

@@ -402,13 +402,14 @@ class ConsulTestServer:
                                       methods=_methods(methods), times=times, delay=seconds)
 
     def drip(self, seconds_per_byte: float, *, times: int | None = None, path_prefix: str = "/",
-             methods: Iterable[str] | None = None) -> FaultHandle:
+             methods: Iterable[str] | None = None, headers: bool = False) -> FaultHandle:
         """Answer matching requests normally but slowly: the status line and headers at
         once, then the body one byte every ``seconds_per_byte`` (the connection is closed
-        after it). A client whose read timeout is per ``recv`` never times out."""
+        after it). With ``headers=True`` the status line and headers drip too, one byte at
+        a time like the body. A client whose read timeout is per ``recv`` never times out."""
         return self._engine.add_fault("drip", path_prefix=path_prefix,
                                       methods=_methods(methods), times=times,
-                                      delay=seconds_per_byte)
+                                      delay=seconds_per_byte, drip_headers=headers)
 
     def clear_faults(self) -> None:
         """Remove every injected fault, release hung requests, restore the leader and end a
