@@ -27,6 +27,7 @@ from ._errors import (
     SourceFormatError,
     SourcePermissionError,
     SourceUnavailableError,
+    SpecError,
     StartupError,
     WriteError,
 )
@@ -40,6 +41,46 @@ from ._spec import Fallback, SourceLike, SourceSpec, as_slots
 log = logging.getLogger("confhub")
 
 T = TypeVar("T")
+
+#: The default cap on one source's keys (its ``?max_keys=`` option). A document is bounded
+#: by its parser (``MAX_NODES``, the same number), a key-value prefix by nothing but this: a
+#: layer above it is refused, so a runaway writer cannot make every process hold it.
+DEFAULT_MAX_KEYS = 1_000_000
+
+
+def source_max_keys(spec: SourceSpec) -> int:
+    """The ``max_keys`` option of ``spec`` (default :data:`DEFAULT_MAX_KEYS`); SpecError if bad."""
+    value = spec.options.get("max_keys")
+    if value is None:
+        return DEFAULT_MAX_KEYS
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        cap = int(str(value).strip())
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise SpecError(
+            f"option max_keys={value!r} of source {spec.display} is not a whole number "
+            "above 0; write e.g. ?max_keys=200000",
+            spec=spec.display,
+        )
+    return cap
+
+
+def too_many_keys(display: str, count: int, cap: int) -> SourceFormatError:
+    """The error for a layer of ``count`` keys above its source's ``max_keys=`` ``cap``."""
+    return SourceFormatError(
+        f"{display}: {count:,} keys, more than max_keys={cap:,}; refusing them: raise "
+        "?max_keys= on the source if that many keys are intended, or delete the runaway keys",
+        source=display,
+    )
+
+
+def _check_keys(spec: SourceSpec, layer: Layer) -> None:
+    cap = source_max_keys(spec)
+    if len(layer.values) > cap:
+        raise too_many_keys(spec.display, len(layer.values), cap)
 
 
 class State(enum.Enum):
@@ -562,6 +603,8 @@ class Hub:
     def _load_slot(self, slot: _Slot, deadline: float) -> None:
         """Fill one slot: live members in order, then their caches; else absent or fail."""
         attempts: list[tuple[str, BaseException]] = []
+        for spec in slot.members:
+            source_max_keys(spec)  # a bad max_keys= is a SpecError now, not at an update
         for i, spec in enumerate(slot.members):
             backend = slot.backends[i] = self.make_backend(spec)
             remaining = deadline - time.monotonic()
@@ -579,6 +622,7 @@ class Hub:
             try:
                 attempt = min(remaining, spec.option_float("timeout", self.connect_timeout))
                 layer = self._load_live(spec, backend, attempt)
+                _check_keys(spec, layer)  # SourceFormatError: refused like broken content
             except SourceUnavailableError as exc:
                 attempts.append((spec.display, exc))
                 self.pm.hook.confhub_source_failed(
@@ -605,6 +649,11 @@ class Hub:
             for i, spec in enumerate(slot.members):
                 layer = self.pm.hook.confhub_load_cached(spec=spec, backend=slot.backends[i])
                 if layer is None:
+                    continue
+                cap = source_max_keys(spec)
+                if len(layer.values) > cap:
+                    error = too_many_keys(spec.display, len(layer.values), cap)
+                    log.warning("not serving the cached copy: %s", error)
                     continue
                 slot.active = i
                 slot.layer = layer
@@ -757,20 +806,32 @@ class Hub:
     def _next_layer(self, slot: _Slot, base: Layer | None, update: Layer | LayerDelta) -> Layer:
         """The layer the backend now holds, or SourceFormatError if it cannot be one.
 
-        A delta that makes a key both a leaf and a parent cannot be applied to a layer; the
-        store's state is then tracked as a plain dict (``slot.raw``) so that no later delta
-        is lost, until a delta makes it a valid layer again.
+        A delta that makes a key both a leaf and a parent cannot be applied to a layer, nor
+        can an update that takes the source above its ``max_keys=``; the store's state is
+        then tracked as a plain dict (``slot.raw``) so that no later delta is lost, until a
+        delta makes it a valid layer again.
         """
+        spec = slot.active_spec
+        cap = source_max_keys(spec)
         if not isinstance(update, LayerDelta):
             slot.raw = None
+            if len(update.values) > cap:
+                # Later deltas apply to what the store holds, not to the last good layer.
+                slot.raw = (dict(update.values), dict(update.details))
+                raise too_many_keys(spec.display, len(update.values), cap)
             return update
         if base is None:
             base = Layer.from_flat({}, source=slot.display)
         if slot.raw is None:
             try:
-                return base.apply(update, source=slot.display)
+                applied = base.apply(update, source=slot.display)
             except SourceFormatError:
                 slot.raw = (dict(base.values), dict(base.details))
+            else:
+                if len(applied.values) <= cap:
+                    return applied
+                slot.raw = (dict(applied.values), dict(applied.details))
+                raise too_many_keys(spec.display, len(applied.values), cap)
         values, details = slot.raw
         for key in update.deleted:
             if key not in update.set:
@@ -778,6 +839,8 @@ class Hub:
                 details.pop(key, None)
         values.update(update.set)
         details.update(update.details)
+        if len(values) > cap:
+            raise too_many_keys(spec.display, len(values), cap)
         layer = Layer.from_flat(
             values, source=slot.display, revision=update.revision, details=details
         )

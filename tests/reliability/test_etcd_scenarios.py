@@ -692,3 +692,90 @@ def test_39_invalid_utf8_key_is_refused_naming_it(etcd: EtcdServer) -> None:
         etcd.delete(b"/app/bad\xff")
         wait_until(lambda: hub.get("a") == "2", T_RECOVER, "the held-back change")
         wait_until(lambda: state(hub) == "live", T_RECOVER)
+
+
+# -- 38: a runaway prefix (hundreds of thousands of keys) --------------------------------------
+
+
+def _fill(etcd: EtcdServer, prefix: str, count: int, start: int = 0) -> None:
+    """Write ``count`` small keys under ``prefix`` in transactions of 128 (8 writers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = _client(etcd)
+    try:
+
+        def chunk(first: int) -> None:
+            end = min(start + count, first + 128)
+            client.put_many({f"{prefix}k{i:07d}": "v" for i in range(first, end)})
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(chunk, range(start, start + count, 128)))
+    finally:
+        client.close()
+
+
+def test_38_a_runaway_prefix_is_refused_fast_without_downloading_it(etcd: EtcdServer) -> None:
+    """200,000 keys under the prefix and ``max_keys=100000``: start fails within 2 s with a
+    SourceFormatError naming the count and the fix, having read one page (a full read takes
+    seconds), with bounded RSS growth, and leaves no thread behind."""
+    _fill(etcd, "/app/", 200_000)
+    source = spec(etcd.endpoint, opts=f"{FAST}&max_keys=100000")
+    threads = threading.active_count()
+    rss = _rss_bytes()
+    t0 = time.monotonic()
+    with pytest.raises(SourceFormatError) as info:
+        make_hub(source).start()
+    took = time.monotonic() - t0
+    grown = _rss_bytes() - rss
+    message = str(info.value)
+    assert "200,000 keys" in message, message
+    assert "max_keys=100,000" in message, message
+    assert "raise ?max_keys=" in message
+    assert info.value.source == f"etcd://{etcd.endpoint}/app/"
+    assert took < 2.0, f"refused after {took:.2f}s"
+    assert grown < 16 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB"
+    wait_until(lambda: threading.active_count() <= threads, 5, "the hub's threads to end")
+    # With the cap raised, the same prefix loads (the option is the fix the message names).
+    with make_hub(spec(etcd.endpoint, opts=f"{FAST}&max_keys=200000"), start_timeout=30,
+                  connect_timeout=30) as hub:  # fmt: skip
+        assert hub.get("k0199999") == "v"
+
+
+def test_38_a_prefix_growing_past_max_keys_live_is_refused_and_recovers(etcd: EtcdServer) -> None:
+    """Keys written past ``max_keys`` while watched: the update is refused (stale, last good
+    kept), the watcher stops following the prefix (its state stays bounded) and re-reads it
+    one page at a time until it shrinks; deleting the extra keys brings the source back live
+    with every change made meanwhile."""
+    # No History check here: refusing content skips store states on purpose (a "gap").
+    etcd.put("/app/a", "1")
+    with make_hub(spec(etcd.endpoint, opts=f"{FAST}&max_keys=1000")) as hub:
+        errors: list[Any] = []
+        hub.subscribe(on_error=errors.append)
+        _fill(etcd, "/app/x/", 3000)
+        wait_until(lambda: state(hub) == "stale", T_DETECT, "the refusal")
+        wait_until(lambda: bool(errors), 5, "the error event")
+        assert all(isinstance(e.error, SourceFormatError) for e in errors)
+        assert "max_keys=1,000" in (hub.health().sources[0].last_error or "")
+        assert hub.get("a") == "1"
+        # Updates under the cap applied; none that took the source above it.
+        assert len(hub.snapshot().flat()) <= 1000
+        w = watcher(hub)
+        time.sleep(0.3)
+        known = len(w._state)  # the cap plus at most the watch response that crossed it
+        _fill(etcd, "/app/x/", 2000, start=3000)
+        time.sleep(0.5)
+        assert len(w._state) == known  # stopped following the prefix: no growth
+        assert state(hub) == "stale"
+        etcd.put("/app/a", "2")  # held back while the prefix is too big
+        client = _client(etcd)
+        try:
+            client.delete_prefix("/app/x/")
+            client.put("/app/x/k0000001", "kept")
+        finally:
+            client.close()
+        wait_until(lambda: hub.get("a") == "2", T_RECOVER, "the held-back change")
+        wait_until(lambda: state(hub) == "live", T_RECOVER)
+        assert {k: str(v) for k, v in hub.snapshot().flat().items()} == {
+            "a": "2",
+            "x.k0000001": "kept",
+        }

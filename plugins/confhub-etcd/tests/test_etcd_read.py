@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from confhub_etcd._client import EtcdClient, prefix_range_end
+from confhub_etcd._client import EtcdClient, EtcdTooManyKeys, prefix_range_end
 from confhub_etcd.testing import EtcdServer
 
 
@@ -103,3 +103,22 @@ def test_page_sizes(client: EtcdClient, page_size: int) -> None:
     client.put_many({f"/p/{i:02d}": str(i) for i in range(10)})
     snapshot = client.read_prefix("/p/", page_size=page_size)
     assert [kv.value for kv in snapshot.items] == [str(i).encode() for i in range(10)]
+
+
+def test_max_keys_stops_the_read_after_the_first_page(client: EtcdClient, monkeypatch: Any) -> None:
+    """Above ``max_keys``, etcd's range count refuses the prefix after ONE page; at or under
+    the cap every key is read."""
+    client.put_many({f"/m/{i:02d}": str(i) for i in range(10)})
+    calls: list[Any] = []
+    unary = client._unary
+
+    def counting(service: str, method: str, request: Any, **kw: Any) -> Any:
+        calls.append(request)
+        return unary(service, method, request, **kw)
+
+    monkeypatch.setattr(client, "_unary", counting)
+    with pytest.raises(EtcdTooManyKeys) as info:
+        client.read_prefix("/m/", page_size=2, max_keys=5)
+    assert (info.value.actual, info.value.limit, info.value.limit_name) == (10, 5, "max_keys")
+    assert len(calls) == 1
+    assert len(client.read_prefix("/m/", page_size=3, max_keys=10).items) == 10

@@ -59,7 +59,7 @@ _KNOWN_OPTIONS = frozenset(
     {
         "token", "scheme", "ca", "cert", "key", "verify", "consistency", "dc", "timeout",
         "wait", "retry_initial", "retry_max", "rate", "burst", "format", "optional", "poll",
-        "max_last_contact",
+        "max_last_contact", "max_keys",
     }
 )  # fmt: skip
 

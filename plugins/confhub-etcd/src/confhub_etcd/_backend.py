@@ -47,6 +47,7 @@ from ._client import (
     EtcdClient,
     EtcdError,
     EtcdLimitError,
+    EtcdTooManyKeys,
     EventKind,
     KeyValue,
     PrefixSnapshot,
@@ -66,6 +67,9 @@ __all__ = ["EtcdBackend", "EtcdSourceConfig", "parse_spec"]
 log = logging.getLogger("confhub.etcd")
 
 _FORMATS: Final = ("json", "yaml", "toml")
+#: The core's default ``max_keys`` (``confhub._hub.DEFAULT_MAX_KEYS``): a tree prefix holding
+#: more keys is refused after its first page.
+DEFAULT_MAX_KEYS: Final = 1_000_000
 #: Options this backend reads; the rest belong to the core (cache, optional ...).
 _OWN_OPTIONS: Final = frozenset(
     {
@@ -84,6 +88,7 @@ _OWN_OPTIONS: Final = frozenset(
         "retry_initial",
         "retry_max",
         "progress_interval",
+        "max_keys",  # the core enforces it on every layer; read here to stop paging early
     }
 )
 _CORE_OPTIONS: Final = frozenset(
@@ -116,6 +121,7 @@ class EtcdSourceConfig:
     progress_interval: float
     display: str = field(default="")
     max_receive_bytes: int = 64 * 1024 * 1024
+    max_keys: int = DEFAULT_MAX_KEYS
 
 
 def _spec_error(spec: SourceSpec, message: str) -> SpecError:
@@ -209,6 +215,9 @@ def parse_spec(spec: SourceSpec, *, default_timeout: float = 2.0) -> EtcdSourceC
     retry_max = _positive(spec, "retry_max", 10.0)
     if retry_max < retry_initial:
         raise _spec_error(spec, "retry_max must be at least retry_initial")
+    max_keys = _positive(spec, "max_keys", DEFAULT_MAX_KEYS)
+    if max_keys != int(max_keys):
+        raise _spec_error(spec, f"option max_keys={spec.options.get('max_keys')!r} is not whole")
     unknown = set(spec.options) - _OWN_OPTIONS - _CORE_OPTIONS
     if unknown:
         log.warning(
@@ -229,6 +238,7 @@ def parse_spec(spec: SourceSpec, *, default_timeout: float = 2.0) -> EtcdSourceC
         progress_interval=_positive(spec, "progress_interval", 5.0),
         display=spec.display,
         max_receive_bytes=max_receive,
+        max_keys=int(max_keys),
     )
 
 
@@ -369,7 +379,17 @@ class EtcdBackend:
                     raise SpecError(f"{self.display}: {exc}", spec=self.display) from None
             return self._client
 
+    def _too_many(self, exc: EtcdTooManyKeys) -> SourceFormatError:
+        return SourceFormatError(
+            f"{self.display}: at least {exc.actual:,} keys, more than max_keys={exc.limit:,}; "
+            "refusing them (stopped reading after the first page): raise ?max_keys= on the "
+            "source if that many keys are intended, or delete the runaway keys",
+            source=self.display,
+        )
+
     def _translate(self, exc: EtcdError, what: str) -> Exception:
+        if isinstance(exc, EtcdTooManyKeys):
+            return self._too_many(exc)
         if isinstance(exc, EtcdAuthError):
             return SourcePermissionError(
                 f"{self.display}: etcd refused {what}: {exc.reason or exc}; check the user, "
@@ -386,7 +406,9 @@ class EtcdBackend:
         cfg = self.config
         try:
             if cfg.fmt is None:
-                snapshot = client.read_prefix(cfg.prefix, page_size=cfg.page_size)
+                snapshot = client.read_prefix(
+                    cfg.prefix, page_size=cfg.page_size, max_keys=cfg.max_keys
+                )
             else:
                 kv, revision = client.get(cfg.prefix)
                 snapshot = PrefixSnapshot(revision, (kv,) if kv is not None else ())
@@ -534,6 +556,7 @@ class EtcdBackend:
             backoff=self.config.backoff,
             progress_interval=self.config.progress_interval,
             page_size=self.config.page_size,
+            max_keys=self.config.max_keys if self.config.fmt is None else None,
         )
         with self._lock:
             if self._closed:
@@ -549,6 +572,11 @@ class EtcdBackend:
     def _on_state(self, status: WatchStatus) -> None:
         if status.state is WatchState.DISCONNECTED:
             self._lost = True
+            if isinstance(status.error, EtcdTooManyKeys):
+                # Not an outage: the content is refused until the prefix shrinks.
+                self._broken = True
+                self._deliver(self._too_many(status.error))
+                return
             if isinstance(status.error, EtcdAuthError):
                 # Permission revoked (or the user removed): an ACL problem, not an outage.
                 self._deliver(

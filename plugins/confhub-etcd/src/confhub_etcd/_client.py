@@ -65,6 +65,7 @@ __all__ = [
     "EtcdForkError",
     "EtcdLimitError",
     "EtcdTLSError",
+    "EtcdTooManyKeys",
     "EtcdUnavailable",
     "EventKind",
     "KeyValue",
@@ -172,6 +173,23 @@ class KeyValue:
             f"mod_revision={self.mod_revision}, create_revision={self.create_revision}, "
             f"version={self.version})"
         )
+
+
+class EtcdTooManyKeys(EtcdLimitError):
+    """A prefix holds more keys than the reader's ``max_keys``; the read stopped early.
+
+    ``actual`` is etcd's count of the keys under the prefix (or, for a watcher, the keys it
+    knows of), ``limit`` the cap; ``limit_name`` is ``"max_keys"``.
+    """
+
+    def __init__(self, prefix: bytes, count: int, limit: int) -> None:
+        super().__init__(
+            f"{count:,} keys under {prefix!r}, more than max_keys={limit:,}",
+            limit_name="max_keys",
+            limit=limit,
+            actual=count,
+        )
+        self.prefix = prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,7 +555,12 @@ class EtcdClient:
         return item, int(response.header.revision)
 
     def read_prefix(
-        self, prefix: str | bytes, *, page_size: int = 500, attempts: int = 3
+        self,
+        prefix: str | bytes,
+        *,
+        page_size: int = 500,
+        attempts: int = 3,
+        max_keys: int | None = None,
     ) -> PrefixSnapshot:
         """Every key under ``prefix`` at ONE revision, read in pages of ``page_size`` keys.
 
@@ -546,13 +569,17 @@ class EtcdClient:
         is compacted between pages, the read restarts at a new R (up to ``attempts`` times, then
         :class:`EtcdCompacted`). A page larger than the gRPC receive limit is re-read at half
         the page size.
+
+        With ``max_keys``, a prefix holding more keys raises :class:`EtcdTooManyKeys` after
+        the FIRST page (etcd's range count says how many there are), so a runaway prefix is
+        refused without downloading it.
         """
         prefix_b = _to_bytes(prefix)
         end = prefix_range_end(prefix_b)
         last_error: EtcdCompacted | None = None
         for _ in range(max(1, attempts)):
             try:
-                return self._read_prefix_once(prefix_b, end, page_size)
+                return self._read_prefix_once(prefix_b, end, page_size, max_keys)
             except EtcdCompacted as exc:
                 last_error = exc
                 log.info("etcd compacted during a paged read of %r; restarting the read", prefix_b)
@@ -560,7 +587,9 @@ class EtcdClient:
             raise EtcdError(f"paged read of {prefix_b!r} made no attempt")
         raise last_error
 
-    def _read_prefix_once(self, prefix: bytes, end: bytes, page_size: int) -> PrefixSnapshot:
+    def _read_prefix_once(
+        self, prefix: bytes, end: bytes, page_size: int, max_keys: int | None = None
+    ) -> PrefixSnapshot:
         rpc = _rpc()
         revision = 0
         start = prefix
@@ -580,6 +609,10 @@ class EtcdClient:
                 raise
             if revision == 0:
                 revision = int(response.header.revision)
+            if max_keys is not None:
+                count = max(int(response.count), len(items) + len(response.kvs))
+                if count > max_keys:
+                    raise EtcdTooManyKeys(prefix, count, max_keys)
             items.extend(_kv(raw) for raw in response.kvs)
             if not response.more or not response.kvs:
                 return PrefixSnapshot(revision=revision, items=tuple(items))
@@ -1023,8 +1056,10 @@ class PrefixWatcher:
         page_size: int = 500,
         require_leader: bool = True,
         stable_after: float = 1.0,
+        max_keys: int | None = None,
     ) -> None:
         self._client = client
+        self._max_keys = max_keys
         self._prefix = _to_bytes(prefix)
         self._on_batch = on_batch
         self._on_state = on_state
@@ -1365,9 +1400,17 @@ class PrefixWatcher:
         batch = WatchBatch(revision=max(e.mod_revision for e in events), events=tuple(events))
         self._deliver(batch)
         self._revision = batch.revision
+        if self._max_keys is not None and len(self._state) > self._max_keys:
+            # Stop following a runaway prefix: its state would grow without bound. Resync
+            # reads (one page while still too many) retry with backoff until it shrinks;
+            # their diff against the state kept here loses nothing.
+            self._resync_needed = True
+            raise _StreamLost(EtcdTooManyKeys(self._prefix, len(self._state), self._max_keys))
 
     def _resync(self, *, initial: bool) -> None:
-        snapshot = self._client.read_prefix(self._prefix, page_size=self._page_size)
+        snapshot = self._client.read_prefix(
+            self._prefix, page_size=self._page_size, max_keys=self._max_keys
+        )
         new_state = snapshot.as_dict()
         events: list[WatchEvent] = []
         for kv in snapshot.items:
