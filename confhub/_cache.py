@@ -73,6 +73,14 @@ _VOLATILE_OPTIONS = frozenset(
         "watch",
         "retry_max",
         "retry_initial",
+        "max_keys",
+        "max_last_contact",
+        "max_receive_bytes",
+        "progress_interval",
+        "page_size",
+        "rate",
+        "burst",
+        "wait",
     }
 )
 

@@ -475,3 +475,15 @@ def test_full_cache_directory_never_stops_updates(
         assert not list((mnt / "confhub").glob(".*.tmp"))
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_identity_ignores_limits_and_tuning_options() -> None:
+    """Caps and tuning (max_keys, page_size, wait, rate ...) do not change a source's cache."""
+    plain = SourceSpec.parse("etcd://h:2379/app/")
+    tuned = SourceSpec.parse(
+        "etcd://h:2379/app/?max_keys=10&page_size=50&progress_interval=1&max_receive_bytes=9"
+    )
+    assert source_identity(plain) == source_identity(tuned)
+    assert source_identity(plain) != source_identity(
+        SourceSpec.parse("etcd://h:2379/app/?format=json")
+    )

@@ -128,7 +128,6 @@ def test_01_sigkill_mid_watch_then_restart_with_writes(etcd: EtcdServer) -> None
 # -- 2: left down (compressed), no spin, no thread growth, no log flood ------------------------
 
 
-@pytest.mark.slow
 def _rss_bytes() -> int:
     """The resident set size of this process (Linux), for flat-memory checks."""
     with open("/proc/self/status", encoding="ascii") as fh:
@@ -138,6 +137,7 @@ def _rss_bytes() -> int:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
+@pytest.mark.slow
 def test_02_left_down_no_spin_no_flood(etcd: EtcdServer, caplog: pytest.LogCaptureFixture) -> None:
     """etcd down for 8 s (standing in for 10 min) with the backoff capped at 1 s: bounded
     reconnect attempts, low CPU, flat memory, constant thread count, one log line per state
