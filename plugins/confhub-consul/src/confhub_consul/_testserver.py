@@ -650,13 +650,9 @@ class Engine:
         keys_mode, recurse = "keys" in q, "recurse" in q
         if not key and not (keys_mode or recurse):
             return _text(400, "Missing key name")
-        for check in (self._validate_key(key), self._common_checks(req), self._leader_check(mode)):
-            if check is not None:
-                return check
-        try:
-            token = self._token(req)
-        except _Denied as exc:
-            return _text(403, str(exc))
+        token = self._preamble(req, mode, key)
+        if isinstance(token, Reply):
+            return token
         pretty = "pretty" in q
         default = self._default_level()
         if keys_mode or recurse:
@@ -728,15 +724,22 @@ class Engine:
             return _text(500, f'strconv.ParseUint: parsing "{raw}": value out of range')
         return int(raw)
 
-    def _write_preamble(self, req: Request, key: str) -> Reply | AclToken:
-        for check in (self._validate_key(key), self._common_checks(req),
-                      self._leader_check("default")):
+    def _preamble(self, req: Request, mode: str, key: str | None = None) -> Reply | AclToken:
+        """The checks every KV, txn and session request starts with, in Consul's order:
+        the key's validity, the datacenter, a leader (unless ``mode`` is stale), the token.
+        Returns the reply that ends the request, or the resolved token."""
+        checks = (self._validate_key(key) if key is not None else None,
+                  self._common_checks(req), self._leader_check(mode))
+        for check in checks:
             if check is not None:
                 return check
         try:
             return self._token(req)
         except _Denied as exc:
             return _text(403, str(exc))
+
+    def _write_preamble(self, req: Request, key: str) -> Reply | AclToken:
+        return self._preamble(req, "default", key)
 
     def _kv_put(self, req: Request, key: str) -> Reply:
         q = req.query
@@ -817,13 +820,9 @@ class Engine:
             if isinstance(parsed, Reply):
                 return parsed
             mode = parsed[0]
-        for check in (self._common_checks(req), self._leader_check(mode)):
-            if check is not None:
-                return check
-        try:
-            token = self._token(req)
-        except _Denied as exc:
-            return _text(403, str(exc))
+        token = self._preamble(req, mode)
+        if isinstance(token, Reply):
+            return token
         default = self._default_level()
         errors: list[tuple[int, str]] = []
         for i, op in enumerate(ops):
@@ -858,13 +857,9 @@ class Engine:
     # ------------------------------------------------------------- sessions
 
     def _session_write_check(self, req: Request) -> Reply | None:
-        for check in (self._common_checks(req), self._leader_check("default")):
-            if check is not None:
-                return check
-        try:
-            token = self._token(req)
-        except _Denied as exc:
-            return _text(403, str(exc))
+        token = self._preamble(req, "default")
+        if isinstance(token, Reply):
+            return token
         if token.other_level("session", self._default_level()) < 3:
             return _text(403, str(self._denied(token, "session:write", self.config.node_name)))
         return None
@@ -955,13 +950,9 @@ class Engine:
         if isinstance(parsed, Reply):
             return parsed
         mode, min_index, wait = parsed
-        for check in (self._common_checks(req), self._leader_check(mode)):
-            if check is not None:
-                return check
-        try:
-            token = self._token(req)
-        except _Denied as exc:
-            return _text(403, str(exc))
+        token = self._preamble(req, mode)
+        if isinstance(token, Reply):
+            return token
         if token.other_level("session", self._default_level()) < 1:
             # Consul filters sessions by ACL; with no session:read the list is empty.
             def select() -> list[dict[str, Any]]:
