@@ -45,6 +45,9 @@ from typing import Any, Self
 
 import grpc
 
+from ._client import _rpc
+from ._client import _to_bytes as _b
+
 __all__ = [
     "EtcdCluster",
     "EtcdMember",
@@ -649,11 +652,3 @@ class EtcdServer(EtcdCluster):
         return self.members[0].endpoint
 
 
-def _rpc() -> Any:
-    import pyetcd.etcdrpc  # noqa: PLC0415 - generated stubs, imported on first use
-
-    return pyetcd.etcdrpc
-
-
-def _b(value: str | bytes) -> bytes:
-    return value.encode() if isinstance(value, str) else value
