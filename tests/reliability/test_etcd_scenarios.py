@@ -6,6 +6,7 @@ the hub delivered and served, and ends with ``History.check()``. Numbers refer t
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
@@ -160,7 +161,7 @@ def test_02_left_down_no_spin_no_flood(etcd: EtcdServer, caplog: pytest.LogCaptu
         cpu = cpu_seconds()
         rss = _rss_bytes()
         down = 8.0
-        time.sleep(down)
+        retries = _retry_times(w, down)  # sleeps for ``down``
         cpu_used = cpu_seconds() - cpu
         grown = _rss_bytes() - rss
         assert grown < 16 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB while down"
@@ -168,6 +169,13 @@ def test_02_left_down_no_spin_no_flood(etcd: EtcdServer, caplog: pytest.LogCaptu
         assert threading.active_count() == threads, "thread count changed while down"
         # Capped at 1 s with jitter in [0.5, 1]: at most ~down/0.5 attempts, never a spin.
         assert attempts <= down / 0.5 + 2, attempts
+        # The retry interval has reached the cap (1 s, jittered down to 0.5 s) and is spread:
+        # clients retrying in lockstep would hit a recovering etcd all at once.
+        # The last five gaps are past the growth (0.1 s doubling reaches 1 s by the 5th retry).
+        gaps = [round(b - a, 3) for a, b in itertools.pairwise(retries)]
+        assert len(gaps) >= 7, gaps
+        assert all(0.45 <= g <= 1.0 + 0.35 for g in gaps[-5:]), gaps
+        assert max(gaps[-5:]) - min(gaps[-5:]) >= 0.05, gaps
         assert cpu_used < 0.25 * down, f"{cpu_used:.2f}s CPU in {down}s down: spinning"
         lines = [r for r in caplog.records if r.name.startswith("confhub")]
         assert len(lines) <= 2, [r.getMessage() for r in lines]
@@ -175,6 +183,20 @@ def test_02_left_down_no_spin_no_flood(etcd: EtcdServer, caplog: pytest.LogCaptu
         etcd.put("/app/a", "3")
         wait_until(lambda: hub.get("a") == "3", T_RECOVER)
         wait_until(lambda: state(hub) == "live", T_RECOVER)
+
+
+def _retry_times(w: Any, seconds: float) -> list[float]:
+    """When the watcher ``w`` started each retry during the next ``seconds`` (its
+    ``reconnects`` counter sampled every 2 ms)."""
+    times: list[float] = []
+    seen = w.reconnects
+    end = time.monotonic() + seconds
+    while (now := time.monotonic()) < end:
+        if w.reconnects != seen:
+            seen = w.reconnects
+            times.append(now)
+        time.sleep(0.002)
+    return times
 
 
 # -- 3: SIGSTOP the only etcd ------------------------------------------------------------------
