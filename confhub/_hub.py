@@ -886,14 +886,18 @@ class Hub:
         if slot.state == "live" or changed_state:
             slot.state = "stale" if slot.layer is not None else "absent"
             slot.since = time.time()
+            # Backend errors usually start with the source's name already: say it once.
+            message = str(error)
+            if message.startswith(f"{slot.display}: "):
+                message = message[len(slot.display) + 2 :]
             if rejected or isinstance(error, SourceFormatError):
                 log.error(
                     "%s: update rejected, keeping the last good configuration: %s",
                     slot.display,
-                    error,
+                    message,
                 )
             else:
-                log.warning("%s: %s; serving the last good configuration", slot.display, error)
+                log.warning("%s: %s; serving the last good configuration", slot.display, message)
             self.pm.hook.confhub_source_failed(
                 spec=slot.active_spec,
                 error=error,

@@ -628,6 +628,52 @@ def test_11_permission_revoked_mid_watch_then_granted_again() -> None:
     assert detected < bound
 
 
+def test_11_permission_revoked_while_disconnected_shows_as_permission() -> None:
+    """The hub is cut off from etcd (stale, unavailable), the read is revoked meanwhile, and
+    the connection comes back: the refusal that follows replaces "unavailable" in health and
+    reaches subscribers as a SourcePermissionError (the watcher used to report one disconnect
+    per outage, so the cause stayed "unavailable"); granting read again brings it back."""
+    from confhub_etcd.testing import _rpc
+
+    rpc = _rpc()
+    with EtcdServer(auth=True) as etcd:
+        etcd.put("/app/a", "1")
+        admin, perm = _grant_app_user(etcd)
+        with TcpProxy(etcd.endpoint) as proxy:
+            source = spec(proxy.endpoint, opts=f"user=app&password=app-pw-11&{FAST}")
+            with make_hub(source) as hub:
+                errors: list[Any] = []
+                hub.subscribe(on_error=errors.append)
+                proxy.set_mode("refuse")
+                proxy.reset()
+                wait_until(lambda: state(hub) == "stale", T_DETECT, "the outage")
+                wait_until(lambda: bool(errors), 5, "the outage's error event")
+                assert isinstance(errors[-1].error, SourceUnavailableError)
+                admin(
+                    "RoleRevokePermission",
+                    rpc.AuthRoleRevokePermissionRequest(
+                        role="app", key=b"/app/", range_end=b"/app0"
+                    ),
+                )
+                etcd.put("/app/a", "2")  # written while the hub may not read
+                proxy.set_mode("pass")
+                wait_until(
+                    lambda: "permission denied" in (hub.health().sources[0].last_error or ""),
+                    T_RECOVER,
+                    "the refusal in health",
+                )
+                wait_until(
+                    lambda: isinstance(errors[-1].error, SourcePermissionError), 5, "the event"
+                )
+                assert state(hub) == "stale"
+                assert hub.get("a") == "1"  # last good kept
+                admin(
+                    "RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(name="app", perm=perm)
+                )
+                wait_until(lambda: hub.get("a") == "2", T_RECOVER, "recovery")
+                wait_until(lambda: state(hub) == "live", T_RECOVER)
+
+
 # -- 13: TLS that cannot work --------------------------------------------------------------------
 
 

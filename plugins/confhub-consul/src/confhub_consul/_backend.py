@@ -39,7 +39,7 @@ from confhub import (
     parse_document,
 )
 
-from ._http import TRANSPORT_ERRORS, Aborted, Connection, Response, kv_path
+from ._http import TRANSPORT_ERRORS, Aborted, ChunkCheck, Connection, Response, kv_path
 from ._watch import Watcher
 
 if TYPE_CHECKING:
@@ -51,6 +51,15 @@ log = logging.getLogger("confhub.consul")
 MAX_VALUE_SIZE = 524_288
 #: Consul's default ``limits.txn_max_req_len``: larger writes use a plain PUT instead.
 MAX_TXN_BODY = 524_288
+#: The core's default ``max_keys`` (``confhub._hub.DEFAULT_MAX_KEYS``): a tree listing with
+#: more entries is refused while it is read, before it is parsed.
+DEFAULT_MAX_KEYS = 1_000_000
+#: What starts each entry of a recurse listing: Consul's JSON encoder (Go's, and the test
+#: server's ``_go_json``) writes the field name as ``"Key":`` (``"Key": `` with ``?pretty``
+#: or in ``-dev`` mode). It occurs nowhere else: inside a JSON string every ``"`` is escaped
+#: (``\"``), so the closing ``":`` of the mark can only end a field name, and the entry's
+#: other fields are numbers, base64 or null values and a session UUID.
+_ENTRY_MARK = b'"Key":'
 _FORMATS = ("json", "yaml", "toml")
 _CONSISTENCY = ("default", "stale", "consistent")
 #: One dotted-key segment a write may use: passes every released Consul key validator.
@@ -72,6 +81,26 @@ def _bad_path(path: str) -> bool:
     # A trailing "/" leaves one empty last segment, which is allowed.
     inner = segments[:-1] if segments and segments[-1] == "" else segments
     return any(s in ("", ".", "..") for s in inner)
+
+
+def _max_keys(spec: SourceSpec) -> int:
+    """The ``max_keys`` option: a whole number above 0 (the core's rule), else SpecError."""
+    value = spec.options.get("max_keys")
+    if value is None:
+        return DEFAULT_MAX_KEYS
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        cap = int(str(value).strip())
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise SpecError(
+            f"{spec.display}: option max_keys={value!r} is not a whole number above 0; "
+            "write e.g. ?max_keys=200000",
+            spec=spec.display,
+        )
+    return cap
 
 
 def _duration(seconds: float) -> str:
@@ -107,6 +136,9 @@ class ConsulOptions:
     #: consistency=stale only: an answer whose X-Consul-LastContact is above this many
     #: seconds is asked again of the leader. None: any stale answer is used.
     max_last_contact: float | None = None
+    #: Tree layout: a listing with more entries is refused while it streams (the core
+    #: checks every layer against the same cap; this only stops the download early).
+    max_keys: int = DEFAULT_MAX_KEYS
 
     def __repr__(self) -> str:
         return f"<ConsulOptions {self.display} token={'<redacted>' if self.token else None}>"
@@ -249,6 +281,7 @@ class ConsulOptions:
             rate=rate,
             burst=max(1, burst),
             max_last_contact=max_last_contact,
+            max_keys=_max_keys(spec),
         )
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -383,7 +416,11 @@ class ConsulBackend:
     ) -> Response:
         try:
             return conn.request(
-                "GET", kv_path(self.read_key), query=query, read_timeout=read_timeout
+                "GET",
+                kv_path(self.read_key),
+                query=query,
+                read_timeout=read_timeout,
+                guard=self._listing_guard,
             )
         except Aborted:
             raise
@@ -393,6 +430,12 @@ class ConsulBackend:
                 f"({type(exc).__name__}: {exc}); retrying",
                 source=self.source,
             ) from None
+
+    def _listing_guard(self, status: int, headers: Mapping[str, str]) -> ChunkCheck | None:
+        """The entry counter of a tree listing (200 only), which stops it over ``max_keys``."""
+        if status != 200 or self.opts.document is not None:
+            return None
+        return _EntryCounter(self.source, self.opts.max_keys)
 
     def _too_stale(self, resp: Response) -> str | None:
         """How far behind the leader a stale answer is, when over ``max_last_contact``.
@@ -486,17 +529,25 @@ class ConsulBackend:
                 values, source=self.source, revision=snap.index, locate=_TreeLocator(where)
             )
         except SourceFormatError as exc:
-            parent = exc.key or ""
-            child = next((k for k in values if k.startswith(parent + ".")), None)
-            if parent not in where or child is None:
-                raise
-            a, b = where[parent][0], where[child][0]
-            raise SourceFormatError(
-                f"{self.source}: Consul key {a!r} is both a value and the parent of {b!r}; "
-                "a key cannot be both a leaf and a parent: delete or rename one of them",
-                source=self.source,
-                key=a,
-            ) from None
+            raise self._clash(exc, {d: ckey for d, (ckey, _) in where.items()}) from None
+
+    def _clash(self, exc: SourceFormatError, where: Mapping[str, str]) -> SourceFormatError:
+        """A leaf/parent clash ``exc`` (dotted keys) reworded with the Consul keys.
+
+        ``where`` maps each dotted key of the clashing state to its Consul key; ``exc`` is
+        returned as it is when the clash cannot be found there.
+        """
+        parent = exc.key or ""
+        child = next((k for k in where if k.startswith(parent + ".")), None)
+        if parent not in where or child is None:
+            return exc
+        a, b = where[parent], where[child]
+        return SourceFormatError(
+            f"{self.source}: Consul key {a!r} is both a value and the parent of {b!r}; "
+            "a key cannot be both a leaf and a parent: delete or rename one of them",
+            source=self.source,
+            key=a,
+        )
 
     def _build_document(self, snap: Snapshot) -> Layer:
         key, fmt = self.opts.document or "", self.opts.fmt or "json"
@@ -645,7 +696,16 @@ class ConsulBackend:
                     deleted.append(dotted)
         delta = LayerDelta(set=changed, deleted=deleted, revision=snap.index, details=details)
         # Applying it here checks leaf/parent clashes before the hub sees it.
-        new_layer = layer.apply(delta, source=self.source)
+        try:
+            new_layer = layer.apply(delta, source=self.source)
+        except SourceFormatError as exc:
+            # Named by their Consul keys, as a load names them (a rare path: one pass).
+            where: dict[str, str] = {}
+            for ckey, (_, raw) in snap.entries.items():
+                dotted = self.dotted(ckey, raw)
+                if dotted is not None:
+                    where[dotted] = ckey
+            raise self._clash(exc, where) from None
         return delta, new_mod, new_layer
 
     # -- writing ---------------------------------------------------------------------------
@@ -853,6 +913,41 @@ class ConsulBackend:
             watcher.stop()
         if conn is not None:
             conn.close()
+
+
+class _EntryCounter:
+    """Counts the entries of a recurse listing as its body streams (a :data:`ChunkCheck`).
+
+    Each entry holds :data:`_ENTRY_MARK` exactly once. A mark split across chunks (it is 6
+    bytes; a chunk may be 1 byte when a server drips) is found in the last 5 bytes seen
+    before a chunk joined with its first 5 bytes: no mark fits wholly in either part, so
+    none is counted twice. Over ``cap`` entries it raises the SourceFormatError that
+    refuses the listing, naming ``cap + 1`` (the exact count is not known, and a stable
+    message is reported once by the watch, not once per retry).
+    """
+
+    __slots__ = ("_tail", "cap", "count", "source")
+
+    def __init__(self, source: str, cap: int) -> None:
+        self.source = source
+        self.cap = cap
+        self.count = 0
+        self._tail = b""
+
+    def __call__(self, chunk: bytes) -> None:
+        keep = len(_ENTRY_MARK) - 1
+        if self._tail:
+            self.count += (self._tail + chunk[:keep]).count(_ENTRY_MARK)
+        self.count += chunk.count(_ENTRY_MARK)
+        self._tail = chunk[-keep:] if len(chunk) >= keep else (self._tail + chunk)[-keep:]
+        if self.count > self.cap:
+            seen = self.cap + 1
+            raise SourceFormatError(
+                f"{self.source}: at least {seen:,} keys, more than max_keys={self.cap:,}; "
+                f"refusing them (stopped reading at {seen:,} keys): raise ?max_keys= on the "
+                "source if that many keys are intended, or delete the runaway keys",
+                source=self.source,
+            )
 
 
 class _TreeLocator:

@@ -14,6 +14,12 @@ send, status line, headers, body). ``http.client`` applies the socket timeout to
 never trip it; instead each :class:`Connection` has one watchdog thread (started with the
 first request, joined by :meth:`Connection.close`) that shuts the socket down when the
 deadline passes, and the request raises :class:`TimeoutError` ("no answer within X s").
+
+A request may also carry a body guard (:data:`BodyGuard`): it sees the status and headers,
+then each body chunk as it arrives, and may raise to stop the read early (the backend uses it
+to refuse a listing holding more than ``max_keys`` entries without downloading all of it).
+A read stopped that way drops the connection (the rest of the body is still in flight, so
+the socket cannot be reused) and the guard's error propagates to the caller unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +48,15 @@ class Aborted(Exception):
     """The connection was aborted by :meth:`Connection.abort` (the backend is closing)."""
 
 
+#: Checks one body as it streams: called with each chunk as it is read; raises to stop the
+#: read.
+ChunkCheck = Callable[[bytes], None]
+#: Makes the :data:`ChunkCheck` of one response from its status and (lower-cased) headers,
+#: or returns None to read the body unchecked. Called once per response read, so a request
+#: retried on a fresh socket starts with a fresh check.
+BodyGuard = Callable[[int, Mapping[str, str]], ChunkCheck | None]
+
+
 @attrs.frozen
 class Response:
     """One HTTP response: status, headers (lower-cased names) and the whole body."""
@@ -65,12 +80,18 @@ def _no_answer(read_timeout: float) -> TimeoutError:
 
 
 def _read_body(
-    resp: http.client.HTTPResponse, sock: socket.socket | None, deadline: float, read_timeout: float
+    resp: http.client.HTTPResponse,
+    sock: socket.socket | None,
+    deadline: float,
+    read_timeout: float,
+    check: ChunkCheck | None = None,
 ) -> bytes:
     """The whole body of ``resp``, or TimeoutError once ``deadline`` (monotonic) passes.
 
     The watchdog enforces the deadline too; bounding each ``recv`` by the time left makes a
-    silent server time out here without waiting for it.
+    silent server time out here without waiting for it. ``check`` is fed each chunk as it
+    is read; an error it raises closes ``resp`` and propagates (the caller drops the
+    connection: the rest of the body is still in flight).
     """
     chunks: list[bytes] = []
     while True:
@@ -85,6 +106,12 @@ def _read_body(
         chunk = resp.read1(65536)
         if not chunk:
             break
+        if check is not None:
+            try:
+                check(chunk)
+            except BaseException:
+                resp.close()
+                raise
         chunks.append(chunk)
     chunks.append(resp.read())  # b"" here; marks the response complete (keep-alive reuse)
     return b"".join(chunks)
@@ -234,8 +261,13 @@ class Connection:
         query: Sequence[tuple[str, str]] = (),
         body: bytes | None = None,
         read_timeout: float,
+        guard: BodyGuard | None = None,
     ) -> Response:
-        """Send one request and read the whole response; raises a transport error or Aborted."""
+        """Send one request and read the whole response; raises a transport error or Aborted.
+
+        ``guard`` (see :data:`BodyGuard`) may stop the body read early by raising: the
+        connection is then dropped and its error propagates as it is (never retried).
+        """
         url = path + ("?" + urlencode(query, safe="/:") if query else "")
         headers = dict(self._headers)
         if body is not None:
@@ -253,7 +285,7 @@ class Connection:
                 try:
                     answer = self._exchange(
                         method=method, url=url, body=body, headers=headers, deadline=deadline,
-                        read_timeout=read_timeout, attempt=attempt,
+                        read_timeout=read_timeout, attempt=attempt, guard=guard,
                     )
                 finally:
                     fired = self._watchdog.disarm()
@@ -275,6 +307,7 @@ class Connection:
         deadline: float,
         read_timeout: float,
         attempt: int,
+        guard: BodyGuard | None,
     ) -> tuple[http.client.HTTPResponse, bytes] | None:
         """One attempt of :meth:`request`: (response, body), or None to retry it."""
         reused = self._conn is not None
@@ -289,7 +322,10 @@ class Connection:
             conn.request(method, url, body=body, headers=dict(headers))
             sent = True
             resp = conn.getresponse()
-            data = _read_body(resp, sock, deadline, read_timeout)
+            check = None
+            if guard is not None:
+                check = guard(resp.status, {k.lower(): v for k, v in resp.getheaders()})
+            data = _read_body(resp, sock, deadline, read_timeout, check)
         except TRANSPORT_ERRORS as exc:
             self._drop()
             if self._aborted:
@@ -302,6 +338,11 @@ class Connection:
                 raise  # connecting timed out
             if reused and attempt == 1 and (method == "GET" or not sent):
                 return None
+            raise
+        except BaseException:
+            # The guard refused the body: the rest of it is still in flight, so the socket
+            # cannot carry another request. Its error is the caller's, never retried.
+            self._drop()
             raise
         return resp, data
 

@@ -1015,6 +1015,14 @@ class _Requests:
         self._closed.set()
 
 
+def _error_kind(error: BaseException | None) -> type[BaseException] | None:
+    """The kind of a watch's disconnect cause, as its state reports tell them apart."""
+    for kind in (EtcdTooManyKeys, EtcdAuthError):
+        if isinstance(error, kind):
+            return kind
+    return None
+
+
 class PrefixWatcher:
     """Watch every key under a prefix, surviving disconnects, failover and compaction.
 
@@ -1082,6 +1090,7 @@ class PrefixWatcher:
         self._pid = os.getpid()
         self._status = WatchState.DISCONNECTED
         self._reported: WatchState | None = None
+        self._reported_kind: type[BaseException] | None = None
         self._endpoint: str | None = None
         self.callback_errors = 0
         self.duplicates_dropped = 0
@@ -1459,9 +1468,16 @@ class PrefixWatcher:
             )
 
     def _report(self, state: WatchState, error: BaseException | None) -> None:
-        if state == self._reported and state is not WatchState.RESYNCED:
+        # One report per state change; a disconnect whose cause changes kind (unavailable,
+        # then refused by auth, or too many keys) is a change too: the hub shows the cause.
+        kind = _error_kind(error) if state is WatchState.DISCONNECTED else None
+        if (
+            state == self._reported
+            and kind is self._reported_kind
+            and state is not WatchState.RESYNCED
+        ):
             return
-        self._reported = state
+        self._reported, self._reported_kind = state, kind
         if state is WatchState.DISCONNECTED:
             log.warning(
                 "etcd watch on %r disconnected at revision %d: %s",
