@@ -169,11 +169,13 @@ def _reject_constant(name: str) -> Any:
 
 
 def _unique_pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in items:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
+    out = dict(items)  # in C; a duplicate shows as a shorter dict, then is looked for
+    if len(out) != len(items):
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return out
 
 

@@ -202,6 +202,10 @@ class PrefixSnapshot:
     def as_dict(self) -> dict[bytes, KeyValue]:
         return {kv.key: kv for kv in self.items}
 
+    def revisions(self) -> dict[bytes, int]:
+        """Each key's ``mod_revision``: all a watcher keeps to diff a later read against."""
+        return {kv.key: kv.mod_revision for kv in self.items}
+
 
 class EventKind(enum.Enum):
     PUT = "put"
@@ -1077,7 +1081,9 @@ class PrefixWatcher:
         self._page_size = page_size
         self._require_leader = require_leader
         self._stable_after = stable_after
-        self._state: dict[bytes, KeyValue] = snapshot.as_dict() if snapshot else {}
+        # Key -> mod_revision: enough to diff a resync read (values live in the consumer's
+        # layer; keeping them here too doubled a large prefix's memory).
+        self._state: dict[bytes, int] = snapshot.revisions() if snapshot else {}
         self._revision = snapshot.revision if snapshot else 0
         self._need_initial = snapshot is None
         self._compact_revision = 0
@@ -1399,13 +1405,7 @@ class PrefixWatcher:
             if event.kind is EventKind.DELETE:
                 self._state.pop(event.key, None)
             else:
-                self._state[event.key] = KeyValue(
-                    event.key,
-                    event.value,
-                    event.mod_revision,
-                    event.create_revision,
-                    event.version,
-                )
+                self._state[event.key] = event.mod_revision
         batch = WatchBatch(revision=max(e.mod_revision for e in events), events=tuple(events))
         self._deliver(batch)
         self._revision = batch.revision
@@ -1420,11 +1420,10 @@ class PrefixWatcher:
         snapshot = self._client.read_prefix(
             self._prefix, page_size=self._page_size, max_keys=self._max_keys
         )
-        new_state = snapshot.as_dict()
+        new_state = snapshot.revisions()
         events: list[WatchEvent] = []
         for kv in snapshot.items:
-            old = self._state.get(kv.key)
-            if old is None or old.mod_revision != kv.mod_revision:
+            if self._state.get(kv.key) != kv.mod_revision:
                 events.append(
                     WatchEvent(
                         EventKind.PUT,
