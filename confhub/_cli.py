@@ -354,7 +354,7 @@ def _cmd_health(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
         age = s.age
         extra = f" revision={s.revision}" if s.revision is not None else ""
         extra += f" age={age:.1f}s" if age is not None else ""
-        extra += f" error={s.last_error}" if s.last_error else ""
+        extra += f" failed: {s.last_error}" if s.failed else ""
         out.write(f"  {s.state:<8} {s.source}{extra}\n")
     return EXIT_OK
 

@@ -109,6 +109,10 @@ class SourceHealth:
     - ``"absent"``: an optional source that contributes nothing;
     - ``"pending"``: not loaded yet.
 
+    ``failed`` is true while the source's last attempt failed (``last_error`` says how):
+    ``stale``, ``cached`` and a ``fallback`` always have it; an ``absent`` optional source has
+    it when it could not be reached (not when it is merely empty).
+
     ``revision`` and ``fetched_at``/``age`` describe the layer being served.
     """
 
@@ -126,6 +130,11 @@ class SourceHealth:
         """Seconds since the served layer was fetched from its store."""
         return None if self.fetched_at is None else max(0.0, time.time() - self.fetched_at)
 
+    @property
+    def failed(self) -> bool:
+        """Whether the source's last attempt failed (see ``last_error``)."""
+        return self.last_error is not None
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the ``confhub health --json`` contract)."""
         age = self.age
@@ -135,6 +144,7 @@ class SourceHealth:
             "active": self.active,
             "revision": self.revision,
             "age_seconds": None if age is None else round(age, 3),
+            "failed": self.failed,
             "last_error": self.last_error,
             "keys": self.keys,
         }
@@ -149,8 +159,9 @@ class Health:
 
     @property
     def degraded(self) -> bool:
-        """True when any source serves something other than its live content."""
-        return any(s.state not in ("live", "absent") for s in self.sources)
+        """True when any source serves something other than its live content, or failed
+        (an optional source that could not be reached counts; an empty one does not)."""
+        return any(s.state not in ("live", "absent") or s.failed for s in self.sources)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the ``confhub health --json`` contract)."""

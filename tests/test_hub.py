@@ -536,10 +536,36 @@ def test_leaf_parent_clash_from_a_delta_loses_no_later_update() -> None:
 
 
 def test_optional_source_with_nothing_is_absent(tmp_path: Any) -> None:
-    """An optional file that does not exist reports the 'absent' state."""
+    """An optional file that does not exist reports the 'absent' state: not a failure."""
     with Hub([{"a": 1}, f"file:{tmp_path / 'nope.toml'}?optional=true"]) as hub:
-        assert hub.health().sources[1].state == "absent"
+        source = hub.health().sources[1]
+        assert (source.state, source.failed, source.last_error) == ("absent", False, None)
         assert not hub.health().degraded
+
+
+def test_optional_source_down_at_start_is_absent_failed_and_degraded() -> None:
+    """An optional store that cannot be reached contributes nothing (defaults serve), and
+    health says it failed and why; the hub is degraded until the store comes back."""
+    store = MemoryStore("app", {"a": "store"})
+    store.fail()
+    with Hub(
+        [{"a": "default"}, "memory:app?optional=true"],
+        plugins=[store],
+        autoload=False,
+        cache_dir=None,
+        retry_initial=0.01,
+        retry_max=0.05,
+    ) as hub:
+        assert hub.get("a") == "default"
+        source = hub.health().sources[1]
+        assert (source.state, source.failed) == ("absent", True)
+        assert "down" in (source.last_error or "")
+        assert hub.health().degraded
+        assert hub.health().to_dict()["sources"][1]["failed"] is True
+        store.recover()
+        wait_for(lambda: hub.get("a") == "store")
+        wait_for(lambda: not hub.health().degraded)
+        assert not hub.health().sources[1].failed
 
 
 @settings(max_examples=60, deadline=None)
