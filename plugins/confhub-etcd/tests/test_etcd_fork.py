@@ -42,6 +42,27 @@ def _child(client: EtcdClient, watcher: PrefixWatcher, results: Any) -> None:
         results.put(("error", repr(exc)))
 
 
+def _run_forked(target: Any, *args: Any) -> tuple[int, tuple[Any, ...]]:
+    """Run ``target(*args, results)`` in a child made by fork(); it must be done within 10 s
+    (reliability scenario 15's bound) and report ``("ok", ...)``. Returns (pid, report)."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    process = context.Process(target=target, args=(*args, results))
+    started = time.monotonic()
+    process.start()
+    process.join(10)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
+        raise AssertionError("the forked child hung")
+    assert time.monotonic() - started < 10
+    assert process.exitcode == 0, process.exitcode
+    outcome = results.get(timeout=5)
+    assert outcome[0] == "ok", outcome
+    assert process.pid is not None
+    return process.pid, outcome
+
+
 # Python 3.12+ warns that fork() in a threaded process may deadlock; that risk is what we test.
 @pytest.mark.filterwarnings("ignore:This process.*multi-threaded:DeprecationWarning")
 def test_child_after_fork_gets_a_working_client(client: EtcdClient) -> None:
@@ -52,20 +73,7 @@ def test_child_after_fork_gets_a_working_client(client: EtcdClient) -> None:
     recorder = Recorder()
     with client.watch_prefix("/fork/", recorder.on_batch, backoff=FAST) as watcher:
         recorder.wait_for(lambda: bool(recorder.batches))
-        context = multiprocessing.get_context("fork")
-        results = context.Queue()
-        process = context.Process(target=_child, args=(client, watcher, results))
-        started = time.monotonic()
-        process.start()
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join(5)
-            raise AssertionError("the forked child hung")
-        assert process.exitcode == 0
-        assert time.monotonic() - started < 10
-        outcome = results.get(timeout=5)
-        assert outcome[0] == "ok", outcome
+        _, outcome = _run_forked(_child, client, watcher)
         _, value, child_revision, forked, initial_keys = outcome
         assert value == b"1"
         assert "parent process" in forked
@@ -205,26 +213,13 @@ def test_hub_in_a_forked_child_reads_writes_and_watches(etcd: EtcdServer) -> Non
     etcd.put("/fork/a", "1")
     spec = f"etcd://{etcd.endpoint}/fork/"
     with Hub([spec], cache_dir=None) as hub:
-        context = multiprocessing.get_context("fork")
-        results = context.Queue()
-        process = context.Process(target=_hub_child, args=(spec, hub, results))
-        started = time.monotonic()
-        process.start()
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join(5)
-            raise AssertionError("the forked child hung")
-        assert time.monotonic() - started < 10
-        assert process.exitcode == 0, process.exitcode
-        outcome = results.get(timeout=5)
-        assert outcome[0] == "ok", outcome
+        pid, outcome = _run_forked(_hub_child, spec, hub)
         _, inherited, fresh, written, told = outcome
-        assert (inherited, fresh, written, told) == ("1", "1", str(process.pid), True)
+        assert (inherited, fresh, written, told) == ("1", "1", str(pid), True)
         deadline = time.monotonic() + 5  # the parent's watch saw the child's write too
-        while hub.get("child", None) != str(process.pid) and time.monotonic() < deadline:
+        while hub.get("child", None) != str(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert hub.get("child", None) == str(process.pid)
+        assert hub.get("child", None) == str(pid)
         etcd.put("/fork/a", "2")
         while hub.get("a") != "2" and time.monotonic() < deadline + 5:
             time.sleep(0.01)
