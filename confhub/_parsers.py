@@ -138,7 +138,30 @@ def parse_document(
     return data
 
 
+# What can hold a "=" that is no key/value separator: strings of the four kinds, comments.
+_TOML_NOT_CODE = re.compile(
+    r'"""(?:[^"\\]|\\[\s\S]|"(?!""))*"{3,5}'  # multi-line basic (may end in up to 2 more ")
+    r"|'''[\s\S]*?'{3,5}"  # multi-line literal
+    r'|"(?:[^"\\\n]|\\.)*"'  # basic
+    r"|'[^'\n]*'"  # literal
+    r"|#[^\n]*"  # comment
+)
+
+
+def _precount_toml(text: str, where: _Where) -> None:
+    """Refuse a TOML document over MAX_NODES before tomllib (pure Python: ~4 s for a million
+    keys) builds it. Every key/value pair is one value, so the walk of :func:`_check_bounds`
+    charges at least ``pairs + 1`` (the root): refused here only when that lower bound is
+    over, counting the ``=`` outside strings and comments; the walk decides the rest."""
+    if text.count("=") < MAX_NODES:
+        return
+    pairs = _TOML_NOT_CODE.sub("", text).count("=")
+    if pairs + 1 > MAX_NODES:
+        raise where.error(f"the document expands to more than {MAX_NODES:,} values; refusing it")
+
+
 def _parse_toml(text: str, where: _Where) -> Any:
+    _precount_toml(text, where)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -428,6 +428,55 @@ def test_json_precount_refuses_exactly_what_the_bounds_walk_refuses(
     )
 
 
+_toml_text = st.text(alphabet="=#\"' x\n\\", max_size=6)
+_TRIPLE_SINGLE = "'" * 3
+_toml_values = st.one_of(
+    st.integers(-5, 5).map(str),
+    _toml_text.map(json.dumps),  # a basic string
+    _toml_text.filter(lambda t: "'" not in t and "\n" not in t).map(lambda t: f"'{t}'"),
+    _toml_text.filter(lambda t: _TRIPLE_SINGLE not in t and not t.endswith("'")).map(
+        lambda t: _TRIPLE_SINGLE + t + _TRIPLE_SINGLE
+    ),
+    _toml_text.map(lambda t: '"""' + json.dumps(t)[1:-1] + '"""'),
+    st.lists(st.integers(0, 3).map(str), max_size=3).map(lambda v: "[" + ", ".join(v) + "]"),
+    st.integers(0, 2).map(lambda n: "{" + ", ".join(f"i{j} = {j}" for j in range(n)) + "}"),
+)
+_toml_lines = st.lists(
+    st.tuples(_toml_values, st.sampled_from(["", " # a = b", " # \"=\" '='", "#="])),
+    max_size=6,
+).map(lambda lines: "".join(f"k{i} = {v}{c}\n" for i, (v, c) in enumerate(lines)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_toml_lines)
+def test_toml_precount_never_refuses_what_the_bounds_walk_accepts(text: str) -> None:
+    """The TOML count before parsing (key/value pairs outside strings and comments) refuses
+    only documents the walk after parsing refuses too, at every bound: "=" inside every kind
+    of string and comment is not counted."""
+    for limit in range(16):
+        outcomes = []
+        for precount in (True, False):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr("confhub._parsers.MAX_NODES", limit)
+                if not precount:
+                    patch.setattr("confhub._parsers._precount_toml", lambda text, where: None)
+                try:
+                    outcomes.append(parse_document(text, "toml", source="s"))
+                except SourceFormatError as exc:
+                    outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1], limit
+
+
+def test_a_million_toml_keys_are_refused_before_parsing() -> None:
+    """tomllib takes ~4 s for a million keys; counting them on the text takes ~0.1 s."""
+    text = "\n".join(f"k{i} = {i}" for i in range(MAX_NODES))
+    error = _bounded(
+        lambda: parse_document(text, "toml", source="bomb"), seconds=1, mib=64, trace=False
+    )
+    assert isinstance(error, SourceFormatError)
+    assert "more than 1,000,000 values" in str(error)
+
+
 @pytest.mark.parametrize(
     ("fmt", "text", "key"),
     [
