@@ -8,6 +8,10 @@ checker's windows allow values superseded between two reads to be skipped, never
 
 from __future__ import annotations
 
+import select
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -393,6 +397,122 @@ def test_23_too_stale_answer_is_asked_of_the_leader(consul: ConsulTestServer) ->
         assert state(hub) == "live"
     assert not sc.errors
     consul.clear_faults()
+
+
+# -- 38: a million keys under the prefix ------------------------------------------------------
+
+_SERVER_PROCESS = """
+import sys
+from confhub_consul.testing import ConsulTestServer
+with ConsulTestServer(default_query_time=2, max_query_time=3) as srv:
+    srv.put_many({f"myapp/k{i:07d}": "v" for i in range(int(sys.argv[1]))})
+    print(srv.address, flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextmanager
+def _server_process(keys: int) -> Iterator[str]:
+    """A Consul test server holding ``keys`` keys under ``myapp/`` in a child process (as a
+    real agent is), so that the RSS measured is the client's; yields its address."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVER_PROCESS, str(keys)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "the test server process did not start within 60 s"
+        address = proc.stdout.readline().strip()
+        assert address, "the test server process ended early"
+        yield address
+    finally:
+        proc.stdin.close()  # the child ends when its stdin closes
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+def _rss_bytes() -> int:
+    """The resident set size of this process (Linux), for bounded-memory checks."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def _hub(source: str, **kw: Any) -> Hub:
+    kw.setdefault("connect_timeout", 1.0)
+    return Hub([source], cache_dir=None, retry_initial=0.05, retry_max=0.3, **kw)
+
+
+def test_38_a_runaway_prefix_is_refused_fast_without_downloading_it() -> None:
+    """200,000 keys under the prefix and ``max_keys=100000``: start fails within 2 s with a
+    SourceFormatError naming the cap and the fix, having stopped reading the listing at
+    100,001 entries (about half of it), with RSS growth bounded by the cap, and leaves no
+    thread behind. With the cap raised, the same prefix loads."""
+    with _server_process(200_000) as address:
+        with _hub(spec(address).replace("/myapp/", "/warmup/")):
+            pass  # imports and first-use allocations, outside the measurement
+        threads = threading.active_count()
+        rss = _rss_bytes()
+        t0 = time.monotonic()
+        with pytest.raises(SourceFormatError) as info:
+            _hub(spec(address, "max_keys=100000&timeout=5")).start()
+        took = time.monotonic() - t0
+        grown = _rss_bytes() - rss
+        print(f"consul-38: refused in {took:.2f}s, RSS grew {grown / 2**20:.1f} MiB")
+        message = str(info.value)
+        assert "at least 100,001 keys" in message, message
+        assert "max_keys=100,000" in message, message
+        assert "stopped reading at 100,001 keys" in message, message
+        assert "raise ?max_keys=" in message
+        assert info.value.source == f"consul://{address}/myapp/"
+        assert took < 2.0, f"refused after {took:.2f}s"
+        assert grown < 32 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB"
+        wait_until(lambda: threading.active_count() <= threads, 5, "the hub's threads to end")
+        raised = spec(address, "max_keys=200000&timeout=10")
+        with _hub(raised, connect_timeout=30, start_timeout=30) as hub:
+            assert hub.get("k0199999") == "v"
+
+
+def test_38_a_prefix_growing_past_max_keys_live_is_refused_and_recovers(
+    consul: ConsulTestServer,
+) -> None:
+    """3,000 keys written past ``max_keys=1000`` while watched: one SourceFormatError
+    event, stale with the last good values, re-read with the capped backoff (bounded
+    request count, each read stopped at 1,001 entries); deleting the extra keys brings the
+    source back live with every change made meanwhile. The runaway keys are written and
+    deleted outside the recorded history: refusing them skips their store states on
+    purpose (a "gap" by the checker's rules); the history covers the keys the hub serves."""
+    sc = Scenario("consul-38", consul, spec(consul.address, "max_keys=1000"), ["a", "x.kept"])
+    sc.store.put("a", "1")
+    with sc.running() as hub:
+        consul.wait_for_blocked(1)
+        consul.put_many({f"myapp/x/k{i:04d}": "v" for i in range(3000)})
+        wait_until(lambda: state(hub) == "stale", 5, "the refusal")
+        wait_until(lambda: bool(sc.errors), 5, "the error event")
+        assert isinstance(sc.errors[0].error, SourceFormatError)
+        assert "more than max_keys=1,000" in (hub.health().sources[0].last_error or "")
+        assert hub.get("a") == "1"
+        sc.store.put("a", "2")  # held back while the prefix is too big
+        consul.reset_requests()
+        time.sleep(1.5)
+        assert consul.request_count("/v1/kv/") <= 1.5 / 0.15 + 4  # backoff, not a spin
+        assert hub.get("a") == "1"
+        assert state(hub) == "stale"
+        consul.delete("myapp/x/", recurse=True)
+        sc.store.put("x.kept", "k")
+        wait_until(lambda: hub.get("a") == "2", 5, "the held-back change")
+        wait_until(lambda: state(hub) == "live", 5)
+    assert len(sc.errors) == 1  # once, not once per retry
 
 
 # -- 39: bytes that are not UTF-8, in a value and in a key ------------------------------------

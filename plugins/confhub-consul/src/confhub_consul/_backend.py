@@ -384,8 +384,9 @@ class ConsulBackend:
         """One read of the prefix or document; blocking when ``index`` is given.
 
         Raises :class:`SourceUnavailableError` (transport, 5xx, 429),
-        :class:`SourcePermissionError` (403, or a listing filtered by ACLs) and
-        :class:`~confhub_consul._http.Aborted` when the backend is closing.
+        :class:`SourcePermissionError` (403, or a listing filtered by ACLs),
+        :class:`SourceFormatError` (a tree listing over ``max_keys``, refused while it is
+        read) and :class:`~confhub_consul._http.Aborted` when the backend is closing.
         """
         query = self.opts.read_params()
         if self.opts.document is None:
@@ -411,9 +412,7 @@ class ConsulBackend:
                 )
         return self._snapshot(resp)
 
-    def _get(
-        self, conn: Connection, query: list[tuple[str, str]], read_timeout: float
-    ) -> Response:
+    def _get(self, conn: Connection, query: list[tuple[str, str]], read_timeout: float) -> Response:
         try:
             return conn.request(
                 "GET",

@@ -284,8 +284,14 @@ class Connection:
                 self._watchdog.arm(deadline, self._socket)
                 try:
                     answer = self._exchange(
-                        method=method, url=url, body=body, headers=headers, deadline=deadline,
-                        read_timeout=read_timeout, attempt=attempt, guard=guard,
+                        method=method,
+                        url=url,
+                        body=body,
+                        headers=headers,
+                        deadline=deadline,
+                        read_timeout=read_timeout,
+                        attempt=attempt,
+                        guard=guard,
                     )
                 finally:
                     fired = self._watchdog.disarm()
@@ -340,8 +346,9 @@ class Connection:
                 return None
             raise
         except BaseException:
-            # The guard refused the body: the rest of it is still in flight, so the socket
-            # cannot carry another request. Its error is the caller's, never retried.
+            # Mostly the guard refusing the body (or Aborted while connecting): the rest of
+            # the body is still in flight, so the socket cannot carry another request. The
+            # error is the caller's as it is, never retried.
             self._drop()
             raise
         return resp, data

@@ -58,7 +58,13 @@ KV_ALLOW = "OPTIONS,GET,PUT,DELETE"
 _GO_DURATION = re.compile(r"^[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+$")
 _GO_UNIT = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_SECONDS = {
-    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
     "h": 3600.0,
 }
 _REGEX_1215 = r"^[a-zA-Z0-9,_./\-?&=]+$"
@@ -118,8 +124,13 @@ def _go_json(obj: object, *, pretty: bool = False) -> bytes:
         text = json.dumps(obj, indent=4, ensure_ascii=False) + "\n"
     else:
         text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-    for raw, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                     ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for raw, esc in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(raw, esc)
     return text.encode("utf-8")
 
@@ -271,17 +282,26 @@ class Engine:
 
     # --------------------------------------------------------------- faults
 
-    def add_fault(self, fault_kind: Literal["status", "drop", "hang", "delay", "drip"], *,
-                  path_prefix: str, methods: frozenset[str] | None, times: int | None,
-                  status: int = 0, body: str = "", delay: float = 0.0,
-                  drip_headers: bool = False) -> FaultHandle:
+    def add_fault(
+        self,
+        fault_kind: Literal["status", "drop", "hang", "delay", "drip"],
+        *,
+        path_prefix: str,
+        methods: frozenset[str] | None,
+        times: int | None,
+        status: int = 0,
+        body: str = "",
+        delay: float = 0.0,
+        drip_headers: bool = False,
+    ) -> FaultHandle:
         """Register a fault and return its handle."""
         if times is not None and times < 1:
             raise ValueError("times must be >= 1, or None for 'until cleared'")
         with self._lock:
             fid = next(self._fault_ids)
-            self._faults[fid] = _Fault(fid, fault_kind, path_prefix, methods, times, status,
-                                       body, delay, drip_headers)
+            self._faults[fid] = _Fault(
+                fid, fault_kind, path_prefix, methods, times, status, body, delay, drip_headers
+            )
         return FaultHandle(fid, self)
 
     def clear_fault(self, fault_id: int) -> None:
@@ -394,8 +414,9 @@ class Engine:
     def handle(self, req: Request) -> Reply:
         """Answer one request, applying injected faults first."""
         with self._lock:
-            self._records.append(RequestRecord(req.method, req.path, req.raw_query,
-                                               time.monotonic()))
+            self._records.append(
+                RequestRecord(req.method, req.path, req.raw_query, time.monotonic())
+            )
         self.state.expire_sessions()
         for fault in self._take_faults(req):
             if fault.kind == "hang" and self._hang(fault.id):
@@ -408,14 +429,16 @@ class Engine:
                 return self._finish(req, _text(fault.status, fault.body))
             if fault.kind == "drip":
                 reply = self._finish(req, self._route(req))
-                return dataclasses.replace(reply, drip=fault.delay,
-                                           drip_headers=fault.drip_headers)
+                return dataclasses.replace(reply, drip=fault.delay, drip_headers=fault.drip_headers)
         return self._finish(req, self._route(req))
 
     def _finish(self, req: Request, reply: Reply) -> Reply:
         policy = "allow" if not self.config.acl_enabled else self.config.acl_default_policy
-        headers = (*reply.headers, ("X-Consul-Default-Acl-Policy", policy),
-                   ("Vary", "Accept-Encoding"))
+        headers = (
+            *reply.headers,
+            ("X-Consul-Default-Acl-Policy", policy),
+            ("Vary", "Accept-Encoding"),
+        )
         return dataclasses.replace(reply, headers=headers)
 
     def _route(self, req: Request) -> Reply:
@@ -446,7 +469,7 @@ class Engine:
                     return Reply(200, (("Allow", allow),))
                 if req.method not in allow.split(","):
                     return _text(405, f"method {req.method} not allowed", ("Allow", allow))
-                return handler(req, path[len(prefix):])
+                return handler(req, path[len(prefix) :])
         if path.startswith("/v1/"):
             return _text(404, "Invalid URL path: not a recognized HTTP API endpoint")
         return _text(404, "404 page not found\n")
@@ -569,8 +592,12 @@ class Engine:
         return timeout
 
     def _block(
-        self, min_index: int, wait: float | None,
-        evaluate: Callable[[], tuple[Reply, int, bool]], *, missing_key_rule: bool,
+        self,
+        min_index: int,
+        wait: float | None,
+        evaluate: Callable[[], tuple[Reply, int, bool]],
+        *,
+        missing_key_rule: bool,
     ) -> Reply:
         """Run a (possibly blocking) read.
 
@@ -585,8 +612,7 @@ class Engine:
             if min_index == 0 or index > min_index or reply.status not in {200, 404}:
                 return reply
             strict_missing = (
-                missing_key_rule and not exists
-                and self.config.missing_key_blocking == "current"
+                missing_key_rule and not exists and self.config.missing_key_blocking == "current"
             )
             deadline = time.monotonic() + self._query_timeout(wait)
             generation = self.state.generation
@@ -618,13 +644,17 @@ class Engine:
             return None
         if profile == "1.21.5-regex":
             if not re.match(_REGEX_1215, key):
-                return _text(500, f'invalid key name, keys should respect the "{_REGEX_1215}" '
-                                  "format")
+                return _text(
+                    500, f'invalid key name, keys should respect the "{_REGEX_1215}" format'
+                )
             return None
         segments = re.split(r"[/\\]", key)
         if ".." in segments or key != key.strip(" "):
-            return _text(500, f'invalid key name "{key}": path traversal or leading/trailing '
-                              "spaces are not allowed")
+            return _text(
+                500,
+                f'invalid key name "{key}": path traversal or leading/trailing '
+                "spaces are not allowed",
+            )
         return None
 
     def _kv(self, req: Request, key: str) -> Reply:
@@ -634,8 +664,9 @@ class Engine:
         exclusive = ("cas", "acquire", "release") if req.method == "PUT" else ("recurse", "cas")
         present = [f for f in exclusive if f in q]
         if len(present) > 1:
-            encoded = urllib.parse.urlencode(sorted(
-                urllib.parse.parse_qsl(req.raw_query, keep_blank_values=True)))
+            encoded = urllib.parse.urlencode(
+                sorted(urllib.parse.parse_qsl(req.raw_query, keep_blank_values=True))
+            )
             return _text(400, f"Conflicting flags: {encoded}")
         if req.method == "PUT":
             return self._kv_put(req, key)
@@ -691,9 +722,11 @@ class Engine:
             if entry is None:
                 return Reply(404, headers), index, False
             if raw:
-                raw_headers = (("Content-Type", "text/plain"),
-                               ("X-Content-Type-Options", "nosniff"),
-                               ("Content-Security-Policy", "sandbox"))
+                raw_headers = (
+                    ("Content-Type", "text/plain"),
+                    ("X-Content-Type-Options", "nosniff"),
+                    ("Content-Security-Policy", "sandbox"),
+                )
                 return Reply(200, (*headers, *raw_headers), entry.value), index, True
             headers += (("X-Consul-Query-Backend", "blocking-query"),)
             body = _go_json([entry.to_json()], pretty=pretty)
@@ -728,8 +761,11 @@ class Engine:
         """The checks every KV, txn and session request starts with, in Consul's order:
         the key's validity, the datacenter, a leader (unless ``mode`` is stale), the token.
         Returns the reply that ends the request, or the resolved token."""
-        checks = (self._validate_key(key) if key is not None else None,
-                  self._common_checks(req), self._leader_check(mode))
+        checks = (
+            self._validate_key(key) if key is not None else None,
+            self._common_checks(req),
+            self._leader_check(mode),
+        )
         for check in checks:
             if check is not None:
                 return check
@@ -753,9 +789,12 @@ class Engine:
             return cas
         limit = self.config.kv_max_value_size
         if req.content_length > limit:
-            return _text(413, f"Request body({req.content_length} bytes) too large, max size: "
-                              f"{limit} bytes. See https://developer.hashicorp.com/docs/agent/"
-                              "config/config-files#kv_max_value_size.")
+            return _text(
+                413,
+                f"Request body({req.content_length} bytes) too large, max size: "
+                f"{limit} bytes. See https://developer.hashicorp.com/docs/agent/"
+                "config/config-files#kv_max_value_size.",
+            )
         token = self._write_preamble(req, key)
         if isinstance(token, Reply):
             return token
@@ -784,8 +823,11 @@ class Engine:
         token = self._write_preamble(req, key)
         if isinstance(token, Reply):
             return token
-        allowed = (token.can_write_prefix(key, self._default_level()) if recurse
-                   else self._can_write(token, key))
+        allowed = (
+            token.can_write_prefix(key, self._default_level())
+            if recurse
+            else self._can_write(token, key)
+        )
         if not allowed:
             return _text(403, str(self._denied(token, "key:write", key)))
         ok = self.state.delete(key, cas=cas, recurse=recurse)
@@ -797,9 +839,12 @@ class Engine:
         cfg = self.config
         max_len = max(cfg.txn_max_req_len, cfg.kv_max_value_size)
         if req.content_length > max_len:
-            return _text(413, f"Request body({req.content_length} bytes) too large, max size: "
-                              f"{max_len} bytes. See https://developer.hashicorp.com/docs/agent/"
-                              "config/config-files#txn_max_req_len.")
+            return _text(
+                413,
+                f"Request body({req.content_length} bytes) too large, max size: "
+                f"{max_len} bytes. See https://developer.hashicorp.com/docs/agent/"
+                "config/config-files#txn_max_req_len.",
+            )
         try:
             ops = _decode_txn(req.body)
         except _TxnDecodeError as exc:
@@ -807,12 +852,16 @@ class Engine:
         except _TxnUnsupportedError as exc:
             return _text(500, str(exc))
         if len(ops) > cfg.max_txn_ops:
-            return _text(413, f"Transaction contains too many operations ({len(ops)} > "
-                              f"{cfg.max_txn_ops})")
+            return _text(
+                413, f"Transaction contains too many operations ({len(ops)} > {cfg.max_txn_ops})"
+            )
         for op in ops:
             if len(op.value) > cfg.kv_max_value_size:
-                return _text(413, f'Value for key "{op.key}" is too large ({len(op.value)} > '
-                                  f"{cfg.kv_max_value_size} bytes)")
+                return _text(
+                    413,
+                    f'Value for key "{op.key}" is too large ({len(op.value)} > '
+                    f"{cfg.kv_max_value_size} bytes)",
+                )
         writes = any(op.verb not in READ_VERBS for op in ops)
         mode = "default"
         if not writes:
@@ -842,8 +891,7 @@ class Engine:
         if not errors:
             results, errors = self.state.apply_kv(ops)
         if errors:
-            body = {"Results": None,
-                    "Errors": [{"OpIndex": i, "What": what} for i, what in errors]}
+            body = {"Results": None, "Errors": [{"OpIndex": i, "What": what} for i, what in errors]}
             return Reply(409, _JSON_HEADERS, _go_json(body))
         visible = [
             {"KV": entry.to_json(with_value=with_value)}
@@ -880,9 +928,12 @@ class Engine:
             except ValueError as exc:
                 return _text(500, f"Session TTL '{ttl_text}' invalid: {exc}")
             if ttl != 0 and not self.config.session_ttl_min <= ttl <= 86400:
-                return _text(500, f"Invalid Session TTL '{round(ttl * 1e9)}', must be between "
-                                  f"[{format_go_duration(self.config.session_ttl_min)}="
-                                  f"{format_go_duration(86400)}]")
+                return _text(
+                    500,
+                    f"Invalid Session TTL '{round(ttl * 1e9)}', must be between "
+                    f"[{format_go_duration(self.config.session_ttl_min)}="
+                    f"{format_go_duration(86400)}]",
+                )
         behavior = str(fields.get("behavior") or "release")
         if behavior not in {"release", "delete"}:
             return _text(500, f"Invalid Behavior setting '{behavior}'")
@@ -897,10 +948,12 @@ class Engine:
             # Consul reads small numbers as seconds, large ones as nanoseconds.
             lock_delay = float(raw_delay) if raw_delay < 1000 else raw_delay / 1e9
         sess = self.state.create_session(
-            name=str(fields.get("name") or ""), node=str(fields.get("node") or
-                                                        self.config.node_name),
-            lock_delay=lock_delay, behavior="delete" if behavior == "delete" else "release",
-            ttl=ttl, ttl_text=ttl_text,
+            name=str(fields.get("name") or ""),
+            node=str(fields.get("node") or self.config.node_name),
+            lock_delay=lock_delay,
+            behavior="delete" if behavior == "delete" else "release",
+            ttl=ttl,
+            ttl_text=ttl_text,
         )
         return Reply(200, _JSON_HEADERS, _go_json({"ID": sess.id}))
 
@@ -913,8 +966,21 @@ class Engine:
             raise ValueError(f"invalid character in JSON: {exc.msg}") from exc
         if not isinstance(data, dict):
             raise ValueError("json: cannot unmarshal into Go value of type structs.Session")
-        known = {"id", "name", "node", "lockdelay", "behavior", "ttl", "checks", "nodechecks",
-                 "servicechecks", "namespace", "partition", "createindex", "modifyindex"}
+        known = {
+            "id",
+            "name",
+            "node",
+            "lockdelay",
+            "behavior",
+            "ttl",
+            "checks",
+            "nodechecks",
+            "servicechecks",
+            "namespace",
+            "partition",
+            "createindex",
+            "modifyindex",
+        }
         out: dict[str, object] = {}
         for name, value in data.items():
             low = name.lower()
@@ -985,8 +1051,7 @@ class Engine:
         return Reply(200, _JSON_HEADERS, _go_json(leader, pretty="pretty" in req.query))
 
     def _status_peers(self, req: Request, _rest: str) -> Reply:
-        return Reply(200, _JSON_HEADERS, _go_json(["127.0.0.1:8300"],
-                                                  pretty="pretty" in req.query))
+        return Reply(200, _JSON_HEADERS, _go_json(["127.0.0.1:8300"], pretty="pretty" in req.query))
 
     def _agent_self(self, req: Request, _rest: str) -> Reply:
         try:
@@ -1008,10 +1073,19 @@ class Engine:
                 "BuildDate": "2025-01-01T00:00:00Z",
             },
             "DebugConfig": {},
-            "Coord": {"Vec": [0, 0, 0, 0, 0, 0, 0, 0], "Error": 1.5, "Adjustment": 0,
-                      "Height": 1e-05},
-            "Member": {"Name": cfg.node_name, "Addr": "127.0.0.1", "Port": 8301,
-                       "Tags": {"dc": cfg.datacenter, "role": "consul"}, "Status": 1},
+            "Coord": {
+                "Vec": [0, 0, 0, 0, 0, 0, 0, 0],
+                "Error": 1.5,
+                "Adjustment": 0,
+                "Height": 1e-05,
+            },
+            "Member": {
+                "Name": cfg.node_name,
+                "Addr": "127.0.0.1",
+                "Port": 8301,
+                "Tags": {"dc": cfg.datacenter, "role": "consul"},
+                "Status": 1,
+            },
             "Stats": {},
             "Meta": {"consul-network-segment": ""},
         }
@@ -1039,8 +1113,7 @@ def _decode_txn(body: bytes) -> list[TxnKVOp]:
     if data is None:
         return []
     if not isinstance(data, list):
-        raise _TxnDecodeError("json: cannot unmarshal object into Go value of type "
-                              "structs.TxnOps")
+        raise _TxnDecodeError("json: cannot unmarshal object into Go value of type structs.TxnOps")
     ops: list[TxnKVOp] = []
     for item in data:
         if not isinstance(item, dict):
@@ -1054,7 +1127,8 @@ def _decode_txn(body: bytes) -> list[TxnKVOp]:
                 kv = value
             elif value is not None:
                 raise _TxnUnsupportedError(
-                    f"test server: only KV operations are supported in /v1/txn, got {name}")
+                    f"test server: only KV operations are supported in /v1/txn, got {name}"
+                )
         if not isinstance(kv, dict):
             raise _TxnDecodeError("json: cannot unmarshal into Go struct field TxnOp.KV")
         fields: dict[str, Any] = {}
@@ -1065,25 +1139,34 @@ def _decode_txn(body: bytes) -> list[TxnKVOp]:
             fields[low] = value
         raw_value = fields.get("value") or ""
         if not isinstance(raw_value, str):
-            raise _TxnDecodeError("json: cannot unmarshal into Go struct field "
-                                  "KVTxnOp.KV.Value of type []uint8")
+            raise _TxnDecodeError(
+                "json: cannot unmarshal into Go struct field KVTxnOp.KV.Value of type []uint8"
+            )
         try:
             value_bytes = base64.b64decode(raw_value, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise _TxnDecodeError(f"illegal base64 data at input byte {_bad_b64_pos(raw_value)}"
-                                  ) from exc
+            raise _TxnDecodeError(
+                f"illegal base64 data at input byte {_bad_b64_pos(raw_value)}"
+            ) from exc
         numbers: dict[str, int] = {}
         for field in ("flags", "index"):
             num = fields.get(field) or 0
             if not isinstance(num, int) or isinstance(num, bool) or not 0 <= num <= _UINT64_MAX:
-                raise _TxnDecodeError(f"json: cannot unmarshal {json.dumps(num)} into Go struct "
-                                      f"field KVTxnOp.KV.{field.title()} of type uint64")
+                raise _TxnDecodeError(
+                    f"json: cannot unmarshal {json.dumps(num)} into Go struct "
+                    f"field KVTxnOp.KV.{field.title()} of type uint64"
+                )
             numbers[field] = num
-        ops.append(TxnKVOp(
-            verb=str(fields.get("verb") or ""), key=str(fields.get("key") or ""),
-            value=value_bytes, flags=numbers["flags"], index=numbers["index"],
-            session=str(fields.get("session") or ""),
-        ))
+        ops.append(
+            TxnKVOp(
+                verb=str(fields.get("verb") or ""),
+                key=str(fields.get("key") or ""),
+                value=value_bytes,
+                flags=numbers["flags"],
+                index=numbers["index"],
+                session=str(fields.get("session") or ""),
+            )
+        )
     return ops
 
 
@@ -1158,10 +1241,12 @@ class _Handler(BaseHTTPRequestHandler):
         seconds (a server whose every ``recv`` succeeds but never finishes its headers)."""
         self.close_connection = True
         phrase = self.responses.get(reply.status, ("",))[0]
-        lines = [f"{self.protocol_version} {reply.status} {phrase}",
-                 f"Date: {email.utils.formatdate(usegmt=True)}",
-                 *(f"{name}: {value}" for name, value in reply.headers),
-                 f"Content-Length: {len(reply.body)}"]
+        lines = [
+            f"{self.protocol_version} {reply.status} {phrase}",
+            f"Date: {email.utils.formatdate(usegmt=True)}",
+            *(f"{name}: {value}" for name, value in reply.headers),
+            f"Content-Length: {len(reply.body)}",
+        ]
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if self.command != "HEAD":
             data += reply.body
@@ -1188,8 +1273,9 @@ class _HTTPServer(ThreadingHTTPServer):
     block_on_close = True
     allow_reuse_address = True  # a restarted agent on the same port (TIME_WAIT)
 
-    def __init__(self, address: tuple[str, int], engine: Engine,
-                 context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, address: tuple[str, int], engine: Engine, context: ssl.SSLContext | None
+    ) -> None:
         self.engine = engine
         self._context = context
         self._open: set[socket.socket] = set()
@@ -1199,8 +1285,7 @@ class _HTTPServer(ThreadingHTTPServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
         if self._context is not None:
-            sock = self._context.wrap_socket(sock, server_side=True,
-                                             do_handshake_on_connect=False)
+            sock = self._context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         with self._open_lock:
             self._open.add(sock)
         return sock, addr
@@ -1225,15 +1310,24 @@ class _HTTPServer(ThreadingHTTPServer):
 class HTTPFrontend:
     """Owns the listening socket, the accept thread and the session reaper thread."""
 
-    def __init__(self, engine: Engine, host: str, port: int,
-                 context: ssl.SSLContext | None, reaper_interval: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        host: str,
+        port: int,
+        context: ssl.SSLContext | None,
+        reaper_interval: float,
+    ) -> None:
         self.engine = engine
         self._httpd = _HTTPServer((host, port), engine, context)
         self._reaper_interval = reaper_interval
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                             name=f"consul-testserver-http-{self.port}"),
+            threading.Thread(
+                target=self._httpd.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"consul-testserver-http-{self.port}",
+            ),
             threading.Thread(target=self._reap, name=f"consul-testserver-reaper-{self.port}"),
         ]
 
@@ -1264,4 +1358,3 @@ class HTTPFrontend:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join()
-

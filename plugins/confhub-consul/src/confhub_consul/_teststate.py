@@ -60,9 +60,7 @@ class KVEntry:
             "Key": self.key,
             "Flags": self.flags,
             "Value": (
-                base64.b64encode(self.value).decode("ascii")
-                if with_value and self.value
-                else None
+                base64.b64encode(self.value).decode("ascii") if with_value and self.value else None
             ),
         }
         if self.session:
@@ -393,8 +391,10 @@ class ConsulState:
         if verb == "set":
             return [self._set(table, op, idx)]
         if verb == "cas":
-            ok = existing is None if op.index == 0 else (
-                existing is not None and existing.modify_index == op.index
+            ok = (
+                existing is None
+                if op.index == 0
+                else (existing is not None and existing.modify_index == op.index)
             )
             if not ok:
                 raise _OpError(f'failed to set key "{key}", index is stale')
@@ -408,7 +408,10 @@ class ConsulState:
             if existing is None or existing.session != op.session:
                 lock_index += 1
             entry = KVEntry(
-                key=key, value=op.value, flags=op.flags, lock_index=lock_index,
+                key=key,
+                value=op.value,
+                flags=op.flags,
+                lock_index=lock_index,
                 session=op.session,
             )
             return [self._put(table, entry, idx)]
@@ -418,7 +421,10 @@ class ConsulState:
                     f'failed to unlock key "{key}", lock isn\'t held, or is held by another session'
                 )
             entry = KVEntry(
-                key=key, value=op.value, flags=op.flags, lock_index=existing.lock_index,
+                key=key,
+                value=op.value,
+                flags=op.flags,
+                lock_index=existing.lock_index,
                 session=None,
             )
             return [self._put(table, entry, idx)]
@@ -497,16 +503,29 @@ class ConsulState:
     # -------------------------------------------------------------- sessions
 
     def create_session(
-        self, *, name: str, node: str, lock_delay: float, behavior: Behavior, ttl: float,
+        self,
+        *,
+        name: str,
+        node: str,
+        lock_delay: float,
+        behavior: Behavior,
+        ttl: float,
         ttl_text: str,
     ) -> Session:
         """Create a session and return it."""
         with self.cond:
             idx = self._next_index()
             sess = Session(
-                id=str(uuid.uuid4()), name=name, node=node, lock_delay=lock_delay,
-                behavior=behavior, ttl=ttl, ttl_text=ttl_text, create_index=idx,
-                modify_index=idx, expires_at=self._expiry(ttl),
+                id=str(uuid.uuid4()),
+                name=name,
+                node=node,
+                lock_delay=lock_delay,
+                behavior=behavior,
+                ttl=ttl,
+                ttl_text=ttl_text,
+                create_index=idx,
+                modify_index=idx,
+                expires_at=self._expiry(ttl),
             )
             self._sessions[sess.id] = sess
             self._session_index = idx
@@ -554,7 +573,8 @@ class ConsulState:
         with self.cond:
             now = self.clock()
             expired = [
-                s.id for s in self._sessions.values()
+                s.id
+                for s in self._sessions.values()
                 if s.expires_at is not None and s.expires_at <= now
             ]
             for sid in expired:
@@ -575,7 +595,8 @@ class ConsulState:
             self.raft_index = index
             self._kv.entries = {
                 k: dataclasses.replace(
-                    e, create_index=min(e.create_index, index),
+                    e,
+                    create_index=min(e.create_index, index),
                     modify_index=min(e.modify_index, index),
                 )
                 for k, e in self._kv.entries.items()

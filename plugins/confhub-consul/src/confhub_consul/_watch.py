@@ -16,7 +16,10 @@ It follows Consul's documented client contract (``features/blocking``):
   reported to the hub once per state change (same kind of failure: reported once); after
   an error the next good answer is delivered as a whole layer (a resync);
 - an answer whose content cannot be used (bad value, broken or deleted document) keeps the
-  last good and moves the index on: the loop blocks until the next change.
+  last good and moves the index on: the loop blocks until the next change;
+- a listing over ``max_keys``, refused while it is read (so with no index to block on), is
+  handled like a failed read: reported once, re-read with the backoff, and delivered as a
+  whole layer once the prefix is back under the cap.
 """
 
 from __future__ import annotations
@@ -107,6 +110,8 @@ class Watcher:
                     self._conn, index=0 if resync else max(index, 1), wait=opts.wait
                 )
             except SourceError as exc:
+                # Unreachable, refused, or a listing over max_keys (a SourceFormatError
+                # raised mid-read, naming max_keys + 1: the same text on every retry).
                 if self._stop.is_set():
                     return
                 state = (type(exc).__name__, _kind(exc))

@@ -163,18 +163,29 @@ class ConsulTestServer:
         self._host = "127.0.0.1" if host == "localhost" else host
         self._requested_port = port
         self._config = EngineConfig(
-            datacenter=datacenter, node_name=node_name, version=version,
-            acl_enabled=acl_enabled, acl_default_policy=acl_default_policy,
-            enable_key_list_policy=enable_key_list_policy, default_token=default_token,
-            anonymous_token=anonymous_token, kv_max_value_size=kv_max_value_size,
-            txn_max_req_len=txn_max_req_len, max_txn_ops=max_txn_ops,
-            default_query_time=default_query_time, max_query_time=max_query_time,
-            jitter=jitter, seed=seed, session_ttl_min=session_ttl_min,
-            key_validation=key_validation, missing_key_blocking=missing_key_blocking,
+            datacenter=datacenter,
+            node_name=node_name,
+            version=version,
+            acl_enabled=acl_enabled,
+            acl_default_policy=acl_default_policy,
+            enable_key_list_policy=enable_key_list_policy,
+            default_token=default_token,
+            anonymous_token=anonymous_token,
+            kv_max_value_size=kv_max_value_size,
+            txn_max_req_len=txn_max_req_len,
+            max_txn_ops=max_txn_ops,
+            default_query_time=default_query_time,
+            max_query_time=max_query_time,
+            jitter=jitter,
+            seed=seed,
+            session_ttl_min=session_ttl_min,
+            key_validation=key_validation,
+            missing_key_blocking=missing_key_blocking,
             strict_session_decode=strict_session_decode,
         )
         self._state = ConsulState(
-            clock=clock or time.monotonic, start_index=start_index,
+            clock=clock or time.monotonic,
+            start_index=start_index,
             session_ttl_multiplier=session_ttl_multiplier,
         )
         self._engine = Engine(self._config, self._state, {t.secret_id: t for t in tokens})
@@ -202,8 +213,13 @@ class ConsulTestServer:
         with self._lock:
             if self._lifecycle != "new":
                 raise ServerStateError(f"ConsulTestServer is {self._lifecycle}; create a new one")
-            self._frontend = HTTPFrontend(self._engine, self._host, self._requested_port,
-                                          self._ssl_context(), self._reaper_interval)
+            self._frontend = HTTPFrontend(
+                self._engine,
+                self._host,
+                self._requested_port,
+                self._ssl_context(),
+                self._reaper_interval,
+            )
             self._frontend.start()
             self._lifecycle = "running"
         return self
@@ -222,8 +238,12 @@ class ConsulTestServer:
     def __enter__(self) -> ConsulTestServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     @property
@@ -356,8 +376,13 @@ class ConsulTestServer:
         self._state.gc_tombstones()
 
     def inject_status(
-        self, status: int, *, times: int | None = 1, path_prefix: str = "/",
-        methods: Iterable[str] | None = None, body: str | None = None,
+        self,
+        status: int,
+        *,
+        times: int | None = 1,
+        path_prefix: str = "/",
+        methods: Iterable[str] | None = None,
+        body: str | None = None,
     ) -> FaultHandle:
         """Answer matching requests with ``status`` (e.g. 403, 429, 500, 503).
 
@@ -366,25 +391,38 @@ class ConsulTestServer:
         until cleared. ``body`` defaults to a Consul-like text for the status.
         """
         text = body if body is not None else _DEFAULT_BODIES.get(status, "injected fault")
-        return self._engine.add_fault("status", path_prefix=path_prefix,
-                                      methods=_methods(methods), times=times, status=status,
-                                      body=text)
+        return self._engine.add_fault(
+            "status",
+            path_prefix=path_prefix,
+            methods=_methods(methods),
+            times=times,
+            status=status,
+            body=text,
+        )
 
-    def drop_connections(self, *, times: int | None = 1, path_prefix: str = "/",
-                         methods: Iterable[str] | None = None) -> FaultHandle:
+    def drop_connections(
+        self, *, times: int | None = 1, path_prefix: str = "/", methods: Iterable[str] | None = None
+    ) -> FaultHandle:
         """Close matching connections without answering (py-consul raises ConnectionError)."""
-        return self._engine.add_fault("drop", path_prefix=path_prefix,
-                                      methods=_methods(methods), times=times)
+        return self._engine.add_fault(
+            "drop", path_prefix=path_prefix, methods=_methods(methods), times=times
+        )
 
-    def hang(self, *, times: int | None = None, path_prefix: str = "/",
-             methods: Iterable[str] | None = None) -> FaultHandle:
+    def hang(
+        self,
+        *,
+        times: int | None = None,
+        path_prefix: str = "/",
+        methods: Iterable[str] | None = None,
+    ) -> FaultHandle:
         """Accept matching requests and never answer until released, cleared or stopped.
 
         :meth:`release_hung` lets the parked requests be answered normally; ``stop()`` closes
         them without an answer.
         """
-        return self._engine.add_fault("hang", path_prefix=path_prefix,
-                                      methods=_methods(methods), times=times)
+        return self._engine.add_fault(
+            "hang", path_prefix=path_prefix, methods=_methods(methods), times=times
+        )
 
     def release_hung(self) -> None:
         """Answer every request currently parked by :meth:`hang`."""
@@ -395,21 +433,40 @@ class ConsulTestServer:
         """How many requests are parked by :meth:`hang` right now."""
         return self._engine.hung
 
-    def delay(self, seconds: float, *, times: int | None = None, path_prefix: str = "/",
-              methods: Iterable[str] | None = None) -> FaultHandle:
+    def delay(
+        self,
+        seconds: float,
+        *,
+        times: int | None = None,
+        path_prefix: str = "/",
+        methods: Iterable[str] | None = None,
+    ) -> FaultHandle:
         """Wait ``seconds`` before handling matching requests (slow server)."""
-        return self._engine.add_fault("delay", path_prefix=path_prefix,
-                                      methods=_methods(methods), times=times, delay=seconds)
+        return self._engine.add_fault(
+            "delay", path_prefix=path_prefix, methods=_methods(methods), times=times, delay=seconds
+        )
 
-    def drip(self, seconds_per_byte: float, *, times: int | None = None, path_prefix: str = "/",
-             methods: Iterable[str] | None = None, headers: bool = False) -> FaultHandle:
+    def drip(
+        self,
+        seconds_per_byte: float,
+        *,
+        times: int | None = None,
+        path_prefix: str = "/",
+        methods: Iterable[str] | None = None,
+        headers: bool = False,
+    ) -> FaultHandle:
         """Answer matching requests normally but slowly: the status line and headers at
         once, then the body one byte every ``seconds_per_byte`` (the connection is closed
         after it). With ``headers=True`` the status line and headers drip too, one byte at
         a time like the body. A client whose read timeout is per ``recv`` never times out."""
-        return self._engine.add_fault("drip", path_prefix=path_prefix,
-                                      methods=_methods(methods), times=times,
-                                      delay=seconds_per_byte, drip_headers=headers)
+        return self._engine.add_fault(
+            "drip",
+            path_prefix=path_prefix,
+            methods=_methods(methods),
+            times=times,
+            delay=seconds_per_byte,
+            drip_headers=headers,
+        )
 
     def clear_faults(self) -> None:
         """Remove every injected fault, release hung requests, restore the leader and end a
@@ -428,7 +485,8 @@ class ConsulTestServer:
     def request_count(self, path_prefix: str = "/", *, method: str | None = None) -> int:
         """Count received requests under ``path_prefix`` (decoded path), optionally by method."""
         return sum(
-            1 for r in self._engine.records()
+            1
+            for r in self._engine.records()
             if r.path.startswith(path_prefix) and (method is None or r.method == method)
         )
 
