@@ -3,14 +3,16 @@
 Each hub owns one converter (never a global). It understands the text that env vars and KV
 stores deliver: ``"false"``, ``"0"``, ``"no"`` and ``"off"`` are False (cattrs alone would make
 ``bool("false")`` True), ``"5433"`` is an int, ``"1.5"`` a float, and ``"30s"``, ``"5m"``,
-``"1h30m"``, ``"250ms"`` or a number of seconds a :class:`datetime.timedelta`.
+``"1h30m"``, ``"250ms"`` or a number of seconds a :class:`datetime.timedelta`; ISO 8601 text
+(``"1979-05-27T07:32:00Z"``, ``"1979-05-27"``, ``"07:32:00"``) a ``datetime``, ``date`` or
+``time`` (documents deliver their dates as that text, like every other source).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from datetime import timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import cattrs
@@ -43,7 +45,16 @@ def _to_int(value: Any, _: type) -> int:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str):
-        return int(value.strip())
+        text = value.strip()
+        digits = text.lstrip("-+")
+        if len(digits) > 1 and digits[0] == "0":
+            if digits[1].isdigit():
+                raise ValueError(
+                    f"{text!r} is ambiguous (a leading zero means octal to some readers); "
+                    "write it without the zero, or with 0o for octal"
+                )
+            return int(text, 0)  # 0x..., 0o..., 0b...
+        return int(text)
     raise TypeError(f"expected int, got {type(value).__name__} {value!r}")
 
 
@@ -102,7 +113,36 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(str, _to_str)
     converter.register_structure_hook(timedelta, lambda v, _: parse_duration(v))
     converter.register_unstructure_hook(timedelta, lambda td: td.total_seconds())
+    for kind in (datetime, date, time):
+        converter.register_structure_hook(kind, _iso(kind))
+        converter.register_unstructure_hook(kind, lambda value: value.isoformat())
     return converter
+
+
+def _iso(kind: type[datetime] | type[date] | type[time]) -> Any:
+    """The structure hook of ``kind``: ISO 8601 text (``Z`` for UTC accepted) or the value."""
+
+    def structure(value: Any, _: type) -> Any:
+        if isinstance(value, kind) and (kind is not date or not isinstance(value, datetime)):
+            return value
+        if not isinstance(value, str):
+            raise TypeError(f"expected ISO 8601 {kind.__name__} text, got {type(value).__name__}")
+        try:
+            return kind.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"expected an ISO 8601 {kind.__name__} such as "
+                f"{_ISO_EXAMPLES[kind]!r}, got {value!r}"
+            ) from None
+
+    return structure
+
+
+_ISO_EXAMPLES: dict[type, str] = {
+    datetime: "1979-05-27T07:32:00Z",
+    date: "1979-05-27",
+    time: "07:32:00",
+}
 
 
 def error_lines(exc: BaseException) -> list[str]:

@@ -1,9 +1,10 @@
 """Document parsers (TOML, JSON, YAML): strict, safe, bounded, with line numbers in errors.
 
 Strict means: duplicate keys, ``NaN``/``Infinity``, documents that are not a mapping at the
-top, invalid UTF-8 and (in YAML) non-string keys such as ``on:``/``yes:`` (booleans in YAML
-1.1) are errors, not surprises. Safe means YAML is loaded with a ``SafeLoader``: Python tags
-such as ``!!python/object`` are refused. Bounded means a document may nest at most
+top, invalid UTF-8 and (in YAML) non-string keys such as ``true:`` are errors, not surprises;
+values keep JSON's types whatever the format (YAML plain scalars are typed only where YAML
+1.1 and 1.2 agree, TOML dates become ISO 8601 text). Safe means YAML is loaded with a
+``SafeLoader``: Python tags such as ``!!python/object`` are refused. Bounded means a document may nest at most
 :data:`MAX_DEPTH` levels and expand to at most :data:`MAX_NODES` values; YAML aliases are
 counted as expanded *before* anything is constructed, so an alias bomb ("billion laughs") is
 refused in time and memory proportional to its text.
@@ -11,6 +12,7 @@ refused in time and memory proportional to its text.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import math
@@ -131,7 +133,8 @@ def parse_document(
         raise where.error(
             f"the document must be a mapping (a table/object) at the top, not {type(data).__name__}"
         )
-    _check_bounds(data, where)
+    if _check_bounds(data, where):
+        _dates_to_text(data)
     if fmt != "toml" and ("\\u" in text or "\\U" in text):
         # Only a \u/\U escape can produce a lone surrogate (TOML refuses them itself).
         _check_surrogates(data, where)
@@ -285,7 +288,84 @@ def _strict_loader() -> type[yaml.SafeLoader]:
             mapping = super().construct_mapping(node, deep=deep)
             return {str(k) if isinstance(k, int) else k: v for k, v in mapping.items()}
 
+    _use_agreed_schema(StrictLoader)
     return StrictLoader
+
+
+#: How plain scalars are typed: only where YAML 1.1 (PyYAML's, and most writers') and YAML
+#: 1.2's core schema agree. Where they disagree the scalar stays a string: ``yes``/``no``/
+#: ``on``/``off`` (1.1 booleans), ``0o12``/``0b101``/``1_000``/``1:20`` (numbers in one of
+#: them), dates (1.1 timestamps), ``1e3``/``1.5e3`` (1.2 floats). Typed binding still turns
+#: such text into a bool, int or float field. A leading-zero integer (``0644``: octal in 1.1,
+#: decimal in 1.2) resolves to int only to be refused as ambiguous.
+_YAML_AGREED = (
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?[0-9]+\.[0-9]*(?:[eE][-+][0-9]+)?|\.[0-9]+(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+.0123456789",
+    ),
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    (_MERGE_TAG, r"^(?:<<)$", "<"),
+)
+#: Explicit tags whose values a configuration cannot hold (bytes, sets, dates, pairs).
+_YAML_REFUSED_TAGS = ("binary", "set", "timestamp", "omap", "pairs")
+
+
+def _use_agreed_schema(loader: type[yaml.SafeLoader]) -> None:
+    """Type plain scalars only where YAML 1.1 and 1.2 agree (:data:`_YAML_AGREED`) and keep
+    values to JSON's types: explicit ``!!binary``, ``!!set``, ``!!timestamp``, ``!!omap``
+    and ``!!pairs`` are refused; ``!!int``/``!!float``/``!!bool`` take 1.2's spellings."""
+    import yaml
+
+    loader.yaml_implicit_resolvers = {}
+    for tag, pattern, first in _YAML_AGREED:
+        loader.add_implicit_resolver(tag, re.compile(pattern), list(first))
+
+    def scalar(self: yaml.SafeLoader, node: yaml.Node) -> str:
+        return str(self.construct_scalar(node))  # type: ignore[arg-type]
+
+    def refuse(node: yaml.Node, problem: str) -> yaml.constructor.ConstructorError:
+        return yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+
+    def construct_bool(self: yaml.SafeLoader, node: yaml.Node) -> bool:
+        value = scalar(self, node)
+        if value.lower() not in ("true", "false"):
+            raise refuse(node, f"{value!r} is not a boolean; write true or false")
+        return value.lower() == "true"
+
+    def construct_int(self: yaml.SafeLoader, node: yaml.Node) -> int:
+        value = scalar(self, node)
+        digits = value.lstrip("-+")
+        if len(digits) > 1 and digits[0] == "0" and digits[1].isdigit():
+            raise refuse(
+                node,
+                f"{value} is ambiguous (YAML 1.1 reads a leading zero as octal, YAML 1.2 as "
+                "decimal); quote it, or write the number without the leading zero (0o... for "
+                "octal)",
+            )
+        if digits[:2] in ("0o", "0x"):
+            number = int(digits[2:], 8 if digits[1] == "o" else 16)
+            return -number if value.startswith("-") else number
+        return int(value)
+
+    def construct_float(self: yaml.SafeLoader, node: yaml.Node) -> float:
+        value = scalar(self, node).lower()
+        if value.endswith((".inf", ".nan")):
+            return float(value.replace(".", ""))
+        return float(value)
+
+    def construct_refused(self: yaml.SafeLoader, node: yaml.Node) -> Any:
+        tag = node.tag.rsplit(":", 1)[-1]
+        raise refuse(node, f"a !!{tag} value cannot be a configuration value; use a string")
+
+    loader.add_constructor("tag:yaml.org,2002:bool", construct_bool)
+    loader.add_constructor("tag:yaml.org,2002:int", construct_int)
+    loader.add_constructor("tag:yaml.org,2002:float", construct_float)
+    for name in _YAML_REFUSED_TAGS:
+        loader.add_constructor(f"tag:yaml.org,2002:{name}", construct_refused)
 
 
 def _measure_yaml(root: yaml.Node, where: _Where) -> None:
@@ -370,8 +450,10 @@ def _parse_yaml(text: str, where: _Where) -> Any:
         loader.dispose()
 
 
-def _check_bounds(data: Any, where: _Where) -> None:
-    """Walk the document once, bounded, refusing deep nesting, bombs and non-finite floats."""
+def _check_bounds(data: Any, where: _Where) -> bool:
+    """Walk the document once, bounded, refusing deep nesting, bombs and non-finite floats;
+    returns whether it holds dates or times (TOML's)."""
+    dates = False
     budget = MAX_NODES
     stack: list[tuple[Any, int]] = [(data, 0)]
     pop, push = stack.pop, stack.append
@@ -403,6 +485,31 @@ def _check_bounds(data: Any, where: _Where) -> None:
                     raise where.error(f"{value!r} is not allowed in configuration")
             elif kind is dict or kind is list or isinstance(value, (Mapping, list, tuple)):
                 push((value, depth + 1))
+            elif isinstance(value, _DATES):
+                dates = True
+    return dates
+
+
+#: TOML's date and time values; they become ISO 8601 strings (see :func:`_dates_to_text`).
+_DATES = (datetime.date, datetime.time)  # datetime.datetime is a date
+
+
+def _dates_to_text(data: Any) -> None:
+    """Replace TOML dates and times in ``data`` (in place) by their ISO 8601 text.
+
+    Values keep the same types whatever their source: env, etcd and Consul deliver text,
+    and the cache stores JSON, so a date read from a file would come back from the cache
+    as a string. Typed binding turns the text back into a ``datetime``/``date``/``time``.
+    """
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        for name, value in items:
+            if isinstance(value, _DATES):
+                node[name] = value.isoformat()
+            elif isinstance(value, dict | list):
+                stack.append(value)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import threading
 from typing import Any
@@ -258,6 +259,49 @@ def test_bind_errors_list_every_bad_path_and_source(monkeypatch: pytest.MonkeyPa
         errors = info.value.errors
         assert any("@ $.db.port" in e and "APP_DB__PORT" in e for e in errors), errors
         assert any("@ $.debug" in e and "expected bool" in e for e in errors), errors
+
+
+@attrs.frozen
+class Times:
+    when: datetime.datetime
+    day: datetime.date
+    at: datetime.time
+    mode: int = 0
+
+
+def test_bind_reads_iso_dates_and_prefixed_integers(tmp_path: Any) -> None:
+    """TOML dates arrive as ISO 8601 text (as from env or a KV store) and bind to datetime,
+    date and time fields; ``0o644`` binds as octal."""
+    path = tmp_path / "t.toml"
+    path.write_text(
+        'when = 1979-05-27T07:32:00Z\nday = 1979-05-27\nat = 07:32:00\nmode = "0o644"\n'
+    )
+    with Hub([f"file:{path}"], autoload=False) as hub:
+        assert hub.get("day") == "1979-05-27"
+        assert hub.bind(Times) == Times(
+            datetime.datetime(1979, 5, 27, 7, 32, tzinfo=datetime.UTC),
+            datetime.date(1979, 5, 27),
+            datetime.time(7, 32),
+            0o644,
+        )
+
+
+def test_bind_refuses_bad_dates_and_ambiguous_leading_zeros() -> None:
+    """A leading-zero integer (``0644``: octal to chmod, decimal to int()) is refused, not
+    guessed; a date of the wrong shape names the expected form."""
+    values = {"when": "soon", "day": "1979-05-27T07:32:00", "at": "7h", "mode": "0644"}
+    with Hub([values], autoload=False) as hub, pytest.raises(ConfigValidationError) as info:
+        hub.bind(Times)
+    errors = "\n".join(info.value.errors)
+    assert (
+        "expected an ISO 8601 datetime such as '1979-05-27T07:32:00Z', got 'soon' @ $.when"
+        in errors
+    )
+    assert "expected an ISO 8601 date" in errors
+    assert "@ $.day" in errors
+    assert "@ $.at" in errors
+    assert "'0644' is ambiguous" in errors
+    assert "@ $.mode" in errors
 
 
 def test_view_tracks_updates_and_rejects_invalid_ones() -> None:

@@ -85,10 +85,68 @@ def test_yaml_python_tags_are_refused(text: str) -> None:
     assert error.line == 1
 
 
-@pytest.mark.parametrize("text", ["yes: 1\n", "~: 1\n", "? [a, b]\n: 1\n", "1.5: x\n"])
+@pytest.mark.parametrize("text", ["true: 1\n", "~: 1\n", "? [a, b]\n: 1\n", "1.5: x\n"])
 def test_yaml_non_string_key_is_refused(text: str) -> None:
     """YAML keys that are booleans, null, floats or collections are refused."""
     assert "not a string" in str(refused(text, "yaml"))
+
+
+def test_yaml_plain_scalars_are_typed_only_where_yaml_1_1_and_1_2_agree() -> None:
+    """``no`` is not False, ``on:`` is a key, dates stay text: values have the same types
+    as from any other source (the cache stores JSON; env and KV stores deliver text)."""
+    text = (
+        "country: no\non: push\nyes: 1\nflag: Off\nday: 2001-12-14\nbig: 1_000\n"
+        "octal: 0o12\nbinary: 0b101\nsexagesimal: 1:20\nexp: 1e3\n"
+        "t: true\nT: TRUE\nnothing: ~\nempty:\nhex: 0x1F\nneg: -7\nzero: 0\n"
+        "f: 1.5\nf2: .5\nf3: 1.5e+3\nv: 1.10\nquoted: '012'\n"
+    )
+    assert parse(text, "yaml") == {
+        "country": "no", "on": "push", "yes": 1, "flag": "Off", "day": "2001-12-14",
+        "big": "1_000", "octal": "0o12", "binary": "0b101", "sexagesimal": "1:20",
+        "exp": "1e3", "t": True, "T": True, "nothing": None, "empty": None, "hex": 31,
+        "neg": -7, "zero": 0, "f": 1.5, "f2": 0.5, "f3": 1500.0, "v": 1.1, "quoted": "012",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("mode: 0644\n", "0644 is ambiguous"),
+        ("mode: -012\n", "-012 is ambiguous"),
+        ("a: !!binary aGVsbG8=\n", "!!binary value cannot be a configuration value"),
+        ("a: !!set {x}\n", "!!set value cannot be a configuration value"),
+        ("a: !!timestamp 2001-12-14\n", "!!timestamp value cannot be a configuration value"),
+        ("a: !!omap [{a: 1}]\n", "!!omap value cannot be a configuration value"),
+        ("a: !!bool yes\n", "'yes' is not a boolean"),
+    ],
+)
+def test_yaml_ambiguous_and_non_json_values_are_refused(text: str, message: str) -> None:
+    error = refused(text, "yaml")
+    assert message in str(error)
+    assert error.line == 1
+
+
+def test_yaml_explicit_tags_take_yaml_1_2_spellings() -> None:
+    text = "a: !!int 0o12\nb: !!float 1e3\nc: !!bool false\nd: !!str 012\n"
+    assert parse(text, "yaml") == {"a": 10, "b": 1000.0, "c": False, "d": "012"}
+
+
+def test_yaml_safe_dump_round_trips_strings_that_yaml_1_2_would_type() -> None:
+    """PyYAML writes YAML 1.1: it leaves ``1e3`` or ``0o12`` unquoted, which a YAML 1.2
+    reader would make numbers; they come back as the strings they were."""
+    yaml = pytest.importorskip("yaml")
+    data = {"a": "1e3", "b": "0o12", "c": "1.5e3", "d": "no", "e": "2001-12-14", "f": "0644"}
+    assert parse(yaml.safe_dump(data), "yaml") == data
+
+
+def test_toml_dates_and_times_become_iso_8601_text() -> None:
+    """As from every other source (and from the cache, which stores JSON)."""
+    text = "a = 1979-05-27T07:32:00Z\nb = 1979-05-27\nc = 07:32:00\n"
+    text += "[t]\nd = [1979-05-27T07:32:00]\n"
+    assert parse(text, "toml") == {
+        "a": "1979-05-27T07:32:00+00:00", "b": "1979-05-27", "c": "07:32:00",
+        "t": {"d": ["1979-05-27T07:32:00"]},
+    }  # fmt: skip
 
 
 def test_yaml_integer_key_becomes_a_string() -> None:
