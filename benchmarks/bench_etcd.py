@@ -279,8 +279,11 @@ def bench_memory(etcd: EtcdServer, client: EtcdClient, prefix: str) -> list[Row]
             ratio=load_peak / raw_peak,
             note=f"{load_peak / mib:.1f} MiB (the read and the layer built from it)",
         ),
-        Row(f"{n:,} keys: read_prefix list, retained (floor)", None,
-            note=f"{raw_kept / mib:.1f} MiB"),  # fmt: skip
+        Row(
+            f"{n:,} keys: read_prefix list, retained (floor)",
+            None,
+            note=f"{raw_kept / mib:.1f} MiB",
+        ),
         Row(
             f"{n:,} keys: load() + watch(), retained",
             None,
