@@ -5,9 +5,9 @@ top, invalid UTF-8 and (in YAML) non-string keys such as ``true:`` are errors, n
 values keep JSON's types whatever the format (YAML plain scalars are typed only where YAML
 1.1 and 1.2 agree, TOML dates become ISO 8601 text). Safe means YAML is loaded with a
 ``SafeLoader``: Python tags such as ``!!python/object`` are refused. Bounded means a
-document may nest at most :data:`MAX_DEPTH` levels and expand to at most :data:`MAX_NODES` values; YAML aliases are
-counted as expanded *before* anything is constructed, so an alias bomb ("billion laughs") is
-refused in time and memory proportional to its text.
+document may nest at most :data:`MAX_DEPTH` levels and expand to at most :data:`MAX_NODES`
+values; YAML aliases are counted as expanded *before* anything is constructed, so an alias
+bomb ("billion laughs") is refused in time and memory proportional to its text.
 """
 
 from __future__ import annotations
