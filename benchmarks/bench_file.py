@@ -5,6 +5,8 @@
 2. Rebuilding after one changed key: the time from a backend delivering an update to the
    snapshot being published (``Hub._on_update``, called directly on a running hub fed by a
    ``MemoryStore``), for a 100,000-key layer against the floor of a 10-key layer.
+   And a 10,000-key file saved with one key changed: the file backend's reload plus the
+   hub's apply (diff, merge, publish), against the floor of reading and parsing the file.
 3. File save (an ``os.replace`` rename) to subscriber callback, median and p99, against the
    floor of the same measurement with a bare watchdog ``Observer`` on the same directory.
 
@@ -199,6 +201,57 @@ def bench_rebuild(*, quick: bool) -> list[Row]:
     return rows
 
 
+# -- 2b. a file changed in one key: reload and publish -----------------------------------------
+
+
+def bench_reload(tmp: Path, *, rounds: int) -> list[Row]:
+    """What a save of a 10,000-key file with one changed key costs the hub, against the
+    floor of reading and parsing the file alone (the issue's "rebuilding after one change"):
+    the file backend's ``load()`` (read, parse, bounds, flatten, layer) and the hub's apply
+    of the new layer (diff against the old one, merge, publish)."""
+    data = make_data(10_000)
+    rows = []
+    for fmt in ("toml", "json"):
+        path = tmp / f"reload.{fmt}"
+        loads: Callable[[str], Any] = tomllib.loads if fmt == "toml" else json.loads
+        dump: Callable[[Any], str] = to_toml if fmt == "toml" else json.dumps
+        path.write_text(dump(data))
+        hub = confhub.Hub([f"file:{path}?watch=false"], autoload=False).start()
+        try:
+            slot = hub._slots[0]
+            backend = slot.backends[0]
+            assert backend is not None
+            floor_ns: list[int] = []
+            reload_ns: list[int] = []
+            for i in range(rounds * 3):
+                data["s0"]["k0"] = 1_000_000 + i
+                path.write_text(dump(data))  # the save: not timed
+                t0 = time.perf_counter_ns()
+                loads(path.read_bytes().decode("utf-8"))
+                floor_ns.append(time.perf_counter_ns() - t0)
+                t0 = time.perf_counter_ns()
+                hub._on_update(slot, backend.load())
+                reload_ns.append(time.perf_counter_ns() - t0)
+                assert hub.get("s0.k0") == 1_000_000 + i
+        finally:
+            hub.close()
+        floor, med = statistics.median(floor_ns), statistics.median(reload_ns)
+        parse = "tomllib.loads" if fmt == "toml" else "json.loads"
+        rows += [
+            Row(f"{fmt}: floor: read + {parse}", floor, parse, 1.0),
+            Row(
+                f"{fmt}: load() + apply (diff, merge, publish)",
+                med,
+                parse,
+                med / floor,
+                LOAD_TARGET if fmt == "toml" else None,
+                p99_ns=p99(reload_ns),
+                note="one key changed of 10,000",
+            ),
+        ]
+    return rows
+
+
 # -- 3. save-to-callback latency -------------------------------------------------------------
 
 
@@ -306,6 +359,11 @@ def main() -> None:
         print_table(
             "Rebuild after one changed key (Hub._on_update to snapshot published)",
             bench_rebuild(quick=args.quick), latency=True,
+        )
+        print_table(
+            f"A 10,000-key file saved with one key changed: reload to published "
+            f"(median of {rounds * 3})",
+            bench_reload(tmp, rounds=rounds), latency=True,
         )
         print_table(
             f"File save (os.replace) to subscriber callback ({count} saves each)",
