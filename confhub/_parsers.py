@@ -216,12 +216,12 @@ def _precount_json(text: str, where: _Where) -> None:
     The walk charges every container ``len + 1``: children are the commas plus one per
     non-empty container, so the charge is ``commas + 2 * containers - empty``. Counted over
     the raw text, that is an upper bound (strings can hold commas and brackets), cheap enough
-    for every document; only a document over the bound has its strings removed for the exact
-    count (regex in C, ~0.25 s for 16 MiB).
+    for every document; only a document over the bound has its strings replaced by one
+    character for the exact count (regex in C, ~0.25 s for 16 MiB).
     """
     if text.count(",") + 2 * (text.count("{") + text.count("[")) <= MAX_NODES:
         return
-    bare = _JSON_STRING.sub("", text)
+    bare = _JSON_STRING.sub("0", text)  # a string is one token: ["x"] must not look empty
     containers = bare.count("{") + bare.count("[")
     empty = sum(1 for _ in _JSON_EMPTY.finditer(bare))
     if bare.count(",") + 2 * containers - empty > MAX_NODES:

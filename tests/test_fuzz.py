@@ -30,6 +30,7 @@ from confhub import (
     SourceFormatError,
     SourcePermissionError,
     SpecError,
+    _parsers,
 )
 from confhub._backends.env import EnvBackend, env_key
 from confhub._layer import flatten, unflatten
@@ -402,30 +403,32 @@ _json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(
     document=st.dictionaries(st.text(max_size=3), _json_values, max_size=4),
-    limit=st.integers(0, 30),
     indent=st.sampled_from([None, 1]),
 )
 def test_json_precount_refuses_exactly_what_the_bounds_walk_refuses(
-    document: dict[str, Any], limit: int, indent: int | None
+    document: dict[str, Any], indent: int | None
 ) -> None:
-    """The count made on the text before parsing agrees with the walk after it: strings full
-    of commas and brackets, empty containers and whitespace never tip it either way."""
+    """The count made on the text before parsing agrees with the walk after it, at every
+    bound: strings full of commas and brackets, empty containers, a list holding one empty
+    string and whitespace never tip it either way."""
     text = json.dumps(document, indent=indent)
-    outcomes = []
-    for precount in (True, False):
+    where = _parsers._Where("s", None)
+    for limit in range(40):
+        verdicts = []
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr("confhub._parsers.MAX_NODES", limit)
-            if not precount:
-                patch.setattr("confhub._parsers._precount_json", lambda text, where: None)
-            try:
-                outcomes.append(parse_document(text, "json", source="s"))
-            except SourceFormatError as exc:
-                outcomes.append(str(exc).rpartition(": ")[2])  # the message, not the bound
-    assert outcomes[0] == outcomes[1]
-    assert outcomes[0] in (
-        document,
-        f"the document expands to more than {limit:,} values; refusing it",
-    )
+            for check in (
+                lambda: _parsers._precount_json(text, where),
+                lambda: _parsers._check_bounds(json.loads(text), where),
+            ):
+                try:
+                    check()
+                    verdicts.append("accepted")
+                except SourceFormatError as exc:
+                    verdicts.append(str(exc))
+        assert verdicts[0] == verdicts[1], (limit, text)
+    # and the whole parse gives the document back when under the bound
+    assert parse_document(text, "json", source="s") == document
 
 
 _toml_text = st.text(alphabet="=#\"' x\n\\", max_size=6)
