@@ -3,12 +3,14 @@
 Runs a real single-member etcd on loopback (``confhub_etcd.testing.EtcdServer``).
 
 1. Propagation: a put to etcd -> the confhub subscriber callback, median and p99 over the
-   same puts, against the floor of the raw client's own watch callback
-   (``EtcdClient.watch_prefix``) receiving those puts. Targets: median <= floor + 1 ms,
-   p99 <= 1.5x the floor's p99.
+   same puts, against the floor of the raw client's own watch callback (pyetcd's
+   ``add_watch_prefix_callback``, the python-etcd3 API) receiving those puts. Targets:
+   median <= floor + 1 ms, p99 <= 1.5x the floor's p99. The plugin's own client layer
+   (``EtcdClient.watch_prefix``) is shown as a reference.
 2. Initial load of 10,000 and 100,000 keys: ``EtcdBackend.load()`` (paged read at one
-   revision plus building the layer), against the floor of the raw paged range read
-   (``EtcdClient.read_prefix``, same page size). Target <= 1.5x. ``Hub.start()`` is shown too
+   revision plus building the layer), against the floor of the raw client's paged range read
+   (pyetcd ``get_range_response``, same page size, at one revision). Target <= 1.5x. The
+   plugin's ``EtcdClient.read_prefix`` is shown as a reference. ``Hub.start()`` is shown too
    (it adds the core's merge and snapshot; no target here).
 3. Applying one changed key: a watch batch of one key handed to the backend of a running hub
    (delta, hub apply, merge, publish), with a 100,000-key layer against a 10-key layer.
@@ -29,6 +31,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+import pyetcd
 from confhub_etcd._backend import EtcdBackend
 from confhub_etcd._client import EtcdClient, EventKind, WatchBatch, WatchEvent
 from confhub_etcd.testing import EtcdServer
@@ -78,33 +81,63 @@ def bench_propagation(etcd: EtcdServer, client: EtcdClient, *, updates: int) -> 
                 arrived_hub[str(c.new)] = now
             cond.notify_all()
 
+    arrived_pyetcd: dict[str, int] = {}
+
+    def on_pyetcd(response: Any) -> None:  # pyetcd's WatchResponse (or an error)
+        now = time.perf_counter_ns()
+        with cond:
+            for e in getattr(response, "events", ()):
+                arrived_pyetcd[e.value.decode()] = now
+            cond.notify_all()
+
     raw_client = EtcdClient(etcd.endpoints, timeout=5)
     snapshot = raw_client.read_prefix(prefix)
+    host, port = etcd.endpoint.rsplit(":", 1)
+    pyetcd_client = pyetcd.client(host=host, port=int(port), timeout=5)
+    watch_id = pyetcd_client.add_watch_prefix_callback(prefix, on_pyetcd)
     hub = _hub(f"etcd://{etcd.endpoint}{prefix}")
-    raw_lat: list[int] = []
-    hub_lat: list[int] = []
-    with raw_client, raw_client.watch_prefix(prefix, on_raw, snapshot=snapshot), hub:
-        hub.subscribe(on_change)
-        for i in range(updates + 20):
-            value = str(i)
-            t0 = time.perf_counter_ns()
-            client.put(f"{prefix}n", value)
-            with cond:
-                if not cond.wait_for(
-                    lambda v=value: v in arrived_raw and v in arrived_hub, timeout=10
-                ):
-                    raise RuntimeError(f"update {i} did not arrive within 10 s")
-            if i >= 20:  # warm-up
-                raw_lat.append(arrived_raw[value] - t0)
-                hub_lat.append(arrived_hub[value] - t0)
-    floor_med, floor_p99 = statistics.median(raw_lat), p99(raw_lat)
-    med, tail = statistics.median(hub_lat), p99(hub_lat)
+    lat: dict[str, list[int]] = {"pyetcd": [], "raw": [], "hub": []}
+    arrived = {"pyetcd": arrived_pyetcd, "raw": arrived_raw, "hub": arrived_hub}
+    try:
+        with raw_client, raw_client.watch_prefix(prefix, on_raw, snapshot=snapshot), hub:
+            hub.subscribe(on_change)
+            for i in range(updates + 20):
+                value = str(i)
+                t0 = time.perf_counter_ns()
+                client.put(f"{prefix}n", value)
+                with cond:
+                    if not cond.wait_for(
+                        lambda v=value: all(v in seen for seen in arrived.values()), timeout=10
+                    ):
+                        raise RuntimeError(f"update {i} did not arrive within 10 s")
+                if i >= 20:  # warm-up
+                    for name, seen in arrived.items():
+                        lat[name].append(seen[value] - t0)
+    finally:
+        pyetcd_client.cancel_watch(watch_id)
+        pyetcd_client.close()
+    floor_med, floor_p99 = statistics.median(lat["pyetcd"]), p99(lat["pyetcd"])
+    raw_med, raw_p99 = statistics.median(lat["raw"]), p99(lat["raw"])
+    med, tail = statistics.median(lat["hub"]), p99(lat["hub"])
     return [
-        Row("raw client watch callback (floor)", floor_med, p99_ns=floor_p99),
+        Row(
+            "pyetcd add_watch_prefix_callback (floor)",
+            floor_med,
+            p99_ns=floor_p99,
+            note="the python-etcd3 API client's own watch",
+        ),
+        Row(
+            "confhub_etcd EtcdClient.watch_prefix",
+            raw_med,
+            floor="pyetcd watch",
+            ratio=raw_med / floor_med,
+            p99_ns=raw_p99,
+            note="the plugin's client layer, no hub (reference)",
+        ),
         Row(
             "put -> confhub subscriber, median",
             med,
-            floor="raw watch + 1 ms",
+            floor="pyetcd watch + 1 ms",
             ratio=med / (floor_med + LATENCY_MEDIAN_SLACK_NS),
             target=1.0,
             p99_ns=tail,
@@ -113,7 +146,7 @@ def bench_propagation(etcd: EtcdServer, client: EtcdClient, *, updates: int) -> 
         Row(
             "put -> confhub subscriber, p99",
             tail,
-            floor="raw watch p99",
+            floor="pyetcd watch p99",
             ratio=tail / floor_p99,
             target=LATENCY_P99_TARGET,
             p99_ns=tail,
@@ -142,6 +175,8 @@ def bench_load(
 ) -> tuple[list[Row], dict[int, str]]:
     rows: list[Row] = []
     prefixes: dict[int, str] = {}
+    host, port = etcd.endpoint.rsplit(":", 1)
+    pyetcd_client = pyetcd.client(host=host, port=int(port), timeout=60)
     for n in sizes:
         prefix = f"/load{n}/"
         prefixes[n] = prefix
@@ -156,7 +191,9 @@ def bench_load(
             with _hub(spec):
                 pass
 
+        assert len(pyetcd_paged(pyetcd_client, prefix)) == n
         cases: dict[str, Callable[[], Any]] = {
+            "pyetcd": lambda prefix=prefix: pyetcd_paged(pyetcd_client, prefix),
             "raw": lambda prefix=prefix: client.read_prefix(prefix, page_size=PAGE_SIZE),
             "load": backend.load,
             "hub": start_hub,
@@ -164,23 +201,51 @@ def bench_load(
         t = _interleaved(cases, rounds)
         backend.close()
         rows += [
-            Row(f"{n:,} keys: raw paged read_prefix (floor)", t["raw"]),
+            Row(
+                f"{n:,} keys: pyetcd paged get_range_response (floor)",
+                t["pyetcd"],
+                note="the python-etcd3 API client, same pages, one revision",
+            ),
+            Row(
+                f"{n:,} keys: EtcdClient.read_prefix",
+                t["raw"],
+                floor="pyetcd",
+                ratio=t["raw"] / t["pyetcd"],
+                note="the plugin's client layer (reference)",
+            ),
             Row(
                 f"{n:,} keys: EtcdBackend.load()",
                 t["load"],
-                floor="read_prefix",
-                ratio=t["load"] / t["raw"],
+                floor="pyetcd",
+                ratio=t["load"] / t["pyetcd"],
                 target=LOAD_TARGET,
             ),
             Row(
                 f"{n:,} keys: Hub.start() (informative)",
                 t["hub"],
-                floor="read_prefix",
-                ratio=t["hub"] / t["raw"],
+                floor="pyetcd",
+                ratio=t["hub"] / t["pyetcd"],
                 note="adds the core's merge_full and snapshot",
             ),
         ]
+    pyetcd_client.close()
     return rows, prefixes
+
+
+def pyetcd_paged(c: Any, prefix: str) -> list[Any]:
+    """Every key under ``prefix`` through pyetcd, ``PAGE_SIZE`` keys a request, at the
+    revision of the first page (what a correct raw-client load has to do)."""
+    start = prefix.encode()
+    end = prefix[:-1].encode() + bytes([prefix.encode()[-1] + 1])
+    kvs: list[Any] = []
+    revision = None
+    while True:
+        resp = c.get_range_response(start, end, limit=PAGE_SIZE, revision=revision)
+        revision = revision or resp.header.revision
+        kvs.extend(resp.kvs)
+        if not resp.more:
+            return kvs
+        start = resp.kvs[-1].key + b"\0"
 
 
 # -- 3. applying one change ----------------------------------------------------------------------
