@@ -314,13 +314,9 @@ class Backoff:
 
 
 def _kv(raw: Any) -> KeyValue:
-    return KeyValue(
-        key=bytes(raw.key),
-        value=bytes(raw.value),
-        mod_revision=int(raw.mod_revision),
-        create_revision=int(raw.create_revision),
-        version=int(raw.version),
-    )
+    # protobuf already returns bytes and int for these fields: no conversion calls (they
+    # were half the cost of reading a large prefix).
+    return KeyValue(raw.key, raw.value, raw.mod_revision, raw.create_revision, raw.version)
 
 
 # ------------------------------------------------------------------------------------------------
