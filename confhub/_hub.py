@@ -351,8 +351,11 @@ class _Slot:
         self.pending: Layer | None = None  # the active backend's latest state, if rejected
         self.state = "pending"
         self.last_error: BaseException | None = None
+        # Why a preferred member is not serving, while an alternate (``active > 0``) does.
+        self.down_error: BaseException | None = None
         self.since = time.time()
-        self.poller: threading.Thread | None = None
+        self.poller: threading.Thread | None = None  # a poll= loop
+        self.recoverer: threading.Thread | None = None  # retries a cached/alternate slot
         self.accepted: tuple[SourceSpec, Layer, Backend | None] | None = None
         # The store's state while it cannot be a layer (a leaf/parent clash): values, details.
         self.raw: tuple[dict[str, Any], dict[str, str]] | None = None
@@ -368,13 +371,16 @@ class _Slot:
 
     def health(self) -> SourceHealth:
         layer = self.layer
+        error = self.last_error
+        if error is None and self.active:  # on an alternate: the preferred member is down
+            error = self.down_error
         return SourceHealth(
             source=self.display,
             state=self.state,
             active=self.active_spec.display if self.active is not None else None,
             revision=None if layer is None else layer.revision,
             fetched_at=None if layer is None else layer.fetched_at,
-            last_error=None if self.last_error is None else str(self.last_error),
+            last_error=None if error is None else str(error),
             since=self.since,
             keys=0 if layer is None else len(layer.values),
         )
@@ -500,19 +506,21 @@ class Hub:
         )
         self._notifier.start()
         for slot in self._slots:
-            # Served from cache, or nothing could be loaded: retry until the store is back.
-            if slot.state == "cached" or (
+            # Served from cache or by an alternate, or nothing could be loaded: retry (the
+            # preferred members) until the store is back. An alternate is watched meanwhile.
+            recover = slot.state in ("cached", "fallback") or (
                 slot.active is None and any(getattr(b, "cacheable", False) for b in slot.backends)
-            ):
-                slot.poller = threading.Thread(
+            )
+            if slot.state == "fallback" or not recover:
+                self._start_watch(slot)
+            if recover:
+                slot.recoverer = threading.Thread(
                     target=self._recover_loop,
                     args=(slot,),
                     name=f"confhub-recover[{slot.display}]",
                     daemon=True,
                 )
-                slot.poller.start()
-            else:
-                self._start_watch(slot)
+                slot.recoverer.start()
         return self
 
     def close(self) -> None:
@@ -542,8 +550,9 @@ class Hub:
                         backend.close()
                     except Exception:
                         log.exception("closing the backend of %s failed", slot.members[i].display)
-            if slot.poller is not None and slot.poller is not threading.current_thread():
-                slot.poller.join(timeout=10)
+            for thread in (slot.poller, slot.recoverer):
+                if thread is not None and thread is not threading.current_thread():
+                    thread.join(timeout=10)
             for backend in slot.backends:
                 if backend is not None:
                     try:
@@ -650,7 +659,7 @@ class Hub:
             if slot.optional and not layer.values:
                 slot.state = "absent"  # an optional source that contributes nothing
             if attempts:
-                slot.last_error = attempts[-1][1]
+                slot.down_error = attempts[-1][1]
                 log.warning(
                     "%s: serving the alternate %s (%s)", slot.display, spec.display, attempts[-1][1]
                 )
@@ -698,27 +707,48 @@ class Hub:
         )
 
     def _recover_loop(self, slot: _Slot) -> None:
-        """Retry a slot served from cache (or absent) with capped, jittered backoff."""
+        """Retry a slot served from cache (or absent) with capped, jittered backoff; for a
+        slot served by an alternate, retry the members it prefers and promote back to the
+        first that answers (its full read is applied as one update: only effective changes
+        are published), then stop watching the alternate."""
         delay = self.retry_initial
+        alternate = slot.active if slot.state == "fallback" else None
         while not self._stop.wait(delay * random.uniform(0.5, 1.0)):  # noqa: S311 - jitter
             for i, spec in enumerate(slot.members):
+                if alternate is not None and i >= alternate:
+                    break
                 backend = slot.backends[i]
                 if backend is None:
                     continue
                 try:
                     layer = self.pm.hook.confhub_load_layer(spec=spec, backend=backend)
-                except (SourceUnavailableError, SourcePermissionError):
+                except (SourceUnavailableError, SourcePermissionError) as exc:
+                    if alternate is not None:
+                        slot.down_error = exc
                     continue
                 except ConfhubError as exc:
-                    self._on_update(slot, exc)
+                    if alternate is not None:
+                        # The alternate serves well: a preferred member's broken content
+                        # shows in health, and is no reason to mark the slot stale.
+                        slot.down_error = exc
+                    else:
+                        self._on_update(slot, exc)
                     continue
                 with self._lock:
                     if self._state is not State.RUNNING:
                         return
                     slot.active = i
+                    slot.pending = slot.raw = None  # the alternate's, not this member's
                     self._on_update(slot, layer)
                     if slot.layer is layer:
+                        slot.down_error = None
                         log.info("%s is back: serving %s live", slot.display, spec.display)
+                if alternate is not None:
+                    # Its watch is dropped (notify checks the member), then closed, outside
+                    # the hub's lock: a backend may hold its own lock while it notifies.
+                    old = slot.backends[alternate]
+                    if old is not None:
+                        old.close()
                 self._start_watch(slot)
                 return
             delay = min(delay * 2, self.retry_max)
@@ -729,8 +759,11 @@ class Hub:
         backend = slot.backends[slot.active]
         spec = slot.active_spec
 
-        def notify(update: Update, _slot: _Slot = slot) -> None:
-            self._on_update(_slot, update)
+        def notify(update: Update, _slot: _Slot = slot, _member: int = slot.active) -> None:
+            with self._lock:
+                if _slot.active != _member:
+                    return  # a member this slot left (promoted back to a preferred one)
+                self._on_update(_slot, update)
 
         if can_watch(backend):
             try:

@@ -118,6 +118,50 @@ def test_fallback_group_uses_alternate_then_cache(tmp_path: Path) -> None:
         assert hub.health().sources[0].state == "cached"
 
 
+def test_a_slot_on_its_alternate_is_promoted_back_when_the_primary_returns(
+    tmp_path: Path,
+) -> None:
+    """Served by the alternate, the slot retries the primary; when it answers, its full read
+    is published as one change of the keys that differ, health says live again (failed until
+    then), and the alternate is no longer followed."""
+    primary = MemoryStore("p", {"a": "p", "same": "1"})
+    alternate = MemoryStore("alt", {"a": "alt", "same": "1", "only_alt": "x"})
+    primary.fail()
+    with Hub(
+        [{"d": "default"}, Fallback("memory:p", "memory:alt")],
+        plugins=[primary, alternate],
+        autoload=False,
+        cache_dir=tmp_path,
+        retry_initial=0.02,
+        retry_max=0.05,
+    ) as hub:
+        changes: list[Change] = []
+        states: list[str] = []
+        hub.subscribe(changes.append, on_state=lambda h: states.append(h.state))
+        source = hub.health().sources[1]
+        assert (source.state, source.active, source.failed) == ("fallback", "memory:alt", True)
+        assert "down" in (source.last_error or "")
+        alternate.set("a", "alt-2")  # the alternate is watched meanwhile
+        wait_for(lambda: hub.get("a") == "alt-2")
+        assert hub.health().sources[1].failed  # still: the primary is down
+        assert hub.health().degraded
+        primary.recover()
+        wait_for(lambda: hub.health().sources[1].state == "live")
+        source = hub.health().sources[1]
+        assert (source.active, source.failed, source.last_error) == ("memory:p", False, None)
+        assert not hub.health().degraded
+        assert hub.get("a") == "p"
+        assert hub.get("only_alt", None) is None
+        wait_for(lambda: any(c.get("a") and c.get("a").new == "p" for c in changes))
+        promoted = next(c for c in changes if c.get("a") and c.get("a").new == "p")
+        assert sorted(promoted.keys) == ["a", "only_alt"]  # "same" did not change
+        assert "live" in states
+        alternate.set("a", "ignored")  # the alternate is no longer followed
+        primary.set("b", "after")
+        wait_for(lambda: hub.get("b", None) == "after")
+        assert hub.get("a") == "p"
+
+
 def test_start_is_bounded_by_the_start_timeout(tmp_path: Path) -> None:
     """A store that hangs does not hang start: the cache serves after the ceiling."""
     store = MemoryStore("app", {"a": "1"})

@@ -26,7 +26,8 @@ def group(etcd_endpoint: str, consul_address: str) -> Fallback:
 def test_etcd_down_falls_back_to_consul_then_to_the_caches(
     etcd: EtcdServer, consul: ConsulTestServer, tmp_path: Path
 ) -> None:
-    """etcd down: Consul serves (fallback); both down: etcd's cache serves, then etcd's live."""
+    """etcd down: Consul serves (fallback) until etcd is back (promoted back to etcd); both
+    down: etcd's cache serves, then etcd's live."""
     etcd.put("/app/db/host", "from-etcd")
     consul.put("app/db/host", b"from-consul")
     slot = group(etcd.endpoint, consul.address)
@@ -52,10 +53,23 @@ def test_etcd_down_falls_back_to_consul_then_to_the_caches(
         assert health.active.startswith("consul://")
         consul.put("app/db/host", b"consul-updated")  # the alternate is watched
         wait_until(lambda: hub.get("db.host") == "consul-updated", timeout=10)
+        # etcd back: the slot is promoted back to it (its full read is one change) and
+        # Consul is no longer followed.
+        etcd.restart()
+        etcd.put("/app/db/host", "etcd-again")
+        wait_until(lambda: hub.health().sources[1].state == "live", timeout=15)
+        wait_until(lambda: hub.get("db.host") == "etcd-again", timeout=10)
+        assert hub.health().sources[1].active.startswith("etcd://")  # type: ignore[union-attr]
+        assert not hub.health().degraded
+        consul.put("app/db/host", b"consul-ignored")
+        etcd.put("/app/db/port", "5432")
+        wait_until(lambda: hub.get("db.port", None) == "5432", timeout=10)
+        assert hub.get("db.host") == "etcd-again"
+    etcd.kill()
 
     consul.stop()
     with Hub([{"db": {"host": "default"}}, slot], **opts) as hub:
-        assert hub.get("db.host") == "from-etcd"  # the primary's cache comes first
+        assert hub.get("db.host") == "etcd-again"  # the primary's cache comes first
         assert hub.health().sources[1].state == "cached"
         etcd.restart()
         etcd.put("/app/db/host", "etcd-back")

@@ -790,6 +790,27 @@ def test_token_never_in_explain_health_or_cache_names(
             assert b"good-token" not in path.read_bytes()
 
 
+def test_core_cache_options_are_accepted_and_honoured(
+    server: ConsulTestServer, tmp_path: Path
+) -> None:
+    """``cache_secrets=false`` and ``max_stale=`` (read by the core, not the backend) are
+    accepted on a consul:// spec: the cache keeps the secret out, and a hub started while
+    Consul answers 503 serves the rest from it."""
+    server.put("myapp/db/host", "db1")
+    server.put("myapp/db/password", "s3cret-value")
+    text = spec(server, extra="cache_secrets=false&max_stale=3600")
+    with hub_for(text, cache_dir=tmp_path) as hub:
+        assert hub.get("db.password") == "s3cret-value"
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert files
+    assert all(b"s3cret-value" not in p.read_bytes() for p in files)
+    server.inject_status(503, times=None)
+    with hub_for(text, cache_dir=tmp_path) as hub:
+        assert hub.health().sources[0].state == "cached"
+        assert hub.get("db.host") == "db1"
+        assert hub.get("db.password", None) is None
+
+
 # -- TLS ------------------------------------------------------------------------------------
 
 

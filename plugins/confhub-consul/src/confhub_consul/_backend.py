@@ -69,6 +69,8 @@ _KNOWN_OPTIONS = frozenset(
         "token", "scheme", "ca", "cert", "key", "verify", "consistency", "dc", "timeout",
         "wait", "retry_initial", "retry_max", "rate", "burst", "format", "optional", "poll",
         "max_last_contact", "max_keys",
+        # Read by the core (the cache, the fallback chain, polling), not by this backend.
+        "cache", "cache_secrets", "max_stale", "poll_interval", "watch", "name",
     }
 )  # fmt: skip
 
