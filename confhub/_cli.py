@@ -24,7 +24,7 @@ from ._errors import (
     StartupError,
     WriteError,
 )
-from ._hub import Hub
+from ._hub import Hub, without_source
 from ._merge import MISSING
 from ._redact import REDACTED, is_secret_key
 from ._snapshot import Change
@@ -170,7 +170,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        items = sorted(value.items())
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in items) + "}"
     return json.dumps(str(value), ensure_ascii=False)
 
 
@@ -181,9 +182,10 @@ def _toml_key(key: str) -> str:
 
 
 def to_toml(tree: dict[str, Any], out: TextIO, _path: tuple[str, ...] = ()) -> None:
-    """Write a nested dict as TOML (scalars first, then one table per sub-mapping)."""
-    scalars = {k: v for k, v in tree.items() if not isinstance(v, dict)}
-    tables = {k: v for k, v in tree.items() if isinstance(v, dict)}
+    """Write a nested dict as TOML (scalars first, then one table per sub-mapping), keys
+    sorted like the JSON and YAML dumps."""
+    scalars = {k: v for k, v in sorted(tree.items()) if not isinstance(v, dict)}
+    tables = {k: v for k, v in sorted(tree.items()) if isinstance(v, dict)}
     if _path and scalars:
         out.write(f"\n[{'.'.join(_toml_key(p) for p in _path)}]\n")
     for k, v in scalars.items():
@@ -293,7 +295,7 @@ def _cmd_watch(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
             done.set()
 
     def on_error(event: Any) -> None:
-        sys.stderr.write(f"confhub: {event.source}: {event.error}\n")
+        sys.stderr.write(f"confhub: {event.source}: {without_source(event.source, event.error)}\n")
         sys.stderr.flush()
 
     hub.subscribe(on_change, prefix=args.prefix, on_error=on_error)

@@ -389,6 +389,13 @@ class _Slot:
 _STOP = object()
 
 
+def without_source(name: str, error: BaseException) -> str:
+    """``error``'s message without a leading ``name: ``: backend errors start with their
+    source's name, and a line that names the source already should say it once."""
+    message = str(error)
+    return message[len(name) + 2 :] if message.startswith(f"{name}: ") else message
+
+
 class Hub:
     """Layered configuration from many sources, merged, typed, watched.
 
@@ -693,10 +700,11 @@ class Hub:
             slot.last_error = attempts[-1][1] if attempts else None
             log.warning("%s is unavailable and optional; it contributes nothing", slot.display)
             return
-        lines = "; ".join(f"{what}: {err}" for what, err in attempts)
+        lines = "; ".join(f"{what}: {without_source(what, err)}" for what, err in attempts)
+        refused = any(isinstance(e, SourcePermissionError) for _, e in attempts)
         cached = (
             " and has no usable cache"
-            if any(getattr(b, "cacheable", False) for b in slot.backends)
+            if not refused and any(getattr(b, "cacheable", False) for b in slot.backends)
             else ""
         )
         raise StartupError(
@@ -930,10 +938,7 @@ class Hub:
         if slot.state == "live" or changed_state:
             slot.state = "stale" if slot.layer is not None else "absent"
             slot.since = time.time()
-            # Backend errors usually start with the source's name already: say it once.
-            message = str(error)
-            if message.startswith(f"{slot.display}: "):
-                message = message[len(slot.display) + 2 :]
+            message = without_source(slot.display, error)
             if rejected or isinstance(error, SourceFormatError):
                 log.error(
                     "%s: update rejected, keeping the last good configuration: %s",

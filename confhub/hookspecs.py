@@ -1,7 +1,7 @@
 """The whole plugin contract of confhub, in one module.
 
 A plugin is a module or object with functions marked ``@confhub.hookimpl`` whose names
-match the specs below (a misspelt name is an error when the hub starts). Plugins are found
+match the specs below (a misspelt name is an error when the Hub is created). Plugins are found
 through the entry-point group ``confhub``; the builtin backends (``defaults``, ``env``,
 ``file``) register through these same hooks. Every hook is called with keyword arguments,
 so an implementation may accept any subset of a spec's arguments.

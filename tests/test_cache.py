@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from core_testlib import wait_for
 
-from confhub import Change, Fallback, Hub, SourceSpec, StartupError
+from confhub import Change, Fallback, Hub, SourcePermissionError, SourceSpec, StartupError
 from confhub._cache import Cache, source_identity
 from confhub.testing import MemoryStore
 
@@ -531,3 +531,24 @@ def test_identity_ignores_limits_and_tuning_options() -> None:
     assert source_identity(plain) != source_identity(
         SourceSpec.parse("etcd://h:2379/app/?format=json")
     )
+
+
+def test_startup_error_names_each_source_once_and_no_cache_after_a_refusal(
+    tmp_path: Path,
+) -> None:
+    """The attempt lines do not repeat the source's name, and a refusal (which stops the
+    chain before any cache is tried) does not claim the cache was unusable."""
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(StartupError) as info:
+        Hub([f"file:{missing}"], autoload=False, cache_dir=None).start()
+    assert str(info.value).count(f"file:{missing}: ") == 1, str(info.value)
+    store = MemoryStore("app", {"a": "1"})
+    store.fail(SourcePermissionError)
+    with pytest.raises(StartupError) as info:
+        hub_for(store, tmp_path).start()
+    message = str(info.value)
+    assert message.count("memory:app: ") == 1, message
+    assert "no usable cache" not in message
+    store.fail()
+    with pytest.raises(StartupError, match="and has no usable cache"):
+        hub_for(store, tmp_path).start()
