@@ -62,6 +62,10 @@ def freeze(value: Any) -> Any:
         return value
     if isinstance(value, Mapping):
         return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
+    if type(value) is tuple:
+        items = [freeze(v) for v in value]
+        # Already frozen all the way down: keep it (a cached or re-delivered layer).
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else tuple(items)
     if isinstance(value, (list, tuple)):
         return tuple(freeze(v) for v in value)
     if isinstance(value, (set, frozenset)):
@@ -69,6 +73,28 @@ def freeze(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{value!r} is not a finite number")
     return value
+
+
+def frozen_leaves(values: Mapping[str, Any], source: str) -> Mapping[str, Any]:
+    """``values`` with every leaf read-only (see :func:`freeze`); the same mapping when all
+    already are. A non-finite float is a :class:`SourceFormatError` naming its key."""
+    out: dict[str, Any] | None = None
+    scalars = _SCALARS
+    for key, value in values.items():
+        kind = type(value)
+        if kind in scalars or (kind is float and -math.inf < value < math.inf):
+            continue
+        try:
+            frozen = freeze(value)
+        except ValueError as exc:
+            raise SourceFormatError(
+                f"{source}: value of {key!r} is not allowed: {exc}", source=source, key=key
+            ) from None
+        if frozen is not value:
+            if out is None:
+                out = dict(values)
+            out[key] = frozen
+    return values if out is None else out
 
 
 def flatten(data: Mapping[str, Any], *, source: str, _prefix: str = "") -> dict[str, Any]:
@@ -198,8 +224,8 @@ class Layer:
         fetched_at: float | None = None,
     ) -> Layer:
         """Build a layer from a (possibly nested) mapping; raises :class:`SourceFormatError`."""
-        return cls.from_flat(
-            flatten(data, source=source),
+        return cls._from_frozen(
+            flatten(data, source=source),  # freezes every leaf already
             source=source,
             revision=revision,
             details=details,
@@ -218,7 +244,32 @@ class Layer:
         locate: Callable[[str], str | None] | None = None,
         fetched_at: float | None = None,
     ) -> Layer:
-        """Build a layer from dotted keys to (frozen) leaves, checking leaf/parent clashes."""
+        """Build a layer from dotted keys to leaves, checking leaf/parent clashes.
+
+        Leaves are made read-only (lists become tuples, mappings read-only views), so a
+        snapshot never changes under a reader; a non-finite float is a
+        :class:`SourceFormatError` naming its key.
+        """
+        return cls._from_frozen(
+            frozen_leaves(values, source),
+            source=source,
+            revision=revision,
+            details=details,
+            locate=locate,
+            fetched_at=fetched_at,
+        )
+
+    @classmethod
+    def _from_frozen(
+        cls,
+        values: Mapping[str, Any],
+        *,
+        source: str,
+        revision: Any = None,
+        details: Mapping[str, str] | None = None,
+        locate: Callable[[str], str | None] | None = None,
+        fetched_at: float | None = None,
+    ) -> Layer:
         counts = _inner_counts(values)
         dets = immutables.Map(details or {})
         # A leaf/parent clash is exactly a key that is both a leaf and a parent.
@@ -266,7 +317,7 @@ class Layer:
                 del values[key]
                 remove_parents(inner, key)
         added = []
-        for key, value in delta.set.items():
+        for key, value in frozen_leaves(delta.set, source).items():
             if key not in values:
                 added.append(key)
                 add_parents(inner, key)

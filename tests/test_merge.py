@@ -126,3 +126,23 @@ def test_incremental_update_equals_full_merge(layers: list[dict[str, Any]], data
         if merged.values.get(k, MISSING) != expected.values.get(k, MISSING)
     }
     assert {k: (o, n) for k, o, n in changed} == want
+
+
+def test_layers_from_plugins_are_frozen_whatever_they_pass() -> None:
+    """A plugin handing mutable leaves to ``Layer.from_flat`` or a ``LayerDelta`` cannot make
+    a published snapshot change later: leaves are frozen on the way in; NaN is refused."""
+    inner = [2, 3]
+    shared: list[object] = [1, inner]
+    layer = Layer.from_flat({"a": shared, "s": "x"}, source="p")
+    shared.append(4)
+    inner.append(5)
+    assert layer.values["a"] == (1, (2, 3))
+    changed = layer.apply(LayerDelta(set={"a": shared}), source="p")
+    shared.clear()
+    assert changed.values["a"] == (1, (2, 3, 5), 4)
+    with pytest.raises(SourceFormatError, match="value of 'n' is not allowed"):
+        Layer.from_flat({"n": float("nan")}, source="p")
+    with pytest.raises(SourceFormatError, match="value of 'n' is not allowed"):
+        layer.apply(LayerDelta(set={"n": float("inf")}), source="p")
+    frozen = (1, (2,))
+    assert Layer.from_flat({"t": frozen}, source="p").values["t"] is frozen  # no copy
