@@ -454,10 +454,11 @@ def _hub(source: str, **kw: Any) -> Hub:
 
 
 def test_38_a_runaway_prefix_is_refused_fast_without_downloading_it() -> None:
-    """200,000 keys under the prefix and ``max_keys=100000``: start fails within 2 s with a
-    SourceFormatError naming the cap and the fix, having stopped reading the listing at
-    100,001 entries (about half of it), with RSS growth bounded by the cap, and leaves no
-    thread behind. With the cap raised, the same prefix loads."""
+    """200,000 keys under the prefix and ``max_keys=100000``: start fails, faster than the
+    full load of the same prefix (~0.5 s against ~1.3 s here), with a SourceFormatError
+    naming the cap and the fix, having stopped reading the listing at 100,001 entries (about
+    half of it), with RSS growth bounded by the cap, and leaves no thread behind. With the cap
+    raised, the same prefix loads."""
     with _server_process(200_000) as address:
         with _hub(spec(address).replace("/myapp/", "/warmup/")):
             pass  # imports and first-use allocations, outside the measurement
@@ -475,12 +476,18 @@ def test_38_a_runaway_prefix_is_refused_fast_without_downloading_it() -> None:
         assert "stopped reading at 100,001 keys" in message, message
         assert "raise ?max_keys=" in message
         assert info.value.source == f"consul://{address}/myapp/"
-        assert took < 2.0, f"refused after {took:.2f}s"
         assert grown < 32 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB"
         wait_until(lambda: threading.active_count() <= threads, 5, "the hub's threads to end")
         raised = spec(address, "max_keys=200000&timeout=10")
+        t0 = time.monotonic()
         with _hub(raised, connect_timeout=30, start_timeout=30) as hub:
+            full = time.monotonic() - t0
             assert hub.get("k0199999") == "v"
+        # Time against the full load in the same run, not a wall-clock bound (a loaded CI
+        # machine took 3 s for what takes 0.5 s here): the refusal stops half-way through.
+        print(f"consul-38: the full load took {full:.2f}s")
+        assert took < full, f"refused after {took:.2f}s, the full load took {full:.2f}s"
+        assert took < 10.0, f"refused after {took:.2f}s"
 
 
 def test_38_a_prefix_growing_past_max_keys_live_is_refused_and_recovers(
