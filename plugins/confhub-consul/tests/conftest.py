@@ -170,17 +170,25 @@ class Target:
         self._session.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (held until all are chosen: no port handed out twice)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @contextlib.contextmanager
 def _consul_agent(*, acl: bool) -> Iterator[tuple[str, int]]:
     """Run ``consul agent -dev`` on loopback with free ports; always stopped."""
     assert CONSUL_BIN is not None
-    http_port = _free_port()
+    http_port, server_port, lan_port, wan_port = _free_ports(4)
     hcl = [
         f'default_query_time = "{int(DEFAULT_QUERY_TIME)}s"',
         f'max_query_time = "{int(MAX_QUERY_TIME)}s"',
@@ -207,11 +215,11 @@ def _consul_agent(*, acl: bool) -> Iterator[tuple[str, int]]:
             "-grpc-port",
             "-1",
             "-server-port",
-            str(_free_port()),
+            str(server_port),
             "-serf-lan-port",
-            str(_free_port()),
+            str(lan_port),
             "-serf-wan-port",
-            str(_free_port()),
+            str(wan_port),
             "-data-dir",
             data_dir,
         ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from confhub_etcd import testing
 from confhub_etcd.testing import EtcdNotFoundError, EtcdServer, find_etcd_binary
 
 
@@ -84,3 +86,35 @@ def test_tls_files_generated() -> None:
             assert path.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
         assert server.tls.client_key.stat().st_mode & 0o777 == 0o600
         server.put("/t/a", "1")
+
+
+def test_a_port_taken_before_etcd_binds_it_is_retried_with_new_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A free port can be taken by another process between choosing it and etcd binding it
+    (CI runs other servers): the first start tries again with new ports instead of failing."""
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    real = testing._free_ports
+    calls: list[list[int]] = []
+
+    def first_port_taken(count: int) -> list[int]:
+        ports = real(count)
+        if not calls:
+            ports[0] = taken.getsockname()[1]  # the client port of m0 is someone else's
+        calls.append(ports)
+        return ports
+
+    monkeypatch.setattr(testing, "_free_ports", first_port_taken)
+    try:
+        with EtcdServer() as etcd:
+            etcd.put("/a", "1")
+            assert len(calls) == 2
+            assert etcd.members[0].client_port == calls[1][0] != calls[0][0]
+    finally:
+        taken.close()
+
+
+def test_ports_of_one_cluster_are_distinct() -> None:
+    assert len(set(testing._free_ports(64))) == 64

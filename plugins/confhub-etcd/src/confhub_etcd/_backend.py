@@ -406,8 +406,10 @@ class EtcdBackend:
         cfg = self.config
         try:
             if cfg.fmt is None:
+                # The protobuf messages as they are: each is read once, by _tree_layer (and
+                # by the watcher's PrefixSnapshot.revisions()); no KeyValue per key.
                 snapshot = client.read_prefix(
-                    cfg.prefix, page_size=cfg.page_size, max_keys=cfg.max_keys
+                    cfg.prefix, page_size=cfg.page_size, max_keys=cfg.max_keys, convert=False
                 )
             else:
                 kv, revision = client.get(cfg.prefix)

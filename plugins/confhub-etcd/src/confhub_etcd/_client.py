@@ -565,6 +565,7 @@ class EtcdClient:
         page_size: int = 500,
         attempts: int = 3,
         max_keys: int | None = None,
+        convert: bool = True,
     ) -> PrefixSnapshot:
         """Every key under ``prefix`` at ONE revision, read in pages of ``page_size`` keys.
 
@@ -577,13 +578,18 @@ class EtcdClient:
         With ``max_keys``, a prefix holding more keys raises :class:`EtcdTooManyKeys` after
         the FIRST page (etcd's range count says how many there are), so a runaway prefix is
         refused without downloading it.
+
+        ``convert=False`` leaves the items as etcd's protobuf ``KeyValue`` messages (the same
+        fields, read-only by convention): for a caller that reads each once, such as a load
+        building its layer, it saves making a :class:`KeyValue` per key. Their ``repr``
+        shows values: do not log them.
         """
         prefix_b = _to_bytes(prefix)
         end = prefix_range_end(prefix_b)
         last_error: EtcdCompacted | None = None
         for _ in range(max(1, attempts)):
             try:
-                return self._read_prefix_once(prefix_b, end, page_size, max_keys)
+                return self._read_prefix_once(prefix_b, end, page_size, max_keys, convert)
             except EtcdCompacted as exc:
                 last_error = exc
                 log.info("etcd compacted during a paged read of %r; restarting the read", prefix_b)
@@ -592,12 +598,17 @@ class EtcdClient:
         raise last_error
 
     def _read_prefix_once(
-        self, prefix: bytes, end: bytes, page_size: int, max_keys: int | None = None
+        self,
+        prefix: bytes,
+        end: bytes,
+        page_size: int,
+        max_keys: int | None = None,
+        convert: bool = True,
     ) -> PrefixSnapshot:
         rpc = _rpc()
         revision = 0
         start = prefix
-        items: list[KeyValue] = []
+        items: list[Any] = []
         size = max(1, page_size)
         while True:
             request = rpc.RangeRequest(key=start, range_end=end, limit=size, revision=revision)
@@ -617,7 +628,7 @@ class EtcdClient:
                 count = max(int(response.count), len(items) + len(response.kvs))
                 if count > max_keys:
                     raise EtcdTooManyKeys(prefix, count, max_keys)
-            items.extend(_kv(raw) for raw in response.kvs)
+            items.extend(map(_kv, response.kvs) if convert else response.kvs)
             if not response.more or not response.kvs:
                 return PrefixSnapshot(revision=revision, items=tuple(items))
             start = bytes(response.kvs[-1].key) + b"\0"

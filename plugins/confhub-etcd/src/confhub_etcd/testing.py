@@ -100,11 +100,23 @@ def find_etcd_binary() -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (the sockets are held until all are chosen, so
+    the kernel cannot hand the same port out twice)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+#: How often a first start is tried again with new ports when one was taken meanwhile.
+_PORT_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -339,12 +351,25 @@ class EtcdCluster:
         return Path(self._tmp.name)
 
     def start(self, index: int | None = None) -> None:
-        """Start all members (first call) or one stopped member, and wait until healthy."""
+        """Start all members (first call) or one stopped member, and wait until healthy.
+
+        A port chosen free can be taken by another process before etcd binds it: the first
+        start then tries again with new ports and fresh data directories (up to 3 times).
+        """
         if not self._started_once:
-            self._prepare()
-            for member in self.members:
-                self._spawn(member)
-            self._wait_healthy(range(self.size))
+            for attempt in range(_PORT_RETRIES):
+                self._prepare()
+                for member in self.members:
+                    self._spawn(member)
+                try:
+                    self._wait_healthy(range(self.size))
+                except BaseException as exc:
+                    self.close()  # no member left running behind a failed start
+                    retry = isinstance(exc, EtcdStartError) and "address already in use" in str(exc)
+                    if not retry or attempt + 1 == _PORT_RETRIES:
+                        raise
+                    continue
+                break
             if self.auth_enabled:
                 self._enable_auth()
             self._started_once = True
@@ -457,11 +482,12 @@ class EtcdCluster:
         if self.tls_enabled:
             self.tls = _generate_tls(self.root / "tls")
         scheme = "https" if self.tls_enabled else "http"
+        ports = _free_ports(2 * self.size)
         self.members = [
             EtcdMember(
                 name=f"m{i}",
-                client_port=_free_port(),
-                peer_port=_free_port(),
+                client_port=ports[2 * i],
+                peer_port=ports[2 * i + 1],
                 data_dir=self.root / f"m{i}.etcd",
                 log_path=self.root / f"m{i}.log",
                 scheme=scheme,
@@ -650,5 +676,3 @@ class EtcdServer(EtcdCluster):
     def endpoint(self) -> str:
         """``127.0.0.1:PORT`` of the member's client URL."""
         return self.members[0].endpoint
-
-
