@@ -76,7 +76,10 @@ def test_kill_and_restart_mid_watch_loses_nothing(
     ):
         for i in range(10):
             writer.put(f"/w/before{i}", str(i))
-        writer.put_many({"/w/txn1": "a", "/w/txn2": "b"})
+        last_before = writer.put_many({"/w/txn1": "a", "/w/txn2": "b"})
+        # Killed only once the stream is up and caught up: a kill before the watch's create
+        # response arrives has no "connected" to report (seen on a loaded machine).
+        recorder.wait_revision(last_before)
         etcd.kill()
         etcd.start()
         # The watcher is still backing off: these land while it is disconnected.
