@@ -175,7 +175,7 @@ def test_02_left_down_no_spin_no_flood(etcd: EtcdServer, caplog: pytest.LogCaptu
         gaps = [round(b - a, 3) for a, b in itertools.pairwise(retries)]
         assert len(gaps) >= 7, gaps
         assert all(0.45 <= g <= 1.0 + 0.35 for g in gaps[-5:]), gaps
-        assert max(gaps[-5:]) - min(gaps[-5:]) >= 0.05, gaps
+        assert max(gaps[-5:]) - min(gaps[-5:]) >= 0.02, gaps  # ~1e-5 odds of a false alarm
         assert cpu_used < 0.25 * down, f"{cpu_used:.2f}s CPU in {down}s down: spinning"
         lines = [r for r in caplog.records if r.name.startswith("confhub")]
         assert len(lines) <= 2, [r.getMessage() for r in lines]
