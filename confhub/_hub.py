@@ -27,7 +27,6 @@ from ._errors import (
     SourceFormatError,
     SourcePermissionError,
     SourceUnavailableError,
-    SpecError,
     StartupError,
     WriteError,
 )
@@ -42,32 +41,6 @@ log = logging.getLogger("confhub")
 
 T = TypeVar("T")
 
-#: The default cap on one source's keys (its ``?max_keys=`` option). A document is bounded
-#: by its parser (``MAX_NODES``, the same number), a key-value prefix by nothing but this: a
-#: layer above it is refused, so a runaway writer cannot make every process hold it.
-DEFAULT_MAX_KEYS = 1_000_000
-
-
-def source_max_keys(spec: SourceSpec) -> int:
-    """The ``max_keys`` option of ``spec`` (default :data:`DEFAULT_MAX_KEYS`); SpecError if bad."""
-    value = spec.options.get("max_keys")
-    if value is None:
-        return DEFAULT_MAX_KEYS
-    try:
-        if isinstance(value, bool):
-            raise ValueError(value)
-        cap = int(str(value).strip())
-    except ValueError:
-        cap = 0
-    if cap < 1:
-        raise SpecError(
-            f"option max_keys={value!r} of source {spec.display} is not a whole number "
-            "above 0; write e.g. ?max_keys=200000",
-            spec=spec.display,
-        )
-    return cap
-
-
 def too_many_keys(display: str, count: int, cap: int) -> SourceFormatError:
     """The error for a layer of ``count`` keys above its source's ``max_keys=`` ``cap``."""
     return SourceFormatError(
@@ -78,7 +51,7 @@ def too_many_keys(display: str, count: int, cap: int) -> SourceFormatError:
 
 
 def _check_keys(spec: SourceSpec, layer: Layer) -> None:
-    cap = source_max_keys(spec)
+    cap = spec.max_keys
     if len(layer.values) > cap:
         raise too_many_keys(spec.display, len(layer.values), cap)
 
@@ -631,7 +604,7 @@ class Hub:
         """Fill one slot: live members in order, then their caches; else absent or fail."""
         attempts: list[tuple[str, BaseException]] = []
         for spec in slot.members:
-            source_max_keys(spec)  # a bad max_keys= is a SpecError now, not at an update
+            _ = spec.max_keys  # a bad max_keys= is a SpecError now, not at an update
         for i, spec in enumerate(slot.members):
             backend = slot.backends[i] = self.make_backend(spec)
             remaining = deadline - time.monotonic()
@@ -677,7 +650,7 @@ class Hub:
                 layer = self.pm.hook.confhub_load_cached(spec=spec, backend=slot.backends[i])
                 if layer is None:
                     continue
-                cap = source_max_keys(spec)
+                cap = spec.max_keys
                 if len(layer.values) > cap:
                     error = too_many_keys(spec.display, len(layer.values), cap)
                     log.warning("not serving the cached copy: %s", error)
@@ -864,7 +837,7 @@ class Hub:
         delta makes it a valid layer again.
         """
         spec = slot.active_spec
-        cap = source_max_keys(spec)
+        cap = spec.max_keys
         if not isinstance(update, LayerDelta):
             slot.raw = None
             if len(update.values) > cap:

@@ -13,6 +13,11 @@ import attrs
 from ._errors import SpecError
 from ._redact import REDACTED, SECRET_OPTIONS, redact_url
 
+#: The default cap on one source's keys (its ``?max_keys=`` option). A document is bounded
+#: by its parser (``MAX_NODES``, the same number), a key-value prefix by nothing but this: a
+#: layer above it is refused, so a runaway writer cannot make every process hold it.
+DEFAULT_MAX_KEYS = 1_000_000
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -119,6 +124,28 @@ class SourceSpec:
                 f"option {name}={value!r} of source {self.display} is not a number",
                 spec=self.display,
             ) from None
+
+    @property
+    def max_keys(self) -> int:
+        """The ``max_keys`` option: the most keys this source may hold (default
+        :data:`DEFAULT_MAX_KEYS`). The hub enforces it on every layer; a backend may read it
+        to stop a read early. A value that is not a whole number above 0 is a SpecError."""
+        value = self.options.get("max_keys")
+        if value is None:
+            return DEFAULT_MAX_KEYS
+        try:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            cap = int(str(value).strip())
+        except ValueError:
+            cap = 0
+        if cap < 1:
+            raise SpecError(
+                f"option max_keys={value!r} of source {self.display} is not a whole number "
+                "above 0; write e.g. ?max_keys=200000",
+                spec=self.display,
+            )
+        return cap
 
     def redacted_options(self) -> dict[str, Any]:
         """The options with credential values replaced, for display."""

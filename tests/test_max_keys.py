@@ -13,7 +13,7 @@ import pytest
 from core_testlib import wait_for
 
 from confhub import ErrorEvent, Hub, SourceFormatError, SpecError
-from confhub._hub import DEFAULT_MAX_KEYS
+from confhub._spec import DEFAULT_MAX_KEYS
 from confhub.testing import MemoryStore
 
 

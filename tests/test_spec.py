@@ -58,3 +58,12 @@ def test_password_with_a_raw_slash_is_still_redacted() -> None:
     from confhub._redact import redact_url
 
     assert "t0ps3cret" not in redact_url("etcd://root:pa/ss@h:2379/app/?token=t0ps3cret")
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "1.5", "many", "true"])
+def test_max_keys_must_be_a_whole_number_above_zero(value: str) -> None:
+    """``SourceSpec.max_keys`` is what the hub enforces and what backends read to stop early."""
+    assert SourceSpec.parse("memory:app").max_keys == 1_000_000
+    assert SourceSpec.parse("memory:app?max_keys=5").max_keys == 5
+    with pytest.raises(SpecError, match=r"max_keys=.* is not a whole number above 0"):
+        _ = SourceSpec.parse(f"memory:app?max_keys={value}").max_keys

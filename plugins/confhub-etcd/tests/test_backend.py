@@ -176,7 +176,7 @@ def test_document_write_is_read_modify_cas(etcd: EtcdServer) -> None:
         ("etcd://127.0.0.1:2379/app/?cert=/c.pem", "both cert= and key="),
         ("etcd://127.0.0.1:2379/app/?timeout=0", "above 0"),
         ("etcd://127.0.0.1:2379/app/?max_keys=0", "above 0"),
-        ("etcd://127.0.0.1:2379/app/?max_keys=2.5", "not whole"),
+        ("etcd://127.0.0.1:2379/app/?max_keys=2.5", "not a whole number above 0"),
     ],
 )
 def test_bad_specs_are_spec_errors(text: str, fix: str) -> None:

@@ -51,8 +51,8 @@ log = logging.getLogger("confhub.consul")
 MAX_VALUE_SIZE = 524_288
 #: Consul's default ``limits.txn_max_req_len``: larger writes use a plain PUT instead.
 MAX_TXN_BODY = 524_288
-#: The core's default ``max_keys`` (``confhub._hub.DEFAULT_MAX_KEYS``): a tree listing with
-#: more entries is refused while it is read, before it is parsed.
+#: The core's default ``max_keys`` (what ``SourceSpec.max_keys`` gives for no option): a
+#: tree listing with more entries is refused while it is read, before it is parsed.
 DEFAULT_MAX_KEYS = 1_000_000
 #: What starts each entry of a recurse listing: Consul's JSON encoder (Go's, and the test
 #: server's ``_go_json``) writes the field name as ``"Key":`` (``"Key": `` with ``?pretty``
@@ -83,26 +83,6 @@ def _bad_path(path: str) -> bool:
     # A trailing "/" leaves one empty last segment, which is allowed.
     inner = segments[:-1] if segments and segments[-1] == "" else segments
     return any(s in ("", ".", "..") for s in inner)
-
-
-def _max_keys(spec: SourceSpec) -> int:
-    """The ``max_keys`` option: a whole number above 0 (the core's rule), else SpecError."""
-    value = spec.options.get("max_keys")
-    if value is None:
-        return DEFAULT_MAX_KEYS
-    try:
-        if isinstance(value, bool):
-            raise ValueError(value)
-        cap = int(str(value).strip())
-    except ValueError:
-        cap = 0
-    if cap < 1:
-        raise SpecError(
-            f"{spec.display}: option max_keys={value!r} is not a whole number above 0; "
-            "write e.g. ?max_keys=200000",
-            spec=spec.display,
-        )
-    return cap
 
 
 def _duration(seconds: float) -> str:
@@ -283,7 +263,7 @@ class ConsulOptions:
             rate=rate,
             burst=max(1, burst),
             max_last_contact=max_last_contact,
-            max_keys=_max_keys(spec),
+            max_keys=spec.max_keys,
         )
 
     def ssl_context(self) -> ssl.SSLContext | None:

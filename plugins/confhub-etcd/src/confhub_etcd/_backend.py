@@ -67,8 +67,8 @@ __all__ = ["EtcdBackend", "EtcdSourceConfig", "parse_spec"]
 log = logging.getLogger("confhub.etcd")
 
 _FORMATS: Final = ("json", "yaml", "toml")
-#: The core's default ``max_keys`` (``confhub._hub.DEFAULT_MAX_KEYS``): a tree prefix holding
-#: more keys is refused after its first page.
+#: The core's default ``max_keys`` (what ``SourceSpec.max_keys`` gives for no option): a
+#: tree prefix holding more keys is refused after its first page.
 DEFAULT_MAX_KEYS: Final = 1_000_000
 #: Options this backend reads; the rest belong to the core (cache, optional ...).
 _OWN_OPTIONS: Final = frozenset(
@@ -215,9 +215,7 @@ def parse_spec(spec: SourceSpec, *, default_timeout: float = 2.0) -> EtcdSourceC
     retry_max = _positive(spec, "retry_max", 10.0)
     if retry_max < retry_initial:
         raise _spec_error(spec, "retry_max must be at least retry_initial")
-    max_keys = _positive(spec, "max_keys", DEFAULT_MAX_KEYS)
-    if max_keys != int(max_keys):
-        raise _spec_error(spec, f"option max_keys={spec.options.get('max_keys')!r} is not whole")
+    max_keys = spec.max_keys
     unknown = set(spec.options) - _OWN_OPTIONS - _CORE_OPTIONS
     if unknown:
         log.warning(
@@ -238,7 +236,7 @@ def parse_spec(spec: SourceSpec, *, default_timeout: float = 2.0) -> EtcdSourceC
         progress_interval=_positive(spec, "progress_interval", 5.0),
         display=spec.display,
         max_receive_bytes=max_receive,
-        max_keys=int(max_keys),
+        max_keys=max_keys,
     )
 
 
