@@ -8,9 +8,6 @@ checker's windows allow values superseded between two reads to be skipped, never
 
 from __future__ import annotations
 
-import select
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confhub_consul.testing import AclToken, ConsulTestServer
+from confhub_consul.testing import AclToken, ConsulTestServer, server_process
 from faults import ConsulRecorder, TcpProxy
 from history import History, wait_until
 
@@ -401,43 +398,6 @@ def test_23_too_stale_answer_is_asked_of_the_leader(consul: ConsulTestServer) ->
 
 # -- 38: a million keys under the prefix ------------------------------------------------------
 
-_SERVER_PROCESS = """
-import sys
-from confhub_consul.testing import ConsulTestServer
-with ConsulTestServer(default_query_time=2, max_query_time=3) as srv:
-    srv.put_many({f"myapp/k{i:07d}": "v" for i in range(int(sys.argv[1]))})
-    print(srv.address, flush=True)
-    sys.stdin.read()
-"""
-
-
-@contextmanager
-def _server_process(keys: int) -> Iterator[str]:
-    """A Consul test server holding ``keys`` keys under ``myapp/`` in a child process (as a
-    real agent is), so that the RSS measured is the client's; yields its address."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVER_PROCESS, str(keys)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready, "the test server process did not start within 60 s"
-        address = proc.stdout.readline().strip()
-        assert address, "the test server process ended early"
-        yield address
-    finally:
-        proc.stdin.close()  # the child ends when its stdin closes
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        proc.stdout.close()
-
 
 def _rss_bytes() -> int:
     """The resident set size of this process (Linux), for bounded-memory checks."""
@@ -459,7 +419,7 @@ def test_38_a_runaway_prefix_is_refused_fast_without_downloading_it() -> None:
     naming the cap and the fix, having stopped reading the listing at 100,001 entries (about
     half of it), with RSS growth bounded by the cap, and leaves no thread behind. With the cap
     raised, the same prefix loads."""
-    with _server_process(200_000) as address:
+    with server_process(200_000) as address:
         with _hub(spec(address).replace("/myapp/", "/warmup/")):
             pass  # imports and first-use allocations, outside the measurement
         threads = threading.active_count()

@@ -7,12 +7,8 @@ the RSS measured is the client's alone. Every wait is bounded.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import select
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +21,7 @@ from confhub._cache import source_identity
 
 from confhub_consul._backend import _ENTRY_MARK, ConsulBackend, _EntryCounter
 from confhub_consul._http import Connection
-from confhub_consul.testing import ConsulTestServer
+from confhub_consul.testing import ConsulTestServer, server_process
 
 FAST = "wait=1&timeout=1&retry_initial=0.05&retry_max=0.3"
 BOUND = 8.0  # seconds any single expected event may take
@@ -192,43 +188,6 @@ def test_a_guard_stops_the_read_drops_the_connection_and_its_error_propagates(
 
 
 # -- at start ----------------------------------------------------------------------------------
-
-_CHILD = """
-import sys
-from confhub_consul.testing import ConsulTestServer
-with ConsulTestServer(default_query_time=2, max_query_time=3) as srv:
-    srv.put_many({f"myapp/k{i:07d}": "v" for i in range(int(sys.argv[1]))})
-    print(srv.address, flush=True)
-    sys.stdin.read()
-"""
-
-
-@contextlib.contextmanager
-def server_process(keys: int) -> Iterator[str]:
-    """A ConsulTestServer holding ``keys`` keys under ``myapp/``, in a child process;
-    yields its address. It ends when its stdin closes (bounded waits, killed otherwise)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(keys)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready, "the test server process did not start in 60 s"
-        address = proc.stdout.readline().strip()
-        assert address, "the test server process ended early"
-        yield address
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        proc.stdout.close()
 
 
 def test_a_runaway_prefix_is_refused_at_start_fast_and_in_bounded_memory() -> None:

@@ -24,10 +24,14 @@ Fault injection (all thread-safe): :meth:`ConsulTestServer.set_leader`,
 
 from __future__ import annotations
 
+import contextlib
+import select
 import ssl
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -52,6 +56,7 @@ __all__ = [
     "RequestRecord",
     "ServerStateError",
     "Session",
+    "server_process",
 ]
 
 _Status = Literal[400, 403, 404, 409, 413, 429, 500, 502, 503, 504]
@@ -513,3 +518,51 @@ class ConsulTestServer:
 
 def _methods(methods: Iterable[str] | None) -> frozenset[str] | None:
     return None if methods is None else frozenset(m.upper() for m in methods)
+
+
+_CHILD = """
+import sys
+from confhub_consul.testing import ConsulTestServer
+with ConsulTestServer(default_query_time=2, max_query_time=3) as srv:
+    prefix, count = sys.argv[1], int(sys.argv[2])
+    srv.put_many({f"{prefix}k{i:07d}": "v" for i in range(count)})
+    print(srv.address, flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def server_process(
+    keys: int = 0, *, prefix: str = "myapp/", timeout: float = 60.0
+) -> Iterator[str]:
+    """A :class:`ConsulTestServer` in a child process, as a real agent would be, so that
+    the memory and CPU a test measures are its own; yields the ``host:port`` address.
+
+    It is filled with ``keys`` keys ``{prefix}k0000000``, ``{prefix}k0000001``, ... holding
+    ``"v"`` (in bulk, in the child) before the address is yielded, within ``timeout``
+    seconds. The child ends when the block exits (its stdin is closed; killed after 10 s).
+    """
+    proc = subprocess.Popen(  # noqa: S603 - this interpreter running this module's code
+        [sys.executable, "-c", _CHILD, prefix, str(keys)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    if proc.stdin is None or proc.stdout is None:  # pragma: no cover - PIPE gives both
+        raise ServerStateError("the test server process has no pipes")
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        if not ready:
+            raise ServerStateError(f"the test server process did not start within {timeout} s")
+        address = proc.stdout.readline().strip()
+        if not address:
+            raise ServerStateError("the test server process ended before it was ready")
+        yield address
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
