@@ -41,6 +41,7 @@ def test_public_surface_is_pinned() -> None:
         "RequestRecord",
         "ServerStateError",
         "Session",
+        "server_process",
     }
 
 
