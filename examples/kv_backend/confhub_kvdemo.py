@@ -404,7 +404,11 @@ class DemoBackend(confhub.Backend):
             expected = actual if expected_revision is None else int(expected_revision)
             if expected != actual:
                 raise self._conflict(key, document, expected, actual)
-            data = {} if entry is None else _plain(parse_document(entry.value, "json", source=""))
+            data: dict[str, Any] = {}
+            if entry is not None:
+                data = _plain(
+                    parse_document(entry.value, "json", source=self.source, path=document)
+                )
             _set_leaf(data, key, value, source=self.source)
             payload = json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8")
             ok, revision = self._call(self.server.put, document, payload, expected=actual)
@@ -458,6 +462,8 @@ def _set_leaf(data: dict[str, Any], key: str, value: Any, *, source: str) -> Non
     """Set dotted ``key`` in a document; refuses to replace a table or to nest under a value."""
     node = data
     *parents, leaf = key.split(".")
+    if not all(parents) or not leaf:
+        raise WriteError(f"{source}: {key!r} is not a dotted key such as db.port", source=source)
     for i, part in enumerate(parents):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
