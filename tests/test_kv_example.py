@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -77,3 +78,34 @@ def test_an_unknown_server_name_is_a_spec_error_naming_the_known_ones() -> None:
     hub = confhub.Hub(["kvdemo://other/app/"], plugins=[plugin], cache_dir=None)
     with pytest.raises(confhub.SpecError, match="no kvdemo server named 'other'; known: main"):
         hub.start()
+
+
+def _excerpts() -> list[tuple[str, str]]:
+    """The docs/plugins.md code blocks that quote a file: ``(path, block)`` for each block
+    whose first line is ``# PATH``."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "plugins.md").read_text(encoding="utf-8")
+    found = []
+    for block in re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL):
+        first, _, body = block.partition("\n")
+        if first.startswith("# ") and (root / first[2:]).is_file():
+            found.append((first[2:], body))
+    return found
+
+
+def test_docs_quote_the_example_as_it_is() -> None:
+    """Every excerpt of the example in docs/plugins.md is in the file, verbatim and in order
+    (``...`` lines separate the parts of one excerpt)."""
+    root = Path(__file__).resolve().parents[1]
+    excerpts = _excerpts()
+    assert {path for path, _ in excerpts} == {
+        "examples/kv_backend/confhub_kvdemo.py",
+        "tests/test_kv_example.py",
+    }
+    for path, body in excerpts:
+        source = (root / path).read_text(encoding="utf-8")
+        at = 0
+        for part in re.split(r"^\.\.\.\n", body, flags=re.MULTILINE):
+            found = source.find(part, at)
+            assert found >= 0, f"docs/plugins.md quotes {path} wrongly:\n{part}"
+            at = found + len(part)
