@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -109,3 +110,16 @@ def test_docs_quote_the_example_as_it_is() -> None:
             found = source.find(part, at)
             assert found >= 0, f"docs/plugins.md quotes {path} wrongly:\n{part}"
             at = found + len(part)
+
+
+def test_confhub_testing_imports_without_pytest() -> None:
+    """The contract suite ships in confhub.testing, which must still import without pytest."""
+    code = (
+        "import sys; sys.modules['pytest'] = None; import confhub.testing as t; "
+        "print(t.KVBackendContract.__name__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "KVBackendContract"
