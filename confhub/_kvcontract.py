@@ -191,8 +191,9 @@ class KVBackendContract:
             hub.start()
         except Exception as exc:  # noqa: BLE001 - the caller checks what it is
             return exc
+        served = dict(hub.snapshot().flat())
         hub.close()
-        raise AssertionError(f"the hub started, serving {dict(hub.snapshot().flat())!r}")
+        raise AssertionError(f"the hub started, serving {served!r}")
 
     # -- tree layout: keys ----------------------------------------------------------------------
 
