@@ -108,9 +108,9 @@ class KVBackendContract:
         """A store prefix no other test uses (``contract-1a2b3c4d/``)."""
         return f"contract-{uuid.uuid4().hex[:8]}/"
 
-    def require(self, store: KVStoreHarness, *needed: str) -> None:
-        """Skip the running test, with the harness's reason, when ``store`` lacks one of
-        the ``needed`` capabilities."""
+    def unsupported(self, store: KVStoreHarness) -> Mapping[str, str]:
+        """The harness's ``unsupported`` capabilities; a name that is not a capability is a
+        TypeError (a misspelling would silently run what the store cannot do)."""
         unsupported: Mapping[str, str] = getattr(store, "unsupported", {})
         unknown = sorted(set(unsupported) - set(self.capabilities))
         if unknown:
@@ -119,11 +119,20 @@ class KVBackendContract:
                 f"which are not capabilities of the KV contract; use one of "
                 f"{', '.join(sorted(self.capabilities))}"
             )
+        return unsupported
+
+    def require(self, store: KVStoreHarness, *needed: str) -> None:
+        """Skip the running test, with the harness's reason, when ``store`` lacks one of
+        the ``needed`` capabilities."""
+        unsupported = self.unsupported(store)
         for name in needed:
             if name in unsupported:
                 import pytest  # here: confhub.testing imports without pytest
 
-                pytest.skip(f"{type(store).__name__} cannot {name}: {unsupported[name]}")
+                pytest.skip(
+                    f"{type(store).__name__} lacks {name!r} ({self.capabilities[name]}): "
+                    f"{unsupported[name]}"
+                )
             if name == "outage" and not (
                 callable(getattr(store, "stop", None)) and callable(getattr(store, "start", None))
             ):
@@ -135,6 +144,7 @@ class KVBackendContract:
     def hub(self, store: KVStoreHarness, tmp_path: Path, *sources: Any) -> Hub:
         """A hub over ``sources`` with the harness's plugins, a fresh cache directory, and
         short retry delays (not started)."""
+        self.unsupported(store)
         return Hub(
             list(sources),
             plugins=list(getattr(store, "plugins", ())),
