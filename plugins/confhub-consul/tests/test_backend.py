@@ -38,6 +38,8 @@ from cryptography.x509.oid import NameOID
 
 from confhub_consul._backend import ConsulBackend
 from confhub_consul._http import Aborted, Connection, Response
+from confhub_consul._options import ConsulOptions
+from confhub_consul._reader import ConsulReader
 from confhub_consul._watch import Watcher
 from confhub_consul.testing import AclToken, ConsulTestServer
 
@@ -320,8 +322,11 @@ def test_deleted_document_blocks_until_it_comes_back(server: ConsulTestServer) -
         server.wait_for_blocked(1)
         server.delete("myapp/config")
         ev.wait(lambda: bool(ev.errors))
-        assert "does not exist" in str(ev.errors[0].error)
+        assert isinstance(ev.errors[0].error, SourceUnavailableError)
+        assert "'myapp/config' does not exist" in str(ev.errors[0].error)
+        assert "add ?optional=true" in str(ev.errors[0].error)
         assert hub.get("a") == 1
+        assert health(hub).state == "stale"
         server.wait_for_blocked(1)
         server.reset_requests()
         time.sleep(1.5)
@@ -354,9 +359,33 @@ def test_bad_value_met_on_recovery_does_not_poll(server: ConsulTestServer) -> No
 
 
 def test_document_missing_at_start_is_unavailable(server: ConsulTestServer) -> None:
-    """A document key that does not exist makes the source unavailable (StartupError)."""
-    with pytest.raises(StartupError, match="does not exist"):
+    """A document key that does not exist makes a required source unavailable (StartupError),
+    naming the key and the fix, as a missing file does."""
+    with pytest.raises(StartupError, match="does not exist") as info:
         hub_for(spec(server, "myapp/nothere.json", "format=json")).start()
+    assert isinstance(info.value.attempts[-1][1], SourceUnavailableError)
+    assert "'myapp/nothere.json'" in str(info.value)
+    assert "add ?optional=true" in str(info.value)
+
+
+def test_optional_document_missing_is_empty_and_follows_the_key(
+    server: ConsulTestServer,
+) -> None:
+    """With optional=true a missing document key is an empty layer; written, it applies;
+    deleted again while watched, its keys go away; written again, they come back."""
+    with hub_for(spec(server, "myapp/config", "format=json&optional=true")) as hub:
+        assert dict(hub.snapshot().flat()) == {}
+        assert health(hub).state == "absent"
+        ev = Events(hub)
+        server.put("myapp/config", b'{"a": 1}')
+        ev.wait(lambda: hub.get("a", None) == 1)
+        until(lambda: health(hub).state == "live")
+        server.delete("myapp/config")
+        ev.wait(lambda: hub.get("a", None) is None)
+        until(lambda: health(hub).state == "absent")
+        server.put("myapp/config", b'{"a": 2}')
+        ev.wait(lambda: hub.get("a", None) == 2)
+        assert not ev.errors
 
 
 # -- watch edge cases ----------------------------------------------------------------------
@@ -718,12 +747,13 @@ def test_too_stale_answer_with_no_leader_keeps_the_last_good(server: ConsulTestS
 )
 def test_last_contact_header_is_checked_strictly(header: str | None, too_stale: bool) -> None:
     """Over the bound, missing or unreadable X-Consul-LastContact: asked again."""
-    backend = ConsulBackend(
+    options = ConsulOptions.from_spec(
         SourceSpec.parse("consul://127.0.0.1:1/x/?consistency=stale&max_last_contact=1")
     )
     headers = {} if header is None else {"x-consul-lastcontact": header}
-    assert (backend._too_stale(Response(200, headers, b"[]")) is not None) is too_stale
-    backend.close()
+    assert (ConsulReader(options).too_stale(Response(200, headers, b"[]")) is not None) is (
+        too_stale
+    )
 
 
 # -- ACL token ------------------------------------------------------------------------------
@@ -965,14 +995,86 @@ def test_refused_keys_and_values_never_reach_the_wire(server: ConsulTestServer) 
         assert rev == entry.modify_index
 
 
-def test_document_sources_refuse_key_writes(server: ConsulTestServer) -> None:
-    """A document-layout source does not rewrite a document key by key."""
+@pytest.mark.parametrize(
+    ("fmt", "doc"),
+    [
+        ("json", b'{"db": {"port": 5432}, "name": "app"}'),
+        ("yaml", b"db:\n  port: 5432\nname: app\n"),
+        ("toml", b'name = "app"\n[db]\nport = 5432\n'),
+    ],
+)
+def test_document_writes_are_read_modify_cas(
+    server: ConsulTestServer, fmt: str, doc: bytes
+) -> None:
+    """A write into a document source sets the dotted key inside the document, in its
+    format, with CAS on the document key's ModifyIndex; the watch delivers it."""
+    server.put("myapp/config", doc)
+    with hub_for(spec(server, "myapp/config", f"format={fmt}")) as hub:
+        rev = hub.write("db.port", 6543)
+        entry = server.get("myapp/config")
+        assert entry is not None
+        assert rev == entry.modify_index
+        assert hub.write("db.user", "admin", expected_revision=rev) > rev
+        until(lambda: hub.get("db.user", None) == "admin")
+        assert hub.get("db.port") == 6543
+        assert hub.get("name") == "app"
+
+
+def test_document_write_conflicts(server: ConsulTestServer) -> None:
+    """expected_revision is the document key's ModifyIndex: a stale one, or 0 for an
+    existing document, raises WriteConflictError with both revisions."""
+    entry = server.put("myapp/config", b'{"a": 1}')
+    with hub_for(spec(server, "myapp/config", "format=json")) as hub:
+        with pytest.raises(WriteConflictError) as info:
+            hub.write("a", 2, expected_revision=0)
+        assert info.value.actual == entry.modify_index
+        rev = hub.write("a", 2, expected_revision=entry.modify_index)
+        with pytest.raises(WriteConflictError) as info:
+            hub.write("a", 3, expected_revision=entry.modify_index)
+        assert (info.value.expected, info.value.actual) == (entry.modify_index, rev)
+    assert server.get("myapp/config").value == b'{\n  "a": 2\n}\n'  # type: ignore[union-attr]
+
+
+def test_document_write_retries_a_lost_race_then_gives_up(server: ConsulTestServer) -> None:
+    """A plain write whose CAS loses (another writer between the read and the write) reads
+    again and retries; a document that keeps changing is a WriteConflictError."""
     server.put("myapp/config", b'{"a": 1}')
-    with (
-        hub_for(spec(server, "myapp/config", "format=json")) as hub,
-        pytest.raises(WriteError, match="document"),
-    ):
-        hub.write("a", "2")
+    stale = '{"Errors":[{"OpIndex":0,"What":"failed to set key: index is stale"}],"Results":null}'
+    with hub_for(spec(server, "myapp/config", "format=json")) as hub:
+        server.inject_status(409, times=2, path_prefix="/v1/txn", body=stale)
+        assert hub.write("a", 2) == server.get("myapp/config").modify_index  # type: ignore[union-attr]
+        server.inject_status(409, times=None, path_prefix="/v1/txn", body=stale)
+        with pytest.raises(WriteConflictError, match="kept changing"):
+            hub.write("a", 3)
+        server.clear_faults()
+        until(lambda: hub.get("a") == 2)
+
+
+@pytest.mark.parametrize(
+    ("key", "shadowed"),
+    [("db", "db.port"), ("db.port.x", "'db.port' holds a value"), ("name.first", "'name'")],
+)
+def test_document_write_that_would_shadow_is_refused(
+    server: ConsulTestServer, key: str, shadowed: str
+) -> None:
+    """A value over a table, or a table over a value, is refused naming what it would hide,
+    before anything is written."""
+    server.put("myapp/config", b'{"db": {"port": 5432}, "name": "app"}')
+    with hub_for(spec(server, "myapp/config", "format=json")) as hub:
+        server.reset_requests()
+        with pytest.raises(WriteError, match="shadow|replace") as info:
+            hub.write(key, "x")
+        assert shadowed in str(info.value)
+        assert server.request_count("/v1/txn") == 0
+
+
+def test_document_write_creates_a_missing_document(server: ConsulTestServer) -> None:
+    """An optional document source whose key is missing is written as a new document."""
+    with hub_for(spec(server, "myapp/config", "format=json&optional=true")) as hub:
+        assert hub.get("db.port", None) is None
+        hub.write("db.port", 1, expected_revision=0)
+        until(lambda: hub.get("db.port", None) == 1)
+    assert server.get("myapp/config").value == b'{\n  "db": {\n    "port": 1\n  }\n}\n'  # type: ignore[union-attr]
 
 
 def test_cli_set_with_if_revision(server: ConsulTestServer) -> None:

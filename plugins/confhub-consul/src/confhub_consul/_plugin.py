@@ -33,4 +33,9 @@ def confhub_make_backend(spec: SourceSpec, hub: Hub) -> ConsulBackend | None:
     """A :class:`ConsulBackend` for ``consul://`` specs (parses options, no I/O)."""
     if spec.scheme != "consul":
         return None
-    return ConsulBackend(spec, hub)
+    return ConsulBackend(
+        spec,
+        connect_timeout=float(getattr(hub, "connect_timeout", 2.0)),
+        retry_initial=float(getattr(hub, "retry_initial", 0.5)),
+        retry_max=float(getattr(hub, "retry_max", 30.0)),
+    )
