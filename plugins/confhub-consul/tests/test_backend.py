@@ -1068,6 +1068,16 @@ def test_document_write_that_would_shadow_is_refused(
         assert server.request_count("/v1/txn") == 0
 
 
+def test_document_write_into_a_malformed_document_is_refused(server: ConsulTestServer) -> None:
+    """A document key holding a broken document is not overwritten by a key write."""
+    server.put("myapp/config", b'{"a": 1}')
+    with hub_for(spec(server, "myapp/config", "format=json")) as hub:
+        server.put("myapp/config", b'{"a": ')
+        with pytest.raises(WriteError, match="does not hold a valid json document"):
+            hub.write("a", 2)
+    assert server.get("myapp/config").value == b'{"a": '  # type: ignore[union-attr]
+
+
 def test_document_write_creates_a_missing_document(server: ConsulTestServer) -> None:
     """An optional document source whose key is missing is written as a new document."""
     with hub_for(spec(server, "myapp/config", "format=json&optional=true")) as hub:

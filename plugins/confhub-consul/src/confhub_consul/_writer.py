@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from confhub import (
+    SourceFormatError,
     SourceUnavailableError,
     WriteConflictError,
     WriteError,
@@ -309,7 +310,16 @@ class ConsulWriter:
                 )
             data: dict[str, Any] = {}
             if found is not None:
-                parsed = parse_document(found[1], fmt, source=self.source, path=document)
+                try:
+                    parsed = parse_document(found[1], fmt, source=self.source, path=document)
+                except SourceFormatError as exc:
+                    raise WriteError(
+                        f"{self.source}: cannot write {key!r}: the document key {document!r} "
+                        f"does not hold a valid {fmt} document ({exc}); fix or rewrite it "
+                        "first",
+                        source=self.source,
+                        key=key,
+                    ) from exc
                 data = {k: _thaw(v) for k, v in parsed.items()}
             set_nested(self.source, data, key, value)
             payload = dump_document(self.source, data, fmt, key=key)
