@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import confhub_consul._plugin
 from confhub_consul._backend import ConsulBackend
 from confhub_consul._http import Aborted, Connection, Response
 from confhub_consul._options import ConsulOptions
@@ -141,7 +142,6 @@ def test_make_backend_does_no_io() -> None:
         "consul://h:8500/a/?format=json",
         "consul://h:8500/a/?consistency=fast",
         "consul://h:8500/a/?wait=0",
-        "consul://h:8500/a/?bogus=1",
         "consul://u:pw@h:8500/a/",
         "consul://h:8500/a/?scheme=http&ca=/x.pem",
         "consul://h:8500/a/?token=t%E2%82%ACx",
@@ -150,10 +150,36 @@ def test_make_backend_does_no_io() -> None:
     ],
 )
 def test_bad_specs_are_refused_before_any_request(text: str) -> None:
-    """Paths Consul would redirect, unknown options and bad values raise SpecError."""
+    """Paths Consul would redirect and bad values raise SpecError."""
     with pytest.raises(SpecError) as info:
         confhub.Hub([]).make_backend(SourceSpec.parse(text))
     assert "pw" not in str(info.value)
+
+
+def test_unknown_options_are_a_warning_naming_the_closest_option(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An option nobody reads is one WARNING naming it, the source and the closest known
+    option, never a SpecError (a fleet rolling out a new option keeps working)."""
+    with caplog.at_level("WARNING", logger="confhub.consul"):
+        backend = confhub.Hub([]).make_backend(
+            SourceSpec.parse("consul://h:8500/a/?consistancy=stale&bogus=1")
+        )
+    backend.close()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings
+    text = "\n".join(r.getMessage() for r in warnings)
+    assert "consul://h:8500/a/" in text
+    assert "'consistancy'" in text
+    assert "'consistency'" in text
+    assert "'bogus'" in text
+
+
+def test_scheme_declares_its_volatile_options() -> None:
+    """Tuning options (wait, rate, ...) are declared volatile: they keep the cache file."""
+    (info,) = confhub_consul._plugin.confhub_backend_schemes()
+    assert {"wait", "rate", "burst", "max_last_contact"} <= info.volatile_options
+    assert not {"token", "format", "dc", "consistency"} & info.volatile_options
 
 
 # -- tree layout -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 
-from confhub import Layer, Notify, SourceSpec, SourceUnavailableError
+from confhub import BackendSettings, Layer, Notify, SourceSpec, SourceUnavailableError
 
 from ._http import Aborted, Connection
 from ._options import ConsulOptions
@@ -35,21 +35,9 @@ class ConsulBackend:
 
     cacheable = True
 
-    def __init__(
-        self,
-        spec: SourceSpec,
-        *,
-        connect_timeout: float = 2.0,
-        retry_initial: float = 0.5,
-        retry_max: float = 30.0,
-    ) -> None:
+    def __init__(self, spec: SourceSpec, settings: BackendSettings | None = None) -> None:
         self.spec = spec
-        self.opts = ConsulOptions.from_spec(
-            spec,
-            connect_timeout=connect_timeout,
-            retry_initial=retry_initial,
-            retry_max=retry_max,
-        )
+        self.opts = ConsulOptions.from_spec(spec, settings)
         self.source = self.opts.display
         self._reader = ConsulReader(self.opts)
         self._writer = ConsulWriter(self.opts, self._shared)

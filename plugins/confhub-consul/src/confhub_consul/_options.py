@@ -7,36 +7,28 @@ option and the fix. Every option is described in ``docs/backend.md``.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import attrs
-from confhub import SourceSpec, SpecError
+from confhub import BackendSettings, SourceSpec, SpecError, kv
 
-#: The core's default ``max_keys`` (what ``SourceSpec.max_keys`` gives for no option).
-DEFAULT_MAX_KEYS = 1_000_000
+log = logging.getLogger("confhub.consul")
 
 _FORMATS = ("json", "yaml", "toml")
 _CONSISTENCY = ("default", "stale", "consistent")
-#: Options this backend reads.
+#: The options this backend reads, besides the core's (``kv.CORE_OPTIONS``).
 OWN_OPTIONS = frozenset(
     {
         "token", "scheme", "ca", "cert", "key", "verify", "consistency", "dc", "timeout",
         "wait", "retry_initial", "retry_max", "rate", "burst", "format", "max_last_contact",
     }
 )  # fmt: skip
-#: Options read by the core (the cache, the fallback chain, polling), not by this backend.
-_CORE_OPTIONS = frozenset(
-    {
-        "optional", "poll", "max_keys", "cache", "cache_secrets", "max_stale",
-        "poll_interval", "watch", "name",
-    }
-)  # fmt: skip
-_KNOWN_OPTIONS = OWN_OPTIONS | _CORE_OPTIONS
 #: Options that change how the source is read, never what it holds (kept out of the cache
-#: file's identity).
+#: file's identity through ``BackendInfo.volatile_options``).
 VOLATILE_OPTIONS = frozenset(
     {"timeout", "wait", "retry_initial", "retry_max", "rate", "burst", "max_last_contact"}
 )
@@ -187,15 +179,14 @@ def _consistency(spec: SourceSpec) -> tuple[str, float | None]:
     return consistency, bound
 
 
-def _timing(
-    spec: SourceSpec, *, connect_timeout: float, retry_initial: float, retry_max: float
-) -> _Timing:
-    """Timeouts, the watch's ``wait``, its backoff and its rate limit (all > 0)."""
+def _timing(spec: SourceSpec, settings: BackendSettings) -> _Timing:
+    """Timeouts, the watch's ``wait``, its backoff and its rate limit (all > 0); the hub's
+    ``settings`` for what the spec leaves out."""
     timing = _Timing(
-        timeout=spec.option_float("timeout", connect_timeout),
+        timeout=spec.option_float("timeout", settings.connect_timeout),
         wait=spec.option_float("wait", 30.0),
-        retry_initial=spec.option_float("retry_initial", retry_initial),
-        retry_max=spec.option_float("retry_max", retry_max),
+        retry_initial=spec.option_float("retry_initial", settings.retry_initial),
+        retry_max=spec.option_float("retry_max", settings.retry_max),
         rate=spec.option_float("rate", 50.0),
         burst=int(spec.option_float("burst", 10)),
     )
@@ -205,15 +196,6 @@ def _timing(
     if timing.wait > 600:
         raise _error(spec, "wait is capped at 600 s by Consul")
     return timing._replace(retry_max=max(timing.retry_max, timing.retry_initial))
-
-
-def _check_known(spec: SourceSpec) -> None:
-    unknown = sorted(set(spec.options) - _KNOWN_OPTIONS)
-    if unknown:
-        raise _error(
-            spec,
-            f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN_OPTIONS))}",
-        )
 
 
 @attrs.frozen(repr=False)
@@ -246,7 +228,7 @@ class ConsulOptions:
     max_last_contact: float | None = None
     #: Tree layout: a listing with more entries is refused while it streams (the core
     #: checks every layer against the same cap; this only stops the download early).
-    max_keys: int = DEFAULT_MAX_KEYS
+    max_keys: int = kv.DEFAULT_MAX_KEYS
     #: ``?optional=true``: a missing document key is an empty layer, not an error.
     optional: bool = False
 
@@ -254,30 +236,20 @@ class ConsulOptions:
         return f"<ConsulOptions {self.display} token={'<redacted>' if self.token else None}>"
 
     @classmethod
-    def from_spec(
-        cls,
-        spec: SourceSpec,
-        *,
-        connect_timeout: float = 2.0,
-        retry_initial: float = 0.5,
-        retry_max: float = 30.0,
-    ) -> ConsulOptions:
+    def from_spec(cls, spec: SourceSpec, settings: BackendSettings | None = None) -> ConsulOptions:
         """Parse and check ``spec``; raises :class:`SpecError`.
 
-        The keyword arguments are the hub's defaults for options the spec leaves out.
+        ``settings`` (the hub's; defaults when None) fill in the timing options the spec
+        leaves out. An option neither this backend nor the core reads is a warning (on
+        ``confhub.consul``) naming it and the closest known name, not an error.
         """
-        _check_known(spec)
+        kv.check_options(spec, OWN_OPTIONS, logger=log)
         address = _address(spec)
         layout = _layout(spec, address.path)
         tls = _tls(spec)
         token, token_from = _token(spec)
         consistency, max_last_contact = _consistency(spec)
-        timing = _timing(
-            spec,
-            connect_timeout=connect_timeout,
-            retry_initial=retry_initial,
-            retry_max=retry_max,
-        )
+        timing = _timing(spec, settings or BackendSettings())
         dc = spec.option("dc")
         return cls(
             display=spec.display,

@@ -31,6 +31,7 @@ from confhub import (
     SourceFormatError,
     SourcePermissionError,
     SourceUnavailableError,
+    kv,
     parse_document,
 )
 
@@ -116,6 +117,7 @@ class ConsulReader:
     def __init__(self, options: ConsulOptions) -> None:
         self.options = options
         self.source = options.display
+        self.keys = kv.KeyMap(options.prefix, source=self.source, noun="Consul key")
         # Whether the last stale answer was over max_last_contact (logged on changes only).
         self._lagging = False
 
@@ -286,13 +288,7 @@ class ConsulReader:
         child = next((k for k in where if k.startswith(parent + ".")), None)
         if parent not in where or child is None:
             return exc
-        a, b = where[parent], where[child]
-        return SourceFormatError(
-            f"{self.source}: Consul key {a!r} is both a value and the parent of {b!r}; "
-            "a key cannot be both a leaf and a parent: delete or rename one of them",
-            source=self.source,
-            key=a,
-        )
+        return kv.leaf_parent_clash(self.source, where[parent], where[child], noun="Consul key")
 
     def _document(self, listing: KVListing) -> Layer:
         key, fmt = self.options.document or "", self.options.fmt or "json"
@@ -321,11 +317,7 @@ class ConsulReader:
         A key holding U+FFFD (see the module docstring), a folder holding a value, or an
         empty dotted segment is a :class:`SourceFormatError` naming the Consul key.
         """
-        prefix = self.options.prefix
-        if not ckey.startswith(prefix):  # pragma: no cover - recurse is a prefix
-            return None
-        rel = ckey[len(prefix) :]
-        if "\ufffd" in rel:
+        if "\ufffd" in ckey:
             raise SourceFormatError(
                 f"{self.source}: Consul key {ckey!r} holds U+FFFD, which Consul lists in "
                 "place of bytes that are not UTF-8, so its real name is unknown: rename it "
@@ -333,9 +325,7 @@ class ConsulReader:
                 source=self.source,
                 key=ckey,
             )
-        if rel == "" or rel.endswith("/"):
-            if raw is None:
-                return None  # a folder marker (the UI creates them) or the prefix itself
+        if raw is not None and ckey.endswith("/"):
             raise SourceFormatError(
                 f"{self.source}: Consul key {ckey!r} ends with '/' but holds a value; "
                 "folders cannot hold values here: move the value to a key without the "
@@ -343,36 +333,13 @@ class ConsulReader:
                 source=self.source,
                 key=ckey,
             )
-        # One pass over the string instead of per segment: an empty segment, or one that
-        # starts or ends with "." or holds "..", would give an empty dotted segment.
-        if (
-            "//" in rel
-            or rel[0] in "/."
-            or rel[-1] == "."
-            or ".." in rel
-            or "/." in rel
-            or "./" in rel
-        ):
-            raise SourceFormatError(
-                f"{self.source}: Consul key {ckey!r} has an empty segment (a '//' or a "
-                "segment starting or ending with '.'); rename it",
-                source=self.source,
-                key=ckey,
-            )
-        return rel.replace("/", ".")
+        return self.keys.to_dotted(ckey)
 
     def decode(self, ckey: str, raw: str | None) -> str:
         """The text of a base64 value; an empty value is ``""``."""
-        data = b64(self.source, ckey, raw)
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise SourceFormatError(
-                f"{self.source}: the value of Consul key {ckey!r} is not valid UTF-8 "
-                f"(byte {exc.start}); store text, or use a document key",
-                source=self.source,
-                key=ckey,
-            ) from exc
+        return kv.decode_text(
+            b64(self.source, ckey, raw), source=self.source, key=ckey, noun="Consul key"
+        )
 
     def delta(
         self, listing: KVListing, modify_indexes: Mapping[str, int], layer: Layer
@@ -445,13 +412,7 @@ class EntryCounter:
         self.count += chunk.count(ENTRY_MARK)
         self._tail = chunk[-keep:] if len(chunk) >= keep else (self._tail + chunk)[-keep:]
         if self.count > self.cap:
-            seen = self.cap + 1
-            raise SourceFormatError(
-                f"{self.source}: at least {seen:,} keys, more than max_keys={self.cap:,}; "
-                f"refusing them (stopped reading at {seen:,} keys): raise ?max_keys= on the "
-                "source if that many keys are intended, or delete the runaway keys",
-                source=self.source,
-            )
+            raise kv.too_many_keys(self.source, self.cap + 1, self.cap, at_least=True)
 
 
 class _TreeLocator:

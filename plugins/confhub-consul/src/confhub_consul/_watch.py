@@ -31,12 +31,11 @@ records into, and the hub's ``notify``.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 
-from confhub import Layer, LayerDelta, Notify, SourceError
+from confhub import Layer, LayerDelta, Notify, SourceError, kv
 
 from ._http import Aborted, Connection
 from ._reader import ConsulReader, KVListing, WatchedState, failure_kind
@@ -70,22 +69,6 @@ class TokenBucket:
         return not stop.is_set()
 
 
-class _ReportOnce:
-    """Whether a failure's kind differs from the last one reported."""
-
-    def __init__(self) -> None:
-        self._last: Hashable | None = None
-
-    def changed(self, kind: Hashable) -> bool:
-        if kind == self._last:
-            return False
-        self._last = kind
-        return True
-
-    def reset(self) -> None:
-        self._last = None
-
-
 class Watcher:
     """One watch thread: blocking queries through ``connection``, updates to ``notify``."""
 
@@ -102,8 +85,8 @@ class Watcher:
         self.connection = connection
         self.state = state
         self.notify = notify
-        self._reports = _ReportOnce()
-        self._failing = False  # a failure was reported and no good answer came since
+        self._backoff = kv.Backoff(self.options.retry_initial, self.options.retry_max)
+        self._reports = kv.ReportOnce()  # failing: reported, and no good answer since
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"confhub-consul-watch[{self.source}]", daemon=True
@@ -129,15 +112,7 @@ class Watcher:
         except Exception:  # pragma: no cover - a bug must not kill the watch silently
             log.exception("%s: the Consul watch stopped on an unexpected error", self.source)
 
-    def _backoff(self, attempt: int) -> float:
-        """The wait before retry ``attempt`` (0-based): doubling from ``retry_initial`` up
-        to ``retry_max``, with jitter so that many clients do not retry in step."""
-        opts = self.options
-        ceiling: float = min(opts.retry_initial * 2 ** min(attempt, 32), opts.retry_max)
-        return ceiling * random.uniform(0.5, 1.0)
-
     def _report(self, exc: SourceError) -> None:
-        self._failing = True
         if self._reports.changed(failure_kind(exc)):
             log.debug("%s", exc)  # the hub logs the state change
             self.notify(exc)
@@ -160,7 +135,7 @@ class Watcher:
                     return
                 self._report(exc)
                 resync = True
-                if self._stop.wait(self._backoff(failures)):
+                if self._stop.wait(self._backoff.delay(failures)):
                     return
                 failures += 1
                 continue
@@ -208,26 +183,28 @@ class Watcher:
             new_indexes = listing.modify_indexes()
             if layer is not None and new_layer.values == layer.values:
                 # Same content (a touch of the document, a resync that found no change).
-                return self._back(new_layer), new_indexes, new_layer
+                return self._back(listing), new_indexes, new_layer
             return new_layer, new_indexes, new_layer
         delta, new_indexes, new_layer = self.reader.delta(listing, modify_indexes, layer)
         # A new ModifyIndex with the same value (a flags-only change, a CAS rewrite)
         # changes no value: deliver nothing, as for a touched document.
         if _changes_values(delta, layer):
             return delta, new_indexes, new_layer
-        return self._back(new_layer), new_indexes, new_layer
+        return self._back(listing), new_indexes, new_layer
 
-    def _back(self, layer: Layer) -> Update | None:
-        """An update that changes nothing: only worth sending when the hub was told of a
-        failure, to tell it the source is back (a bad value put back as it was)."""
-        return layer if self._failing else None
+    def _back(self, listing: KVListing) -> Update | None:
+        """What to send for an answer that changes no value: nothing, unless the hub was
+        told of a failure; then "the source is back" (say a bad value was put back as it
+        was, or an outage ended with no change)."""
+        if not self._reports.failing:
+            return None
+        return kv.recovered(self.source, listing.index)
 
     def _delivered(
         self, index: int, modify_indexes: Mapping[str, int], layer: Layer, update: Update | None
     ) -> None:
-        if self._failing:
+        if self._reports.failing:
             log.info("%s: Consul answers again", self.source)
-        self._failing = False
         self._reports.reset()
         self.state.record(index, modify_indexes, layer)
         if update is not None:

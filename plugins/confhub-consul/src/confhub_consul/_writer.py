@@ -24,6 +24,7 @@ from confhub import (
     SourceUnavailableError,
     WriteConflictError,
     WriteError,
+    kv,
     parse_document,
 )
 
@@ -39,24 +40,6 @@ MAX_TXN_BODY = 524_288
 DOCUMENT_ATTEMPTS = 5
 #: One dotted-key segment a write may use: passes every released Consul key validator.
 _SEGMENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_,-")
-
-
-def encode_value(source: str, key: str, value: object) -> bytes:
-    """The bytes a tree-layout key stores for ``value`` (text; numbers and booleans as text)."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, bool):
-        return b"true" if value else b"false"
-    if isinstance(value, (int, float)):
-        return str(value).encode()
-    raise WriteError(
-        f"{source}: cannot write a {type(value).__name__} to {key!r}; KV values are text "
-        "(str or bytes; numbers and booleans are written as their text)",
-        source=source,
-        key=key,
-    )
 
 
 class ConsulWriter:
@@ -80,7 +63,7 @@ class ConsulWriter:
         cas = self._cas(key, expected_revision)
         if self.options.document is not None:
             return self._write_document(key, value, cas)
-        data = encode_value(self.source, key, value)
+        data = kv.encode_value(value, source=self.source, key=key)
         return self._put(self.options.prefix + "/".join(segments), data, cas, key=key)
 
     def _segments(self, key: object) -> list[str]:
