@@ -277,7 +277,9 @@ def test_a_watched_prefix_growing_past_the_cap_goes_stale_and_recovers(
     (not a busy loop); after the keys are deleted, live again with every change made
     meanwhile."""
     server.put("myapp/a", "1")
-    with hub_for(spec(server.address, "max_keys=1000")) as hub:
+    # timeout=10: a read timing out on a loaded machine would be a second kind of failure
+    # (reported too), and this test counts the reports.
+    with hub_for(spec(server.address, "max_keys=1000&timeout=10")) as hub:
         errors = Errors(hub)
         server.wait_for_blocked(1)
         server.put_many({f"myapp/x/k{i:04d}": "v" for i in range(3000)})
