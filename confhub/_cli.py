@@ -11,6 +11,7 @@ import argparse
 import difflib
 import io
 import json
+import logging
 import math
 import os
 import stat
@@ -25,14 +26,16 @@ from ._errors import (
     ConfhubError,
     ConfigKeyError,
     SourceError,
+    SourcePermissionError,
+    SourceUnavailableError,
     SpecError,
     StartupError,
     WriteError,
 )
-from ._hub import Hub, without_source
+from ._hub import Hub, SourceHealth, without_source
 from ._merge import MISSING
 from ._redact import REDACTED, is_secret_key
-from ._snapshot import Change
+from ._snapshot import Change, ErrorEvent
 from ._spec import SourceSpec
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 1, 2, 3, 4
@@ -437,6 +440,61 @@ def _change_lines(change: Change, as_json: bool) -> list[str]:
     return lines
 
 
+class _HubStateLines(logging.Filter):
+    """Drops the hub's own source-state lines (``X: ...; serving the last good
+    configuration``, ``X is live again``) while ``watch`` prints them from the hub's events.
+
+    A filter on the ``confhub`` logger sees only records logged on it, not its children's
+    (plugins log on ``confhub.etcd`` ...): those, and the hub's exceptions (a failing plugin
+    or subscriber, logged with a traceback), still reach stderr.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is not None
+
+
+class _WatchPrinter:
+    """Prints ``watch``'s stderr lines from the hub's events: per source, one line when it
+    becomes unavailable or an update is rejected, and one when it is back.
+
+    The hub reports an outage once (however its retries' messages vary) and sends a
+    :class:`confhub.SourceHealth` on every state change; this turns them into lines, so
+    one outage is exactly two lines, and nothing is said twice by the log.
+    """
+
+    def __init__(self, err: TextIO) -> None:
+        self._err = err
+        self._failing: set[str] = set()
+
+    def _line(self, text: str) -> None:
+        self._err.write(f"confhub: {text}\n")
+        self._err.flush()
+
+    def on_error(self, event: ErrorEvent) -> None:
+        message = without_source(event.source, event.error)
+        if isinstance(event.error, (SourceUnavailableError, SourcePermissionError)):
+            self._line(
+                f"{event.source} is unavailable: {message}; serving the last good configuration"
+            )
+        else:
+            self._line(
+                f"{event.source}: update rejected, keeping the last good configuration: {message}"
+            )
+        self._failing.add(event.source)
+
+    def on_state(self, health: SourceHealth) -> None:
+        well = health.state in ("live", "fallback") or (
+            health.state == "absent" and not health.failed
+        )
+        if not well or health.source not in self._failing:
+            return
+        self._failing.discard(health.source)
+        if health.state == "fallback":
+            self._line(f"{health.source} is back: serving the alternate {health.active}")
+        else:
+            self._line(f"{health.source} is back: {health.state}")
+
+
 def _cmd_watch(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
     done = threading.Event()
     seen = 0
@@ -450,17 +508,22 @@ def _cmd_watch(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
         if args.count and seen >= args.count:
             done.set()
 
-    def on_error(event: Any) -> None:
-        sys.stderr.write(f"confhub: {event.source}: {without_source(event.source, event.error)}\n")
-        sys.stderr.flush()
-
-    hub.subscribe(on_change, prefix=args.prefix, on_error=on_error)
-    if not args.json:
-        sys.stderr.write(f"watching {', '.join(hub.sources)} (Ctrl-C to stop)\n")
+    printer = _WatchPrinter(sys.stderr)
+    quiet = _HubStateLines()
+    logger = logging.getLogger("confhub")
+    logger.addFilter(quiet)
     try:
-        done.wait(args.timeout or None)
-    except KeyboardInterrupt:
-        pass
+        hub.subscribe(
+            on_change, prefix=args.prefix, on_error=printer.on_error, on_state=printer.on_state
+        )
+        if not args.json:
+            sys.stderr.write(f"watching {', '.join(hub.sources)} (Ctrl-C to stop)\n")
+        try:
+            done.wait(args.timeout or None)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        logger.removeFilter(quiet)
     return EXIT_OK
 
 

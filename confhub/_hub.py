@@ -721,8 +721,7 @@ class Hub:
                     slot.pending = slot.raw = None  # the alternate's, not this member's
                     self._on_update(slot, layer)
                     if slot.layer is layer:
-                        slot.down_error = None
-                        log.info("%s is back: serving %s live", slot.display, spec.display)
+                        slot.down_error = None  # _accept logged the one "is live again" line
                 if alternate is not None:
                     # Its watch is dropped (notify checks the member), then closed, outside
                     # the hub's lock: a backend may hold its own lock while it notifies.
@@ -905,7 +904,11 @@ class Hub:
         self._events.put(call)
 
     def _source_error(self, slot: _Slot, error: BaseException, *, rejected: bool = False) -> None:
-        changed_state = str(error) != str(slot.last_error)
+        if isinstance(error, (SourceUnavailableError, SourcePermissionError)) and not rejected:
+            # One outage is one report, however its retries' messages vary.
+            changed_state = type(error) is not type(slot.last_error)
+        else:
+            changed_state = str(error) != str(slot.last_error)
         slot.last_error = error
         if slot.state == "live" or changed_state:
             slot.state = "stale" if slot.layer is not None else "absent"
