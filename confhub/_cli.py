@@ -1,8 +1,10 @@
 """The ``confhub`` command line: get, dump, explain, watch, set, backends, health, demo.
 
 JSON output (``--json``) is the stable contract for scripts. Exit codes:
-0 ok, 1 key missing, 2 usage error, 3 a required source unavailable with no fallback,
-4 broken content or a failed validation/write.
+0 ok, 1 key missing, 2 usage error (bad arguments, a bad config file), 3 a required source
+unavailable with no fallback, 4 broken content or a failed validation/write, 5 an internal
+error (a bug). Exit 1 means only "the key is missing": ``confhub get k || fallback`` relies
+on it, so no other failure may exit 1 (Python's own exit code for an uncaught exception).
 """
 
 from __future__ import annotations
