@@ -8,6 +8,7 @@ uncaught exception (which Python reports as exit 1) fails them.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -116,3 +117,40 @@ def test_dump_toml_without_null_still_round_trips(project: Path) -> None:
     proc = confhub("-s", "n.json", "dump", "--format", "toml", cwd=project)
     assert proc.returncode == 0, proc.stderr
     assert tomllib.loads(proc.stdout) == data
+
+
+def test_a_crashing_plugin_is_an_internal_error_not_exit_1(project: Path, tmp_path: Path) -> None:
+    """An exception that is not a confhub error (a bug in a plugin) exits 5, never 1, with
+    the traceback and one ``confhub: internal error`` line."""
+    site = tmp_path / "site"
+    (site / "crash_plugin-1.0.dist-info").mkdir(parents=True)
+    (site / "crash_plugin-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: crash-plugin\nVersion: 1.0\n"
+    )
+    (site / "crash_plugin-1.0.dist-info" / "entry_points.txt").write_text(
+        "[confhub]\ncrash = crash_plugin\n"
+    )
+    (site / "crash_plugin.py").write_text(
+        "import confhub\n\n"
+        "@confhub.hookimpl\n"
+        "def confhub_backend_schemes():\n"
+        "    return [confhub.BackendInfo('crash', 'raises a bug')]\n\n"
+        "@confhub.hookimpl\n"
+        "def confhub_make_backend(spec):\n"
+        "    if spec.scheme == 'crash':\n"
+        "        raise ZeroDivisionError('a bug in the plugin')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "confhub", "-s", "crash:x", "get", "a"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert proc.returncode == 5, proc.stderr
+    assert "Traceback" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("confhub: internal error: ZeroDivisionError: a bug in the plugin")
