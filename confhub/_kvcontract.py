@@ -30,11 +30,18 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from ._errors import SourceFormatError, SourceUnavailableError, StartupError, WriteConflictError
+from ._errors import (
+    SourceFormatError,
+    SourceUnavailableError,
+    StartupError,
+    WriteConflictError,
+    WriteError,
+)
 from ._hub import Hub
 from ._layer import leaf_parent_clash, too_many_keys
 from ._merge import MISSING
 from ._snapshot import Change
+from .kv import check_write_shape
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -436,6 +443,62 @@ class KVBackendContract:
             assert isinstance(error, WriteConflictError), error
             assert error.key == "db.port", error
 
+    def shape_refusal(
+        self, hub: Hub, existing: Mapping[str, Any], key: str, value: object
+    ) -> WriteError:
+        """The error ``hub.write(key, value)`` raises, checked against the kit's wording for
+        a source holding ``existing`` (``kv.check_write_shape``)."""
+        source = hub.sources[-1]
+        error = self.error_of(lambda: hub.write(key, value), f"the write of {key!r}")
+        expected = self.error_of(
+            lambda: check_write_shape(existing, key, value, source=source), "the kit's check"
+        )
+        assert type(error) is WriteError, repr(error)
+        assert str(error) == str(expected), str(error)
+        assert (error.key, error.source) == (key, source), error
+        return error
+
+    def test_a_write_over_a_table_is_refused_and_sends_nothing(
+        self, kv_store: KVStoreHarness, tmp_path: Path
+    ) -> None:
+        """Writing a value where a table is (``db`` over ``db.host`` and ``db.port``) is
+        refused with the kit's WriteError naming the table's keys; the store is unchanged
+        and the watching hub stays live."""
+        self.require(kv_store, "write")
+        prefix = self.new_prefix()
+        stored = {"db.host": "h", "db.port": "5432"}
+        for key, value in stored.items():
+            kv_store.put(prefix + key.replace(".", "/"), value)
+        spec = kv_store.spec(prefix)
+        with self.hub(kv_store, tmp_path, spec) as hub:
+            error = self.shape_refusal(hub, stored, "db", "flat")
+            assert "'db.host', 'db.port'" in str(error), str(error)
+            hub.write("db.user", "app")  # a write beside them is fine
+            self.wait_until(lambda: "db.user" in hub.snapshot().flat(), "the write of db.user")
+            assert self.state(hub) == "live"
+        with self.hub(kv_store, tmp_path, spec) as again:
+            assert dict(again.snapshot().flat()) == {**stored, "db.user": "app"}
+
+    def test_a_write_under_a_value_is_refused_and_sends_nothing(
+        self, kv_store: KVStoreHarness, tmp_path: Path
+    ) -> None:
+        """Writing a key under a value (``db.port.x`` under ``db.port``) is refused with the
+        kit's WriteError naming the value's key; the store is unchanged, and a new process
+        still starts on the prefix."""
+        self.require(kv_store, "write")
+        prefix = self.new_prefix()
+        stored = {"db.host": "h", "db.port": "5432"}
+        for key, value in stored.items():
+            kv_store.put(prefix + key.replace(".", "/"), value)
+        spec = kv_store.spec(prefix)
+        with self.hub(kv_store, tmp_path, spec) as hub:
+            error = self.shape_refusal(hub, stored, "db.port.x", "1")
+            assert "'db.port' holds a value" in str(error), str(error)
+            self.shape_refusal(hub, stored, "db.host.a.b", "1")
+            assert self.state(hub) == "live"
+        with self.hub(kv_store, tmp_path, spec) as again:
+            assert dict(again.snapshot().flat()) == stored
+
     # -- document layout (PLAN decision 4) ---------------------------------------------------------
 
     def document(self, store: KVStoreHarness, data: Mapping[str, Any]) -> str:
@@ -538,3 +601,26 @@ class KVBackendContract:
             )
             assert isinstance(error, WriteConflictError), error
             assert error.source == hub.sources[-1], error
+
+    def test_a_document_write_that_changes_the_shape_is_refused_and_sends_nothing(
+        self, kv_store: KVStoreHarness, tmp_path: Path
+    ) -> None:
+        """In a document, a value over a table (``db``) and a key under a value
+        (``db.port.x``) are refused with the kit's WriteError; the document is unchanged."""
+        self.require(kv_store, "documents", "write")
+        document = {"db": {"host": "h", "port": 5432}, "name": "svc"}
+        key = self.document(kv_store, document)
+        spec = kv_store.spec(key, format="json")
+        with self.hub(kv_store, tmp_path, spec) as hub:
+            error = self.shape_refusal(hub, document, "db", "flat")
+            assert "'db.host', 'db.port'" in str(error), str(error)
+            error = self.shape_refusal(hub, document, "db.port.x", "1")
+            assert "'db.port' holds a value" in str(error), str(error)
+            self.shape_refusal(hub, document, "name.first", "x")
+            assert self.state(hub) == "live"
+        with self.hub(kv_store, tmp_path, spec) as again:
+            assert dict(again.snapshot().flat()) == {
+                "db.host": "h",
+                "db.port": 5432,
+                "name": "svc",
+            }

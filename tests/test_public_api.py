@@ -99,6 +99,7 @@ def test_kv_kit_surface_is_pinned() -> None:
         "KeyMap",
         "ReportOnce",
         "check_options",
+        "check_write_shape",
         "decode_text",
         "encode_value",
         "leaf_parent_clash",
