@@ -997,9 +997,13 @@ def test_index_read_after_a_write_is_not_stale(server: ConsulTestServer) -> None
         assert index == server.get("myapp/big").modify_index
         with pytest.raises(WriteConflictError):
             hub.write("big", "y", expected_revision=index + 100)
-        reads = [r for r in server.requests if r.method == "GET" and r.path == "/v1/kv/myapp/big"]
+        gets = [r for r in server.requests if r.method == "GET" and r.path == "/v1/kv/myapp/big"]
+        reads = [r for r in gets if "keys" not in r.query]
         assert len(reads) == 2
-        assert all("stale" not in r.query for r in reads)
+        # Each write first lists the keys it could clash with (kv.check_write_shape), of
+        # the leader too.
+        assert len(gets) - len(reads) == 2
+        assert all("stale" not in r.query for r in gets)
 
 
 def test_refused_keys_and_values_never_reach_the_wire(server: ConsulTestServer) -> None:
@@ -1090,10 +1094,38 @@ def test_document_write_that_would_shadow_is_refused(
     server.put("myapp/config", b'{"db": {"port": 5432}, "name": "app"}')
     with hub_for(spec(server, "myapp/config", "format=json")) as hub:
         server.reset_requests()
-        with pytest.raises(WriteError, match="shadow|replace") as info:
+        with pytest.raises(WriteError, match="would shadow|would turn it into a table") as info:
             hub.write(key, "x")
         assert shadowed in str(info.value)
         assert server.request_count("/v1/txn") == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "shadowed"),
+    [
+        ("db", "'db.host', 'db.port'"),
+        ("db.port.x", "'db.port' holds a value"),
+        ("name.a", "'name'"),
+    ],
+)
+def test_tree_write_that_would_shadow_is_refused_before_anything_is_sent(
+    server: ConsulTestServer, key: str, shadowed: str
+) -> None:
+    """In the tree layout too (issue 14, item 5): the keys under the write's scope are
+    listed first, and a value over a table or a key under a value is refused (Consul would
+    accept it, and the prefix could then no longer be read)."""
+    server.put("myapp/db/host", b"h")
+    server.put("myapp/db.port", b"5432")  # dots nest too
+    server.put("myapp/name", b"app")
+    with hub_for(spec(server, "myapp/")) as hub:
+        server.reset_requests()
+        with pytest.raises(WriteError, match="would shadow|would turn it into a table") as info:
+            hub.write(key, "x")
+        assert shadowed in str(info.value)
+        assert server.request_count("/v1/txn") == 0
+        assert server.request_count("/v1/kv/", method="PUT") == 0
+        hub.write("db.user", "u")
+        assert server.get("myapp/db/user").value == b"u"  # type: ignore[union-attr]
 
 
 def test_document_write_into_a_malformed_document_is_refused(server: ConsulTestServer) -> None:
