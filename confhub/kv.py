@@ -240,6 +240,8 @@ def _leaves(existing: Layer | Mapping[str, Any] | Iterable[str]) -> frozenset[st
         return frozenset(existing.values)
     if isinstance(existing, Mapping):
         return set(_leaf_names(existing, ""))
+    if isinstance(existing, str | bytes):
+        raise TypeError("check_write_shape needs the source's keys (a list), not one string")
     return {k for k in existing if isinstance(k, str)}
 
 
