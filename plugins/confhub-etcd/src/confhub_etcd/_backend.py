@@ -347,6 +347,12 @@ class EtcdBackend:
     def __repr__(self) -> str:
         return f"EtcdBackend({self.display!r})"
 
+    @property
+    def watcher(self) -> PrefixWatcher | None:
+        """The running prefix watcher (its counters: ``resyncs``, ``reconnects`` ...), or
+        None before ``watch()`` and after ``close()``. For diagnostics and tests."""
+        return self._watcher
+
     # -- client ------------------------------------------------------------------------------
 
     @property
