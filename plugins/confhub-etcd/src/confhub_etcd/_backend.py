@@ -348,12 +348,7 @@ class EtcdBackend:
         key = self.config.prefix.encode()
         kv = next((item for item in snapshot.items if item.key == key), None)
         if kv is None:
-            log.warning(
-                "%s: document key %s does not exist; the source is empty until it is written",
-                self.display,
-                self.config.prefix,
-            )
-            return Layer.from_flat({}, source=self.display, revision=snapshot.revision)
+            return self._missing_document(snapshot.revision)
         fmt = self.config.fmt or "json"  # only called for the document layout
         data = parse_document(kv.value, fmt, source=self.display, path=kv.key.decode())
         layer = Layer.from_mapping(data, source=self.display)
@@ -363,6 +358,17 @@ class EtcdBackend:
             source=self.display,
             revision=snapshot.revision,
             details=dict.fromkeys(layer.values, detail),
+        )
+
+    def _missing_document(self, revision: int) -> Layer:
+        """A missing document key is a missing file: an empty layer for an optional source,
+        else :class:`confhub.SourceUnavailableError` naming the key and the fix."""
+        if self.spec.optional:
+            return Layer.from_flat({}, source=self.display, revision=revision)
+        raise SourceUnavailableError(
+            f"{self.display}: document key {self.config.prefix} does not exist (revision "
+            f"{revision}); create it, fix the path, or add ?optional=true",
+            source=self.display,
         )
 
     # -- watch ---------------------------------------------------------------------------------
@@ -499,14 +505,20 @@ class EtcdBackend:
             return
         event = mine[-1]
         if event.kind is EventKind.DELETE:
-            log.warning("%s: document key %s was deleted", self.display, self.config.prefix)
+            # Required: SourceUnavailableError (the hub keeps the last good values, stale);
+            # optional: an empty layer. Writing the key again recovers either way.
             snapshot = PrefixSnapshot(batch.revision, ())
         else:
             kv = KeyValue(
                 event.key, event.value, event.mod_revision, event.create_revision, event.version
             )
             snapshot = PrefixSnapshot(batch.revision, (kv,))
-        layer = self._document_layer(snapshot)  # raises SourceFormatError when malformed
+        try:
+            layer = self._document_layer(snapshot)  # raises when malformed or missing
+        except SourceUnavailableError as exc:
+            self._broken = True  # no "source is back" after a reconnect while it is missing
+            self._deliver(exc)
+            return
         self._layer = layer
         self._broken = False
         self._deliver(layer)
