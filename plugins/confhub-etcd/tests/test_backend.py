@@ -71,6 +71,47 @@ def test_leaf_and_parent_clash_names_both_keys(etcd: EtcdServer) -> None:
     assert "/app/db" in str(info.value) and "/app/db/host" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected_extra"),
+    [
+        ({}, {}),  # the bulk path
+        ({"/app/": "prefix key, ignored"}, {}),
+        ({"/app/dir/": "directory marker, ignored"}, {}),
+        ({"/app/multi": "line one\nline two\x00nul"}, {"multi": "line one\nline two\x00nul"}),
+        ({"/app/new\nline": "x"}, {"new\nline": "x"}),
+        ({"/app/ünï/cödé": "wërt"}, {"ünï.cödé": "wërt"}),
+    ],
+)
+def test_load_builds_the_same_layer_on_every_path(
+    etcd: EtcdServer, extra: dict[str, str], expected_extra: dict[str, str]
+) -> None:
+    """Whether the load takes the bulk path or the key-by-key one (a marker key, a newline
+    in a key, NUL in a value), values, details and parent counts are the same."""
+    revisions = {
+        key: etcd.put(key, value)
+        for key, value in {
+            "/app/a/b/c": "1",
+            "/app/a/b/d": "2",
+            "/app/a/e": "3",
+            "/app/f": "4",
+            **extra,
+        }.items()
+    }
+    backend = make_hub([]).make_backend(SourceSpec.parse(spec(etcd.endpoint)))
+    assert isinstance(backend, EtcdBackend)
+    try:
+        layer = backend.load()
+    finally:
+        backend.close()
+    expected = {"a.b.c": "1", "a.b.d": "2", "a.e": "3", "f": "4", **expected_extra}
+    assert dict(layer.values) == expected
+    assert layer.revision == max(revisions.values())
+    assert dict(layer.inner) == {"a": 3, "a.b": 2, **({"ünï": 1} if "ünï.cödé" in expected else {})}
+    for dotted in expected:
+        key = "/app/" + dotted.replace(".", "/")
+        assert layer.detail(dotted) == f"etcd key {key} (mod_revision {revisions[key]})"
+
+
 def test_invalid_utf8_value_names_the_key(etcd: EtcdServer) -> None:
     """A value that is not UTF-8 is a SourceFormatError naming the etcd key."""
     etcd.put("/app/bad", b"\xff\xfe")

@@ -41,6 +41,7 @@ from confhub import (
 from ._client import EtcdClient
 from ._config import EtcdSourceConfig, parse_spec
 from ._errors import EtcdAuthError, EtcdError, EtcdLimitError, EtcdTooManyKeys
+from ._tree import fast_tree_layer
 from ._types import (
     EventKind,
     KeyValue,
@@ -284,8 +285,12 @@ class EtcdBackend:
             ) from None
 
     def _tree_layer(self, snapshot: PrefixSnapshot) -> Layer:
-        # The hot loop of a load (100,000 keys): one decode per key and value, the general
-        # (error-reporting) path only for keys that need it.
+        layer = fast_tree_layer(snapshot.items, self.config.prefix, snapshot.revision)
+        return layer if layer is not None else self._checked_tree_layer(snapshot)
+
+    def _checked_tree_layer(self, snapshot: PrefixSnapshot) -> Layer:
+        # Key by key: skips the prefix key and directory markers, and names the etcd key at
+        # fault in every error (the fast path hands over whatever it does not handle).
         values: dict[str, str] = {}
         details: dict[str, str] = {}
         inner: dict[str, int] = {}
