@@ -1,4 +1,4 @@
-"""The confhub backend for etcd v3: specs, loads, the watch glue, and compare-and-swap writes.
+"""The confhub backend for etcd v3: loads, the watch glue, and compare-and-swap writes.
 
 Two layouts:
 
@@ -7,24 +7,28 @@ Two layouts:
 * **document** (``?format=json|yaml|toml``): the spec names ONE key whose value is a whole
   document.
 
-The spec ``etcd://[user[:password]@]host:port[,host:port...]/prefix/?options``; see
-``docs/backend.md`` for the options, the watch semantics and the behaviour under failure.
+The spec ``etcd://[user[:password]@]host:port[,host:port...]/prefix/?options`` is parsed by
+:mod:`confhub_etcd._config`; see ``docs/backend.md`` for the options, the watch semantics and
+the behaviour under failure.
 
 Everything etcd-specific (channels, failover, resume, compaction resync, auth, limits, fork
-safety) lives in the client layer (:mod:`confhub_etcd._client` and the modules under it); the
-spec is parsed by :mod:`confhub_etcd._config`; this module maps them onto confhub's contract.
+safety) lives in the client layer (:mod:`confhub_etcd._client` and the modules under it);
+turning etcd keys into layers is :mod:`confhub_etcd._layers`; the shared KV glue (key mapping,
+value encoding, messages, backoff, report-once, "the source is back") is :mod:`confhub.kv`.
+This module wires them onto confhub's backend contract.
 """
 
 from __future__ import annotations
 
-import json
+import enum
 import logging
 import threading
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Hashable
+from typing import Any
 
-import immutables
 from confhub import (
+    Backend,
+    BackendSettings,
     Layer,
     LayerDelta,
     Notify,
@@ -35,13 +39,14 @@ from confhub import (
     SpecError,
     WriteConflictError,
     WriteError,
-    parse_document,
+    kv,
 )
 
 from ._client import EtcdClient
 from ._config import EtcdSourceConfig, parse_spec
+from ._documents import updated_document
 from ._errors import EtcdAuthError, EtcdError, EtcdLimitError, EtcdTooManyKeys
-from ._tree import fast_tree_layer
+from ._layers import NOUN, checked_tree_layer, document_layer, fast_tree_layer, tree_delta
 from ._types import (
     EventKind,
     KeyValue,
@@ -53,99 +58,31 @@ from ._types import (
 )
 from ._watcher import PrefixWatcher
 
-if TYPE_CHECKING:
-    from confhub import Hub
-
 __all__ = ["EtcdBackend", "EtcdSourceConfig", "make_backend", "parse_spec"]
 
 log = logging.getLogger("confhub.etcd")
 
-_DETAIL_HEAD: Final = "etcd key "
-_DETAIL_TAIL: Final = " (mod_revision "
+
+class _Trouble(enum.Enum):
+    """What the backend last reported to the hub (its ``ReportOnce`` kinds)."""
+
+    UNAVAILABLE = "unavailable"
+    REFUSED = "refused"
+    TOO_MANY_KEYS = "too many keys"
+    BROKEN = "broken content"
+    DOCUMENT_MISSING = "document key missing"
 
 
-# ------------------------------------------------------------------------------------------------
-# helpers
-
-
-def _detail(key: bytes, mod_revision: int) -> str:
-    return f"{_DETAIL_HEAD}{key.decode('utf-8', 'backslashreplace')}{_DETAIL_TAIL}{mod_revision})"
-
-
-def _owner(detail: str | None) -> str | None:
-    """The etcd key named by a detail written by :func:`_detail` (cached details too)."""
-    if detail is None or not detail.startswith(_DETAIL_HEAD):
-        return None
-    end = detail.rfind(_DETAIL_TAIL)
-    return detail[len(_DETAIL_HEAD) : end] if end > 0 else None
-
-
-def _encode(value: Any, *, source: str, key: str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, bool):
-        return b"true" if value else b"false"
-    if isinstance(value, str | int | float):
-        return str(value).encode("utf-8")
-    raise WriteError(
-        f"{source}: cannot write a {type(value).__name__} to {key!r}: etcd keys hold text; "
-        "write one leaf key at a time as a string or number",
-        source=source,
-        key=key,
-    )
-
-
-def _set_nested(data: dict[str, Any], key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[parts[-1]] = value
-
-
-def _dump_document(data: Mapping[str, Any], fmt: str, *, source: str, key: str) -> bytes:
-    if fmt == "json":
-        return json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
-    if fmt == "yaml":
-        import yaml  # noqa: PLC0415 - optional, as in the core's parsers
-
-        return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True).encode("utf-8")
-    try:
-        import tomli_w  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
-    except ImportError:
-        raise WriteError(
-            f"{source}: writing into a TOML document needs the tomli_w package "
-            "(pip install tomli_w), or write the whole document key yourself",
-            source=source,
-            key=key,
-        ) from None
-    dumped: str = tomli_w.dumps(dict(data))
-    return dumped.encode("utf-8")
-
-
-def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
-    return value
-
-
-# ------------------------------------------------------------------------------------------------
-# the backend
-
-
-class EtcdBackend:
+class EtcdBackend(Backend):
     """One ``etcd://`` source: ``load()``, ``watch(notify)``, ``write()``, ``close()``.
 
     The client is created on first use (``load``, ``write``), never in the constructor. The
     watcher thread calls ``notify`` with one :class:`confhub.LayerDelta` per etcd watch
-    response (all keys of a revision together), an empty delta carrying the revision when a
-    lost watch is re-established, a :class:`confhub.SourceUnavailableError` once per lost
-    connection, and a :class:`confhub.SourceFormatError` while the content is broken.
+    response (all keys of a revision together), ``confhub.kv.recovered`` when a lost watch
+    is re-established, and an error once per change of trouble: a
+    :class:`confhub.SourceUnavailableError` for a lost connection or a deleted document key,
+    a :class:`confhub.SourcePermissionError` when etcd refuses the watch, a
+    :class:`confhub.SourceFormatError` while the content is broken.
     """
 
     #: Remote: the hub bounds loads and keeps a last-good copy on disk.
@@ -155,6 +92,7 @@ class EtcdBackend:
         self.spec = spec
         self.config = config
         self.display = spec.display
+        self.keys = kv.KeyMap(config.prefix, source=spec.display, noun=NOUN)
         self._lock = threading.Lock()
         self._client: EtcdClient | None = None
         self._watcher: PrefixWatcher | None = None
@@ -166,7 +104,8 @@ class EtcdBackend:
         self._layer: Layer | None = None  # the last content delivered without error
         self._pending: dict[bytes, WatchEvent] = {}  # changes not yet deliverable (broken)
         self._lost = False
-        self._broken = False  # the last update sent was a SourceFormatError
+        self._broken = False  # the content is refused (broken, too many keys, missing)
+        self._reports = kv.ReportOnce()
 
     def __repr__(self) -> str:
         return f"EtcdBackend({self.display!r})"
@@ -208,12 +147,9 @@ class EtcdBackend:
             return self._client
 
     def _too_many(self, exc: EtcdTooManyKeys) -> SourceFormatError:
-        return SourceFormatError(
-            f"{self.display}: at least {exc.actual:,} keys, more than max_keys={exc.limit:,}; "
-            "refusing them (stopped reading after the first page): raise ?max_keys= on the "
-            "source if that many keys are intended, or delete the runaway keys",
-            source=self.display,
-        )
+        # etcd's range count is the exact count at the read's revision (the read itself
+        # stopped after its first page), so no "at least".
+        return kv.too_many_keys(self.display, exc.actual, exc.limit)
 
     def _translate(self, exc: EtcdError, what: str) -> Exception:
         if isinstance(exc, EtcdTooManyKeys):
@@ -240,8 +176,8 @@ class EtcdBackend:
                     cfg.prefix, page_size=cfg.page_size, max_keys=cfg.max_keys, convert=False
                 )
             else:
-                kv, revision = client.get(cfg.prefix)
-                snapshot = PrefixSnapshot(revision, (kv,) if kv is not None else ())
+                item, revision = client.get(cfg.prefix)
+                snapshot = PrefixSnapshot(revision, (item,) if item is not None else ())
         except EtcdError as exc:
             raise self._translate(exc, "the read") from None
         layer = self._tree_layer(snapshot) if cfg.fmt is None else self._document_layer(snapshot)
@@ -253,127 +189,22 @@ class EtcdBackend:
                 self._broken = False
         return layer
 
-    def _dotted(self, key: bytes) -> str | None:
-        """The dotted key of an etcd key under the prefix; None for keys that carry none."""
-        try:
-            rel = key.decode("utf-8")[len(self.config.prefix) :]
-        except UnicodeDecodeError:
-            raise SourceFormatError(
-                f"{self.display}: etcd key {key!r} is not valid UTF-8; rename it",
-                source=self.display,
-            ) from None
-        if not rel or rel.endswith("/"):
-            return None  # the prefix itself, or a "directory" marker key
-        dotted = rel.replace("/", ".")
-        if dotted.startswith(".") or ".." in dotted:
-            raise SourceFormatError(
-                f"{self.display}: etcd key {key.decode()!r} has an empty path segment; rename it",
-                source=self.display,
-                key=dotted,
-            )
-        return dotted
-
-    def _text(self, kv: KeyValue | WatchEvent, dotted: str) -> str:
-        try:
-            return kv.value.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise SourceFormatError(
-                f"{self.display}: the value of etcd key {kv.key.decode('utf-8', 'replace')!r} "
-                f"is not valid UTF-8 (byte {exc.start}); store text",
-                source=self.display,
-                key=dotted,
-            ) from None
-
     def _tree_layer(self, snapshot: PrefixSnapshot) -> Layer:
         layer = fast_tree_layer(snapshot.items, self.config.prefix, snapshot.revision)
-        return layer if layer is not None else self._checked_tree_layer(snapshot)
-
-    def _checked_tree_layer(self, snapshot: PrefixSnapshot) -> Layer:
-        # Key by key: skips the prefix key and directory markers, and names the etcd key at
-        # fault in every error (the fast path hands over whatever it does not handle).
-        values: dict[str, str] = {}
-        details: dict[str, str] = {}
-        inner: dict[str, int] = {}
-        prefix = self.config.prefix
-        skip = len(prefix.encode("utf-8"))
-        head = f"{_DETAIL_HEAD}{prefix}"
-        for kv in snapshot.items:
-            try:
-                rel = kv.key[skip:].decode("utf-8")
-                value = kv.value.decode("utf-8")
-            except UnicodeDecodeError:
-                dotted = self._dotted(kv.key)  # raises for a bad key
-                if dotted is None:
-                    continue
-                self._text(kv, dotted)  # raises for a bad value
-                raise  # pragma: no cover - one of the two above raised
-            if not rel or rel[-1] == "/":
-                continue  # the prefix itself, or a "directory" marker key
-            dotted = rel.replace("/", ".")
-            if dotted[0] == "." or ".." in dotted:
-                self._dotted(kv.key)  # raises, naming the key
-            if dotted in values:
-                raise self._clash(dotted, _owner(details[dotted]), kv.key)
-            values[dotted] = value
-            details[dotted] = f"{head}{rel}{_DETAIL_TAIL}{kv.mod_revision})"
-            # The parents' child counts (Layer.inner), inline: Layer.from_flat would walk
-            # every key's prefixes twice more.
-            i = dotted.rfind(".")
-            while i > 0:
-                parent = dotted[:i]
-                inner[parent] = inner.get(parent, 0) + 1
-                i = dotted.rfind(".", 0, i)
-        both = values.keys() & inner.keys()
-        if both:
-            parent = min(both)
-            child = next(k for k in sorted(values) if k.startswith(parent + "."))
-            raise SourceFormatError(
-                f"{self.display}: {_owner(details[parent])!r} is both a value and the parent "
-                f"of {_owner(details[child])!r}; a key cannot be both a leaf and a parent: "
-                "delete or rename one of them",
-                source=self.display,
-                key=parent,
-            )
-        return Layer(
-            values=immutables.Map(values),
-            inner=immutables.Map(inner),
-            revision=snapshot.revision,
-            details=immutables.Map(details),
-        )
-
-    def _clash(self, dotted: str, first: str | None, second: bytes) -> SourceFormatError:
-        return SourceFormatError(
-            f"{self.display}: etcd keys {first!r} and {second.decode()!r} both map to "
-            f"{dotted!r} (dots nest like slashes); delete or rename one of them",
-            source=self.display,
-            key=dotted,
-        )
+        if layer is None:  # something to skip or report: key by key
+            layer = checked_tree_layer(snapshot.items, self.keys, snapshot.revision)
+        return layer
 
     def _document_layer(self, snapshot: PrefixSnapshot) -> Layer:
-        key = self.config.prefix.encode()
-        kv = next((item for item in snapshot.items if item.key == key), None)
-        if kv is None:
-            return self._missing_document(snapshot.revision)
-        fmt = self.config.fmt or "json"  # only called for the document layout
-        data = parse_document(kv.value, fmt, source=self.display, path=kv.key.decode())
-        layer = Layer.from_mapping(data, source=self.display)
-        detail = _detail(kv.key, kv.mod_revision)
-        return Layer.from_flat(
-            dict(layer.values),
+        key = self.config.prefix
+        item = next((i for i in snapshot.items if i.key == key.encode()), None)
+        return document_layer(
+            item,
+            self.config.fmt or "json",  # only called for the document layout
+            key=key,
             source=self.display,
             revision=snapshot.revision,
-            details=dict.fromkeys(layer.values, detail),
-        )
-
-    def _missing_document(self, revision: int) -> Layer:
-        """A missing document key is a missing file: an empty layer for an optional source,
-        else :class:`confhub.SourceUnavailableError` naming the key and the fix."""
-        if self.spec.optional:
-            return Layer.from_flat({}, source=self.display, revision=revision)
-        raise SourceUnavailableError(
-            f"{self.display}: document key {self.config.prefix} does not exist (revision "
-            f"{revision}); create it, fix the path, or add ?optional=true",
-            source=self.display,
+            optional=self.spec.optional,
         )
 
     # -- watch ---------------------------------------------------------------------------------
@@ -404,44 +235,48 @@ class EtcdBackend:
             self._watcher = watcher
         watcher.start()
 
-    def _deliver(self, update: Layer | LayerDelta | BaseException) -> None:
+    def _deliver(self, update: Layer | LayerDelta) -> None:
+        """Good content: the hub gets it, and the next trouble is news."""
+        self._broken = False
+        self._reports.reset()
         notify = self._notify
         if notify is not None:
             notify(update)
 
+    def _report(self, error: Exception, kind: Hashable) -> None:
+        """Trouble of ``kind``: told to the hub once until the kind changes or it clears."""
+        notify = self._notify
+        if notify is not None and self._reports.changed(kind):
+            notify(error)
+
     def _on_state(self, status: WatchStatus) -> None:
-        if status.state is WatchState.DISCONNECTED:
-            self._lost = True
-            if isinstance(status.error, EtcdTooManyKeys):
-                # Not an outage: the content is refused until the prefix shrinks.
-                self._broken = True
-                self._deliver(self._too_many(status.error))
-                return
-            if isinstance(status.error, EtcdAuthError):
-                # Permission revoked (or the user removed): an ACL problem, not an outage.
-                self._deliver(
-                    SourcePermissionError(
-                        f"{self.display}: etcd refused the watch at revision "
-                        f"{status.revision}: {status.error.reason or status.error}; check the "
-                        "user's roles; retrying",
-                        source=self.display,
-                    )
-                )
-                return
-            self._deliver(
-                SourceUnavailableError(
-                    f"{self.display}: lost the etcd watch at revision {status.revision}: "
-                    f"{status.error}; retrying",
-                    source=self.display,
-                )
-            )
-        elif status.state is WatchState.CONNECTED and self._lost:
+        if status.state is WatchState.CONNECTED and self._lost:
             self._lost = False
             if not self._broken and self._layer is not None:
-                # Nothing may have changed while we were away: tell the hub the source is
-                # back (an empty delta makes it "live" again); changes made meanwhile follow
-                # on this same thread right after.
-                self._deliver(LayerDelta(revision=status.revision))
+                # Nothing may have changed while we were away: the source is back. Changes
+                # made meanwhile follow on this same thread right after.
+                self._deliver(kv.recovered(self.display, status.revision))
+        if status.state is not WatchState.DISCONNECTED:
+            return
+        self._lost = True
+        error = status.error
+        if isinstance(error, EtcdTooManyKeys):
+            # Not an outage: the content is refused until the prefix shrinks.
+            self._broken = True
+            self._report(self._too_many(error), _Trouble.TOO_MANY_KEYS)
+        elif isinstance(error, EtcdAuthError):
+            # Permission revoked (or the user removed): an ACL problem, not an outage.
+            message = (
+                f"{self.display}: etcd refused the watch at revision {status.revision}: "
+                f"{error.reason or error}; check the user's roles; retrying"
+            )
+            self._report(SourcePermissionError(message, source=self.display), _Trouble.REFUSED)
+        else:
+            message = (
+                f"{self.display}: lost the etcd watch at revision {status.revision}: {error}; "
+                "retrying"
+            )
+            self._report(SourceUnavailableError(message, source=self.display), _Trouble.UNAVAILABLE)
 
     def _on_batch(self, batch: WatchBatch) -> None:
         try:
@@ -451,7 +286,7 @@ class EtcdBackend:
                 self._document_batch(batch)
         except SourceFormatError as exc:
             self._broken = True
-            self._deliver(exc)
+            self._report(exc, (_Trouble.BROKEN, exc.key))
 
     def _tree_batch(self, batch: WatchBatch) -> None:
         # Changes accumulate in _pending until they apply cleanly on top of the last good
@@ -460,47 +295,12 @@ class EtcdBackend:
         base = self._layer
         if base is None:  # watch without a load: the first batch is the initial read
             base = Layer.from_flat({}, source=self.display)
-        pending = self._pending
         for event in batch.events:
-            pending[event.key] = event
-        to_set: dict[str, str] = {}
-        set_from: dict[str, bytes] = {}
-        details: dict[str, str] = {}
-        deleted: set[str] = set()
-        base_values, base_details = base.values, base.details
-        for event in pending.values():
-            if event.kind is EventKind.DELETE:
-                try:
-                    dotted = self._dotted(event.key)
-                except SourceFormatError:
-                    continue  # a key that never applied (not UTF-8, empty segment)
-                if dotted is not None and _owner(base_details.get(dotted)) in (
-                    None,
-                    event.key.decode("utf-8", "backslashreplace"),
-                ):
-                    deleted.add(dotted)
-        for event in pending.values():
-            if event.kind is not EventKind.PUT:
-                continue
-            dotted = self._dotted(event.key)
-            if dotted is None:
-                continue
-            if dotted in set_from:
-                raise self._clash(dotted, set_from[dotted].decode(), event.key)
-            owner = _owner(base_details.get(dotted))
-            name = event.key.decode("utf-8", "backslashreplace")
-            if dotted in base_values and dotted not in deleted and owner not in (None, name):
-                raise self._clash(dotted, owner, event.key)
-            to_set[dotted] = self._text(event, dotted)
-            set_from[dotted] = event.key
-            details[dotted] = _detail(event.key, event.mod_revision)
-        delta = LayerDelta(
-            set=to_set, deleted=deleted - to_set.keys(), revision=batch.revision, details=details
-        )
+            self._pending[event.key] = event
+        delta = tree_delta(base, self._pending.values(), self.keys, batch.revision)
         new = base.apply(delta, source=self.display)  # raises on a leaf/parent clash
-        pending.clear()
+        self._pending.clear()
         self._layer = new
-        self._broken = False
         self._deliver(delta)
 
     def _document_batch(self, batch: WatchBatch) -> None:
@@ -509,23 +309,23 @@ class EtcdBackend:
         if not mine:
             return
         event = mine[-1]
-        if event.kind is EventKind.DELETE:
-            # Required: SourceUnavailableError (the hub keeps the last good values, stale);
-            # optional: an empty layer. Writing the key again recovers either way.
-            snapshot = PrefixSnapshot(batch.revision, ())
-        else:
-            kv = KeyValue(
-                event.key, event.value, event.mod_revision, event.create_revision, event.version
+        items: tuple[KeyValue, ...] = ()
+        if event.kind is EventKind.PUT:
+            items = (
+                KeyValue(
+                    event.key, event.value, event.mod_revision, event.create_revision, event.version
+                ),
             )
-            snapshot = PrefixSnapshot(batch.revision, (kv,))
         try:
-            layer = self._document_layer(snapshot)  # raises when malformed or missing
+            # Raises SourceFormatError when malformed; when deleted, SourceUnavailableError
+            # for a required source (the hub keeps the last good values), an empty layer for
+            # an optional one. Writing the key again recovers either way.
+            layer = self._document_layer(PrefixSnapshot(batch.revision, items))
         except SourceUnavailableError as exc:
             self._broken = True  # no "source is back" after a reconnect while it is missing
-            self._deliver(exc)
+            self._report(exc, _Trouble.DOCUMENT_MISSING)
             return
         self._layer = layer
-        self._broken = False
         self._deliver(layer)
 
     # -- write ---------------------------------------------------------------------------------
@@ -539,7 +339,7 @@ class EtcdBackend:
                 source=self.display,
                 key=key,
             )
-        return self.config.prefix + "/".join(parts)
+        return self.keys.to_store(key)
 
     def write(self, key: str, value: Any, expected_revision: Any = None) -> int:
         """Write dotted ``key``; with ``expected_revision`` a compare-and-swap on the etcd
@@ -547,7 +347,7 @@ class EtcdBackend:
         if self.config.fmt is not None:
             return self._write_document(key, value, expected_revision)
         etcd_key = self._etcd_key(key)
-        payload = _encode(value, source=self.display, key=key)
+        payload = kv.encode_value(value, source=self.display, key=key)
         client = self.client
         try:
             if expected_revision is None:
@@ -571,16 +371,17 @@ class EtcdBackend:
         return result.revision
 
     def _write_document(self, key: str, value: Any, expected_revision: Any) -> int:
+        """Read-modify-CAS of the one document key (a lost race without
+        ``expected_revision`` is retried up to 5 times)."""
         cfg = self.config
-        fmt = cfg.fmt or "json"  # only called for the document layout
         self._etcd_key(key)  # validates the dotted key
         client = self.client
         for _ in range(5):
             try:
-                kv, _rev = client.get(cfg.prefix)
+                item, _rev = client.get(cfg.prefix)
             except EtcdError as exc:
                 raise self._translate(exc, "the read") from None
-            actual = kv.mod_revision if kv is not None else 0
+            actual = item.mod_revision if item is not None else 0
             expected = actual if expected_revision is None else int(expected_revision)
             if expected != actual:
                 raise WriteConflictError(
@@ -591,11 +392,8 @@ class EtcdBackend:
                     expected=expected,
                     actual=actual,
                 )
-            data = (
-                _thaw(parse_document(kv.value, fmt, source=self.display)) if kv is not None else {}
-            )
-            _set_nested(data, key, value)
-            payload = _dump_document(data, fmt, source=self.display, key=key)
+            raw = item.value if item is not None else None
+            payload = updated_document(raw, cfg.fmt or "json", key, value, source=self.display)
             try:
                 result = client.put_if_revision(cfg.prefix, payload, expected)
             except EtcdLimitError as exc:
@@ -635,7 +433,7 @@ class EtcdBackend:
             watcher.close()
 
 
-def make_backend(spec: SourceSpec, hub: Hub | None) -> EtcdBackend:
-    """Build the backend for an ``etcd:`` spec (no I/O)."""
-    timeout = float(getattr(hub, "connect_timeout", 2.0) or 2.0)
-    return EtcdBackend(spec, parse_spec(spec, default_timeout=timeout))
+def make_backend(spec: SourceSpec, settings: BackendSettings) -> EtcdBackend:
+    """Build the backend for an ``etcd:`` spec (no I/O); ``?timeout=`` defaults to the
+    hub's ``connect_timeout``."""
+    return EtcdBackend(spec, parse_spec(spec, default_timeout=settings.connect_timeout))

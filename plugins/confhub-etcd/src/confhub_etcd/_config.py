@@ -14,19 +14,18 @@ from typing import Final
 from urllib.parse import unquote
 
 from confhub import SourceSpec, SpecError
+from confhub.kv import DEFAULT_MAX_KEYS, Backoff, check_options
 
-from ._types import Backoff, Credentials, TLSConfig
+from ._types import Credentials, TLSConfig
 
-__all__ = ["DEFAULT_MAX_KEYS", "OWN_OPTIONS", "EtcdSourceConfig", "parse_spec"]
+__all__ = ["OWN_OPTIONS", "VOLATILE_OPTIONS", "EtcdSourceConfig", "parse_spec"]
 
 log = logging.getLogger("confhub.etcd")
 
 _FORMATS: Final = ("json", "yaml", "toml")
-#: The core's default ``max_keys`` (what ``SourceSpec.max_keys`` gives for no option): a
-#: tree prefix holding more keys is refused after its first page.
-DEFAULT_MAX_KEYS: Final = 1_000_000
 _DEFAULT_MAX_RECEIVE_BYTES: Final = 64 * 1024 * 1024
-#: Options this backend reads; the rest belong to the core (cache, optional ...).
+#: Options this backend reads; the core's (``confhub.kv.CORE_OPTIONS``: cache, optional ...)
+#: are accepted too, anything else is warned about (``confhub.kv.check_options``).
 OWN_OPTIONS: Final = frozenset(
     {
         "prefix",
@@ -47,9 +46,9 @@ OWN_OPTIONS: Final = frozenset(
         "max_keys",  # the core enforces it on every layer; read here to stop paging early
     }
 )
-_CORE_OPTIONS: Final = frozenset(
-    {"optional", "cache", "cache_secrets", "max_stale", "poll", "poll_interval", "watch", "name"}
-)
+#: Own options that do not change what a source holds (``BackendInfo.volatile_options``):
+#: tuning them keeps the source's cache file. (``timeout`` and ``retry_*`` are the core's.)
+VOLATILE_OPTIONS: Final = frozenset({"page_size", "progress_interval", "max_receive_bytes"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +81,7 @@ def parse_spec(spec: SourceSpec, *, default_timeout: float = 2.0) -> EtcdSourceC
         spec, default_timeout
     )
     max_keys = spec.max_keys
-    _warn_unknown(spec)
+    check_options(spec, OWN_OPTIONS, logger=log)
     return EtcdSourceConfig(
         endpoints=endpoints,
         prefix=prefix,
@@ -213,14 +212,3 @@ def _timing(spec: SourceSpec, default_timeout: float) -> tuple[int, int, Backoff
         _positive(spec, "progress_interval", 5.0),
         _positive(spec, "timeout", default_timeout),
     )
-
-
-def _warn_unknown(spec: SourceSpec) -> None:
-    unknown = set(spec.options) - OWN_OPTIONS - _CORE_OPTIONS
-    if unknown:
-        log.warning(
-            "%s: ignoring unknown option(s) %s; known: %s",
-            spec.display,
-            ", ".join(sorted(unknown)),
-            ", ".join(sorted(OWN_OPTIONS)),
-        )
