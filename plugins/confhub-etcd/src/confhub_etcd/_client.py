@@ -378,7 +378,7 @@ class EtcdClient:
     def put(self, key: str | bytes, value: str | bytes) -> int:
         """Write one key; returns the new revision."""
         request = stubs().PutRequest(key=to_bytes(key), value=to_bytes(value))
-        self._check_size(request, "put")
+        _check_size(request, self._max_request_bytes, "put")
         response = self._unary("kv", "Put", request, idempotent=False, what="put")
         return int(response.header.revision)
 
@@ -422,9 +422,9 @@ class EtcdClient:
             rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=to_bytes(k)))
             for k in delete
         ]
-        self._check_ops(len(ops), "put_many")
+        _check_ops(len(ops), self._max_txn_ops, "put_many")
         request = rpc.TxnRequest(success=ops)
-        self._check_size(request, "put_many")
+        _check_size(request, self._max_request_bytes, "put_many")
         response = self._unary("kv", "Txn", request, idempotent=False, what="transaction")
         return int(response.header.revision)
 
@@ -450,7 +450,7 @@ class EtcdClient:
             success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key_b, value=to_bytes(value)))],
             failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key_b, keys_only=True))],
         )
-        self._check_size(request, "put_if_revision")
+        _check_size(request, self._max_request_bytes, "put_if_revision")
         response = self._unary("kv", "Txn", request, idempotent=False, what="compare-and-swap")
         revision = int(response.header.revision)
         if response.succeeded:
@@ -539,27 +539,31 @@ class EtcdClient:
         # Every request of this class goes through here (one place to wrap in a test).
         return self._transport.unary(stub, method, request, idempotent=idempotent, what=what)
 
-    # -- internals: limits -----------------------------------------------------------------------
 
-    def _check_size(self, request: Any, what: str) -> None:
-        size = int(request.ByteSize())
-        limit = self._max_request_bytes - _RAFT_ENVELOPE_BYTES
-        if size > limit:
-            raise EtcdLimitError(
-                f"{what} request is {size} bytes; etcd accepts at most {self._max_request_bytes} "
-                f"(--max-request-bytes, {limit} after its envelope); split the value or raise "
-                "the server's limit and max_request_bytes together",
-                limit_name="max_request_bytes",
-                limit=limit,
-                actual=size,
-            )
+# ------------------------------------------------------------------------------------------------
+# client-side limits: refuse before sending what etcd would refuse
 
-    def _check_ops(self, count: int, what: str) -> None:
-        if count > self._max_txn_ops:
-            raise EtcdLimitError(
-                f"{what} needs {count} operations in one transaction; etcd accepts at most "
-                f"{self._max_txn_ops} (--max-txn-ops); split the change",
-                limit_name="max_txn_ops",
-                limit=self._max_txn_ops,
-                actual=count,
-            )
+
+def _check_size(request: Any, max_request_bytes: int, what: str) -> None:
+    size = int(request.ByteSize())
+    limit = max_request_bytes - _RAFT_ENVELOPE_BYTES
+    if size > limit:
+        raise EtcdLimitError(
+            f"{what} request is {size} bytes; etcd accepts at most {max_request_bytes} "
+            f"(--max-request-bytes, {limit} after its envelope); split the value or raise "
+            "the server's limit and max_request_bytes together",
+            limit_name="max_request_bytes",
+            limit=limit,
+            actual=size,
+        )
+
+
+def _check_ops(count: int, max_txn_ops: int, what: str) -> None:
+    if count > max_txn_ops:
+        raise EtcdLimitError(
+            f"{what} needs {count} operations in one transaction; etcd accepts at most "
+            f"{max_txn_ops} (--max-txn-ops); split the change",
+            limit_name="max_txn_ops",
+            limit=max_txn_ops,
+            actual=count,
+        )

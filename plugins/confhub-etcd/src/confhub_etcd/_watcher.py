@@ -343,15 +343,7 @@ class PrefixWatcher:
 
     def _stream(self, connected_at: list[float]) -> None:
         """Follow one watch stream until it ends; raise why (``_StreamLost``, ``_Compacted``)."""
-        rpc = stubs()
-        create = rpc.WatchRequest(
-            create_request=rpc.WatchCreateRequest(
-                key=self._prefix or b"\0",
-                range_end=prefix_range_end(self._prefix),
-                start_revision=self._revision + 1,
-                progress_notify=True,
-            )
-        )
+        create = _create_request(self._prefix, self._revision + 1)
         requests = WatchRequests(create, self._progress_interval, self._liveness)
         stream = self._open(requests)
         if stream is None:
@@ -467,32 +459,11 @@ class PrefixWatcher:
             pass  # reachability is the stream's business (liveness, keepalive)
 
     def _apply(self, raw_events: Any) -> None:
-        events: list[WatchEvent] = []
-        for raw in raw_events:
-            kv = raw.kv
-            revision = int(kv.mod_revision)
-            if revision <= self._revision:
-                # Already applied (etcd promises uniqueness; we check rather than trust).
-                self.duplicates_dropped += 1
-                continue
-            kind = EventKind.DELETE if raw.type == 1 else EventKind.PUT
-            events.append(
-                WatchEvent(
-                    kind=kind,
-                    key=bytes(kv.key),
-                    value=b"" if kind is EventKind.DELETE else bytes(kv.value),
-                    mod_revision=revision,
-                    create_revision=int(kv.create_revision),
-                    version=int(kv.version),
-                )
-            )
+        events, dropped = new_events(raw_events, after=self._revision)
+        self.duplicates_dropped += dropped
         if not events:
             return
-        for event in events:
-            if event.kind is EventKind.DELETE:
-                self._state.pop(event.key, None)
-            else:
-                self._state[event.key] = event.mod_revision
+        fold(self._state, events)
         batch = WatchBatch(revision=max(e.mod_revision for e in events), events=tuple(events))
         self._deliver(batch)
         self._revision = batch.revision
@@ -508,24 +479,7 @@ class PrefixWatcher:
             self._prefix, page_size=self._page_size, max_keys=self._max_keys
         )
         new_state = snapshot.revisions()
-        events: list[WatchEvent] = []
-        for kv in snapshot.items:
-            if self._state.get(kv.key) != kv.mod_revision:
-                events.append(
-                    WatchEvent(
-                        EventKind.PUT,
-                        kv.key,
-                        kv.value,
-                        kv.mod_revision,
-                        kv.create_revision,
-                        kv.version,
-                    )
-                )
-        events.extend(
-            WatchEvent(EventKind.DELETE, key, b"", snapshot.revision)
-            for key in self._state
-            if key not in new_state
-        )
+        events = resync_events(self._state, snapshot, new_state)
         compact_revision = 0 if initial else self._compact_revision
         self._state = new_state
         self._deliver(
@@ -564,25 +518,96 @@ class PrefixWatcher:
         ):
             return
         self._reported, self._reported_kind = state, kind
-        if state is WatchState.DISCONNECTED:
-            log.warning(
-                "etcd watch on %r disconnected at revision %d: %s",
-                self._prefix,
-                self._revision,
-                error,
-            )
-        else:
-            log.info(
-                "etcd watch on %r %s (revision %d, endpoint %s)",
-                self._prefix,
-                state.value,
-                self._revision,
-                self._endpoint,
-            )
+        status = WatchStatus(state, self._revision, self._endpoint, error)
+        _log_status(self._prefix, status)
         if self._on_state is None:
             return
         try:
-            self._on_state(WatchStatus(state, self._revision, self._endpoint, error))
+            self._on_state(status)
         except Exception:
             self.callback_errors += 1
             log.exception("etcd watch state callback for %r failed", self._prefix)
+
+
+def _create_request(prefix: bytes, start_revision: int) -> Any:
+    rpc = stubs()
+    return rpc.WatchRequest(
+        create_request=rpc.WatchCreateRequest(
+            key=prefix or b"\0",
+            range_end=prefix_range_end(prefix),
+            start_revision=start_revision,
+            progress_notify=True,
+        )
+    )
+
+
+def _log_status(prefix: bytes, status: WatchStatus) -> None:
+    """One log line per reported state change (never values or secrets)."""
+    if status.state is WatchState.DISCONNECTED:
+        log.warning(
+            "etcd watch on %r disconnected at revision %d: %s",
+            prefix,
+            status.revision,
+            status.error,
+        )
+    else:
+        log.info(
+            "etcd watch on %r %s (revision %d, endpoint %s)",
+            prefix,
+            status.state.value,
+            status.revision,
+            status.endpoint,
+        )
+
+
+# -- what a watcher keeps: each key's mod_revision -----------------------------------------------
+
+
+def new_events(raw_events: Any, *, after: int) -> tuple[list[WatchEvent], int]:
+    """The events of a watch response newer than revision ``after``, and how many were
+    dropped as already applied (etcd promises uniqueness; we check rather than trust)."""
+    events: list[WatchEvent] = []
+    dropped = 0
+    for raw in raw_events:
+        kv = raw.kv
+        revision = int(kv.mod_revision)
+        if revision <= after:
+            dropped += 1
+            continue
+        kind = EventKind.DELETE if raw.type == 1 else EventKind.PUT
+        events.append(
+            WatchEvent(
+                kind=kind,
+                key=bytes(kv.key),
+                value=b"" if kind is EventKind.DELETE else bytes(kv.value),
+                mod_revision=revision,
+                create_revision=int(kv.create_revision),
+                version=int(kv.version),
+            )
+        )
+    return events, dropped
+
+
+def fold(known: dict[bytes, int], events: list[WatchEvent]) -> None:
+    """Apply ``events`` to ``known`` (key -> mod_revision)."""
+    for event in events:
+        if event.kind is EventKind.DELETE:
+            known.pop(event.key, None)
+        else:
+            known[event.key] = event.mod_revision
+
+
+def resync_events(
+    known: dict[bytes, int], snapshot: PrefixSnapshot, new: dict[bytes, int]
+) -> list[WatchEvent]:
+    """What changed between ``known`` and a full read (``new`` is its key -> mod_revision):
+    puts for new or changed keys, deletes (at the read's revision) for the keys gone."""
+    events = [
+        WatchEvent(EventKind.PUT, kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.version)
+        for kv in snapshot.items
+        if known.get(kv.key) != kv.mod_revision
+    ]
+    events.extend(
+        WatchEvent(EventKind.DELETE, key, b"", snapshot.revision) for key in known if key not in new
+    )
+    return events
