@@ -207,10 +207,10 @@ class ReportOnce:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._kind: Hashable | None = None
+        self._kind: Hashable | type[Any] | None = None
         self._failing = False
 
-    def changed(self, kind: Hashable) -> bool:
+    def changed(self, kind: Hashable | type[Any]) -> bool:
         """Record a failure of ``kind``; ``True`` when it differs from the last one recorded
         (or none was), i.e. when it should be reported."""
         with self._lock:

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from ._backend import Backend, BackendInfo, BackendSettings, Notify, hookimpl
 from ._errors import SourceUnavailableError, WriteConflictError
+from ._kvcontract import KVBackendContract, KVStoreHarness
 from ._layer import Layer, LayerDelta, flatten
 
 if TYPE_CHECKING:
     from ._spec import SourceSpec
 
-__all__ = ["MemoryBackend", "MemoryStore"]
+__all__ = ["KVBackendContract", "KVStoreHarness", "MemoryBackend", "MemoryStore"]
 
 
 class MemoryStore:
