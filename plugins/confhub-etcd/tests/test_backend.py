@@ -35,6 +35,17 @@ def test_plugin_is_discovered_through_its_entry_point(etcd: EtcdServer) -> None:
     assert rows["etcd"]["distribution"] == "confhub-etcd"
 
 
+def test_volatile_options_are_declared() -> None:
+    """The scheme's BackendInfo declares the tuning options volatile (kept out of the cache
+    identity), the same list as the config module's."""
+    from confhub_etcd._config import VOLATILE_OPTIONS  # noqa: PLC0415
+    from confhub_etcd._plugin import confhub_backend_schemes  # noqa: PLC0415
+
+    (info,) = confhub_backend_schemes()
+    assert info.volatile_options == VOLATILE_OPTIONS
+    assert {"page_size", "progress_interval", "max_receive_bytes"} == VOLATILE_OPTIONS
+
+
 def test_tree_layout_and_explain(etcd: EtcdServer) -> None:
     """Keys under the prefix become dotted keys; explain names the etcd key and mod_revision."""
     etcd.put("/app/db/pool/size", "10")
