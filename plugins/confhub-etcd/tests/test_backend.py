@@ -43,7 +43,8 @@ def test_volatile_options_are_declared() -> None:
 
     (info,) = confhub_backend_schemes()
     assert info.volatile_options == VOLATILE_OPTIONS
-    assert {"page_size", "progress_interval", "max_receive_bytes"} == VOLATILE_OPTIONS
+    assert {"page_size", "progress_interval", "max_receive_bytes"} <= VOLATILE_OPTIONS
+    assert not {"prefix", "format", "user", "tls", "max_keys"} & VOLATILE_OPTIONS
 
 
 def test_tree_layout_and_explain(etcd: EtcdServer) -> None:

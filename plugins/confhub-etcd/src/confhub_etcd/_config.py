@@ -47,8 +47,11 @@ OWN_OPTIONS: Final = frozenset(
     }
 )
 #: Own options that do not change what a source holds (``BackendInfo.volatile_options``):
-#: tuning them keeps the source's cache file. (``timeout`` and ``retry_*`` are the core's.)
-VOLATILE_OPTIONS: Final = frozenset({"page_size", "progress_interval", "max_receive_bytes"})
+#: tuning them keeps the source's cache file. (The core drops ``timeout`` and ``retry_*``
+#: from every identity too; they are listed because this backend reads them.)
+VOLATILE_OPTIONS: Final = frozenset(
+    {"page_size", "progress_interval", "max_receive_bytes", "timeout", "retry_initial", "retry_max"}
+)
 
 
 @dataclass(frozen=True, slots=True)

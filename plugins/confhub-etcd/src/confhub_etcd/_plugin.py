@@ -29,7 +29,16 @@ def confhub_backend_schemes() -> list[BackendInfo]:
             watchable=True,
             # _config.VOLATILE_OPTIONS, spelled out: importing _config would load the kit
             # and the client's value types at plugin discovery.
-            volatile_options=frozenset({"page_size", "progress_interval", "max_receive_bytes"}),
+            volatile_options=frozenset(
+                {
+                    "page_size",
+                    "progress_interval",
+                    "max_receive_bytes",
+                    "timeout",
+                    "retry_initial",
+                    "retry_max",
+                }
+            ),
         )
     ]
 

@@ -193,7 +193,11 @@ class CASResult:
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Capped exponential backoff with jitter: attempt ``n`` waits about
-    ``min(maximum, initial * multiplier**n)``, reduced by up to ``jitter`` (a fraction)."""
+    ``min(maximum, initial * multiplier**n)``, reduced by up to ``jitter`` (a fraction).
+
+    The client layer's default for a :class:`PrefixWatcher`, kept here because this layer
+    imports nothing from confhub; the confhub backend passes ``confhub.kv.Backoff`` (same
+    ``delay(attempt)``), and a watcher takes any object with that method."""
 
     initial: float = 0.2
     maximum: float = 10.0
