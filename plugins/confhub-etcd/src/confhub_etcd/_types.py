@@ -26,7 +26,9 @@ __all__ = [
     "WatchEvent",
     "WatchState",
     "WatchStatus",
+    "fold",
     "prefix_range_end",
+    "resync_events",
     "to_bytes",
 ]
 
@@ -207,3 +209,31 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
         return base * (1.0 - self.jitter * random.random())  # noqa: S311 - not cryptographic
+
+
+# -- what a watcher keeps: each key's mod_revision ------------------------------------------------
+
+
+def fold(known: dict[bytes, int], events: list[WatchEvent]) -> None:
+    """Apply ``events`` to ``known`` (key -> mod_revision)."""
+    for event in events:
+        if event.kind is EventKind.DELETE:
+            known.pop(event.key, None)
+        else:
+            known[event.key] = event.mod_revision
+
+
+def resync_events(
+    known: dict[bytes, int], snapshot: PrefixSnapshot, new: dict[bytes, int]
+) -> list[WatchEvent]:
+    """What changed between ``known`` and a full read (``new`` is its key -> mod_revision):
+    puts for new or changed keys, deletes (at the read's revision) for the keys gone."""
+    events = [
+        WatchEvent(EventKind.PUT, kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.version)
+        for kv in snapshot.items
+        if known.get(kv.key) != kv.mod_revision
+    ]
+    events.extend(
+        WatchEvent(EventKind.DELETE, key, b"", snapshot.revision) for key in known if key not in new
+    )
+    return events

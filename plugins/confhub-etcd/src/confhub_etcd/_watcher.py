@@ -26,16 +26,16 @@ from ._errors import (
     EtcdTooManyKeys,
     EtcdUnavailable,
 )
-from ._rpc import ResponseTooLarge, WatchRequests, WatchStream, stubs, translate
+from ._rpc import ResponseTooLarge, WatchRequests, WatchStream, new_events, stubs, translate
 from ._types import (
     Backoff,
-    EventKind,
     PrefixSnapshot,
     WatchBatch,
-    WatchEvent,
     WatchState,
     WatchStatus,
+    fold,
     prefix_range_end,
+    resync_events,
     to_bytes,
 )
 
@@ -558,56 +558,3 @@ def _log_status(prefix: bytes, status: WatchStatus) -> None:
             status.revision,
             status.endpoint,
         )
-
-
-# -- what a watcher keeps: each key's mod_revision -----------------------------------------------
-
-
-def new_events(raw_events: Any, *, after: int) -> tuple[list[WatchEvent], int]:
-    """The events of a watch response newer than revision ``after``, and how many were
-    dropped as already applied (etcd promises uniqueness; we check rather than trust)."""
-    events: list[WatchEvent] = []
-    dropped = 0
-    for raw in raw_events:
-        kv = raw.kv
-        revision = int(kv.mod_revision)
-        if revision <= after:
-            dropped += 1
-            continue
-        kind = EventKind.DELETE if raw.type == 1 else EventKind.PUT
-        events.append(
-            WatchEvent(
-                kind=kind,
-                key=bytes(kv.key),
-                value=b"" if kind is EventKind.DELETE else bytes(kv.value),
-                mod_revision=revision,
-                create_revision=int(kv.create_revision),
-                version=int(kv.version),
-            )
-        )
-    return events, dropped
-
-
-def fold(known: dict[bytes, int], events: list[WatchEvent]) -> None:
-    """Apply ``events`` to ``known`` (key -> mod_revision)."""
-    for event in events:
-        if event.kind is EventKind.DELETE:
-            known.pop(event.key, None)
-        else:
-            known[event.key] = event.mod_revision
-
-
-def resync_events(
-    known: dict[bytes, int], snapshot: PrefixSnapshot, new: dict[bytes, int]
-) -> list[WatchEvent]:
-    """What changed between ``known`` and a full read (``new`` is its key -> mod_revision):
-    puts for new or changed keys, deletes (at the read's revision) for the keys gone."""
-    events = [
-        WatchEvent(EventKind.PUT, kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.version)
-        for kv in snapshot.items
-        if known.get(kv.key) != kv.mod_revision
-    ]
-    events.extend(
-        WatchEvent(EventKind.DELETE, key, b"", snapshot.revision) for key in known if key not in new
-    )
-    return events
