@@ -14,7 +14,37 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from confhub import SourceFormatError
-from confhub._parsers import MAX_DEPTH, MAX_NODES, parse_document
+from confhub._parsers import (
+    MAX_DEPTH,
+    MAX_NODES,
+    YAML_LOADER_ENV,
+    parse_document,
+    yaml_loader_kind,
+)
+
+#: Every YAML case runs through both loaders: libyaml's C parser (the default, when PyYAML
+#: has it) and the pure-Python one (``CONFHUB_YAML_LOADER=pure``, and the fallback).
+YAML_LOADERS = ["c", "pure"] if hasattr(yaml, "CSafeLoader") else ["pure"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that read YAML (by name, or through a ``fmt`` parameter) run once per loader."""
+    if "yaml" in metafunc.function.__name__ or "fmt" in metafunc.fixturenames:
+        metafunc.parametrize("yaml_loader", YAML_LOADERS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def yaml_loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    kind: str | None = getattr(request, "param", None)
+    if kind == "pure":
+        monkeypatch.setenv(YAML_LOADER_ENV, "pure")
+    elif kind == "c":
+        monkeypatch.delenv(YAML_LOADER_ENV, raising=False)
+        if yaml_loader_kind() != "c":
+            pytest.skip("PyYAML has no usable libyaml (C) loader here")
+    if kind is not None:
+        assert yaml_loader_kind() == kind
+    return kind
 
 PATH = "/etc/app/config.x"
 #: Generous bounds: a refused bomb must cost neither minutes nor gigabytes.
