@@ -361,3 +361,43 @@ def test_toml_round_trip(document: dict[str, Any]) -> None:
     import tomli_w
 
     assert parse(tomli_w.dumps(document), "toml") == document
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ('{"url": "http://x:80",\n "a": 1,\n "a": 2}', 3, "a"),
+        ('{"a:b": 1,\n "c": {"t": "12:30", "t": "x"}}', None, "t"),  # both on one line
+        ('{"a": 1,\n "\\u0061": 2}', None, "a"),
+        ('{"s": "\\":", "k": [{"z": 1}, {"z": 1,\n "z": 2}]}', 2, "z"),
+    ],
+)
+def test_json_duplicate_keys_are_found_whatever_the_strings_hold(
+    text: str, line: int | None, key: str
+) -> None:
+    """Colons inside strings, escapes that spell the same key, nested objects: a key given
+    twice is refused, naming it (and its line when the text spells it)."""
+    error = refused(text, "json")
+    assert error.key == key
+    assert error.line == line
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"url": "http://x:80", "t": "12:30", "a": {"b:c": "d:e"}}',
+        '{"q": "say \\"a:b\\"", "list": ["x:y", {"k": "v"}]}',
+        '{"a": {}, "b": [], "c": {"d": {}}}',
+    ],
+)
+def test_json_colons_in_strings_are_no_duplicates(text: str) -> None:
+    assert parse(text, "json") == json.loads(text)
+
+
+def test_json_errors_keep_their_order() -> None:
+    """The first error in the parser's order is the one reported: a duplicate is seen when
+    its object closes, so a NaN inside the same object comes first."""
+    assert "NaN is not allowed" in str(refused('{"a": 1,\n "a": 2,\n "b": NaN}', "json"))
+    error = refused('{"o": {"a": 1,\n "a": 2},\n "b": NaN}', "json")
+    assert "duplicate key 'a'" in str(error)
+    assert error.line == 2
