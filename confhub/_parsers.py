@@ -8,8 +8,9 @@ values keep JSON's types whatever the format (YAML plain scalars are typed only 
 libyaml (PyYAML's ``CSafeLoader`` base) when PyYAML has it, by PyYAML's pure-Python loader
 otherwise or with ``CONFHUB_YAML_LOADER=pure``; values are built by the same Python code
 either way, and a document libyaml refuses is read again by the pure loader so that errors
-keep their words and lines. The one difference: libyaml reads a tab used as separation
-space (``a: 1<TAB># note``) and ``|#``, which the pure scanner refuses. Bounded means a
+keep their words and lines. The one difference: libyaml reads some valid YAML that the pure
+scanner refuses: a tab used as separation space (``a: 1<TAB># note``), ``|#``, and a ``?``
+inside a plain scalar in a flow collection (``[a?b]``). Bounded means a
 document may nest at most :data:`MAX_DEPTH` levels and expand to at most :data:`MAX_NODES`
 values; YAML aliases are counted as expanded *before* anything is constructed, so an alias
 bomb ("billion laughs") is refused in time and memory proportional to its text.

@@ -147,8 +147,13 @@ def test_c_and_pure_loaders_agree_on_fragments(text: str) -> None:
 
 #: What PyYAML's pure-Python scanner refuses and libyaml (like YAML 1.2 and most parsers)
 #: reads: a tab as separation space (after a value, in a flow list, before a comment,
-#: inside a plain scalar) and a comment right after a block scalar indicator (``|#``).
-PURE_ONLY = ("found character '\\t' that cannot start any token", "expected chomping or")
+#: inside a plain scalar), a comment right after a block scalar indicator (``|#``) and a
+#: ``?`` inside a plain scalar in a flow collection (``[a?b]``).
+PURE_ONLY = (
+    "found character '\\t' that cannot start any token",
+    "expected chomping or",
+    "but got '?'",
+)
 
 
 @needs_c
@@ -161,6 +166,8 @@ PURE_ONLY = ("found character '\\t' that cannot start any token", "expected chom
         ("a: x\ty\n", {"a": "x\ty"}),
         ("a: [1,\t2]\n", {"a": [1, 2]}),
         ("a: |#\n  x\n", {"a": "x\n"}),
+        ("{a?b: 1}\n", {"a?b": 1}),
+        ("x: [a?b]\n", {"x": ["a?b"]}),
     ],
 )
 def test_valid_yaml_the_pure_scanner_refuses_is_read_by_the_c_loader(
