@@ -574,6 +574,8 @@ def _load_yaml(yaml: Any, text: str, where: _Where, kind: str) -> Any:
     except (yaml.YAMLError, ValueError) as exc:
         if retry:
             raise _RetryPure from None
+        if not isinstance(exc, yaml.YAMLError):
+            raise  # parse_document words it, as it always did
         raise where.error(f"invalid YAML: {exc}") from None
     try:
         node = loader.get_single_node()
