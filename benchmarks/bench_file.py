@@ -193,7 +193,12 @@ def bench_rebuild(*, quick: bool) -> list[Row]:
             # The default hub: a MemoryStore is cacheable, so the cache is on (its writes run
             # on the notifier thread, beside the timed apply); the last variant turns it off.
             options: dict[str, Any] = {"cache_dir": None} if "cache off" in variant else {}
-            hub = confhub.Hub(["memory:b"], plugins=[store], autoload=False, **options).start()
+            # Timeouts raised: loading 100,000 keys can take longer than the default 2 s on a
+            # busy machine, and the load is not what this measures.
+            hub = confhub.Hub(
+                ["memory:b"], plugins=[store], autoload=False,
+                connect_timeout=60, start_timeout=120, **options,
+            ).start()
             try:
                 if variant == "delta+view":
                     hub.view(ViewCfg)
