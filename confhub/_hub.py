@@ -975,16 +975,16 @@ class Hub:
         """
         snap = self._snapshot
         try:
-            return snap._values[key]
+            return snap._memo[key]
         except KeyError:
-            return snap._lookup(key, default)
+            return snap._read(key, default)
 
     def __getitem__(self, key: str) -> Any:
         snap = self._snapshot
         try:
-            return snap._values[key]
+            return snap._memo[key]
         except KeyError:
-            return snap._lookup(key, MISSING)
+            return snap._read(key, MISSING)
 
     def __contains__(self, key: str) -> bool:
         return key in self._snapshot

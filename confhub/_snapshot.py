@@ -12,6 +12,9 @@ from ._errors import ConfigKeyError, HubStateError
 from ._layer import Layer, unflatten
 from ._merge import MISSING, Merged
 
+#: At most this many leaves are memoized per snapshot for fast reads (see Snapshot._read).
+_MEMO_MAX = 4096
+
 
 def _deep_freeze_tree(tree: dict[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(
@@ -28,7 +31,7 @@ class Snapshot(Mapping[str, Any]):
     Snapshots never change once published, so they can be shared between threads freely.
     """
 
-    __slots__ = ("_layers", "_merged", "_names", "_nested", "_values", "generation")
+    __slots__ = ("_layers", "_memo", "_merged", "_names", "_nested", "_values", "generation")
 
     def __init__(
         self,
@@ -43,6 +46,9 @@ class Snapshot(Mapping[str, Any]):
         self._layers = layers
         self._names = names
         self._nested: Mapping[str, Any] | None = None
+        #: Leaves already read, in a plain dict: a hit costs one dict lookup, a few ns
+        #: under the persistent map's. Filled by :meth:`_read`, at most _MEMO_MAX keys.
+        self._memo: dict[str, Any] = {}
 
     # -- reads ---------------------------------------------------------------------------
     def _tree(self) -> Mapping[str, Any]:
@@ -51,6 +57,21 @@ class Snapshot(Mapping[str, Any]):
         if tree is None:
             tree = self._nested = _deep_freeze_tree(unflatten(self._values.items()))
         return tree
+
+    def _read(self, key: str, default: Any) -> Any:
+        """A read that missed the memo: the leaf (now memoized), else :meth:`_lookup`.
+
+        The fast path of a read is ``snap._memo[key]``, falling back to this on a
+        ``KeyError``; both answer from this one snapshot.
+        """
+        try:
+            value = self._values[key]
+        except KeyError:
+            return self._lookup(key, default)
+        memo = self._memo
+        if len(memo) < _MEMO_MAX:
+            memo[key] = value  # a benign race: two readers store the same value
+        return value
 
     def _lookup(self, key: str, default: Any) -> Any:
         """Slow path of a read: a parent key (returns a mapping) or a missing key."""
@@ -87,15 +108,15 @@ class Snapshot(Mapping[str, Any]):
     def get(self, key: str, default: Any = None) -> Any:
         """Return the value at dotted ``key``, or ``default`` when no source provides it."""
         try:
-            return self._values[key]
+            return self._memo[key]
         except KeyError:
-            return self._lookup(key, default)
+            return self._read(key, default)
 
     def __getitem__(self, key: str) -> Any:
         try:
-            return self._values[key]
+            return self._memo[key]
         except KeyError:
-            return self._lookup(key, MISSING)
+            return self._read(key, MISSING)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and (key in self._values or key in self._merged.inner)
@@ -139,6 +160,21 @@ class _UnusableSnapshot(Snapshot):
 
         super().__init__(-1, EMPTY, (), ())
         self._why = why
+
+    def _read(self, key: str, default: Any) -> Any:
+        """A read that missed the memo: the leaf (now memoized), else :meth:`_lookup`.
+
+        The fast path of a read is ``snap._memo[key]``, falling back to this on a
+        ``KeyError``; both answer from this one snapshot.
+        """
+        try:
+            value = self._values[key]
+        except KeyError:
+            return self._lookup(key, default)
+        memo = self._memo
+        if len(memo) < _MEMO_MAX:
+            memo[key] = value  # a benign race: two readers store the same value
+        return value
 
     def _lookup(self, key: str, default: Any) -> Any:
         raise HubStateError(self._why)
