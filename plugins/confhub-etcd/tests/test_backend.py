@@ -200,6 +200,30 @@ def test_cli_set_with_if_revision(etcd: EtcdServer, capsys: pytest.CaptureFixtur
     assert kv is not None and kv.value == b"6432"
 
 
+def test_a_write_that_would_change_the_shape_is_refused_before_sending(
+    etcd: EtcdServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14, item 5: a value over a table or a key under a value is refused (etcd would
+    take it, and every hub on the prefix would then refuse it), in the hub and the CLI, and
+    whether the keys nest with '/' or '.'; nothing is written."""
+    etcd.put("/app/db/host", "h")
+    etcd.put("/app/db.port", "5432")  # dots nest too
+    with EtcdClient(etcd.endpoints) as client:
+        before = client.revision()
+    with make_hub([spec(etcd.endpoint)]) as hub:
+        with pytest.raises(
+            WriteError, match=r"'db' is a table of 2 keys \('db\.host', 'db\.port'\)"
+        ):
+            hub.write("db", "flat")
+        with pytest.raises(WriteError, match=r"'db\.port' holds a value"):
+            hub.write("db.port.x", "1")
+    target = f"etcd://{etcd.endpoint}/app/"
+    assert cli_main(["set", target, "db.host.a", "1"]) == 4
+    assert "'db.host' holds a value" in capsys.readouterr().err
+    with EtcdClient(etcd.endpoints) as client:
+        assert client.revision() == before  # nothing was written
+
+
 def test_oversized_value_is_a_clear_write_error(etcd: EtcdServer) -> None:
     """A value over etcd's request limit is refused before sending, naming the limit."""
     with make_hub([spec(etcd.endpoint)]) as hub, pytest.raises(WriteError) as info:

@@ -350,6 +350,9 @@ class EtcdBackend(Backend):
         payload = kv.encode_value(value, source=self.display, key=key)
         client = self.client
         try:
+            # Refused before anything is sent: a value over a table, or a key under a value
+            # (etcd would take it, and the prefix could then no longer be read).
+            kv.check_write_shape(self._related_keys(key), key, value, source=self.display)
             if expected_revision is None:
                 return client.put(etcd_key, payload)
             expected = int(expected_revision)
@@ -369,6 +372,20 @@ class EtcdBackend(Backend):
                 actual=result.actual,
             )
         return result.revision
+
+    def _related_keys(self, key: str) -> list[str]:
+        """The dotted keys of the etcd keys a write of ``key`` could clash with: a keys-only
+        read of :meth:`~confhub.kv.KeyMap.write_scope` (keys this source cannot read are
+        left out: they are refused when it reads)."""
+        found = []
+        for name in self.client.keys_under(self.keys.write_scope(key)):
+            try:
+                dotted = self.keys.to_dotted(name)
+            except SourceFormatError:
+                continue
+            if dotted is not None:
+                found.append(dotted)
+        return found
 
     def _write_document(self, key: str, value: Any, expected_revision: Any) -> int:
         """Read-modify-CAS of the one document key (a lost race without

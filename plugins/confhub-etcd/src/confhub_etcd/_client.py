@@ -362,6 +362,29 @@ class EtcdClient:
                 return PrefixSnapshot(revision=revision, items=tuple(items))
             start = bytes(response.kvs[-1].key) + b"\0"
 
+    def keys_under(self, prefix: str | bytes, *, page_size: int = 1000) -> list[bytes]:
+        """The keys (names only, no values) under ``prefix``, at one revision, in pages.
+
+        What a write reads to check what it could clash with (``confhub.kv.check_write_shape``).
+        """
+        prefix_b = to_bytes(prefix)
+        end = prefix_range_end(prefix_b)
+        rpc = stubs()
+        revision = 0
+        start = prefix_b or b"\0"
+        keys: list[bytes] = []
+        while True:
+            request = rpc.RangeRequest(
+                key=start, range_end=end, limit=page_size, revision=revision, keys_only=True
+            )
+            response = self._unary("kv", "Range", request, idempotent=True, what="key listing")
+            if revision == 0:
+                revision = int(response.header.revision)
+            keys.extend(bytes(item.key) for item in response.kvs)
+            if not response.more or not response.kvs:
+                return keys
+            start = keys[-1] + b"\0"
+
     def revision(self) -> int:
         """The current store revision."""
         response = self._unary(
