@@ -224,6 +224,37 @@ def test_a_write_that_would_change_the_shape_is_refused_before_sending(
         assert client.revision() == before  # nothing was written
 
 
+def test_a_key_written_under_the_scope_between_the_check_and_the_put_is_seen(
+    etcd: EtcdServer,
+) -> None:
+    """The put is guarded by the keys-only read: a clashing key another writer puts in
+    between makes the write read and check again, and refuse, instead of landing."""
+    etcd.put("/app/db/host", "h")
+    backend = make_hub([]).make_backend(SourceSpec.parse(f"etcd://{etcd.endpoint}/app/"))
+    assert isinstance(backend, EtcdBackend)
+    try:
+        client = backend.client
+        read = client.keys_under
+        reads: list[int] = []
+
+        def racing(scope: str | bytes, **kwargs: Any) -> tuple[int, list[bytes]]:
+            result = read(scope, **kwargs)
+            reads.append(result[0])
+            if len(reads) == 1:
+                etcd.put("/app/db/port/x", "another writer")
+            return result
+
+        client.keys_under = racing  # type: ignore[method-assign]
+        with pytest.raises(WriteError, match=r"'db\.port' is a table of 1 key \('db\.port\.x'\)"):
+            backend.write("db.port", "5432")
+        assert len(reads) == 2
+        with EtcdClient(etcd.endpoints) as other:
+            item, _ = other.get("/app/db/port")
+        assert item is None  # never written
+    finally:
+        backend.close()
+
+
 def test_oversized_value_is_a_clear_write_error(etcd: EtcdServer) -> None:
     """A value over etcd's request limit is refused before sending, naming the limit."""
     with make_hub([spec(etcd.endpoint)]) as hub, pytest.raises(WriteError) as info:

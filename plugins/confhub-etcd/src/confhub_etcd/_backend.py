@@ -73,6 +73,11 @@ class _Trouble(enum.Enum):
     DOCUMENT_MISSING = "document key missing"
 
 
+#: How many times a tree write reads its scope again when another key under it was written
+#: between the read and the put (see :meth:`EtcdBackend.write`).
+WRITE_ATTEMPTS = 5
+
+
 class EtcdBackend(Backend):
     """One ``etcd://`` source: ``load()``, ``watch(notify)``, ``write()``, ``close()``.
 
@@ -343,42 +348,61 @@ class EtcdBackend(Backend):
 
     def write(self, key: str, value: Any, expected_revision: Any = None) -> int:
         """Write dotted ``key``; with ``expected_revision`` a compare-and-swap on the etcd
-        key's mod_revision (0: the key must not exist). Returns the new revision."""
+        key's mod_revision (0: the key must not exist). Returns the new revision.
+
+        A write that would put a value over a table, or a key under a value, is refused
+        before anything is sent (:func:`confhub.kv.check_write_shape`, against the keys
+        under :meth:`~confhub.kv.KeyMap.write_scope`, read keys-only), and the put is
+        guarded by that read: if a key under the scope was written since, it is read and
+        checked again (a bounded number of times), so no concurrent write slips in between.
+        """
         if self.config.fmt is not None:
             return self._write_document(key, value, expected_revision)
         etcd_key = self._etcd_key(key)
         payload = kv.encode_value(value, source=self.display, key=key)
+        expected = None if expected_revision is None else int(expected_revision)
+        scope = self.keys.write_scope(key)
         client = self.client
-        try:
-            # Refused before anything is sent: a value over a table, or a key under a value
-            # (etcd would take it, and the prefix could then no longer be read).
-            kv.check_write_shape(self._related_keys(key), key, value, source=self.display)
-            if expected_revision is None:
-                return client.put(etcd_key, payload)
-            expected = int(expected_revision)
-            result = client.put_if_revision(etcd_key, payload, expected)
-        except EtcdLimitError as exc:
-            raise WriteError(f"{self.display}: {exc}", source=self.display, key=key) from None
-        except EtcdError as exc:
-            raise self._translate(exc, f"the write of {key!r}") from None
-        if not result.succeeded:
-            raise WriteConflictError(
-                f"{self.display}: {key} (etcd key {etcd_key}) is at mod_revision "
-                f"{result.actual or 'none (absent)'}, not {expected}; re-read "
-                "(confhub explain shows the mod_revision) and retry",
-                source=self.display,
-                key=key,
-                expected=expected,
-                actual=result.actual,
-            )
-        return result.revision
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                revision, names = client.keys_under(scope)
+                kv.check_write_shape(self._dotted_keys(names), key, value, source=self.display)
+                result = client.put_if_unchanged_under(
+                    etcd_key,
+                    payload,
+                    scope=scope,
+                    scope_revision=revision,
+                    expected_mod_revision=expected,
+                )
+            except EtcdLimitError as exc:
+                raise WriteError(f"{self.display}: {exc}", source=self.display, key=key) from None
+            except EtcdError as exc:
+                raise self._translate(exc, f"the write of {key!r}") from None
+            if result.succeeded:
+                return result.revision
+            if expected is not None and result.actual != expected:
+                raise WriteConflictError(
+                    f"{self.display}: {key} (etcd key {etcd_key}) is at mod_revision "
+                    f"{result.actual or 'none (absent)'}, not {expected}; re-read "
+                    "(confhub explain shows the mod_revision) and retry",
+                    source=self.display,
+                    key=key,
+                    expected=expected,
+                    actual=result.actual,
+                )
+            # Another key under the scope was written since the read: read and check again.
+        raise WriteConflictError(
+            f"{self.display}: the keys under {scope!r} kept changing during "
+            f"{WRITE_ATTEMPTS} attempts to write {key!r}; retry later",
+            source=self.display,
+            key=key,
+        )
 
-    def _related_keys(self, key: str) -> list[str]:
-        """The dotted keys of the etcd keys a write of ``key`` could clash with: a keys-only
-        read of :meth:`~confhub.kv.KeyMap.write_scope` (keys this source cannot read are
-        left out: they are refused when it reads)."""
+    def _dotted_keys(self, names: list[bytes]) -> list[str]:
+        """The dotted keys of etcd keys ``names`` (keys this source cannot read are left
+        out: they are refused when it reads)."""
         found = []
-        for name in self.client.keys_under(self.keys.write_scope(key)):
+        for name in names:
             try:
                 dotted = self.keys.to_dotted(name)
             except SourceFormatError:
