@@ -6,7 +6,9 @@ Start with :class:`Hub`; the user guide is in ``docs/guide.md``.
 from __future__ import annotations
 
 from ._backend import Backend, BackendInfo, Notify, Update, hookimpl
-from ._binding import parse_duration
+from ._binding import View, parse_duration
+from ._cli import main
+from ._dispatch import Subscription
 from ._errors import (
     BackendNotFoundError,
     ConfhubError,
@@ -22,16 +24,9 @@ from ._errors import (
     WriteConflictError,
     WriteError,
 )
-from ._hub import (
-    Explanation,
-    Health,
-    Hub,
-    Origin,
-    SourceHealth,
-    State,
-    Subscription,
-    View,
-)
+from ._explain import Explanation, Origin
+from ._health import Health, SourceHealth
+from ._hub import Hub, State
 from ._layer import Layer, LayerDelta
 from ._merge import MISSING
 from ._parsers import parse_document
@@ -78,6 +73,7 @@ __all__ = [
     "WriteError",
     "hookimpl",
     "is_secret_key",
+    "main",
     "parse_document",
     "parse_duration",
 ]

@@ -23,8 +23,9 @@ from ._errors import (
     SpecError,
     StartupError,
     WriteError,
+    without_source,
 )
-from ._hub import Hub, without_source
+from ._hub import Hub
 from ._merge import MISSING
 from ._redact import REDACTED, is_secret_key
 from ._snapshot import Change

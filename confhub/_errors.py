@@ -146,3 +146,10 @@ class StartupError(ConfhubError):
 
 class HubStateError(ConfhubError, RuntimeError):
     """The hub was used in a state that does not allow it (after close, before start)."""
+
+
+def without_source(name: str, error: BaseException) -> str:
+    """``error``'s message without a leading ``name: ``: backend errors start with their
+    source's name, and a line that names the source already should say it once."""
+    message = str(error)
+    return message[len(name) + 2 :] if message.startswith(f"{name}: ") else message

@@ -12,7 +12,7 @@ import pluggy
 
 from . import hookspecs
 from ._backend import BackendInfo, hookimpl
-from ._errors import ConfhubError
+from ._errors import BackendNotFoundError, ConfhubError
 
 if TYPE_CHECKING:
     from ._backend import Backend
@@ -95,6 +95,25 @@ def make_plugin_manager(
             f"{exc}; check the spelling against confhub.hookspecs (names start with 'confhub_')"
         ) from exc
     return pm
+
+
+def make_backend(pm: pluggy.PluginManager, spec: SourceSpec, *, hub: Any) -> Backend:
+    """Create the backend object for ``spec`` through ``pm``'s plugins (no I/O), or raise
+    :class:`BackendNotFoundError` listing the installed schemes."""
+    backend = pm.hook.confhub_make_backend(spec=spec, hub=hub)
+    if backend is None:
+        installed = sorted(
+            {info.scheme for infos in pm.hook.confhub_backend_schemes() for info in infos}
+        )
+        raise BackendNotFoundError(
+            f"no installed backend handles {spec.scheme!r} (source {spec.display}); "
+            f"installed schemes: {', '.join(installed)}; install the plugin that provides "
+            f"it (for example 'pip install confhub-{spec.scheme}') or fix the spec",
+            spec=spec.display,
+            scheme=spec.scheme,
+            installed=installed,
+        )
+    return backend  # type: ignore[no-any-return]
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:

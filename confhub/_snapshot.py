@@ -10,7 +10,7 @@ import attrs
 
 from ._errors import ConfigKeyError, HubStateError
 from ._layer import Layer, unflatten
-from ._merge import MISSING, Merged
+from ._merge import EMPTY, MISSING, Merged
 
 
 def _deep_freeze_tree(tree: dict[str, Any]) -> Mapping[str, Any]:
@@ -43,6 +43,35 @@ class Snapshot(Mapping[str, Any]):
         self._layers = layers
         self._names = names
         self._nested: Mapping[str, Any] | None = None
+
+    # -- what it was built from (read-only; for the hub's stages) ----------------------------
+    @property
+    def layers(self) -> tuple[Layer | None, ...]:
+        """The layer of each precedence slot, lowest first (``None``: contributes nothing)."""
+        return self._layers
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The display name of each precedence slot, lowest first."""
+        return self._names
+
+    @property
+    def merged(self) -> Merged:
+        """The merge result this snapshot wraps (values, origins, parent counts)."""
+        return self._merged
+
+    def tree(self) -> Mapping[str, Any]:
+        """The configuration as nested read-only mappings (built once, on first need)."""
+        return self._tree()
+
+    def lookup(self, key: str, default: Any = MISSING) -> Any:
+        """The slow path of a read: a table (a read-only mapping), ``default``, or
+        :class:`ConfigKeyError` naming the sources when ``default`` is not given."""
+        return self._lookup(key, default)
+
+    def ensure_usable(self) -> Snapshot:
+        """Return this snapshot; before start and after close, raise :class:`HubStateError`."""
+        return self
 
     # -- reads ---------------------------------------------------------------------------
     def _tree(self) -> Mapping[str, Any]:
@@ -129,18 +158,19 @@ class Snapshot(Mapping[str, Any]):
     __hash__ = None  # type: ignore[assignment]
 
 
-class _UnusableSnapshot(Snapshot):
+class UnusableSnapshot(Snapshot):
     """Stands in for a snapshot before start and after close, so reads fail clearly."""
 
     __slots__ = ("_why",)
 
     def __init__(self, why: str) -> None:
-        from ._merge import EMPTY
-
         super().__init__(-1, EMPTY, (), ())
         self._why = why
 
     def _lookup(self, key: str, default: Any) -> Any:
+        raise HubStateError(self._why)
+
+    def ensure_usable(self) -> Snapshot:
         raise HubStateError(self._why)
 
     def __iter__(self) -> Iterator[str]:

@@ -12,8 +12,7 @@ import attrs
 import pytest
 
 import confhub
-from confhub import Hub, PluginError
-from confhub._cli import main
+from confhub import Hub, PluginError, main
 
 
 def _example_installed() -> None:
