@@ -395,8 +395,7 @@ class Follower:
             slot.promote(member)
             self.on_update(slot, layer)
             if slot.layer is layer:
-                slot.preferred_error = None
-                log.info("%s is back: serving %s live", slot.display, slot.active_spec.display)
+                slot.promoted()
         if alternate is not None:
             # Its watch is dropped (notify checks the member), then closed, outside the
             # hub's lock: a backend may hold its own lock while it notifies.

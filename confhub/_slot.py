@@ -247,6 +247,11 @@ class Slot:
         self.active = member
         self.pending = self.unapplied = None
 
+    def promoted(self) -> None:
+        """The promoted member's read was published: it serves again."""
+        self.preferred_error = None
+        log.info("%s is back: serving %s live", self.display, self.active_spec.display)
+
     def note_preferred_down(self, error: BaseException) -> None:
         """A preferred member is still down (an alternate keeps serving)."""
         self.preferred_error = error
