@@ -554,9 +554,7 @@ def test_cache_of_one_principal_is_never_served_to_another(tmp_path: Path) -> No
     store.down = True
     with pytest.raises(StartupError):
         Hub(["as:app?user=intruder"], plugins=[store], autoload=False, cache_dir=cache_dir).start()
-    with Hub(
-        ["as:app?user=trusted"], plugins=[store], autoload=False, cache_dir=cache_dir
-    ) as hub:
+    with Hub(["as:app?user=trusted"], plugins=[store], autoload=False, cache_dir=cache_dir) as hub:
         assert hub.get("db.password") == "S3CRET-PASS"
         assert hub.health().sources[0].state == "cached"
     names = [p.name for p in cache_dir.iterdir()]
