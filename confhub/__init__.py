@@ -5,7 +5,7 @@ Start with :class:`Hub`; the user guide is in ``docs/guide.md``.
 
 from __future__ import annotations
 
-from ._backend import Backend, BackendInfo, Notify, Update, hookimpl
+from ._backend import Backend, BackendInfo, BackendSettings, Notify, Update, hookimpl
 from ._binding import View, parse_duration
 from ._cli import main
 from ._dispatch import Subscription
@@ -39,6 +39,7 @@ __all__ = [
     "Backend",
     "BackendInfo",
     "BackendNotFoundError",
+    "BackendSettings",
     "Change",
     "ConfhubError",
     "ConfigKeyError",

@@ -53,10 +53,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._backend import cache_principal_of, hookimpl
+from ._backend import cache_principal_of, hookimpl, is_cacheable
 from ._layer import Layer, freeze
 from ._merge import MISSING
 from ._redact import DROPPED, SECRET_OPTIONS, strip_secrets
@@ -82,29 +83,23 @@ _OPEN_FLAGS = (
     | getattr(os, "O_NONBLOCK", 0)
     | getattr(os, "O_CLOEXEC", 0)
 )
-#: Options that do not change what a source holds, so not part of its identity.
-_VOLATILE_OPTIONS = frozenset(
+#: The core's options (and the hub-wide timing ones a spec may override) that do not change
+#: what a source holds, so are not part of its identity. A backend names its own such options
+#: in ``BackendInfo.volatile_options``; the core lists no backend's.
+CORE_VOLATILE_OPTIONS = frozenset(
     {
-        "timeout",
-        "connect_timeout",
-        "optional",
-        "poll",
-        "name",
-        "max_stale",
         "cache",
         "cache_secrets",
-        "settle",
-        "watch",
-        "retry_max",
-        "retry_initial",
+        "connect_timeout",
         "max_keys",
-        "max_last_contact",
-        "max_receive_bytes",
-        "progress_interval",
-        "page_size",
-        "rate",
-        "burst",
-        "wait",
+        "max_stale",
+        "name",
+        "optional",
+        "poll",
+        "retry_initial",
+        "retry_max",
+        "timeout",
+        "watch",
     }
 )
 
@@ -127,11 +122,15 @@ def default_cache_dir() -> Path:
     return base / "confhub"
 
 
-def source_identity(spec: SourceSpec, principal: str | None = None) -> str:
+def source_identity(
+    spec: SourceSpec, volatile: Collection[str] = frozenset(), principal: str | None = None
+) -> str:
     """A stable fingerprint of what a source holds: no credentials, no timeouts.
 
-    ``principal`` is the keyed digest of who reads (see :meth:`Cache.principal_digest`);
-    ``None`` (a backend that declares none) keeps the fingerprint of earlier versions.
+    Left out: credentials, :data:`CORE_VOLATILE_OPTIONS` and ``volatile`` (the options its
+    backend declares in ``BackendInfo.volatile_options``). ``principal`` is the keyed digest
+    of who reads (see :meth:`Cache.principal_digest`); ``None`` (a backend that declares
+    none) keeps the fingerprint of earlier versions.
     """
     location = spec.location
     parts = spec.url_parts
@@ -141,7 +140,8 @@ def source_identity(spec: SourceSpec, principal: str | None = None) -> str:
     options = sorted(
         (k, str(v))
         for k, v in spec.options.items()
-        if k not in _VOLATILE_OPTIONS
+        if k not in CORE_VOLATILE_OPTIONS
+        and k not in volatile
         and k.lower() not in SECRET_OPTIONS
         and not k.lower().endswith(("password", "token", "key", "cert", "ca"))
     )
@@ -208,15 +208,24 @@ def _read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> tuple[bytes, os.st
 class Cache:
     """The on-disk cache of one hub (one directory, one file per remote source)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, volatile: Mapping[str, frozenset[str]] | None = None
+    ) -> None:
         self.directory = directory
+        #: scheme -> the options its backend declares volatile (kept out of the identity).
+        self.volatile: Mapping[str, frozenset[str]] = dict(volatile or {})
         self._written: dict[str, str] = {}  # identity -> checksum last written or read
         self._write_failing = False
         self._lock = threading.Lock()
 
+    def identity(self, spec: SourceSpec, principal: str | None = None) -> str:
+        """The fingerprint of ``spec`` (see :func:`source_identity`; ``principal``: a digest
+        from :meth:`principal_digest`)."""
+        return source_identity(spec, self.volatile.get(spec.scheme, frozenset()), principal)
+
     def path_for(self, spec: SourceSpec, principal: str | None = None) -> Path:
         """The cache file of ``spec`` (``principal``: a digest from :meth:`principal_digest`)."""
-        return self.directory / f"{spec.scheme}-{source_identity(spec, principal)[:32]}.json"
+        return self.directory / f"{spec.scheme}-{self.identity(spec, principal)[:32]}.json"
 
     # -- the principal -----------------------------------------------------------------------
     def principal_digest(self, principal: str | None, *, create: bool) -> str | None:
@@ -314,7 +323,7 @@ class Cache:
                 raise CacheError("not a confhub cache file")
             if envelope.get("format") != FORMAT:
                 raise CacheError(f"format {envelope.get('format')!r}, this confhub reads {FORMAT}")
-            if envelope.get("identity") != source_identity(spec, digest):
+            if envelope.get("identity") != self.identity(spec, digest):
                 raise CacheError("written for another source")
             if envelope.get("sha256") != _checksum(envelope):
                 raise CacheError("checksum mismatch (truncated or altered)")
@@ -363,7 +372,7 @@ class Cache:
         except (OSError, CacheError) as exc:
             self._write_failed(spec, exc)
             return False
-        identity = source_identity(spec, digest)
+        identity = self.identity(spec, digest)
         path = self.path_for(spec, digest)
         envelope: dict[str, Any] = {
             "magic": MAGIC,
@@ -461,7 +470,7 @@ class Cache:
 
 
 def _cacheable(spec: SourceSpec, backend: Any) -> bool:
-    return bool(getattr(backend, "cacheable", False)) and spec.option_bool("cache", True)
+    return is_cacheable(backend) and spec.option_bool("cache", True)
 
 
 class CachePlugin:
@@ -480,7 +489,13 @@ class CachePlugin:
         if directory in (None, False, ""):
             self.cache = None
             return
-        self.cache = Cache(Path(directory))
+        volatile: dict[str, frozenset[str]] = {}
+        for infos in hub.pm.hook.confhub_backend_schemes():
+            for info in infos:
+                volatile[info.scheme] = volatile.get(info.scheme, frozenset()) | (
+                    info.volatile_options
+                )
+        self.cache = Cache(Path(directory), volatile)
 
     @hookimpl
     def confhub_load_cached(self, spec: SourceSpec, backend: Any) -> Layer | None:

@@ -17,13 +17,12 @@ Each thread takes the hub's stop event and is kept in ``slot.threads``, joined b
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ._backend import Backend, Notify, Update, can_watch
+from ._backend import Backend, Notify, Update, can_watch, is_cacheable
 from ._errors import (
     ConfhubError,
     SourcePermissionError,
@@ -32,9 +31,10 @@ from ._errors import (
     without_source,
 )
 from ._health import SlotState
-from ._layer import Layer
-from ._slot import Slot, check_keys, too_many_keys
+from ._layer import Layer, too_many_keys
+from ._slot import Slot, check_keys
 from ._spec import SourceSpec
+from .kv import Backoff
 
 log = logging.getLogger("confhub")
 
@@ -44,7 +44,7 @@ log = logging.getLogger("confhub")
 
 def load_bounded(hook: Any, spec: SourceSpec, backend: Backend, timeout: float) -> Layer:
     """Load through the hooks, bounded by ``timeout`` for remote (``cacheable``) backends."""
-    if not getattr(backend, "cacheable", False):
+    if not is_cacheable(backend):
         return hook.confhub_load_layer(spec=spec, backend=backend)  # type: ignore[no-any-return]
     result: list[Any] = []
 
@@ -190,7 +190,7 @@ def _absent_or_fail(slot: Slot, attempts: list[tuple[str, BaseException]], refus
     lines = "; ".join(f"{what}: {without_source(what, err)}" for what, err in attempts)
     cached = (
         " and has no usable cache"
-        if not refused and any(getattr(b, "cacheable", False) for b in slot.backends)
+        if not refused and any(is_cacheable(b) for b in slot.backends if b is not None)
         else ""
     )
     raise StartupError(
@@ -236,13 +236,14 @@ class Recoverer(threading.Thread):
         self.alternate = slot.active if slot.state is SlotState.FALLBACK else None
 
     def run(self) -> None:
-        delay = self.initial
-        while not self.stop.wait(delay * random.uniform(0.5, 1.0)):  # noqa: S311 - jitter
+        backoff = Backoff(self.initial, max(self.initial, self.maximum))
+        attempt = 0
+        while not self.stop.wait(backoff.delay(attempt)):
             answer = self._try_preferred()
             if answer is not None:
                 self.promote(answer[0], answer[1], self.alternate)
                 return
-            delay = min(delay * 2, self.maximum)
+            attempt += 1
 
     def _try_preferred(self) -> tuple[int, Layer] | None:
         slot = self.slot

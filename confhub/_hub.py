@@ -22,7 +22,7 @@ import attrs
 import cattrs
 import pluggy
 
-from ._backend import Backend, Update
+from ._backend import Backend, BackendSettings, Update
 from ._binding import Binder, View, make_converter
 from ._dispatch import Dispatcher, Subscription
 from ._errors import (
@@ -230,7 +230,14 @@ class Hub:
     # -- sources ---------------------------------------------------------------------------
     def make_backend(self, spec: SourceSpec) -> Backend:
         """Create the backend object for ``spec`` through the plugins (no I/O)."""
-        return make_backend(self.pm, spec, hub=self)
+        settings = BackendSettings(
+            connect_timeout=self.connect_timeout,
+            retry_initial=self.retry_initial,
+            retry_max=self.retry_max,
+            start_timeout=self.start_timeout,
+            cache_enabled=self.cache_dir not in (None, False, "") and self.pm.has_plugin("cache"),
+        )
+        return make_backend(self.pm, spec, settings, hub=self)
 
     # -- updates: the pipeline -------------------------------------------------------------
     def _on_update(self, slot: Slot, update: Update) -> None:

@@ -15,7 +15,7 @@ from ._backend import BackendInfo, hookimpl
 from ._errors import BackendNotFoundError, ConfhubError
 
 if TYPE_CHECKING:
-    from ._backend import Backend
+    from ._backend import Backend, BackendSettings
     from ._layer import Layer
     from ._spec import SourceSpec
 
@@ -44,6 +44,14 @@ def confhub_load_layer(spec: SourceSpec, backend: Backend) -> Layer | None:
     return backend.load()
 
 
+def _builtin_plugin(module_name: str) -> Any:
+    """The plugin object of a builtin module: a new instance of its ``Plugin`` class when it
+    keeps per-hub state there (each hub owns its plugins), else the module itself."""
+    module = importlib.import_module(module_name)
+    factory = getattr(module, "Plugin", None)
+    return module if factory is None else factory()
+
+
 def autoload_enabled(explicit: bool | None) -> bool:
     """Whether to load entry points: ``explicit`` if given, else the environment switch."""
     if explicit is not None:
@@ -65,7 +73,7 @@ def make_plugin_manager(
         pm.set_blocked(name)
     for name, module in BUILTIN_PLUGINS:
         if not pm.is_blocked(name):
-            pm.register(importlib.import_module(module), name=name)
+            pm.register(_builtin_plugin(module), name=name)
     if not pm.is_blocked("cache"):
         from ._cache import CachePlugin
 
@@ -97,10 +105,13 @@ def make_plugin_manager(
     return pm
 
 
-def make_backend(pm: pluggy.PluginManager, spec: SourceSpec, *, hub: Any) -> Backend:
+def make_backend(
+    pm: pluggy.PluginManager, spec: SourceSpec, settings: BackendSettings, *, hub: Any
+) -> Backend:
     """Create the backend object for ``spec`` through ``pm``'s plugins (no I/O), or raise
-    :class:`BackendNotFoundError` listing the installed schemes."""
-    backend = pm.hook.confhub_make_backend(spec=spec, hub=hub)
+    :class:`BackendNotFoundError` listing the installed schemes. ``hub`` is passed only for
+    plugins written before ``settings`` (deprecated)."""
+    backend = pm.hook.confhub_make_backend(spec=spec, settings=settings, hub=hub)
     if backend is None:
         installed = sorted(
             {info.scheme for infos in pm.hook.confhub_backend_schemes() for info in infos}

@@ -23,22 +23,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._backend import Backend, can_write
+from ._backend import Backend, can_write, is_cacheable
 from ._errors import HubStateError, SourceFormatError, WriteError, without_source
 from ._health import SlotState, SourceHealth
-from ._layer import Layer, LayerDelta
+from ._layer import Layer, LayerDelta, too_many_keys
 from ._spec import Fallback, SourceSpec
 
 log = logging.getLogger("confhub")
-
-
-def too_many_keys(display: str, count: int, cap: int) -> SourceFormatError:
-    """The error for a layer of ``count`` keys above its source's ``max_keys=`` ``cap``."""
-    return SourceFormatError(
-        f"{display}: {count:,} keys, more than max_keys={cap:,}; refusing them: raise "
-        "?max_keys= on the source if that many keys are intended, or delete the runaway keys",
-        source=display,
-    )
 
 
 def check_keys(spec: SourceSpec, layer: Layer) -> None:
@@ -97,7 +88,7 @@ class Slot:
         """Whether the slot should retry its preferred members: it is served from cache or
         by an alternate, or nothing could be loaded from a remote member."""
         return self.state in (SlotState.CACHED, SlotState.FALLBACK) or (
-            self.active is None and any(getattr(b, "cacheable", False) for b in self.backends)
+            self.active is None and any(is_cacheable(b) for b in self.backends if b is not None)
         )
 
     def health(self) -> SourceHealth:

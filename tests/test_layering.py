@@ -24,21 +24,19 @@ LAYERS: list[list[str]] = [
     ["_snapshot"],  # the immutable merged view and its events
     ["hookspecs"],  # the plugin contract (type-only imports)
     [
-        # stages that take a snapshot or a layer, and the builtin plugins
+        # stages that take a snapshot or a layer; the cache plugin; the KV kit
         "_binding",
         "_dispatch",
         "_explain",
         "_persist",
         "_cache",
-        "_backends",
-        "_backends.defaults",
-        "_backends.env",
-        "_backends.file",
+        "kv",  # the public kit for KV backends
     ],
+    ["_backends", "_backends.defaults", "_backends.env", "_backends.file"],  # builtin plugins
     ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
     ["_fallback"],  # start-up chain, recovery, polling, watch wiring
     ["_hub"],  # the facade that wires the stages
-    ["_demo"],
+    ["_demo", "_kvcontract"],  # run a Hub
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points
 ]
@@ -46,11 +44,7 @@ LAYERS: list[list[str]] = [
 #: (importer, imported) pairs allowed upwards under ``if TYPE_CHECKING:`` only.
 TYPE_ONLY_UP = {
     ("hookspecs", "_hub"),
-    ("_cache", "_hub"),
-    ("_backends.defaults", "_hub"),
-    ("_backends.env", "_hub"),
-    ("_backends.file", "_hub"),
-    ("testing", "_hub"),
+    ("_cache", "_hub"),  # its confhub_configure(hub) implementation
 }
 
 
