@@ -125,6 +125,9 @@ class SourceSpec:
             return f"{self.scheme}:{parts.display}"
         if self.scheme == "file":
             return f"file:{self.location}"
+        if "@" in self.location:
+            # A network spec missing its "//" ("etcd:u:pw@h:2379/app/") still hides its user info.
+            return f"{self.scheme}:{split_location('//' + self.location)[0].display[2:]}"
         return self.url
 
     def option(self, name: str, default: Any = None) -> Any:

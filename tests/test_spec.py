@@ -85,3 +85,9 @@ def test_url_password_with_special_characters_is_one_password_never_shown(passwo
     )
     assert spec.display == "etcd://app:<redacted>@h1:2379,h2:2379/appA/"
     assert password not in repr(spec) + repr(parts)
+
+
+def test_user_info_of_a_spec_missing_its_slashes_is_never_shown() -> None:
+    """'etcd:u:pw@h:2379/app/' (no '//') is refused by the backend by its display, which
+    hides the password like a well-formed spec's."""
+    assert SourceSpec.parse("etcd:u:pw#1@h:2379/app/").display == "etcd:u:<redacted>@h:2379/app/"
