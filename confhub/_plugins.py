@@ -12,7 +12,7 @@ import pluggy
 
 from . import hookspecs
 from ._backend import BackendInfo, hookimpl
-from ._errors import BackendNotFoundError, ConfhubError
+from ._errors import BackendNotFoundError, PluginError
 
 if TYPE_CHECKING:
     from ._backend import Backend, BackendSettings
@@ -32,10 +32,6 @@ BUILTIN_PLUGINS = (
 )
 
 _BUILTIN_NAMES = frozenset(name for name, _ in BUILTIN_PLUGINS) | {"cache"}
-
-
-class PluginError(ConfhubError):
-    """A plugin could not be loaded or implements a hook that does not exist."""
 
 
 @hookimpl(trylast=True)
