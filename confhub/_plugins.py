@@ -12,6 +12,7 @@ import pluggy
 
 from . import hookspecs
 from ._backend import BackendInfo, hookimpl
+from ._cache import CachePlugin
 from ._errors import BackendNotFoundError, PluginError
 
 if TYPE_CHECKING:
@@ -71,8 +72,6 @@ def make_plugin_manager(
         if not pm.is_blocked(name):
             pm.register(_builtin_plugin(module), name=name)
     if not pm.is_blocked("cache"):
-        from ._cache import CachePlugin
-
         pm.register(CachePlugin(), name="cache")
     if autoload_enabled(autoload):
         try:
