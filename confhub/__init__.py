@@ -15,6 +15,7 @@ from ._errors import (
     ConfigKeyError,
     ConfigValidationError,
     HubStateError,
+    PluginError,
     SourceError,
     SourceFormatError,
     SourcePermissionError,
@@ -30,7 +31,6 @@ from ._hub import Hub, State
 from ._layer import Layer, LayerDelta
 from ._merge import MISSING
 from ._parsers import parse_document
-from ._plugins import PluginError
 from ._redact import is_secret_key
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot
 from ._spec import Fallback, SourceSpec

@@ -14,6 +14,7 @@ Every exception confhub raises on purpose derives from :class:`ConfhubError`::
     ├── WriteError                     a write a backend refused
     │   └── WriteConflictError         compare-and-swap lost
     ├── StartupError                   a required source had no live data, alternate or cache
+    ├── PluginError                    a plugin could not be loaded, or implements no hookspec
     └── HubStateError(RuntimeError)    the hub was used in the wrong state (closed, not started)
 
 Exceptions carry their context as attributes so that callers never parse messages, and
@@ -142,6 +143,10 @@ class StartupError(ConfhubError):
         super().__init__(message)
         self.source = source
         self.attempts = tuple(attempts)
+
+
+class PluginError(ConfhubError):
+    """A plugin could not be loaded or implements a hook that does not exist."""
 
 
 class HubStateError(ConfhubError, RuntimeError):

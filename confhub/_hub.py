@@ -230,12 +230,13 @@ class Hub:
     # -- sources ---------------------------------------------------------------------------
     def make_backend(self, spec: SourceSpec) -> Backend:
         """Create the backend object for ``spec`` through the plugins (no I/O)."""
+        cache_enabled = self.cache_dir not in (None, False, "") and self.pm.has_plugin("cache")
         settings = BackendSettings(
             connect_timeout=self.connect_timeout,
             retry_initial=self.retry_initial,
             retry_max=self.retry_max,
             start_timeout=self.start_timeout,
-            cache_enabled=self.cache_dir not in (None, False, "") and self.pm.has_plugin("cache"),
+            cache_enabled=cache_enabled,
         )
         return make_backend(self.pm, spec, settings, hub=self)
 
@@ -300,13 +301,11 @@ class Hub:
         self._binder.commit(bound, snapshot.generation)
 
     def _dispatch(self, slot: Slot, candidate: _Candidate) -> None:
-        changed = sorted(candidate.changed, key=lambda c: c[0])
+        changes = tuple(
+            KeyChange(k, o, n) for k, o, n in sorted(candidate.changed, key=lambda c: c[0])
+        )
         self._dispatcher.put(
-            Change(
-                candidate.snapshot.generation,
-                tuple(KeyChange(k, o, n) for k, o, n in changed),
-                slot.active_spec.display,
-            )
+            Change(candidate.snapshot.generation, changes, slot.active_spec.display)
         )
 
     def _accept(self, slot: Slot, layer: Layer) -> None:
@@ -322,11 +321,8 @@ class Hub:
     def _report_failure(self, slot: Slot, error: BaseException, *, rejected: bool = False) -> None:
         if not slot.fail(error, rejected=rejected):
             return  # reported already: once per state change, not once per retry
-        self.pm.hook.confhub_source_failed(
-            spec=slot.active_spec,
-            error=error,
-            fallback="last good" if slot.layer is not None else None,
-        )
+        fallback = "last good" if slot.layer is not None else None
+        self.pm.hook.confhub_source_failed(spec=slot.active_spec, error=error, fallback=fallback)
         self._dispatcher.put(ErrorEvent(slot.display, error, self._snapshot.generation))
         self._dispatcher.put(slot.health())
 

@@ -12,7 +12,8 @@ import pluggy
 
 from . import hookspecs
 from ._backend import BackendInfo, hookimpl
-from ._errors import BackendNotFoundError, ConfhubError
+from ._cache import CachePlugin
+from ._errors import BackendNotFoundError, PluginError
 
 if TYPE_CHECKING:
     from ._backend import Backend, BackendSettings
@@ -32,10 +33,6 @@ BUILTIN_PLUGINS = (
 )
 
 _BUILTIN_NAMES = frozenset(name for name, _ in BUILTIN_PLUGINS) | {"cache"}
-
-
-class PluginError(ConfhubError):
-    """A plugin could not be loaded or implements a hook that does not exist."""
 
 
 @hookimpl(trylast=True)
@@ -75,8 +72,6 @@ def make_plugin_manager(
         if not pm.is_blocked(name):
             pm.register(_builtin_plugin(module), name=name)
     if not pm.is_blocked("cache"):
-        from ._cache import CachePlugin
-
         pm.register(CachePlugin(), name="cache")
     if autoload_enabled(autoload):
         try:

@@ -2,8 +2,10 @@
 
 A :class:`Slot` holds the members of one precedence position (one source, or the members
 of a :class:`Fallback` group), their backends, the layer the slot contributes, and its
-:class:`SlotState`. Every change of those fields is one of the named transitions below; the
-hub calls them under its lock and decides what to publish and report.
+:class:`SlotState`. Every change of what it serves (``active``, ``layer``, ``pending``,
+``state``, the errors) is one of the named transitions below; the hub calls them under its
+lock and decides what to publish and report. The start-up chain (``confhub._fallback``) fills
+``backends`` and adds the slot's threads to ``threads``; :meth:`Slot.close` ends both.
 
 States and transitions::
 
