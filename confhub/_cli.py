@@ -1,18 +1,26 @@
 """The ``confhub`` command line: get, dump, explain, watch, set, backends, health, demo.
 
 JSON output (``--json``) is the stable contract for scripts. Exit codes:
-0 ok, 1 key missing, 2 usage error, 3 a required source unavailable with no fallback,
-4 broken content or a failed validation/write.
+0 ok, 1 key missing, 2 usage error (bad arguments, a bad config file), 3 a required source
+unavailable with no fallback, 4 broken content or a failed validation/write, 5 an internal
+error (a bug). Exit 1 means only "the key is missing": ``confhub get k || fallback`` relies
+on it, so no other failure may exit 1 (Python's own exit code for an uncaught exception).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import io
 import json
+import logging
+import math
 import os
+import stat
 import sys
 import threading
 import tomllib
+import traceback
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -20,22 +28,49 @@ from ._errors import (
     ConfhubError,
     ConfigKeyError,
     SourceError,
+    SourcePermissionError,
+    SourceUnavailableError,
     SpecError,
     StartupError,
     WriteError,
     without_source,
 )
+from ._health import SourceHealth
 from ._hub import Hub
 from ._merge import MISSING
 from ._redact import REDACTED, is_secret_key, redact_value
-from ._snapshot import Change
+from ._snapshot import Change, ErrorEvent
 from ._spec import SourceSpec
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 1, 2, 3, 4
+#: A bug (an exception that is not a ConfhubError): never 1, which scripts read as "key missing".
+EXIT_INTERNAL = 5
 
 
 class _UsageError(Exception):
     pass
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give N >= 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; give N >= 0 (0: never stop)")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0 (0: never stop)")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,8 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help="print one line per effective change")
     p.add_argument("--prefix", default="")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--count", type=int, default=0, help="stop after N changes (0: never)")
-    p.add_argument("--timeout", type=float, default=0.0, help="stop after SECONDS (0: never)")
+    p.add_argument("--count", type=_count, default=0, help="stop after N changes (0: never)")
+    p.add_argument("--timeout", type=_seconds, default=0.0, help="stop after SECONDS (0: never)")
 
     p = sub.add_parser("set", help="write KEY=VALUE to a writable source (compare-and-swap)")
     p.add_argument("spec")
@@ -101,32 +136,137 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The keys a confhub.toml (or ``[tool.confhub]``) may hold.
+_CONFIG_KEYS = ("cache_dir", "sources")
+#: A config file larger than this is refused (it names a few sources, not data).
+_MAX_CONFIG_BYTES = 1 << 20
+_SOURCES_EXAMPLE = 'sources = ["config.toml", "env:APP_"]'
+
+
+def _kind(value: Any) -> str:
+    """``value`` and its TOML type, for messages: ``5 (an integer)``."""
+    kinds = [
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a float"),
+        (str, "a string"),
+        (list, "an array"),
+        (dict, "a table"),
+    ]
+    kind = next((name for t, name in kinds if isinstance(value, t)), type(value).__name__)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return f"{shown} ({kind})"
+
+
+def _read_config_file(candidate: str) -> dict[str, Any]:
+    """The TOML table in ``candidate``; every way it cannot be read is a :class:`_UsageError`
+    naming the file and the fix (the CLI must not exit 1, which means "key missing")."""
+    try:
+        info = os.stat(candidate)
+    except OSError as exc:
+        raise _UsageError(
+            f"cannot read config file {candidate}: {exc.strerror or exc}; "
+            "fix the path or pass the sources with -s SPEC"
+        ) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise _UsageError(
+            f"config file {candidate} is a directory; name the file in it, "
+            f"e.g. -c {os.path.join(candidate, 'confhub.toml')}"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise _UsageError(
+            f"config file {candidate} is not a regular file; name a confhub.toml or "
+            "pyproject.toml file"
+        )
+    try:
+        with open(candidate, "rb") as fh:
+            raw = fh.read(_MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise _UsageError(
+            f"cannot read config file {candidate}: {exc.strerror or exc}; "
+            "fix its permissions or pass the sources with -s SPEC"
+        ) from None
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise _UsageError(
+            f"config file {candidate} is larger than {_MAX_CONFIG_BYTES} bytes; "
+            "it should only name the sources (sources = [...])"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise _UsageError(
+            f"{candidate}: not valid UTF-8 at byte {exc.start} (line {line}); "
+            "save the file as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _UsageError(f"{candidate}: invalid TOML: {exc}; fix the file") from None
+
+
 def _config_sources(path: str | None) -> tuple[list[str], str | None]:
-    """Read ``sources`` and ``cache_dir`` from confhub.toml or pyproject's [tool.confhub]."""
+    """Read ``sources`` and ``cache_dir`` from confhub.toml or pyproject's [tool.confhub].
+
+    Every value is checked here, once, before a hub sees it: a wrong type is a usage error
+    naming the file, the key, what it holds and the form it should take. An unknown key is a
+    warning (a newer confhub may read it), as unknown spec options are.
+    """
     candidates = [path] if path else ["confhub.toml", "pyproject.toml"]
     for candidate in candidates:
-        if not os.path.exists(candidate):
-            if path:
-                raise _UsageError(f"config file {candidate} does not exist")
+        if not path and not os.path.lexists(candidate):
             continue
-        with open(candidate, "rb") as fh:
-            try:
-                data = tomllib.load(fh)
-            except tomllib.TOMLDecodeError as exc:
-                raise _UsageError(f"{candidate}: invalid TOML: {exc}") from None
+        data = _read_config_file(candidate)
+        where = candidate
         if os.path.basename(candidate) == "pyproject.toml":
-            data = data.get("tool", {}).get("confhub", {})
-            if not data and not path:
+            where = f"{candidate} [tool.confhub]"
+            tool = data.get("tool", {})
+            if not isinstance(tool, dict):
+                raise _UsageError(f"{candidate}: 'tool' must be a table, not {_kind(tool)}")
+            if "confhub" not in tool:
+                if path:
+                    raise _UsageError(
+                        f"{candidate} has no [tool.confhub] table; add one with {_SOURCES_EXAMPLE}"
+                    )
                 continue
+            data = tool["confhub"]
+            if not isinstance(data, dict):
+                raise _UsageError(
+                    f"{candidate}: [tool.confhub] must be a table, not {_kind(data)}; write "
+                    f"[tool.confhub] then {_SOURCES_EXAMPLE}"
+                )
+        for key in sorted(set(data) - set(_CONFIG_KEYS)):
+            close = difflib.get_close_matches(key, _CONFIG_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(_CONFIG_KEYS)
+            sys.stderr.write(f"confhub: warning: {where}: ignoring unknown key {key!r}; {hint}\n")
         sources = data.get("sources", [])
-        if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
-            raise _UsageError(f"{candidate}: 'sources' must be a list of spec strings")
-        return sources, data.get("cache_dir")
+        if not isinstance(sources, list) or not all(isinstance(s, str) and s for s in sources):
+            bad = (
+                sources
+                if not isinstance(sources, list)
+                else next(s for s in sources if not (isinstance(s, str) and s))
+            )
+            raise _UsageError(
+                f"{where}: 'sources' must be a list of spec strings, like {_SOURCES_EXAMPLE}; "
+                f"it holds {_kind(bad)}"
+            )
+        cache_dir = data.get("cache_dir")
+        if cache_dir is not None and not (isinstance(cache_dir, str) and cache_dir):
+            raise _UsageError(
+                f"{where}: 'cache_dir' must be a directory path string, like "
+                f'cache_dir = "/var/cache/myapp/confhub"; it holds {_kind(cache_dir)}'
+            )
+        return sources, cache_dir
     return [], None
 
 
 def _make_hub(args: argparse.Namespace) -> Hub:
     sources, cache_dir = list(args.source), args.cache_dir
+    if cache_dir == "":
+        raise _UsageError(
+            "--cache-dir was given an empty path (an unset variable?); name a directory, "
+            "or leave the option out to use $CONFHUB_CACHE_DIR or the default"
+        )
     if not sources:
         sources, conf_cache = _config_sources(args.config)
         cache_dir = cache_dir or conf_cache
@@ -155,6 +295,19 @@ def _jsonable(value: Any) -> Any:
 def _redact_tree(tree: dict[str, Any]) -> dict[str, Any]:
     redacted: dict[str, Any] = redact_value("", tree)
     return redacted
+
+
+def _nulls(value: Any, path: str = "") -> list[str]:
+    """The paths (``a.b``, ``a.list[2]``) of the nulls in ``value``: TOML cannot write them."""
+    if value is None:
+        return [path]
+    if isinstance(value, dict):
+        return [
+            n for k, v in sorted(value.items()) for n in _nulls(v, f"{path}.{k}" if path else k)
+        ]
+    if isinstance(value, (list, tuple)):
+        return [n for i, v in enumerate(value) for n in _nulls(v, f"{path}[{i}]")]
+    return []
 
 
 def _toml_value(value: Any) -> str:
@@ -205,7 +358,16 @@ def _cmd_dump(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
     if args.format == "json":
         out.write(json.dumps(_jsonable(tree), indent=2, ensure_ascii=False, sort_keys=True) + "\n")
     elif args.format == "toml":
-        to_toml(tree, out)
+        nulls = _nulls(tree)
+        if nulls:
+            shown = ", ".join(repr(n) for n in nulls[:5]) + (" ..." if len(nulls) > 5 else "")
+            raise _UsageError(
+                f"--format toml cannot write null (TOML has no null), held by {shown}; "
+                "use --format json or --format yaml, or remove the nulls from the source"
+            )
+        buffer = io.StringIO()
+        to_toml(tree, buffer)
+        out.write(buffer.getvalue())
     else:
         try:
             import yaml
@@ -272,6 +434,61 @@ def _change_lines(change: Change, as_json: bool) -> list[str]:
     return lines
 
 
+class _HubStateLines(logging.Filter):
+    """Drops the hub's own source-state lines (``X: ...; serving the last good
+    configuration``, ``X is live again``) while ``watch`` prints them from the hub's events.
+
+    A filter on the ``confhub`` logger sees only records logged on it, not its children's
+    (plugins log on ``confhub.etcd`` ...): those, and the hub's exceptions (a failing plugin
+    or subscriber, logged with a traceback), still reach stderr.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is not None
+
+
+class _WatchPrinter:
+    """Prints ``watch``'s stderr lines from the hub's events: per source, one line when it
+    becomes unavailable or an update is rejected, and one when it is back.
+
+    The hub reports an outage once (however its retries' messages vary) and sends a
+    :class:`confhub.SourceHealth` on every state change; this turns them into lines, so
+    one outage is exactly two lines, and nothing is said twice by the log.
+    """
+
+    def __init__(self, err: TextIO) -> None:
+        self._err = err
+        self._failing: set[str] = set()
+
+    def _line(self, text: str) -> None:
+        self._err.write(f"confhub: {text}\n")
+        self._err.flush()
+
+    def on_error(self, event: ErrorEvent) -> None:
+        message = without_source(event.source, event.error)
+        if isinstance(event.error, (SourceUnavailableError, SourcePermissionError)):
+            self._line(
+                f"{event.source} is unavailable: {message}; serving the last good configuration"
+            )
+        else:
+            self._line(
+                f"{event.source}: update rejected, keeping the last good configuration: {message}"
+            )
+        self._failing.add(event.source)
+
+    def on_state(self, health: SourceHealth) -> None:
+        well = health.state in ("live", "fallback") or (
+            health.state == "absent" and not health.failed
+        )
+        if not well or health.source not in self._failing:
+            return
+        self._failing.discard(health.source)
+        if health.state == "fallback":
+            self._line(f"{health.source} is back: serving the alternate {health.active}")
+        else:
+            self._line(f"{health.source} is back: {health.state}")
+
+
 def _cmd_watch(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
     done = threading.Event()
     seen = 0
@@ -285,17 +502,22 @@ def _cmd_watch(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
         if args.count and seen >= args.count:
             done.set()
 
-    def on_error(event: Any) -> None:
-        sys.stderr.write(f"confhub: {event.source}: {without_source(event.source, event.error)}\n")
-        sys.stderr.flush()
-
-    hub.subscribe(on_change, prefix=args.prefix, on_error=on_error)
-    if not args.json:
-        sys.stderr.write(f"watching {', '.join(hub.sources)} (Ctrl-C to stop)\n")
+    printer = _WatchPrinter(sys.stderr)
+    quiet = _HubStateLines()
+    logger = logging.getLogger("confhub")
+    logger.addFilter(quiet)
     try:
-        done.wait(args.timeout or None)
-    except KeyboardInterrupt:
-        pass
+        hub.subscribe(
+            on_change, prefix=args.prefix, on_error=printer.on_error, on_state=printer.on_state
+        )
+        if not args.json:
+            sys.stderr.write(f"watching {', '.join(hub.sources)} (Ctrl-C to stop)\n")
+        try:
+            done.wait(args.timeout or None)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        logger.removeFilter(quiet)
     return EXIT_OK
 
 
@@ -396,6 +618,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return EXIT_FAILED
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - a bug must not exit 1 ("key missing")
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.write(
+            f"confhub: internal error: {type(exc).__name__}: {exc}; this is a bug in confhub "
+            "or a plugin: please report it with the traceback above\n"
+        )
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -335,16 +335,16 @@ class Hub:
         """
         snap = self._snapshot
         try:
-            return snap.flat()[key]
+            return snap.memo[key]
         except KeyError:
-            return snap.lookup(key, default)
+            return snap.read(key, default)
 
     def __getitem__(self, key: str) -> Any:
         snap = self._snapshot
         try:
-            return snap.flat()[key]
+            return snap.memo[key]
         except KeyError:
-            return snap.lookup(key, MISSING)
+            return snap.read(key, MISSING)
 
     def __contains__(self, key: str) -> bool:
         return key in self._snapshot

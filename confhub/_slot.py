@@ -26,7 +26,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._backend import Backend, can_write, is_cacheable
-from ._errors import HubStateError, SourceFormatError, WriteError, without_source
+from ._errors import (
+    HubStateError,
+    SourceFormatError,
+    SourcePermissionError,
+    SourceUnavailableError,
+    WriteError,
+    without_source,
+)
 from ._health import SlotState, SourceHealth
 from ._layer import Layer, LayerDelta, too_many_keys
 from ._spec import Fallback, SourceSpec
@@ -217,7 +224,11 @@ class Slot:
         """The active member failed with ``error`` (``rejected``: validation refused its
         update); returns whether that is news (a new state or a different error), so that
         it is logged and reported once per change, not once per retry."""
-        news = str(error) != str(self.last_error)
+        if isinstance(error, (SourceUnavailableError, SourcePermissionError)) and not rejected:
+            # One outage is one report, however its retries' messages vary.
+            news = type(error) is not type(self.last_error)
+        else:
+            news = str(error) != str(self.last_error)
         self.last_error = error
         if self.state != SlotState.LIVE and not news:
             return False
@@ -241,9 +252,9 @@ class Slot:
         self.pending = self.unapplied = None
 
     def promoted(self) -> None:
-        """The promoted member's read was published: it serves again."""
+        """The promoted member's read was published: it serves again (:meth:`accept`
+        logged the one "is live again" line)."""
         self.preferred_error = None
-        log.info("%s is back: serving %s live", self.display, self.active_spec.display)
 
     def note_preferred_down(self, error: BaseException) -> None:
         """A preferred member is still down (an alternate keeps serving)."""

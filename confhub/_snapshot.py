@@ -12,6 +12,9 @@ from ._errors import ConfigKeyError, HubStateError
 from ._layer import Layer, unflatten
 from ._merge import EMPTY, MISSING, Merged
 
+#: At most this many leaves are memoized per snapshot for fast reads (see Snapshot.read).
+_MEMO_MAX = 4096
+
 
 def _deep_freeze_tree(tree: dict[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(
@@ -28,7 +31,16 @@ class Snapshot(Mapping[str, Any]):
     Snapshots never change once published, so they can be shared between threads freely.
     """
 
-    __slots__ = ("_layers", "_merged", "_names", "_nested", "_values", "generation")
+    __slots__ = (
+        "_layers",
+        "_memo",
+        "_merged",
+        "_names",
+        "_nested",
+        "_values",
+        "generation",
+        "memo",
+    )
 
     def __init__(
         self,
@@ -43,6 +55,12 @@ class Snapshot(Mapping[str, Any]):
         self._layers = layers
         self._names = names
         self._nested: Mapping[str, Any] | None = None
+        #: Leaves already read, in a plain dict: a hit costs one dict lookup, a few ns
+        #: under the persistent map's. Filled by :meth:`read`, at most _MEMO_MAX keys.
+        self._memo: dict[str, Any] = {}
+        #: A read-only view of the leaves already read: the hub's fast path reads
+        #: ``snap.memo[key]`` and, on a ``KeyError``, :meth:`read` (not every leaf is in it).
+        self.memo: Mapping[str, Any] = MappingProxyType(self._memo)
 
     # -- what it was built from (read-only; for the hub's stages) ----------------------------
     @property
@@ -81,6 +99,21 @@ class Snapshot(Mapping[str, Any]):
             tree = self._nested = _deep_freeze_tree(unflatten(self._values.items()))
         return tree
 
+    def read(self, key: str, default: Any = MISSING) -> Any:
+        """A read that missed :attr:`memo`: the leaf (now memoized), else :meth:`lookup`.
+
+        The fast path of a read is ``snap.memo[key]``, falling back to this on a
+        ``KeyError``; both answer from this one snapshot.
+        """
+        try:
+            value = self._values[key]
+        except KeyError:
+            return self._lookup(key, default)
+        memo = self._memo
+        if len(memo) < _MEMO_MAX:
+            memo[key] = value  # a benign race: two readers store the same value
+        return value
+
     def _lookup(self, key: str, default: Any) -> Any:
         """Slow path of a read: a parent key (returns a mapping) or a missing key."""
         if key in self._merged.inner:
@@ -116,15 +149,15 @@ class Snapshot(Mapping[str, Any]):
     def get(self, key: str, default: Any = None) -> Any:
         """Return the value at dotted ``key``, or ``default`` when no source provides it."""
         try:
-            return self._values[key]
+            return self._memo[key]
         except KeyError:
-            return self._lookup(key, default)
+            return self.read(key, default)
 
     def __getitem__(self, key: str) -> Any:
         try:
-            return self._values[key]
+            return self._memo[key]
         except KeyError:
-            return self._lookup(key, MISSING)
+            return self.read(key, MISSING)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and (key in self._values or key in self._merged.inner)

@@ -162,7 +162,9 @@ def test_watch_prints_json_lines(config: Path) -> None:
     assert proc.returncode == 0, err
     line = json.loads(out.splitlines()[0])
     assert line["key"] == "db.port"
-    assert line["old"] == 5432
+    # On a loaded machine the hub may start after the first writes: the old value is then
+    # one of them, never anything else.
+    assert line["old"] == 5432 or 7001 <= line["old"] < port
     assert line["source"] == f"file:{config}"
     assert set(line) == {"generation", "key", "old", "new", "source"}
 

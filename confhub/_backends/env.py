@@ -1,14 +1,28 @@
-"""The ``env`` backend: ``env:APP_`` maps ``APP_DB__PORT=5433`` to ``db.port = "5433"``."""
+"""The ``env`` backend: ``env:APP_`` maps ``APP_DB__PORT=5433`` to ``db.port = "5433"``.
+
+``?exclude=APP_ETCD_URL,APP_CACHE_*`` keeps variables out: names or :mod:`fnmatch` globs,
+matched case-sensitively against the whole variable name. It is for the variables that wire
+the app (where its store is, its cache directory) and share the configuration's prefix.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import logging
 import os
+import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._backend import Backend, BackendInfo, BackendSettings, hookimpl
-from .._errors import SourceFormatError
+from .._errors import SourceFormatError, SpecError
 from .._layer import Layer
+from ..kv import check_options
+
+_log = logging.getLogger("confhub.env")
+
+#: The options the env backend reads (besides the core's).
+ENV_OPTIONS = frozenset({"exclude"})
 
 if TYPE_CHECKING:
     from .._spec import SourceSpec
@@ -45,13 +59,55 @@ def _printable(name: str) -> str:
         return name.encode("utf-8", "backslashreplace").decode("ascii")
 
 
+def _exclude_patterns(spec: SourceSpec) -> tuple[str, ...]:
+    """The ``exclude`` option as a tuple of patterns: a comma-separated string (the query
+    string form) or a sequence of strings (given in code). A pattern that no variable with
+    the prefix can match is a :class:`SpecError`: it is a mistake, and ignoring it would
+    let the very variable it was meant to hide into the configuration."""
+    raw: Any = spec.option("exclude")
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        patterns = [p.strip() for p in raw.split(",")]
+    elif isinstance(raw, (list, tuple, set, frozenset)) and all(isinstance(p, str) for p in raw):
+        patterns = [p.strip() for p in raw]
+    else:
+        raise SpecError(
+            f"{spec.display}: exclude={raw!r} is not a list of variable names; "
+            "write exclude=NAME,GLOB* (or a list of strings in code)",
+            spec=spec.display,
+        )
+    prefix = spec.location
+    for pattern in patterns:
+        if not pattern:
+            raise SpecError(
+                f"{spec.display}: exclude={raw!r} holds an empty name; "
+                "write exclude=NAME,GLOB* with no empty items",
+                spec=spec.display,
+            )
+        literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+        if not (literal.startswith(prefix) or prefix.startswith(literal)):
+            raise SpecError(
+                f"{spec.display}: exclude pattern {pattern!r} can never match (the variables "
+                f"this source reads start with {prefix}); write the whole variable name, "
+                f"e.g. {prefix}{pattern}",
+                spec=spec.display,
+            )
+    return tuple(patterns)
+
+
 class EnvBackend(Backend):
-    """Reads the environment once at load; values stay strings (binding converts them)."""
+    """Reads the environment once at load; values stay strings (binding converts them).
+
+    Variables matching an ``exclude`` pattern are skipped before anything else looks at
+    them: they are not keys, and cannot collide or fail the UTF-8 check.
+    """
 
     def __init__(self, spec: SourceSpec, environ: Mapping[str, str] | None = None) -> None:
         self.prefix = spec.location
         self._environ = environ
         self._name = spec.display
+        self._exclude = _exclude_patterns(spec)
 
     def load(self) -> Layer:
         environ = os.environ if self._environ is None else self._environ
@@ -60,6 +116,8 @@ class EnvBackend(Backend):
         for name, value in environ.items():
             key = env_key(name, self.prefix)
             if key is None:
+                continue
+            if self._exclude and any(fnmatch.fnmatchcase(name, p) for p in self._exclude):
                 continue
             if key in values:
                 raise SourceFormatError(
@@ -93,4 +151,5 @@ def confhub_backend_schemes() -> list[BackendInfo]:
 def confhub_make_backend(spec: SourceSpec, settings: BackendSettings) -> EnvBackend | None:
     if spec.scheme != "env":
         return None
+    check_options(spec, ENV_OPTIONS, logger=_log)
     return EnvBackend(spec)

@@ -51,7 +51,7 @@ def state(hub: Hub) -> str:
 
 
 def watcher(hub: Hub) -> Any:
-    return backend_of(hub, hub.sources[0])._watcher  # type: ignore[attr-defined]
+    return backend_of(hub, hub.sources[0]).watcher  # type: ignore[attr-defined]
 
 
 class Scenario:

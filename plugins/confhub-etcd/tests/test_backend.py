@@ -35,6 +35,18 @@ def test_plugin_is_discovered_through_its_entry_point(etcd: EtcdServer) -> None:
     assert rows["etcd"]["distribution"] == "confhub-etcd"
 
 
+def test_volatile_options_are_declared() -> None:
+    """The scheme's BackendInfo declares the tuning options volatile (kept out of the cache
+    identity), the same list as the config module's."""
+    from confhub_etcd._config import VOLATILE_OPTIONS  # noqa: PLC0415
+    from confhub_etcd._plugin import confhub_backend_schemes  # noqa: PLC0415
+
+    (info,) = confhub_backend_schemes()
+    assert info.volatile_options == VOLATILE_OPTIONS
+    assert {"page_size", "progress_interval", "max_receive_bytes"} <= VOLATILE_OPTIONS
+    assert not {"prefix", "format", "user", "tls", "max_keys"} & VOLATILE_OPTIONS
+
+
 def test_tree_layout_and_explain(etcd: EtcdServer) -> None:
     """Keys under the prefix become dotted keys; explain names the etcd key and mod_revision."""
     etcd.put("/app/db/pool/size", "10")
@@ -69,6 +81,47 @@ def test_leaf_and_parent_clash_names_both_keys(etcd: EtcdServer) -> None:
     with pytest.raises(SourceFormatError) as info, make_hub([spec(etcd.endpoint)]):
         pass
     assert "/app/db" in str(info.value) and "/app/db/host" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected_extra"),
+    [
+        ({}, {}),  # the bulk path
+        ({"/app/": "prefix key, ignored"}, {}),
+        ({"/app/dir/": "directory marker, ignored"}, {}),
+        ({"/app/multi": "line one\nline two\x00nul"}, {"multi": "line one\nline two\x00nul"}),
+        ({"/app/new\nline": "x"}, {"new\nline": "x"}),
+        ({"/app/ünï/cödé": "wërt"}, {"ünï.cödé": "wërt"}),
+    ],
+)
+def test_load_builds_the_same_layer_on_every_path(
+    etcd: EtcdServer, extra: dict[str, str], expected_extra: dict[str, str]
+) -> None:
+    """Whether the load takes the bulk path or the key-by-key one (a marker key, a newline
+    in a key, NUL in a value), values, details and parent counts are the same."""
+    revisions = {
+        key: etcd.put(key, value)
+        for key, value in {
+            "/app/a/b/c": "1",
+            "/app/a/b/d": "2",
+            "/app/a/e": "3",
+            "/app/f": "4",
+            **extra,
+        }.items()
+    }
+    backend = make_hub([]).make_backend(SourceSpec.parse(spec(etcd.endpoint)))
+    assert isinstance(backend, EtcdBackend)
+    try:
+        layer = backend.load()
+    finally:
+        backend.close()
+    expected = {"a.b.c": "1", "a.b.d": "2", "a.e": "3", "f": "4", **expected_extra}
+    assert dict(layer.values) == expected
+    assert layer.revision == max(revisions.values())
+    assert dict(layer.inner) == {"a": 3, "a.b": 2, **({"ünï": 1} if "ünï.cödé" in expected else {})}
+    for dotted in expected:
+        key = "/app/" + dotted.replace(".", "/")
+        assert layer.detail(dotted) == f"etcd key {key} (mod_revision {revisions[key]})"
 
 
 def test_invalid_utf8_value_names_the_key(etcd: EtcdServer) -> None:

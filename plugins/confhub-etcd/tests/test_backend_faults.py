@@ -120,7 +120,7 @@ def test_compaction_while_the_watcher_is_behind(cluster: EtcdCluster) -> None:
         events.wait_for(lambda: hub.get("d", None) == "new" and "a" not in hub)
         assert hub.snapshot().to_dict() == {"c": "2", "d": "new"}
         events.wait_state("live")
-        watcher = hub._slots[0].backends[0]._watcher  # type: ignore[union-attr]
+        watcher = hub._slots[0].backends[0].watcher  # type: ignore[union-attr]
         assert watcher is not None and watcher.resyncs >= 1
 
 

@@ -7,7 +7,6 @@ import os
 import time
 from typing import Any
 
-import grpc
 import pytest
 from confhub import Hub
 from etcd_testlib import FAST, Recorder
@@ -18,7 +17,7 @@ from confhub_etcd._client import (
     EtcdUnavailable,
     PrefixWatcher,
 )
-from confhub_etcd.testing import EtcdServer
+from confhub_etcd.testing import CallHook, EtcdServer, rpc_error, simulate_fork
 
 _FD_GENERATION = "Stream removed (sendmsg: Wrong file descriptor generation)"
 
@@ -85,107 +84,77 @@ def test_child_after_fork_gets_a_working_client(client: EtcdClient) -> None:
         assert child_revision < after
 
 
-class _FakeRpcError(grpc.RpcError):
-    def __init__(self, details: str) -> None:
-        self._details = details
+class _FailFirst:
+    """A ``CallHook.before`` that fails the next ``method`` call (armed by ``arm``) with
+    ``details``, as gRPC fails the first call in a forked child."""
 
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
+    def __init__(self, method: str, details: str) -> None:
+        self.method = method
+        self.details = details
+        self.armed = False
 
-    def details(self) -> str:
-        return self._details
+    def arm(self, details: str | None = None) -> None:
+        self.details = details or self.details
+        self.armed = True
 
-
-class _FailingCall:
-    """A streaming call whose stream fails at once, like gRPC's."""
-
-    def __init__(self, details: str) -> None:
-        self._details = details
-
-    def __iter__(self) -> Any:
-        raise _FakeRpcError(self._details)
-
-    def cancel(self) -> None:
-        pass
+    def __call__(self, method: str, request: Any) -> None:
+        if method == self.method and self.armed:
+            self.armed = False
+            raise rpc_error(self.details)
 
 
-class _FailingStub:
-    """Stands in for a stub on the first channel opened after fork(): every call fails."""
-
-    def __init__(self, details: str) -> None:
-        self._details = details
-
-    def __getattr__(self, name: str) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if name == "Watch":
-                return _FailingCall(self._details)
-            raise _FakeRpcError(self._details)
-
-        return call
+def _forked_client(
+    etcd: EtcdServer, method: str, details: str
+) -> tuple[EtcdClient, CallHook, _FailFirst]:
+    """A client reset as in a forked child whose first ``method`` call fails."""
+    fail = _FailFirst(method, details)
+    hook = CallHook(before=fail)
+    client = EtcdClient(etcd.endpoints, timeout=2.0, interceptors=[hook])
+    simulate_fork(client)
+    fail.arm()
+    return client, hook, fail
 
 
-def _simulate_fork(
-    client: EtcdClient, monkeypatch: pytest.MonkeyPatch, stub: str, details: str
-) -> list[Any]:
-    """Reset ``client`` as fork() does and make the first channel it opens fail on ``stub``."""
-    client._reset_after_fork()
-    opened: list[Any] = []
-    real_open = client._open
-
-    def open_(endpoint: str) -> Any:
-        conn = real_open(endpoint)
-        if not opened:
-            setattr(conn, stub, _FailingStub(details))
-        opened.append(conn)
-        return conn
-
-    monkeypatch.setattr(client, "_open", open_)
-    return opened
+def test_first_call_after_fork_is_retried_once_on_a_fresh_channel(etcd: EtcdServer) -> None:
+    """The child's first call failing in gRPC's fd layer is retried at once, and the grace
+    is spent: a later failure is not retried."""
+    etcd.put("/fork/a", "1")
+    client, hook, fail = _forked_client(etcd, "Range", _FD_GENERATION)
+    with client:
+        item, _ = client.get("/fork/a")
+        assert item is not None and item.value == b"1"
+        assert hook.calls == ["Range", "Range"]
+        fail.arm()
+        with pytest.raises(EtcdUnavailable):
+            client.get("/fork/a")
 
 
-def test_first_call_after_fork_is_retried_once_on_a_fresh_channel(
-    client: EtcdClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The child's first call failing in gRPC's fd layer is retried on a new channel, the
-    failed channel is closed, and the grace is spent: a later failure is not retried."""
-    client.put("/fork/a", "1")
-    opened = _simulate_fork(client, monkeypatch, "kv", _FD_GENERATION)
-    item, _ = client.get("/fork/a")
-    assert item is not None and item.value == b"1"
-    assert len(opened) == 2
-    with pytest.raises(ValueError, match="closed"):
-        opened[0].channel.unary_unary("/etcdserverpb.KV/Range")(b"")
-    client._connections[opened[1].endpoint].kv = _FailingStub(_FD_GENERATION)
-    with pytest.raises(EtcdUnavailable):
-        client.get("/fork/a")
-
-
-def test_first_write_after_fork_is_retried_only_when_nothing_was_sent(
-    client: EtcdClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_first_write_after_fork_is_retried_only_when_nothing_was_sent(etcd: EtcdServer) -> None:
     """A write is retried after fork only when the error proves it never left the process."""
-    _simulate_fork(client, monkeypatch, "kv", "Socket closed")
-    with pytest.raises(EtcdUnavailable, match="Socket closed"):
-        client.put("/fork/w", "1")
-    _simulate_fork(client, monkeypatch, "kv", _FD_GENERATION)
-    assert client.put("/fork/w", "2") > 0
+    client, _, fail = _forked_client(etcd, "Put", "Socket closed")
+    with client:
+        with pytest.raises(EtcdUnavailable, match="Socket closed"):
+            client.put("/fork/w", "1")
+        simulate_fork(client)
+        fail.arm(_FD_GENERATION)
+        assert client.put("/fork/w", "2") > 0
 
 
-def test_first_watch_after_fork_is_retried_unreported(
-    client: EtcdClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_first_watch_after_fork_is_retried_unreported(etcd: EtcdServer) -> None:
     """A watcher whose first call in a child is the watch stream gets the same grace: no
     spurious DISCONNECTED, and the changes arrive."""
-    snapshot = client.read_prefix("/fork/")
-    opened = _simulate_fork(client, monkeypatch, "watch", _FD_GENERATION)
-    recorder = Recorder()
-    with client.watch_prefix(
-        "/fork/", recorder.on_batch, recorder.on_state, snapshot=snapshot, backoff=FAST
-    ):
-        recorder.wait_for(lambda: "connected" in recorder.state_names())
-        revision = client.put("/fork/b", "1")
-        recorder.wait_revision(revision)
-    assert len(opened) == 2
+    client, hook, _ = _forked_client(etcd, "Watch", _FD_GENERATION)
+    with client:
+        snapshot = client.read_prefix("/fork/")  # spends nothing: a Range, not the Watch
+        simulate_fork(client)
+        recorder = Recorder()
+        with client.watch_prefix(
+            "/fork/", recorder.on_batch, recorder.on_state, snapshot=snapshot, backoff=FAST
+        ):
+            recorder.wait_for(lambda: "connected" in recorder.state_names())
+            revision = client.put("/fork/b", "1")
+            recorder.wait_revision(revision)
+    assert hook.calls.count("Watch") == 2
     assert recorder.state_names() == ["connected", "closed"]
 
 

@@ -118,3 +118,22 @@ def test_a_port_taken_before_etcd_binds_it_is_retried_with_new_ports(
 
 def test_ports_of_one_cluster_are_distinct() -> None:
     assert len(set(testing._free_ports(64))) == 64
+
+
+def test_public_surface_is_pinned() -> None:
+    """``confhub_etcd.testing`` exports exactly its documented names, sorted, all present."""
+    assert testing.__all__ == sorted(testing.__all__)
+    assert set(testing.__all__) == {
+        "CallHook",
+        "EtcdCluster",
+        "EtcdMember",
+        "EtcdNotFoundError",
+        "EtcdServer",
+        "EtcdStartError",
+        "TLSFiles",
+        "find_etcd_binary",
+        "rpc_error",
+        "simulate_fork",
+    }
+    for name in testing.__all__:
+        assert hasattr(testing, name), name

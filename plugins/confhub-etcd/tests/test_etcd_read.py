@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from confhub_etcd._client import EtcdClient, EtcdTooManyKeys, prefix_range_end
-from confhub_etcd.testing import EtcdServer
+from confhub_etcd.testing import CallHook, EtcdServer
 
 
 def test_prefix_range_end() -> None:
@@ -18,26 +18,22 @@ def test_prefix_range_end() -> None:
     assert prefix_range_end(b"\xff\xff") == b"\0"
 
 
-def test_paged_read_is_pinned_to_one_revision(client: EtcdClient, monkeypatch: Any) -> None:
+def test_paged_read_is_pinned_to_one_revision(etcd: EtcdServer, client: EtcdClient) -> None:
     """Writes between pages do not leak into the snapshot: every page is read at revision R."""
     for i in range(50):
         client.put(f"/app/k{i:03d}", f"v{i}")
     client.put("/app0", "outside the prefix")
-    original = client._unary
-    pages = []
+    pages: list[int] = []
 
-    def unary_with_interleaved_writes(*args: Any, **kwargs: Any) -> Any:
-        response = original(*args, **kwargs)
-        if args[1] == "Range" and kwargs.get("what") == "range read":
+    def interleave_writes(method: str, request: Any, response: Any) -> None:
+        if method == "Range" and request.limit == 7:
             pages.append(len(response.kvs))
             # A concurrent writer changes, adds and deletes keys between our pages.
-            original("kv", "Put", _put("/app/k049", "new"), idempotent=False, what="put")
-            original("kv", "Put", _put(f"/app/z{len(pages)}", "new"), idempotent=False, what="put")
-        return response
+            etcd.put("/app/k049", "new")
+            etcd.put(f"/app/z{len(pages)}", "new")
 
-    monkeypatch.setattr(client, "_unary", unary_with_interleaved_writes)
-    snapshot = client.read_prefix("/app/", page_size=7)
-    monkeypatch.undo()
+    with EtcdClient(etcd.endpoints, interceptors=[CallHook(after=interleave_writes)]) as hooked:
+        snapshot = hooked.read_prefix("/app/", page_size=7)
 
     assert len(pages) >= 8
     assert len(snapshot.items) == 50
@@ -47,30 +43,21 @@ def test_paged_read_is_pinned_to_one_revision(client: EtcdClient, monkeypatch: A
     assert client.revision() > snapshot.revision
 
 
-def _put(key: str, value: str) -> Any:
-    import pyetcd.etcdrpc as rpc  # noqa: PLC0415
-
-    return rpc.PutRequest(key=key.encode(), value=value.encode())
-
-
-def test_paged_read_restarts_after_compaction(
-    etcd: EtcdServer, client: EtcdClient, monkeypatch: Any
-) -> None:
+def test_paged_read_restarts_after_compaction(etcd: EtcdServer, client: EtcdClient) -> None:
     """If R is compacted between pages, the read restarts at a new revision, never mixes."""
     for i in range(20):
         client.put(f"/c/k{i:02d}", "old")
-    original = client._unary
-    compacted = []
+    compacted: list[int] = []
 
-    def unary(*args: Any, **kwargs: Any) -> Any:
-        response = original(*args, **kwargs)
-        if kwargs.get("what") == "range read" and not compacted:
+    def compact_after_first_page(method: str, request: Any, response: Any) -> None:
+        if method == "Range" and request.limit == 5 and not compacted:
             compacted.append(etcd.put("/c/k00", "new"))
             etcd.compact()
-        return response
 
-    monkeypatch.setattr(client, "_unary", unary)
-    snapshot = client.read_prefix("/c/", page_size=5)
+    with EtcdClient(
+        etcd.endpoints, interceptors=[CallHook(after=compact_after_first_page)]
+    ) as hooked:
+        snapshot = hooked.read_prefix("/c/", page_size=5)
     assert snapshot.revision >= compacted[0]
     assert snapshot.as_dict()[b"/c/k00"].value == b"new"
     assert len(snapshot.items) == 20
@@ -105,20 +92,14 @@ def test_page_sizes(client: EtcdClient, page_size: int) -> None:
     assert [kv.value for kv in snapshot.items] == [str(i).encode() for i in range(10)]
 
 
-def test_max_keys_stops_the_read_after_the_first_page(client: EtcdClient, monkeypatch: Any) -> None:
+def test_max_keys_stops_the_read_after_the_first_page(etcd: EtcdServer, client: EtcdClient) -> None:
     """Above ``max_keys``, etcd's range count refuses the prefix after ONE page; at or under
     the cap every key is read."""
     client.put_many({f"/m/{i:02d}": str(i) for i in range(10)})
-    calls: list[Any] = []
-    unary = client._unary
-
-    def counting(service: str, method: str, request: Any, **kw: Any) -> Any:
-        calls.append(request)
-        return unary(service, method, request, **kw)
-
-    monkeypatch.setattr(client, "_unary", counting)
-    with pytest.raises(EtcdTooManyKeys) as info:
-        client.read_prefix("/m/", page_size=2, max_keys=5)
-    assert (info.value.actual, info.value.limit, info.value.limit_name) == (10, 5, "max_keys")
-    assert len(calls) == 1
-    assert len(client.read_prefix("/m/", page_size=3, max_keys=10).items) == 10
+    hook = CallHook()
+    with EtcdClient(etcd.endpoints, interceptors=[hook]) as hooked:
+        with pytest.raises(EtcdTooManyKeys) as info:
+            hooked.read_prefix("/m/", page_size=2, max_keys=5)
+        assert (info.value.actual, info.value.limit, info.value.limit_name) == (10, 5, "max_keys")
+        assert hook.calls == ["Range"]
+        assert len(hooked.read_prefix("/m/", page_size=3, max_keys=10).items) == 10

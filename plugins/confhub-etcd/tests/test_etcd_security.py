@@ -17,7 +17,7 @@ from confhub_etcd._client import (
     EtcdUnavailable,
     TLSConfig,
 )
-from confhub_etcd.testing import EtcdServer
+from confhub_etcd.testing import CallHook, EtcdServer
 
 
 @pytest.fixture(scope="module")
@@ -117,31 +117,23 @@ def test_no_credentials_against_auth_server(auth_etcd: EtcdServer) -> None:
         client.get("/auth/a")
 
 
-def test_expired_token_reauthenticates_once(
-    auth_etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_expired_token_reauthenticates_once(auth_etcd: EtcdServer) -> None:
     """After the simple token expires (TTL 2 s) the next call re-authenticates transparently,
     and a watch created after expiry works too."""
     creds = Credentials("root", auth_etcd.root_password)
-    with EtcdClient(auth_etcd.endpoints, credentials=creds) as client:
-        calls = []
-        original = client._authenticate
-
-        def counting(conn):  # type: ignore[no-untyped-def]
-            calls.append(time.monotonic())
-            return original(conn)
-
-        monkeypatch.setattr(client, "_authenticate", counting)
+    hook = CallHook()
+    with EtcdClient(auth_etcd.endpoints, credentials=creds, interceptors=[hook]) as client:
+        calls = hook.calls
         client.put("/auth/t", "1")
-        assert len(calls) == 1
+        assert calls.count("Authenticate") == 1
         time.sleep(3.5)
         item, _ = client.get("/auth/t")
         assert item is not None and item.value == b"1"
-        assert len(calls) == 2
+        assert calls.count("Authenticate") == 2
         time.sleep(3.5)
         recorder = Recorder()
         with client.watch_prefix("/auth/", recorder.on_batch, recorder.on_state, backoff=FAST):
             recorder.wait_for(lambda: bool(recorder.batches))
             revision = client.put("/auth/t", "2")
             recorder.wait_revision(revision)
-        assert len(calls) <= 4
+        assert calls.count("Authenticate") <= 4

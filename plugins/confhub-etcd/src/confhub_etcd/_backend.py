@@ -1,4 +1,4 @@
-"""The confhub backend for etcd v3: specs, loads, the watch glue, and compare-and-swap writes.
+"""The confhub backend for etcd v3: loads, the watch glue, and compare-and-swap writes.
 
 Two layouts:
 
@@ -7,26 +7,28 @@ Two layouts:
 * **document** (``?format=json|yaml|toml``): the spec names ONE key whose value is a whole
   document.
 
-The spec ``etcd://[user[:password]@]host:port[,host:port...]/prefix/?options``; see
-``docs/backend.md`` for the options, the watch semantics and the behaviour under failure.
+The spec ``etcd://[user[:password]@]host:port[,host:port...]/prefix/?options`` is parsed by
+:mod:`confhub_etcd._config`; see ``docs/backend.md`` for the options, the watch semantics and
+the behaviour under failure.
 
 Everything etcd-specific (channels, failover, resume, compaction resync, auth, limits, fork
-safety) lives in :mod:`confhub_etcd._client`; this module maps it onto confhub's contract.
+safety) lives in the client layer (:mod:`confhub_etcd._client` and the modules under it);
+turning etcd keys into layers is :mod:`confhub_etcd._layers`; the shared KV glue (key mapping,
+value encoding, messages, backoff, report-once, "the source is back") is :mod:`confhub.kv`.
+This module wires them onto confhub's backend contract.
 """
 
 from __future__ import annotations
 
-import json
+import enum
 import logging
-import os
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import unquote
+from collections.abc import Hashable
+from typing import Any
 
-import immutables
 from confhub import (
+    Backend,
+    BackendSettings,
     Layer,
     LayerDelta,
     Notify,
@@ -37,291 +39,50 @@ from confhub import (
     SpecError,
     WriteConflictError,
     WriteError,
-    parse_document,
+    kv,
 )
 
-from ._client import (
-    Backoff,
-    Credentials,
-    EtcdAuthError,
-    EtcdClient,
-    EtcdError,
-    EtcdLimitError,
-    EtcdTooManyKeys,
+from ._client import EtcdClient
+from ._config import EtcdSourceConfig, parse_spec
+from ._documents import updated_document
+from ._errors import EtcdAuthError, EtcdError, EtcdLimitError, EtcdTooManyKeys
+from ._layers import NOUN, checked_tree_layer, document_layer, fast_tree_layer, tree_delta
+from ._types import (
     EventKind,
     KeyValue,
     PrefixSnapshot,
-    PrefixWatcher,
-    TLSConfig,
     WatchBatch,
     WatchEvent,
     WatchState,
     WatchStatus,
 )
+from ._watcher import PrefixWatcher
 
-if TYPE_CHECKING:
-    from confhub import Hub
-
-__all__ = ["EtcdBackend", "EtcdSourceConfig", "parse_spec"]
+__all__ = ["EtcdBackend", "EtcdSourceConfig", "make_backend", "parse_spec"]
 
 log = logging.getLogger("confhub.etcd")
 
-_FORMATS: Final = ("json", "yaml", "toml")
-#: The core's default ``max_keys`` (what ``SourceSpec.max_keys`` gives for no option): a
-#: tree prefix holding more keys is refused after its first page.
-DEFAULT_MAX_KEYS: Final = 1_000_000
-#: Options this backend reads; the rest belong to the core (cache, optional ...).
-_OWN_OPTIONS: Final = frozenset(
-    {
-        "prefix",
-        "format",
-        "user",
-        "password",
-        "password_env",
-        "ca",
-        "cert",
-        "key",
-        "tls",
-        "timeout",
-        "page_size",
-        "max_receive_bytes",
-        "retry_initial",
-        "retry_max",
-        "progress_interval",
-        "max_keys",  # the core enforces it on every layer; read here to stop paging early
-    }
-)
-_CORE_OPTIONS: Final = frozenset(
-    {"optional", "cache", "cache_secrets", "max_stale", "poll", "poll_interval", "watch", "name"}
-)
-_DETAIL_HEAD: Final = "etcd key "
-_DETAIL_TAIL: Final = " (mod_revision "
+
+class _Trouble(enum.Enum):
+    """What the backend last reported to the hub (its ``ReportOnce`` kinds)."""
+
+    UNAVAILABLE = "unavailable"
+    REFUSED = "refused"
+    TOO_MANY_KEYS = "too many keys"
+    BROKEN = "broken content"
+    DOCUMENT_MISSING = "document key missing"
 
 
-# ------------------------------------------------------------------------------------------------
-# the spec
-
-
-@dataclass(frozen=True, slots=True)
-class EtcdSourceConfig:
-    """What an ``etcd://`` spec asks for, parsed and checked (no I/O done).
-
-    ``prefix`` is the etcd key prefix (tree layout) or the document key (``fmt`` set).
-    ``credentials`` never shows its password in a repr.
-    """
-
-    endpoints: tuple[str, ...]
-    prefix: str
-    fmt: str | None
-    credentials: Credentials | None
-    tls: TLSConfig | None
-    timeout: float
-    page_size: int
-    backoff: Backoff
-    progress_interval: float
-    display: str = field(default="")
-    max_receive_bytes: int = 64 * 1024 * 1024
-    max_keys: int = DEFAULT_MAX_KEYS
-
-
-def _spec_error(spec: SourceSpec, message: str) -> SpecError:
-    return SpecError(f"{spec.display}: {message}", spec=spec.display)
-
-
-def _positive(spec: SourceSpec, name: str, default: float) -> float:
-    value = spec.option_float(name, default)
-    if not value > 0:
-        raise _spec_error(spec, f"option {name}={spec.options.get(name)!r} must be above 0")
-    return value
-
-
-def parse_spec(spec: SourceSpec, *, default_timeout: float = 2.0) -> EtcdSourceConfig:
-    """Parse an ``etcd:`` spec; raises :class:`confhub.SpecError` naming the fix."""
-    location = spec.location
-    if not location.startswith("//"):
-        raise _spec_error(
-            spec, "write the spec as etcd://host:2379/prefix/ (two slashes, then host:port)"
-        )
-    netloc, slash, path = location[2:].partition("/")
-    path = slash + path
-    if "@" in path and "@" not in netloc:
-        # Most likely user:password@ with a raw "/" in the password: never echo it.
-        raise _spec_error(
-            spec,
-            "the part before the first '/' has no '@' but the rest does: percent-encode a "
-            "'/' in the password as %2F, or pass it as ?password= (or password_env=)",
-        )
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not at:
-        hosts, userinfo = netloc, ""
-    endpoints = tuple(h.strip() for h in hosts.split(",") if h.strip())
-    if not endpoints:
-        raise _spec_error(spec, "no etcd endpoint given; write etcd://host:2379/prefix/")
-    for endpoint in endpoints:
-        host, colon, port = endpoint.rpartition(":")
-        if not colon or not host or not port.isdigit():
-            raise _spec_error(
-                spec, f"endpoint {endpoint!r} is not host:port; write e.g. 127.0.0.1:2379"
-            )
-    user = unquote(userinfo.partition(":")[0]) if userinfo else None
-    password = unquote(userinfo.partition(":")[2]) if ":" in userinfo else None
-    user = spec.options.get("user", user) or None
-    password = spec.options.get("password", password)
-    password_env = spec.options.get("password_env")
-    if password is None and password_env:
-        password = os.environ.get(str(password_env))
-        if password is None:
-            raise _spec_error(
-                spec, f"password_env names {password_env!r}, which is not set in the environment"
-            )
-    if password is not None and not user:
-        raise _spec_error(spec, "a password needs a user: add ?user=NAME or user:password@")
-    credentials = Credentials(str(user), str(password or "")) if user else None
-
-    fmt_option = spec.options.get("format")
-    fmt = str(fmt_option).lower() if fmt_option else None
-    if fmt == "yml":
-        fmt = "yaml"
-    if fmt is not None and fmt not in _FORMATS:
-        raise _spec_error(spec, f"unknown format {fmt_option!r}; use one of json, yaml, toml")
-    prefix_option = spec.options.get("prefix")
-    prefix = str(prefix_option) if prefix_option is not None else path
-    if not prefix:
-        raise _spec_error(
-            spec,
-            "no key prefix given; write etcd://host:2379/myapp/ (keys starting with /myapp/) "
-            "or add ?prefix=myapp/",
-        )
-    if fmt is None and not prefix.endswith("/"):
-        # /myapp must not also read /myapp2/...: a tree prefix is a directory.
-        prefix += "/"
-    if fmt is not None and prefix.endswith("/"):
-        raise _spec_error(
-            spec, f"format={fmt} names one key holding a document; {prefix!r} ends with '/'"
-        )
-
-    ca, cert, key = (spec.options.get(n) for n in ("ca", "cert", "key"))
-    if (cert is None) != (key is None):
-        raise _spec_error(spec, "TLS client authentication needs both cert= and key= (PEM files)")
-    tls: TLSConfig | None = None
-    if ca or cert or spec.option_bool("tls", False):
-        tls = TLSConfig(ca_file=ca or None, cert_file=cert or None, key_file=key or None)
-
-    page_size = int(_positive(spec, "page_size", 500))
-    max_receive = int(_positive(spec, "max_receive_bytes", 64 * 1024 * 1024))
-    if max_receive < 4096:
-        raise _spec_error(spec, f"max_receive_bytes={max_receive} is too small; use >= 4096")
-    retry_initial = _positive(spec, "retry_initial", 0.2)
-    retry_max = _positive(spec, "retry_max", 10.0)
-    if retry_max < retry_initial:
-        raise _spec_error(spec, "retry_max must be at least retry_initial")
-    max_keys = spec.max_keys
-    unknown = set(spec.options) - _OWN_OPTIONS - _CORE_OPTIONS
-    if unknown:
-        log.warning(
-            "%s: ignoring unknown option(s) %s; known: %s",
-            spec.display,
-            ", ".join(sorted(unknown)),
-            ", ".join(sorted(_OWN_OPTIONS)),
-        )
-    return EtcdSourceConfig(
-        endpoints=endpoints,
-        prefix=prefix,
-        fmt=fmt,
-        credentials=credentials,
-        tls=tls,
-        timeout=_positive(spec, "timeout", default_timeout),
-        page_size=page_size,
-        backoff=Backoff(initial=retry_initial, maximum=retry_max),
-        progress_interval=_positive(spec, "progress_interval", 5.0),
-        display=spec.display,
-        max_receive_bytes=max_receive,
-        max_keys=max_keys,
-    )
-
-
-# ------------------------------------------------------------------------------------------------
-# helpers
-
-
-def _detail(key: bytes, mod_revision: int) -> str:
-    return f"{_DETAIL_HEAD}{key.decode('utf-8', 'backslashreplace')}{_DETAIL_TAIL}{mod_revision})"
-
-
-def _owner(detail: str | None) -> str | None:
-    """The etcd key named by a detail written by :func:`_detail` (cached details too)."""
-    if detail is None or not detail.startswith(_DETAIL_HEAD):
-        return None
-    end = detail.rfind(_DETAIL_TAIL)
-    return detail[len(_DETAIL_HEAD) : end] if end > 0 else None
-
-
-def _encode(value: Any, *, source: str, key: str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, bool):
-        return b"true" if value else b"false"
-    if isinstance(value, str | int | float):
-        return str(value).encode("utf-8")
-    raise WriteError(
-        f"{source}: cannot write a {type(value).__name__} to {key!r}: etcd keys hold text; "
-        "write one leaf key at a time as a string or number",
-        source=source,
-        key=key,
-    )
-
-
-def _set_nested(data: dict[str, Any], key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[parts[-1]] = value
-
-
-def _dump_document(data: Mapping[str, Any], fmt: str, *, source: str, key: str) -> bytes:
-    if fmt == "json":
-        return json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
-    if fmt == "yaml":
-        import yaml  # noqa: PLC0415 - optional, as in the core's parsers
-
-        return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True).encode("utf-8")
-    try:
-        import tomli_w  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
-    except ImportError:
-        raise WriteError(
-            f"{source}: writing into a TOML document needs the tomli_w package "
-            "(pip install tomli_w), or write the whole document key yourself",
-            source=source,
-            key=key,
-        ) from None
-    dumped: str = tomli_w.dumps(dict(data))
-    return dumped.encode("utf-8")
-
-
-def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
-    return value
-
-
-# ------------------------------------------------------------------------------------------------
-# the backend
-
-
-class EtcdBackend:
+class EtcdBackend(Backend):
     """One ``etcd://`` source: ``load()``, ``watch(notify)``, ``write()``, ``close()``.
 
     The client is created on first use (``load``, ``write``), never in the constructor. The
     watcher thread calls ``notify`` with one :class:`confhub.LayerDelta` per etcd watch
-    response (all keys of a revision together), an empty delta carrying the revision when a
-    lost watch is re-established, a :class:`confhub.SourceUnavailableError` once per lost
-    connection, and a :class:`confhub.SourceFormatError` while the content is broken.
+    response (all keys of a revision together), ``confhub.kv.recovered`` when a lost watch
+    is re-established, and an error once per change of trouble: a
+    :class:`confhub.SourceUnavailableError` for a lost connection or a deleted document key,
+    a :class:`confhub.SourcePermissionError` when etcd refuses the watch, a
+    :class:`confhub.SourceFormatError` while the content is broken.
     """
 
     #: Remote: the hub bounds loads and keeps a last-good copy on disk.
@@ -331,6 +92,7 @@ class EtcdBackend:
         self.spec = spec
         self.config = config
         self.display = spec.display
+        self.keys = kv.KeyMap(config.prefix, source=spec.display, noun=NOUN)
         self._lock = threading.Lock()
         self._client: EtcdClient | None = None
         self._watcher: PrefixWatcher | None = None
@@ -342,10 +104,17 @@ class EtcdBackend:
         self._layer: Layer | None = None  # the last content delivered without error
         self._pending: dict[bytes, WatchEvent] = {}  # changes not yet deliverable (broken)
         self._lost = False
-        self._broken = False  # the last update sent was a SourceFormatError
+        self._broken = False  # the content is refused (broken, too many keys, missing)
+        self._reports = kv.ReportOnce()
 
     def __repr__(self) -> str:
         return f"EtcdBackend({self.display!r})"
+
+    @property
+    def watcher(self) -> PrefixWatcher | None:
+        """The running prefix watcher (its counters: ``resyncs``, ``reconnects`` ...), or
+        None before ``watch()`` and after ``close()``. For diagnostics and tests."""
+        return self._watcher
 
     # -- client ------------------------------------------------------------------------------
 
@@ -378,12 +147,9 @@ class EtcdBackend:
             return self._client
 
     def _too_many(self, exc: EtcdTooManyKeys) -> SourceFormatError:
-        return SourceFormatError(
-            f"{self.display}: at least {exc.actual:,} keys, more than max_keys={exc.limit:,}; "
-            "refusing them (stopped reading after the first page): raise ?max_keys= on the "
-            "source if that many keys are intended, or delete the runaway keys",
-            source=self.display,
-        )
+        # etcd's range count is the exact count at the read's revision (the read itself
+        # stopped after its first page), so no "at least".
+        return kv.too_many_keys(self.display, exc.actual, exc.limit)
 
     def _translate(self, exc: EtcdError, what: str) -> Exception:
         if isinstance(exc, EtcdTooManyKeys):
@@ -410,8 +176,8 @@ class EtcdBackend:
                     cfg.prefix, page_size=cfg.page_size, max_keys=cfg.max_keys, convert=False
                 )
             else:
-                kv, revision = client.get(cfg.prefix)
-                snapshot = PrefixSnapshot(revision, (kv,) if kv is not None else ())
+                item, revision = client.get(cfg.prefix)
+                snapshot = PrefixSnapshot(revision, (item,) if item is not None else ())
         except EtcdError as exc:
             raise self._translate(exc, "the read") from None
         layer = self._tree_layer(snapshot) if cfg.fmt is None else self._document_layer(snapshot)
@@ -423,117 +189,22 @@ class EtcdBackend:
                 self._broken = False
         return layer
 
-    def _dotted(self, key: bytes) -> str | None:
-        """The dotted key of an etcd key under the prefix; None for keys that carry none."""
-        try:
-            rel = key.decode("utf-8")[len(self.config.prefix) :]
-        except UnicodeDecodeError:
-            raise SourceFormatError(
-                f"{self.display}: etcd key {key!r} is not valid UTF-8; rename it",
-                source=self.display,
-            ) from None
-        if not rel or rel.endswith("/"):
-            return None  # the prefix itself, or a "directory" marker key
-        dotted = rel.replace("/", ".")
-        if dotted.startswith(".") or ".." in dotted:
-            raise SourceFormatError(
-                f"{self.display}: etcd key {key.decode()!r} has an empty path segment; rename it",
-                source=self.display,
-                key=dotted,
-            )
-        return dotted
-
-    def _text(self, kv: KeyValue | WatchEvent, dotted: str) -> str:
-        try:
-            return kv.value.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise SourceFormatError(
-                f"{self.display}: the value of etcd key {kv.key.decode('utf-8', 'replace')!r} "
-                f"is not valid UTF-8 (byte {exc.start}); store text",
-                source=self.display,
-                key=dotted,
-            ) from None
-
     def _tree_layer(self, snapshot: PrefixSnapshot) -> Layer:
-        # The hot loop of a load (100,000 keys): one decode per key and value, the general
-        # (error-reporting) path only for keys that need it.
-        values: dict[str, str] = {}
-        details: dict[str, str] = {}
-        inner: dict[str, int] = {}
-        prefix = self.config.prefix
-        skip = len(prefix.encode("utf-8"))
-        head = f"{_DETAIL_HEAD}{prefix}"
-        for kv in snapshot.items:
-            try:
-                rel = kv.key[skip:].decode("utf-8")
-                value = kv.value.decode("utf-8")
-            except UnicodeDecodeError:
-                dotted = self._dotted(kv.key)  # raises for a bad key
-                if dotted is None:
-                    continue
-                self._text(kv, dotted)  # raises for a bad value
-                raise  # pragma: no cover - one of the two above raised
-            if not rel or rel[-1] == "/":
-                continue  # the prefix itself, or a "directory" marker key
-            dotted = rel.replace("/", ".")
-            if dotted[0] == "." or ".." in dotted:
-                self._dotted(kv.key)  # raises, naming the key
-            if dotted in values:
-                raise self._clash(dotted, _owner(details[dotted]), kv.key)
-            values[dotted] = value
-            details[dotted] = f"{head}{rel}{_DETAIL_TAIL}{kv.mod_revision})"
-            # The parents' child counts (Layer.inner), inline: Layer.from_flat would walk
-            # every key's prefixes twice more.
-            i = dotted.rfind(".")
-            while i > 0:
-                parent = dotted[:i]
-                inner[parent] = inner.get(parent, 0) + 1
-                i = dotted.rfind(".", 0, i)
-        both = values.keys() & inner.keys()
-        if both:
-            parent = min(both)
-            child = next(k for k in sorted(values) if k.startswith(parent + "."))
-            raise SourceFormatError(
-                f"{self.display}: {_owner(details[parent])!r} is both a value and the parent "
-                f"of {_owner(details[child])!r}; a key cannot be both a leaf and a parent: "
-                "delete or rename one of them",
-                source=self.display,
-                key=parent,
-            )
-        return Layer(
-            values=immutables.Map(values),
-            inner=immutables.Map(inner),
-            revision=snapshot.revision,
-            details=immutables.Map(details),
-        )
-
-    def _clash(self, dotted: str, first: str | None, second: bytes) -> SourceFormatError:
-        return SourceFormatError(
-            f"{self.display}: etcd keys {first!r} and {second.decode()!r} both map to "
-            f"{dotted!r} (dots nest like slashes); delete or rename one of them",
-            source=self.display,
-            key=dotted,
-        )
+        layer = fast_tree_layer(snapshot.items, self.config.prefix, snapshot.revision)
+        if layer is None:  # something to skip or report: key by key
+            layer = checked_tree_layer(snapshot.items, self.keys, snapshot.revision)
+        return layer
 
     def _document_layer(self, snapshot: PrefixSnapshot) -> Layer:
-        key = self.config.prefix.encode()
-        kv = next((item for item in snapshot.items if item.key == key), None)
-        if kv is None:
-            log.warning(
-                "%s: document key %s does not exist; the source is empty until it is written",
-                self.display,
-                self.config.prefix,
-            )
-            return Layer.from_flat({}, source=self.display, revision=snapshot.revision)
-        fmt = self.config.fmt or "json"  # only called for the document layout
-        data = parse_document(kv.value, fmt, source=self.display, path=kv.key.decode())
-        layer = Layer.from_mapping(data, source=self.display)
-        detail = _detail(kv.key, kv.mod_revision)
-        return Layer.from_flat(
-            dict(layer.values),
+        key = self.config.prefix
+        item = next((i for i in snapshot.items if i.key == key.encode()), None)
+        return document_layer(
+            item,
+            self.config.fmt or "json",  # only called for the document layout
+            key=key,
             source=self.display,
             revision=snapshot.revision,
-            details=dict.fromkeys(layer.values, detail),
+            optional=self.spec.optional,
         )
 
     # -- watch ---------------------------------------------------------------------------------
@@ -564,44 +235,48 @@ class EtcdBackend:
             self._watcher = watcher
         watcher.start()
 
-    def _deliver(self, update: Layer | LayerDelta | BaseException) -> None:
+    def _deliver(self, update: Layer | LayerDelta) -> None:
+        """Good content: the hub gets it, and the next trouble is news."""
+        self._broken = False
+        self._reports.reset()
         notify = self._notify
         if notify is not None:
             notify(update)
 
+    def _report(self, error: Exception, kind: Hashable) -> None:
+        """Trouble of ``kind``: told to the hub once until the kind changes or it clears."""
+        notify = self._notify
+        if notify is not None and self._reports.changed(kind):
+            notify(error)
+
     def _on_state(self, status: WatchStatus) -> None:
-        if status.state is WatchState.DISCONNECTED:
-            self._lost = True
-            if isinstance(status.error, EtcdTooManyKeys):
-                # Not an outage: the content is refused until the prefix shrinks.
-                self._broken = True
-                self._deliver(self._too_many(status.error))
-                return
-            if isinstance(status.error, EtcdAuthError):
-                # Permission revoked (or the user removed): an ACL problem, not an outage.
-                self._deliver(
-                    SourcePermissionError(
-                        f"{self.display}: etcd refused the watch at revision "
-                        f"{status.revision}: {status.error.reason or status.error}; check the "
-                        "user's roles; retrying",
-                        source=self.display,
-                    )
-                )
-                return
-            self._deliver(
-                SourceUnavailableError(
-                    f"{self.display}: lost the etcd watch at revision {status.revision}: "
-                    f"{status.error}; retrying",
-                    source=self.display,
-                )
-            )
-        elif status.state is WatchState.CONNECTED and self._lost:
+        if status.state is WatchState.CONNECTED and self._lost:
             self._lost = False
             if not self._broken and self._layer is not None:
-                # Nothing may have changed while we were away: tell the hub the source is
-                # back (an empty delta makes it "live" again); changes made meanwhile follow
-                # on this same thread right after.
-                self._deliver(LayerDelta(revision=status.revision))
+                # Nothing may have changed while we were away: the source is back. Changes
+                # made meanwhile follow on this same thread right after.
+                self._deliver(kv.recovered(self.display, status.revision))
+        if status.state is not WatchState.DISCONNECTED:
+            return
+        self._lost = True
+        error = status.error
+        if isinstance(error, EtcdTooManyKeys):
+            # Not an outage: the content is refused until the prefix shrinks.
+            self._broken = True
+            self._report(self._too_many(error), _Trouble.TOO_MANY_KEYS)
+        elif isinstance(error, EtcdAuthError):
+            # Permission revoked (or the user removed): an ACL problem, not an outage.
+            message = (
+                f"{self.display}: etcd refused the watch at revision {status.revision}: "
+                f"{error.reason or error}; check the user's roles; retrying"
+            )
+            self._report(SourcePermissionError(message, source=self.display), _Trouble.REFUSED)
+        else:
+            message = (
+                f"{self.display}: lost the etcd watch at revision {status.revision}: {error}; "
+                "retrying"
+            )
+            self._report(SourceUnavailableError(message, source=self.display), _Trouble.UNAVAILABLE)
 
     def _on_batch(self, batch: WatchBatch) -> None:
         try:
@@ -611,7 +286,7 @@ class EtcdBackend:
                 self._document_batch(batch)
         except SourceFormatError as exc:
             self._broken = True
-            self._deliver(exc)
+            self._report(exc, (_Trouble.BROKEN, exc.key))
 
     def _tree_batch(self, batch: WatchBatch) -> None:
         # Changes accumulate in _pending until they apply cleanly on top of the last good
@@ -620,47 +295,12 @@ class EtcdBackend:
         base = self._layer
         if base is None:  # watch without a load: the first batch is the initial read
             base = Layer.from_flat({}, source=self.display)
-        pending = self._pending
         for event in batch.events:
-            pending[event.key] = event
-        to_set: dict[str, str] = {}
-        set_from: dict[str, bytes] = {}
-        details: dict[str, str] = {}
-        deleted: set[str] = set()
-        base_values, base_details = base.values, base.details
-        for event in pending.values():
-            if event.kind is EventKind.DELETE:
-                try:
-                    dotted = self._dotted(event.key)
-                except SourceFormatError:
-                    continue  # a key that never applied (not UTF-8, empty segment)
-                if dotted is not None and _owner(base_details.get(dotted)) in (
-                    None,
-                    event.key.decode("utf-8", "backslashreplace"),
-                ):
-                    deleted.add(dotted)
-        for event in pending.values():
-            if event.kind is not EventKind.PUT:
-                continue
-            dotted = self._dotted(event.key)
-            if dotted is None:
-                continue
-            if dotted in set_from:
-                raise self._clash(dotted, set_from[dotted].decode(), event.key)
-            owner = _owner(base_details.get(dotted))
-            name = event.key.decode("utf-8", "backslashreplace")
-            if dotted in base_values and dotted not in deleted and owner not in (None, name):
-                raise self._clash(dotted, owner, event.key)
-            to_set[dotted] = self._text(event, dotted)
-            set_from[dotted] = event.key
-            details[dotted] = _detail(event.key, event.mod_revision)
-        delta = LayerDelta(
-            set=to_set, deleted=deleted - to_set.keys(), revision=batch.revision, details=details
-        )
+            self._pending[event.key] = event
+        delta = tree_delta(base, self._pending.values(), self.keys, batch.revision)
         new = base.apply(delta, source=self.display)  # raises on a leaf/parent clash
-        pending.clear()
+        self._pending.clear()
         self._layer = new
-        self._broken = False
         self._deliver(delta)
 
     def _document_batch(self, batch: WatchBatch) -> None:
@@ -669,17 +309,23 @@ class EtcdBackend:
         if not mine:
             return
         event = mine[-1]
-        if event.kind is EventKind.DELETE:
-            log.warning("%s: document key %s was deleted", self.display, self.config.prefix)
-            snapshot = PrefixSnapshot(batch.revision, ())
-        else:
-            kv = KeyValue(
-                event.key, event.value, event.mod_revision, event.create_revision, event.version
+        items: tuple[KeyValue, ...] = ()
+        if event.kind is EventKind.PUT:
+            items = (
+                KeyValue(
+                    event.key, event.value, event.mod_revision, event.create_revision, event.version
+                ),
             )
-            snapshot = PrefixSnapshot(batch.revision, (kv,))
-        layer = self._document_layer(snapshot)  # raises SourceFormatError when malformed
+        try:
+            # Raises SourceFormatError when malformed; when deleted, SourceUnavailableError
+            # for a required source (the hub keeps the last good values), an empty layer for
+            # an optional one. Writing the key again recovers either way.
+            layer = self._document_layer(PrefixSnapshot(batch.revision, items))
+        except SourceUnavailableError as exc:
+            self._broken = True  # no "source is back" after a reconnect while it is missing
+            self._report(exc, _Trouble.DOCUMENT_MISSING)
+            return
         self._layer = layer
-        self._broken = False
         self._deliver(layer)
 
     # -- write ---------------------------------------------------------------------------------
@@ -693,7 +339,7 @@ class EtcdBackend:
                 source=self.display,
                 key=key,
             )
-        return self.config.prefix + "/".join(parts)
+        return self.keys.to_store(key)
 
     def write(self, key: str, value: Any, expected_revision: Any = None) -> int:
         """Write dotted ``key``; with ``expected_revision`` a compare-and-swap on the etcd
@@ -701,7 +347,7 @@ class EtcdBackend:
         if self.config.fmt is not None:
             return self._write_document(key, value, expected_revision)
         etcd_key = self._etcd_key(key)
-        payload = _encode(value, source=self.display, key=key)
+        payload = kv.encode_value(value, source=self.display, key=key)
         client = self.client
         try:
             if expected_revision is None:
@@ -725,16 +371,17 @@ class EtcdBackend:
         return result.revision
 
     def _write_document(self, key: str, value: Any, expected_revision: Any) -> int:
+        """Read-modify-CAS of the one document key (a lost race without
+        ``expected_revision`` is retried up to 5 times)."""
         cfg = self.config
-        fmt = cfg.fmt or "json"  # only called for the document layout
         self._etcd_key(key)  # validates the dotted key
         client = self.client
         for _ in range(5):
             try:
-                kv, _rev = client.get(cfg.prefix)
+                item, _rev = client.get(cfg.prefix)
             except EtcdError as exc:
                 raise self._translate(exc, "the read") from None
-            actual = kv.mod_revision if kv is not None else 0
+            actual = item.mod_revision if item is not None else 0
             expected = actual if expected_revision is None else int(expected_revision)
             if expected != actual:
                 raise WriteConflictError(
@@ -745,11 +392,8 @@ class EtcdBackend:
                     expected=expected,
                     actual=actual,
                 )
-            data = (
-                _thaw(parse_document(kv.value, fmt, source=self.display)) if kv is not None else {}
-            )
-            _set_nested(data, key, value)
-            payload = _dump_document(data, fmt, source=self.display, key=key)
+            raw = item.value if item is not None else None
+            payload = updated_document(raw, cfg.fmt or "json", key, value, source=self.display)
             try:
                 result = client.put_if_revision(cfg.prefix, payload, expected)
             except EtcdLimitError as exc:
@@ -789,7 +433,7 @@ class EtcdBackend:
             watcher.close()
 
 
-def make_backend(spec: SourceSpec, hub: Hub | None) -> EtcdBackend:
-    """Build the backend for an ``etcd:`` spec (no I/O)."""
-    timeout = float(getattr(hub, "connect_timeout", 2.0) or 2.0)
-    return EtcdBackend(spec, parse_spec(spec, default_timeout=timeout))
+def make_backend(spec: SourceSpec, settings: BackendSettings) -> EtcdBackend:
+    """Build the backend for an ``etcd:`` spec (no I/O); ``?timeout=`` defaults to the
+    hub's ``connect_timeout``."""
+    return EtcdBackend(spec, parse_spec(spec, default_timeout=settings.connect_timeout))

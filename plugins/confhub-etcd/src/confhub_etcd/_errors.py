@@ -11,6 +11,7 @@ builtin whose meaning it shares::
      ├── EtcdCompacted(EtcdError)                       a revision below the compaction point
      ├── EtcdCASConflict(EtcdError)                     compare-and-swap lost (``CASResult.check``)
      ├── EtcdLimitError(EtcdError, ValueError)          request too large / too many txn ops
+     │    └── EtcdTooManyKeys                           a prefix holds more than max_keys
      ├── EtcdForkError(EtcdError, RuntimeError)         parent-bound object used after fork()
      └── EtcdClosedError(EtcdError, RuntimeError)       used after ``close()``
 
@@ -29,6 +30,7 @@ __all__ = [
     "EtcdForkError",
     "EtcdLimitError",
     "EtcdTLSError",
+    "EtcdTooManyKeys",
     "EtcdUnavailable",
 ]
 
@@ -105,6 +107,23 @@ class EtcdLimitError(EtcdError, ValueError):
         self.limit_name = limit_name
         self.limit = limit
         self.actual = actual
+
+
+class EtcdTooManyKeys(EtcdLimitError):
+    """A prefix holds more keys than the reader's ``max_keys``; the read stopped early.
+
+    ``actual`` is etcd's count of the keys under the prefix (or, for a watcher, the keys it
+    knows of), ``limit`` the cap; ``limit_name`` is ``"max_keys"``.
+    """
+
+    def __init__(self, prefix: bytes, count: int, limit: int) -> None:
+        super().__init__(
+            f"{count:,} keys under {prefix!r}, more than max_keys={limit:,}",
+            limit_name="max_keys",
+            limit=limit,
+            actual=count,
+        )
+        self.prefix = prefix
 
 
 class EtcdForkError(EtcdError, RuntimeError):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from confhub import BackendInfo, hookimpl
 
 if TYPE_CHECKING:
-    from confhub import Hub, SourceSpec
+    from confhub import BackendSettings, SourceSpec
 
     from ._backend import EtcdBackend
 
@@ -27,18 +27,32 @@ def confhub_backend_schemes() -> list[BackendInfo]:
             "etcd v3 key prefix or document key (etcd://host:2379/prefix/)",
             writable=True,
             watchable=True,
+            # _config.VOLATILE_OPTIONS, spelled out: importing _config would load the kit
+            # and the client's value types at plugin discovery.
+            volatile_options=frozenset(
+                {
+                    "page_size",
+                    "progress_interval",
+                    "max_receive_bytes",
+                    "timeout",
+                    "retry_initial",
+                    "retry_max",
+                }
+            ),
         )
     ]
 
 
 @hookimpl
-def confhub_make_backend(spec: SourceSpec, hub: Hub) -> EtcdBackend | None:
-    """An :class:`EtcdBackend` for ``etcd:`` specs; ``None`` for other schemes. No I/O."""
+def confhub_make_backend(spec: SourceSpec, settings: BackendSettings) -> EtcdBackend | None:
+    """An :class:`EtcdBackend` for ``etcd:`` specs; ``None`` for other schemes. No I/O.
+
+    ``?timeout=`` defaults to ``settings.connect_timeout`` (the hub's)."""
     if spec.scheme != "etcd":
         return None
     from ._backend import make_backend  # noqa: PLC0415 - keep plugin discovery free of gRPC
 
-    return make_backend(spec, hub)
+    return make_backend(spec, settings)
 
 
 @hookimpl

@@ -1,0 +1,560 @@
+"""The resilient prefix watcher of the etcd client layer (:class:`PrefixWatcher`).
+
+It needs only a small, named part of a client, :class:`WatchTransport` (which
+:class:`~confhub_etcd._client.EtcdClient` implements): a consistent read, a watch stream
+handle, a permission probe, a way to say an endpoint failed, and registration so the
+client's ``close()`` stops it. It reads nothing private of the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import grpc
+
+from ._errors import (
+    EtcdAuthError,
+    EtcdClosedError,
+    EtcdError,
+    EtcdForkError,
+    EtcdTooManyKeys,
+    EtcdUnavailable,
+)
+from ._rpc import ResponseTooLarge, WatchRequests, WatchStream, new_events, stubs, translate
+from ._types import (
+    Backoff,
+    PrefixSnapshot,
+    WatchBatch,
+    WatchState,
+    WatchStatus,
+    fold,
+    prefix_range_end,
+    resync_events,
+    to_bytes,
+)
+
+__all__ = ["BackoffPolicy", "PrefixWatcher", "WatchTransport"]
+
+log = logging.getLogger("confhub.etcd")
+
+
+class BackoffPolicy(Protocol):
+    """Any backoff: :class:`~confhub_etcd._types.Backoff`, or ``confhub.kv.Backoff``."""
+
+    def delay(self, attempt: int) -> float: ...
+
+
+class WatchTransport(Protocol):
+    """What a :class:`PrefixWatcher` needs of a client: ``EtcdClient``'s watch seam."""
+
+    @property
+    def uses_auth(self) -> bool:
+        """Whether calls carry an auth token (then the watcher probes its read permission)."""
+        ...
+
+    @property
+    def current_endpoint(self) -> str:
+        """The endpoint the next call (or stream) goes to."""
+        ...
+
+    def read_prefix(
+        self, prefix: str | bytes, *, page_size: int = 500, max_keys: int | None = None
+    ) -> PrefixSnapshot:
+        """Every key under ``prefix`` at one revision."""
+        ...
+
+    def open_watch_stream(
+        self, requests: Iterator[Any], *, require_leader: bool = True
+    ) -> WatchStream:
+        """A ``Watch`` call on the current endpoint, fed by ``requests``."""
+        ...
+
+    def check_read(self, prefix: bytes) -> None:
+        """Raise ``EtcdAuthError`` when ``prefix`` may no longer be read."""
+        ...
+
+    def report_failure(self, endpoint: str) -> None:
+        """``endpoint`` failed: move to the next one if it is still the current one."""
+        ...
+
+    def track(self, watcher: PrefixWatcher) -> None:
+        """Stop ``watcher`` (``halt()``, then ``close()``) when the client closes."""
+        ...
+
+
+class _StreamLost(Exception):
+    """Internal: the watch stream ended; ``error`` says why. ``retry_now``: the first call
+    after fork() failed and may be retried at once, unreported (``WatchStream.retry_now``)."""
+
+    def __init__(self, error: EtcdError, *, retry_now: bool = False) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_now = retry_now
+
+
+class _Compacted(Exception):
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(compact_revision)
+        self.compact_revision = compact_revision
+
+
+def _error_kind(error: BaseException | None) -> type[BaseException] | None:
+    """The kind of a watch's disconnect cause, as its state reports tell them apart."""
+    for kind in (EtcdTooManyKeys, EtcdAuthError):
+        if isinstance(error, kind):
+            return kind
+    return None
+
+
+class PrefixWatcher:
+    """Watch every key under a prefix, surviving disconnects, failover and compaction.
+
+    ``on_batch(batch: WatchBatch)`` is called on the watcher's thread once per watch response
+    that carries events (all events of a revision together) and once per resync. It should be
+    quick (hand work to another thread); it must not call ``close()`` and wait for itself. An
+    exception from it is logged and counted (``callback_errors``) and the batch still counts
+    as applied.
+
+    ``on_state(status: WatchStatus)`` is called once per state change: ``CONNECTED`` when a
+    watch stream is established, ``DISCONNECTED`` (with the error) when it is lost - repeated
+    failures while disconnected are not reported again - ``RESYNCED`` after a compaction
+    resync, ``CLOSED`` on close.
+
+    ``snapshot`` (from :meth:`EtcdClient.read_prefix`) gives the state the consumer already
+    has; watching starts at ``snapshot.revision + 1``. Without it the watcher reads the prefix
+    first and delivers it as a ``resync=True`` batch of puts.
+
+    After a break the watch resumes at ``last applied revision + 1`` on the next endpoint,
+    after a capped jittered ``backoff``. A compaction (``compact_revision`` in a response) or a
+    server-side cancel of any kind is a lost watch; compaction triggers a full read at one
+    revision R, a diff against the known state (puts and deletes) delivered as a resync batch,
+    and a new watch from R+1. The stream carries ``hasleader`` metadata (``require_leader``)
+    so a member without a leader cancels it. Progress requests every ``progress_interval``
+    seconds detect a dead stream after ``liveness_timeout`` (default ``3 * progress_interval``).
+    """
+
+    def __init__(
+        self,
+        client: WatchTransport,
+        prefix: str | bytes,
+        on_batch: Callable[[WatchBatch], None],
+        on_state: Callable[[WatchStatus], None] | None = None,
+        *,
+        snapshot: PrefixSnapshot | None = None,
+        backoff: BackoffPolicy | None = None,
+        progress_interval: float = 5.0,
+        liveness_timeout: float | None = None,
+        page_size: int = 500,
+        require_leader: bool = True,
+        stable_after: float = 1.0,
+        max_keys: int | None = None,
+    ) -> None:
+        self._client = client
+        self._max_keys = max_keys
+        self._prefix = to_bytes(prefix)
+        self._on_batch = on_batch
+        self._on_state = on_state
+        self._backoff: BackoffPolicy = backoff or Backoff()
+        self._progress_interval = progress_interval
+        self._liveness = liveness_timeout or 3 * progress_interval
+        self._page_size = page_size
+        self._require_leader = require_leader
+        self._stable_after = stable_after
+        # Key -> mod_revision: enough to diff a resync read (values live in the consumer's
+        # layer; keeping them here too doubled a large prefix's memory).
+        self._state: dict[bytes, int] = snapshot.revisions() if snapshot else {}
+        self._revision = snapshot.revision if snapshot else 0
+        self._need_initial = snapshot is None
+        self._compact_revision = 0
+        self._resync_needed = False
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._requests: WatchRequests | None = None
+        self._call: Any = None
+        self._pid = os.getpid()
+        self._status = WatchState.DISCONNECTED
+        self._reported: WatchState | None = None
+        self._reported_kind: type[BaseException] | None = None
+        self._endpoint: str | None = None
+        self._watch_id: int | None = None  # of the current stream, once the server created it
+        self.callback_errors = 0
+        self.duplicates_dropped = 0
+        self.reconnects = 0
+        self.resyncs = 0
+        self.permission_checks = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"PrefixWatcher(prefix={self._prefix!r}, revision={self._revision}, "
+            f"state={self._status.value})"
+        )
+
+    # -- public ----------------------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        """The last fully applied revision (every change up to it was delivered)."""
+        return self._revision
+
+    @property
+    def state(self) -> WatchState:
+        return self._status
+
+    @property
+    def endpoint(self) -> str | None:
+        return self._endpoint
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the watcher thread. Raises if started twice, closed, or in a forked child."""
+        self._check_pid()
+        with self._lock:
+            if self._stop.is_set():
+                raise EtcdClosedError("the watcher is closed; create a new one")
+            if self._thread is not None:
+                raise RuntimeError("the watcher is already started")
+            self._client.track(self)
+            self._thread = threading.Thread(
+                target=self._run, name=f"confhub-etcd-watch:{self._prefix!r}", daemon=True
+            )
+            self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the watcher and join its thread (bounded by ``timeout``). Idempotent."""
+        if not self.halt():
+            return
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning(
+                    "etcd watch on %r did not stop within %.1fs (a callback or call is blocked)",
+                    self._prefix,
+                    timeout,
+                )
+        with self._lock:
+            if self._status is WatchState.CLOSED:
+                return
+            self._status = WatchState.CLOSED
+        self._report(WatchState.CLOSED, None)
+
+    def halt(self) -> bool:
+        """Ask the thread to stop and end its stream, without waiting; ``close()`` then joins
+        it. False in a forked child (the thread lives in the parent: nothing to stop or
+        report here). The client calls it before closing its channels."""
+        self._stop.set()
+        if self._pid != os.getpid():
+            return False
+        with self._lock:
+            requests, call = self._requests, self._call
+        if requests is not None:
+            requests.close()
+        if call is not None:
+            call.cancel()
+        return True
+
+    def __enter__(self) -> Self:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- thread ----------------------------------------------------------------------------------
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            raise EtcdForkError(
+                "this PrefixWatcher belongs to the parent process; create a new watcher "
+                "(and client) in the child after fork()"
+            )
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            connected_at: list[float] = []
+            try:
+                if self._need_initial:
+                    self._resync(initial=True)
+                elif self._compact_revision or self._resync_needed:
+                    self._resync(initial=False)
+                self._stream(connected_at)
+                return  # noqa: TRY300 - the loop's only normal exit (close() was called)
+            except _Compacted as exc:
+                self._compact_revision = exc.compact_revision
+                log.warning(
+                    "etcd watch on %r fell behind compaction (revision %d <= %d); resyncing",
+                    self._prefix,
+                    self._revision,
+                    exc.compact_revision,
+                )
+                continue
+            except _StreamLost as exc:
+                if exc.retry_now:
+                    continue
+                error: BaseException = exc.error
+                if isinstance(error, ResponseTooLarge):
+                    # An event above max_receive_bytes: resuming would replay it forever.
+                    # Re-read the prefix instead (it fails while the value is still there;
+                    # once it is replaced, watching goes on from the read's revision).
+                    self._resync_needed = True
+            except EtcdError as exc:  # from a resync read
+                error = exc
+            except Exception as exc:
+                # Never let the thread die silently: report, back off, try again.
+                log.exception("unexpected error in the etcd watch on %r", self._prefix)
+                error = exc
+            if self._stop.is_set():
+                return
+            endpoint = self._endpoint
+            if isinstance(error, EtcdUnavailable | EtcdAuthError) and endpoint is not None:
+                self._client.report_failure(endpoint)
+            self._status = WatchState.DISCONNECTED
+            self._report(WatchState.DISCONNECTED, error)
+            if connected_at and time.monotonic() - connected_at[0] >= self._stable_after:
+                attempt = 0
+            delay = self._backoff.delay(attempt)
+            attempt += 1
+            self.reconnects += 1
+            log.debug(
+                "etcd watch on %r retrying in %.2fs (stream lived %.2fs)",
+                self._prefix,
+                delay,
+                time.monotonic() - started,
+            )
+            self._stop.wait(delay)
+
+    def _stream(self, connected_at: list[float]) -> None:
+        """Follow one watch stream until it ends; raise why (``_StreamLost``, ``_Compacted``)."""
+        create = _create_request(self._prefix, self._revision + 1)
+        requests = WatchRequests(create, self._progress_interval, self._liveness)
+        stream = self._open(requests)
+        if stream is None:
+            return
+        self._watch_id = None
+        # etcd checks a watch's permission only when it is created: a role losing read on
+        # the prefix keeps streaming. With auth on, a cheap read (one key, keys only) every
+        # progress interval notices the revocation; the watch is then lost like any other.
+        probe_every = self._progress_interval if self._client.uses_auth else 0.0
+        next_probe = time.monotonic() + probe_every
+        try:
+            for response in stream:
+                requests.last_response = time.monotonic()
+                if probe_every and requests.last_response >= next_probe:
+                    next_probe = requests.last_response + probe_every
+                    self._check_permission()
+                self._on_response(response, stream, connected_at)
+            if self._stop.is_set():
+                return
+            raise _StreamLost(
+                EtcdUnavailable(
+                    f"etcd at {stream.endpoint} ended the watch stream on {self._prefix!r}",
+                    endpoint=stream.endpoint,
+                )
+            )
+        except grpc.RpcError as exc:
+            if self._stop.is_set():
+                return
+            raise self._lost(exc, stream, requests) from exc
+        finally:
+            requests.close()
+            stream.cancel()
+            with self._lock:
+                self._requests, self._call = None, None
+
+    def _open(self, requests: WatchRequests) -> WatchStream | None:
+        """Open the stream on the client's current endpoint; None if closed meanwhile."""
+        self._endpoint = self._client.current_endpoint
+        try:
+            stream = self._client.open_watch_stream(requests, require_leader=self._require_leader)
+        except EtcdError as exc:
+            self._endpoint = getattr(exc, "endpoint", None) or self._endpoint
+            raise _StreamLost(exc) from exc
+        self._endpoint = stream.endpoint
+        requests.call = stream
+        with self._lock:
+            if self._stop.is_set():  # halt() ran while the stream was opening
+                stream.cancel()
+                return None
+            self._requests, self._call = requests, stream
+        return stream
+
+    def _on_response(self, response: Any, stream: WatchStream, connected_at: list[float]) -> None:
+        if response.created and self._watch_id is None and not response.canceled:
+            self._watch_id = int(response.watch_id)
+            stream.established()
+            connected_at.append(time.monotonic())
+            self._status = WatchState.CONNECTED
+            self._report(WatchState.CONNECTED, None)
+        if response.compact_revision:
+            raise _Compacted(int(response.compact_revision))
+        if response.canceled:
+            raise self._on_cancel(response, stream)
+        if response.events:
+            self._apply(response.events)
+        elif (
+            self._watch_id is not None
+            and int(response.watch_id) == self._watch_id
+            and not response.created
+            and int(response.header.revision) > self._revision
+        ):
+            # A per-watch progress notification: everything up to it was delivered.
+            # (Broadcast replies to progress requests carry watch_id -1 and are only
+            # taken as signs of life: etcd 3.5 can send them ahead of pending events.)
+            self._revision = int(response.header.revision)
+
+    def _on_cancel(self, response: Any, stream: WatchStream) -> _StreamLost:
+        """The server cancelled the watch: an auth refusal, or lost like an outage."""
+        reason = str(response.cancel_reason or "canceled by the server")
+        message = f"etcd at {stream.endpoint} cancelled the watch on {self._prefix!r}: {reason}"
+        if "auth" in reason.lower() or "permission" in reason.lower():
+            stream.token_rejected()
+            return _StreamLost(EtcdAuthError(message, reason=reason, endpoint=stream.endpoint))
+        return _StreamLost(EtcdUnavailable(message, endpoint=stream.endpoint))
+
+    def _lost(
+        self, exc: grpc.RpcError, stream: WatchStream, requests: WatchRequests
+    ) -> _StreamLost:
+        """Why the stream broke, from gRPC's error (or our own liveness timeout)."""
+        if requests.timed_out:
+            return _StreamLost(
+                EtcdUnavailable(
+                    f"no watch response or progress from etcd at {stream.endpoint} within "
+                    f"{self._liveness:.1f}s; the connection is presumed dead",
+                    endpoint=stream.endpoint,
+                    code="DEADLINE_EXCEEDED",
+                )
+            )
+        error = translate(exc, stream.endpoint, what=f"the watch on {self._prefix!r}")
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            stream.token_rejected()
+        retry_now = self._watch_id is None and stream.retry_now(error)
+        return _StreamLost(error, retry_now=retry_now)
+
+    def _check_permission(self) -> None:
+        """Raise :class:`_StreamLost` when the prefix may no longer be read."""
+        self.permission_checks += 1
+        try:
+            self._client.check_read(self._prefix)
+        except EtcdAuthError as exc:
+            raise _StreamLost(exc) from None
+        except EtcdError:
+            pass  # reachability is the stream's business (liveness, keepalive)
+
+    def _apply(self, raw_events: Any) -> None:
+        events, dropped = new_events(raw_events, after=self._revision)
+        self.duplicates_dropped += dropped
+        if not events:
+            return
+        fold(self._state, events)
+        batch = WatchBatch(revision=max(e.mod_revision for e in events), events=tuple(events))
+        self._deliver(batch)
+        self._revision = batch.revision
+        if self._max_keys is not None and len(self._state) > self._max_keys:
+            # Stop following a runaway prefix: its state would grow without bound. Resync
+            # reads (one page while still too many) retry with backoff until it shrinks;
+            # their diff against the state kept here loses nothing.
+            self._resync_needed = True
+            raise _StreamLost(EtcdTooManyKeys(self._prefix, len(self._state), self._max_keys))
+
+    def _resync(self, *, initial: bool) -> None:
+        snapshot = self._client.read_prefix(
+            self._prefix, page_size=self._page_size, max_keys=self._max_keys
+        )
+        new_state = snapshot.revisions()
+        events = resync_events(self._state, snapshot, new_state)
+        compact_revision = 0 if initial else self._compact_revision
+        self._state = new_state
+        self._deliver(
+            WatchBatch(
+                revision=snapshot.revision,
+                events=tuple(events),
+                resync=True,
+                compact_revision=compact_revision,
+            )
+        )
+        self._revision = snapshot.revision
+        self._need_initial = False
+        self._compact_revision = 0
+        self._resync_needed = False
+        if not initial:
+            self.resyncs += 1
+            self._report(WatchState.RESYNCED, None)
+
+    def _deliver(self, batch: WatchBatch) -> None:
+        try:
+            self._on_batch(batch)
+        except Exception:
+            self.callback_errors += 1
+            log.exception(
+                "etcd watch callback for %r failed on revision %d", self._prefix, batch.revision
+            )
+
+    def _report(self, state: WatchState, error: BaseException | None) -> None:
+        # One report per state change; a disconnect whose cause changes kind (unavailable,
+        # then refused by auth, or too many keys) is a change too: the hub shows the cause.
+        kind = _error_kind(error) if state is WatchState.DISCONNECTED else None
+        if (
+            state == self._reported
+            and kind is self._reported_kind
+            and state is not WatchState.RESYNCED
+        ):
+            return
+        self._reported, self._reported_kind = state, kind
+        status = WatchStatus(state, self._revision, self._endpoint, error)
+        _log_status(self._prefix, status)
+        if self._on_state is None:
+            return
+        try:
+            self._on_state(status)
+        except Exception:
+            self.callback_errors += 1
+            log.exception("etcd watch state callback for %r failed", self._prefix)
+
+
+def _create_request(prefix: bytes, start_revision: int) -> Any:
+    rpc = stubs()
+    return rpc.WatchRequest(
+        create_request=rpc.WatchCreateRequest(
+            key=prefix or b"\0",
+            range_end=prefix_range_end(prefix),
+            start_revision=start_revision,
+            progress_notify=True,
+        )
+    )
+
+
+def _log_status(prefix: bytes, status: WatchStatus) -> None:
+    """One log line per reported state change (never values or secrets)."""
+    if status.state is WatchState.DISCONNECTED:
+        log.warning(
+            "etcd watch on %r disconnected at revision %d: %s",
+            prefix,
+            status.revision,
+            status.error,
+        )
+    else:
+        log.info(
+            "etcd watch on %r %s (revision %d, endpoint %s)",
+            prefix,
+            status.state.value,
+            status.revision,
+            status.endpoint,
+        )

@@ -1,0 +1,64 @@
+"""The plugin's modules import one way: each only from modules listed before it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import confhub_etcd
+
+#: Lowest first: the client layer (confhub-independent), then the confhub glue, the
+#: harness, and the plugin entry point.
+ORDER = [
+    "_errors",
+    "_types",
+    "_rpc",
+    "_transport",
+    "_watcher",
+    "_client",
+    "_config",
+    "_layers",
+    "_documents",
+    "_backend",
+    "_testhooks",
+    "_testtls",
+    "testing",
+    "_demo",
+    "_plugin",
+]
+CLIENT_LAYER = {"_errors", "_types", "_rpc", "_transport", "_watcher", "_client"}
+PACKAGE = Path(confhub_etcd.__file__).parent
+
+
+def _imports(module: str) -> set[str]:
+    """Sibling modules and top-level packages ``module`` imports, type-only and lazy
+    imports included."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                found.add((node.module or "").split(".")[0])
+            elif node.module:
+                found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+    return found
+
+
+def test_every_module_is_in_the_order() -> None:
+    """A new module must be placed in ORDER (so this test sees it)."""
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert modules == set(ORDER)
+
+
+def test_imports_go_one_way() -> None:
+    """No module imports a sibling listed after it (no cycles, type-only ones included)."""
+    for index, module in enumerate(ORDER):
+        later = set(ORDER[index + 1 :]) & _imports(module)
+        assert not later, f"{module} imports {sorted(later)}, which come after it"
+
+
+def test_the_client_layer_does_not_import_confhub() -> None:
+    """The client layer stays confhub-independent, as httpcore sits under httpx."""
+    for module in CLIENT_LAYER:
+        assert "confhub" not in _imports(module), module
