@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confhub_etcd.testing import EtcdServer
+from confhub_etcd.testing import EtcdServer, find_etcd_binary
 
 from confhub import Hub, StartupError
 
@@ -85,3 +86,47 @@ def test_same_credentials_on_two_prefixes_never_share_a_cache(tmp_path: Path) ->
         with _hub(source("/appB/"), cache_dir) as hub:
             assert hub.health().sources[0].state == "cached"
             assert hub.get("who") == "B"
+
+
+# -- item 2: the reader is part of the cache identity -----------------------------------------
+
+
+def _etcdctl(etcd: EtcdServer, *args: str) -> None:
+    """Run etcd's own admin tool (next to the etcd binary) as root."""
+    etcdctl = Path(find_etcd_binary()).with_name("etcdctl")
+    subprocess.run(
+        [
+            str(etcdctl),
+            f"--endpoints={etcd.client_urls[0]}",
+            f"--user={etcd.root_user}:{etcd.root_password}",
+            "--dial-timeout=5s",
+            *args,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def test_etcd_user_refused_live_is_never_served_another_users_cache(tmp_path: Path) -> None:
+    """An RBAC user without access to /app/ that starts while etcd is down gets no cache,
+    not root's cached copy (secrets included); root still starts from its own."""
+    cache_dir = tmp_path / "cache"
+    with EtcdServer(auth=True) as etcd:
+        etcd.put("/app/db/password", "S3CRET-PASS")
+        _etcdctl(etcd, "user", "add", "intruder", "--new-user-password=intruder-pw")
+        root = f"etcd://root:{etcd.root_password}@{etcd.endpoint}/app/?{FAST}"
+        intruder = f"etcd://intruder:intruder-pw@{etcd.endpoint}/app/?{FAST}"
+        with _hub(root, cache_dir) as hub:
+            assert hub.get("db.password") == "S3CRET-PASS"
+        with pytest.raises(StartupError):  # refused live, and nothing cached for it
+            _hub(intruder, cache_dir).start()
+        etcd.kill()
+        with pytest.raises(StartupError):
+            _hub(intruder, cache_dir).start()
+        with _hub(root, cache_dir) as hub:
+            assert hub.health().sources[0].state == "cached"
+            assert hub.get("db.password") == "S3CRET-PASS"
+    text = _files_text(cache_dir)
+    assert "intruder" not in text
+    assert etcd.root_password not in text
