@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confhub_consul.testing import AclToken, ConsulTestServer
 from confhub_etcd.testing import EtcdServer, find_etcd_binary
 
 from confhub import Hub, StartupError
@@ -130,3 +131,36 @@ def test_etcd_user_refused_live_is_never_served_another_users_cache(tmp_path: Pa
     text = _files_text(cache_dir)
     assert "intruder" not in text
     assert etcd.root_password not in text
+
+
+CONSUL_FAST = "wait=1&timeout=1&retry_initial=0.05&retry_max=0.3"
+
+
+def test_consul_token_from_the_environment_never_gets_another_tokens_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CONSUL_HTTP_TOKEN without read on myapp/ that starts while Consul is down is not
+    served the cached copy of the token that may read it; that token still starts from it."""
+    reader = AclToken(secret_id="reader-token-S3CRET", key_prefix={"myapp/": "read"})
+    outsider = AclToken(secret_id="outsider-token-S3CRET", key_prefix={"other/": "read"})
+    cache_dir = tmp_path / "cache"
+    with ConsulTestServer(
+        acl_enabled=True, acl_default_policy="deny", tokens=[reader, outsider],
+        default_query_time=2, max_query_time=3,
+    ) as srv:  # fmt: skip
+        srv.put("myapp/db/password", "S3CRET-PASS")
+        trusted = f"consul://{srv.address}/myapp/?token=reader-token-S3CRET&{CONSUL_FAST}"
+        plain = f"consul://{srv.address}/myapp/?{CONSUL_FAST}"
+        with _hub(trusted, cache_dir) as hub:
+            assert hub.get("db.password") == "S3CRET-PASS"
+        monkeypatch.setenv("CONSUL_HTTP_TOKEN", "outsider-token-S3CRET")
+        with pytest.raises(StartupError):  # refused live, and nothing cached for it
+            _hub(plain, cache_dir).start()
+        srv.stop()
+        with pytest.raises(StartupError):
+            _hub(plain, cache_dir).start()
+        monkeypatch.delenv("CONSUL_HTTP_TOKEN")
+        with _hub(trusted, cache_dir) as hub:
+            assert hub.health().sources[0].state == "cached"
+            assert hub.get("db.password") == "S3CRET-PASS"
+    assert "token-S3CRET" not in _files_text(cache_dir)
