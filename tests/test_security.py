@@ -37,6 +37,7 @@ from confhub import (
     is_secret_key,
     main,
 )
+from confhub._cache import MAX_FILE_BYTES
 from confhub.testing import MemoryStore
 
 SECRETS = ("S3CRET-TOKEN", "S3CRET-PASS")
@@ -562,3 +563,14 @@ def test_cache_of_one_principal_is_never_served_to_another(tmp_path: Path) -> No
     assert "trusted" not in _tree_text(cache_dir).replace(str(cache_dir), "")
     salt = cache_dir / ".confhub-salt"
     assert stat.S_IMODE(salt.lstat().st_mode) == 0o600
+
+
+def test_cache_file_over_the_size_bound_is_refused_unread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A (sparse) cache file larger than MAX_FILE_BYTES is refused by its size, never read."""
+    store, path = _cached_store(tmp_path)
+    with open(path, "r+b") as fh:
+        fh.truncate(MAX_FILE_BYTES + 1)
+    _refused(store, tmp_path, caplog)
+    assert any("a cache file may hold" in r.getMessage() for r in caplog.records)
