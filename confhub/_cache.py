@@ -217,6 +217,7 @@ class Cache:
         self._written: dict[str, str] = {}  # identity -> checksum last written or read
         self._write_failing = False
         self._lock = threading.Lock()
+        self._salt_bytes: bytes | None = None  # read once, after the directory check
 
     def identity(self, spec: SourceSpec, principal: str | None = None) -> str:
         """The fingerprint of ``spec`` (see :func:`source_identity`; ``principal``: a digest
@@ -243,6 +244,8 @@ class Cache:
         return hmac.new(salt, principal.encode("utf-8", "surrogatepass"), "sha256").hexdigest()
 
     def _salt(self, *, create: bool) -> bytes:
+        if self._salt_bytes is not None:
+            return self._salt_bytes
         path = self.directory / SALT_NAME
         try:
             data, st = _read_regular(path, _SALT_BYTES)
@@ -265,6 +268,7 @@ class Cache:
         self._check_owner_and_mode(path, st)
         if len(data) != _SALT_BYTES:
             raise CacheError(f"{path} is not a confhub salt ({len(data)} bytes)")
+        self._salt_bytes = data
         return data
 
     # -- directory safety ----------------------------------------------------------------
