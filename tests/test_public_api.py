@@ -57,11 +57,13 @@ def test_public_surface_is_pinned() -> None:
         "State",
         "Subscription",
         "Update",
+        "UrlParts",
         "View",
         "WriteConflictError",
         "WriteError",
         "hookimpl",
         "is_secret_key",
+        "main",
         "parse_document",
         "parse_duration",
     }
