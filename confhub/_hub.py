@@ -452,12 +452,20 @@ class Hub:
         With ``expected_revision`` the write is a compare-and-swap on the key's revision
         (0 means "must not exist"); a lost race raises :class:`WriteConflictError`.
         Returns the new revision. The change reaches readers through the watch.
+
+        ``source`` may name a member of a :class:`Fallback` group: the write goes to that
+        member even while another one serves (through a backend opened for this write), and
+        ``expected_revision`` is that member's. Naming the group writes to the serving one.
         """
         self._check_running("hub.write()")
-        backend = writable_backend(self._slots, source, key)
-        return backend.write(  # type: ignore[attr-defined]
-            key, value, None if expected_revision is MISSING else expected_revision
-        )
+        backend, opened = writable_backend(self._slots, source, key, self.make_backend)
+        try:
+            return backend.write(  # type: ignore[attr-defined]
+                key, value, None if expected_revision is MISSING else expected_revision
+            )
+        finally:
+            if opened:
+                backend.close()
 
     def backends(self) -> list[dict[str, Any]]:
         """Describe the installed backend plugins (scheme, distribution, version)."""

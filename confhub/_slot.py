@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._backend import Backend, can_write, is_cacheable
@@ -305,15 +305,36 @@ def backend_named(slots: Sequence[Slot], source: str) -> Backend:
     raise KeyError(f"no source named {source!r}; sources: {', '.join(s.display for s in slots)}")
 
 
-def writable_backend(slots: Sequence[Slot], source: str | None, key: str) -> Backend:
-    """The backend a write of ``key`` goes to: the highest writable slot's active member,
-    or the one named ``source``; :class:`WriteError` when there is none."""
+def writable_backend(
+    slots: Sequence[Slot],
+    source: str | None,
+    key: str,
+    open_member: Callable[[SourceSpec], Backend],
+) -> tuple[Backend, bool]:
+    """The backend a write of ``key`` goes to, and whether it was opened for this one write
+    (the caller closes it then). :class:`WriteError` when there is none.
+
+    Without ``source``: the highest writable slot's serving member. ``source`` naming a slot
+    (a plain source, or a :class:`Fallback` group by its name): that slot's serving member.
+    ``source`` naming one member of a group: that member, whichever member serves; when
+    another one does, its backend comes from ``open_member`` (no member is ever written in
+    the place of another, and ``expected_revision`` is checked against its own revisions).
+    """
     for slot in reversed(slots):
-        if source is not None and source not in (slot.display, *[m.display for m in slot.members]):
-            continue
+        names = [m.display for m in slot.members]
+        if source is not None and source != slot.display:
+            if source not in names:
+                continue
+            member = names.index(source)
+            if len(names) > 1 and member != slot.active:
+                opened = open_member(slot.members[member])
+                if can_write(opened):
+                    return opened, True
+                opened.close()
+                continue
         backend = slot.active_backend
         if backend is not None and can_write(backend):
-            return backend
+            return backend, False
     raise WriteError(
         "no writable source"
         + (f" named {source!r}" if source else "")

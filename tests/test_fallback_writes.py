@@ -11,12 +11,6 @@ import pytest
 from confhub import Fallback, Hub, SourceUnavailableError, WriteConflictError, WriteError
 from confhub.testing import MemoryStore
 
-# Red until the hub's write path honours the named member (the fix lands after the core
-# split reaches main); strict, so the fix must remove it.
-RED = pytest.mark.xfail(
-    strict=True, reason="issue 14 item 6: hub.write(source=member) goes to the serving member"
-)
-
 
 def _hub(primary: MemoryStore, alternate: MemoryStore, tmp_path: Path) -> Hub:
     return Hub(
@@ -29,7 +23,6 @@ def _hub(primary: MemoryStore, alternate: MemoryStore, tmp_path: Path) -> Hub:
     )
 
 
-@RED
 def test_a_write_naming_the_alternate_goes_to_the_alternate_while_the_primary_serves(
     tmp_path: Path,
 ) -> None:
@@ -45,7 +38,6 @@ def test_a_write_naming_the_alternate_goes_to_the_alternate_while_the_primary_se
         assert primary.data == {"a": "to the primary"}
 
 
-@RED
 def test_a_write_naming_the_primary_goes_to_the_primary_while_the_alternate_serves(
     tmp_path: Path,
 ) -> None:
@@ -60,7 +52,6 @@ def test_a_write_naming_the_primary_goes_to_the_primary_while_the_alternate_serv
         assert alternate.data == {"a": "alt"}
 
 
-@RED
 def test_a_compare_and_swap_naming_a_member_uses_that_members_revisions(
     tmp_path: Path,
 ) -> None:
@@ -89,7 +80,6 @@ def test_a_write_naming_the_group_goes_to_the_serving_member(tmp_path: Path) -> 
         assert alternate.data == {"a": "alt"}
 
 
-@RED
 def test_a_write_to_a_member_that_cannot_be_reached_names_it(tmp_path: Path) -> None:
     """A named member that is down is not replaced by the serving one: its error surfaces."""
 

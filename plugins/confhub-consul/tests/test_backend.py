@@ -21,6 +21,7 @@ import pytest
 import requests
 from confhub import (
     ErrorEvent,
+    Fallback,
     SourceFormatError,
     SourcePermissionError,
     SourceSpec,
@@ -1126,6 +1127,28 @@ def test_tree_write_that_would_shadow_is_refused_before_anything_is_sent(
         assert server.request_count("/v1/kv/", method="PUT") == 0
         hub.write("db.user", "u")
         assert server.get("myapp/db/user").value == b"u"  # type: ignore[union-attr]
+
+
+def test_a_write_naming_a_fallback_member_goes_to_that_member(server: ConsulTestServer) -> None:
+    """Issue 14, item 6: with the primary serving, a write naming the alternate goes to the
+    alternate's Consul, and expected_revision is the alternate's ModifyIndex (the primary's
+    index space is another)."""
+    with ConsulTestServer(default_query_time=2, max_query_time=3) as alternate:
+        for i in range(5):
+            server.put("myapp/db/port", f"p{i}")  # the primary's ModifyIndex runs ahead
+        alternate.put("myapp/db/port", "alt")
+        primary_index = server.get("myapp/db/port").modify_index  # type: ignore[union-attr]
+        alternate_index = alternate.get("myapp/db/port").modify_index  # type: ignore[union-attr]
+        assert primary_index != alternate_index
+        member = SourceSpec.parse(spec(alternate)).display
+        with hub_for(Fallback(spec(server), spec(alternate))) as hub:
+            assert hub.health().sources[0].active == SourceSpec.parse(spec(server)).display
+            with pytest.raises(WriteConflictError) as info:
+                hub.write("db.port", "x", source=member, expected_revision=primary_index)
+            assert info.value.actual == alternate_index
+            hub.write("db.port", "cas", source=member, expected_revision=alternate_index)
+        assert alternate.get("myapp/db/port").value == b"cas"  # type: ignore[union-attr]
+        assert server.get("myapp/db/port").value == b"p4"  # type: ignore[union-attr]
 
 
 def test_document_write_into_a_malformed_document_is_refused(server: ConsulTestServer) -> None:
