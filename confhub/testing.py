@@ -27,6 +27,7 @@ from ._backend import Backend, BackendInfo, BackendSettings, Notify, hookimpl
 from ._errors import SourceUnavailableError, WriteConflictError
 from ._kvcontract import KVBackendContract, KVStoreHarness
 from ._layer import Layer, LayerDelta, flatten
+from .kv import check_write_shape
 
 if TYPE_CHECKING:
     from ._hub import Hub
@@ -188,6 +189,8 @@ class MemoryStore:
                         expected=expected_revision,
                         actual=actual,
                     )
+            # The same refusal as the KV plugins': no write changes what is a table.
+            check_write_shape(self._data, key, value, source=f"memory:{self.name}")
             return self.set(key, value)
 
     @hookimpl
