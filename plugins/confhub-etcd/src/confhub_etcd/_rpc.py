@@ -217,9 +217,12 @@ def open_connection(
 class WatchRequests:
     """The request side of one watch stream, consumed by a gRPC thread.
 
-    Sends the create request, then a progress request every ``interval`` seconds; if no
+    Sends the create request, then a progress request every ``interval`` seconds. If no
     response of any kind arrived for ``liveness`` seconds it cancels the call, which is how a
-    half-open connection (a SIGSTOPped or partitioned member) is detected.
+    half-open connection (a SIGSTOPped or partitioned member) is detected. The deadline
+    (``last_response + liveness``) is waited for on its own, not checked only when the next
+    progress request is due: that check came up to one interval late (a member frozen just
+    after a watch response was noticed after ~4 intervals, not 3).
     """
 
     def __init__(self, create: Any, interval: float, liveness: float) -> None:
@@ -238,16 +241,21 @@ class WatchRequests:
         if self._create is not None:
             create, self._create = self._create, None
             return create
+        due = time.monotonic() + self._interval  # the next progress request
         while True:
-            if self._closed.wait(self._interval):
-                raise StopIteration
-            if time.monotonic() - self.last_response > self._liveness:
+            now = time.monotonic()
+            # Read last_response afresh each time: the watcher thread moves it on.
+            deadline = self.last_response + self._liveness
+            if now >= deadline:
                 self.timed_out = True
                 if self.call is not None:
                     self.call.cancel()
                 raise StopIteration
-            rpc = stubs()
-            return rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+            if now >= due:
+                rpc = stubs()
+                return rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+            if self._closed.wait(min(due, deadline) - now):
+                raise StopIteration
 
     def close(self) -> None:
         self._closed.set()

@@ -361,6 +361,8 @@ class PrefixWatcher:
                     next_probe = requests.last_response + probe_every
                     self._check_permission()
                 self._on_response(response, stream, connected_at)
+                # Time spent handling it (a slow consumer, the probe) is not silence.
+                requests.last_response = time.monotonic()
             if self._stop.is_set():
                 return
             raise _StreamLost(
