@@ -5,10 +5,13 @@ what the log lines say (text, not byte reprs; the source's display, no credentia
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import pytest
 from backend_lib import Events, make_hub, spec
+from confhub import StartupError
+from etcd_testlib import unanswered_endpoint
 
 from confhub_etcd.testing import EtcdServer
 
@@ -61,6 +64,39 @@ def test_a_frozen_member_is_stale_within_three_progress_intervals(
         events.wait_value("a", "3", timeout=4 * bound)
         events.wait_state("live", timeout=4 * bound)
     assert interval < detected <= bound + 0.4 * interval, (
-        f"stale {detected / interval:.2f} progress intervals after the freeze "
-        "(documented: 3)"
+        f"stale {detected / interval:.2f} progress intervals after the freeze (documented: 3)"
     )
+
+
+# -- a connect that never completes is not a TLS failure -------------------------------------
+
+
+def _startup_text(error: StartupError) -> str:
+    return "\n".join([str(error), *(f"{what}: {exc}" for what, exc in error.attempts)])
+
+
+def test_a_plaintext_connect_that_never_completes_is_not_called_tls() -> None:
+    """A plaintext source whose TCP connect never completes fails start-up as unavailable;
+    the message says nothing of TLS, certificates or the CA (gRPC calls its TCP connect a
+    "tcp handshaker", which a search for "handshake" took for a TLS failure)."""
+    with unanswered_endpoint() as endpoint:
+        # gRPC words the failure in more than one way ("tcp handshaker shutdown", "connect()
+        # timed out"): a few start-ups meet them all.
+        for _ in range(4):
+            with pytest.raises(StartupError) as info:
+                make_hub([spec(endpoint)], start_timeout=3.0).start()
+            text = _startup_text(info.value)
+            assert "unavailable" in text
+            assert not re.search(r"(?i)tls|certificate|\bca\b", text), text
+
+
+def test_a_tls_misconfiguration_still_says_tls() -> None:
+    """A TLS source without the client certificate the server requires still gets the TLS
+    message, with the fix to try."""
+    with EtcdServer(tls=True) as etcd:
+        assert etcd.tls is not None
+        with pytest.raises(StartupError) as info:
+            make_hub([spec(etcd.endpoint, opts=f"ca={etcd.tls.ca_cert}")]).start()
+    text = _startup_text(info.value)
+    assert "TLS handshake with etcd" in text
+    assert "check the CA file and the client certificate/key" in text

@@ -42,7 +42,21 @@ __all__ = [
 _RETRYABLE_CODES: Final = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
-_TLS_MARKERS: Final = ("ssl", "handshake", "certificate", "tsi_", "x509")
+# gRPC has no status code of its own for a failed TLS handshake: it is UNAVAILABLE, like a
+# refused or timed-out connect. So a failure is a TLS one only when TLS is configured, the
+# code is UNAVAILABLE, and the failing layer is TLS itself: gRPC's security handshaker
+# ("Tls handshake failed (TSI_...)", "Handshake read failed (...)") or OpenSSL
+# ("SSL_ERROR_...", "CERTIFICATE_VERIFY_FAILED"). gRPC's TCP connect is its "tcp handshaker"
+# ("tcp handshaker shutdown"): no TLS happened there, whatever the configuration.
+_TLS_LAYER_MARKERS: Final = (
+    "tsi_",
+    "ssl_error",
+    "tls handshake failed",
+    "ssl handshake failed",
+    "handshake read failed",
+    "handshake write failed",
+    "certificate",
+)
 # Failures that prove a request never reached a server, so a write may go to another endpoint.
 _NOT_SENT_MARKERS: Final = (
     "failed to connect",
@@ -107,13 +121,21 @@ class ResponseTooLarge(EtcdError):
     """A response exceeded the client's gRPC receive limit (read smaller pages)."""
 
 
-def translate(exc: grpc.RpcError, endpoint: str, *, what: str) -> EtcdError:
-    """Map a gRPC error to this module's exceptions; messages hold no secrets."""
+def translate(exc: grpc.RpcError, endpoint: str, *, what: str, tls: bool) -> EtcdError:
+    """Map a gRPC error to this module's exceptions; messages hold no secrets.
+
+    ``tls``: whether the channel uses TLS. Only then can a failure be an
+    :class:`EtcdTLSError` (see ``_TLS_LAYER_MARKERS``); without TLS a connect that never
+    completes is plainly unavailable."""
     code: grpc.StatusCode = exc.code()
     details = str(exc.details() or "")
     lowered = details.lower()
     if code in _RETRYABLE_CODES or code == grpc.StatusCode.CANCELLED:
-        if code == grpc.StatusCode.UNAVAILABLE and any(m in lowered for m in _TLS_MARKERS):
+        if (
+            tls
+            and code == grpc.StatusCode.UNAVAILABLE
+            and any(m in lowered for m in _TLS_LAYER_MARKERS)
+        ):
             return EtcdTLSError(
                 f"TLS handshake with etcd at {endpoint} failed during {what}: {details}; "
                 "check the CA file and the client certificate/key",
@@ -269,18 +291,20 @@ class WatchStream:
     tells the client what the stream found out, without touching the client's state.
     """
 
-    __slots__ = ("_call", "_established", "_may_retry", "_token_rejected", "endpoint")
+    __slots__ = ("_call", "_established", "_may_retry", "_token_rejected", "endpoint", "tls")
 
     def __init__(
         self,
         endpoint: str,
         call: Any,
         *,
+        tls: bool,
         on_established: Callable[[], None],
         on_token_rejected: Callable[[], None],
         may_retry: Callable[[EtcdError], bool],
     ) -> None:
         self.endpoint = endpoint
+        self.tls = tls  # whether the call runs over TLS (for translate())
         self._call = call
         self._established = on_established
         self._token_rejected = on_token_rejected

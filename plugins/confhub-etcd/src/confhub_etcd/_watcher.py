@@ -444,7 +444,9 @@ class PrefixWatcher:
                     code="DEADLINE_EXCEEDED",
                 )
             )
-        error = translate(exc, stream.endpoint, what=f"the watch on {self._prefix!r}")
+        error = translate(
+            exc, stream.endpoint, what=f"the watch on {self._prefix!r}", tls=stream.tls
+        )
         if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
             stream.token_rejected()
         retry_now = self._watch_id is None and stream.retry_now(error)
