@@ -100,3 +100,36 @@ def test_a_tls_misconfiguration_still_says_tls() -> None:
     text = _startup_text(info.value)
     assert "TLS handshake with etcd" in text
     assert "check the CA file and the client certificate/key" in text
+
+
+# -- log lines ---------------------------------------------------------------------------------
+
+
+def test_log_lines_name_the_prefix_and_the_source_without_credentials(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The etcd watch's log lines show the prefix as text (not ``b'/app/'``) and the source's
+    display name, never the password, through a connect, a loss and a reconnect."""
+    caplog.set_level(logging.DEBUG, logger="confhub.etcd")
+    with EtcdServer(auth=True) as etcd:
+        password = etcd.root_password
+        source = spec(f"root:{password}@{etcd.endpoint}")
+        with make_hub([source]) as hub:
+            events = Events(hub)
+            display = hub.health().sources[0].source
+            assert password not in display
+            _record_time(caplog, "connected")
+            etcd.kill()
+            events.wait_state("stale")
+            etcd.start()
+            events.wait_state("live")
+    lines = [r.getMessage() for r in caplog.records if r.name == "confhub.etcd"]
+    watch_lines = [line for line in lines if line.startswith("etcd watch")]
+    assert any(" disconnected " in line for line in watch_lines), watch_lines
+    assert sum(" connected " in line for line in watch_lines) >= 2, watch_lines
+    for line in watch_lines:
+        assert "etcd watch on /app/ " in line, line
+        assert display in line, line
+    for line in lines:
+        assert "b'" not in line and 'b"' not in line, line
+        assert password not in line, line
