@@ -1,10 +1,14 @@
 """File sources: loading a big file, rebuilding after one change, save-to-callback latency.
 
-1. Loading a 10,000-key TOML or JSON file through ``Hub([...]).start()``, against the floor
-   of reading and parsing the same file alone (``tomllib.loads`` / ``json.loads``).
+1. Loading a 10,000-key TOML, JSON or YAML file through ``Hub([...]).start()``, against the
+   floor of reading and parsing the same file alone (``tomllib.loads`` / ``json.loads`` /
+   PyYAML's ``CSafeLoader``). A default ``Hub()`` row (entry-point plugins loaded) is shown
+   beside the ``autoload=False`` rows; file sources are not cacheable, so the cache plays no
+   part in any file row.
 2. Rebuilding after one changed key: the time from a backend delivering an update to the
    snapshot being published (``Hub._on_update``, called directly on a running hub fed by a
-   ``MemoryStore``), for a 100,000-key layer against the floor of a 10-key layer.
+   ``MemoryStore``), for a 100,000-key layer against the floor of a 10-key layer. The hub is
+   the default (cache on: a ``MemoryStore`` is cacheable); ``cache_dir=None`` rows beside.
    And a 10,000-key file saved with one key changed: the file backend's reload plus the
    hub's apply (diff, merge, publish), against the floor of reading and parsing the file.
 3. File save (an ``os.replace`` rename) to subscriber callback, median and p99, against the
@@ -33,6 +37,7 @@ from confhub import LayerDelta
 from confhub._backends.file import DEFAULT_SETTLE
 from confhub._layer import Layer, flatten
 from confhub._merge import merge_full
+from confhub._parsers import parse_document
 from confhub.testing import MemoryStore
 
 from ._table import Row, header, p99, parse_args, print_table, versions
@@ -65,24 +70,45 @@ def to_toml(data: dict[str, dict[str, Any]]) -> str:
 # -- 1. loading ------------------------------------------------------------------------------
 
 
+def _yaml_floor() -> tuple[str, Callable[[str], Any]]:
+    """The YAML floor: PyYAML's ``CSafeLoader`` (libyaml) when it has one."""
+    import yaml
+
+    if hasattr(yaml, "CSafeLoader"):
+        return "CSafeLoader", lambda text: yaml.load(text, Loader=yaml.CSafeLoader)
+    return "SafeLoader (no libyaml)", yaml.safe_load
+
+
 def bench_load(tmp: Path, *, rounds: int) -> list[Row]:
+    import yaml
+
     data = make_data(10_000)
-    files = {"toml": tmp / "big.toml", "json": tmp / "big.json"}
+    files = {"toml": tmp / "big.toml", "json": tmp / "big.json", "yaml": tmp / "big.yaml"}
     files["toml"].write_text(to_toml(data))
     files["json"].write_text(json.dumps(data, indent=1))
+    files["yaml"].write_text(yaml.safe_dump(data, sort_keys=False))
     assert tomllib.loads(files["toml"].read_text()) == json.loads(files["json"].read_text())
+    yaml_name, yaml_loads = _yaml_floor()
+    assert yaml_loads(files["yaml"].read_text()) == data
+    parsers: dict[str, tuple[str, Callable[[str], Any]]] = {
+        "toml": ("tomllib.loads", tomllib.loads),
+        "json": ("json.loads", json.loads),
+        "yaml": (yaml_name, yaml_loads),
+    }
 
     rows = []
     for fmt, path in files.items():
-        loads: Callable[[str], Any] = tomllib.loads if fmt == "toml" else json.loads
+        parse, loads = parsers[fmt]
 
         def floor(path: Path = path, loads: Callable[[str], Any] = loads) -> None:
             loads(path.read_bytes().decode("utf-8"))
 
-        def start(spec: str) -> Callable[[], None]:
+        def start(spec: str, *, default: bool = False) -> Callable[[], None]:
             def run() -> None:
-                hub = confhub.Hub([spec], autoload=False)
                 t0 = time.perf_counter_ns()
+                hub = confhub.Hub([spec]) if default else confhub.Hub([spec], autoload=False)
+                if not default:
+                    t0 = time.perf_counter_ns()  # construction is its own row
                 hub.start()
                 run.elapsed = time.perf_counter_ns() - t0  # type: ignore[attr-defined]
                 hub.close()  # not timed: closing joins the watcher threads
@@ -91,14 +117,19 @@ def bench_load(tmp: Path, *, rounds: int) -> list[Row]:
         parsed = loads(path.read_text())
         flat = flatten(parsed, source="bench")
         layer = Layer.from_flat(flat, source="bench")
+        content = path.read_bytes()
         cases: dict[str, Callable[[], Any]] = {
             "floor": floor,
             "Hub(...)": lambda path=path: confhub.Hub([f"file:{path}"], autoload=False),
             "start": start(f"file:{path}"),
             "start, watch=false": start(f"file:{path}?watch=false"),
+            "parse_document": lambda content=content, fmt=fmt: parse_document(
+                content, fmt, source="bench"
+            ),
             "flatten": lambda parsed=parsed: flatten(parsed, source="bench"),
             "Layer.from_flat": lambda flat=flat: Layer.from_flat(flat, source="bench"),
             "merge_full": lambda layer=layer: merge_full([layer]),
+            "default Hub": start(f"file:{path}", default=True),
         }
         samples: dict[str, list[int]] = {name: [] for name in cases}
         for fn in cases.values():
@@ -112,7 +143,6 @@ def bench_load(tmp: Path, *, rounds: int) -> list[Row]:
         med = {name: statistics.median(s) for name, s in samples.items()}
         f = med["floor"]
         label = f"{fmt}: "
-        parse = "tomllib.loads" if fmt == "toml" else "json.loads"
         rows += [
             Row(f"{label}floor: read + {parse}", f, parse, 1.0),
             Row(f"{label}Hub([file]).start() (watching)", med["Hub(...)"] + med["start"], parse,
@@ -124,12 +154,17 @@ def bench_load(tmp: Path, *, rounds: int) -> list[Row]:
                 note="load, merge, snapshot, watcher threads"),
             Row(f"{label}  start() with ?watch=false", med["start, watch=false"], parse,
                 med["start, watch=false"] / f, note="no watcher threads"),
+            Row(f"{label}  part: parse_document(bytes)", med["parse_document"], parse,
+                med["parse_document"] / f, note="decode, parse, strictness and bounds checks"),
             Row(f"{label}  part: flatten(parsed)", med["flatten"], parse, med["flatten"] / f,
                 note="nested -> dotted keys, freeze leaves"),
             Row(f"{label}  part: Layer.from_flat", med["Layer.from_flat"], parse,
                 med["Layer.from_flat"] / f, note="immutables.Map, parent counts, clash check"),
             Row(f"{label}  part: merge_full([layer])", med["merge_full"], parse,
                 med["merge_full"] / f, note="effective view from scratch"),
+            Row(f"{label}Hub([file]).start(), default Hub() (autoload)", med["default Hub"],
+                parse, med["default Hub"] / f,
+                note="entry-point plugins loaded; no cache: file sources are not cacheable"),
         ]
     return rows
 
@@ -151,11 +186,19 @@ def bench_rebuild(*, quick: bool) -> list[Row]:
     rows: list[Row] = []
     budget_ns = 300_000_000 if quick else 4_000_000_000
     floors: dict[str, float] = {}
-    for variant in ("delta", "layer", "delta+view"):
+    for variant in ("delta", "layer", "delta+view", "delta, cache off"):
         for n in (10, 100_000):
             flat = {f"s{i // 100}.k{i % 100}": i for i in range(n)}
             store = MemoryStore("b", flat)
-            hub = confhub.Hub(["memory:b"], plugins=[store], autoload=False).start()
+            # The default hub: a MemoryStore is cacheable, so the cache is on (its writes run
+            # on the notifier thread, beside the timed apply); the last variant turns it off.
+            options: dict[str, Any] = {"cache_dir": None} if "cache off" in variant else {}
+            # Timeouts raised: loading 100,000 keys can take longer than the default 2 s on a
+            # busy machine, and the load is not what this measures.
+            hub = confhub.Hub(
+                ["memory:b"], plugins=[store], autoload=False,
+                connect_timeout=60, start_timeout=120, **options,
+            ).start()
             try:
                 if variant == "delta+view":
                     hub.view(ViewCfg)
@@ -189,6 +232,7 @@ def bench_rebuild(*, quick: bool) -> list[Row]:
                 "delta": "LayerDelta (KV backends)",
                 "layer": "whole Layer (file/env/poll)",
                 "delta+view": "LayerDelta, one bound view",
+                "delta, cache off": "LayerDelta, cache_dir=None",
             }[variant]
             if n == 10:
                 floors[variant] = med
@@ -196,8 +240,9 @@ def bench_rebuild(*, quick: bool) -> list[Row]:
                                 p99_ns=p99(samples), note=f"{repeat} updates"))
             else:
                 rows.append(Row(f"{what}: 100,000 keys", med, "10-key layer",
-                                med / floors[variant], REBUILD_TARGET, p99_ns=p99(samples),
-                                note=f"{repeat} updates"))
+                                med / floors[variant],
+                                None if "cache off" in variant else REBUILD_TARGET,
+                                p99_ns=p99(samples), note=f"{repeat} updates"))
     return rows
 
 
@@ -309,7 +354,8 @@ def latency_hub(directory: Path, count: int, settle: float | None) -> list[int]:
         done.set()
 
     spec = f"file:{path}" + ("" if settle is None else f"?settle={settle}")
-    with confhub.Hub([spec], autoload=False) as hub:
+    # The default hub (file sources are not cacheable: the cache is not involved).
+    with confhub.Hub([spec]) as hub:
         hub.subscribe(callback)
         time.sleep(0.1)
         return _saves(path, count, done, stamp)
@@ -344,7 +390,11 @@ def bench_latency(tmp: Path, *, count: int) -> list[Row]:
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     header("confhub file benchmark")
-    print(f"{versions(['confhub', 'watchdog', 'immutables'])}; Hub(autoload=False)")
+    print(
+        f"{versions(['confhub', 'watchdog', 'immutables', 'PyYAML'])}; loads: Hub(autoload=False)"
+        " plus a default Hub() row; latency: the default Hub(); rebuild: cache on (default)"
+        " plus cache_dir=None rows"
+    )
     rounds = 3 if args.quick else 21
     count = 20 if args.quick else 300
     if args.quick:

@@ -11,7 +11,8 @@ One file per source, named by a fingerprint of the spec *without credentials*
 Rules (see ``docs/failure.md``):
 
 - written only from layers that passed validation and were published, and only when the
-  content changed; off the update path (on the hub's notifier thread);
+  content changed; off the update path and off the notifier thread (on the hub's
+  ``confhub-persist`` thread, latest layer per source only);
 - atomically: a temp file in the same directory (``mkstemp``: mode 0600 whatever the
   umask), write, ``fsync``, ``os.replace``, ``fsync`` of the directory; so several processes
   sharing a directory never see a torn file;

@@ -33,8 +33,10 @@ from ._errors import (
     SpecError,
     StartupError,
     WriteError,
+    without_source,
 )
-from ._hub import Hub, SourceHealth, without_source
+from ._health import SourceHealth
+from ._hub import Hub
 from ._merge import MISSING
 from ._redact import REDACTED, is_secret_key
 from ._snapshot import Change, ErrorEvent

@@ -4,7 +4,13 @@ Strict means: duplicate keys, ``NaN``/``Infinity``, documents that are not a map
 top, invalid UTF-8 and (in YAML) non-string keys such as ``true:`` are errors, not surprises;
 values keep JSON's types whatever the format (YAML plain scalars are typed only where YAML
 1.1 and 1.2 agree, TOML dates become ISO 8601 text). Safe means YAML is loaded with a
-``SafeLoader``: Python tags such as ``!!python/object`` are refused. Bounded means a
+``SafeLoader``: Python tags such as ``!!python/object`` are refused. YAML is scanned by
+libyaml (PyYAML's ``CSafeLoader`` base) when PyYAML has it, by PyYAML's pure-Python loader
+otherwise or with ``CONFHUB_YAML_LOADER=pure``; values are built by the same Python code
+either way, and a document libyaml refuses is read again by the pure loader so that errors
+keep their words and lines. The one difference: libyaml reads some valid YAML that the pure
+scanner refuses: a tab used as separation space (``a: 1<TAB># note``), ``|#``, and a ``?``
+inside a plain scalar in a flow collection (``[a?b]``). Bounded means a
 document may nest at most :data:`MAX_DEPTH` levels and expand to at most :data:`MAX_NODES`
 values; YAML aliases are counted as expanded *before* anything is constructed, so an alias
 bomb ("billion laughs") is refused in time and memory proportional to its text.
@@ -16,6 +22,7 @@ import datetime
 import functools
 import json
 import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -112,16 +119,33 @@ def parse_document(
             ) from None
     else:
         text = content
+    if fmt == "yaml" and yaml_loader_kind() == "c":
+        try:
+            return _parse_text(text, fmt, where, "c")
+        except _Decided as decided:
+            raise decided.error from None
+        except (SourceFormatError, _RetryPure):
+            # Only a broken or refused document gets here: libyaml words and places some
+            # syntax errors differently, so the pure loader reads it again and says what
+            # it always said (or, where libyaml refused what it accepts, returns it).
+            pass
+    return _parse_text(text, fmt, where, "pure")
+
+
+def _parse_text(text: str, fmt: str, where: _Where, yaml_kind: str) -> Mapping[str, Any]:
+    source = where.source
     try:
         if fmt == "toml":
             data = _parse_toml(text, where)
         elif fmt == "json":
             data = _parse_json(text, where)
         elif fmt == "yaml":
-            data = _parse_yaml(text, where)
+            data = _parse_yaml(text, where, yaml_kind)
         else:  # pragma: no cover - format_for_path validates
             raise SpecError(f"{source}: unknown format {fmt!r}", spec=source)
     except RecursionError:
+        if yaml_kind == "c" and fmt == "yaml":  # pragma: no cover - libyaml caps nesting
+            raise _RetryPure from None
         raise where.error(f"nesting deeper than {MAX_DEPTH} levels; refusing it") from None
     except ValueError as exc:
         # Raised by the parsers outside their own error types: an integer longer than
@@ -228,8 +252,40 @@ def _precount_json(text: str, where: _Where) -> None:
         raise where.error(f"the document expands to more than {MAX_NODES:,} values; refusing it")
 
 
+def _load_json_fast(text: str) -> Any:
+    """``json.loads`` with C-built objects, or ``_NOT_FAST`` when the document may hold a
+    duplicate key or fails (the strict parse then decides, with today's exact error).
+
+    An ``object_pairs_hook`` (needed to see duplicates) makes the C scanner build a list
+    of pairs per object and call Python with it: twice the time of ``json.loads``. Instead,
+    ``object_hook`` counts the keys each object kept; every key in the text is followed by
+    one ``:`` outside strings, so when the colons outside strings number the same, no key
+    was given twice."""
+    kept = 0
+
+    def count(obj: dict[str, Any]) -> dict[str, Any]:
+        nonlocal kept
+        kept += len(obj)
+        return obj
+
+    try:
+        data = json.loads(text, object_hook=count, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return _NOT_FAST
+    # Colons in strings (URLs, times) only make the cheap count differ: then count exactly.
+    if text.count(":") != kept and _JSON_STRING.sub("", text).count(":") != kept:
+        return _NOT_FAST
+    return data
+
+
+_NOT_FAST: Any = object()
+
+
 def _parse_json(text: str, where: _Where) -> Any:
     _precount_json(text, where)
+    data = _load_json_fast(text)
+    if data is not _NOT_FAST:
+        return data
     try:
         return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
@@ -254,39 +310,97 @@ def _parse_json(text: str, where: _Where) -> Any:
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
+#: The environment variable that picks the YAML loader: ``pure`` forces PyYAML's pure-Python
+#: loader; anything else (or unset) uses libyaml's C parser when PyYAML has it (see
+#: :func:`yaml_loader_kind`). Both give the same values and the same errors.
+YAML_LOADER_ENV = "CONFHUB_YAML_LOADER"
+#: libyaml limits nesting (1000 levels) from 0.2.6 on; an older one could exhaust the C stack
+#: on a deeply nested document before :func:`_measure_yaml` sees it, so it is not used.
+_LIBYAML_MIN = (0, 2, 6)
+
+
 @functools.cache
-def _strict_loader() -> type[yaml.SafeLoader]:
-    """Build (once) the YAML loader: safe, with duplicate and non-string keys refused."""
+def _c_loader_available() -> bool:
+    try:
+        import yaml
+        from yaml import _yaml
+    except ImportError:
+        return False
+    if not getattr(yaml, "__with_libyaml__", False) or not hasattr(yaml, "CSafeLoader"):
+        return False
+    try:
+        version = tuple(_yaml.get_version())
+    except Exception:  # noqa: BLE001 - an unknown build: use the pure loader
+        return False
+    return version >= _LIBYAML_MIN
+
+
+def yaml_loader_kind() -> str:
+    """Which YAML loader :func:`parse_document` uses now: ``"c"`` (libyaml's parser, the
+    default when PyYAML was built with libyaml >= 0.2.6) or ``"pure"`` (PyYAML's pure-Python
+    parser; forced with the environment variable ``CONFHUB_YAML_LOADER=pure``). Values are
+    constructed by the same Python code either way, with the same typing rules and bounds."""
+    if os.environ.get(YAML_LOADER_ENV, "").strip().lower() == "pure":
+        return "pure"
+    return "c" if _c_loader_available() else "pure"
+
+
+@functools.cache
+def _strict_loader(kind: str = "pure") -> type[yaml.SafeLoader]:
+    """Build (once per kind) the YAML loader: safe, with duplicate and non-string keys refused.
+
+    ``kind`` is ``"pure"`` (on :class:`yaml.SafeLoader`) or ``"c"`` (on
+    :class:`yaml.CSafeLoader`: libyaml scans, parses and composes; the constructor, the
+    resolver and therefore every typing rule below are the same Python code).
+    """
     import yaml
 
-    class StrictLoader(yaml.SafeLoader):
+    base: Any = yaml.CSafeLoader if kind == "c" else yaml.SafeLoader
+    mapping_node = yaml.MappingNode
+    constructor_error = yaml.constructor.ConstructorError
+
+    class StrictLoader(base):  # type: ignore[misc]
         """A SafeLoader that refuses duplicate keys and keys that are not strings."""
 
         def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-            if not isinstance(node, yaml.MappingNode):  # pragma: no cover - YAML's contract
+            if not isinstance(node, mapping_node):  # pragma: no cover - YAML's contract
                 return super().construct_mapping(node, deep=deep)
+            pairs = node.value
+            construct = self.construct_object
             seen: set[Any] = set()
-            for key_node, _ in node.value:
+            keys: list[Any] = []
+            merge = False
+            for key_node, _ in pairs:
                 if key_node.tag == _MERGE_TAG:
-                    continue  # "<<: *base" then overriding a merged key is not a duplicate
-                key = self.construct_object(key_node, deep=True)
-                if isinstance(key, bool) or not isinstance(key, (str, int)):
-                    raise yaml.constructor.ConstructorError(
+                    merge = True  # "<<: *base" then overriding a merged key is not a duplicate
+                    continue
+                key = construct(key_node, deep=True)
+                kind = type(key)
+                if kind is not str and (kind is bool or not isinstance(key, (str, int))):
+                    raise constructor_error(
                         "while constructing a mapping",
                         node.start_mark,
                         f"found a key that is not a string ({key!r}); quote it",
                         key_node.start_mark,
                     )
                 if key in seen:
-                    raise yaml.constructor.ConstructorError(
+                    raise constructor_error(
                         "while constructing a mapping",
                         node.start_mark,
                         f"found duplicate key {key!r}",
                         key_node.start_mark,
                     )
                 seen.add(key)
-            mapping = super().construct_mapping(node, deep=deep)
-            return {str(k) if isinstance(k, int) else k: v for k, v in mapping.items()}
+                keys.append(key)
+            if merge:  # SafeConstructor resolves the merges (it rewrites node.value)
+                mapping = super().construct_mapping(node, deep=deep)
+                return {str(k) if isinstance(k, int) else k: v for k, v in mapping.items()}
+            # No merge: the keys are built (and memoized); build the values in order, as
+            # BaseConstructor.construct_mapping does. An int key becomes its text.
+            out: dict[str, Any] = {}
+            for key, (_, value_node) in zip(keys, pairs, strict=True):
+                out[key if type(key) is str else str(key)] = construct(value_node, deep=deep)
+            return out
 
     _use_agreed_schema(StrictLoader)
     return StrictLoader
@@ -377,6 +491,7 @@ def _measure_yaml(root: yaml.Node, where: _Where) -> None:
     import yaml
 
     memo: dict[int, tuple[int, int]] = {}
+    scalar_node, mapping_node = yaml.ScalarNode, yaml.MappingNode
 
     def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
         known = memo.get(id(node))
@@ -388,15 +503,26 @@ def _measure_yaml(root: yaml.Node, where: _Where) -> None:
                 )
             size, height = 1, 0
             children: list[yaml.Node] = []
-            if isinstance(node, yaml.MappingNode):
-                for key_node, value_node in node.value:
-                    children += (key_node, value_node)
+            if isinstance(node, mapping_node):
+                children = [child for pair in node.value for child in pair]
             elif isinstance(node, yaml.SequenceNode):
-                children = list(node.value)
+                children = node.value
             for child in children:
-                child_size, child_height = measure(child, depth + 1)
-                size += child_size
-                height = max(height, child_height + 1)
+                if type(child) is scalar_node:
+                    # A scalar is one value, no deeper: what measure(child) would return.
+                    if depth >= MAX_DEPTH:
+                        raise where.error(
+                            f"nesting deeper than {MAX_DEPTH} levels; refusing it",
+                            child.start_mark.line + 1,
+                        )
+                    size += 1
+                    if not height:
+                        height = 1
+                else:
+                    child_size, child_height = measure(child, depth + 1)
+                    size += child_size
+                    if child_height >= height:
+                        height = child_height + 1
                 if size > MAX_NODES:
                     break
             known = memo[id(node)] = (size, height)
@@ -416,7 +542,19 @@ def _measure_yaml(root: yaml.Node, where: _Where) -> None:
     measure(root, 0)
 
 
-def _parse_yaml(text: str, where: _Where) -> Any:
+class _RetryPure(Exception):
+    """The C loader failed: the pure loader reads the text again for today's exact message."""
+
+
+class _Decided(Exception):
+    """A refusal from the C path that the pure loader would word the same: raised as is."""
+
+    def __init__(self, error: SourceFormatError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _parse_yaml(text: str, where: _Where, kind: str) -> Any:
     try:
         import yaml
     except ImportError:
@@ -424,27 +562,55 @@ def _parse_yaml(text: str, where: _Where) -> Any:
             f"{where.source}: YAML support is not installed; pip install 'confhub[yaml]'",
             spec=where.source,
         ) from None
+    return _load_yaml(yaml, text, where, kind)
+
+
+def _load_yaml(yaml: Any, text: str, where: _Where, kind: str) -> Any:
+    retry = kind == "c"
     try:
-        # The reader checks the whole text for unprintable characters right here.
-        loader = _strict_loader()(text)
-    except yaml.YAMLError as exc:
+        # The pure reader checks the whole text for unprintable characters right here; the
+        # C one encodes it to UTF-8 (a lone surrogate fails: ValueError).
+        loader = _strict_loader(kind)(text)
+    except (yaml.YAMLError, ValueError) as exc:
+        if retry:
+            raise _RetryPure from None
+        if not isinstance(exc, yaml.YAMLError):
+            raise  # parse_document words it, as it always did
         raise where.error(f"invalid YAML: {exc}") from None
     try:
         node = loader.get_single_node()
         if node is None:
             return None
-        _measure_yaml(node, where)
+        try:
+            _measure_yaml(node, where)
+        except SourceFormatError as exc:
+            if retry:  # the same node graph as the pure loader's: the same words
+                raise _Decided(exc) from None
+            raise
         return loader.construct_document(node)
-    except (ValueError, TypeError, LookupError, ArithmeticError) as exc:
+    except (ValueError, TypeError, LookupError, ArithmeticError, RecursionError) as exc:
+        if retry:
+            raise _RetryPure from None
+        if isinstance(exc, RecursionError):
+            raise  # parse_document words it ("nesting deeper than ...")
         # SafeConstructor's scalar constructors raise these for bad tagged scalars
         # ("!!int zz", an empty "!!int", "!!timestamp 2001-99-14").
         raise where.error(f"invalid YAML: a value cannot be constructed ({exc})") from None
     except yaml.MarkedYAMLError as exc:
+        if retry and "maximum nesting depth" in str(exc.problem):
+            # libyaml stops at 1000 levels, far past MAX_DEPTH, where the pure loader runs
+            # out of recursion (seconds later) and is refused with these very words.
+            error = where.error(f"nesting deeper than {MAX_DEPTH} levels; refusing it")
+            raise _Decided(error) from None
+        if retry:
+            raise _RetryPure from None
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         column = mark.column + 1 if mark is not None else None
         raise where.error(f"invalid YAML: {exc.problem or exc.context}", line, column) from None
     except yaml.YAMLError as exc:
+        if retry:
+            raise _RetryPure from None
         raise where.error(f"invalid YAML: {exc}") from None
     finally:
         loader.dispose()

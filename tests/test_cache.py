@@ -69,7 +69,7 @@ def test_cached_source_is_promoted_to_live_with_changes_made_meanwhile(tmp_path:
         got: list[Change] = []
         hub.subscribe(got.append)
         store.transaction({"a": "2"})  # while down
-        store._failure = None  # the store is back; the hub finds out by retrying
+        store.recover()  # the store is back; nobody watches it: the hub finds out by retrying
         wait_for(lambda: hub.health().sources[0].state == "live")
         wait_for(lambda: got)
         assert [(c.key, c.old, c.new) for c in got[0]] == [("a", "1", "2")]

@@ -87,7 +87,7 @@ def test_close_during_a_live_outage(thread_errors: list[str]) -> None:
     assert hub.get("a") == "1"
     assert _timed_close(hub) < CLOSE_BOUND
     store.recover()  # after close: nobody is watching any more
-    assert not store._watchers
+    assert not store.watch_count
     assert not thread_errors
 
 
@@ -133,7 +133,7 @@ def test_recover_racing_close(
         racer.join(5)
         assert not racer.is_alive()
         assert took < CLOSE_BOUND
-        assert not store._watchers, f"round {i}: a watcher outlived close()"
+        assert not store.watch_count, f"round {i}: a watcher outlived close()"
     assert not thread_errors
 
 
@@ -187,7 +187,7 @@ def test_close_from_inside_a_callback_under_load(thread_errors: list[str]) -> No
     w.join(5)
     assert not w.is_alive()
     hub.close()  # idempotent, from the main thread too
-    assert not store._watchers
+    assert not store.watch_count
     assert not thread_errors
 
 
@@ -244,7 +244,7 @@ def test_a_hundred_start_close_cycles_leak_nothing(
     assert len(sockets) <= len([v for v in fds_before.values() if v.startswith("socket:")])
     grown = _rss_mib() - rss_before
     assert grown < 16, f"RSS grew {grown:.1f} MiB over 100 cycles"
-    assert not store._watchers
+    assert not store.watch_count
     assert not thread_errors
 
 

@@ -14,7 +14,37 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from confhub import SourceFormatError
-from confhub._parsers import MAX_DEPTH, MAX_NODES, parse_document
+from confhub._parsers import (
+    MAX_DEPTH,
+    MAX_NODES,
+    YAML_LOADER_ENV,
+    parse_document,
+    yaml_loader_kind,
+)
+
+#: Every YAML case runs through both loaders: libyaml's C parser (the default, when PyYAML
+#: has it) and the pure-Python one (``CONFHUB_YAML_LOADER=pure``, and the fallback).
+YAML_LOADERS = ["c", "pure"] if hasattr(yaml, "CSafeLoader") else ["pure"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that read YAML (by name, or through a ``fmt`` parameter) run once per loader."""
+    if "yaml" in metafunc.function.__name__ or "fmt" in metafunc.fixturenames:
+        metafunc.parametrize("yaml_loader", YAML_LOADERS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def yaml_loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    kind: str | None = getattr(request, "param", None)
+    if kind == "pure":
+        monkeypatch.setenv(YAML_LOADER_ENV, "pure")
+    elif kind == "c":
+        monkeypatch.delenv(YAML_LOADER_ENV, raising=False)
+        if yaml_loader_kind() != "c":
+            pytest.skip("PyYAML has no usable libyaml (C) loader here")
+    if kind is not None:
+        assert yaml_loader_kind() == kind
+    return kind
 
 PATH = "/etc/app/config.x"
 #: Generous bounds: a refused bomb must cost neither minutes nor gigabytes.
@@ -331,3 +361,43 @@ def test_toml_round_trip(document: dict[str, Any]) -> None:
     import tomli_w
 
     assert parse(tomli_w.dumps(document), "toml") == document
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ('{"url": "http://x:80",\n "a": 1,\n "a": 2}', 3, "a"),
+        ('{"a:b": 1,\n "c": {"t": "12:30", "t": "x"}}', None, "t"),  # both on one line
+        ('{"a": 1,\n "\\u0061": 2}', None, "a"),
+        ('{"s": "\\":", "k": [{"z": 1}, {"z": 1,\n "z": 2}]}', 2, "z"),
+    ],
+)
+def test_json_duplicate_keys_are_found_whatever_the_strings_hold(
+    text: str, line: int | None, key: str
+) -> None:
+    """Colons inside strings, escapes that spell the same key, nested objects: a key given
+    twice is refused, naming it (and its line when the text spells it)."""
+    error = refused(text, "json")
+    assert error.key == key
+    assert error.line == line
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"url": "http://x:80", "t": "12:30", "a": {"b:c": "d:e"}}',
+        '{"q": "say \\"a:b\\"", "list": ["x:y", {"k": "v"}]}',
+        '{"a": {}, "b": [], "c": {"d": {}}}',
+    ],
+)
+def test_json_colons_in_strings_are_no_duplicates(text: str) -> None:
+    assert parse(text, "json") == json.loads(text)
+
+
+def test_json_errors_keep_their_order() -> None:
+    """The first error in the parser's order is the one reported: a duplicate is seen when
+    its object closes, so a NaN inside the same object comes first."""
+    assert "NaN is not allowed" in str(refused('{"a": 1,\n "a": 2,\n "b": NaN}', "json"))
+    error = refused('{"o": {"a": 1,\n "a": 2},\n "b": NaN}', "json")
+    assert "duplicate key 'a'" in str(error)
+    assert error.line == 2

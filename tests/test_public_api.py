@@ -62,6 +62,7 @@ def test_public_surface_is_pinned() -> None:
         "WriteError",
         "hookimpl",
         "is_secret_key",
+        "main",
         "parse_document",
         "parse_duration",
     }

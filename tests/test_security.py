@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 from core_testlib import wait_for
 
-from confhub import ErrorEvent, Hub, SourceFormatError, SourceSpec, StartupError
-from confhub._cli import main
+from confhub import ErrorEvent, Hub, SourceFormatError, SourceSpec, StartupError, main
 from confhub.testing import MemoryStore
 
 SECRETS = ("S3CRET-TOKEN", "S3CRET-PASS")

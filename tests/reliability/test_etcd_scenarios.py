@@ -28,6 +28,7 @@ from confhub import (
     StartupError,
     WriteError,
 )
+from confhub.testing import backend_of
 
 FAST = "retry_initial=0.05&retry_max=0.3&progress_interval=0.5"
 T_DETECT = 3 * 0.5 + 2.0  # liveness (3 progress intervals) + margin
@@ -50,7 +51,7 @@ def state(hub: Hub) -> str:
 
 
 def watcher(hub: Hub) -> Any:
-    return hub._slots[0].backends[0]._watcher  # type: ignore[union-attr]
+    return backend_of(hub, hub.sources[0]).watcher  # type: ignore[attr-defined]
 
 
 class Scenario:
@@ -216,10 +217,10 @@ def test_03_sigstop_half_open_then_sigcont(etcd: EtcdServer) -> None:
             t0 = time.monotonic()
             wait_until(lambda: state(hub) == "stale", T_DETECT, "watch declared lost")
             detected = time.monotonic() - t0
-            backend = hub._slots[0].backends[0]
+            backend = backend_of(hub, hub.sources[0])
             t1 = time.monotonic()
             with pytest.raises(SourceUnavailableError):
-                backend.load()  # type: ignore[union-attr]
+                backend.load()
             assert time.monotonic() - t1 < 1.0 + 1.5  # the 1 s deadline + margin
             assert hub.get("a") == "2"
         finally:
@@ -391,7 +392,7 @@ def test_12_auth_token_expiry_is_transparent() -> None:
         with sc.running(readers=1) as hub:
             time.sleep(5)  # every token is expired now
             t0 = time.monotonic()
-            layer = hub._slots[0].backends[0].load()  # type: ignore[union-attr]
+            layer = backend_of(hub, hub.sources[0]).load()
             assert layer.values["a"] == "1"
             hub.write("b", "written-after-expiry")
             assert time.monotonic() - t0 < 2 * 1.0 + 1
