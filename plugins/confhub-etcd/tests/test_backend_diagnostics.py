@@ -13,7 +13,7 @@ from backend_lib import Events, make_hub, spec
 from confhub import StartupError
 from etcd_testlib import unanswered_endpoint
 
-from confhub_etcd.testing import EtcdServer
+from confhub_etcd.testing import EtcdCluster, EtcdServer
 
 
 def _record_time(caplog: pytest.LogCaptureFixture, needle: str, timeout: float = 15.0) -> float:
@@ -66,6 +66,41 @@ def test_a_frozen_member_is_stale_within_three_progress_intervals(
     assert interval < detected <= bound + 0.4 * interval, (
         f"stale {detected / interval:.2f} progress intervals after the freeze (documented: 3)"
     )
+
+
+def _connected_endpoints(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The endpoint of each "connected" log line of the etcd watch, in order."""
+    pattern = re.compile(r" connected \(revision \d+, endpoint (\S+)\)$")
+    found = (pattern.search(r.getMessage()) for r in caplog.records if r.name == "confhub.etcd")
+    return [m.group(1) for m in found if m]
+
+
+def test_a_frozen_member_is_left_for_another_one(
+    cluster: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With every member's endpoint in the spec, freezing the member the watch is on makes
+    the source stale, then the watch moves to another member: writes made during the freeze
+    arrive and the source is live again while the member is still frozen."""
+    interval = 0.5
+    opts = f"retry_initial=0.05&retry_max=0.3&progress_interval={interval}"
+    cluster.put("/app/a", "1")
+    caplog.set_level(logging.INFO, logger="confhub.etcd")
+    with make_hub([spec(cluster.endpoints, opts=opts)]) as hub:
+        events = Events(hub)
+        _record_time(caplog, "connected")
+        watched = _connected_endpoints(caplog)[0]
+        frozen = cluster.endpoints.index(watched)
+        cluster.pause(frozen)
+        try:
+            events.wait_state("stale", timeout=30)
+            cluster.put("/app/a", "2")  # through a running member
+            events.wait_value("a", "2", timeout=30)
+            events.wait_state("live", timeout=30)
+            assert cluster.members[frozen].paused
+        finally:
+            cluster.resume(frozen)
+    moved = [e for e in _connected_endpoints(caplog) if e != watched]
+    assert moved, "the watch never connected to another member"
 
 
 # -- a connect that never completes is not a TLS failure -------------------------------------
