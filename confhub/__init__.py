@@ -29,6 +29,7 @@ from ._explain import Explanation, Origin
 from ._health import Health, SourceHealth
 from ._hub import Hub, State
 from ._layer import Layer, LayerDelta
+from ._location import UrlParts
 from ._merge import MISSING
 from ._parsers import parse_document
 from ._redact import is_secret_key
@@ -69,6 +70,7 @@ __all__ = [
     "State",
     "Subscription",
     "Update",
+    "UrlParts",
     "View",
     "WriteConflictError",
     "WriteError",

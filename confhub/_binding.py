@@ -25,7 +25,7 @@ import cattrs
 
 from ._errors import ConfigValidationError
 from ._merge import MISSING
-from ._redact import is_secret_key
+from ._redact import is_secret_key, redact_value
 from ._snapshot import Snapshot
 
 T = TypeVar("T")
@@ -337,10 +337,17 @@ class Binder:
             return self.converter.structure(data, cls)
         except Exception as exc:
             lines = [annotate(snapshot, line, prefix) for line in error_lines(exc)]
-            raise ConfigValidationError(
+            error = ConfigValidationError(
                 f"configuration does not fit {cls.__qualname__}:\n  " + "\n  ".join(lines),
                 errors=lines,
-            ) from exc
+            )
+            if any(_REDACTED_LINE in line for line in lines):
+                # cattrs' own exception quotes the secret value: do not chain it.
+                raise error from None
+            raise error from exc
+
+
+_REDACTED_LINE = "redacted: the key looks secret"
 
 
 def annotate(snapshot: Snapshot, line: str, prefix: str | None) -> str:
@@ -349,9 +356,14 @@ def annotate(snapshot: Snapshot, line: str, prefix: str | None) -> str:
     key = path_to_key(path)
     if prefix:
         key = f"{prefix}.{key}" if key else prefix
-    if is_secret_key(key):
-        # The message may quote the value (``got 'hunter2'``): never for a secret.
-        line = f"invalid value (redacted: the key looks secret) @ {path}"
+    full = path.removeprefix("$").lstrip(".")
+    if prefix:
+        full = f"{prefix}.{full}" if full else prefix
+    value = snapshot.flat().get(key)
+    if is_secret_key(full) or redact_value(key, value) != value:
+        # The message may quote the value (``got 'hunter2'``): never for a secret, checked
+        # with the whole path (``$.items[0].token``) and inside lists and tables.
+        line = f"invalid value ({_REDACTED_LINE}) @ {path}"
     index = snapshot.origin_index(key)
     if index is None:
         return line

@@ -38,7 +38,7 @@ from ._errors import (
 from ._health import SourceHealth
 from ._hub import Hub
 from ._merge import MISSING
-from ._redact import REDACTED, is_secret_key
+from ._redact import REDACTED, is_secret_key, redact_value
 from ._snapshot import Change, ErrorEvent
 from ._spec import SourceSpec
 
@@ -292,15 +292,9 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _redact_tree(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict):
-            out[k] = _redact_tree(v, key)
-        else:
-            out[k] = REDACTED if is_secret_key(key) else v
-    return out
+def _redact_tree(tree: dict[str, Any]) -> dict[str, Any]:
+    redacted: dict[str, Any] = redact_value("", tree)
+    return redacted
 
 
 def _nulls(value: Any, path: str = "") -> list[str]:
@@ -417,12 +411,8 @@ def _change_lines(change: Change, as_json: bool) -> list[str]:
                     {
                         "generation": change.generation,
                         "key": c.key,
-                        "old": _jsonable(
-                            REDACTED if is_secret_key(c.key) and c.old is not MISSING else c.old
-                        ),
-                        "new": _jsonable(
-                            REDACTED if is_secret_key(c.key) and c.new is not MISSING else c.new
-                        ),
+                        "old": _jsonable(c.old if c.old is MISSING else redact_value(c.key, c.old)),
+                        "new": _jsonable(c.new if c.new is MISSING else redact_value(c.key, c.new)),
                         "source": change.source,
                     },
                     ensure_ascii=False,
@@ -433,12 +423,12 @@ def _change_lines(change: Change, as_json: bool) -> list[str]:
             old = (
                 "<absent>"
                 if c.old is MISSING
-                else (REDACTED if is_secret_key(c.key) else repr(c.old))
+                else (REDACTED if is_secret_key(c.key) else repr(redact_value(c.key, c.old)))
             )
             new = (
                 "<absent>"
                 if c.new is MISSING
-                else (REDACTED if is_secret_key(c.key) else repr(c.new))
+                else (REDACTED if is_secret_key(c.key) else repr(redact_value(c.key, c.new)))
             )
             lines.append(f"[{change.generation}] {c.key}: {old} -> {new}  ({change.source})")
     return lines

@@ -13,7 +13,7 @@ import attrs
 
 from ._errors import ConfigKeyError
 from ._health import SourceHealth
-from ._redact import REDACTED, is_secret_key
+from ._redact import redact_value
 from ._snapshot import Snapshot
 
 
@@ -85,7 +85,10 @@ def explain(
             f"{key!r} is a table, not a value; explain one of its keys, such as "
             f"{next(k for k in snapshot.flat() if k.startswith(key + '.'))!r}",
         )
-    secret = is_secret_key(key) and not reveal
+
+    def shown(value: Any) -> Any:
+        return value if reveal else redact_value(key, value)
+
     layers = snapshot.layers
     overridden = []
     for i in range(len(layers) - 1, -1, -1):
@@ -95,7 +98,7 @@ def explain(
         overridden.append(
             Origin(
                 sources[i].source,
-                REDACTED if secret else layer.values[key],
+                shown(layer.values[key]),
                 layer.detail(key),
                 layer.revision,
                 False,
@@ -106,7 +109,7 @@ def explain(
     health = sources[index]
     return Explanation(
         key=key,
-        value=REDACTED if secret else snapshot.flat()[key],
+        value=shown(snapshot.flat()[key]),
         source=health.active if health.active is not None else health.source,
         detail=layer.detail(key),
         revision=layer.revision,

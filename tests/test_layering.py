@@ -18,7 +18,10 @@ PACKAGE = Path(confhub.__file__).parent
 
 #: Lowest first. Within a layer, modules do not import each other.
 LAYERS: list[list[str]] = [
-    ["_errors", "_redact", "_health"],  # values with no confhub imports
+    ["_location"],  # the one parser of a network spec's location (no confhub imports)
+    ["_errors", "_redact", "_health"],  # values (_redact builds on _location)
+    ["_docbounds"],  # document bounds and error wording shared by the parsers
+    ["_yaml"],  # the YAML loaders
     ["_spec", "_parsers", "_layer"],  # specs, documents, layers
     ["_merge", "_backend"],  # the pure merge; the backend contract
     ["_snapshot"],  # the immutable merged view and its events

@@ -57,6 +57,7 @@ def test_public_surface_is_pinned() -> None:
         "State",
         "Subscription",
         "Update",
+        "UrlParts",
         "View",
         "WriteConflictError",
         "WriteError",

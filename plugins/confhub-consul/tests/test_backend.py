@@ -1170,3 +1170,44 @@ def test_start_with_consul_down_and_no_cache_fails(tmp_path: Path) -> None:
     probe.stop()
     with pytest.raises(StartupError, match="cannot reach Consul"):
         hub_for(f"consul://127.0.0.1:{port}/myapp/?{FAST}", cache_dir=tmp_path).start()
+
+
+@pytest.mark.parametrize("password", ["pa#ss", "pa?ss", "pa/ss", "p@ss"])
+def test_user_info_with_special_characters_is_refused_without_showing_it(password: str) -> None:
+    """consul://u:PASSWORD@h:8500/a/: the core's parsed parts show user info (Consul takes
+    the ACL token as ?token= or CONSUL_HTTP_TOKEN), refused with the fix; no piece of the
+    password is in the error, and the options after it still parse."""
+    s = SourceSpec.parse(f"consul://u:{password}@h:8500/a/?consistency=stale")
+    assert dict(s.options) == {"consistency": "stale"}
+    with pytest.raises(SpecError) as info:
+        confhub.Hub([]).make_backend(s)
+    message = str(info.value)
+    assert "?token=" in message
+    assert password not in message
+    assert "u:pa" not in message
+    assert "ss@" not in message
+
+
+def test_address_comes_from_the_core_parser() -> None:
+    """Host, port and prefix come from SourceSpec.url_parts; IPv6 and the default port."""
+    for text, host, port, prefix in (
+        ("consul://H.example:8511/a/", "h.example", 8511, "a/"),
+        ("consul://[::1]:8500/a/b/", "::1", 8500, "a/b/"),
+        ("consul:///a/", "127.0.0.1", 8500, "a/"),
+    ):
+        opts = ConsulOptions.from_spec(SourceSpec.parse(text))
+        assert (opts.host, opts.port, opts.prefix) == (host, port, prefix)
+
+
+def test_cache_principal_is_the_token_from_the_spec_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The backend declares its ACL token as the cache principal (the option wins over
+    CONSUL_HTTP_TOKEN); no token, no principal."""
+    hub = confhub.Hub([])
+    assert hub.make_backend(SourceSpec.parse("consul://h:8500/a/")).cache_principal is None
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "env-token")
+    backend = hub.make_backend(SourceSpec.parse("consul://h:8500/a/"))
+    assert backend.cache_principal == "token:env-token"
+    backend = hub.make_backend(SourceSpec.parse("consul://h:8500/a/?token=opt-token"))
+    assert backend.cache_principal == "token:opt-token"

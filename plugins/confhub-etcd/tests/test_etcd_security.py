@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from confhub import Hub
 from etcd_testlib import FAST, Recorder, unanswered_endpoint
 
 from confhub_etcd._client import (
@@ -169,3 +172,23 @@ def test_expired_token_reauthenticates_once(auth_etcd: EtcdServer) -> None:
             revision = client.put("/auth/t", "2")
             recorder.wait_revision(revision)
         assert calls.count("Authenticate") <= 4
+
+
+def test_special_characters_in_a_url_password_authenticate_and_never_show(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """etcd://root:Qu?ery#Pw/1@.../app/: the hub authenticates with the whole password (the
+    core's parsed parts) and no output, log or cache file holds any piece of it."""
+    password = "Qu?ery#Pw/1"
+    caplog.set_level(logging.DEBUG)
+    with EtcdServer(auth=True, root_password=password) as etcd:
+        etcd.put("/app/db/host", "h")
+        source = f"etcd://root:{password}@{etcd.endpoint}/app/?timeout=2"
+        with Hub([source], cache_dir=tmp_path, connect_timeout=2) as hub:
+            assert hub.get("db.host") == "h"
+            texts = [repr(hub), str(hub.health().to_dict()), str(hub.explain("db.host"))]
+    files = [p.name + p.read_text() for p in tmp_path.glob("*.json")]
+    assert files
+    for text in [*texts, caplog.text, *files]:
+        for piece in (password, "ery#Pw", "Pw/1"):
+            assert piece not in text

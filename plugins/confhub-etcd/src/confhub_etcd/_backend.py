@@ -24,6 +24,7 @@ import enum
 import logging
 import threading
 from collections.abc import Hashable
+from pathlib import Path
 from typing import Any
 
 from confhub import (
@@ -73,6 +74,14 @@ class _Trouble(enum.Enum):
     DOCUMENT_MISSING = "document key missing"
 
 
+def _principal(config: EtcdSourceConfig) -> str | None:
+    if config.credentials is not None:
+        return f"user:{config.credentials.user}"
+    if config.tls is not None and config.tls.cert_file:
+        return f"cert:{Path(config.tls.cert_file).absolute()}"
+    return None
+
+
 class EtcdBackend(Backend):
     """One ``etcd://`` source: ``load()``, ``watch(notify)``, ``write()``, ``close()``.
 
@@ -91,6 +100,11 @@ class EtcdBackend(Backend):
     def __init__(self, spec: SourceSpec, config: EtcdSourceConfig) -> None:
         self.spec = spec
         self.config = config
+        #: Who reads (``Backend.cache_principal``): etcd's RBAC user, else the TLS client
+        #: certificate (whose CN etcd takes as the user). The cache keeps one file per
+        #: principal, keyed by an HMAC of it; a user name, not the password, so a rotated
+        #: password keeps its last good copy.
+        self.cache_principal = _principal(config)
         self.display = spec.display
         self.keys = kv.KeyMap(config.prefix, source=spec.display, noun=NOUN)
         self._lock = threading.Lock()
