@@ -20,6 +20,7 @@ from confhub import (
     WriteError,
 )
 from confhub._cli import main as cli_main
+from confhub.testing import backend_of
 
 from confhub_etcd._backend import EtcdBackend, parse_spec
 from confhub_etcd._client import EtcdClient
@@ -320,7 +321,7 @@ def test_forked_child_gets_a_working_backend(etcd: EtcdServer) -> None:
     etcd.put("/app/a", "1")
     with make_hub([spec(etcd.endpoint)]) as hub:
         events = Events(hub)
-        backend = hub._slots[0].backends[0]
+        backend = backend_of(hub, hub.sources[0])
         assert isinstance(backend, EtcdBackend)
         context = multiprocessing.get_context("fork")
         results = context.Queue()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from confhub import Hub
-from etcd_testlib import FAST, Recorder
+from etcd_testlib import FAST, Recorder, unanswered_endpoint
 
 from confhub_etcd._client import (
     Credentials,
@@ -20,7 +20,8 @@ from confhub_etcd._client import (
     EtcdUnavailable,
     TLSConfig,
 )
-from confhub_etcd.testing import CallHook, EtcdServer
+from confhub_etcd._rpc import translate
+from confhub_etcd.testing import CallHook, EtcdServer, rpc_error
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,37 @@ def test_plaintext_client_against_tls_server_fails_fast(tls_etcd: EtcdServer) ->
     with EtcdClient(tls_etcd.endpoints, timeout=1.0) as client, pytest.raises(EtcdUnavailable):
         client.get("/tls/a")
     assert time.monotonic() - started < 2.5
+
+
+def test_a_connect_that_never_completes_is_unavailable_not_tls(tls_etcd: EtcdServer) -> None:
+    """A TCP connect that never completes is EtcdUnavailable, never EtcdTLSError, whether or
+    not TLS is configured: no TLS handshake happened (gRPC's "tcp handshaker" is the TCP
+    connect). The classification follows the configuration and the status code."""
+    with unanswered_endpoint() as endpoint:
+        # gRPC words the failure in more than one way ("tcp handshaker shutdown", "connect()
+        # timed out"): a few calls meet them all.
+        for tls in (None, _tls(tls_etcd)) * 4:
+            with (
+                EtcdClient([endpoint], tls=tls, timeout=1.0) as client,
+                pytest.raises(EtcdUnavailable) as info,
+            ):
+                client.get("/tls/a")
+            assert not isinstance(info.value, EtcdTLSError), (tls, info.value)
+            assert "TLS" not in str(info.value)
+            assert info.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+
+def test_plaintext_is_never_a_tls_error_whatever_grpc_says() -> None:
+    """Without TLS configured, no gRPC message makes an error a TLS one; with TLS, only the
+    TLS layer's own failure (gRPC's security handshake) does."""
+    details = "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+    tls_failed = details + "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: x"
+    tcp_shutdown = details + "tcp handshaker shutdown"
+    plain = translate(rpc_error(tls_failed), "127.0.0.1:1", what="get", tls=False)
+    assert type(plain) is EtcdUnavailable
+    assert "TLS" not in str(plain)
+    assert type(translate(rpc_error(tcp_shutdown), "h:1", what="get", tls=True)) is EtcdUnavailable
+    assert type(translate(rpc_error(tls_failed), "h:1", what="get", tls=True)) is EtcdTLSError
 
 
 def test_auth_roundtrip(auth_etcd: EtcdServer) -> None:

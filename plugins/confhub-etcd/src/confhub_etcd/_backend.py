@@ -247,6 +247,7 @@ class EtcdBackend(Backend):
             progress_interval=self.config.progress_interval,
             page_size=self.config.page_size,
             max_keys=self.config.max_keys if self.config.fmt is None else None,
+            source=self.display,  # redacted: no password
         )
         with self._lock:
             if self._closed:

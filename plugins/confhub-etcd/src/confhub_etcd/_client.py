@@ -66,6 +66,7 @@ from ._types import (
     WatchEvent,
     WatchState,
     WatchStatus,
+    key_text,
     prefix_range_end,
     to_bytes,
 )
@@ -321,9 +322,12 @@ class EtcdClient:
                 return self._read_prefix_once(prefix_b, end, page_size, max_keys, convert)
             except EtcdCompacted as exc:
                 last_error = exc
-                log.info("etcd compacted during a paged read of %r; restarting the read", prefix_b)
+                log.info(
+                    "etcd compacted during a paged read of %s; restarting the read",
+                    key_text(prefix_b),
+                )
         if last_error is None:  # attempts < 1 is normalised above; kept for the type checker
-            raise EtcdError(f"paged read of {prefix_b!r} made no attempt")
+            raise EtcdError(f"paged read of {key_text(prefix_b)} made no attempt")
         raise last_error
 
     def _read_prefix_once(
@@ -564,6 +568,7 @@ class EtcdClient:
         liveness_timeout: float | None = None,
         page_size: int = 500,
         require_leader: bool = True,
+        source: str | None = None,
     ) -> PrefixWatcher:
         """Create and start a :class:`PrefixWatcher`; see its docstring for the arguments."""
         watcher = PrefixWatcher(
@@ -577,6 +582,7 @@ class EtcdClient:
             liveness_timeout=liveness_timeout,
             page_size=page_size,
             require_leader=require_leader,
+            source=source,
         )
         watcher.start()
         return watcher
