@@ -39,7 +39,8 @@ LAYERS: list[list[str]] = [
     ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
     ["_fallback"],  # start-up chain, recovery, polling, watch wiring
     ["_hub"],  # the facade that wires the stages
-    ["_demo", "_kvcontract"],  # run a Hub
+    ["_demo", "_kvharness"],  # run a Hub
+    ["_kvcontract"],  # the KV contract's tests, on its harness
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points
 ]
