@@ -41,6 +41,7 @@ LAYERS: list[list[str]] = [
     ["_hub"],  # the facade that wires the stages
     ["_demo", "_kvharness"],  # run a Hub
     ["_kvcontract"],  # the KV contract's tests, on its harness
+    ["_cliconfig", "_cliformat"],  # the CLI's config file and output formats
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points
 ]
