@@ -1,7 +1,8 @@
 """Shutdown under pressure: close() during an outage, a resync and a callback; 100 cycles.
 
-close() must return within a bound, join every thread it started, and leave no file
-descriptor, socket or memory behind; background threads must not raise while it runs.
+close() must join every thread it started, never wait for a thread's join timeout, and
+leave no file descriptor, socket or memory behind; background threads must not raise while
+it runs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from core_testlib import wait_for
 from confhub import Change, Hub, SourceUnavailableError
 from confhub.testing import MemoryStore
 
-CLOSE_BOUND = 2.0  # seconds close() may take in any of these scenarios
+# A hang guard, not a pace: close() normally takes milliseconds. The hub gives each thread
+# 10 s to end, so a close() near that long was waiting for a thread that did not stop.
+CLOSE_BOUND = 9.0
 
 
 @pytest.fixture
