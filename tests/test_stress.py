@@ -99,9 +99,9 @@ def _paced_writer(
             elapsed = time.monotonic() - began
             if (elapsed > duration and n >= min_writes) or elapsed > WRITER_BACKSTOP:
                 break
-            due = began + n / RATE
-            if due > time.monotonic():
-                time.sleep(due - time.monotonic())
+            ahead = began + n / RATE - time.monotonic()
+            if ahead > 0:  # one reading: two could see it positive, then negative
+                time.sleep(ahead)
             n += 1
             _write(store, n)
             written.append(n)

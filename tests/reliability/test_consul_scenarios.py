@@ -425,8 +425,14 @@ def test_38_a_runaway_prefix_is_refused_fast_without_downloading_it() -> None:
         threads = threading.active_count()
         rss = _rss_bytes()
         t0 = time.monotonic()
+        # Timeouts here are hang guards: on a loaded 2-core machine a listing of this size
+        # took over 5 s to answer (the refusal, not the store, is under test).
         with pytest.raises(SourceFormatError) as info:
-            _hub(spec(address, "max_keys=100000&timeout=5")).start()
+            _hub(
+                spec(address, "max_keys=100000&timeout=120"),
+                connect_timeout=120,
+                start_timeout=120,
+            ).start()
         took = time.monotonic() - t0
         grown = _rss_bytes() - rss
         print(f"consul-38: refused in {took:.2f}s, RSS grew {grown / 2**20:.1f} MiB")
@@ -437,17 +443,16 @@ def test_38_a_runaway_prefix_is_refused_fast_without_downloading_it() -> None:
         assert "raise ?max_keys=" in message
         assert info.value.source == f"consul://{address}/myapp/"
         assert grown < 32 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB"
-        wait_until(lambda: threading.active_count() <= threads, 5, "the hub's threads to end")
-        raised = spec(address, "max_keys=200000&timeout=10")
+        wait_until(lambda: threading.active_count() <= threads, 30, "the hub's threads to end")
+        raised = spec(address, "max_keys=200000&timeout=300")
         t0 = time.monotonic()
-        with _hub(raised, connect_timeout=30, start_timeout=30) as hub:
+        with _hub(raised, connect_timeout=300, start_timeout=300) as hub:
             full = time.monotonic() - t0
             assert hub.get("k0199999") == "v"
         # Time against the full load in the same run, not a wall-clock bound (a loaded CI
         # machine took 3 s for what takes 0.5 s here): the refusal stops half-way through.
         print(f"consul-38: the full load took {full:.2f}s")
         assert took < full, f"refused after {took:.2f}s, the full load took {full:.2f}s"
-        assert took < 10.0, f"refused after {took:.2f}s"
 
 
 def test_38_a_prefix_growing_past_max_keys_live_is_refused_and_recovers(
