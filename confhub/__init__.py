@@ -5,7 +5,7 @@ Start with :class:`Hub`; the user guide is in ``docs/guide.md``.
 
 from __future__ import annotations
 
-from ._backend import Backend, BackendInfo, Notify, Update, hookimpl
+from ._backend import Backend, BackendInfo, BackendSettings, Notify, Update, hookimpl
 from ._binding import parse_duration
 from ._errors import (
     BackendNotFoundError,
@@ -44,6 +44,7 @@ __all__ = [
     "Backend",
     "BackendInfo",
     "BackendNotFoundError",
+    "BackendSettings",
     "Change",
     "ConfhubError",
     "ConfigKeyError",

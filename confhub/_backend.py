@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -18,14 +18,45 @@ Update = Layer | LayerDelta | BaseException
 Notify = Callable[[Update], None]
 
 
+def _frozen_names(names: Iterable[str]) -> frozenset[str]:
+    return frozenset(names)
+
+
 @attrs.frozen
 class BackendInfo:
-    """A scheme a plugin provides, as ``confhub backends`` lists it."""
+    """A scheme a plugin provides, as ``confhub backends`` lists it.
+
+    ``volatile_options`` names the scheme's own options that do not change what a source
+    holds (timeouts, page sizes, rate limits): they are kept out of the source's cache
+    identity, so tuning one keeps its cache file. The core's own options need no listing.
+    """
 
     scheme: str
     description: str = ""
     writable: bool = False
     watchable: bool = False
+    volatile_options: frozenset[str] = attrs.field(default=frozenset(), converter=_frozen_names)
+
+
+@attrs.frozen(kw_only=True)
+class BackendSettings:
+    """What a backend gets from the hub that creates it (``confhub_make_backend(spec,
+    settings)``): the hub's timeouts, retry policy and cache policy, as the hub was
+    configured. A spec's own option (``?timeout=``, ``?retry_max=``) wins over these.
+
+    - ``connect_timeout``: one attempt to reach a remote store, when the spec has no
+      ``timeout=``;
+    - ``retry_initial``/``retry_max``: the first and the largest delay of a capped,
+      jittered backoff (see :class:`confhub.kv.Backoff`);
+    - ``start_timeout``: the ceiling of the hub's whole start-up;
+    - ``cache_enabled``: whether the hub keeps a last good copy of cacheable sources on disk.
+    """
+
+    connect_timeout: float = 2.0
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+    start_timeout: float = 10.0
+    cache_enabled: bool = True
 
 
 @runtime_checkable
@@ -44,11 +75,23 @@ class Backend(Protocol):
     - ``write(key, value, expected_revision)`` (optional) writes one dotted key with
       compare-and-swap and returns the new revision.
     - ``close()`` stops watching and joins the backend's threads; it must be idempotent.
+    - ``cacheable`` (default ``False``) marks a remote store: the hub bounds its start-time
+      loads by the timeout, keeps its last good copy on disk, and retries it in the
+      background when it starts from the cache or absent. Subclass ``Backend`` to inherit
+      the default; the core reads it with :func:`is_cacheable`, which assumes the default
+      for a backend that leaves it out.
     """
+
+    cacheable: bool = False
 
     def load(self) -> Layer: ...
 
     def close(self) -> None: ...
+
+
+def is_cacheable(backend: Any) -> bool:
+    """Whether ``backend`` is a remote store (:attr:`Backend.cacheable`, default ``False``)."""
+    return bool(getattr(backend, "cacheable", Backend.cacheable))
 
 
 def can_watch(backend: Any) -> bool:

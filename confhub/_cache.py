@@ -39,11 +39,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ._backend import hookimpl
+from ._backend import hookimpl, is_cacheable
 from ._layer import Layer, freeze
 from ._merge import MISSING
 from ._redact import SECRET_OPTIONS, is_secret_key
@@ -58,29 +59,23 @@ MAGIC = "confhub-cache"
 #: A temp file this old was left by a writer that died; newer ones may be in flight.
 STALE_TEMP_SECONDS = 60.0
 FORMAT = 1
-#: Options that do not change what a source holds, so not part of its identity.
-_VOLATILE_OPTIONS = frozenset(
+#: The core's options (and the hub-wide timing ones a spec may override) that do not change
+#: what a source holds, so are not part of its identity. A backend names its own such options
+#: in ``BackendInfo.volatile_options``; the core lists no backend's.
+CORE_VOLATILE_OPTIONS = frozenset(
     {
-        "timeout",
-        "connect_timeout",
-        "optional",
-        "poll",
-        "name",
-        "max_stale",
         "cache",
         "cache_secrets",
-        "settle",
-        "watch",
-        "retry_max",
-        "retry_initial",
+        "connect_timeout",
         "max_keys",
-        "max_last_contact",
-        "max_receive_bytes",
-        "progress_interval",
-        "page_size",
-        "rate",
-        "burst",
-        "wait",
+        "max_stale",
+        "name",
+        "optional",
+        "poll",
+        "retry_initial",
+        "retry_max",
+        "timeout",
+        "watch",
     }
 )
 
@@ -103,8 +98,12 @@ def default_cache_dir() -> Path:
     return base / "confhub"
 
 
-def source_identity(spec: SourceSpec) -> str:
-    """A stable fingerprint of what a source holds: no credentials, no timeouts."""
+def source_identity(spec: SourceSpec, volatile: Collection[str] = frozenset()) -> str:
+    """A stable fingerprint of what a source holds: no credentials, no timeouts.
+
+    Left out: credentials, :data:`CORE_VOLATILE_OPTIONS` and ``volatile`` (the options its
+    backend declares in ``BackendInfo.volatile_options``).
+    """
     location = spec.location
     if location.startswith("//"):
         parts = urlsplit(f"{spec.scheme}:{location}")
@@ -115,7 +114,8 @@ def source_identity(spec: SourceSpec) -> str:
     options = sorted(
         (k, str(v))
         for k, v in spec.options.items()
-        if k not in _VOLATILE_OPTIONS
+        if k not in CORE_VOLATILE_OPTIONS
+        and k not in volatile
         and k.lower() not in SECRET_OPTIONS
         and not k.lower().endswith(("password", "token", "key", "cert", "ca"))
     )
@@ -147,15 +147,23 @@ class CacheError(Exception):
 class Cache:
     """The on-disk cache of one hub (one directory, one file per remote source)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, volatile: Mapping[str, frozenset[str]] | None = None
+    ) -> None:
         self.directory = directory
+        #: scheme -> the options its backend declares volatile (kept out of the identity).
+        self.volatile: Mapping[str, frozenset[str]] = dict(volatile or {})
         self._written: dict[str, str] = {}  # identity -> checksum last written or read
         self._write_failing = False
         self._lock = threading.Lock()
 
+    def identity(self, spec: SourceSpec) -> str:
+        """The fingerprint of ``spec`` (see :func:`source_identity`)."""
+        return source_identity(spec, self.volatile.get(spec.scheme, frozenset()))
+
     def path_for(self, spec: SourceSpec) -> Path:
         """The cache file of ``spec``."""
-        return self.directory / f"{spec.scheme}-{source_identity(spec)[:32]}.json"
+        return self.directory / f"{spec.scheme}-{self.identity(spec)[:32]}.json"
 
     # -- directory safety ----------------------------------------------------------------
     def _check_owner_and_mode(self, path: Path, st: os.stat_result) -> None:
@@ -198,7 +206,7 @@ class Cache:
                 raise CacheError("not a confhub cache file")
             if envelope.get("format") != FORMAT:
                 raise CacheError(f"format {envelope.get('format')!r}, this confhub reads {FORMAT}")
-            if envelope.get("identity") != source_identity(spec):
+            if envelope.get("identity") != self.identity(spec):
                 raise CacheError("written for another source")
             if envelope.get("sha256") != _checksum(envelope):
                 raise CacheError("checksum mismatch (truncated or altered)")
@@ -237,7 +245,7 @@ class Cache:
             k: _to_json(v) for k, v in layer.values.items() if keep_secrets or not is_secret_key(k)
         }
         details = {k: v for k, v in layer.details.items() if k in data}
-        identity = source_identity(spec)
+        identity = self.identity(spec)
         envelope: dict[str, Any] = {
             "magic": MAGIC,
             "format": FORMAT,
@@ -329,7 +337,7 @@ class Cache:
 
 
 def _cacheable(spec: SourceSpec, backend: Any) -> bool:
-    return bool(getattr(backend, "cacheable", False)) and spec.option_bool("cache", True)
+    return is_cacheable(backend) and spec.option_bool("cache", True)
 
 
 class CachePlugin:
@@ -348,7 +356,13 @@ class CachePlugin:
         if directory in (None, False, ""):
             self.cache = None
             return
-        self.cache = Cache(Path(directory))
+        volatile: dict[str, frozenset[str]] = {}
+        for infos in hub.pm.hook.confhub_backend_schemes():
+            for info in infos:
+                volatile[info.scheme] = volatile.get(info.scheme, frozenset()) | (
+                    info.volatile_options
+                )
+        self.cache = Cache(Path(directory), volatile)
 
     @hookimpl
     def confhub_load_cached(self, spec: SourceSpec, backend: Any) -> Layer | None:

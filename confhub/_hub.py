@@ -16,7 +16,7 @@ import attrs
 import cattrs
 import pluggy
 
-from ._backend import Backend, Update, can_watch, can_write
+from ._backend import Backend, BackendSettings, Update, can_watch, can_write
 from ._binding import error_lines, make_converter, path_to_key
 from ._errors import (
     BackendNotFoundError,
@@ -30,7 +30,7 @@ from ._errors import (
     StartupError,
     WriteError,
 )
-from ._layer import Layer, LayerDelta
+from ._layer import Layer, LayerDelta, too_many_keys
 from ._merge import MISSING, Merged, merge_full, merge_update
 from ._plugins import describe_plugins, make_plugin_manager
 from ._redact import REDACTED, is_secret_key
@@ -40,14 +40,6 @@ from ._spec import Fallback, SourceLike, SourceSpec, as_slots
 log = logging.getLogger("confhub")
 
 T = TypeVar("T")
-
-def too_many_keys(display: str, count: int, cap: int) -> SourceFormatError:
-    """The error for a layer of ``count`` keys above its source's ``max_keys=`` ``cap``."""
-    return SourceFormatError(
-        f"{display}: {count:,} keys, more than max_keys={cap:,}; refusing them: raise "
-        "?max_keys= on the source if that many keys are intended, or delete the runaway keys",
-        source=display,
-    )
 
 
 def _check_keys(spec: SourceSpec, layer: Layer) -> None:
@@ -560,7 +552,14 @@ class Hub:
     # -- loading ---------------------------------------------------------------------------
     def make_backend(self, spec: SourceSpec) -> Backend:
         """Create the backend object for ``spec`` through the plugins (no I/O)."""
-        backend = self.pm.hook.confhub_make_backend(spec=spec, hub=self)
+        settings = BackendSettings(
+            connect_timeout=self.connect_timeout,
+            retry_initial=self.retry_initial,
+            retry_max=self.retry_max,
+            start_timeout=self.start_timeout,
+            cache_enabled=self.cache_dir not in (None, False, "") and self.pm.has_plugin("cache"),
+        )
+        backend = self.pm.hook.confhub_make_backend(spec=spec, settings=settings, hub=self)
         if backend is None:
             installed = sorted(
                 {info.scheme for infos in self.pm.hook.confhub_backend_schemes() for info in infos}

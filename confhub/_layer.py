@@ -165,13 +165,47 @@ def _check_no_leaf_parent(
 def _leaf_parent_error(
     parent: str, child: str, source: str, details: Mapping[str, str]
 ) -> SourceFormatError:
-    a = details.get(parent, parent)
-    b = details.get(child, child)
+    return leaf_parent_clash(
+        source, details.get(parent, parent), details.get(child, child), key=parent
+    )
+
+
+def leaf_parent_clash(
+    source: str, parent: str, child: str, *, key: str | None = None, noun: str = ""
+) -> SourceFormatError:
+    """The error for ``parent`` holding a value while ``child`` sits below it.
+
+    ``parent`` and ``child`` are the names shown (dotted keys, or the store's own keys);
+    ``noun`` goes before the first (``"Consul key"``); ``key`` is the error's ``.key``
+    (default: ``parent``). The one wording of this clash, for the core and every backend.
+    """
+    shown = f"{noun} {parent!r}" if noun else repr(parent)
     return SourceFormatError(
-        f"{source}: {a!r} is both a value and the parent of {b!r}; "
+        f"{source}: {shown} is both a value and the parent of {child!r}; "
         "a key cannot be both a leaf and a parent: delete or rename one of them",
         source=source,
-        key=parent,
+        key=parent if key is None else key,
+    )
+
+
+def too_many_keys(
+    source: str, count: int, cap: int, *, at_least: bool = False
+) -> SourceFormatError:
+    """The error for a layer of ``count`` keys above its source's ``max_keys=`` ``cap``.
+
+    ``at_least=True`` is for a backend that stopped reading once ``count`` (above ``cap``)
+    keys were seen, so the real count is unknown: give the same ``count`` on every retry
+    (``cap + 1`` does) and the error is reported once, not once per attempt.
+    """
+    if at_least:
+        counted = f"at least {count:,} keys"
+        refusing = f"refusing them (stopped reading at {count:,} keys)"
+    else:
+        counted, refusing = f"{count:,} keys", "refusing them"
+    return SourceFormatError(
+        f"{source}: {counted}, more than max_keys={cap:,}; {refusing}: raise ?max_keys= on "
+        "the source if that many keys are intended, or delete the runaway keys",
+        source=source,
     )
 
 

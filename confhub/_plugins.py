@@ -44,6 +44,14 @@ def confhub_load_layer(spec: SourceSpec, backend: Backend) -> Layer | None:
     return backend.load()
 
 
+def _builtin_plugin(module_name: str) -> Any:
+    """The plugin object of a builtin module: a new instance of its ``Plugin`` class when it
+    keeps per-hub state there (each hub owns its plugins), else the module itself."""
+    module = importlib.import_module(module_name)
+    factory = getattr(module, "Plugin", None)
+    return module if factory is None else factory()
+
+
 def autoload_enabled(explicit: bool | None) -> bool:
     """Whether to load entry points: ``explicit`` if given, else the environment switch."""
     if explicit is not None:
@@ -65,7 +73,7 @@ def make_plugin_manager(
         pm.set_blocked(name)
     for name, module in BUILTIN_PLUGINS:
         if not pm.is_blocked(name):
-            pm.register(importlib.import_module(module), name=name)
+            pm.register(_builtin_plugin(module), name=name)
     if not pm.is_blocked("cache"):
         from ._cache import CachePlugin
 

@@ -18,6 +18,24 @@ from ._redact import REDACTED, SECRET_OPTIONS, redact_url
 #: layer above it is refused, so a runaway writer cannot make every process hold it.
 DEFAULT_MAX_KEYS = 1_000_000
 
+#: The options the core reads on any source (fallbacks, the cache, polling, the key cap, the
+#: start-time bound of one load), plus ``poll_interval`` and ``watch``, which sources of many
+#: kinds accept. A backend accepts them without complaint (see ``confhub.kv.check_options``).
+CORE_OPTIONS = frozenset(
+    {
+        "cache",
+        "cache_secrets",
+        "max_keys",
+        "max_stale",
+        "name",
+        "optional",
+        "poll",
+        "poll_interval",
+        "timeout",
+        "watch",
+    }
+)
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 

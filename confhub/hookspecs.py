@@ -18,7 +18,7 @@ import pluggy
 if TYPE_CHECKING:
     import cattrs
 
-    from ._backend import Backend, BackendInfo
+    from ._backend import Backend, BackendInfo, BackendSettings
     from ._hub import Hub
     from ._layer import Layer
     from ._snapshot import Change, Snapshot
@@ -54,11 +54,17 @@ def confhub_backend_schemes() -> list[BackendInfo]:  # type: ignore[empty-body]
 
 
 @hookspec(firstresult=True)
-def confhub_make_backend(spec: SourceSpec, hub: Hub) -> Backend | None:
+def confhub_make_backend(
+    spec: SourceSpec, settings: BackendSettings, hub: Hub
+) -> Backend | None:
     """Return a backend object for ``spec``, or ``None`` when ``spec.scheme`` is not yours.
 
-    Stops at first non-None result. Raise :class:`confhub.SpecError` for a spec of your scheme
-    that is malformed (name the option and the fix). Do no I/O here: connect in ``load``.
+    Stops at first non-None result. ``settings`` carries the hub's timeouts, retry and cache
+    policy (:class:`confhub.BackendSettings`); a spec's own options win over them. ``hub``
+    is deprecated and kept only for plugins written before ``settings``: declare
+    ``confhub_make_backend(spec, settings)``. Raise :class:`confhub.SpecError` for a spec of
+    your scheme that is malformed (name the option and the fix). Do no I/O here: connect in
+    ``load``.
     """
 
 

@@ -19,15 +19,15 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._backend import BackendInfo, Notify, hookimpl
+from ._backend import Backend, BackendInfo, BackendSettings, Notify, hookimpl
 from ._errors import SourceUnavailableError, WriteConflictError
+from ._kvcontract import KVBackendContract, KVStoreHarness
 from ._layer import Layer, LayerDelta, flatten
 
 if TYPE_CHECKING:
-    from ._hub import Hub
     from ._spec import SourceSpec
 
-__all__ = ["MemoryBackend", "MemoryStore"]
+__all__ = ["KVBackendContract", "KVStoreHarness", "MemoryBackend", "MemoryStore"]
 
 
 class MemoryStore:
@@ -48,6 +48,8 @@ class MemoryStore:
         self.loads = 0
         #: Seconds every load blocks before answering (a slow or hung store).
         self.delay = 0.0
+        #: The :class:`confhub.BackendSettings` the last hub that made a backend passed.
+        self.settings: BackendSettings | None = None
 
     # -- mutation --------------------------------------------------------------------------
     def set(self, key: str, value: Any) -> int:
@@ -146,13 +148,16 @@ class MemoryStore:
         return [BackendInfo("memory", "in-memory store for tests", writable=True, watchable=True)]
 
     @hookimpl
-    def confhub_make_backend(self, spec: SourceSpec, hub: Hub) -> MemoryBackend | None:
+    def confhub_make_backend(
+        self, spec: SourceSpec, settings: BackendSettings
+    ) -> MemoryBackend | None:
         if spec.scheme != "memory" or spec.location != self.name:
             return None
-        return MemoryBackend(self)
+        self.settings = settings
+        return MemoryBackend(self, settings)
 
 
-class MemoryBackend:
+class MemoryBackend(Backend):
     """The backend object the hub gets for a ``memory:NAME`` spec.
 
     It is ``cacheable`` like a remote store, so the hub's cache and fallback logic apply.
@@ -160,8 +165,10 @@ class MemoryBackend:
 
     cacheable = True
 
-    def __init__(self, store: MemoryStore) -> None:
+    def __init__(self, store: MemoryStore, settings: BackendSettings | None = None) -> None:
         self.store = store
+        #: What the hub passed (timeouts, retry and cache policy); defaults when made by hand.
+        self.settings = BackendSettings() if settings is None else settings
         self._notify: Notify | None = None
 
     def load(self) -> Layer:

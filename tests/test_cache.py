@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from core_testlib import wait_for
 
+import confhub
 from confhub import Change, Fallback, Hub, SourcePermissionError, SourceSpec, StartupError
 from confhub._cache import Cache, source_identity
 from confhub.testing import MemoryStore
@@ -527,16 +528,49 @@ def test_full_cache_directory_never_stops_updates(
         subprocess.run(["umount", str(mnt)], check=False)
 
 
-def test_identity_ignores_limits_and_tuning_options() -> None:
-    """Caps and tuning (max_keys, page_size, wait, rate ...) do not change a source's cache."""
-    plain = SourceSpec.parse("etcd://h:2379/app/")
-    tuned = SourceSpec.parse(
-        "etcd://h:2379/app/?max_keys=10&page_size=50&progress_interval=1&max_receive_bytes=9"
+def test_identity_ignores_limits_and_the_options_a_backend_declares_volatile() -> None:
+    """The core's caps and the backend's declared tuning options do not change a cache."""
+    plain = SourceSpec.parse("kvstore://h:2379/app/")
+    tuned = SourceSpec.parse("kvstore://h:2379/app/?max_keys=10&page_size=50&rate=9")
+    declared = frozenset({"page_size", "rate"})
+    assert source_identity(plain, declared) == source_identity(tuned, declared)
+    assert source_identity(plain, declared) != source_identity(
+        SourceSpec.parse("kvstore://h:2379/app/?format=json"), declared
     )
-    assert source_identity(plain) == source_identity(tuned)
-    assert source_identity(plain) != source_identity(
-        SourceSpec.parse("etcd://h:2379/app/?format=json")
-    )
+
+
+def test_identity_keeps_an_option_no_backend_declares_volatile() -> None:
+    """The core lists no backend's options: an undeclared one is part of the identity."""
+    plain = SourceSpec.parse("kvstore://h:2379/app/")
+    tuned = SourceSpec.parse("kvstore://h:2379/app/?page_size=50")
+    assert source_identity(plain) != source_identity(tuned)
+
+
+def test_identity_of_a_source_without_volatile_options_is_unchanged() -> None:
+    """Cache files written before backends declared their options stay valid."""
+    spec = SourceSpec.parse("etcd://h:2379/app/?format=json&timeout=3&page_size=9")
+    expected = "4923aa3a255d568a863b82d2124285820346bd67b70dbdfc74a3f3aa0c72454a"
+    assert source_identity(spec, frozenset({"page_size"})) == expected
+
+
+class _TunableStore(MemoryStore):
+    """A memory store whose scheme declares ``wait`` volatile, as a KV plugin would."""
+
+    @confhub.hookimpl
+    def confhub_backend_schemes(self) -> list[confhub.BackendInfo]:
+        return [confhub.BackendInfo("memory", "tunable", volatile_options={"wait"})]
+
+
+def test_a_hub_keeps_declared_volatile_options_out_of_the_cache_file(tmp_path: Path) -> None:
+    """A source served from cache finds the file written under another value of a volatile
+    option its backend declared."""
+    store = _TunableStore("app", {"a": "1"})
+    warm(store, tmp_path, "memory:app?wait=1")
+    store.fail()
+    with hub_for(store, tmp_path, "memory:app?wait=5") as hub:
+        assert hub.get("a") == "1"
+        assert hub.health().sources[0].state == "cached"
+    assert len(list(tmp_path.glob("memory-*.json"))) == 1
 
 
 def test_startup_error_names_each_source_once_and_no_cache_after_a_refusal(

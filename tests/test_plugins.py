@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import attrs
+import cattrs
 import pytest
 
 import confhub
@@ -152,3 +153,116 @@ def test_register_converters_hook_adds_types() -> None:
 
     with Hub([{"port": "80"}], plugins=[Ports()], autoload=False) as hub:
         assert isinstance(hub.bind(WithPort).port, Port)
+
+
+# -- what a backend receives ------------------------------------------------------------------
+
+
+def test_backend_settings_carry_the_hubs_timeouts_and_retry_policy(tmp_path: object) -> None:
+    """The hub's connect_timeout, start_timeout and retry policy reach the backend."""
+    from confhub.testing import MemoryStore
+
+    store = MemoryStore("app", {"a": "1"})
+    with Hub(
+        ["memory:app"],
+        plugins=[store],
+        autoload=False,
+        cache_dir=tmp_path,
+        connect_timeout=0.7,
+        start_timeout=3.0,
+        retry_initial=0.1,
+        retry_max=4.0,
+    ):
+        pass
+    assert store.settings == confhub.BackendSettings(
+        connect_timeout=0.7,
+        start_timeout=3.0,
+        retry_initial=0.1,
+        retry_max=4.0,
+        cache_enabled=True,
+    )
+
+
+def test_backend_settings_say_the_cache_is_off_without_a_cache_dir() -> None:
+    """cache_dir=None tells the backend that no disk cache will keep its layers."""
+    from confhub.testing import MemoryStore
+
+    store = MemoryStore("app", {"a": "1"})
+    with Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=None):
+        pass
+    assert store.settings is not None
+    assert not store.settings.cache_enabled
+
+
+def test_backend_settings_say_the_cache_is_off_when_the_cache_plugin_is_blocked(
+    tmp_path: object,
+) -> None:
+    """Blocking the cache plugin turns caching off, and the backend is told so."""
+    from confhub.testing import MemoryStore
+
+    store = MemoryStore("app", {"a": "1"})
+    with Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=tmp_path, block=["cache"]):
+        pass
+    assert store.settings is not None
+    assert not store.settings.cache_enabled
+
+
+def test_backend_settings_defaults_are_the_hubs_defaults() -> None:
+    """A backend built by hand (in a plugin's tests) gets what a default hub would pass."""
+    import inspect
+
+    hub_defaults = inspect.signature(Hub).parameters
+    settings = confhub.BackendSettings()
+    for name in ("connect_timeout", "start_timeout", "retry_initial", "retry_max"):
+        assert getattr(settings, name) == hub_defaults[name].default, name
+    assert settings.cache_enabled
+
+
+def test_backend_settings_are_frozen() -> None:
+    """Settings are a value: a backend cannot change what other backends see."""
+    settings = confhub.BackendSettings()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        settings.connect_timeout = 9.0  # type: ignore[misc]
+
+
+def test_a_plugin_declaring_only_spec_and_settings_gets_them() -> None:
+    """An implementation may declare (spec, settings), the recommended signature."""
+    seen: list[confhub.BackendSettings] = []
+
+    class Modern:
+        @confhub.hookimpl
+        def confhub_make_backend(
+            self, spec: confhub.SourceSpec, settings: confhub.BackendSettings
+        ) -> object:
+            if spec.scheme != "modern":
+                return None
+            seen.append(settings)
+            from confhub.testing import MemoryBackend, MemoryStore
+
+            return MemoryBackend(MemoryStore("modern", {"x": "1"}), settings)
+
+    with Hub(["modern:"], plugins=[Modern()], autoload=False, connect_timeout=1.5) as hub:
+        assert hub.get("x") == "1"
+    assert [s.connect_timeout for s in seen] == [1.5]
+
+
+@attrs.frozen
+class _Port:
+    number: int
+
+
+@attrs.frozen
+class _Defaults:
+    port: _Port
+
+
+def test_attrs_defaults_unstructure_with_the_hubs_converter() -> None:
+    """An attrs instance of defaults uses the unstructure hooks plugins registered."""
+
+    class Hooks:
+        @confhub.hookimpl
+        def confhub_register_converters(self, converter: cattrs.Converter) -> None:
+            converter.register_unstructure_hook(_Port, lambda p: f"port-{p.number}")
+
+    with Hub([_Defaults(_Port(5432))], plugins=[Hooks()], autoload=False) as hub:
+        assert hub.get("port") == "port-5432"

@@ -28,6 +28,7 @@ def test_public_surface_is_pinned() -> None:
         "Backend",
         "BackendInfo",
         "BackendNotFoundError",
+        "BackendSettings",
         "Change",
         "ConfhubError",
         "ConfigKeyError",
@@ -84,3 +85,34 @@ def test_hookspecs_have_prefix_and_docstrings() -> None:
         assert spec.__name__.startswith("confhub_")
         assert spec.__doc__, spec.__name__
         assert len(spec.__doc__) > 40, spec.__name__
+
+
+def test_kv_kit_surface_is_pinned() -> None:
+    """confhub.kv is public for backend authors: its names change only deliberately."""
+    from confhub import kv
+
+    assert kv.__all__ == sorted(kv.__all__, key=lambda n: (not n.isupper(), n))
+    assert set(kv.__all__) == {
+        "CORE_OPTIONS",
+        "DEFAULT_MAX_KEYS",
+        "Backoff",
+        "KeyMap",
+        "ReportOnce",
+        "check_options",
+        "decode_text",
+        "encode_value",
+        "leaf_parent_clash",
+        "recovered",
+        "too_many_keys",
+    }
+    for name in kv.__all__:
+        assert hasattr(kv, name), name
+
+
+def test_make_backend_hookspec_offers_spec_settings_and_the_deprecated_hub() -> None:
+    """confhub_make_backend passes spec and settings, and still hub for old plugins."""
+    import inspect
+
+    params = list(inspect.signature(hookspecs.confhub_make_backend).parameters)
+    assert params == ["spec", "settings", "hub"]
+    assert "deprecated" in (hookspecs.confhub_make_backend.__doc__ or "")

@@ -7,22 +7,24 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .._backend import BackendInfo, hookimpl
+from .._backend import Backend, BackendInfo, BackendSettings, hookimpl
+from .._binding import make_converter
 from .._errors import SpecError
 from .._layer import Layer
 
 if TYPE_CHECKING:
-    from .._hub import Hub
+    import cattrs
+
     from .._spec import SourceSpec
 
 
-class DefaultsBackend:
+class DefaultsBackend(Backend):
     """Serves a fixed mapping (an attrs instance is unstructured with the hub's converter)."""
 
-    def __init__(self, spec: SourceSpec, hub: Hub) -> None:
+    def __init__(self, spec: SourceSpec, converter: cattrs.Converter) -> None:
         data = spec.data
         if attrs.has(type(data)):
-            data = hub.converter.unstructure(data)
+            data = converter.unstructure(data)
         if not isinstance(data, Mapping):
             raise SpecError(
                 f"defaults must be a mapping or an attrs instance, not {type(data).__name__}",
@@ -38,13 +40,28 @@ class DefaultsBackend:
         pass
 
 
-@hookimpl
-def confhub_backend_schemes() -> list[BackendInfo]:
-    return [BackendInfo("defaults", "defaults given in code (a mapping or an attrs instance)")]
+class Plugin:
+    """The ``defaults`` plugin of one hub: it keeps that hub's converter (handed to every
+    plugin by ``confhub_register_converters``), so attrs defaults unstructure with the
+    hooks the hub's plugins registered."""
 
+    def __init__(self) -> None:
+        self._converter: cattrs.Converter | None = None
 
-@hookimpl
-def confhub_make_backend(spec: SourceSpec, hub: Hub) -> DefaultsBackend | None:
-    if spec.scheme != "defaults":
-        return None
-    return DefaultsBackend(spec, hub)
+    @hookimpl
+    def confhub_register_converters(self, converter: cattrs.Converter) -> None:
+        self._converter = converter
+
+    @hookimpl
+    def confhub_backend_schemes(self) -> list[BackendInfo]:
+        return [BackendInfo("defaults", "defaults given in code (a mapping or an attrs instance)")]
+
+    @hookimpl
+    def confhub_make_backend(
+        self, spec: SourceSpec, settings: BackendSettings
+    ) -> DefaultsBackend | None:
+        if spec.scheme != "defaults":
+            return None
+        if self._converter is None:  # a plugin manager no hub configured
+            self._converter = make_converter()
+        return DefaultsBackend(spec, self._converter)

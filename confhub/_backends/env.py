@@ -6,12 +6,11 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .._backend import BackendInfo, hookimpl
+from .._backend import Backend, BackendInfo, BackendSettings, hookimpl
 from .._errors import SourceFormatError
 from .._layer import Layer
 
 if TYPE_CHECKING:
-    from .._hub import Hub
     from .._spec import SourceSpec
 
 
@@ -46,7 +45,7 @@ def _printable(name: str) -> str:
         return name.encode("utf-8", "backslashreplace").decode("ascii")
 
 
-class EnvBackend:
+class EnvBackend(Backend):
     """Reads the environment once at load; values stay strings (binding converts them)."""
 
     def __init__(self, spec: SourceSpec, environ: Mapping[str, str] | None = None) -> None:
@@ -91,7 +90,7 @@ def confhub_backend_schemes() -> list[BackendInfo]:
 
 
 @hookimpl
-def confhub_make_backend(spec: SourceSpec, hub: Hub) -> EnvBackend | None:
+def confhub_make_backend(spec: SourceSpec, settings: BackendSettings) -> EnvBackend | None:
     if spec.scheme != "env":
         return None
     return EnvBackend(spec)

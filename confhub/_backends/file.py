@@ -53,7 +53,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from .._backend import BackendInfo, Notify, hookimpl
+from .._backend import Backend, BackendInfo, BackendSettings, Notify, hookimpl
 from .._errors import (
     ConfhubError,
     SourceFormatError,
@@ -65,7 +65,6 @@ from .._layer import Layer
 from .._parsers import format_for_path, locate_key, parse_document
 
 if TYPE_CHECKING:
-    from .._hub import Hub
     from .._spec import SourceSpec
 
 log = logging.getLogger("confhub.file")
@@ -85,7 +84,7 @@ _WATCH_MODES = {
 }
 
 
-class FileBackend:
+class FileBackend(Backend):
     """One configuration file; see the module docstring for how it is watched."""
 
     def __init__(self, spec: SourceSpec) -> None:
@@ -548,7 +547,7 @@ def confhub_backend_schemes() -> list[BackendInfo]:
 
 
 @hookimpl
-def confhub_make_backend(spec: SourceSpec, hub: Hub) -> FileBackend | None:
+def confhub_make_backend(spec: SourceSpec, settings: BackendSettings) -> FileBackend | None:
     if spec.scheme != "file":
         return None
     return FileBackend(spec)

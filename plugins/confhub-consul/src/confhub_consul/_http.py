@@ -216,11 +216,24 @@ class Connection:
         self._lock = threading.Lock()  # guards _conn and _aborted against abort()
         self._use = threading.Lock()  # one request at a time
         self._aborted = False
+        self._opened = 0
         self._watchdog = _Watchdog(f"confhub-consul-deadline[{host}:{port}]")
 
     def __repr__(self) -> str:
         # The headers may hold the ACL token: never show them.
         return f"<consul Connection {self._host}:{self._port}>"
+
+    @property
+    def connected(self) -> bool:
+        """Whether a socket is kept for the next request (False after it was dropped)."""
+        with self._lock:
+            return self._conn is not None
+
+    @property
+    def sockets_opened(self) -> int:
+        """How many sockets this connection has opened so far (reconnects included)."""
+        with self._lock:
+            return self._opened
 
     def _socket(self) -> socket.socket | None:
         """The current socket (the plain one during a TLS handshake), for the watchdog."""
@@ -240,6 +253,7 @@ class Connection:
             if self._aborted:
                 raise Aborted
             self._conn = conn
+            self._opened += 1
         conn.connect()
         with self._lock:
             if self._aborted:

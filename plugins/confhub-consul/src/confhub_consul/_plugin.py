@@ -5,14 +5,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from confhub import BackendInfo, hookimpl
+from confhub import BackendInfo, BackendSettings, SourceSpec, hookimpl
 
 from ._backend import ConsulBackend
-
-if TYPE_CHECKING:
-    from confhub import Hub, SourceSpec
+from ._options import VOLATILE_OPTIONS
 
 
 @hookimpl
@@ -24,13 +20,14 @@ def confhub_backend_schemes() -> list[BackendInfo]:
             "Consul KV: a key prefix as a tree, or one key holding a JSON/YAML/TOML document",
             writable=True,
             watchable=True,
+            volatile_options=VOLATILE_OPTIONS,
         )
     ]
 
 
 @hookimpl
-def confhub_make_backend(spec: SourceSpec, hub: Hub) -> ConsulBackend | None:
+def confhub_make_backend(spec: SourceSpec, settings: BackendSettings) -> ConsulBackend | None:
     """A :class:`ConsulBackend` for ``consul://`` specs (parses options, no I/O)."""
     if spec.scheme != "consul":
         return None
-    return ConsulBackend(spec, hub)
+    return ConsulBackend(spec, settings)

@@ -13,31 +13,36 @@ It follows Consul's documented client contract (``features/blocking``):
 - every request has a client-side read timeout of ``wait + wait/16 + timeout``, so a hung
   connection is noticed;
 - errors back off exponentially with jitter (``retry_initial`` .. ``retry_max``) and are
-  reported to the hub once per state change (same kind of failure: reported once); after
-  an error the next good answer is delivered as a whole layer (a resync);
-- an answer whose content cannot be used (bad value, broken or deleted document) keeps the
-  last good and moves the index on: the loop blocks until the next change;
+  reported to the hub once per kind of failure; after an error the next good answer is read
+  at once (index 0) and tells the hub the source is back, with its changes if any;
+- an answer whose content cannot be used (bad value, broken document, a required document
+  key deleted) keeps the last good and moves the index on: the loop blocks until the next
+  change;
 - a listing over ``max_keys``, refused while it is read (so with no index to block on), is
   handled like a failed read: reported once, re-read with the backoff, and delivered as a
   whole layer once the prefix is back under the cap.
+
+The watcher knows the backend through nothing but what it is given: a
+:class:`~confhub_consul._reader.ConsulReader`, a connection of its own (closed by
+:meth:`Watcher.stop`), the :class:`~confhub_consul._reader.WatchedState` it starts from and
+records into, and the hub's ``notify``.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
-from confhub import Layer, LayerDelta, Notify, SourceError
+from confhub import Layer, LayerDelta, Notify, SourceError, kv
 
-from ._http import Aborted
-
-if TYPE_CHECKING:
-    from ._backend import ConsulBackend
+from ._http import Aborted, Connection
+from ._reader import ConsulReader, KVListing, WatchedState, failure_kind
 
 log = logging.getLogger("confhub.consul")
+
+Update = Layer | LayerDelta
 
 
 class TokenBucket:
@@ -65,28 +70,39 @@ class TokenBucket:
 
 
 class Watcher:
-    """One watch thread for a :class:`~confhub_consul._backend.ConsulBackend`."""
+    """One watch thread: blocking queries through ``connection``, updates to ``notify``."""
 
-    def __init__(self, backend: ConsulBackend, notify: Notify) -> None:
-        self.backend = backend
+    def __init__(
+        self,
+        reader: ConsulReader,
+        connection: Connection,
+        state: WatchedState,
+        notify: Notify,
+    ) -> None:
+        self.reader = reader
+        self.options = reader.options
+        self.source = reader.source
+        self.connection = connection
+        self.state = state
         self.notify = notify
-        self.source = backend.source
+        self._backoff = kv.Backoff(self.options.retry_initial, self.options.retry_max)
+        self._reports = kv.ReportOnce()  # failing: reported, and no good answer since
         self._stop = threading.Event()
-        self._conn = backend.new_connection()
         self._thread = threading.Thread(
             target=self._run, name=f"confhub-consul-watch[{self.source}]", daemon=True
         )
 
     def start(self) -> None:
+        """Start the thread."""
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the loop, wake a blocked query and join the thread."""
+        """Stop the loop, wake a blocked query, join the thread and close the connection."""
         self._stop.set()
-        self._conn.abort()
+        self.connection.abort()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
-        self._conn.close()
+        self.connection.close()
 
     def _run(self) -> None:
         try:
@@ -96,87 +112,103 @@ class Watcher:
         except Exception:  # pragma: no cover - a bug must not kill the watch silently
             log.exception("%s: the Consul watch stopped on an unexpected error", self.source)
 
+    def _report(self, exc: SourceError) -> None:
+        if self._reports.changed(failure_kind(exc)):
+            log.debug("%s", exc)  # the hub logs the state change
+            self.notify(exc)
+
     def _loop(self) -> None:
-        opts = self.backend.opts
+        opts = self.options
         bucket = TokenBucket(opts.rate, opts.burst)
-        backoff = opts.retry_initial
-        reported: tuple[str, str] | None = None  # the failure last reported to the hub
-        resync = False  # deliver the next good read as a whole layer
-        index, mod, layer = self.backend.state()
+        failures = 0  # failed reads in a row
+        resync = False  # read at once and treat the next good answer as a whole state
+        index, modify_indexes, layer = self.state.get()
         while bucket.take(self._stop):
             try:
                 # After a failure, read at once (index 0) so recovery is delivered promptly.
-                snap = self.backend.fetch(
-                    self._conn, index=0 if resync else max(index, 1), wait=opts.wait
+                listing = self.reader.fetch(
+                    self.connection, index=0 if resync else max(index, 1), wait=opts.wait
                 )
             except SourceError as exc:
-                # Unreachable, refused, or a listing over max_keys (a SourceFormatError
-                # raised mid-read, naming max_keys + 1: the same text on every retry).
+                # Unreachable, refused, or a listing over max_keys (refused mid-read).
                 if self._stop.is_set():
                     return
-                state = (type(exc).__name__, _kind(exc))
-                if state != reported:
-                    reported = state
-                    log.debug("%s", exc)  # the hub logs the state change
-                    self.notify(exc)
+                self._report(exc)
                 resync = True
-                delay = backoff * random.uniform(0.5, 1.0)
-                backoff = min(backoff * 2, opts.retry_max)
-                if self._stop.wait(delay):
+                if self._stop.wait(self._backoff.delay(failures)):
                     return
+                failures += 1
                 continue
             if self._stop.is_set():
                 return
-            backoff = opts.retry_initial
-            went_back = snap.index < index
+            failures = 0
+            went_back = listing.index < index
             if went_back:
                 log.info(
                     "%s: the Consul index went back from %d to %d (snapshot restore or "
                     "tombstone GC); resyncing",
                     self.source,
                     index,
-                    snap.index,
+                    listing.index,
                 )
-            if not went_back and not resync and snap.index == index:
+            if not went_back and not resync and listing.index == index:
                 continue  # a wait that timed out: nothing changed
-            # After a reported failure the hub shows the source stale: the next good answer
-            # is delivered even when it only restores the last good values (a bad value
-            # put back as it was), or the hub would never hear that the source is well.
-            deliver = resync or reported is not None
+            whole, resync = went_back or resync, False
+            index = max(listing.index, 1)
             try:
-                if went_back or resync or layer is None or opts.document is not None:
-                    new_layer = self.backend.build(snap)
-                    new_mod = {k: m for k, (m, _) in snap.entries.items()}
-                    update: Layer | LayerDelta | None = new_layer
-                    if not deliver and layer is not None and new_layer.values == layer.values:
-                        update = None  # same content (a touch of the document)
-                else:
-                    delta, new_mod, new_layer = self.backend.delta(snap, mod, layer)
-                    # A new ModifyIndex with the same value (a flags-only change, a CAS
-                    # rewrite) changes no value: deliver nothing, as for a touched document.
-                    update = delta if deliver or _changes_values(delta, layer) else None
+                update, modify_indexes, layer = self._next(
+                    listing, modify_indexes, layer, whole=whole
+                )
             except SourceError as exc:
-                # The read worked but its content cannot be used (a bad value, a leaf/parent
-                # clash, a broken or deleted document). Last good stays; the index moves on
-                # and the loop blocks until the next change (a deleted document's query
-                # wakes when it is created again). Reading again at once would get the same
-                # content, in a loop only the token bucket would slow down.
-                index = max(snap.index, 1)
-                resync = False
-                state = (type(exc).__name__, str(exc))
-                if state != reported:
-                    reported = state
-                    self.notify(exc)
+                # The read worked but its content cannot be used. Last good stays; the
+                # index moved on, so the loop blocks until the next change (a deleted
+                # document's query wakes when it is created again). Reading again at once
+                # would get the same content, in a loop only the token bucket slows down.
+                self._report(exc)
                 continue
-            index = max(snap.index, 1)
-            mod, layer = new_mod, new_layer
-            if reported is not None:
-                log.info("%s: Consul answers again", self.source)
-            reported = None
-            resync = False
-            self.backend.set_state(index, mod, layer)
-            if update is not None:
-                self.notify(update)
+            self._delivered(index, modify_indexes, layer, update)
+
+    def _next(
+        self,
+        listing: KVListing,
+        modify_indexes: Mapping[str, int],
+        layer: Layer | None,
+        *,
+        whole: bool,
+    ) -> tuple[Update | None, Mapping[str, int], Layer]:
+        """What to tell the hub about ``listing`` (None: nothing changed), the new
+        ModifyIndex per key and the new layer; raises the SourceError of unusable content."""
+        if whole or layer is None or self.options.document is not None:
+            new_layer = self.reader.build(listing)
+            new_indexes = listing.modify_indexes()
+            if layer is not None and new_layer.values == layer.values:
+                # Same content (a touch of the document, a resync that found no change).
+                return self._back(listing), new_indexes, new_layer
+            return new_layer, new_indexes, new_layer
+        delta, new_indexes, new_layer = self.reader.delta(listing, modify_indexes, layer)
+        # A new ModifyIndex with the same value (a flags-only change, a CAS rewrite)
+        # changes no value: deliver nothing, as for a touched document.
+        if _changes_values(delta, layer):
+            return delta, new_indexes, new_layer
+        return self._back(listing), new_indexes, new_layer
+
+    def _back(self, listing: KVListing) -> Update | None:
+        """What to send for an answer that changes no value: nothing, unless the hub was
+        told of a failure; then "the source is back" (say a bad value was put back as it
+        was, or an outage ended with no change)."""
+        if not self._reports.failing:
+            return None
+        return kv.recovered(self.source, listing.index)
+
+    def _delivered(
+        self, index: int, modify_indexes: Mapping[str, int], layer: Layer, update: Update | None
+    ) -> None:
+        if self._reports.failing:
+            log.info("%s: Consul answers again", self.source)
+        self._reports.reset()
+        self.state.record(index, modify_indexes, layer)
+        if update is not None:
+            self.notify(update)
 
 
 def _changes_values(delta: LayerDelta, layer: Layer) -> bool:
@@ -185,12 +217,3 @@ def _changes_values(delta: LayerDelta, layer: Layer) -> bool:
         return True
     values = layer.values
     return any(key not in values or values[key] != value for key, value in delta.set.items())
-
-
-def _kind(exc: SourceError) -> str:
-    """A coarse description of a failure, so the same failure is reported once."""
-    text = str(exc)
-    for word in ("cannot reach", "refused", "filtered", "answered 5", "answered 4", "closed"):
-        if word in text:
-            return word
-    return text

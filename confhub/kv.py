@@ -1,0 +1,261 @@
+"""A kit for key-value backends: what every KV plugin needs and should not rewrite.
+
+The etcd and Consul plugins are built on it, and a third-party backend for another store
+(ZooKeeper, Redis, a database table) should be too, so that every KV source maps keys,
+words its errors, backs off and reports failures the same way. It imports no client
+library::
+
+    from confhub import kv
+
+    keys = kv.KeyMap("myapp/", source=spec.display, noun="etcd key")
+    keys.to_dotted(b"myapp/db/port")      # "db.port"
+    keys.to_dotted("myapp/db/")           # None: a folder marker
+    keys.to_store("db.port")              # "myapp/db/port"
+
+- Key mapping: :class:`KeyMap` (prefix, folder markers, empty segments, UTF-8).
+- Values: :func:`decode_text` (store bytes to text), :func:`encode_value` (a written value to
+  bytes).
+- Errors, in the words the core uses: :func:`too_many_keys`, :func:`leaf_parent_clash`.
+- Watching: :class:`Backoff` (capped, jittered), :class:`ReportOnce` (one report per state
+  change), :func:`recovered` (the "source is back" signal).
+- Options: :data:`CORE_OPTIONS` (accept them), :data:`DEFAULT_MAX_KEYS`,
+  :func:`check_options` (warn about the rest).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import random
+import threading
+from collections.abc import Collection, Hashable
+from typing import Any
+
+import attrs
+
+from ._errors import SourceFormatError, WriteError
+from ._layer import LayerDelta, leaf_parent_clash, too_many_keys
+from ._spec import CORE_OPTIONS, DEFAULT_MAX_KEYS, SourceSpec
+
+__all__ = [
+    "CORE_OPTIONS",
+    "DEFAULT_MAX_KEYS",
+    "Backoff",
+    "KeyMap",
+    "ReportOnce",
+    "check_options",
+    "decode_text",
+    "encode_value",
+    "leaf_parent_clash",
+    "recovered",
+    "too_many_keys",
+]
+
+_log = logging.getLogger("confhub.kv")
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class KeyMap:
+    """Maps the keys under a store prefix to dotted keys and back.
+
+    ``prefix`` is the store's key prefix (``"myapp/"``, ``"/config/app/"``, or ``""`` for the
+    whole store); ``separator`` nests (``/``); dots in a store key nest too, so
+    ``myapp/db/port`` and ``myapp/db.port`` are both ``db.port``. ``source`` (the spec's
+    display name) and ``noun`` (``"etcd key"``) word the errors.
+    """
+
+    prefix: str
+    source: str = attrs.field(kw_only=True)
+    separator: str = attrs.field(default="/", kw_only=True)
+    noun: str = attrs.field(default="key", kw_only=True)
+
+    def to_dotted(self, store_key: str | bytes) -> str | None:
+        """The dotted key of ``store_key``; ``None`` for a key that carries none: the prefix
+        itself, a folder marker (``myapp/db/``), or a key outside the prefix.
+
+        A key that is not UTF-8, or that has an empty segment once dots and separators nest
+        (``myapp//a``, ``myapp/a./b``, ``myapp/.a``), is a :class:`SourceFormatError` naming
+        the store key (also its ``.key``): rename the key.
+        """
+        if isinstance(store_key, bytes):
+            try:
+                name = store_key.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SourceFormatError(
+                    f"{self.source}: {self.noun} {store_key!r} is not valid UTF-8; rename it",
+                    source=self.source,
+                    key=store_key.decode("utf-8", "backslashreplace"),
+                ) from None
+        else:
+            name = store_key
+        if not name.startswith(self.prefix):
+            return None
+        rel = name[len(self.prefix) :]
+        if not rel or rel.endswith(self.separator):
+            return None
+        dotted = rel.replace(self.separator, ".")
+        if dotted[0] == "." or dotted[-1] == "." or ".." in dotted:
+            raise SourceFormatError(
+                f"{self.source}: {self.noun} {name!r} has an empty path segment; rename it",
+                source=self.source,
+                key=name,
+            )
+        return dotted
+
+    def to_store(self, dotted: str) -> str:
+        """The store key of ``dotted`` (the inverse of :meth:`to_dotted` for plain keys)."""
+        return self.prefix + dotted.replace(".", self.separator)
+
+
+# -- values ----------------------------------------------------------------------------------
+
+
+def decode_text(raw: bytes, *, source: str, key: str, noun: str = "key") -> str:
+    """The text of a stored value: UTF-8, or a :class:`SourceFormatError` naming ``key``
+    (the store key, also the error's ``.key``) and the offending byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SourceFormatError(
+            f"{source}: the value of {noun} {key!r} is not valid UTF-8 (byte {exc.start}); "
+            "store text",
+            source=source,
+            key=key,
+        ) from None
+
+
+def encode_value(value: object, *, source: str = "", key: str | None = None) -> bytes:
+    """The bytes to store for a written leaf ``value``.
+
+    ``bytes`` are kept; ``str`` is UTF-8; ``True``/``False`` are ``true``/``false`` (the
+    text binding reads back as booleans); other ints and floats their ``str()``. Anything
+    else (a mapping, a list, ``None``, text that cannot be UTF-8) is a :class:`WriteError`
+    naming ``key`` of ``source``: KV stores hold one text value per key.
+    """
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "text that is not valid UTF-8 (a lone surrogate)"
+    elif isinstance(value, int | float):
+        return str(value).encode("utf-8")
+    else:
+        problem = f"a {type(value).__name__}"
+    where = f"{source}: " if source else ""
+    raise WriteError(
+        f"{where}cannot write {problem} to {key!r}: a KV store holds text; write one leaf "
+        "key at a time as a string, number or boolean",
+        source=source,
+        key=key,
+    )
+
+
+# -- watching --------------------------------------------------------------------------------
+
+
+def _positive(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"Backoff {attribute.name} must be above 0, not {value!r}")
+
+
+@attrs.frozen
+class Backoff:
+    """Capped exponential backoff with jitter.
+
+    Attempt ``n`` (from 0) waits ``min(maximum, initial * multiplier**n)``, shortened by up
+    to ``jitter`` (a fraction: 0.5 waits between half and all of it) so that many clients
+    that lost one server do not come back in step. Build it from the spec's ``retry_initial``
+    / ``retry_max`` options, defaulting to :class:`confhub.BackendSettings`.
+    """
+
+    initial: float = attrs.field(validator=_positive)
+    maximum: float = attrs.field(validator=_positive)
+    jitter: float = attrs.field(default=0.5, kw_only=True)
+    multiplier: float = attrs.field(default=2.0, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if self.maximum < self.initial:
+            raise ValueError(
+                f"Backoff maximum ({self.maximum}) must be at least initial ({self.initial})"
+            )
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError(f"Backoff jitter must be between 0 and 1, not {self.jitter!r}")
+        if not self.multiplier >= 1.0:
+            raise ValueError(f"Backoff multiplier must be at least 1, not {self.multiplier!r}")
+
+    def delay(self, attempt: int) -> float:
+        """The seconds to wait before retry ``attempt`` (0 for the first retry)."""
+        base = min(self.maximum, self.initial * self.multiplier ** min(max(attempt, 0), 64))
+        return base * (1.0 - self.jitter * random.random())  # noqa: S311 - jitter, not crypto
+
+
+class ReportOnce:
+    """Remembers the last failure reported, so each is reported once per state change.
+
+    Pass a structured kind, never message text (an exception type, an enum, a tuple of
+    them): ``if reports.changed((type(exc), status)): notify(exc)``. Call :meth:`reset` when
+    the source is well again, so the next failure is reported even if it is the same kind.
+    Safe to share between threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kind: Hashable | type[Any] | None = None
+        self._failing = False
+
+    def changed(self, kind: Hashable | type[Any]) -> bool:
+        """Record a failure of ``kind``; ``True`` when it differs from the last one recorded
+        (or none was), i.e. when it should be reported."""
+        with self._lock:
+            if self._failing and self._kind == kind:
+                return False
+            self._kind, self._failing = kind, True
+            return True
+
+    def reset(self) -> None:
+        """The source is well again: the next failure is a change."""
+        with self._lock:
+            self._kind, self._failing = None, False
+
+    @property
+    def failing(self) -> bool:
+        """Whether a failure was recorded since the last :meth:`reset`."""
+        return self._failing
+
+
+def recovered(source: str, revision: Any) -> LayerDelta:
+    """The "source is back" signal: pass it to ``notify`` when a watch that reported a
+    failure works again at ``revision`` and nothing may have changed meanwhile.
+
+    It is an empty :class:`confhub.LayerDelta` carrying the revision: the hub marks the
+    source live again (it logs the recovery) and changes made meanwhile follow as usual.
+    ``source`` is the spec's display name, logged at debug level.
+    """
+    _log.debug("%s: the source is back at revision %r", source, revision)
+    return LayerDelta(revision=revision)
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+def check_options(
+    spec: SourceSpec, known: Collection[str], *, logger: logging.Logger
+) -> frozenset[str]:
+    """Warn about the options of ``spec`` that neither the backend (``known``) nor the core
+    (:data:`CORE_OPTIONS`) reads, one WARNING each on ``logger`` naming the option, the
+    source and the closest known name. Never an error: a fleet that rolls out a new option
+    keeps working on older plugins. Returns the unknown names."""
+    accepted = frozenset(known) | CORE_OPTIONS
+    unknown = frozenset(spec.options) - accepted
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name, sorted(accepted), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(sorted(known))
+        logger.warning("%s: ignoring unknown option %r; %s", spec.display, name, hint)
+    return unknown

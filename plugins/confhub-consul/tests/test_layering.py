@@ -1,0 +1,47 @@
+"""The backend's modules import one way: options -> reader -> watch/writer -> backend -> plugin.
+
+A module may import only modules listed before it (type-only imports included), so the
+watcher can never reach back into the backend, and a new cycle fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import confhub_consul
+
+#: The backend's modules in dependency order (the test server's modules are apart).
+ORDER = ["_http", "_options", "_reader", "_watch", "_writer", "_backend", "_plugin"]
+PACKAGE = Path(confhub_consul.__file__).parent
+
+
+def _imported(module: str) -> set[str]:
+    """The ``confhub_consul`` modules ``module`` imports, anywhere in its body."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1:
+                found.add((node.module or "").split(".")[0])
+            elif (node.module or "").startswith("confhub_consul."):
+                found.add(node.module.split(".")[1])  # type: ignore[union-attr]
+        elif isinstance(node, ast.Import):
+            found.update(
+                a.name.split(".")[1] for a in node.names if a.name.startswith("confhub_consul.")
+            )
+    return found
+
+
+def test_backend_modules_import_in_one_direction() -> None:
+    """Each backend module imports only the modules before it in ORDER."""
+    for i, module in enumerate(ORDER):
+        later = _imported(module) - set(ORDER[:i])
+        assert not later, f"{module} imports {sorted(later)}, which come after it"
+
+
+def test_every_backend_module_is_placed() -> None:
+    """A new module of the package is put in ORDER (or is a test-server module)."""
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    test_server = {"testing", "_testserver", "_teststate"}
+    assert modules - test_server == set(ORDER)
