@@ -442,7 +442,7 @@ def test_38_a_runaway_prefix_is_refused_fast_without_downloading_it() -> None:
     half of it), with RSS growth bounded by the cap, and leaves no thread behind. With the cap
     raised, the same prefix loads."""
     with server_process(200_000) as address:
-        warmup = spec(address).replace("/myapp/", "/warmup/")
+        warmup = spec(address, "timeout=120").replace("/myapp/", "/warmup/")
         with _hub(warmup, connect_timeout=120, start_timeout=120):  # hang guards, not paces
             pass  # imports and first-use allocations, outside the measurement
         threads = threading.active_count()
