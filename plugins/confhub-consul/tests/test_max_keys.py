@@ -197,7 +197,10 @@ def test_a_runaway_prefix_is_refused_at_start_fast_and_in_bounded_memory() -> No
     RSS growth bounded by the cap (not ~110 MiB for the whole listing); no thread is left
     behind. With the cap raised, the same prefix loads."""
     with server_process(200_000) as address:
-        with hub_for(spec(address, path="nothing/")):
+        # Hang guards, not paces: under load this server took over 1 s to answer.
+        with hub_for(
+            spec(address, "timeout=120", path="nothing/"), connect_timeout=120, start_timeout=120
+        ):
             pass  # imports and first-use allocations, outside the measurement
         threads = threading.active_count()
         rss = _rss_bytes()
