@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from confhub._cli import main
+from confhub import main
 
 
 def run(*argv: str) -> tuple[int, str]:

@@ -31,7 +31,7 @@ from confhub import (
     WriteConflictError,
     WriteError,
 )
-from confhub._cli import main as cli_main
+from confhub import main as cli_main
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec

@@ -19,7 +19,7 @@ from confhub import (
     WriteConflictError,
     WriteError,
 )
-from confhub._cli import main as cli_main
+from confhub import main as cli_main
 from confhub.testing import backend_of
 
 from confhub_etcd._backend import EtcdBackend, parse_spec
