@@ -302,7 +302,7 @@ def bench_apply(etcd: EtcdServer, client: EtcdClient, big_prefix: str, *, repeat
     for cache in (True, False):
         for label, prefix in (("10", small_prefix), ("100,000", big_prefix)):
             with _hub(f"etcd://{etcd.endpoint}{prefix}?timeout=60", cache=cache) as hub:
-                backend = backend_of(hub, hub.sources()[0])
+                backend = backend_of(hub, hub.sources[0])
                 assert isinstance(backend, EtcdBackend)
                 key = f"{prefix}s0/k0".encode()
                 revision = 10_000_000
