@@ -104,15 +104,65 @@ def flatten(data: Mapping[str, Any], *, source: str, _prefix: str = "") -> dict[
     "a": {"b": 2}}``) raise :class:`SourceFormatError` naming both.
     """
     out: dict[str, Any] = {}
-    _flatten_into(out, data, _prefix, source)
+    _flatten_into(out, data, _prefix, source, {})
     return out
 
 
-def _flatten_into(out: dict[str, Any], data: Mapping[str, Any], prefix: str, source: str) -> None:
+def flatten_counted(
+    data: Mapping[str, Any], *, source: str
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """:func:`flatten`, plus the parent counts of the result (``Layer.inner``).
+
+    The counts come from the walk itself (the leaves each nested mapping added); only when
+    a source key holds a dot (``"a.b" = 1``, whose parents the walk does not visit) or is
+    not a string are they counted again from the dotted keys.
+    """
+    out: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    if not _flatten_into(out, data, "", source, counts):
+        counts = _inner_counts(out)
+    return out, counts
+
+
+#: Leaf types a mapping can be flattened with in one step (floats still need a finite check).
+_PLAIN = frozenset({str, int, bool, type(None), float})
+_STR_ONLY = frozenset({str})
+
+
+def _flatten_into(
+    out: dict[str, Any],
+    data: Mapping[str, Any],
+    prefix: str,
+    source: str,
+    counts: dict[str, int],
+) -> bool:
+    """Flatten ``data`` (under ``prefix``) into ``out``, adding to ``counts`` the leaves each
+    nested mapping contributed; False when ``counts`` may be incomplete (a dotted or
+    non-string source key)."""
+    # The common case, one mapping of plain leaves under plain keys, in C-level steps:
+    # every key a non-empty string without a dot, every leaf a scalar (floats finite),
+    # no key already flattened (a dotted key elsewhere, "a.b", can reach it first).
+    if (
+        _PLAIN.issuperset(map(type, data.values()))
+        and _STR_ONLY.issuperset(map(type, data))
+        and "" not in data
+        and "." not in "".join(data)
+        and all(map(math.isfinite, [v for v in data.values() if type(v) is float]))
+    ):
+        if prefix:
+            dotted = prefix + "."
+            new = {dotted + k: v for k, v in data.items()}
+        else:
+            new = dict(data)
+        if out.keys().isdisjoint(new):
+            out.update(new)
+            return True
+    exact = True
     scalars = _SCALARS
     for raw_key, value in data.items():
         if not isinstance(raw_key, str):
             raw_key = str(raw_key)
+            exact = False
         key = f"{prefix}.{raw_key}" if prefix else raw_key
         kind = type(value)
         if (
@@ -129,8 +179,15 @@ def _flatten_into(out: dict[str, Any], data: Mapping[str, Any], prefix: str, sou
                 source=source,
                 key=key,
             )
+        if "." in raw_key:
+            exact = False  # its parents inside raw_key are not walked
         if isinstance(value, Mapping):
-            _flatten_into(out, value, key, source)
+            before = len(out)
+            if not _flatten_into(out, value, key, source, counts):
+                exact = False
+            added = len(out) - before
+            if added:
+                counts[key] = counts.get(key, 0) + added
         else:
             if key in out:
                 raise SourceFormatError(
@@ -144,6 +201,7 @@ def _flatten_into(out: dict[str, Any], data: Mapping[str, Any], prefix: str, sou
                 raise SourceFormatError(
                     f"{source}: value of {key!r} is not allowed: {exc}", source=source, key=key
                 ) from None
+    return exact
 
 
 def _check_no_leaf_parent(
@@ -221,6 +279,10 @@ def _inner_counts(keys: Iterable[str]) -> dict[str, int]:
     return counts
 
 
+#: The details of a layer without any (one shared empty map).
+_NO_DETAILS: Values = immutables.Map()
+
+
 @attrs.frozen(eq=False, repr=False)
 class Layer:
     """The frozen contribution of one source: flat dotted keys to leaf values.
@@ -258,8 +320,10 @@ class Layer:
         fetched_at: float | None = None,
     ) -> Layer:
         """Build a layer from a (possibly nested) mapping; raises :class:`SourceFormatError`."""
+        values, counts = flatten_counted(data, source=source)  # freezes every leaf already
         return cls._from_frozen(
-            flatten(data, source=source),  # freezes every leaf already
+            values,
+            counts=counts,
             source=source,
             revision=revision,
             details=details,
@@ -299,13 +363,15 @@ class Layer:
         values: Mapping[str, Any],
         *,
         source: str,
+        counts: dict[str, int] | None = None,
         revision: Any = None,
         details: Mapping[str, str] | None = None,
         locate: Callable[[str], str | None] | None = None,
         fetched_at: float | None = None,
     ) -> Layer:
-        counts = _inner_counts(values)
-        dets = immutables.Map(details or {})
+        if counts is None:
+            counts = _inner_counts(values)
+        dets = immutables.Map(details) if details else _NO_DETAILS
         # A leaf/parent clash is exactly a key that is both a leaf and a parent.
         clash = values.keys() & counts.keys()
         vals = immutables.Map(values)
