@@ -290,7 +290,10 @@ class Layer:
     - ``values``: the leaves; build layers with :meth:`from_mapping` or :meth:`from_flat`.
     - ``revision``: the source's revision of this content (etcd revision, Consul index,
       a file's content hash), shown by ``explain`` and recorded in the cache.
-    - ``details``: per-key provenance (``"/myapp/db/port mod_revision=12"``, ``"APP_DB__PORT"``).
+    - ``details``: per-key provenance (``"/myapp/db/port mod_revision=12"``, ``"APP_DB__PORT"``),
+      an ``immutables.Map``; ``Layer(...)`` also takes any immutable mapping that computes
+      its entries when read (a backend with many keys need not build a string per key at
+      load time: see the etcd plugin), and :meth:`apply` keeps it, recording changes on top.
     - ``locate``: an optional function computing a detail lazily (a file's line number), used
       for keys without an entry in ``details``.
     - ``fetched_at``: when the content was read (``time.time()``); cached layers keep the
@@ -300,7 +303,7 @@ class Layer:
     values: Values
     inner: Values = attrs.field(default=None)
     revision: Any = None
-    details: Values = attrs.field(factory=immutables.Map)
+    details: Mapping[str, str] = attrs.field(factory=immutables.Map)
     locate: Callable[[str], str | None] | None = None
     fetched_at: float = attrs.field(factory=time.time)
 
@@ -371,7 +374,7 @@ class Layer:
     ) -> Layer:
         if counts is None:
             counts = _inner_counts(values)
-        dets = immutables.Map(details) if details else _NO_DETAILS
+        dets = _NO_DETAILS if details is None else _read_only_details(details)
         # A leaf/parent clash is exactly a key that is both a leaf and a parent.
         clash = values.keys() & counts.keys()
         vals = immutables.Map(values)
@@ -423,16 +426,19 @@ class Layer:
                 add_parents(inner, key)
             values[key] = value
         new_values, new_inner = values.finish(), inner.finish()
+        details: Mapping[str, str]
         if delta.replace_details:
-            details = immutables.Map(delta.details)
-        elif delta.details or delta.deleted:
+            details = _read_only_details(delta.details)
+        elif not (delta.details or delta.deleted):
+            details = self.details
+        elif isinstance(self.details, immutables.Map):
             d = self.details.mutate()
             for key in delta.deleted:
                 d.pop(key, None)
             d.update(delta.details)
             details = d.finish()
         else:
-            details = self.details
+            details = Overlaid.of(self.details, delta.deleted, delta.details)
         _check_no_leaf_parent(new_values, new_inner, added, source, details)
         return Layer(
             values=new_values,
@@ -452,6 +458,70 @@ class Layer:
 
 
 _ABSENT: Any = object()
+
+
+def _read_only_details(details: Mapping[str, str]) -> Mapping[str, str]:
+    """``details`` as a layer keeps them: a persistent map as it is, anything else copied
+    into one (a lazy mapping is kept only when given to ``Layer(...)`` itself)."""
+    if isinstance(details, (immutables.Map, Overlaid)):
+        return details
+    return immutables.Map(details)
+
+
+class Overlaid(Mapping[str, str]):
+    """Details: a lazily computed base mapping with the changes applied since on top.
+
+    ``changes`` holds the details set by deltas, ``gone`` the keys deleted since (both
+    persistent maps, so an update costs O(log n), not a copy of the base).
+    """
+
+    __slots__ = ("_base", "_changes", "_gone")
+
+    def __init__(self, base: Mapping[str, str], changes: Values, gone: Values) -> None:
+        self._base = base
+        self._changes = changes
+        self._gone = gone
+
+    @classmethod
+    def of(
+        cls, details: Mapping[str, str], deleted: Iterable[str], new: Mapping[str, str]
+    ) -> Overlaid:
+        """``details`` with the keys ``deleted`` removed, then ``new`` set."""
+        if isinstance(details, Overlaid):
+            base, changes, gone = details._base, details._changes.mutate(), details._gone.mutate()
+        else:
+            base, changes, gone = details, _NO_DETAILS.mutate(), _NO_DETAILS.mutate()
+        for key in deleted:
+            changes.pop(key, None)
+            gone[key] = True
+        for key, text in new.items():
+            changes[key] = text
+            gone.pop(key, None)
+        return cls(base, changes.finish(), gone.finish())
+
+    def __getitem__(self, key: str) -> str:
+        found = self._changes.get(key)
+        if found is not None:
+            return str(found)
+        if key in self._gone:
+            raise KeyError(key)
+        return self._base[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._changes or (key not in self._gone and key in self._base)
+
+    def __iter__(self) -> Iterator[str]:
+        changes, gone = self._changes, self._gone
+        yield from changes
+        for key in self._base:
+            if key not in changes and key not in gone:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"<Overlaid details: {len(self._changes)} changed, {len(self._gone)} deleted>"
 
 
 def _read_only(mapping: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import immutables
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -93,3 +95,50 @@ def test_origins_of_one_layer_and_after_updates() -> None:
     updated, _ = merge_update(merged, [low, high], 0, new_low, delta)
     assert dict(updated.origins) == dict(merge_full([new_low, high]).origins)
     assert dict(updated.origins) == {"a": 1, "d": 0, "e": 1, "f": 0}
+
+
+class _LazyDetails(Mapping[str, str]):
+    """A backend's lazy details: each string made when read, counting the reads."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys_ = keys
+        self.reads = 0
+
+    def __getitem__(self, key: str) -> str:
+        if key not in self.keys_:
+            raise KeyError(key)
+        self.reads += 1
+        return f"from {key}"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+
+def test_lazy_details_are_kept_and_changes_recorded_on_top() -> None:
+    lazy = _LazyDetails(["a", "b.c", "d"])
+    layer = Layer(values=immutables.Map({"a": 1, "b.c": 2, "d": 3}), details=lazy)
+    assert layer.detail("b.c") == "from b.c"
+    assert lazy.reads == 1
+    delta = LayerDelta(set={"a": 10, "e": 5}, deleted={"d"}, details={"a": "new a", "e": "new e"})
+    applied = layer.apply(delta, source="t")
+    assert lazy.reads == 1  # applying a delta reads no detail of the base
+    assert applied.detail("a") == "new a"
+    assert applied.detail("e") == "new e"
+    assert applied.detail("d") is None
+    assert applied.detail("b.c") == "from b.c"
+    assert dict(applied.details) == {"a": "new a", "e": "new e", "b.c": "from b.c"}
+    assert "d" not in applied.details
+    again = applied.apply(
+        LayerDelta(set={"d": 4}, deleted={"a"}, details={"d": "back d"}), source="t"
+    )
+    assert dict(again.details) == {"e": "new e", "b.c": "from b.c", "d": "back d"}
+    assert len(again.details) == 3
+    # from_flat copies a mutable mapping into a persistent map, keeps an immutable one.
+    copied = Layer.from_flat(dict(again.values), source="t", details=dict(again.details))
+    assert isinstance(copied.details, immutables.Map)
+    assert dict(copied.details) == dict(again.details)
+    kept = Layer.from_flat(dict(again.values), source="t", details=again.details)
+    assert kept.details is again.details
