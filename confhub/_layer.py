@@ -142,12 +142,16 @@ def _flatten_into(
     # The common case, one mapping of plain leaves under plain keys, in C-level steps:
     # every key a non-empty string without a dot, every leaf a scalar (floats finite),
     # no key already flattened (a dotted key elsewhere, "a.b", can reach it first).
+    kinds = set(map(type, data.values()))
     if (
-        _PLAIN.issuperset(map(type, data.values()))
+        kinds <= _PLAIN
         and _STR_ONLY.issuperset(map(type, data))
         and "" not in data
         and "." not in "".join(data)
-        and all(map(math.isfinite, [v for v in data.values() if type(v) is float]))
+        and (
+            float not in kinds
+            or all(map(math.isfinite, [v for v in data.values() if type(v) is float]))
+        )
     ):
         if prefix:
             dotted = prefix + "."
