@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import repeat
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
@@ -271,15 +274,26 @@ def too_many_keys(
     )
 
 
+_HEAD = itemgetter(0, 1)
+
+
 def _inner_counts(keys: Iterable[str]) -> dict[str, int]:
+    """Parent counts of dotted keys: how many keys lie below each proper prefix."""
+    # Count each key's direct parent in C-level steps (rpartition; a key without a dot has
+    # no separator), then add those counts to the parents' own prefixes: one short walk
+    # per distinct parent instead of one per key.
+    direct = Counter(map(_HEAD, map(str.rpartition, keys, repeat("."))))
     counts: dict[str, int] = {}
     get = counts.get
-    for key in keys:
-        dot = key.find(".")
+    for (parent, sep), below in direct.items():
+        if not sep:
+            continue
+        counts[parent] = get(parent, 0) + below
+        dot = parent.find(".")
         while dot >= 0:
-            p = key[:dot]
-            counts[p] = get(p, 0) + 1
-            dot = key.find(".", dot + 1)
+            p = parent[:dot]
+            counts[p] = get(p, 0) + below
+            dot = parent.find(".", dot + 1)
     return counts
 
 

@@ -142,3 +142,20 @@ def test_lazy_details_are_kept_and_changes_recorded_on_top() -> None:
     assert dict(copied.details) == dict(again.details)
     kept = Layer.from_flat(dict(again.values), source="t", details=again.details)
     assert kept.details is again.details
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ["a", ".a", "a..b", "a.b.c", "x.y", "x", "", ".", "..", "a.b.", "q.r.s.t"],
+        [f"s{i // 10}.k{i % 10}" for i in range(100)],
+        [f"a.b{i % 7}.c{i % 5}.d{i}" for i in range(100)],
+    ],
+)
+def test_parent_counts_count_every_proper_prefix(keys: list[str]) -> None:
+    expected: dict[str, int] = {}
+    for key in keys:
+        for dot, char in enumerate(key):
+            if char == ".":
+                expected[key[:dot]] = expected.get(key[:dot], 0) + 1
+    assert _inner_counts(keys) == expected
