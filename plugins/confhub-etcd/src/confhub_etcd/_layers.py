@@ -25,7 +25,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Final
 
 import immutables
@@ -46,6 +46,7 @@ __all__ = [
 
 NOUN: Final = "etcd key"
 _first = itemgetter(0)
+_KEY, _VALUE, _MOD_REVISION = attrgetter("key"), attrgetter("value"), attrgetter("mod_revision")
 
 #: A key's detail is ``etcd key /myapp/db/port (mod_revision 12)``.
 DETAIL_HEAD: Final = "etcd key "
@@ -64,8 +65,8 @@ def fast_tree_layer(items: Sequence[Any], prefix: str, revision: int) -> Layer |
     if not count:
         return None
     try:
-        full = b"\n".join([kv.key for kv in items]).decode("utf-8")
-        texts = b"\0".join([kv.value for kv in items]).decode("utf-8").split("\0")
+        full = b"\n".join(map(_KEY, items)).decode("utf-8")
+        texts = b"\0".join(map(_VALUE, items)).decode("utf-8").split("\0")
     except UnicodeDecodeError:
         return None
     rel = ("\n" + full).replace("\n" + prefix, "\n") + "\n"
@@ -87,7 +88,7 @@ def fast_tree_layer(items: Sequence[Any], prefix: str, revision: int) -> Layer |
         values=values,
         inner=immutables.Map(inner),
         revision=revision,
-        details=LoadDetails(keys, full, array("q", [kv.mod_revision for kv in items])),
+        details=LoadDetails(keys, full, array("q", map(_MOD_REVISION, items))),
     )
 
 
