@@ -107,7 +107,7 @@ def flatten(data: Mapping[str, Any], *, source: str, _prefix: str = "") -> dict[
     "a": {"b": 2}}``) raise :class:`SourceFormatError` naming both.
     """
     out: dict[str, Any] = {}
-    _flatten_into(out, data, _prefix, source, {})
+    _flatten_into(out, data, _prefix, source, {}, True)
     return out
 
 
@@ -122,14 +122,13 @@ def flatten_counted(
     """
     out: dict[str, Any] = {}
     counts: dict[str, int] = {}
-    if not _flatten_into(out, data, "", source, counts):
+    if not _flatten_into(out, data, "", source, counts, True):
         counts = _inner_counts(out)
     return out, counts
 
 
 #: Leaf types a mapping can be flattened with in one step (floats still need a finite check).
 _PLAIN = frozenset({str, int, bool, type(None), float})
-_STR_ONLY = frozenset({str})
 
 
 def _flatten_into(
@@ -138,38 +137,41 @@ def _flatten_into(
     prefix: str,
     source: str,
     counts: dict[str, int],
+    clean: bool,
 ) -> bool:
     """Flatten ``data`` (under ``prefix``) into ``out``, adding to ``counts`` the leaves each
-    nested mapping contributed; False when ``counts`` may be incomplete (a dotted or
-    non-string source key)."""
-    # The common case, one mapping of plain leaves under plain keys, in C-level steps:
-    # every key a non-empty string without a dot, every leaf a scalar (floats finite),
-    # no key already flattened (a dotted key elsewhere, "a.b", can reach it first).
+    nested mapping contributed.
+
+    ``clean``: no source key so far held a dot or was not a string, so a new dotted key
+    cannot already be in ``out`` (each is a distinct path of the tree). Returns the same
+    for the walk up to the end of ``data``; False also means ``counts`` may be incomplete.
+    """
+    # The common case, a mapping of plain leaves under plain keys, in C-level steps: every
+    # key a non-empty string without a dot, every leaf a scalar (floats finite).
     kinds = set(map(type, data.values()))
-    if (
-        kinds <= _PLAIN
-        and _STR_ONLY.issuperset(map(type, data))
-        and "" not in data
-        and "." not in "".join(data)
-        and (
+    if kinds <= _PLAIN and "" not in data:
+        try:
+            joined = "".join(data)
+        except TypeError:
+            joined = "."  # a key that is not a string: the loop below
+        if "." not in joined and (
             float not in kinds
             or all(map(math.isfinite, [v for v in data.values() if type(v) is float]))
-        )
-    ):
-        if prefix:
-            dotted = prefix + "."
-            new = {dotted + k: v for k, v in data.items()}
-        else:
-            new = dict(data)
-        if out.keys().isdisjoint(new):
-            out.update(new)
-            return True
-    exact = True
+        ):
+            keys = map((prefix + ".").__add__, data) if prefix else iter(data)
+            if clean:
+                out.update(zip(keys, data.values(), strict=True))
+                return True
+            # A dotted key elsewhere ("a.b" = 1) may have reached one of these first.
+            listed = list(keys)
+            if out.keys().isdisjoint(listed):
+                out.update(zip(listed, data.values(), strict=True))
+                return False
     scalars = _SCALARS
     for raw_key, value in data.items():
         if not isinstance(raw_key, str):
             raw_key = str(raw_key)
-            exact = False
+            clean = False
         key = f"{prefix}.{raw_key}" if prefix else raw_key
         kind = type(value)
         if (
@@ -187,11 +189,10 @@ def _flatten_into(
                 key=key,
             )
         if "." in raw_key:
-            exact = False  # its parents inside raw_key are not walked
+            clean = False  # its parents inside raw_key are not walked
         if isinstance(value, Mapping):
             before = len(out)
-            if not _flatten_into(out, value, key, source, counts):
-                exact = False
+            clean = _flatten_into(out, value, key, source, counts, clean)
             added = len(out) - before
             if added:
                 counts[key] = counts.get(key, 0) + added
@@ -208,7 +209,7 @@ def _flatten_into(
                 raise SourceFormatError(
                     f"{source}: value of {key!r} is not allowed: {exc}", source=source, key=key
                 ) from None
-    return exact
+    return clean
 
 
 def _check_no_leaf_parent(
