@@ -42,6 +42,7 @@ from confhub_etcd._client import EtcdClient, EventKind, WatchBatch, WatchEvent
 from confhub_etcd.testing import EtcdServer
 
 import confhub
+from confhub.testing import backend_of
 
 from ._table import Row, header, p99, parse_args, print_table, versions
 
@@ -301,7 +302,7 @@ def bench_apply(etcd: EtcdServer, client: EtcdClient, big_prefix: str, *, repeat
     for cache in (True, False):
         for label, prefix in (("10", small_prefix), ("100,000", big_prefix)):
             with _hub(f"etcd://{etcd.endpoint}{prefix}?timeout=60", cache=cache) as hub:
-                backend = hub._slots[0].backends[0]
+                backend = backend_of(hub, hub.sources[0])
                 assert isinstance(backend, EtcdBackend)
                 key = f"{prefix}s0/k0".encode()
                 revision = 10_000_000

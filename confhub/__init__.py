@@ -6,13 +6,16 @@ Start with :class:`Hub`; the user guide is in ``docs/guide.md``.
 from __future__ import annotations
 
 from ._backend import Backend, BackendInfo, BackendSettings, Notify, Update, hookimpl
-from ._binding import parse_duration
+from ._binding import View, parse_duration
+from ._cli import main
+from ._dispatch import Subscription
 from ._errors import (
     BackendNotFoundError,
     ConfhubError,
     ConfigKeyError,
     ConfigValidationError,
     HubStateError,
+    PluginError,
     SourceError,
     SourceFormatError,
     SourcePermissionError,
@@ -22,20 +25,13 @@ from ._errors import (
     WriteConflictError,
     WriteError,
 )
-from ._hub import (
-    Explanation,
-    Health,
-    Hub,
-    Origin,
-    SourceHealth,
-    State,
-    Subscription,
-    View,
-)
+from ._explain import Explanation, Origin
+from ._health import Health, SourceHealth
+from ._hub import Hub, State
 from ._layer import Layer, LayerDelta
+from ._location import UrlParts
 from ._merge import MISSING
 from ._parsers import parse_document
-from ._plugins import PluginError
 from ._redact import is_secret_key
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot
 from ._spec import Fallback, SourceSpec
@@ -74,11 +70,13 @@ __all__ = [
     "State",
     "Subscription",
     "Update",
+    "UrlParts",
     "View",
     "WriteConflictError",
     "WriteError",
     "hookimpl",
     "is_secret_key",
+    "main",
     "parse_document",
     "parse_duration",
 ]

@@ -88,6 +88,18 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
+    #: Who reads the store (an etcd user, a Consul ACL token; ``None``: nobody in
+    #: particular). The cache keys its file by a salted HMAC of it, so a process reading
+    #: as another identity never gets this one's cached copy; the value itself is never
+    #: written, logged or put in a file name. Read with :func:`cache_principal_of`.
+    cache_principal: str | None = None
+
+
+def cache_principal_of(backend: Any) -> str | None:
+    """``backend``'s :attr:`Backend.cache_principal` (default ``None`` when left out)."""
+    principal = getattr(backend, "cache_principal", Backend.cache_principal)
+    return None if principal is None else str(principal)
+
 
 def is_cacheable(backend: Any) -> bool:
     """Whether ``backend`` is a remote store (:attr:`Backend.cacheable`, default ``False``)."""

@@ -10,20 +10,18 @@ on it, so no other failure may exit 1 (Python's own exit code for an uncaught ex
 from __future__ import annotations
 
 import argparse
-import difflib
 import io
 import json
 import logging
 import math
-import os
-import stat
 import sys
 import threading
-import tomllib
 import traceback
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from ._cliconfig import UsageError, config_sources
+from ._cliformat import jsonable, null_paths, redact_tree, to_toml
 from ._errors import (
     ConfhubError,
     ConfigKeyError,
@@ -33,10 +31,12 @@ from ._errors import (
     SpecError,
     StartupError,
     WriteError,
+    without_source,
 )
-from ._hub import Hub, SourceHealth, without_source
+from ._health import SourceHealth
+from ._hub import Hub
 from ._merge import MISSING
-from ._redact import REDACTED, is_secret_key
+from ._redact import REDACTED, is_secret_key, redact_value
 from ._snapshot import Change, ErrorEvent
 from ._spec import SourceSpec
 
@@ -44,9 +44,6 @@ EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 1, 2, 3, 4
 #: A bug (an exception that is not a ConfhubError): never 1, which scripts read as "key missing".
 EXIT_INTERNAL = 5
 
-
-class _UsageError(Exception):
-    pass
 
 
 def _count(text: str) -> int:
@@ -135,141 +132,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 #: The keys a confhub.toml (or ``[tool.confhub]``) may hold.
-_CONFIG_KEYS = ("cache_dir", "sources")
-#: A config file larger than this is refused (it names a few sources, not data).
-_MAX_CONFIG_BYTES = 1 << 20
-_SOURCES_EXAMPLE = 'sources = ["config.toml", "env:APP_"]'
-
-
-def _kind(value: Any) -> str:
-    """``value`` and its TOML type, for messages: ``5 (an integer)``."""
-    kinds = [
-        (bool, "a boolean"),
-        (int, "an integer"),
-        (float, "a float"),
-        (str, "a string"),
-        (list, "an array"),
-        (dict, "a table"),
-    ]
-    kind = next((name for t, name in kinds if isinstance(value, t)), type(value).__name__)
-    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-    return f"{shown} ({kind})"
-
-
-def _read_config_file(candidate: str) -> dict[str, Any]:
-    """The TOML table in ``candidate``; every way it cannot be read is a :class:`_UsageError`
-    naming the file and the fix (the CLI must not exit 1, which means "key missing")."""
-    try:
-        info = os.stat(candidate)
-    except OSError as exc:
-        raise _UsageError(
-            f"cannot read config file {candidate}: {exc.strerror or exc}; "
-            "fix the path or pass the sources with -s SPEC"
-        ) from None
-    if stat.S_ISDIR(info.st_mode):
-        raise _UsageError(
-            f"config file {candidate} is a directory; name the file in it, "
-            f"e.g. -c {os.path.join(candidate, 'confhub.toml')}"
-        )
-    if not stat.S_ISREG(info.st_mode):
-        raise _UsageError(
-            f"config file {candidate} is not a regular file; name a confhub.toml or "
-            "pyproject.toml file"
-        )
-    try:
-        with open(candidate, "rb") as fh:
-            raw = fh.read(_MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise _UsageError(
-            f"cannot read config file {candidate}: {exc.strerror or exc}; "
-            "fix its permissions or pass the sources with -s SPEC"
-        ) from None
-    if len(raw) > _MAX_CONFIG_BYTES:
-        raise _UsageError(
-            f"config file {candidate} is larger than {_MAX_CONFIG_BYTES} bytes; "
-            "it should only name the sources (sources = [...])"
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise _UsageError(
-            f"{candidate}: not valid UTF-8 at byte {exc.start} (line {line}); "
-            "save the file as UTF-8"
-        ) from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise _UsageError(f"{candidate}: invalid TOML: {exc}; fix the file") from None
-
-
-def _config_sources(path: str | None) -> tuple[list[str], str | None]:
-    """Read ``sources`` and ``cache_dir`` from confhub.toml or pyproject's [tool.confhub].
-
-    Every value is checked here, once, before a hub sees it: a wrong type is a usage error
-    naming the file, the key, what it holds and the form it should take. An unknown key is a
-    warning (a newer confhub may read it), as unknown spec options are.
-    """
-    candidates = [path] if path else ["confhub.toml", "pyproject.toml"]
-    for candidate in candidates:
-        if not path and not os.path.lexists(candidate):
-            continue
-        data = _read_config_file(candidate)
-        where = candidate
-        if os.path.basename(candidate) == "pyproject.toml":
-            where = f"{candidate} [tool.confhub]"
-            tool = data.get("tool", {})
-            if not isinstance(tool, dict):
-                raise _UsageError(f"{candidate}: 'tool' must be a table, not {_kind(tool)}")
-            if "confhub" not in tool:
-                if path:
-                    raise _UsageError(
-                        f"{candidate} has no [tool.confhub] table; add one with {_SOURCES_EXAMPLE}"
-                    )
-                continue
-            data = tool["confhub"]
-            if not isinstance(data, dict):
-                raise _UsageError(
-                    f"{candidate}: [tool.confhub] must be a table, not {_kind(data)}; write "
-                    f"[tool.confhub] then {_SOURCES_EXAMPLE}"
-                )
-        for key in sorted(set(data) - set(_CONFIG_KEYS)):
-            close = difflib.get_close_matches(key, _CONFIG_KEYS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(_CONFIG_KEYS)
-            sys.stderr.write(f"confhub: warning: {where}: ignoring unknown key {key!r}; {hint}\n")
-        sources = data.get("sources", [])
-        if not isinstance(sources, list) or not all(isinstance(s, str) and s for s in sources):
-            bad = (
-                sources
-                if not isinstance(sources, list)
-                else next(s for s in sources if not (isinstance(s, str) and s))
-            )
-            raise _UsageError(
-                f"{where}: 'sources' must be a list of spec strings, like {_SOURCES_EXAMPLE}; "
-                f"it holds {_kind(bad)}"
-            )
-        cache_dir = data.get("cache_dir")
-        if cache_dir is not None and not (isinstance(cache_dir, str) and cache_dir):
-            raise _UsageError(
-                f"{where}: 'cache_dir' must be a directory path string, like "
-                f'cache_dir = "/var/cache/myapp/confhub"; it holds {_kind(cache_dir)}'
-            )
-        return sources, cache_dir
-    return [], None
-
-
 def _make_hub(args: argparse.Namespace) -> Hub:
     sources, cache_dir = list(args.source), args.cache_dir
     if cache_dir == "":
-        raise _UsageError(
+        raise UsageError(
             "--cache-dir was given an empty path (an unset variable?); name a directory, "
             "or leave the option out to use $CONFHUB_CACHE_DIR or the default"
         )
     if not sources:
-        sources, conf_cache = _config_sources(args.config)
+        sources, conf_cache = config_sources(args.config)
         cache_dir = cache_dir or conf_cache
     if not sources:
-        raise _UsageError(
+        raise UsageError(
             "no sources: pass -s SPEC (repeatable) or write confhub.toml with sources = [...]"
         )
     kwargs: dict[str, Any] = {}
@@ -278,78 +152,10 @@ def _make_hub(args: argparse.Namespace) -> Hub:
     return Hub(sources, **kwargs)
 
 
-def _jsonable(value: Any) -> Any:
-    if value is MISSING:
-        return None
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "items"):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def _redact_tree(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict):
-            out[k] = _redact_tree(v, key)
-        else:
-            out[k] = REDACTED if is_secret_key(key) else v
-    return out
-
-
-def _nulls(value: Any, path: str = "") -> list[str]:
-    """The paths (``a.b``, ``a.list[2]``) of the nulls in ``value``: TOML cannot write them."""
-    if value is None:
-        return [path]
-    if isinstance(value, dict):
-        return [
-            n for k, v in sorted(value.items()) for n in _nulls(v, f"{path}.{k}" if path else k)
-        ]
-    if isinstance(value, (list, tuple)):
-        return [n for i, v in enumerate(value) for n in _nulls(v, f"{path}[{i}]")]
-    return []
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = sorted(value.items())
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in items) + "}"
-    return json.dumps(str(value), ensure_ascii=False)
-
-
-def _toml_key(key: str) -> str:
-    if key and all(c.isalnum() or c in "-_" for c in key):
-        return key
-    return json.dumps(key, ensure_ascii=False)
-
-
-def to_toml(tree: dict[str, Any], out: TextIO, _path: tuple[str, ...] = ()) -> None:
-    """Write a nested dict as TOML (scalars first, then one table per sub-mapping), keys
-    sorted like the JSON and YAML dumps."""
-    scalars = {k: v for k, v in sorted(tree.items()) if not isinstance(v, dict)}
-    tables = {k: v for k, v in sorted(tree.items()) if isinstance(v, dict)}
-    if _path and scalars:
-        out.write(f"\n[{'.'.join(_toml_key(p) for p in _path)}]\n")
-    for k, v in scalars.items():
-        out.write(f"{_toml_key(k)} = {_toml_value(v)}\n")
-    for k, v in tables.items():
-        to_toml(v, out, (*_path, k))
-
-
 def _cmd_get(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
     value = hub.get(args.key)
     if args.json or hasattr(value, "items"):
-        out.write(json.dumps(_jsonable(value), ensure_ascii=False, sort_keys=True) + "\n")
+        out.write(json.dumps(jsonable(value), ensure_ascii=False, sort_keys=True) + "\n")
     else:
         out.write(f"{value}\n")
     return EXIT_OK
@@ -358,14 +164,14 @@ def _cmd_get(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_dump(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
     tree = hub.snapshot().to_dict()
     if not args.reveal:
-        tree = _redact_tree(tree)
+        tree = redact_tree(tree)
     if args.format == "json":
-        out.write(json.dumps(_jsonable(tree), indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+        out.write(json.dumps(jsonable(tree), indent=2, ensure_ascii=False, sort_keys=True) + "\n")
     elif args.format == "toml":
-        nulls = _nulls(tree)
+        nulls = null_paths(tree)
         if nulls:
             shown = ", ".join(repr(n) for n in nulls[:5]) + (" ..." if len(nulls) > 5 else "")
-            raise _UsageError(
+            raise UsageError(
                 f"--format toml cannot write null (TOML has no null), held by {shown}; "
                 "use --format json or --format yaml, or remove the nulls from the source"
             )
@@ -376,8 +182,8 @@ def _cmd_dump(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
         try:
             import yaml
         except ImportError:
-            raise _UsageError("--format yaml needs PyYAML: pip install 'confhub[yaml]'") from None
-        out.write(yaml.safe_dump(_jsonable(tree), sort_keys=True, allow_unicode=True))
+            raise UsageError("--format yaml needs PyYAML: pip install 'confhub[yaml]'") from None
+        out.write(yaml.safe_dump(jsonable(tree), sort_keys=True, allow_unicode=True))
     return EXIT_OK
 
 
@@ -415,12 +221,8 @@ def _change_lines(change: Change, as_json: bool) -> list[str]:
                     {
                         "generation": change.generation,
                         "key": c.key,
-                        "old": _jsonable(
-                            REDACTED if is_secret_key(c.key) and c.old is not MISSING else c.old
-                        ),
-                        "new": _jsonable(
-                            REDACTED if is_secret_key(c.key) and c.new is not MISSING else c.new
-                        ),
+                        "old": jsonable(c.old if c.old is MISSING else redact_value(c.key, c.old)),
+                        "new": jsonable(c.new if c.new is MISSING else redact_value(c.key, c.new)),
                         "source": change.source,
                     },
                     ensure_ascii=False,
@@ -431,12 +233,12 @@ def _change_lines(change: Change, as_json: bool) -> list[str]:
             old = (
                 "<absent>"
                 if c.old is MISSING
-                else (REDACTED if is_secret_key(c.key) else repr(c.old))
+                else (REDACTED if is_secret_key(c.key) else repr(redact_value(c.key, c.old)))
             )
             new = (
                 "<absent>"
                 if c.new is MISSING
-                else (REDACTED if is_secret_key(c.key) else repr(c.new))
+                else (REDACTED if is_secret_key(c.key) else repr(redact_value(c.key, c.new)))
             )
             lines.append(f"[{change.generation}] {c.key}: {old} -> {new}  ({change.source})")
     return lines
@@ -609,7 +411,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 "health": _cmd_health,
             }[args.command]
             return command(hub, args, out)
-    except _UsageError as exc:
+    except UsageError as exc:
         sys.stderr.write(f"confhub: {exc}\n")
         return EXIT_USAGE
     except ConfigKeyError as exc:

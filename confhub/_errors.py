@@ -14,6 +14,7 @@ Every exception confhub raises on purpose derives from :class:`ConfhubError`::
     ├── WriteError                     a write a backend refused
     │   └── WriteConflictError         compare-and-swap lost
     ├── StartupError                   a required source had no live data, alternate or cache
+    ├── PluginError                    a plugin could not be loaded, or implements no hookspec
     └── HubStateError(RuntimeError)    the hub was used in the wrong state (closed, not started)
 
 Exceptions carry their context as attributes so that callers never parse messages, and
@@ -144,5 +145,16 @@ class StartupError(ConfhubError):
         self.attempts = tuple(attempts)
 
 
+class PluginError(ConfhubError):
+    """A plugin could not be loaded or implements a hook that does not exist."""
+
+
 class HubStateError(ConfhubError, RuntimeError):
     """The hub was used in a state that does not allow it (after close, before start)."""
+
+
+def without_source(name: str, error: BaseException) -> str:
+    """``error``'s message without a leading ``name: ``: backend errors start with their
+    source's name, and a line that names the source already should say it once."""
+    message = str(error)
+    return message[len(name) + 2 :] if message.startswith(f"{name}: ") else message

@@ -15,26 +15,27 @@ how to change it behind the backend's back)::
 
 Every test goes through a real :class:`confhub.Hub` (no mocks), each under a fresh key
 prefix, and waits for what it expects with a bounded wait (a hang backstop, never a pace
-check). pytest is needed to run the suite, not to import :mod:`confhub.testing`.
+check). pytest is needed to run the suite, not to import :mod:`confhub.testing`. The tests
+come in four groups (tree layout, watching, writes, document layout), assembled below.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
 import re
-import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from ._errors import SourceFormatError, SourceUnavailableError, StartupError, WriteConflictError
-from ._hub import Hub
+from ._errors import (
+    SourceFormatError,
+    SourceUnavailableError,
+    StartupError,
+    WriteConflictError,
+)
+from ._kvharness import ContractBase, KVStoreHarness
 from ._layer import leaf_parent_clash, too_many_keys
 from ._merge import MISSING
-from ._snapshot import Change
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -43,167 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ["KVBackendContract", "KVStoreHarness"]
 
-#: The longest the suite waits for something the store should do soon: a backstop against a
-#: hang, generous so that a loaded machine never fails a test that would pass.
-WAIT = 30.0
-
-
-@runtime_checkable
-class KVStoreHarness(Protocol):
-    """What the contract suite needs to know about your store (your ``kv_store`` fixture).
-
-    Required:
-
-    - ``spec(prefix, **options) -> str``: the spec string of a source reading the store keys
-      under ``prefix`` (``"contract-1a2b/"``; tree layout), or the one key ``prefix`` when
-      ``options`` has ``format="json"`` (document layout). ``options`` are spec options
-      (``optional="true"``, ``max_keys="3"``); add them to the query string as given.
-    - ``put(key, value)``: write store key ``key`` (``value`` is ``bytes`` or ``str``) with
-      the store's own client, as another process would.
-    - ``delete(key)``: delete store key ``key`` the same way.
-
-    Keys are written as the suite names them (``contract-1a2b/db/port``); a store whose keys
-    need a leading ``/`` or another root adds it in ``spec``, ``put`` and ``delete`` alike.
-
-    Optional attributes, read with ``getattr``:
-
-    - ``plugins`` (default ``()``): plugin objects or modules serving your scheme, given to
-      every hub as ``Hub(plugins=...)``. Leave it empty when your distribution is installed
-      and found through its entry point.
-    - ``unsupported`` (default ``{}``): capability name -> why your store cannot do it (see
-      :attr:`KVBackendContract.capabilities`); the tests that need it are skipped with that
-      reason. A name that is not a capability fails every test (a misspelling).
-    - ``stop()`` / ``start()``: take the store away (an outage: refuse or drop requests) and
-      bring it back with its data. Needed unless ``"outage"`` is unsupported.
-    """
-
-    def spec(self, prefix: str, **options: str) -> str: ...
-
-    def put(self, key: str, value: bytes | str) -> None: ...
-
-    def delete(self, key: str) -> None: ...
-
-
-class KVBackendContract:
-    """The behaviours every confhub KV backend shares, as tests; subclass it and provide a
-    ``kv_store`` fixture (see :class:`KVStoreHarness`).
-
-    Test methods take ``kv_store`` and pytest's own ``tmp_path`` (each hub's cache
-    directory) and ``caplog``. Override one to skip it with a reason, never to change what
-    it checks: the suite is the contract the etcd and Consul plugins pass as well.
-    """
-
-    #: Capabilities a harness may declare ``unsupported`` (with a reason).
-    capabilities: ClassVar[Mapping[str, str]] = {
-        "watch": "the backend watches: store changes reach subscribers without polling",
-        "write": "hub.write() writes store keys, with compare-and-swap",
-        "documents": "format=json reads one store key holding a whole JSON document",
-        "outage": "the harness can stop() and start() the store",
-    }
-
-    # -- helpers ------------------------------------------------------------------------------
-
-    @staticmethod
-    def new_prefix() -> str:
-        """A store prefix no other test uses (``contract-1a2b3c4d/``)."""
-        return f"contract-{uuid.uuid4().hex[:8]}/"
-
-    def unsupported(self, store: KVStoreHarness) -> Mapping[str, str]:
-        """The harness's ``unsupported`` capabilities; a name that is not a capability is a
-        TypeError (a misspelling would silently run what the store cannot do)."""
-        unsupported: Mapping[str, str] = getattr(store, "unsupported", {})
-        unknown = sorted(set(unsupported) - set(self.capabilities))
-        if unknown:
-            raise TypeError(
-                f"{type(store).__name__}.unsupported names {', '.join(map(repr, unknown))}, "
-                f"which are not capabilities of the KV contract; use one of "
-                f"{', '.join(sorted(self.capabilities))}"
-            )
-        return unsupported
-
-    def require(self, store: KVStoreHarness, *needed: str) -> None:
-        """Skip the running test, with the harness's reason, when ``store`` lacks one of
-        the ``needed`` capabilities."""
-        unsupported = self.unsupported(store)
-        for name in needed:
-            if name in unsupported:
-                import pytest  # here: confhub.testing imports without pytest
-
-                pytest.skip(
-                    f"{type(store).__name__} lacks {name!r} ({self.capabilities[name]}): "
-                    f"{unsupported[name]}"
-                )
-            if name == "outage" and not (
-                callable(getattr(store, "stop", None)) and callable(getattr(store, "start", None))
-            ):
-                raise TypeError(
-                    f"{type(store).__name__} has no stop()/start(): implement them, or declare "
-                    "unsupported = {'outage': 'why the store cannot be stopped'}"
-                )
-
-    def hub(self, store: KVStoreHarness, tmp_path: Path, *sources: Any) -> Hub:
-        """A hub over ``sources`` with the harness's plugins, a fresh cache directory, and
-        short retry delays (not started)."""
-        self.unsupported(store)
-        return Hub(
-            list(sources),
-            plugins=list(getattr(store, "plugins", ())),
-            cache_dir=tmp_path / f"cache-{uuid.uuid4().hex[:6]}",
-            retry_initial=0.05,
-            retry_max=0.5,
-        )
-
-    @staticmethod
-    def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-        """Return once ``condition()`` is true; fail naming ``what`` after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"gave up after {timeout:.0f}s waiting for {what}")
-            time.sleep(0.02)
-
-    @contextmanager
-    def changes(self, hub: Hub) -> Iterator[queue.Queue[Change]]:
-        """The hub's published changes, as a queue, while the block runs."""
-        inbox: queue.Queue[Change] = queue.Queue()
-        subscription = hub.subscribe(inbox.put)
-        try:
-            yield inbox
-        finally:
-            subscription.cancel()
-
-    @staticmethod
-    def next_change(inbox: queue.Queue[Change], what: str) -> Change:
-        """The next published change; fail naming ``what`` if none comes in time."""
-        try:
-            return inbox.get(timeout=WAIT)
-        except queue.Empty:
-            raise AssertionError(f"gave up after {WAIT:.0f}s waiting for {what}") from None
-
-    @staticmethod
-    def state(hub: Hub) -> str:
-        """The health state of the hub's last (highest) source."""
-        return hub.health().sources[-1].state
-
-    @staticmethod
-    def error_of(call: Callable[[], object], what: str) -> Exception:
-        """The exception ``call()`` raises; fails naming ``what`` if it returns."""
-        try:
-            result = call()
-        except Exception as exc:  # noqa: BLE001 - the caller checks what it is
-            return exc
-        raise AssertionError(f"{what} did not fail (it returned {result!r})")
-
-    @staticmethod
-    def start_error(hub: Hub) -> BaseException:
-        """The exception ``hub.start()`` raises (the hub is closed); fails if it starts."""
-        try:
-            hub.start()
-        except Exception as exc:  # noqa: BLE001 - the caller checks what it is
-            return exc
-        served = dict(hub.snapshot().flat())
-        hub.close()
-        raise AssertionError(f"the hub started, serving {served!r}")
+class TreeContract(ContractBase):
+    """The tree layout: key mapping, values and limits."""
 
     # -- tree layout: keys ----------------------------------------------------------------------
 
@@ -325,6 +167,10 @@ class KVBackendContract:
         ]
         assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
 
+
+class WatchContract(ContractBase):
+    """Watching: puts and deletes as effective changes, and outages."""
+
     # -- watching --------------------------------------------------------------------------
 
     def test_watch_delivers_a_put_as_one_change_of_that_key(
@@ -388,6 +234,10 @@ class KVBackendContract:
             assert change.get("db.port") is not None
             assert hub.get("db.port") == "5433"
 
+
+class WriteContract(ContractBase):
+    """Writes: round trips, compare-and-swap, and shape-changing writes refused."""
+
     # -- writes ----------------------------------------------------------------------------
 
     def test_a_write_round_trips_through_the_store(
@@ -436,7 +286,52 @@ class KVBackendContract:
             assert isinstance(error, WriteConflictError), error
             assert error.key == "db.port", error
 
-    # -- document layout (PLAN decision 4) ---------------------------------------------------------
+    def test_a_write_over_a_table_is_refused_and_sends_nothing(
+        self, kv_store: KVStoreHarness, tmp_path: Path
+    ) -> None:
+        """Writing a value where a table is (``db`` over ``db.host`` and ``db.port``) is
+        refused with the kit's WriteError naming the table's keys; the store is unchanged
+        and the watching hub stays live."""
+        self.require(kv_store, "write")
+        prefix = self.new_prefix()
+        stored = {"db.host": "h", "db.port": "5432"}
+        for key, value in stored.items():
+            kv_store.put(prefix + key.replace(".", "/"), value)
+        spec = kv_store.spec(prefix)
+        with self.hub(kv_store, tmp_path, spec) as hub:
+            error = self.shape_refusal(hub, stored, "db", "flat")
+            assert "'db.host', 'db.port'" in str(error), str(error)
+            hub.write("db.user", "app")  # a write beside them is fine
+            self.wait_until(lambda: "db.user" in hub.snapshot().flat(), "the write of db.user")
+            assert self.state(hub) == "live"
+        with self.hub(kv_store, tmp_path, spec) as again:
+            assert dict(again.snapshot().flat()) == {**stored, "db.user": "app"}
+
+    def test_a_write_under_a_value_is_refused_and_sends_nothing(
+        self, kv_store: KVStoreHarness, tmp_path: Path
+    ) -> None:
+        """Writing a key under a value (``db.port.x`` under ``db.port``) is refused with the
+        kit's WriteError naming the value's key; the store is unchanged, and a new process
+        still starts on the prefix."""
+        self.require(kv_store, "write")
+        prefix = self.new_prefix()
+        stored = {"db.host": "h", "db.port": "5432"}
+        for key, value in stored.items():
+            kv_store.put(prefix + key.replace(".", "/"), value)
+        spec = kv_store.spec(prefix)
+        with self.hub(kv_store, tmp_path, spec) as hub:
+            error = self.shape_refusal(hub, stored, "db.port.x", "1")
+            assert "'db.port' holds a value" in str(error), str(error)
+            self.shape_refusal(hub, stored, "db.host.a.b", "1")
+            assert self.state(hub) == "live"
+        with self.hub(kv_store, tmp_path, spec) as again:
+            assert dict(again.snapshot().flat()) == stored
+
+
+class DocumentContract(ContractBase):
+    """The document layout: a missing key is a missing file; writes are read-modify-CAS."""
+
+    # -- document layout ---------------------------------------------------------------------
 
     def document(self, store: KVStoreHarness, data: Mapping[str, Any]) -> str:
         """Put ``data`` as JSON under a fresh document key; return the key."""
@@ -538,3 +433,36 @@ class KVBackendContract:
             )
             assert isinstance(error, WriteConflictError), error
             assert error.source == hub.sources[-1], error
+
+    def test_a_document_write_that_changes_the_shape_is_refused_and_sends_nothing(
+        self, kv_store: KVStoreHarness, tmp_path: Path
+    ) -> None:
+        """In a document, a value over a table (``db``) and a key under a value
+        (``db.port.x``) are refused with the kit's WriteError; the document is unchanged."""
+        self.require(kv_store, "documents", "write")
+        document = {"db": {"host": "h", "port": 5432}, "name": "svc"}
+        key = self.document(kv_store, document)
+        spec = kv_store.spec(key, format="json")
+        with self.hub(kv_store, tmp_path, spec) as hub:
+            error = self.shape_refusal(hub, document, "db", "flat")
+            assert "'db.host', 'db.port'" in str(error), str(error)
+            error = self.shape_refusal(hub, document, "db.port.x", "1")
+            assert "'db.port' holds a value" in str(error), str(error)
+            self.shape_refusal(hub, document, "name.first", "x")
+            assert self.state(hub) == "live"
+        with self.hub(kv_store, tmp_path, spec) as again:
+            assert dict(again.snapshot().flat()) == {
+                "db.host": "h",
+                "db.port": 5432,
+                "name": "svc",
+            }
+
+
+class KVBackendContract(TreeContract, WatchContract, WriteContract, DocumentContract):
+    """The behaviours every confhub KV backend shares, as tests; subclass it and provide a
+    ``kv_store`` fixture (see :class:`KVStoreHarness`).
+
+    Test methods take ``kv_store`` and pytest's own ``tmp_path`` (each hub's cache
+    directory) and ``caplog``. Override one to skip it with a reason, never to change what
+    it checks: the suite is the contract the etcd and Consul plugins pass as well.
+    """

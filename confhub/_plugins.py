@@ -12,10 +12,11 @@ import pluggy
 
 from . import hookspecs
 from ._backend import BackendInfo, hookimpl
-from ._errors import ConfhubError
+from ._cache import CachePlugin
+from ._errors import BackendNotFoundError, PluginError
 
 if TYPE_CHECKING:
-    from ._backend import Backend
+    from ._backend import Backend, BackendSettings
     from ._layer import Layer
     from ._spec import SourceSpec
 
@@ -32,10 +33,6 @@ BUILTIN_PLUGINS = (
 )
 
 _BUILTIN_NAMES = frozenset(name for name, _ in BUILTIN_PLUGINS) | {"cache"}
-
-
-class PluginError(ConfhubError):
-    """A plugin could not be loaded or implements a hook that does not exist."""
 
 
 @hookimpl(trylast=True)
@@ -75,8 +72,6 @@ def make_plugin_manager(
         if not pm.is_blocked(name):
             pm.register(_builtin_plugin(module), name=name)
     if not pm.is_blocked("cache"):
-        from ._cache import CachePlugin
-
         pm.register(CachePlugin(), name="cache")
     if autoload_enabled(autoload):
         try:
@@ -103,6 +98,28 @@ def make_plugin_manager(
             f"{exc}; check the spelling against confhub.hookspecs (names start with 'confhub_')"
         ) from exc
     return pm
+
+
+def make_backend(
+    pm: pluggy.PluginManager, spec: SourceSpec, settings: BackendSettings, *, hub: Any
+) -> Backend:
+    """Create the backend object for ``spec`` through ``pm``'s plugins (no I/O), or raise
+    :class:`BackendNotFoundError` listing the installed schemes. ``hub`` is passed only for
+    plugins written before ``settings`` (deprecated)."""
+    backend = pm.hook.confhub_make_backend(spec=spec, settings=settings, hub=hub)
+    if backend is None:
+        installed = sorted(
+            {info.scheme for infos in pm.hook.confhub_backend_schemes() for info in infos}
+        )
+        raise BackendNotFoundError(
+            f"no installed backend handles {spec.scheme!r} (source {spec.display}); "
+            f"installed schemes: {', '.join(installed)}; install the plugin that provides "
+            f"it (for example 'pip install confhub-{spec.scheme}') or fix the spec",
+            spec=spec.display,
+            scheme=spec.scheme,
+            installed=installed,
+        )
+    return backend  # type: ignore[no-any-return]
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:

@@ -10,9 +10,9 @@ import attrs
 
 from ._errors import ConfigKeyError, HubStateError
 from ._layer import Layer, unflatten
-from ._merge import MISSING, Merged
+from ._merge import EMPTY, MISSING, Merged
 
-#: At most this many leaves are memoized per snapshot for fast reads (see Snapshot._read).
+#: At most this many leaves are memoized per snapshot for fast reads (see Snapshot.read).
 _MEMO_MAX = 4096
 
 
@@ -31,7 +31,16 @@ class Snapshot(Mapping[str, Any]):
     Snapshots never change once published, so they can be shared between threads freely.
     """
 
-    __slots__ = ("_layers", "_memo", "_merged", "_names", "_nested", "_values", "generation")
+    __slots__ = (
+        "_layers",
+        "_memo",
+        "_merged",
+        "_names",
+        "_nested",
+        "_values",
+        "generation",
+        "memo",
+    )
 
     def __init__(
         self,
@@ -47,8 +56,40 @@ class Snapshot(Mapping[str, Any]):
         self._names = names
         self._nested: Mapping[str, Any] | None = None
         #: Leaves already read, in a plain dict: a hit costs one dict lookup, a few ns
-        #: under the persistent map's. Filled by :meth:`_read`, at most _MEMO_MAX keys.
+        #: under the persistent map's. Filled by :meth:`read`, at most _MEMO_MAX keys.
         self._memo: dict[str, Any] = {}
+        #: A read-only view of the leaves already read: the hub's fast path reads
+        #: ``snap.memo[key]`` and, on a ``KeyError``, :meth:`read` (not every leaf is in it).
+        self.memo: Mapping[str, Any] = MappingProxyType(self._memo)
+
+    # -- what it was built from (read-only; for the hub's stages) ----------------------------
+    @property
+    def layers(self) -> tuple[Layer | None, ...]:
+        """The layer of each precedence slot, lowest first (``None``: contributes nothing)."""
+        return self._layers
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The display name of each precedence slot, lowest first."""
+        return self._names
+
+    @property
+    def merged(self) -> Merged:
+        """The merge result this snapshot wraps (values, origins, parent counts)."""
+        return self._merged
+
+    def tree(self) -> Mapping[str, Any]:
+        """The configuration as nested read-only mappings (built once, on first need)."""
+        return self._tree()
+
+    def lookup(self, key: str, default: Any = MISSING) -> Any:
+        """The slow path of a read: a table (a read-only mapping), ``default``, or
+        :class:`ConfigKeyError` naming the sources when ``default`` is not given."""
+        return self._lookup(key, default)
+
+    def ensure_usable(self) -> Snapshot:
+        """Return this snapshot; before start and after close, raise :class:`HubStateError`."""
+        return self
 
     # -- reads ---------------------------------------------------------------------------
     def _tree(self) -> Mapping[str, Any]:
@@ -58,10 +99,10 @@ class Snapshot(Mapping[str, Any]):
             tree = self._nested = _deep_freeze_tree(unflatten(self._values.items()))
         return tree
 
-    def _read(self, key: str, default: Any) -> Any:
-        """A read that missed the memo: the leaf (now memoized), else :meth:`_lookup`.
+    def read(self, key: str, default: Any = MISSING) -> Any:
+        """A read that missed :attr:`memo`: the leaf (now memoized), else :meth:`lookup`.
 
-        The fast path of a read is ``snap._memo[key]``, falling back to this on a
+        The fast path of a read is ``snap.memo[key]``, falling back to this on a
         ``KeyError``; both answer from this one snapshot.
         """
         try:
@@ -110,13 +151,13 @@ class Snapshot(Mapping[str, Any]):
         try:
             return self._memo[key]
         except KeyError:
-            return self._read(key, default)
+            return self.read(key, default)
 
     def __getitem__(self, key: str) -> Any:
         try:
             return self._memo[key]
         except KeyError:
-            return self._read(key, MISSING)
+            return self.read(key, MISSING)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and (key in self._values or key in self._merged.inner)
@@ -150,33 +191,19 @@ class Snapshot(Mapping[str, Any]):
     __hash__ = None  # type: ignore[assignment]
 
 
-class _UnusableSnapshot(Snapshot):
+class UnusableSnapshot(Snapshot):
     """Stands in for a snapshot before start and after close, so reads fail clearly."""
 
     __slots__ = ("_why",)
 
     def __init__(self, why: str) -> None:
-        from ._merge import EMPTY
-
         super().__init__(-1, EMPTY, (), ())
         self._why = why
 
-    def _read(self, key: str, default: Any) -> Any:
-        """A read that missed the memo: the leaf (now memoized), else :meth:`_lookup`.
-
-        The fast path of a read is ``snap._memo[key]``, falling back to this on a
-        ``KeyError``; both answer from this one snapshot.
-        """
-        try:
-            value = self._values[key]
-        except KeyError:
-            return self._lookup(key, default)
-        memo = self._memo
-        if len(memo) < _MEMO_MAX:
-            memo[key] = value  # a benign race: two readers store the same value
-        return value
-
     def _lookup(self, key: str, default: Any) -> Any:
+        raise HubStateError(self._why)
+
+    def ensure_usable(self) -> Snapshot:
         raise HubStateError(self._why)
 
     def __iter__(self) -> Iterator[str]:

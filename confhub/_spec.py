@@ -11,7 +11,8 @@ from urllib.parse import parse_qsl
 import attrs
 
 from ._errors import SpecError
-from ._redact import REDACTED, SECRET_OPTIONS, redact_url
+from ._location import UrlParts, location_with_credentials, split_location
+from ._redact import REDACTED, SECRET_OPTIONS
 
 #: The default cap on one source's keys (its ``?max_keys=`` option). A document is bounded
 #: by its parser (``MAX_NODES``, the same number), a key-value prefix by nothing but this: a
@@ -80,7 +81,12 @@ class SourceSpec:
         # A bare path ("config.toml", "/etc/app.yaml", "C:\\x") is a file.
         if not sep or not scheme.isidentifier() or len(scheme) == 1:
             scheme, rest = "file", text
-        location, _, query = rest.partition("?")
+        if rest.startswith("//"):
+            # The core's one location parser: a "?" inside a password is not the query.
+            location, found = location_with_credentials(rest)
+            query = found or ""
+        else:
+            location, _, query = rest.partition("?")
         opts: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
         opts.update(options)
         name = opts.pop("name", None)
@@ -90,6 +96,17 @@ class SourceSpec:
     def optional(self) -> bool:
         """Whether the source may be absent (``?optional=true``)."""
         return self.option_bool("optional", False)
+
+    @property
+    def url_parts(self) -> UrlParts | None:
+        """The parsed ``//[user[:password]@]host:port[,host:port]/path`` location of a network
+        spec (``None`` for other locations). Backends take their endpoints and credentials
+        from here, and display, redaction and the cache identity are built from it, so a
+        password holding ``#``, ``?``, ``/`` or ``@`` is one password everywhere and is never
+        shown. See :mod:`confhub._location` for the rule."""
+        if not self.location.startswith("//"):
+            return None
+        return split_location(self.location)[0]
 
     @property
     def url(self) -> str:
@@ -103,10 +120,14 @@ class SourceSpec:
             return self.name
         if self.scheme == "defaults":
             return "defaults"
-        if self.location.startswith("//"):
-            return redact_url(self.url)
+        parts = self.url_parts
+        if parts is not None:
+            return f"{self.scheme}:{parts.display}"
         if self.scheme == "file":
             return f"file:{self.location}"
+        if "@" in self.location:
+            # A network spec missing its "//" ("etcd:u:pw@h:2379/app/") still hides its user info.
+            return f"{self.scheme}:{split_location('//' + self.location)[0].display[2:]}"
         return self.url
 
     def option(self, name: str, default: Any = None) -> Any:

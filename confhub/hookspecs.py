@@ -54,9 +54,7 @@ def confhub_backend_schemes() -> list[BackendInfo]:  # type: ignore[empty-body]
 
 
 @hookspec(firstresult=True)
-def confhub_make_backend(
-    spec: SourceSpec, settings: BackendSettings, hub: Hub
-) -> Backend | None:
+def confhub_make_backend(spec: SourceSpec, settings: BackendSettings, hub: Hub) -> Backend | None:
     """Return a backend object for ``spec``, or ``None`` when ``spec.scheme`` is not yours.
 
     Stops at first non-None result. ``settings`` carries the hub's timeouts, retry and cache
@@ -93,9 +91,12 @@ def confhub_load_cached(spec: SourceSpec, backend: Backend) -> Layer | None:
 def confhub_layer_accepted(spec: SourceSpec, layer: Layer, backend: Backend) -> None:
     """A live layer of ``spec`` passed validation and is now part of the published view.
 
-    Called for every accepted load and update, on the hub's notifier thread (the cache
-    writes its file here). Called in every plugin; a raising implementation is logged and
-    ignored.
+    Called on the hub's ``confhub-persist`` thread, never on the notifier thread, so a slow
+    implementation (the cache writes its file here, with fsyncs) never delays subscribers.
+    Coalesced per source: when updates arrive faster than the calls finish, only the latest
+    accepted layer of a source is passed (the earlier ones are skipped); the calls still
+    pending when the hub closes are made before ``close()`` returns. Called in every plugin;
+    a raising implementation is logged and ignored.
     """
 
 

@@ -15,6 +15,8 @@ library::
 - Key mapping: :class:`KeyMap` (prefix, folder markers, empty segments, UTF-8).
 - Values: :func:`decode_text` (store bytes to text), :func:`encode_value` (a written value to
   bytes).
+- Writes: :func:`check_write_shape` refuses a write that would turn a table into a value or a
+  value into a table (read the keys under :meth:`KeyMap.write_scope` first).
 - Errors, in the words the core uses: :func:`too_many_keys`, :func:`leaf_parent_clash`.
 - Watching: :class:`Backoff` (capped, jittered), :class:`ReportOnce` (one report per state
   change), :func:`recovered` (the "source is back" signal).
@@ -28,13 +30,13 @@ import difflib
 import logging
 import random
 import threading
-from collections.abc import Collection, Hashable
+from collections.abc import Collection, Hashable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from ._errors import SourceFormatError, WriteError
-from ._layer import LayerDelta, leaf_parent_clash, too_many_keys
+from ._layer import Layer, LayerDelta, leaf_parent_clash, too_many_keys
 from ._spec import CORE_OPTIONS, DEFAULT_MAX_KEYS, SourceSpec
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "KeyMap",
     "ReportOnce",
     "check_options",
+    "check_write_shape",
     "decode_text",
     "encode_value",
     "leaf_parent_clash",
@@ -109,6 +112,16 @@ class KeyMap:
         """The store key of ``dotted`` (the inverse of :meth:`to_dotted` for plain keys)."""
         return self.prefix + dotted.replace(".", self.separator)
 
+    def write_scope(self, dotted: str) -> str:
+        """The store prefix holding every key a write of ``dotted`` could clash with.
+
+        Its keys (``myapp/db`` for ``db.port.x``) are the only ones whose dotted key can be
+        a parent or a child of ``dotted``, whether they nest with separators or dots
+        (``myapp/db/port``, ``myapp/db.port``), so a write reads just the keys under it
+        (keys only) and passes their dotted keys to :func:`check_write_shape`.
+        """
+        return self.prefix + dotted.split(".", 1)[0]
+
 
 # -- values ----------------------------------------------------------------------------------
 
@@ -155,6 +168,94 @@ def encode_value(value: object, *, source: str = "", key: str | None = None) -> 
         source=source,
         key=key,
     )
+
+
+# -- writes ----------------------------------------------------------------------------------
+
+#: How many of a table's keys a refused write names before it counts the rest.
+_SHOWN_KEYS = 3
+
+
+def check_write_shape(
+    existing: Layer | Mapping[str, Any] | Iterable[str],
+    key: str,
+    value: object = None,
+    *,
+    source: str,
+) -> None:
+    """Refuse a write of dotted ``key`` that would change the shape of what a source holds.
+
+    ``existing`` is what the source holds now, read at write time: a :class:`Layer`, a
+    mapping (a parsed document, nested or with dotted keys: dots nest), or the dotted keys
+    of the store (a tree layout's keys under :meth:`KeyMap.write_scope`; values are not
+    needed). A write is refused with a :class:`WriteError` (``.key`` is ``key``, ``.source``
+    is ``source``) before anything is sent when it would
+
+    - put a value where a table is (``db`` over ``db.host`` and ``db.port``): the table's
+      keys would be shadowed or lost; the message names the first few and counts them;
+    - put a key under a value (``db.port.x`` under ``db.port = 5432``): the value would be
+      replaced by a table, or the store would hold a key that is both a leaf and a parent,
+      which every reader refuses.
+
+    The way out is named too: write the table's keys one by one, or delete first. A
+    ``value`` that is a non-empty mapping is written as its leaves (a table over a table
+    merges). Overwriting a leaf, creating a key, or writing beside others is accepted.
+    Values are never quoted (they may be secrets).
+    """
+    leaves = _leaves(existing)
+    written = [key]
+    if isinstance(value, Mapping) and value:
+        written = sorted(_leaf_names(value, key))
+    for target in written:
+        parts = target.split(".")
+        for depth in range(1, len(parts)):
+            parent = ".".join(parts[:depth])
+            if parent in leaves:
+                raise WriteError(
+                    f"{source}: cannot write {key!r}: {parent!r} holds a value, and the write "
+                    f"would turn it into a table (the parent of {target!r}), losing that "
+                    f"value; delete {parent!r} first, or write a key that is not under it",
+                    source=source,
+                    key=key,
+                )
+        below = target + "."
+        shadowed = sorted(k for k in leaves if k.startswith(below))
+        if shadowed:
+            shown = ", ".join(repr(k) for k in shadowed[:_SHOWN_KEYS])
+            if len(shadowed) > _SHOWN_KEYS:
+                shown += f" and {len(shadowed) - _SHOWN_KEYS:,} more"
+            count = f"{len(shadowed):,} key" + ("s" if len(shadowed) != 1 else "")
+            raise WriteError(
+                f"{source}: cannot write {key!r}: {target!r} is a table of {count} "
+                f"({shown}), which a value there would shadow; write its keys one by one "
+                f"(such as {shadowed[0]!r}), or delete them first to replace the table",
+                source=source,
+                key=key,
+            )
+
+
+def _leaves(existing: Layer | Mapping[str, Any] | Iterable[str]) -> frozenset[str] | set[str]:
+    """The dotted leaf keys of what a source holds (see :func:`check_write_shape`)."""
+    if isinstance(existing, Layer):
+        return frozenset(existing.values)
+    if isinstance(existing, Mapping):
+        return set(_leaf_names(existing, ""))
+    if isinstance(existing, str | bytes):
+        raise TypeError("check_write_shape needs the source's keys (a list), not one string")
+    return {k for k in existing if isinstance(k, str)}
+
+
+def _leaf_names(data: Mapping[Any, Any], prefix: str) -> Iterable[str]:
+    """The dotted keys of the leaves of a nested mapping (an empty table holds none)."""
+    stack = [(prefix, data)]
+    while stack:
+        base, node = stack.pop()
+        for name, child in node.items():
+            dotted = f"{base}.{name}" if base else str(name)
+            if isinstance(child, Mapping):
+                stack.append((dotted, child))
+            else:
+                yield dotted
 
 
 # -- watching --------------------------------------------------------------------------------

@@ -10,6 +10,10 @@
 
 Updates are delivered to the hub synchronously, from the thread that calls :meth:`set`,
 :meth:`delete` or :meth:`transaction`, one delta per revision like a real KV store.
+
+Test hooks into a running hub (documented, stable, and built on its public accessors):
+:func:`backend_of` (the backend object serving a source) and :func:`queue_depth` (how many
+events wait for the subscribers).
 """
 
 from __future__ import annotations
@@ -23,11 +27,37 @@ from ._backend import Backend, BackendInfo, BackendSettings, Notify, hookimpl
 from ._errors import SourceUnavailableError, WriteConflictError
 from ._kvcontract import KVBackendContract, KVStoreHarness
 from ._layer import Layer, LayerDelta, flatten
+from .kv import check_write_shape
 
 if TYPE_CHECKING:
+    from ._hub import Hub
     from ._spec import SourceSpec
 
-__all__ = ["KVBackendContract", "KVStoreHarness", "MemoryBackend", "MemoryStore"]
+__all__ = [
+    "KVBackendContract",
+    "KVStoreHarness",
+    "MemoryBackend",
+    "MemoryStore",
+    "backend_of",
+    "queue_depth",
+]
+
+
+def backend_of(hub: Hub, source: str) -> Backend:
+    """The backend object serving ``source`` in a started ``hub``.
+
+    ``source`` is a slot's display name (as in ``hub.sources``; its active member's backend)
+    or a fallback member's. The hub owns the backend: inspect it, do not close it.
+    """
+    return hub.backend_for(source)
+
+
+def queue_depth(hub: Hub) -> int:
+    """How many events (changes, errors, state changes) wait for ``hub``'s subscribers.
+
+    It stays bounded (``Hub(max_backlog=...)``) however slow the subscribers are.
+    """
+    return hub.backlog
 
 
 class MemoryStore:
@@ -45,6 +75,7 @@ class MemoryStore:
         self.revision = 1
         self._watchers: list[Notify] = []
         self._failure: BaseException | None = None
+        #: How many loads were answered.
         self.loads = 0
         #: Seconds every load blocks before answering (a slow or hung store).
         self.delay = 0.0
@@ -104,6 +135,23 @@ class MemoryStore:
         for notify in watchers:
             notify(layer)
 
+    def add_watcher(self, notify: Notify) -> None:
+        """Send every later update to ``notify`` (a backend's watch)."""
+        with self._lock:
+            self._watchers.append(notify)
+
+    def remove_watcher(self, notify: Notify) -> None:
+        """Stop sending updates to ``notify`` (no effect if it is not watching)."""
+        with self._lock:
+            if notify in self._watchers:
+                self._watchers.remove(notify)
+
+    @property
+    def watch_count(self) -> int:
+        """How many watches are open on this store (0 once every hub using it closed)."""
+        with self._lock:
+            return len(self._watchers)
+
     @property
     def data(self) -> dict[str, Any]:
         """A copy of the flat contents."""
@@ -141,6 +189,8 @@ class MemoryStore:
                         expected=expected_revision,
                         actual=actual,
                     )
+            # The same refusal as the KV plugins': no write changes what is a table.
+            check_write_shape(self._data, key, value, source=f"memory:{self.name}")
             return self.set(key, value)
 
     @hookimpl
@@ -176,13 +226,11 @@ class MemoryBackend(Backend):
 
     def watch(self, notify: Notify) -> None:
         self._notify = notify
-        with self.store._lock:
-            self.store._watchers.append(notify)
+        self.store.add_watcher(notify)
 
     def write(self, key: str, value: Any, expected_revision: Any = None) -> int:
         return self.store.write(key, value, expected_revision)
 
     def close(self) -> None:
-        with self.store._lock:
-            if self._notify in self.store._watchers:
-                self.store._watchers.remove(self._notify)
+        if self._notify is not None:
+            self.store.remove_watcher(self._notify)

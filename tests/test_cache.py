@@ -69,7 +69,7 @@ def test_cached_source_is_promoted_to_live_with_changes_made_meanwhile(tmp_path:
         got: list[Change] = []
         hub.subscribe(got.append)
         store.transaction({"a": "2"})  # while down
-        store._failure = None  # the store is back; the hub finds out by retrying
+        store.recover()  # the store is back; nobody watches it: the hub finds out by retrying
         wait_for(lambda: hub.health().sources[0].state == "live")
         wait_for(lambda: got)
         assert [(c.key, c.old, c.new) for c in got[0]] == [("a", "1", "2")]
@@ -168,14 +168,15 @@ def test_start_is_bounded_by_the_start_timeout(tmp_path: Path) -> None:
     store = MemoryStore("app", {"a": "1"})
     warm(store, tmp_path)
     store.delay = 3.0  # far above the ceiling, so a start that waited for it shows
-    began = time.monotonic()
+    loads = store.loads  # counted when a load completes
     hub = hub_for(store, tmp_path, start_timeout=0.2, retry_initial=10)
     with hub:
-        took = time.monotonic() - began
+        # Started before the store's load completed: the ceiling, not the store, ended it.
+        # (Was: start took < 2.0 s; an order needs no margin for a loaded machine.)
+        assert store.loads == loads
         assert hub.get("a") == "1"
         assert hub.health().sources[0].state == "cached"
-    assert took < 2.0, took  # the 0.2 s ceiling, not the 3 s store (margin for loaded CI)
-    wait_for(lambda: store.loads >= 2, timeout=8)  # the abandoned load finished on its own
+    wait_for(lambda: store.loads > loads, timeout=30)  # the abandoned load finished on its own
 
 
 def test_cache_file_is_0600_in_0700_directory_and_has_no_credentials(tmp_path: Path) -> None:
@@ -403,10 +404,14 @@ def test_long_outage_does_not_spin(tmp_path: Path) -> None:
     with hub_for(store, tmp_path, retry_initial=0.01, retry_max=0.05) as hub:
         threads = threading.active_count()
         loads = store.loads
+        began = time.monotonic()
         time.sleep(2.0)
         attempts = store.loads - loads
+        slept = time.monotonic() - began  # what passed here, however loaded the machine
         assert threading.active_count() == threads
-        assert 10 <= attempts <= 2.0 / 0.025 + 5, attempts  # capped backoff, jitter >= half
+        # Capped backoff, jitter >= half: at most one attempt per 0.025 s of the time that
+        # actually passed; and it kept retrying. (Was: 10 <= attempts, a pace.)
+        assert 2 <= attempts <= slept / 0.025 + 5, (attempts, slept)
         assert hub.health().sources[0].state == "cached"
 
 
@@ -414,7 +419,6 @@ def test_hung_primary_is_bounded_by_connect_timeout_then_alternate_serves(tmp_pa
     """Each attempt is bounded by connect_timeout, so a hung primary leaves time for others."""
     primary, alternate = MemoryStore("p", {"a": "p"}), MemoryStore("alt", {"a": "alt"})
     primary.delay = 3.0
-    began = time.monotonic()
     with Hub(
         [Fallback("memory:p", "memory:alt")],
         plugins=[primary, alternate],
@@ -424,8 +428,10 @@ def test_hung_primary_is_bounded_by_connect_timeout_then_alternate_serves(tmp_pa
         start_timeout=5,
     ) as hub:
         assert hub.get("a") == "alt"
-        assert time.monotonic() - began < 2.5  # 0.2 s per attempt, not the 3 s primary
-    wait_for(lambda: primary.loads >= 1, timeout=3)
+        # Served by the alternate before the primary's hung load completed: the 0.2 s
+        # attempt bound, not the 3 s primary. (Was: start took < 2.5 s.)
+        assert primary.loads == 0
+    wait_for(lambda: primary.loads >= 1, timeout=30)
 
 
 _CRASH_WRITER = """

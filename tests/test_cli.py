@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from confhub._cli import main
+from confhub import main
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -139,22 +140,45 @@ def test_set_on_read_only_source_exits_4(config: Path, capsys: pytest.CaptureFix
     assert "read-only" in capsys.readouterr().err
 
 
+def _has_inotify(pid: int) -> bool:
+    """Whether process ``pid`` holds an inotify descriptor (its file watch has started)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_watch_prints_json_lines(config: Path) -> None:
-    """watch --json prints one JSON object per effective change."""
+    """watch --json prints one JSON object per effective change.
+
+    No sleeps sized for an idle machine (a loaded one took over 16 s to start the CLI, so
+    its first change was not the 5432 -> first write one): the writes start once the CLI
+    watches the file (it holds an inotify descriptor; it loaded the file before), and are
+    repeated until it prints, each a new port; the timeouts are hang guards only.
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", "confhub", "-s", f"file:{config}?settle=0.01", "watch", "--json",
-         "--count", "1", "--timeout", "20"],
+         "--count", "1", "--timeout", "300"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    )  # fmt: skip
+    written = [5432]
     try:
-        time.sleep(1.0)  # let it start watching (the change below also retries)
-        deadline = time.monotonic() + 15
-        port = 7000
+        deadline = time.monotonic() + 240  # a hang guard
+        while proc.poll() is None and not _has_inotify(proc.pid):
+            assert time.monotonic() < deadline, "the CLI never started watching"
+            time.sleep(0.05)
         while proc.poll() is None and time.monotonic() < deadline:
-            port += 1
-            config.write_text(f'[db]\nhost = "h"\nport = {port}\npassword = "hunter2"\n')
+            written.append(written[-1] + 1 if len(written) > 1 else 7001)
+            config.write_text(f'[db]\nhost = "h"\nport = {written[-1]}\npassword = "hunter2"\n')
             time.sleep(0.3)
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -162,9 +186,10 @@ def test_watch_prints_json_lines(config: Path) -> None:
     assert proc.returncode == 0, err
     line = json.loads(out.splitlines()[0])
     assert line["key"] == "db.port"
-    # On a loaded machine the hub may start after the first writes: the old value is then
-    # one of them, never anything else.
-    assert line["old"] == 5432 or 7001 <= line["old"] < port
+    # The change from the value it loaded: 5432, or a write that landed between its watch
+    # starting and its subscription (a window of microseconds), never one it did not see.
+    assert line["old"] in written[:-1], (line, written)
+    assert line["new"] in written[written.index(line["old"]) + 1 :], (line, written)
     assert line["source"] == f"file:{config}"
     assert set(line) == {"generation", "key", "old", "new", "source"}
 

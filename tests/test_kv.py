@@ -120,6 +120,89 @@ def test_encode_value_refuses_what_is_not_one_text_leaf(value: object) -> None:
     assert (info.value.source, info.value.key) == ("s", "db.port")
 
 
+# -- check_write_shape ---------------------------------------------------------------------------
+
+DOC = {"db": {"host": "h", "port": 5432, "pool": {}}, "name": "svc"}
+
+
+def test_check_write_shape_refuses_a_value_over_a_table_naming_its_keys() -> None:
+    """A value where a table is names the table's keys, their count and the way out."""
+    with pytest.raises(WriteError) as info:
+        kv.check_write_shape(DOC, "db", "flat", source="s")
+    assert str(info.value) == (
+        "s: cannot write 'db': 'db' is a table of 2 keys ('db.host', 'db.port'), which a "
+        "value there would shadow; write its keys one by one (such as 'db.host'), or delete "
+        "them first to replace the table"
+    )
+    assert (info.value.source, info.value.key) == ("s", "db")
+
+
+def test_check_write_shape_names_the_first_keys_of_a_big_table_and_counts_the_rest() -> None:
+    """A big table is shown by its first three keys and a count, never in full."""
+    keys = [f"t.k{i:04d}" for i in range(1000)]
+    with pytest.raises(
+        WriteError,
+        match=r"'t' is a table of 1,000 keys \('t\.k0000', "
+        r"'t\.k0001', 't\.k0002' and 997 more\)",
+    ):
+        kv.check_write_shape(keys, "t", 1, source="s")
+
+
+def test_check_write_shape_refuses_a_key_under_a_value_without_quoting_it() -> None:
+    """A key under a value names the value's key (never the value: it may be a secret)."""
+    with pytest.raises(WriteError) as info:
+        kv.check_write_shape(DOC, "db.port.x", "1", source="s")
+    assert str(info.value) == (
+        "s: cannot write 'db.port.x': 'db.port' holds a value, and the write would turn it "
+        "into a table (the parent of 'db.port.x'), losing that value; delete 'db.port' "
+        "first, or write a key that is not under it"
+    )
+    assert "5432" not in str(info.value)
+    with pytest.raises(WriteError, match="'name' holds a value"):
+        kv.check_write_shape(DOC, "name.a.b.c", "1", source="s")
+
+
+@pytest.mark.parametrize("key", ["db.port", "db.user", "db.pool", "db.pool.size", "other.x"])
+def test_check_write_shape_accepts_a_write_that_keeps_the_shape(key: str) -> None:
+    """Overwriting a value, adding a key beside others or into an empty table is fine."""
+    kv.check_write_shape(DOC, key, "v", source="s")
+
+
+@pytest.mark.parametrize(
+    "existing",
+    [
+        DOC,
+        {"db.host": "h", "db.port": "5432", "name": "svc"},  # flat: dots nest
+        ["db.host", "db.port", "name"],  # a tree's dotted keys
+        Layer.from_flat({"db.host": "h", "db.port": "5432", "name": "svc"}, source="s"),
+    ],
+)
+def test_check_write_shape_reads_documents_flat_mappings_key_lists_and_layers(
+    existing: Any,
+) -> None:
+    """Every way of giving what the source holds gives the same answer."""
+    with pytest.raises(WriteError, match="'db' is a table of 2 keys"):
+        kv.check_write_shape(existing, "db", "x", source="s")
+    with pytest.raises(WriteError, match=r"'db\.port' holds a value"):
+        kv.check_write_shape(existing, "db.port.x", "x", source="s")
+    kv.check_write_shape(existing, "db.port", "x", source="s")
+
+
+def test_check_write_shape_writes_a_mapping_as_its_leaves() -> None:
+    """A table written over a table merges (accepted); over a value it is refused."""
+    kv.check_write_shape(DOC, "db", {"user": "u"}, source="s")
+    with pytest.raises(WriteError, match="cannot write 'name': 'name' holds a value"):
+        kv.check_write_shape(DOC, "name", {"first": "a"}, source="s")
+
+
+def test_key_map_write_scope_covers_every_key_a_write_can_clash_with() -> None:
+    """The scope is the prefix plus the first segment: parents and children stored with
+    separators or dots all start with it."""
+    assert APP.write_scope("db.port.x") == "app/db"
+    for related in ("app/db", "app/db/port", "app/db.port", "app/db/port/x/y"):
+        assert related.startswith(APP.write_scope("db.port.x"))
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 

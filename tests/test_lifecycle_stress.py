@@ -1,7 +1,8 @@
 """Shutdown under pressure: close() during an outage, a resync and a callback; 100 cycles.
 
-close() must return within a bound, join every thread it started, and leave no file
-descriptor, socket or memory behind; background threads must not raise while it runs.
+close() must join every thread it started, never wait for a thread's join timeout, and
+leave no file descriptor, socket or memory behind; background threads must not raise while
+it runs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from core_testlib import wait_for
 from confhub import Change, Hub, SourceUnavailableError
 from confhub.testing import MemoryStore
 
-CLOSE_BOUND = 2.0  # seconds close() may take in any of these scenarios
+# A hang guard, not a pace: close() normally takes milliseconds. The hub gives each thread
+# 10 s to end, so a close() near that long was waiting for a thread that did not stop.
+CLOSE_BOUND = 9.0
 
 
 @pytest.fixture
@@ -87,7 +90,7 @@ def test_close_during_a_live_outage(thread_errors: list[str]) -> None:
     assert hub.get("a") == "1"
     assert _timed_close(hub) < CLOSE_BOUND
     store.recover()  # after close: nobody is watching any more
-    assert not store._watchers
+    assert not store.watch_count
     assert not thread_errors
 
 
@@ -133,7 +136,7 @@ def test_recover_racing_close(
         racer.join(5)
         assert not racer.is_alive()
         assert took < CLOSE_BOUND
-        assert not store._watchers, f"round {i}: a watcher outlived close()"
+        assert not store.watch_count, f"round {i}: a watcher outlived close()"
     assert not thread_errors
 
 
@@ -187,7 +190,7 @@ def test_close_from_inside_a_callback_under_load(thread_errors: list[str]) -> No
     w.join(5)
     assert not w.is_alive()
     hub.close()  # idempotent, from the main thread too
-    assert not store._watchers
+    assert not store.watch_count
     assert not thread_errors
 
 
@@ -244,7 +247,49 @@ def test_a_hundred_start_close_cycles_leak_nothing(
     assert len(sockets) <= len([v for v in fds_before.values() if v.startswith("socket:")])
     grown = _rss_mib() - rss_before
     assert grown < 16, f"RSS grew {grown:.1f} MiB over 100 cycles"
-    assert not store._watchers
+    assert not store.watch_count
+    assert not thread_errors
+
+
+def test_a_hub_closed_before_its_inotify_reader_ran_leaks_no_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, thread_errors: list[str]
+) -> None:
+    """The order a loaded machine produces, made certain: close() before the reader's first read.
+
+    watchdog's inotify reader thread is held until its instance was closed, as when a hub
+    closes right after it started and the reader thread was not scheduled yet. Its inotify
+    descriptor and wake-up pipe must still be closed (they leaked: ~1 in 5 hubs under load).
+    """
+    inotify_c = pytest.importorskip("watchdog.observers.inotify_c")
+    reader_cls = getattr(inotify_c, "InotifyFD", None)
+    if reader_cls is None or not hasattr(reader_cls, "_close_resources"):
+        pytest.skip("this watchdog has no InotifyFD reader")
+    original_run = reader_cls.run
+    held: list[Any] = []
+
+    def run_once_closed(self: Any) -> None:
+        held.append(self)
+        backstop = time.monotonic() + 60  # a hang guard only: close() comes in milliseconds
+        while not getattr(self, "_closed", True) and time.monotonic() < backstop:
+            time.sleep(0.001)
+        original_run(self)
+
+    monkeypatch.setattr(reader_cls, "run", run_once_closed)
+    path = tmp_path / "app.toml"
+    path.write_text("a = 1\n")
+    with Hub([f"file:{path}"], autoload=False, cache_dir=None):
+        pass  # warm up: imports, the first thread names
+    threads_before = threading.active_count()
+    fds_before = _fds()
+    for _ in range(5):
+        with Hub([f"file:{path}"], autoload=False, cache_dir=None) as hub:
+            assert hub.get("a") == 1
+    if not held:
+        pytest.skip("native file watching is unavailable here (polling)")
+    assert len(held) == 6  # one reader per hub, each closed before it read
+    wait_for(lambda: threading.active_count() == threads_before, timeout=10)
+    leaked = sorted(v for k, v in _fds().items() if k not in fds_before)
+    assert not leaked, leaked[:10]
     assert not thread_errors
 
 

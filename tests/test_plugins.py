@@ -13,8 +13,7 @@ import cattrs
 import pytest
 
 import confhub
-from confhub import Hub, PluginError
-from confhub._cli import main
+from confhub import Hub, PluginError, main
 
 
 def _example_installed() -> None:

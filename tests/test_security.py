@@ -13,15 +13,31 @@ import json
 import logging
 import os
 import stat
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from core_testlib import wait_for
 
-from confhub import ErrorEvent, Hub, SourceFormatError, SourceSpec, StartupError
-from confhub._cli import main
+from confhub import (
+    BackendInfo,
+    ConfigValidationError,
+    ErrorEvent,
+    Hub,
+    Layer,
+    SourceFormatError,
+    SourcePermissionError,
+    SourceSpec,
+    SourceUnavailableError,
+    StartupError,
+    hookimpl,
+    is_secret_key,
+    main,
+)
+from confhub._cache import MAX_FILE_BYTES
 from confhub.testing import MemoryStore
 
 SECRETS = ("S3CRET-TOKEN", "S3CRET-PASS")
@@ -292,3 +308,269 @@ def test_yaml_python_tag_in_a_watched_file_is_rejected_and_nothing_runs(tmp_path
         assert isinstance(errors[0].error, SourceFormatError)
         assert hub.get("a") == 1
     assert not marker.exists()
+
+
+# -- issue 14: secrets inside lists, whole-path names, DSNs -----------------------------------
+
+NESTED_TOML = """
+secret_key = "S3CRET-TOKEN"
+api_keys = ["S3CRET-TOKEN"]
+passwords = { admin = "S3CRET-PASS" }
+dsn = "postgres://app:S3CRET-PASS@db.internal:5432/app"
+bypass = "shown-bypass"
+compass = "shown-compass"
+
+[[users]]
+name = "alice"
+password = "S3CRET-PASS"
+
+[[items]]
+token = "S3CRET-TOKEN"
+"""
+
+
+def test_secrets_in_lists_and_whole_paths_are_redacted_in_dump_and_explain(
+    tmp_path: Path,
+) -> None:
+    """dump (json, toml) and explain redact list items, plurals, SECRET_KEY and a DSN's
+    password; bypass and compass stay visible."""
+    path = tmp_path / "app.toml"
+    path.write_text(NESTED_TOML)
+    outputs = []
+    for command in (
+        ["dump"],
+        ["dump", "--format", "toml"],
+        ["explain"],
+        ["explain", "--json"],
+        ["explain", "users"],
+        ["explain", "dsn"],
+    ):
+        out = io.StringIO()
+        assert main(["-s", str(path), *command], out=out) == 0, command
+        outputs.append(out.getvalue())
+    _assert_clean(*outputs)
+    dumped = json.loads(outputs[0])
+    assert dumped["users"] == [{"name": "alice", "password": "<redacted>"}]
+    assert dumped["dsn"] == "postgres://app:<redacted>@db.internal:5432/app"
+    assert dumped["bypass"] == "shown-bypass"
+    assert dumped["compass"] == "shown-compass"
+
+
+def test_watch_json_redacts_secrets_inside_lists(tmp_path: Path) -> None:
+    """watch --json shows a changed list of tables with its secret items redacted."""
+    path = tmp_path / "app.toml"
+    path.write_text('[[users]]\nname = "a"\npassword = "S3CRET-PASS"\n')
+    out = io.StringIO()
+    result: list[int] = []
+    args = ["-s", f"file:{path}?settle=0.01", "watch", "--json", "--count", "1", "--timeout", "20"]
+    thread = threading.Thread(target=lambda: result.append(main(args, out=out)))
+    thread.start()
+    n = 0
+    while thread.is_alive():
+        n += 1
+        path.write_text(f'[[users]]\nname = "a{n}"\npassword = "S3CRET-PASS"\n')
+        thread.join(0.3)
+    assert result == [0]
+    _assert_clean(out.getvalue())
+    line = json.loads(out.getvalue().splitlines()[0])
+    assert line["key"] == "users"
+    assert line["new"][0]["password"] == "<redacted>"
+
+
+@attrs.frozen
+class _Item:
+    token: int
+
+
+@attrs.frozen
+class _WithItems:
+    items: list[_Item]
+
+
+def test_binding_error_inside_a_list_never_quotes_a_secret(tmp_path: Path) -> None:
+    """A bad value at $.items[0].token is reported by path, its value left out."""
+    path = tmp_path / "app.toml"
+    path.write_text('[[items]]\ntoken = "S3CRET-TOKEN"\n')
+    with Hub([str(path)], cache_dir=None) as hub, pytest.raises(ConfigValidationError) as info:
+        hub.bind(_WithItems)
+    _assert_clean(_exception_text(info.value), info.value.errors)
+    assert "$.items[0].token" in str(info.value)
+
+
+def test_cache_secrets_false_leaves_out_nested_secrets(tmp_path: Path) -> None:
+    """?cache_secrets=false keeps secret items of lists and tables, SECRET_KEY and DSNs out
+    of the cache file, and keeps the rest."""
+    store = MemoryStore(
+        "app",
+        {
+            "users": [{"name": "alice", "password": "S3CRET-PASS"}],
+            "secret_key": "S3CRET-TOKEN",
+            "dsn": "postgres://app:S3CRET-PASS@h/db",
+            "compass": "north",
+        },
+    )
+    cache_dir = tmp_path / "cache"
+    with Hub(
+        ["memory:app?cache_secrets=false"], plugins=[store], autoload=False, cache_dir=cache_dir
+    ):
+        pass
+    (path,) = cache_dir.glob("memory-*.json")
+    _assert_clean(path.read_text())
+    data = json.loads(path.read_text())["data"]
+    assert data == {"users": [{"name": "alice"}], "compass": "north"}
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("secret_key", True),
+        ("SECRET_KEY", True),
+        ("passwords", True),
+        ("tokens", True),
+        ("api_keys", True),
+        ("apiKey", True),
+        ("users[0].password", True),
+        ("passwords.admin", True),
+        ("redis.auth", True),
+        ("bypass", False),
+        ("compass", False),
+        ("db.host", False),
+        ("auth.enabled", False),
+    ],
+)
+def test_secret_key_names(key: str, secret: bool) -> None:
+    """The whole path is checked, split on '.', '_', '-' and camelCase, plurals included."""
+    assert is_secret_key(key) is secret
+
+
+# -- issue 14: a cache directory confhub refuses is never read --------------------------------
+
+
+def _cache_name(tmp_path: Path, spec: str) -> str:
+    """The predictable cache file name of ``spec`` (learnt from a first, normal run)."""
+    store = MemoryStore("app", {"a": "1"})
+    learn = tmp_path / "learn"
+    with Hub([spec], plugins=[store], autoload=False, cache_dir=learn):
+        pass
+    (path,) = learn.glob("memory-*.json")
+    return path.name
+
+
+def _release(fifo: Path) -> None:
+    """Let a reader stuck on ``fifo`` (before the fix) see end-of-file."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+def test_fifo_planted_in_a_refused_cache_directory_is_never_opened(tmp_path: Path) -> None:
+    """A FIFO at the cache file's name in a group-writable directory: the write is refused
+    before any I/O in it, close() joins the cache thread, and the FIFO is left as it was."""
+    name = _cache_name(tmp_path, "memory:app")
+    cache_dir = tmp_path / "shared"
+    cache_dir.mkdir(mode=0o770)
+    os.chmod(cache_dir, 0o770)
+    fifo = cache_dir / name
+    os.mkfifo(fifo, 0o600)
+    store = MemoryStore("app", {"a": "1"})
+    try:
+        with Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=cache_dir) as hub:
+            store.set("a", "2")
+            wait_for(lambda: hub.get("a") == "2")
+        assert not [t for t in threading.enumerate() if t.name == "confhub-persist"]
+        assert stat.S_ISFIFO(fifo.lstat().st_mode)
+        assert sorted(p.name for p in cache_dir.iterdir()) == [name]
+    finally:
+        _release(fifo)
+
+
+def test_symlink_at_the_cache_file_name_is_never_followed(tmp_path: Path) -> None:
+    """A symlink (to a FIFO elsewhere) at the cache file's name in a private directory is
+    not followed: the write replaces it with a regular 0600 file."""
+    name = _cache_name(tmp_path, "memory:app")
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o700)
+    target = tmp_path / "elsewhere.fifo"
+    os.mkfifo(target, 0o600)
+    (cache_dir / name).symlink_to(target)
+    store = MemoryStore("app", {"a": "1"})
+    try:
+        with Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=cache_dir):
+            pass
+        assert not [t for t in threading.enumerate() if t.name == "confhub-persist"]
+        st = (cache_dir / name).lstat()
+        assert stat.S_ISREG(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o600
+        assert stat.S_ISFIFO(target.lstat().st_mode)
+    finally:
+        _release(target)
+
+
+# -- issue 14: the principal is part of the cache identity ------------------------------------
+
+
+class _AsStore:
+    """``as:NAME?user=WHO``: a store that, like an ACL'd KV store, serves only to ``secret``
+    readers; its backend declares the reader as ``cache_principal``."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.data = {"db": {"password": "S3CRET-PASS"}}
+
+    @hookimpl
+    def confhub_backend_schemes(self) -> list[BackendInfo]:
+        return [BackendInfo("as", "test store with readers")]
+
+    @hookimpl
+    def confhub_make_backend(self, spec: SourceSpec) -> Any:
+        if spec.scheme != "as":
+            return None
+        store = self
+
+        class Backend:
+            cacheable = True
+            cache_principal = spec.options.get("user")
+
+            def load(self) -> Layer:
+                if store.down:
+                    raise SourceUnavailableError("down", source=spec.display)
+                if self.cache_principal != "trusted":
+                    raise SourcePermissionError("denied", source=spec.display)
+                return Layer.from_mapping(store.data, source=spec.display, revision=1)
+
+            def close(self) -> None:
+                pass
+
+        return Backend()
+
+
+def test_cache_of_one_principal_is_never_served_to_another(tmp_path: Path) -> None:
+    """A reader refused live gets no cached copy written for another reader; the reader
+    that wrote it still starts from it, and no file name or content holds the principal."""
+    store = _AsStore()
+    cache_dir = tmp_path / "cache"
+    with Hub(["as:app?user=trusted"], plugins=[store], autoload=False, cache_dir=cache_dir):
+        pass
+    store.down = True
+    with pytest.raises(StartupError):
+        Hub(["as:app?user=intruder"], plugins=[store], autoload=False, cache_dir=cache_dir).start()
+    with Hub(["as:app?user=trusted"], plugins=[store], autoload=False, cache_dir=cache_dir) as hub:
+        assert hub.get("db.password") == "S3CRET-PASS"
+        assert hub.health().sources[0].state == "cached"
+    names = [p.name for p in cache_dir.iterdir()]
+    assert not [n for n in names if "trusted" in n]
+    assert "trusted" not in _tree_text(cache_dir).replace(str(cache_dir), "")
+    salt = cache_dir / ".confhub-salt"
+    assert stat.S_IMODE(salt.lstat().st_mode) == 0o600
+
+
+def test_cache_file_over_the_size_bound_is_refused_unread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A (sparse) cache file larger than MAX_FILE_BYTES is refused by its size, never read."""
+    store, path = _cached_store(tmp_path)
+    with open(path, "r+b") as fh:
+        fh.truncate(MAX_FILE_BYTES + 1)
+    _refused(store, tmp_path, caplog)
+    assert any("a cache file may hold" in r.getMessage() for r in caplog.records)

@@ -67,3 +67,27 @@ def test_max_keys_must_be_a_whole_number_above_zero(value: str) -> None:
     assert SourceSpec.parse("memory:app?max_keys=5").max_keys == 5
     with pytest.raises(SpecError, match=r"max_keys=.* is not a whole number above 0"):
         _ = SourceSpec.parse(f"memory:app?max_keys={value}").max_keys
+
+
+@pytest.mark.parametrize("password", ["pa?ss", "Hash#Pw", "p@ss", "a/b?c#d@e"])
+def test_url_password_with_special_characters_is_one_password_never_shown(password: str) -> None:
+    """'?', '#', '/' and '@' in a URL password: the query still parses, the parts are exact,
+    and neither the display nor the repr holds the password."""
+    spec = SourceSpec.parse(f"etcd://app:{password}@h1:2379,h2:2379/appA/?timeout=1&format=json")
+    assert dict(spec.options) == {"timeout": "1", "format": "json"}
+    parts = spec.url_parts
+    assert parts is not None
+    assert (parts.user, parts.password, parts.hosts, parts.path) == (
+        "app",
+        password,
+        ("h1:2379", "h2:2379"),
+        "/appA/",
+    )
+    assert spec.display == "etcd://app:<redacted>@h1:2379,h2:2379/appA/"
+    assert password not in repr(spec) + repr(parts)
+
+
+def test_user_info_of_a_spec_missing_its_slashes_is_never_shown() -> None:
+    """'etcd:u:pw@h:2379/app/' (no '//') is refused by the backend by its display, which
+    hides the password like a well-formed spec's."""
+    assert SourceSpec.parse("etcd:u:pw#1@h:2379/app/").display == "etcd:u:<redacted>@h:2379/app/"

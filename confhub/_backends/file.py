@@ -118,6 +118,9 @@ class FileBackend(Backend):
         self._dir_lost = False  # set by the handler when a watched directory was deleted
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        # Serialises watch(), close() and the settle thread's observer restarts, so close()
+        # sees every observer that was started and none is started after it.
+        self._lifecycle = threading.Lock()
         self._cond = threading.Condition()
         self._deadline: float | None = None
         self._first_event: float | None = None
@@ -179,14 +182,17 @@ class FileBackend(Backend):
     def watch(self, notify: Notify) -> None:
         if self.watch_mode == "false":
             return
-        self._notify = notify
-        self._observer = self._start_observer()
-        self._thread = threading.Thread(
-            target=self._run,
-            name=f"confhub-file-settle[{os.path.basename(self.path)}]",
-            daemon=True,
-        )
-        self._thread.start()
+        with self._lifecycle:
+            if self._stop.is_set():
+                return  # closed already: start nothing that close() would not stop
+            self._notify = notify
+            self._observer = self._start_observer()
+            self._thread = threading.Thread(
+                target=self._run,
+                name=f"confhub-file-settle[{os.path.basename(self.path)}]",
+                daemon=True,
+            )
+            self._thread.start()
         # The file may have changed between load() and now, before anything watched it.
         self._poke()
 
@@ -240,7 +246,7 @@ class FileBackend(Backend):
                 self._watched_ids.clear()
                 if native is not None:
                     # Its thread never started; stop() joins what did (emitters, inotify).
-                    native.stop()
+                    _stop_observer(native)
                 log.warning(
                     "%s: native file watching is unavailable (%s); polling every %.2fs instead",
                     self.name,
@@ -257,7 +263,7 @@ class FileBackend(Backend):
         except OSError as exc:
             self._watches.clear()
             self._watched_ids.clear()
-            observer.stop()
+            _stop_observer(observer)
             raise SourceUnavailableError(
                 f"{self.name}: cannot watch {parent}, not even by polling: {exc}",
                 source=self.name,
@@ -402,20 +408,26 @@ class FileBackend(Backend):
                 log.warning("%s: cannot watch %s: %s", self.name, d, exc)
 
     def _restart_observer(self) -> None:
-        old, self._observer = self._observer, None
+        with self._lifecycle:
+            old, self._observer = self._observer, None
         if old is not None:
-            old.stop()
-            if old.is_alive():
-                old.join(timeout=5)
+            _stop_observer(old)
         self._watches.clear()
         self._watched_ids.clear()
         self._dir_lost = False
         if self._stop.is_set():
             return
         try:
-            self._observer = self._start_observer()
+            fresh = self._start_observer()
         except SourceUnavailableError as exc:
             self._report(exc)
+            return
+        with self._lifecycle:
+            closed = self._stop.is_set()
+            if not closed:
+                self._observer = fresh
+        if closed:  # close() ran meanwhile and saw no observer: this one is ours to stop
+            _stop_observer(fresh)
             return
         log.info("%s: %s was recreated; watching it again", self.name, os.path.dirname(self.path))
 
@@ -424,14 +436,13 @@ class FileBackend(Backend):
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        observer, self._observer = self._observer, None
+        with self._lifecycle:
+            observer, self._observer = self._observer, None
+            thread, self._thread = self._thread, None
         if observer is not None:
-            observer.stop()
-            if observer.is_alive() and observer is not threading.current_thread():
-                observer.join(timeout=5)
+            _stop_observer(observer)
         self._watches.clear()
         self._watched_ids.clear()
-        thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
 
@@ -475,6 +486,53 @@ class _Handler(FileSystemEventHandler):
                 return
         if self._relevant(event.src_path) or self._relevant(getattr(event, "dest_path", "")):
             self._backend._poke()
+
+
+def _stop_observer(observer: BaseObserver) -> None:
+    """Stop an observer, join its threads, and release its inotify instance.
+
+    Closing the inotify descriptor is not left to watchdog alone: its reader
+    (``watchdog.observers.inotify_c.InotifyFD``, 7.x) starts out marked as reading, so
+    ``close()`` writes to the reader's wake-up pipe and leaves the closing to the reader,
+    which closes on its way out of a read. A reader stopped before its first read (a hub
+    closed right after it started, the reader thread not yet scheduled: a loaded machine)
+    never reads, so the inotify descriptor and both pipe ends stayed open, every thread
+    gone. Each such descriptor counts against the per-user limit of inotify instances.
+    """
+    observer.stop()
+    if observer.is_alive() and observer is not threading.current_thread():
+        observer.join(timeout=5)
+    _release_inotify(observer)
+
+
+def _release_inotify(observer: BaseObserver) -> None:
+    """Close what a stopped InotifyFD reader left open (see ``_stop_observer``).
+
+    Only a reader whose thread has ended is touched, and only in the one state that means
+    "closed, descriptors never released": ``_closed`` set while ``_is_reading`` is still
+    true. Whoever closes the descriptors clears ``_is_reading`` first, under the reader's
+    lock, and nothing sets it again once ``_closed`` is set. Other watchdog versions and
+    other observers (polling) lack these members and are left alone.
+    """
+    reader: Any = getattr(observer, "_inotify_fd", None)
+    lock = getattr(reader, "_lock", None)
+    release = getattr(reader, "_close_resources", None)
+    is_thread = isinstance(reader, threading.Thread)
+    if not is_thread or lock is None or not callable(release):
+        return
+    if reader.is_alive():
+        if reader is threading.current_thread():
+            return
+        reader.join(timeout=5)
+        if reader.is_alive():  # still reading: it will close on its way out
+            return
+    with lock:
+        if getattr(reader, "_closed", False) is True and getattr(reader, "_is_reading", False):
+            reader._is_reading = False
+            try:
+                release()
+            except OSError as exc:  # pragma: no cover - already closed by someone else
+                log.debug("releasing an inotify instance: %s", exc)
 
 
 def _digest(content: bytes) -> str:

@@ -9,6 +9,7 @@ would write, and each piece of glue comes from the kit:
 - keys: :class:`confhub.kv.KeyMap` (prefix, folder markers, empty segments, UTF-8);
 - values: :func:`confhub.kv.decode_text` when reading, :func:`confhub.kv.encode_value` when
   writing;
+- writes that would change a source's shape: :func:`confhub.kv.check_write_shape`;
 - the key cap: :func:`confhub.kv.too_many_keys`;
 - the watch: :class:`confhub.kv.Backoff` between retries, :class:`confhub.kv.ReportOnce` so
   an outage is reported once, :func:`confhub.kv.recovered` when the store is back;
@@ -387,12 +388,28 @@ class DemoBackend(confhub.Backend):
             raise WriteError(
                 f"{self.source}: {key!r} is not a dotted key such as db.port", source=self.source
             )
+        # Refuse a value over a table, or a key under a value, before anything is sent:
+        # read the keys the write could clash with (just those under its first segment).
+        _, related = self._call(self.server.range, self.keys.write_scope(key))
+        kv.check_write_shape(self._dotted_keys(related), key, value, source=self.source)
         payload = kv.encode_value(value, source=self.source, key=key)
         expected = None if expected_revision is None else int(expected_revision)
         ok, revision = self._call(self.server.put, store_key, payload, expected=expected)
         if not ok:
             raise self._conflict(key, store_key, expected, revision)
         return revision
+
+    def _dotted_keys(self, entries: list[Entry]) -> list[str]:
+        """The dotted keys of ``entries`` (keys this source cannot read are left out)."""
+        found = []
+        for entry in entries:
+            try:
+                dotted = self.keys.to_dotted(entry.key)
+            except SourceFormatError:
+                continue
+            if dotted is not None:
+                found.append(dotted)
+        return found
 
     def _write_document(self, key: str, value: Any, expected_revision: Any) -> int:
         """Read-modify-CAS of the document key: retried while other writers win, unless the
@@ -409,6 +426,7 @@ class DemoBackend(confhub.Backend):
                 data = _plain(
                     parse_document(entry.value, "json", source=self.source, path=document)
                 )
+            kv.check_write_shape(data, key, value, source=self.source)  # what it would shadow
             _set_leaf(data, key, value, source=self.source)
             payload = json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8")
             ok, revision = self._call(self.server.put, document, payload, expected=actual)
@@ -459,19 +477,14 @@ def _plain(value: Any) -> Any:
 
 
 def _set_leaf(data: dict[str, Any], key: str, value: Any, *, source: str) -> None:
-    """Set dotted ``key`` in a document; refuses to replace a table or to nest under a value."""
+    """Set dotted ``key`` in a document, creating tables on the way (the caller has run
+    ``kv.check_write_shape``, so no value is replaced by a table or the other way round)."""
     node = data
     *parents, leaf = key.split(".")
     if not all(parents) or not leaf:
         raise WriteError(f"{source}: {key!r} is not a dotted key such as db.port", source=source)
-    for i, part in enumerate(parents):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            held = ".".join(parents[: i + 1])
-            raise WriteError(f"{source}: {held!r} holds a value, not a table", source=source)
-        node = child
-    if isinstance(node.get(leaf), dict):
-        raise WriteError(f"{source}: {key!r} is a table; write one of its keys", source=source)
+    for part in parents:
+        node = node.setdefault(part, {})
     node[leaf] = value
 
 

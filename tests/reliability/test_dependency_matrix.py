@@ -52,7 +52,10 @@ def test_etcd_backend_with_protobuf(version: str, etcd: EtcdServer, tmp_path: Pa
     )
     assert install.returncode == 0, f"pip could not install protobuf {version}: {install.stderr}"
     etcd.put("/matrix/db/port", "5432")
-    env = dict(os.environ, PYTHONPATH=str(target))
+    # The protobuf under test first, then whatever the parent imports confhub and the
+    # plugins from (a worktree's PYTHONPATH), so the child runs the code under test.
+    inherited = os.environ.get("PYTHONPATH", "")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(target), inherited) if p))
     proc = subprocess.run(
         [
             sys.executable,

@@ -45,7 +45,9 @@ def test_etcd_down_falls_back_to_consul_then_to_the_caches(
     etcd.kill()
     began = time.monotonic()
     with Hub([{"db": {"host": "default"}}, slot], **opts) as hub:
-        assert time.monotonic() - began < 3.0
+        # Under the start ceiling, and served by the alternate rather than the cache below:
+        # the dead etcd cost its connect timeout, not the start (was: < 3.0 s, a pace).
+        assert time.monotonic() - began < hub.start_timeout
         assert hub.get("db.host") == "from-consul"
         health = hub.health().sources[1]
         assert health.state == "fallback"
@@ -84,9 +86,13 @@ def test_all_down_without_cache_names_every_attempt(
     slot = group(etcd.endpoint, consul.address)
     etcd.kill()
     consul.stop()
+    hub = Hub([slot], cache_dir=None, connect_timeout=1.0)
     began = time.monotonic()
     with pytest.raises(StartupError) as info:
-        Hub([slot], cache_dir=None, connect_timeout=1.0).start()
+        hub.start()
     assert [what.split(":")[0] for what, _ in info.value.attempts] == ["etcd", "consul"]
     assert "kv" in str(info.value)
-    assert time.monotonic() - began < 4.0
+    # Each member was tried within its connect timeout: none was skipped because the first
+    # used up the start ceiling (was: start failed within 4.0 s, a pace).
+    assert not [what for what, error in info.value.attempts if "not tried" in str(error)]
+    assert time.monotonic() - began < hub.start_timeout

@@ -21,6 +21,7 @@ import pytest
 import requests
 from confhub import (
     ErrorEvent,
+    Fallback,
     SourceFormatError,
     SourcePermissionError,
     SourceSpec,
@@ -30,7 +31,7 @@ from confhub import (
     WriteConflictError,
     WriteError,
 )
-from confhub._cli import main as cli_main
+from confhub import main as cli_main
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -997,9 +998,13 @@ def test_index_read_after_a_write_is_not_stale(server: ConsulTestServer) -> None
         assert index == server.get("myapp/big").modify_index
         with pytest.raises(WriteConflictError):
             hub.write("big", "y", expected_revision=index + 100)
-        reads = [r for r in server.requests if r.method == "GET" and r.path == "/v1/kv/myapp/big"]
+        gets = [r for r in server.requests if r.method == "GET" and r.path == "/v1/kv/myapp/big"]
+        reads = [r for r in gets if "keys" not in r.query]
         assert len(reads) == 2
-        assert all("stale" not in r.query for r in reads)
+        # Each write first lists the keys it could clash with (kv.check_write_shape), of
+        # the leader too.
+        assert len(gets) - len(reads) == 2
+        assert all("stale" not in r.query for r in gets)
 
 
 def test_refused_keys_and_values_never_reach_the_wire(server: ConsulTestServer) -> None:
@@ -1090,10 +1095,60 @@ def test_document_write_that_would_shadow_is_refused(
     server.put("myapp/config", b'{"db": {"port": 5432}, "name": "app"}')
     with hub_for(spec(server, "myapp/config", "format=json")) as hub:
         server.reset_requests()
-        with pytest.raises(WriteError, match="shadow|replace") as info:
+        with pytest.raises(WriteError, match="would shadow|would turn it into a table") as info:
             hub.write(key, "x")
         assert shadowed in str(info.value)
         assert server.request_count("/v1/txn") == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "shadowed"),
+    [
+        ("db", "'db.host', 'db.port'"),
+        ("db.port.x", "'db.port' holds a value"),
+        ("name.a", "'name'"),
+    ],
+)
+def test_tree_write_that_would_shadow_is_refused_before_anything_is_sent(
+    server: ConsulTestServer, key: str, shadowed: str
+) -> None:
+    """In the tree layout too (issue 14, item 5): the keys under the write's scope are
+    listed first, and a value over a table or a key under a value is refused (Consul would
+    accept it, and the prefix could then no longer be read)."""
+    server.put("myapp/db/host", b"h")
+    server.put("myapp/db.port", b"5432")  # dots nest too
+    server.put("myapp/name", b"app")
+    with hub_for(spec(server, "myapp/")) as hub:
+        server.reset_requests()
+        with pytest.raises(WriteError, match="would shadow|would turn it into a table") as info:
+            hub.write(key, "x")
+        assert shadowed in str(info.value)
+        assert server.request_count("/v1/txn") == 0
+        assert server.request_count("/v1/kv/", method="PUT") == 0
+        hub.write("db.user", "u")
+        assert server.get("myapp/db/user").value == b"u"  # type: ignore[union-attr]
+
+
+def test_a_write_naming_a_fallback_member_goes_to_that_member(server: ConsulTestServer) -> None:
+    """Issue 14, item 6: with the primary serving, a write naming the alternate goes to the
+    alternate's Consul, and expected_revision is the alternate's ModifyIndex (the primary's
+    index space is another)."""
+    with ConsulTestServer(default_query_time=2, max_query_time=3) as alternate:
+        for i in range(5):
+            server.put("myapp/db/port", f"p{i}")  # the primary's ModifyIndex runs ahead
+        alternate.put("myapp/db/port", "alt")
+        primary_index = server.get("myapp/db/port").modify_index  # type: ignore[union-attr]
+        alternate_index = alternate.get("myapp/db/port").modify_index  # type: ignore[union-attr]
+        assert primary_index != alternate_index
+        member = SourceSpec.parse(spec(alternate)).display
+        with hub_for(Fallback(spec(server), spec(alternate))) as hub:
+            assert hub.health().sources[0].active == SourceSpec.parse(spec(server)).display
+            with pytest.raises(WriteConflictError) as info:
+                hub.write("db.port", "x", source=member, expected_revision=primary_index)
+            assert info.value.actual == alternate_index
+            hub.write("db.port", "cas", source=member, expected_revision=alternate_index)
+        assert alternate.get("myapp/db/port").value == b"cas"  # type: ignore[union-attr]
+        assert server.get("myapp/db/port").value == b"p4"  # type: ignore[union-attr]
 
 
 def test_document_write_into_a_malformed_document_is_refused(server: ConsulTestServer) -> None:
@@ -1170,3 +1225,44 @@ def test_start_with_consul_down_and_no_cache_fails(tmp_path: Path) -> None:
     probe.stop()
     with pytest.raises(StartupError, match="cannot reach Consul"):
         hub_for(f"consul://127.0.0.1:{port}/myapp/?{FAST}", cache_dir=tmp_path).start()
+
+
+@pytest.mark.parametrize("password", ["pa#ss", "pa?ss", "pa/ss", "p@ss"])
+def test_user_info_with_special_characters_is_refused_without_showing_it(password: str) -> None:
+    """consul://u:PASSWORD@h:8500/a/: the core's parsed parts show user info (Consul takes
+    the ACL token as ?token= or CONSUL_HTTP_TOKEN), refused with the fix; no piece of the
+    password is in the error, and the options after it still parse."""
+    s = SourceSpec.parse(f"consul://u:{password}@h:8500/a/?consistency=stale")
+    assert dict(s.options) == {"consistency": "stale"}
+    with pytest.raises(SpecError) as info:
+        confhub.Hub([]).make_backend(s)
+    message = str(info.value)
+    assert "?token=" in message
+    assert password not in message
+    assert "u:pa" not in message
+    assert "ss@" not in message
+
+
+def test_address_comes_from_the_core_parser() -> None:
+    """Host, port and prefix come from SourceSpec.url_parts; IPv6 and the default port."""
+    for text, host, port, prefix in (
+        ("consul://H.example:8511/a/", "h.example", 8511, "a/"),
+        ("consul://[::1]:8500/a/b/", "::1", 8500, "a/b/"),
+        ("consul:///a/", "127.0.0.1", 8500, "a/"),
+    ):
+        opts = ConsulOptions.from_spec(SourceSpec.parse(text))
+        assert (opts.host, opts.port, opts.prefix) == (host, port, prefix)
+
+
+def test_cache_principal_is_the_token_from_the_spec_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The backend declares its ACL token as the cache principal (the option wins over
+    CONSUL_HTTP_TOKEN); no token, no principal."""
+    hub = confhub.Hub([])
+    assert hub.make_backend(SourceSpec.parse("consul://h:8500/a/")).cache_principal is None
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "env-token")
+    backend = hub.make_backend(SourceSpec.parse("consul://h:8500/a/"))
+    assert backend.cache_principal == "token:env-token"
+    backend = hub.make_backend(SourceSpec.parse("consul://h:8500/a/?token=opt-token"))
+    assert backend.cache_principal == "token:opt-token"

@@ -3,9 +3,11 @@ core's ``conftest``)."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from confhub_etcd._client import Backoff, WatchBatch, WatchEvent, WatchStatus
 
@@ -85,3 +87,22 @@ def assert_history_valid(batches: list[WatchBatch]) -> None:
             seen.add((event.mod_revision, event.key))
         assert batch.revision == max(revisions)
         last = batch.revision
+
+
+@contextlib.contextmanager
+def unanswered_endpoint() -> Iterator[str]:
+    """``127.0.0.1:PORT`` where a TCP connect never completes: a listening socket that never
+    accepts, its accept queue filled, so the kernel drops further SYNs (a blackhole on
+    loopback, no root needed)."""
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.socket())
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        for _ in range(2):  # listen(0) queues one connection; one more to be sure
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(address)
+        time.sleep(0.1)  # let the fillers' handshakes complete
+        yield f"{address[0]}:{address[1]}"

@@ -8,18 +8,19 @@ import multiprocessing
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from backend_lib import Events, make_hub, spec
 from confhub import (
-    Hub,
     SourceFormatError,
     SourceSpec,
     SpecError,
     WriteConflictError,
     WriteError,
 )
-from confhub._cli import main as cli_main
+from confhub import main as cli_main
+from confhub.testing import backend_of
 
 from confhub_etcd._backend import EtcdBackend, parse_spec
 from confhub_etcd._client import EtcdClient
@@ -200,6 +201,61 @@ def test_cli_set_with_if_revision(etcd: EtcdServer, capsys: pytest.CaptureFixtur
     assert kv is not None and kv.value == b"6432"
 
 
+def test_a_write_that_would_change_the_shape_is_refused_before_sending(
+    etcd: EtcdServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14, item 5: a value over a table or a key under a value is refused (etcd would
+    take it, and every hub on the prefix would then refuse it), in the hub and the CLI, and
+    whether the keys nest with '/' or '.'; nothing is written."""
+    etcd.put("/app/db/host", "h")
+    etcd.put("/app/db.port", "5432")  # dots nest too
+    with EtcdClient(etcd.endpoints) as client:
+        before = client.revision()
+    with make_hub([spec(etcd.endpoint)]) as hub:
+        with pytest.raises(
+            WriteError, match=r"'db' is a table of 2 keys \('db\.host', 'db\.port'\)"
+        ):
+            hub.write("db", "flat")
+        with pytest.raises(WriteError, match=r"'db\.port' holds a value"):
+            hub.write("db.port.x", "1")
+    target = f"etcd://{etcd.endpoint}/app/"
+    assert cli_main(["set", target, "db.host.a", "1"]) == 4
+    assert "'db.host' holds a value" in capsys.readouterr().err
+    with EtcdClient(etcd.endpoints) as client:
+        assert client.revision() == before  # nothing was written
+
+
+def test_a_key_written_under_the_scope_between_the_check_and_the_put_is_seen(
+    etcd: EtcdServer,
+) -> None:
+    """The put is guarded by the keys-only read: a clashing key another writer puts in
+    between makes the write read and check again, and refuse, instead of landing."""
+    etcd.put("/app/db/host", "h")
+    backend = make_hub([]).make_backend(SourceSpec.parse(f"etcd://{etcd.endpoint}/app/"))
+    assert isinstance(backend, EtcdBackend)
+    try:
+        client = backend.client
+        read = client.keys_under
+        reads: list[int] = []
+
+        def racing(scope: str | bytes, **kwargs: Any) -> tuple[int, list[bytes]]:
+            result = read(scope, **kwargs)
+            reads.append(result[0])
+            if len(reads) == 1:
+                etcd.put("/app/db/port/x", "another writer")
+            return result
+
+        client.keys_under = racing  # type: ignore[method-assign]
+        with pytest.raises(WriteError, match=r"'db\.port' is a table of 1 key \('db\.port\.x'\)"):
+            backend.write("db.port", "5432")
+        assert len(reads) == 2
+        with EtcdClient(etcd.endpoints) as other:
+            item, _ = other.get("/app/db/port")
+        assert item is None  # never written
+    finally:
+        backend.close()
+
+
 def test_oversized_value_is_a_clear_write_error(etcd: EtcdServer) -> None:
     """A value over etcd's request limit is refused before sending, naming the limit."""
     with make_hub([spec(etcd.endpoint)]) as hub, pytest.raises(WriteError) as info:
@@ -265,7 +321,7 @@ def test_forked_child_gets_a_working_backend(etcd: EtcdServer) -> None:
     etcd.put("/app/a", "1")
     with make_hub([spec(etcd.endpoint)]) as hub:
         events = Events(hub)
-        backend = hub._slots[0].backends[0]
+        backend = backend_of(hub, hub.sources[0])
         assert isinstance(backend, EtcdBackend)
         context = multiprocessing.get_context("fork")
         results = context.Queue()
@@ -295,11 +351,18 @@ def test_demo_hook_runs(tmp_path: Path) -> None:
         assert expected in text
 
 
-def test_raw_slash_in_url_password_is_a_spec_error_without_the_password() -> None:
-    """user:pa/ss@host is refused with the fix, and no part of the password is echoed."""
-    hub = Hub(["etcd://root:pa/ss@127.0.0.1:2379/app/"], cache_dir=None)
-    with pytest.raises(SpecError) as info:
-        hub.start()
-    assert "%2F" in str(info.value)
-    assert "pa/ss" not in str(info.value)
-    assert "ss@" not in str(info.value)
+@pytest.mark.parametrize("password", ["pa/ss", "pa?ss", "Hash#Pw", "p@ss", "a/b?c#d@e%2F"])
+def test_url_password_comes_whole_from_the_core_parser(password: str) -> None:
+    """'/', '?', '#' and '@' in a URL password (percent-escapes decoded): the backend gets
+    the whole password from SourceSpec.url_parts, the endpoints and prefix are exact, and
+    the principal it declares for the cache is the user, never the password."""
+    s = SourceSpec.parse(f"etcd://root:{password}@127.0.0.1:2379,127.0.0.1:2381/app/?timeout=1")
+    cfg = parse_spec(s)
+    assert cfg.credentials is not None
+    assert (cfg.credentials.user, cfg.credentials.password) == ("root", unquote(password))
+    assert cfg.endpoints == ("127.0.0.1:2379", "127.0.0.1:2381")
+    assert cfg.prefix == "/app/"
+    backend = make_hub([]).make_backend(s)
+    assert backend.cache_principal == "user:root"
+    for text in (repr(backend), backend.display, repr(cfg), repr(s)):
+        assert password not in text

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from backend_lib import FAST_OPTS, Events, make_hub, spec
 from confhub import SourceFormatError, SourcePermissionError, StartupError
+from confhub.testing import backend_of
 
+from confhub_etcd._backend import EtcdBackend
 from confhub_etcd.testing import EtcdCluster, EtcdServer
 
 
@@ -120,7 +122,9 @@ def test_compaction_while_the_watcher_is_behind(cluster: EtcdCluster) -> None:
         events.wait_for(lambda: hub.get("d", None) == "new" and "a" not in hub)
         assert hub.snapshot().to_dict() == {"c": "2", "d": "new"}
         events.wait_state("live")
-        watcher = hub._slots[0].backends[0].watcher  # type: ignore[union-attr]
+        backend = backend_of(hub, hub.sources[0])
+        assert isinstance(backend, EtcdBackend)
+        watcher = backend.watcher
         assert watcher is not None and watcher.resyncs >= 1
 
 

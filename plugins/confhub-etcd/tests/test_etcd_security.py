@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from etcd_testlib import FAST, Recorder
+from confhub import Hub
+from etcd_testlib import FAST, Recorder, unanswered_endpoint
 
 from confhub_etcd._client import (
     Credentials,
@@ -17,7 +20,8 @@ from confhub_etcd._client import (
     EtcdUnavailable,
     TLSConfig,
 )
-from confhub_etcd.testing import CallHook, EtcdServer
+from confhub_etcd._rpc import translate
+from confhub_etcd.testing import CallHook, EtcdServer, rpc_error
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +86,37 @@ def test_plaintext_client_against_tls_server_fails_fast(tls_etcd: EtcdServer) ->
     assert time.monotonic() - started < 2.5
 
 
+def test_a_connect_that_never_completes_is_unavailable_not_tls(tls_etcd: EtcdServer) -> None:
+    """A TCP connect that never completes is EtcdUnavailable, never EtcdTLSError, whether or
+    not TLS is configured: no TLS handshake happened (gRPC's "tcp handshaker" is the TCP
+    connect). The classification follows the configuration and the status code."""
+    with unanswered_endpoint() as endpoint:
+        # gRPC words the failure in more than one way ("tcp handshaker shutdown", "connect()
+        # timed out"): a few calls meet them all.
+        for tls in (None, _tls(tls_etcd)) * 4:
+            with (
+                EtcdClient([endpoint], tls=tls, timeout=1.0) as client,
+                pytest.raises(EtcdUnavailable) as info,
+            ):
+                client.get("/tls/a")
+            assert not isinstance(info.value, EtcdTLSError), (tls, info.value)
+            assert "TLS" not in str(info.value)
+            assert info.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+
+def test_plaintext_is_never_a_tls_error_whatever_grpc_says() -> None:
+    """Without TLS configured, no gRPC message makes an error a TLS one; with TLS, only the
+    TLS layer's own failure (gRPC's security handshake) does."""
+    details = "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+    tls_failed = details + "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: x"
+    tcp_shutdown = details + "tcp handshaker shutdown"
+    plain = translate(rpc_error(tls_failed), "127.0.0.1:1", what="get", tls=False)
+    assert type(plain) is EtcdUnavailable
+    assert "TLS" not in str(plain)
+    assert type(translate(rpc_error(tcp_shutdown), "h:1", what="get", tls=True)) is EtcdUnavailable
+    assert type(translate(rpc_error(tls_failed), "h:1", what="get", tls=True)) is EtcdTLSError
+
+
 def test_auth_roundtrip(auth_etcd: EtcdServer) -> None:
     """The right password works for reads, writes and watches."""
     creds = Credentials("root", auth_etcd.root_password)
@@ -137,3 +172,23 @@ def test_expired_token_reauthenticates_once(auth_etcd: EtcdServer) -> None:
             revision = client.put("/auth/t", "2")
             recorder.wait_revision(revision)
         assert calls.count("Authenticate") <= 4
+
+
+def test_special_characters_in_a_url_password_authenticate_and_never_show(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """etcd://root:Qu?ery#Pw/1@.../app/: the hub authenticates with the whole password (the
+    core's parsed parts) and no output, log or cache file holds any piece of it."""
+    password = "Qu?ery#Pw/1"
+    caplog.set_level(logging.DEBUG)
+    with EtcdServer(auth=True, root_password=password) as etcd:
+        etcd.put("/app/db/host", "h")
+        source = f"etcd://root:{password}@{etcd.endpoint}/app/?timeout=2"
+        with Hub([source], cache_dir=tmp_path, connect_timeout=2) as hub:
+            assert hub.get("db.host") == "h"
+            texts = [repr(hub), str(hub.health().to_dict()), str(hub.explain("db.host"))]
+    files = [p.name + p.read_text() for p in tmp_path.glob("*.json")]
+    assert files
+    for text in [*texts, caplog.text, *files]:
+        for piece in (password, "ery#Pw", "Pw/1"):
+            assert piece not in text

@@ -38,6 +38,10 @@ class ConsulBackend:
     def __init__(self, spec: SourceSpec, settings: BackendSettings | None = None) -> None:
         self.spec = spec
         self.opts = ConsulOptions.from_spec(spec, settings)
+        #: Who reads (``Backend.cache_principal``): the ACL token, from ``?token=`` or
+        #: ``CONSUL_HTTP_TOKEN``. The cache keys its file by an HMAC of it (never the token
+        #: itself), so a token Consul would refuse never gets another token's cached copy.
+        self.cache_principal = f"token:{self.opts.token}" if self.opts.token else None
         self.source = self.opts.display
         self._reader = ConsulReader(self.opts)
         self._writer = ConsulWriter(self.opts, self._shared)

@@ -11,7 +11,6 @@ import logging
 import os
 import ssl
 from typing import NamedTuple
-from urllib.parse import urlsplit
 
 import attrs
 from confhub import BackendSettings, SourceSpec, SpecError, kv
@@ -79,23 +78,23 @@ class _Timing(NamedTuple):
 
 def _address(spec: SourceSpec) -> _Address:
     """Host, port (None: the scheme's default) and key path of ``consul://HOST:PORT/PATH``."""
-    if not spec.location.startswith("//"):
+    # The core parses the location once (``spec.url_parts``): user info holding "#", "?",
+    # "/" or "@" is recognised whole, and the hosts and path hold no part of it.
+    parts = spec.url_parts
+    if parts is None:
         raise _error(
             spec,
             "write consul://HOST:PORT/PREFIX/ (for example consul://127.0.0.1:8500/myapp/)",
         )
-    try:
-        parts = urlsplit(f"consul:{spec.location}")
-        port = parts.port
-    except ValueError as exc:
-        # The address may hold credentials: the parser's message is enough.
-        raise _error(spec, f"bad address: {exc}") from None
-    if "@" in parts.netloc:
+    if parts.has_credentials:
         raise _error(
             spec,
             "credentials in the address are not supported; give the ACL token as "
             "?token=... or CONSUL_HTTP_TOKEN",
         )
+    if len(parts.hosts) > 1:
+        raise _error(spec, "one Consul agent per source: write consul://HOST:PORT/PREFIX/")
+    host, port = _host_port(spec, parts.hosts[0] if parts.hosts else "")
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     if _bad_path(path):
         raise _error(
@@ -103,7 +102,24 @@ def _address(spec: SourceSpec) -> _Address:
             f"the key path {path!r} has an empty, '.' or '..' segment; Consul would "
             "redirect every request for it",
         )
-    return _Address(parts.hostname or "127.0.0.1", port, path)
+    return _Address(host or "127.0.0.1", port, path)
+
+
+def _host_port(spec: SourceSpec, item: str) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` (the host lower-cased, brackets
+    dropped; port None when not given)."""
+    if item.startswith("["):
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise _error(spec, f"bad address {item!r}: write [IPV6]:PORT")
+        port_text = rest[1:]
+    else:
+        host, _, port_text = item.partition(":")
+    if not port_text:
+        return host.lower(), None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise _error(spec, f"bad address {item!r}: the port must be a number from 1 to 65535")
+    return host.lower(), int(port_text)
 
 
 def _layout(spec: SourceSpec, path: str) -> _Layout:

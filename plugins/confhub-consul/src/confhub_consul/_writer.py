@@ -6,10 +6,14 @@
   read of the new ModifyIndex.
 - **Document layout**: read-modify-CAS of the document key: read it with its ModifyIndex,
   parse it, set the dotted key inside, write it back in the same format with CAS on that
-  ModifyIndex. A write that would turn a table into a value, or a value into a table, is
-  refused naming what it would shadow. A plain write that loses the race re-reads and
-  retries (a bounded number of times); with ``expected_revision`` (the document key's
-  ModifyIndex) it raises :class:`WriteConflictError`, as a tree-layout CAS does.
+  ModifyIndex. A plain write that loses the race re-reads and retries (a bounded number of
+  times); with ``expected_revision`` (the document key's ModifyIndex) it raises
+  :class:`WriteConflictError`, as a tree-layout CAS does.
+
+In both layouts a write that would turn a table into a value, or a value into a table, is
+refused before anything is sent, with :func:`confhub.kv.check_write_shape`: against the
+parsed document, or against the Consul keys under :meth:`confhub.kv.KeyMap.write_scope`
+(a ``?keys`` listing read at write time, asked of the leader).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class ConsulWriter:
         self.options = options
         self.source = options.display
         self._connection = connection
+        self._keys = kv.KeyMap(options.prefix, source=self.source, noun="Consul key")
 
     def write(self, key: str, value: object, expected_revision: object = None) -> int:
         """Write one dotted key; compare-and-swap when ``expected_revision`` is given.
@@ -64,7 +69,46 @@ class ConsulWriter:
         if self.options.document is not None:
             return self._write_document(key, value, cas)
         data = kv.encode_value(value, source=self.source, key=key)
+        existing = self._related_keys(self._connection(), key)
+        kv.check_write_shape(existing, key, value, source=self.source)
         return self._put(self.options.prefix + "/".join(segments), data, cas, key=key)
+
+    def _related_keys(self, conn: Connection, key: str) -> list[str]:
+        """The dotted keys of the Consul keys a write of ``key`` could clash with: a
+        ``?keys`` listing of :meth:`~confhub.kv.KeyMap.write_scope`, asked of the leader
+        (keys the source cannot read are left out: they are refused when it reads)."""
+        scope = self._keys.write_scope(key)
+        query = [("keys", "")] + ([("dc", self.options.dc)] if self.options.dc else [])
+        resp = self._send(conn, "GET", kv_path(scope), query, None, key=key)
+        if resp.status == 404:
+            return []
+        if resp.status != 200:
+            self._check_status(resp, key)
+            raise SourceUnavailableError(
+                f"{self.source}: Consul answered {resp.status} {body_text(resp)} to the "
+                f"listing of {scope!r} before the write of {key!r}; retry later",
+                source=self.source,
+                key=key,
+            )
+        try:
+            names = json.loads(resp.body)
+        except ValueError:
+            names = None
+        if not isinstance(names, list):
+            raise SourceUnavailableError(
+                f"{self.source}: Consul sent a malformed key listing of {scope!r}; retry later",
+                source=self.source,
+                key=key,
+            )
+        found = []
+        for name in names:
+            try:
+                dotted = self._keys.to_dotted(name) if isinstance(name, str) else None
+            except SourceFormatError:
+                continue
+            if dotted is not None:
+                found.append(dotted)
+        return found
 
     def _segments(self, key: object) -> list[str]:
         segments = key.split(".") if isinstance(key, str) else []
@@ -304,6 +348,7 @@ class ConsulWriter:
                         key=key,
                     ) from exc
                 data = {k: _thaw(v) for k, v in parsed.items()}
+            kv.check_write_shape(data, key, value, source=self.source)
             set_nested(self.source, data, key, value)
             payload = dump_document(self.source, data, fmt, key=key)
             try:
@@ -344,35 +389,18 @@ def _thaw(value: object) -> object:
 def set_nested(source: str, data: dict[str, Any], key: str, value: object) -> None:
     """Set dotted ``key`` in the nested ``data``, creating tables on the way.
 
-    Refuses (:class:`WriteError`, naming what would be shadowed) to replace a table with a
-    value, or to turn a value into a table.
+    Call :func:`confhub.kv.check_write_shape` first: it refuses (naming what would be
+    shadowed) a value over a table or a key under a value; a value met on the way here
+    anyway is a :class:`WriteError`, never silently replaced.
     """
     parts = key.split(".")
     node = data
-    for depth, part in enumerate(parts[:-1], start=1):
-        if part not in node:
-            node[part] = {}
-        child = node[part]
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            where = ".".join(parts[:depth])
-            raise WriteError(
-                f"{source}: cannot write {key!r}: {where!r} holds a value ({child!r}), not a "
-                f"table, and the write would replace it; delete or rename {where!r} first",
-                source=source,
-                key=key,
-            )
+            kv.check_write_shape(data, key, value, source=source)  # raises, naming it
+            raise WriteError(f"{source}: cannot write {key!r}", source=source, key=key)
         node = child
-    old = node.get(parts[-1])
-    if isinstance(old, dict):
-        inner = sorted(old)
-        shown = ", ".join(f"{key}.{k}" for k in inner[:3]) + (", ..." if len(inner) > 3 else "")
-        raise WriteError(
-            f"{source}: cannot write {key!r}: it is a table ({len(inner)} key(s): "
-            f"{shown or 'empty'}) and a value would shadow it; write its keys one by one, "
-            "or delete the table first",
-            source=source,
-            key=key,
-        )
     node[parts[-1]] = list(value) if isinstance(value, tuple) else value
 
 

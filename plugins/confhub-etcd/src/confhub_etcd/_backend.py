@@ -24,6 +24,7 @@ import enum
 import logging
 import threading
 from collections.abc import Hashable
+from pathlib import Path
 from typing import Any
 
 from confhub import (
@@ -73,6 +74,19 @@ class _Trouble(enum.Enum):
     DOCUMENT_MISSING = "document key missing"
 
 
+#: How many times a tree write reads its scope again when another key under it was written
+#: between the read and the put (see :meth:`EtcdBackend.write`).
+WRITE_ATTEMPTS = 5
+
+
+def _principal(config: EtcdSourceConfig) -> str | None:
+    if config.credentials is not None:
+        return f"user:{config.credentials.user}"
+    if config.tls is not None and config.tls.cert_file:
+        return f"cert:{Path(config.tls.cert_file).absolute()}"
+    return None
+
+
 class EtcdBackend(Backend):
     """One ``etcd://`` source: ``load()``, ``watch(notify)``, ``write()``, ``close()``.
 
@@ -91,6 +105,11 @@ class EtcdBackend(Backend):
     def __init__(self, spec: SourceSpec, config: EtcdSourceConfig) -> None:
         self.spec = spec
         self.config = config
+        #: Who reads (``Backend.cache_principal``): etcd's RBAC user, else the TLS client
+        #: certificate (whose CN etcd takes as the user). The cache keeps one file per
+        #: principal, keyed by an HMAC of it; a user name, not the password, so a rotated
+        #: password keeps its last good copy.
+        self.cache_principal = _principal(config)
         self.display = spec.display
         self.keys = kv.KeyMap(config.prefix, source=spec.display, noun=NOUN)
         self._lock = threading.Lock()
@@ -228,6 +247,7 @@ class EtcdBackend(Backend):
             progress_interval=self.config.progress_interval,
             page_size=self.config.page_size,
             max_keys=self.config.max_keys if self.config.fmt is None else None,
+            source=self.display,  # redacted: no password
         )
         with self._lock:
             if self._closed:
@@ -343,32 +363,68 @@ class EtcdBackend(Backend):
 
     def write(self, key: str, value: Any, expected_revision: Any = None) -> int:
         """Write dotted ``key``; with ``expected_revision`` a compare-and-swap on the etcd
-        key's mod_revision (0: the key must not exist). Returns the new revision."""
+        key's mod_revision (0: the key must not exist). Returns the new revision.
+
+        A write that would put a value over a table, or a key under a value, is refused
+        before anything is sent (:func:`confhub.kv.check_write_shape`, against the keys
+        under :meth:`~confhub.kv.KeyMap.write_scope`, read keys-only), and the put is
+        guarded by that read: if a key under the scope was written since, it is read and
+        checked again (a bounded number of times), so no concurrent write slips in between.
+        """
         if self.config.fmt is not None:
             return self._write_document(key, value, expected_revision)
         etcd_key = self._etcd_key(key)
         payload = kv.encode_value(value, source=self.display, key=key)
+        expected = None if expected_revision is None else int(expected_revision)
+        scope = self.keys.write_scope(key)
         client = self.client
-        try:
-            if expected_revision is None:
-                return client.put(etcd_key, payload)
-            expected = int(expected_revision)
-            result = client.put_if_revision(etcd_key, payload, expected)
-        except EtcdLimitError as exc:
-            raise WriteError(f"{self.display}: {exc}", source=self.display, key=key) from None
-        except EtcdError as exc:
-            raise self._translate(exc, f"the write of {key!r}") from None
-        if not result.succeeded:
-            raise WriteConflictError(
-                f"{self.display}: {key} (etcd key {etcd_key}) is at mod_revision "
-                f"{result.actual or 'none (absent)'}, not {expected}; re-read "
-                "(confhub explain shows the mod_revision) and retry",
-                source=self.display,
-                key=key,
-                expected=expected,
-                actual=result.actual,
-            )
-        return result.revision
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                revision, names = client.keys_under(scope)
+                kv.check_write_shape(self._dotted_keys(names), key, value, source=self.display)
+                result = client.put_if_unchanged_under(
+                    etcd_key,
+                    payload,
+                    scope=scope,
+                    scope_revision=revision,
+                    expected_mod_revision=expected,
+                )
+            except EtcdLimitError as exc:
+                raise WriteError(f"{self.display}: {exc}", source=self.display, key=key) from None
+            except EtcdError as exc:
+                raise self._translate(exc, f"the write of {key!r}") from None
+            if result.succeeded:
+                return result.revision
+            if expected is not None and result.actual != expected:
+                raise WriteConflictError(
+                    f"{self.display}: {key} (etcd key {etcd_key}) is at mod_revision "
+                    f"{result.actual or 'none (absent)'}, not {expected}; re-read "
+                    "(confhub explain shows the mod_revision) and retry",
+                    source=self.display,
+                    key=key,
+                    expected=expected,
+                    actual=result.actual,
+                )
+            # Another key under the scope was written since the read: read and check again.
+        raise WriteConflictError(
+            f"{self.display}: the keys under {scope!r} kept changing during "
+            f"{WRITE_ATTEMPTS} attempts to write {key!r}; retry later",
+            source=self.display,
+            key=key,
+        )
+
+    def _dotted_keys(self, names: list[bytes]) -> list[str]:
+        """The dotted keys of etcd keys ``names`` (keys this source cannot read are left
+        out: they are refused when it reads)."""
+        found = []
+        for name in names:
+            try:
+                dotted = self.keys.to_dotted(name)
+            except SourceFormatError:
+                continue
+            if dotted is not None:
+                found.append(dotted)
+        return found
 
     def _write_document(self, key: str, value: Any, expected_revision: Any) -> int:
         """Read-modify-CAS of the one document key (a lost race without

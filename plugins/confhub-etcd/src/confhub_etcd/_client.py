@@ -66,6 +66,7 @@ from ._types import (
     WatchEvent,
     WatchState,
     WatchStatus,
+    key_text,
     prefix_range_end,
     to_bytes,
 )
@@ -321,9 +322,12 @@ class EtcdClient:
                 return self._read_prefix_once(prefix_b, end, page_size, max_keys, convert)
             except EtcdCompacted as exc:
                 last_error = exc
-                log.info("etcd compacted during a paged read of %r; restarting the read", prefix_b)
+                log.info(
+                    "etcd compacted during a paged read of %s; restarting the read",
+                    key_text(prefix_b),
+                )
         if last_error is None:  # attempts < 1 is normalised above; kept for the type checker
-            raise EtcdError(f"paged read of {prefix_b!r} made no attempt")
+            raise EtcdError(f"paged read of {key_text(prefix_b)} made no attempt")
         raise last_error
 
     def _read_prefix_once(
@@ -361,6 +365,85 @@ class EtcdClient:
             if not response.more or not response.kvs:
                 return PrefixSnapshot(revision=revision, items=tuple(items))
             start = bytes(response.kvs[-1].key) + b"\0"
+
+    def keys_under(self, prefix: str | bytes, *, page_size: int = 1000) -> tuple[int, list[bytes]]:
+        """``(revision, keys)``: the keys (names only, no values) under ``prefix`` at one
+        store revision, read in pages.
+
+        What a write reads to check what it could clash with (``confhub.kv.check_write_shape``),
+        then passes to :meth:`put_if_unchanged_under` with the revision.
+        """
+        prefix_b = to_bytes(prefix)
+        end = prefix_range_end(prefix_b)
+        rpc = stubs()
+        revision = 0
+        start = prefix_b or b"\0"
+        keys: list[bytes] = []
+        while True:
+            request = rpc.RangeRequest(
+                key=start, range_end=end, limit=page_size, revision=revision, keys_only=True
+            )
+            response = self._unary("kv", "Range", request, idempotent=True, what="key listing")
+            if revision == 0:
+                revision = int(response.header.revision)
+            keys.extend(bytes(item.key) for item in response.kvs)
+            if not response.more or not response.kvs:
+                return revision, keys
+            start = keys[-1] + b"\0"
+
+    def put_if_unchanged_under(
+        self,
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        scope: str | bytes,
+        scope_revision: int,
+        expected_mod_revision: int | None = None,
+    ) -> CASResult:
+        """Write ``key`` only if no key under ``scope`` was written after ``scope_revision``
+        (and, with ``expected_mod_revision``, only if ``key``'s mod_revision is that; 0: it
+        must not exist), in one transaction.
+
+        A failed compare returns ``CASResult(succeeded=False)`` with the key's current
+        mod_revision as ``actual``: when it is the expected one, the scope changed instead
+        (read it again). Oversized requests raise :class:`EtcdLimitError` before sending.
+        """
+        rpc = stubs()
+        key_b, scope_b = to_bytes(key), to_bytes(scope)
+        compares = [
+            rpc.Compare(
+                key=scope_b,
+                range_end=prefix_range_end(scope_b),
+                result=rpc.Compare.LESS,
+                target=rpc.Compare.MOD,
+                mod_revision=scope_revision + 1,
+            )
+        ]
+        if expected_mod_revision is not None:
+            compares.append(
+                rpc.Compare(
+                    key=key_b,
+                    result=rpc.Compare.EQUAL,
+                    target=rpc.Compare.MOD,
+                    mod_revision=expected_mod_revision,
+                )
+            )
+        request = rpc.TxnRequest(
+            compare=compares,
+            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key_b, value=to_bytes(value)))],
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key_b, keys_only=True))],
+        )
+        _check_size(request, self._max_request_bytes, "put_if_unchanged_under")
+        response = self._unary("kv", "Txn", request, idempotent=False, what="guarded put")
+        revision = int(response.header.revision)
+        expected = -1 if expected_mod_revision is None else expected_mod_revision
+        if response.succeeded:
+            return CASResult(True, revision, key_b, expected, revision)
+        actual = 0
+        for op in response.responses:
+            if op.HasField("response_range") and op.response_range.kvs:
+                actual = int(op.response_range.kvs[0].mod_revision)
+        return CASResult(False, revision, key_b, expected, actual)
 
     def revision(self) -> int:
         """The current store revision."""
@@ -485,6 +568,7 @@ class EtcdClient:
         liveness_timeout: float | None = None,
         page_size: int = 500,
         require_leader: bool = True,
+        source: str | None = None,
     ) -> PrefixWatcher:
         """Create and start a :class:`PrefixWatcher`; see its docstring for the arguments."""
         watcher = PrefixWatcher(
@@ -498,6 +582,7 @@ class EtcdClient:
             liveness_timeout=liveness_timeout,
             page_size=page_size,
             require_leader=require_leader,
+            source=source,
         )
         watcher.start()
         return watcher

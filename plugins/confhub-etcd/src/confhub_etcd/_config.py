@@ -11,9 +11,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import unquote
 
-from confhub import SourceSpec, SpecError
+from confhub import SourceSpec, SpecError, UrlParts
 from confhub.kv import DEFAULT_MAX_KEYS, Backoff, check_options
 
 from ._types import Credentials, TLSConfig
@@ -78,7 +77,7 @@ class EtcdSourceConfig:
 
 def parse_spec(spec: SourceSpec, *, default_timeout: float = 2.0) -> EtcdSourceConfig:
     """Parse an ``etcd:`` spec; raises :class:`confhub.SpecError` naming the fix."""
-    userinfo, endpoints, path = _location(spec)
+    parts, endpoints, path = _location(spec)
     fmt, prefix = _layout(spec, path)
     page_size, max_receive_bytes, backoff, progress_interval, timeout = _timing(
         spec, default_timeout
@@ -89,7 +88,7 @@ def parse_spec(spec: SourceSpec, *, default_timeout: float = 2.0) -> EtcdSourceC
         endpoints=endpoints,
         prefix=prefix,
         fmt=fmt,
-        credentials=_credentials(spec, userinfo),
+        credentials=_credentials(spec, parts),
         tls=_tls(spec),
         timeout=timeout,
         page_size=page_size,
@@ -112,26 +111,18 @@ def _positive(spec: SourceSpec, name: str, default: float) -> float:
     return value
 
 
-def _location(spec: SourceSpec) -> tuple[str, tuple[str, ...], str]:
-    """``(userinfo, endpoints, path)`` from ``//[userinfo@]host:port[,...]/path``."""
-    location = spec.location
-    if not location.startswith("//"):
+def _location(spec: SourceSpec) -> tuple[UrlParts, tuple[str, ...], str]:
+    """``(parts, endpoints, path)`` of ``//[user[:password]@]host:port[,...]/path``.
+
+    The core parses the location once (``spec.url_parts``): a password may hold ``#``,
+    ``?``, ``/`` or ``@``, and the endpoints and path never hold any part of it.
+    """
+    parts = spec.url_parts
+    if parts is None:
         raise _spec_error(
             spec, "write the spec as etcd://host:2379/prefix/ (two slashes, then host:port)"
         )
-    netloc, slash, path = location[2:].partition("/")
-    path = slash + path
-    if "@" in path and "@" not in netloc:
-        # Most likely user:password@ with a raw "/" in the password: never echo it.
-        raise _spec_error(
-            spec,
-            "the part before the first '/' has no '@' but the rest does: percent-encode a "
-            "'/' in the password as %2F, or pass it as ?password= (or password_env=)",
-        )
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not at:
-        hosts, userinfo = netloc, ""
-    endpoints = tuple(h.strip() for h in hosts.split(",") if h.strip())
+    endpoints = parts.hosts
     if not endpoints:
         raise _spec_error(spec, "no etcd endpoint given; write etcd://host:2379/prefix/")
     for endpoint in endpoints:
@@ -140,14 +131,13 @@ def _location(spec: SourceSpec) -> tuple[str, tuple[str, ...], str]:
             raise _spec_error(
                 spec, f"endpoint {endpoint!r} is not host:port; write e.g. 127.0.0.1:2379"
             )
-    return userinfo, endpoints, path
+    return parts, endpoints, parts.path
 
 
-def _credentials(spec: SourceSpec, userinfo: str) -> Credentials | None:
-    """User and password from ``user:password@``, ``?user=``, ``?password=``,
-    ``?password_env=`` (options win over the URL)."""
-    user = unquote(userinfo.partition(":")[0]) if userinfo else None
-    password = unquote(userinfo.partition(":")[2]) if ":" in userinfo else None
+def _credentials(spec: SourceSpec, parts: UrlParts) -> Credentials | None:
+    """User and password from ``user:password@`` (the core's parsed, percent-decoded
+    parts), ``?user=``, ``?password=``, ``?password_env=`` (options win over the URL)."""
+    user, password = parts.user, parts.password
     user = spec.options.get("user", user) or None
     password = spec.options.get("password", password)
     password_env = spec.options.get("password_env")

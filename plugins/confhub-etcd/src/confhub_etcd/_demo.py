@@ -52,7 +52,7 @@ def _wait(predicate: Any, timeout: float = _TIMEOUT) -> bool:
 
 
 def _scenario(say: Any, etcd: Any, workdir: Path) -> None:
-    from confhub._cli import main as cli_main  # noqa: PLC0415 - the real `confhub set`
+    from confhub import main as cli_main  # noqa: PLC0415 - the real `confhub set`
 
     url = f"etcd://{etcd.endpoint}/demo/"
     fast = "?retry_initial=0.1&retry_max=0.5&progress_interval=0.5"

@@ -10,15 +10,18 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from confhub import WriteError, parse_document
+from confhub import WriteError, kv, parse_document
 
 __all__ = ["updated_document"]
 
 
 def updated_document(raw: bytes | None, fmt: str, key: str, value: Any, *, source: str) -> bytes:
     """The document ``raw`` (``None``: an empty one) with dotted ``key`` set to ``value``,
-    dumped as ``fmt``; a :class:`confhub.WriteError` when it cannot be written."""
+    dumped as ``fmt``; a :class:`confhub.WriteError` when it cannot be written, or when the
+    write would put a value over a table or a key under a value
+    (:func:`confhub.kv.check_write_shape`)."""
     data = _thaw(parse_document(raw, fmt, source=source)) if raw is not None else {}
+    kv.check_write_shape(data, key, value, source=source)  # a WriteError naming what it hides
     _set_nested(data, key, value)
     return _dump(data, fmt, source=source, key=key)
 
@@ -27,10 +30,7 @@ def _set_nested(data: dict[str, Any], key: str, value: Any) -> None:
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
+        node = node.setdefault(part, {})  # check_write_shape refused a value on the way
     node[parts[-1]] = value
 
 

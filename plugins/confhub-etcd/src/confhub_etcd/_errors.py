@@ -118,7 +118,8 @@ class EtcdTooManyKeys(EtcdLimitError):
 
     def __init__(self, prefix: bytes, count: int, limit: int) -> None:
         super().__init__(
-            f"{count:,} keys under {prefix!r}, more than max_keys={limit:,}",
+            f"{count:,} keys under {prefix.decode('utf-8', 'backslashreplace')}, "
+            f"more than max_keys={limit:,}",
             limit_name="max_keys",
             limit=limit,
             actual=count,

@@ -42,7 +42,21 @@ __all__ = [
 _RETRYABLE_CODES: Final = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
-_TLS_MARKERS: Final = ("ssl", "handshake", "certificate", "tsi_", "x509")
+# gRPC has no status code of its own for a failed TLS handshake: it is UNAVAILABLE, like a
+# refused or timed-out connect. So a failure is a TLS one only when TLS is configured, the
+# code is UNAVAILABLE, and the failing layer is TLS itself: gRPC's security handshaker
+# ("Tls handshake failed (TSI_...)", "Handshake read failed (...)") or OpenSSL
+# ("SSL_ERROR_...", "CERTIFICATE_VERIFY_FAILED"). gRPC's TCP connect is its "tcp handshaker"
+# ("tcp handshaker shutdown"): no TLS happened there, whatever the configuration.
+_TLS_LAYER_MARKERS: Final = (
+    "tsi_",
+    "ssl_error",
+    "tls handshake failed",
+    "ssl handshake failed",
+    "handshake read failed",
+    "handshake write failed",
+    "certificate",
+)
 # Failures that prove a request never reached a server, so a write may go to another endpoint.
 _NOT_SENT_MARKERS: Final = (
     "failed to connect",
@@ -107,13 +121,21 @@ class ResponseTooLarge(EtcdError):
     """A response exceeded the client's gRPC receive limit (read smaller pages)."""
 
 
-def translate(exc: grpc.RpcError, endpoint: str, *, what: str) -> EtcdError:
-    """Map a gRPC error to this module's exceptions; messages hold no secrets."""
+def translate(exc: grpc.RpcError, endpoint: str, *, what: str, tls: bool) -> EtcdError:
+    """Map a gRPC error to this module's exceptions; messages hold no secrets.
+
+    ``tls``: whether the channel uses TLS. Only then can a failure be an
+    :class:`EtcdTLSError` (see ``_TLS_LAYER_MARKERS``); without TLS a connect that never
+    completes is plainly unavailable."""
     code: grpc.StatusCode = exc.code()
     details = str(exc.details() or "")
     lowered = details.lower()
     if code in _RETRYABLE_CODES or code == grpc.StatusCode.CANCELLED:
-        if code == grpc.StatusCode.UNAVAILABLE and any(m in lowered for m in _TLS_MARKERS):
+        if (
+            tls
+            and code == grpc.StatusCode.UNAVAILABLE
+            and any(m in lowered for m in _TLS_LAYER_MARKERS)
+        ):
             return EtcdTLSError(
                 f"TLS handshake with etcd at {endpoint} failed during {what}: {details}; "
                 "check the CA file and the client certificate/key",
@@ -217,9 +239,12 @@ def open_connection(
 class WatchRequests:
     """The request side of one watch stream, consumed by a gRPC thread.
 
-    Sends the create request, then a progress request every ``interval`` seconds; if no
+    Sends the create request, then a progress request every ``interval`` seconds. If no
     response of any kind arrived for ``liveness`` seconds it cancels the call, which is how a
-    half-open connection (a SIGSTOPped or partitioned member) is detected.
+    half-open connection (a SIGSTOPped or partitioned member) is detected. The deadline
+    (``last_response + liveness``) is waited for on its own, not checked only when the next
+    progress request is due: that check came up to one interval late (a member frozen just
+    after a watch response was noticed after ~4 intervals, not 3).
     """
 
     def __init__(self, create: Any, interval: float, liveness: float) -> None:
@@ -238,16 +263,21 @@ class WatchRequests:
         if self._create is not None:
             create, self._create = self._create, None
             return create
+        due = time.monotonic() + self._interval  # the next progress request
         while True:
-            if self._closed.wait(self._interval):
-                raise StopIteration
-            if time.monotonic() - self.last_response > self._liveness:
+            now = time.monotonic()
+            # Read last_response afresh each time: the watcher thread moves it on.
+            deadline = self.last_response + self._liveness
+            if now >= deadline:
                 self.timed_out = True
                 if self.call is not None:
                     self.call.cancel()
                 raise StopIteration
-            rpc = stubs()
-            return rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+            if now >= due:
+                rpc = stubs()
+                return rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+            if self._closed.wait(min(due, deadline) - now):
+                raise StopIteration
 
     def close(self) -> None:
         self._closed.set()
@@ -261,18 +291,20 @@ class WatchStream:
     tells the client what the stream found out, without touching the client's state.
     """
 
-    __slots__ = ("_call", "_established", "_may_retry", "_token_rejected", "endpoint")
+    __slots__ = ("_call", "_established", "_may_retry", "_token_rejected", "endpoint", "tls")
 
     def __init__(
         self,
         endpoint: str,
         call: Any,
         *,
+        tls: bool,
         on_established: Callable[[], None],
         on_token_rejected: Callable[[], None],
         may_retry: Callable[[EtcdError], bool],
     ) -> None:
         self.endpoint = endpoint
+        self.tls = tls  # whether the call runs over TLS (for translate())
         self._call = call
         self._established = on_established
         self._token_rejected = on_token_rejected

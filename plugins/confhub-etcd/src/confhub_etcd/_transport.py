@@ -137,6 +137,7 @@ class Transport:
         return WatchStream(
             conn.endpoint,
             call,
+            tls=self._tls_pem is not None,
             on_established=self._end_fork_grace,
             on_token_rejected=functools.partial(self._invalidate_token, token),
             may_retry=functools.partial(self._fork_retry, conn, idempotent=True),
@@ -234,7 +235,10 @@ class Transport:
             response = conn.auth.Authenticate(request, timeout=self._timeout)
         except grpc.RpcError as exc:
             error = translate(
-                exc, conn.endpoint, what=f"authentication of user {self._credentials.user!r}"
+                exc,
+                conn.endpoint,
+                what=f"authentication of user {self._credentials.user!r}",
+                tls=self._tls_pem is not None,
             )
             # Not chained: the request object in the frame holds the password.
             raise error from None
@@ -257,7 +261,7 @@ class Transport:
                     request, timeout=self._timeout, metadata=metadata
                 )
             except grpc.RpcError as exc:
-                error = translate(exc, conn.endpoint, what=what)
+                error = translate(exc, conn.endpoint, what=what, tls=self._tls_pem is not None)
                 if self._fork_retry(conn, error, idempotent=idempotent):
                     continue
                 code = exc.code()

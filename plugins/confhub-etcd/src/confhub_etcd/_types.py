@@ -27,6 +27,7 @@ __all__ = [
     "WatchState",
     "WatchStatus",
     "fold",
+    "key_text",
     "prefix_range_end",
     "resync_events",
     "to_bytes",
@@ -36,6 +37,12 @@ __all__ = [
 def to_bytes(value: str | bytes) -> bytes:
     """``value`` as bytes (UTF-8 for text)."""
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def key_text(key: bytes) -> str:
+    """``key`` as text for messages and logs: UTF-8, undecodable bytes as ``\\xNN``
+    (never a ``b'...'`` repr)."""
+    return key.decode("utf-8", "backslashreplace")
 
 
 def prefix_range_end(prefix: bytes) -> bytes:

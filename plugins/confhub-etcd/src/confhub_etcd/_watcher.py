@@ -34,6 +34,7 @@ from ._types import (
     WatchState,
     WatchStatus,
     fold,
+    key_text,
     prefix_range_end,
     resync_events,
     to_bytes,
@@ -137,6 +138,10 @@ class PrefixWatcher:
     and a new watch from R+1. The stream carries ``hasleader`` metadata (``require_leader``)
     so a member without a leader cancels it. Progress requests every ``progress_interval``
     seconds detect a dead stream after ``liveness_timeout`` (default ``3 * progress_interval``).
+
+    Log lines name the watch by its prefix, as text, and ``source`` when given: the display
+    name of what the watch serves (confhub passes the source's redacted spec). Pass nothing
+    that holds a credential.
     """
 
     def __init__(
@@ -154,10 +159,14 @@ class PrefixWatcher:
         require_leader: bool = True,
         stable_after: float = 1.0,
         max_keys: int | None = None,
+        source: str | None = None,
     ) -> None:
         self._client = client
         self._max_keys = max_keys
         self._prefix = to_bytes(prefix)
+        self._prefix_text = key_text(self._prefix)  # for messages
+        # How log lines name this watch: "/svc/ (etcd://h:2379/svc/)".
+        self._label = f"{self._prefix_text} ({source})" if source else self._prefix_text
         self._on_batch = on_batch
         self._on_state = on_state
         self._backoff: BackoffPolicy = backoff or Backoff()
@@ -225,7 +234,7 @@ class PrefixWatcher:
                 raise RuntimeError("the watcher is already started")
             self._client.track(self)
             self._thread = threading.Thread(
-                target=self._run, name=f"confhub-etcd-watch:{self._prefix!r}", daemon=True
+                target=self._run, name=f"confhub-etcd-watch:{self._prefix_text}", daemon=True
             )
             self._thread.start()
 
@@ -238,8 +247,8 @@ class PrefixWatcher:
             thread.join(timeout)
             if thread.is_alive():
                 log.warning(
-                    "etcd watch on %r did not stop within %.1fs (a callback or call is blocked)",
-                    self._prefix,
+                    "etcd watch on %s did not stop within %.1fs (a callback or call is blocked)",
+                    self._label,
                     timeout,
                 )
         with self._lock:
@@ -300,8 +309,8 @@ class PrefixWatcher:
             except _Compacted as exc:
                 self._compact_revision = exc.compact_revision
                 log.warning(
-                    "etcd watch on %r fell behind compaction (revision %d <= %d); resyncing",
-                    self._prefix,
+                    "etcd watch on %s fell behind compaction (revision %d <= %d); resyncing",
+                    self._label,
                     self._revision,
                     exc.compact_revision,
                 )
@@ -319,7 +328,7 @@ class PrefixWatcher:
                 error = exc
             except Exception as exc:
                 # Never let the thread die silently: report, back off, try again.
-                log.exception("unexpected error in the etcd watch on %r", self._prefix)
+                log.exception("unexpected error in the etcd watch on %s", self._label)
                 error = exc
             if self._stop.is_set():
                 return
@@ -334,8 +343,8 @@ class PrefixWatcher:
             attempt += 1
             self.reconnects += 1
             log.debug(
-                "etcd watch on %r retrying in %.2fs (stream lived %.2fs)",
-                self._prefix,
+                "etcd watch on %s retrying in %.2fs (stream lived %.2fs)",
+                self._label,
                 delay,
                 time.monotonic() - started,
             )
@@ -361,11 +370,13 @@ class PrefixWatcher:
                     next_probe = requests.last_response + probe_every
                     self._check_permission()
                 self._on_response(response, stream, connected_at)
+                # Time spent handling it (a slow consumer, the probe) is not silence.
+                requests.last_response = time.monotonic()
             if self._stop.is_set():
                 return
             raise _StreamLost(
                 EtcdUnavailable(
-                    f"etcd at {stream.endpoint} ended the watch stream on {self._prefix!r}",
+                    f"etcd at {stream.endpoint} ended the watch stream on {self._prefix_text}",
                     endpoint=stream.endpoint,
                 )
             )
@@ -423,7 +434,7 @@ class PrefixWatcher:
     def _on_cancel(self, response: Any, stream: WatchStream) -> _StreamLost:
         """The server cancelled the watch: an auth refusal, or lost like an outage."""
         reason = str(response.cancel_reason or "canceled by the server")
-        message = f"etcd at {stream.endpoint} cancelled the watch on {self._prefix!r}: {reason}"
+        message = f"etcd at {stream.endpoint} cancelled the watch on {self._prefix_text}: {reason}"
         if "auth" in reason.lower() or "permission" in reason.lower():
             stream.token_rejected()
             return _StreamLost(EtcdAuthError(message, reason=reason, endpoint=stream.endpoint))
@@ -442,7 +453,9 @@ class PrefixWatcher:
                     code="DEADLINE_EXCEEDED",
                 )
             )
-        error = translate(exc, stream.endpoint, what=f"the watch on {self._prefix!r}")
+        error = translate(
+            exc, stream.endpoint, what=f"the watch on {self._prefix_text}", tls=stream.tls
+        )
         if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
             stream.token_rejected()
         retry_now = self._watch_id is None and stream.retry_now(error)
@@ -504,7 +517,7 @@ class PrefixWatcher:
         except Exception:
             self.callback_errors += 1
             log.exception(
-                "etcd watch callback for %r failed on revision %d", self._prefix, batch.revision
+                "etcd watch callback for %s failed on revision %d", self._label, batch.revision
             )
 
     def _report(self, state: WatchState, error: BaseException | None) -> None:
@@ -519,14 +532,14 @@ class PrefixWatcher:
             return
         self._reported, self._reported_kind = state, kind
         status = WatchStatus(state, self._revision, self._endpoint, error)
-        _log_status(self._prefix, status)
+        _log_status(self._label, status)
         if self._on_state is None:
             return
         try:
             self._on_state(status)
         except Exception:
             self.callback_errors += 1
-            log.exception("etcd watch state callback for %r failed", self._prefix)
+            log.exception("etcd watch state callback for %s failed", self._label)
 
 
 def _create_request(prefix: bytes, start_revision: int) -> Any:
@@ -541,19 +554,19 @@ def _create_request(prefix: bytes, start_revision: int) -> Any:
     )
 
 
-def _log_status(prefix: bytes, status: WatchStatus) -> None:
+def _log_status(label: str, status: WatchStatus) -> None:
     """One log line per reported state change (never values or secrets)."""
     if status.state is WatchState.DISCONNECTED:
         log.warning(
-            "etcd watch on %r disconnected at revision %d: %s",
-            prefix,
+            "etcd watch on %s disconnected at revision %d: %s",
+            label,
             status.revision,
             status.error,
         )
     else:
         log.info(
-            "etcd watch on %r %s (revision %d, endpoint %s)",
-            prefix,
+            "etcd watch on %s %s (revision %d, endpoint %s)",
+            label,
             status.state.value,
             status.revision,
             status.endpoint,

@@ -1,0 +1,282 @@
+"""Dispatch: subscriptions, the bounded event queue, and the notifier thread.
+
+The hub puts events (:class:`Change`, :class:`ErrorEvent`, :class:`SourceHealth`) on a
+:class:`Dispatcher`; its one notifier thread delivers them to the subscribers in order, one
+at a time. Nothing here touches a disk or a store: the cache's writes run on their own
+thread (``confhub._persist``), so a delivery never waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+from ._errors import HubStateError
+from ._health import SourceHealth
+from ._snapshot import Change, ErrorEvent, KeyChange
+
+log = logging.getLogger("confhub")
+
+#: What the notifier delivers.
+Event = Change | ErrorEvent | SourceHealth
+
+
+class Subscription:
+    """A registered change callback; :meth:`cancel` stops further calls.
+
+    ``unsubscribe`` is the one thing the subscription needs from its hub: a callable that
+    removes it (as pluggy's ``HookCaller`` gets its hook executor, not the manager).
+    """
+
+    def __init__(
+        self,
+        unsubscribe: Callable[[Subscription], None],
+        callback: Callable[[Change], Any] | None,
+        prefix: str,
+        on_error: Callable[[ErrorEvent], Any] | None,
+        on_state: Callable[[SourceHealth], Any] | None = None,
+    ) -> None:
+        self._unsubscribe = unsubscribe
+        self.on_state = on_state
+        self.callback = callback
+        self.prefix = prefix
+        self.on_error = on_error
+        self.on_close: Callable[[], Any] | None = None
+        self.active = True
+
+    def cancel(self) -> None:
+        """Stop calling this subscription's callbacks (idempotent)."""
+        if self.active:
+            self.active = False
+            self._unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+_STOP = object()
+
+
+class EventQueue:
+    """The notifier's queue: FIFO, and bounded by merging changes when it grows.
+
+    When more than ``limit`` events wait (slow or blocked subscribers), every run of
+    consecutive changes is merged into one: the last value of every key is still
+    delivered, generations in between are skipped, and memory stays bounded by the number
+    of distinct keys rather than the number of updates.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._items: collections.deque[Any] = collections.deque()
+        self._cond = threading.Condition()
+        #: How many queued events were merged away so far.
+        self.coalesced = 0
+
+    def put(self, item: Any) -> None:
+        """Append ``item``; merge runs of changes when more than ``limit`` wait."""
+        with self._cond:
+            self._items.append(item)
+            if len(self._items) > self.limit:
+                before = len(self._items)
+                self._items = collections.deque(_coalesce_runs(self._items))
+                self.coalesced += before - len(self._items)
+            self._cond.notify()
+
+    def get(self) -> Any:
+        """Remove and return the oldest item, waiting for one."""
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            return self._items.popleft()
+
+    def qsize(self) -> int:
+        """How many items wait."""
+        return len(self._items)
+
+
+class Dispatcher:
+    """The subscribers of one hub and the notifier thread that calls them.
+
+    ``published`` is called after the subscribers with every delivered :class:`Change`
+    (the hub passes the ``confhub_snapshot_published`` hook).
+    """
+
+    def __init__(self, max_backlog: int, published: Callable[[Change], Any]) -> None:
+        self._queue = EventQueue(max_backlog)
+        self._published = published
+        self._lock = threading.Lock()
+        self._subscribers: tuple[Subscription, ...] = ()
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    # -- subscribers -----------------------------------------------------------------------
+    def subscribe(
+        self,
+        callback: Callable[[Change], Any] | None,
+        prefix: str,
+        on_error: Callable[[ErrorEvent], Any] | None,
+        on_state: Callable[[SourceHealth], Any] | None,
+    ) -> Subscription:
+        """Register and return a new :class:`Subscription` (:class:`HubStateError` once
+        the dispatcher is closed)."""
+        if self._closing.is_set():
+            raise HubStateError("hub.subscribe() on a closed hub; create a new Hub")
+        sub = Subscription(self.unsubscribe, callback, prefix, on_error, on_state)
+        with self._lock:
+            self._subscribers = (*self._subscribers, sub)
+        return sub
+
+    async def changes(self, prefix: str) -> AsyncIterator[Change]:
+        """Each delivered :class:`Change` at or below ``prefix``, to an asyncio consumer, until
+        the dispatcher closes (queued without bound for a slow consumer)."""
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[Change | None] = asyncio.Queue()
+
+        def push(item: Change | None) -> None:
+            try:
+                loop.call_soon_threadsafe(inbox.put_nowait, item)
+            except RuntimeError:  # the loop closed
+                pass
+
+        sub = self.subscribe(push, prefix, None, None)
+        sub.on_close = lambda: push(None)
+        try:
+            while True:
+                item = await inbox.get()
+                if item is None:
+                    return
+                yield item
+        finally:
+            sub.cancel()
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Remove ``sub`` (no effect if it is not registered)."""
+        with self._lock:
+            self._subscribers = tuple(s for s in self._subscribers if s is not sub)
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscriptions are registered."""
+        return len(self._subscribers)
+
+    # -- the queue -------------------------------------------------------------------------
+    def put(self, event: Event) -> None:
+        """Queue ``event`` for delivery (returns at once)."""
+        self._queue.put(event)
+
+    @property
+    def depth(self) -> int:
+        """How many events wait for delivery."""
+        return self._queue.qsize()
+
+    @property
+    def coalesced(self) -> int:
+        """How many events were merged away because the backlog grew past its limit."""
+        return self._queue.coalesced
+
+    # -- the thread ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the notifier thread."""
+        self._thread = threading.Thread(target=self._run, name="confhub-notifier", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop delivering (events still queued are dropped), tell each subscription's
+        ``on_close``, join the thread, and deactivate every subscription."""
+        self._closing.set()
+        self._queue.put(_STOP)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=timeout)
+        with self._lock:
+            subscribers, self._subscribers = self._subscribers, ()
+        for sub in subscribers:
+            sub.active = False
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP or self._closing.is_set():
+                for sub in self._subscribers:
+                    if sub.on_close is not None:
+                        sub.on_close()
+                return
+            self._deliver(item)
+
+    def _deliver(self, item: Event) -> None:
+        for sub in self._subscribers:
+            if not sub.active:
+                continue
+            try:
+                if isinstance(item, Change):
+                    if sub.callback is not None:
+                        part = item.filtered(sub.prefix)
+                        if part is not None:
+                            sub.callback(part)
+                elif isinstance(item, SourceHealth):
+                    if sub.on_state is not None:
+                        sub.on_state(item)
+                elif sub.on_error is not None:
+                    sub.on_error(item)
+            except Exception:
+                log.exception(
+                    "subscriber %r raised while handling generation %s; "
+                    "the other subscribers still run",
+                    getattr(sub.callback, "__qualname__", sub.callback),
+                    getattr(item, "generation", "?"),
+                )
+        if isinstance(item, Change):
+            try:
+                self._published(item)
+            except Exception:
+                log.exception("a plugin's confhub_snapshot_published failed; ignored")
+
+
+def _coalesce_runs(items: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    run: list[Change] = []
+    for item in [*items, _STOP_RUN]:
+        if isinstance(item, Change):
+            run.append(item)
+            continue
+        if run:
+            merged = _merge_changes(run)
+            if merged is not None:
+                out.append(merged)
+            run = []
+        if item is not _STOP_RUN:
+            out.append(item)
+    return out
+
+
+_STOP_RUN = object()
+
+
+def _merge_changes(run: list[Change]) -> Change | None:
+    """One change equivalent to ``run`` applied in order (``None`` if it nets to nothing)."""
+    if len(run) == 1:
+        return run[0]
+    first_old: dict[str, Any] = {}
+    last_new: dict[str, Any] = {}
+    sources: dict[str, None] = {}
+    for change in run:
+        sources[change.source] = None
+        for c in change.changes:
+            first_old.setdefault(c.key, c.old)
+            last_new[c.key] = c.new
+    kept = tuple(
+        KeyChange(k, first_old[k], last_new[k])
+        for k in sorted(last_new)
+        if first_old[k] is not last_new[k] and first_old[k] != last_new[k]
+    )
+    if not kept:
+        return None
+    return Change(run[-1].generation, kept, ", ".join(sources))

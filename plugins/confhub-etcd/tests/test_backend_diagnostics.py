@@ -1,0 +1,170 @@
+"""What the etcd backend tells the application about trouble, through a real confhub.Hub: how
+soon a frozen member is noticed, how a connect that never completes is named (not TLS), and
+what the log lines say (text, not byte reprs; the source's display, no credentials)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import pytest
+from backend_lib import Events, make_hub, spec
+from confhub import StartupError
+from etcd_testlib import unanswered_endpoint
+
+from confhub_etcd.testing import EtcdCluster, EtcdServer
+
+
+def _record_time(caplog: pytest.LogCaptureFixture, needle: str, timeout: float = 15.0) -> float:
+    """``time.time()`` of the first ``confhub.etcd`` log record containing ``needle``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in caplog.records:
+            if record.name == "confhub.etcd" and needle in record.getMessage():
+                return record.created
+        time.sleep(0.01)
+    raise AssertionError(f"no confhub.etcd log record with {needle!r} within {timeout}s")
+
+
+def test_a_frozen_member_is_stale_within_three_progress_intervals(
+    etcd: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SIGSTOPped member (half-open connection: nothing answers) makes the source stale
+    about 3 progress intervals (the documented bound) after the stream's last sign of life,
+    the watch response just before the freeze; the watch recovers after SIGCONT.
+
+    The watch sends a progress request every interval from its start. The write lands a
+    fifth of an interval after one of them, so a watcher that checks its deadline only when
+    the next progress request is due notices ~3.8 intervals after the freeze (the issue's
+    ~19 s for 5 s intervals); checked on its own deadline it is ~3. The slack, 0.4 of an
+    interval, is for scheduling on a loaded machine; every figure is a multiple of the
+    interval (no absolute timings)."""
+    interval = 2.0
+    bound = 3 * interval
+    opts = f"retry_initial=0.05&retry_max=0.3&progress_interval={interval}"
+    etcd.put("/app/a", "1")
+    caplog.set_level(logging.INFO, logger="confhub.etcd")
+    with make_hub([spec(etcd.endpoint, opts=opts)]) as hub:
+        events = Events(hub)
+        connected = _record_time(caplog, "connected")
+        time.sleep(max(0.0, connected + 2.2 * interval - time.time()))
+        etcd.put("/app/a", "2")
+        events.wait_value("a", "2")
+        assert hub.health().sources[0].state == "live"
+        etcd.pause()
+        try:
+            frozen = time.monotonic()
+            events.wait_state("stale", timeout=4 * bound)
+            detected = time.monotonic() - frozen
+            assert hub.get("a") == "2"  # the last good values stay
+        finally:
+            etcd.resume()
+        etcd.put("/app/a", "3")
+        events.wait_value("a", "3", timeout=4 * bound)
+        events.wait_state("live", timeout=4 * bound)
+    assert interval < detected <= bound + 0.4 * interval, (
+        f"stale {detected / interval:.2f} progress intervals after the freeze (documented: 3)"
+    )
+
+
+def _connected_endpoints(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The endpoint of each "connected" log line of the etcd watch, in order."""
+    pattern = re.compile(r" connected \(revision \d+, endpoint (\S+)\)$")
+    found = (pattern.search(r.getMessage()) for r in caplog.records if r.name == "confhub.etcd")
+    return [m.group(1) for m in found if m]
+
+
+def test_a_frozen_member_is_left_for_another_one(
+    cluster: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With every member's endpoint in the spec, freezing the member the watch is on makes
+    the source stale, then the watch moves to another member: writes made during the freeze
+    arrive and the source is live again while the member is still frozen."""
+    interval = 0.5
+    opts = f"retry_initial=0.05&retry_max=0.3&progress_interval={interval}"
+    cluster.put("/app/a", "1")
+    caplog.set_level(logging.INFO, logger="confhub.etcd")
+    with make_hub([spec(cluster.endpoints, opts=opts)]) as hub:
+        events = Events(hub)
+        _record_time(caplog, "connected")
+        watched = _connected_endpoints(caplog)[0]
+        frozen = cluster.endpoints.index(watched)
+        cluster.pause(frozen)
+        try:
+            events.wait_state("stale", timeout=30)
+            cluster.put("/app/a", "2")  # through a running member
+            events.wait_value("a", "2", timeout=30)
+            events.wait_state("live", timeout=30)
+            assert cluster.members[frozen].paused
+        finally:
+            cluster.resume(frozen)
+    moved = [e for e in _connected_endpoints(caplog) if e != watched]
+    assert moved, "the watch never connected to another member"
+
+
+# -- a connect that never completes is not a TLS failure -------------------------------------
+
+
+def _startup_text(error: StartupError) -> str:
+    return "\n".join([str(error), *(f"{what}: {exc}" for what, exc in error.attempts)])
+
+
+def test_a_plaintext_connect_that_never_completes_is_not_called_tls() -> None:
+    """A plaintext source whose TCP connect never completes fails start-up as unavailable;
+    the message says nothing of TLS, certificates or the CA (gRPC calls its TCP connect a
+    "tcp handshaker", which a search for "handshake" took for a TLS failure)."""
+    with unanswered_endpoint() as endpoint:
+        # gRPC words the failure in more than one way ("tcp handshaker shutdown", "connect()
+        # timed out"): a few start-ups meet them all.
+        for _ in range(4):
+            with pytest.raises(StartupError) as info:
+                make_hub([spec(endpoint)], start_timeout=3.0).start()
+            text = _startup_text(info.value)
+            assert "unavailable" in text
+            assert not re.search(r"(?i)tls|certificate|\bca\b", text), text
+
+
+def test_a_tls_misconfiguration_still_says_tls() -> None:
+    """A TLS source without the client certificate the server requires still gets the TLS
+    message, with the fix to try."""
+    with EtcdServer(tls=True) as etcd:
+        assert etcd.tls is not None
+        with pytest.raises(StartupError) as info:
+            make_hub([spec(etcd.endpoint, opts=f"ca={etcd.tls.ca_cert}")]).start()
+    text = _startup_text(info.value)
+    assert "TLS handshake with etcd" in text
+    assert "check the CA file and the client certificate/key" in text
+
+
+# -- log lines ---------------------------------------------------------------------------------
+
+
+def test_log_lines_name_the_prefix_and_the_source_without_credentials(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The etcd watch's log lines show the prefix as text (not ``b'/app/'``) and the source's
+    display name, never the password, through a connect, a loss and a reconnect."""
+    caplog.set_level(logging.DEBUG, logger="confhub.etcd")
+    with EtcdServer(auth=True) as etcd:
+        password = etcd.root_password
+        source = spec(f"root:{password}@{etcd.endpoint}")
+        with make_hub([source]) as hub:
+            events = Events(hub)
+            display = hub.health().sources[0].source
+            assert password not in display
+            _record_time(caplog, "connected")
+            etcd.kill()
+            events.wait_state("stale")
+            etcd.start()
+            events.wait_state("live")
+    lines = [r.getMessage() for r in caplog.records if r.name == "confhub.etcd"]
+    watch_lines = [line for line in lines if line.startswith("etcd watch")]
+    assert any(" disconnected " in line for line in watch_lines), watch_lines
+    assert sum(" connected " in line for line in watch_lines) >= 2, watch_lines
+    for line in watch_lines:
+        assert "etcd watch on /app/ " in line, line
+        assert display in line, line
+    for line in lines:
+        assert "b'" not in line and 'b"' not in line, line
+        assert password not in line, line

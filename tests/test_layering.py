@@ -1,0 +1,143 @@
+"""The package's import layering: modules import downwards only (docs/architecture.md).
+
+Every module of ``confhub/`` is placed in one layer below; a module may import, at run time
+(module level or inside a function), only modules of lower layers. ``TYPE_CHECKING``
+imports may also go to lower layers, and upwards only where ``TYPE_ONLY_UP`` allows it
+(the hook specs name ``Hub`` in their signatures, as pytest's hookspec names ``Config``).
+A new module must be placed here; a new upward import or a cycle fails.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import confhub
+
+PACKAGE = Path(confhub.__file__).parent
+
+#: Lowest first. Within a layer, modules do not import each other.
+LAYERS: list[list[str]] = [
+    ["_location"],  # the one parser of a network spec's location (no confhub imports)
+    ["_errors", "_redact", "_health"],  # values (_redact builds on _location)
+    ["_docbounds"],  # document bounds and error wording shared by the parsers
+    ["_yaml"],  # the YAML loaders
+    ["_spec", "_parsers", "_layer"],  # specs, documents, layers
+    ["_merge", "_backend"],  # the pure merge; the backend contract
+    ["_snapshot"],  # the immutable merged view and its events
+    ["hookspecs"],  # the plugin contract (type-only imports)
+    [
+        # stages that take a snapshot or a layer; the cache plugin; the KV kit
+        "_binding",
+        "_dispatch",
+        "_explain",
+        "_persist",
+        "_cache",
+        "kv",  # the public kit for KV backends
+    ],
+    ["_backends", "_backends.defaults", "_backends.env", "_backends.file"],  # builtin plugins
+    ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
+    ["_fallback"],  # start-up chain, recovery, polling, watch wiring
+    ["_hub"],  # the facade that wires the stages
+    ["_demo", "_kvharness"],  # run a Hub
+    ["_kvcontract"],  # the KV contract's tests, on its harness
+    ["_cliconfig", "_cliformat"],  # the CLI's config file and output formats
+    ["_cli"],
+    ["testing", "__init__", "__main__"],  # public entry points
+]
+
+#: (importer, imported) pairs allowed upwards under ``if TYPE_CHECKING:`` only.
+TYPE_ONLY_UP = {
+    ("hookspecs", "_hub"),
+    ("_cache", "_hub"),  # its confhub_configure(hub) implementation
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """``(imported confhub module, type-only?)`` for every import in ``path``."""
+    name = _module_name(path)
+    package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
+    if name == "__init__":
+        package = []
+    found: list[tuple[str, bool]] = []
+
+    def resolve(node: ast.ImportFrom) -> list[str]:
+        if node.level == 0:
+            if not (node.module or "").startswith("confhub"):
+                return []
+            base = (node.module or "").split(".")[1:]
+        else:
+            base = package[: len(package) - (node.level - 1)] + (
+                node.module.split(".") if node.module else []
+            )
+        if node.module is None:  # from . import hookspecs
+            return [".".join([*base, alias.name]) for alias in node.names]
+        return [".".join(base) or "__init__"]
+
+    def walk(node: ast.AST, type_only: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for stmt in child.body:
+                    walk_one(stmt, True)
+                for stmt in child.orelse:
+                    walk_one(stmt, type_only)
+            else:
+                walk_one(child, type_only)
+
+    def walk_one(node: ast.AST, type_only: bool) -> None:
+        if isinstance(node, ast.ImportFrom):
+            found.extend((target, type_only) for target in resolve(node))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("confhub."):
+                    found.append((alias.name.split(".", 1)[1], type_only))
+        walk(node, type_only)
+
+    walk(ast.parse(path.read_text(encoding="utf-8")), False)
+    return found
+
+
+def _layer_of() -> dict[str, int]:
+    return {module: level for level, modules in enumerate(LAYERS) for module in modules}
+
+
+def test_every_module_is_placed_in_a_layer() -> None:
+    """A new module under confhub/ must be given its place in LAYERS."""
+    placed = _layer_of()
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    assert not modules - placed.keys(), f"place these modules in LAYERS: {modules - placed.keys()}"
+    assert not placed.keys() - modules, f"LAYERS names missing modules: {placed.keys() - modules}"
+
+
+def test_imports_go_down_only() -> None:
+    """No module imports its own layer or a higher one (so there is no cycle)."""
+    placed = _layer_of()
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        importer = _module_name(path)
+        for target, type_only in _imports(path):
+            if target not in placed:
+                continue  # a name imported from a package, e.g. ``from . import hookspecs``
+            if placed[target] < placed[importer]:
+                continue
+            if type_only and (importer, target) in TYPE_ONLY_UP:
+                continue
+            kind = "type-only " if type_only else ""
+            wrong.append(f"{importer} -> {target} ({kind}import against the layering)")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_walker_sees_relative_and_type_only_imports() -> None:
+    """The walker itself: it finds the hub's imports and the hook specs' type-only one."""
+    hub = dict(_imports(PACKAGE / "_hub.py"))
+    assert hub["_snapshot"] is False
+    assert hub["_fallback"] is False
+    specs = dict(_imports(PACKAGE / "hookspecs.py"))
+    assert specs["_hub"] is True
