@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import repeat
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
@@ -104,15 +107,71 @@ def flatten(data: Mapping[str, Any], *, source: str, _prefix: str = "") -> dict[
     "a": {"b": 2}}``) raise :class:`SourceFormatError` naming both.
     """
     out: dict[str, Any] = {}
-    _flatten_into(out, data, _prefix, source)
+    _flatten_into(out, data, _prefix, source, {}, True)
     return out
 
 
-def _flatten_into(out: dict[str, Any], data: Mapping[str, Any], prefix: str, source: str) -> None:
+def flatten_counted(
+    data: Mapping[str, Any], *, source: str
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """:func:`flatten`, plus the parent counts of the result (``Layer.inner``).
+
+    The counts come from the walk itself (the leaves each nested mapping added); only when
+    a source key holds a dot (``"a.b" = 1``, whose parents the walk does not visit) or is
+    not a string are they counted again from the dotted keys.
+    """
+    out: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    if not _flatten_into(out, data, "", source, counts, True):
+        counts = _inner_counts(out)
+    return out, counts
+
+
+#: Leaf types a mapping can be flattened with in one step (floats still need a finite check).
+_PLAIN = frozenset({str, int, bool, type(None), float})
+
+
+def _flatten_into(
+    out: dict[str, Any],
+    data: Mapping[str, Any],
+    prefix: str,
+    source: str,
+    counts: dict[str, int],
+    clean: bool,
+) -> bool:
+    """Flatten ``data`` (under ``prefix``) into ``out``, adding to ``counts`` the leaves each
+    nested mapping contributed.
+
+    ``clean``: no source key so far held a dot or was not a string, so a new dotted key
+    cannot already be in ``out`` (each is a distinct path of the tree). Returns the same
+    for the walk up to the end of ``data``; False also means ``counts`` may be incomplete.
+    """
+    # The common case, a mapping of plain leaves under plain keys, in C-level steps: every
+    # key a non-empty string without a dot, every leaf a scalar (floats finite).
+    kinds = set(map(type, data.values()))
+    if kinds <= _PLAIN and "" not in data:
+        try:
+            joined = "".join(data)
+        except TypeError:
+            joined = "."  # a key that is not a string: the loop below
+        if "." not in joined and (
+            float not in kinds
+            or all(map(math.isfinite, [v for v in data.values() if type(v) is float]))
+        ):
+            keys = map((prefix + ".").__add__, data) if prefix else iter(data)
+            if clean:
+                out.update(zip(keys, data.values(), strict=True))
+                return True
+            # A dotted key elsewhere ("a.b" = 1) may have reached one of these first.
+            listed = list(keys)
+            if out.keys().isdisjoint(listed):
+                out.update(zip(listed, data.values(), strict=True))
+                return False
     scalars = _SCALARS
     for raw_key, value in data.items():
         if not isinstance(raw_key, str):
             raw_key = str(raw_key)
+            clean = False
         key = f"{prefix}.{raw_key}" if prefix else raw_key
         kind = type(value)
         if (
@@ -129,8 +188,14 @@ def _flatten_into(out: dict[str, Any], data: Mapping[str, Any], prefix: str, sou
                 source=source,
                 key=key,
             )
+        if "." in raw_key:
+            clean = False  # its parents inside raw_key are not walked
         if isinstance(value, Mapping):
-            _flatten_into(out, value, key, source)
+            before = len(out)
+            clean = _flatten_into(out, value, key, source, counts, clean)
+            added = len(out) - before
+            if added:
+                counts[key] = counts.get(key, 0) + added
         else:
             if key in out:
                 raise SourceFormatError(
@@ -144,6 +209,7 @@ def _flatten_into(out: dict[str, Any], data: Mapping[str, Any], prefix: str, sou
                 raise SourceFormatError(
                     f"{source}: value of {key!r} is not allowed: {exc}", source=source, key=key
                 ) from None
+    return clean
 
 
 def _check_no_leaf_parent(
@@ -209,16 +275,31 @@ def too_many_keys(
     )
 
 
+_HEAD = itemgetter(0, 1)
+
+
 def _inner_counts(keys: Iterable[str]) -> dict[str, int]:
+    """Parent counts of dotted keys: how many keys lie below each proper prefix."""
+    # Count each key's direct parent in C-level steps (rpartition; a key without a dot has
+    # no separator), then add those counts to the parents' own prefixes: one short walk
+    # per distinct parent instead of one per key.
+    direct = Counter(map(_HEAD, map(str.rpartition, keys, repeat("."))))
     counts: dict[str, int] = {}
     get = counts.get
-    for key in keys:
-        dot = key.find(".")
+    for (parent, sep), below in direct.items():
+        if not sep:
+            continue
+        counts[parent] = get(parent, 0) + below
+        dot = parent.find(".")
         while dot >= 0:
-            p = key[:dot]
-            counts[p] = get(p, 0) + 1
-            dot = key.find(".", dot + 1)
+            p = parent[:dot]
+            counts[p] = get(p, 0) + below
+            dot = parent.find(".", dot + 1)
     return counts
+
+
+#: The details of a layer without any (one shared empty map).
+_NO_DETAILS: Values = immutables.Map()
 
 
 @attrs.frozen(eq=False, repr=False)
@@ -228,7 +309,10 @@ class Layer:
     - ``values``: the leaves; build layers with :meth:`from_mapping` or :meth:`from_flat`.
     - ``revision``: the source's revision of this content (etcd revision, Consul index,
       a file's content hash), shown by ``explain`` and recorded in the cache.
-    - ``details``: per-key provenance (``"/myapp/db/port mod_revision=12"``, ``"APP_DB__PORT"``).
+    - ``details``: per-key provenance (``"/myapp/db/port mod_revision=12"``, ``"APP_DB__PORT"``),
+      an ``immutables.Map``; ``Layer(...)`` also takes any immutable mapping that computes
+      its entries when read (a backend with many keys need not build a string per key at
+      load time: see the etcd plugin), and :meth:`apply` keeps it, recording changes on top.
     - ``locate``: an optional function computing a detail lazily (a file's line number), used
       for keys without an entry in ``details``.
     - ``fetched_at``: when the content was read (``time.time()``); cached layers keep the
@@ -238,7 +322,7 @@ class Layer:
     values: Values
     inner: Values = attrs.field(default=None)
     revision: Any = None
-    details: Values = attrs.field(factory=immutables.Map)
+    details: Mapping[str, str] = attrs.field(factory=immutables.Map)
     locate: Callable[[str], str | None] | None = None
     fetched_at: float = attrs.field(factory=time.time)
 
@@ -258,8 +342,10 @@ class Layer:
         fetched_at: float | None = None,
     ) -> Layer:
         """Build a layer from a (possibly nested) mapping; raises :class:`SourceFormatError`."""
+        values, counts = flatten_counted(data, source=source)  # freezes every leaf already
         return cls._from_frozen(
-            flatten(data, source=source),  # freezes every leaf already
+            values,
+            counts=counts,
             source=source,
             revision=revision,
             details=details,
@@ -299,13 +385,15 @@ class Layer:
         values: Mapping[str, Any],
         *,
         source: str,
+        counts: dict[str, int] | None = None,
         revision: Any = None,
         details: Mapping[str, str] | None = None,
         locate: Callable[[str], str | None] | None = None,
         fetched_at: float | None = None,
     ) -> Layer:
-        counts = _inner_counts(values)
-        dets = immutables.Map(details or {})
+        if counts is None:
+            counts = _inner_counts(values)
+        dets = _NO_DETAILS if details is None else _read_only_details(details)
         # A leaf/parent clash is exactly a key that is both a leaf and a parent.
         clash = values.keys() & counts.keys()
         vals = immutables.Map(values)
@@ -357,16 +445,19 @@ class Layer:
                 add_parents(inner, key)
             values[key] = value
         new_values, new_inner = values.finish(), inner.finish()
+        details: Mapping[str, str]
         if delta.replace_details:
-            details = immutables.Map(delta.details)
-        elif delta.details or delta.deleted:
+            details = _read_only_details(delta.details)
+        elif not (delta.details or delta.deleted):
+            details = self.details
+        elif isinstance(self.details, immutables.Map):
             d = self.details.mutate()
             for key in delta.deleted:
                 d.pop(key, None)
             d.update(delta.details)
             details = d.finish()
         else:
-            details = self.details
+            details = Overlaid.of(self.details, delta.deleted, delta.details)
         _check_no_leaf_parent(new_values, new_inner, added, source, details)
         return Layer(
             values=new_values,
@@ -386,6 +477,70 @@ class Layer:
 
 
 _ABSENT: Any = object()
+
+
+def _read_only_details(details: Mapping[str, str]) -> Mapping[str, str]:
+    """``details`` as a layer keeps them: a persistent map as it is, anything else copied
+    into one (a lazy mapping is kept only when given to ``Layer(...)`` itself)."""
+    if isinstance(details, (immutables.Map, Overlaid)):
+        return details
+    return immutables.Map(details)
+
+
+class Overlaid(Mapping[str, str]):
+    """Details: a lazily computed base mapping with the changes applied since on top.
+
+    ``changes`` holds the details set by deltas, ``gone`` the keys deleted since (both
+    persistent maps, so an update costs O(log n), not a copy of the base).
+    """
+
+    __slots__ = ("_base", "_changes", "_gone")
+
+    def __init__(self, base: Mapping[str, str], changes: Values, gone: Values) -> None:
+        self._base = base
+        self._changes = changes
+        self._gone = gone
+
+    @classmethod
+    def of(
+        cls, details: Mapping[str, str], deleted: Iterable[str], new: Mapping[str, str]
+    ) -> Overlaid:
+        """``details`` with the keys ``deleted`` removed, then ``new`` set."""
+        if isinstance(details, Overlaid):
+            base, changes, gone = details._base, details._changes.mutate(), details._gone.mutate()
+        else:
+            base, changes, gone = details, _NO_DETAILS.mutate(), _NO_DETAILS.mutate()
+        for key in deleted:
+            changes.pop(key, None)
+            gone[key] = True
+        for key, text in new.items():
+            changes[key] = text
+            gone.pop(key, None)
+        return cls(base, changes.finish(), gone.finish())
+
+    def __getitem__(self, key: str) -> str:
+        found = self._changes.get(key)
+        if found is not None:
+            return str(found)
+        if key in self._gone:
+            raise KeyError(key)
+        return self._base[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._changes or (key not in self._gone and key in self._base)
+
+    def __iter__(self) -> Iterator[str]:
+        changes, gone = self._changes, self._gone
+        yield from changes
+        for key in self._base:
+            if key not in changes and key not in gone:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"<Overlaid details: {len(self._changes)} changed, {len(self._gone)} deleted>"
 
 
 def _read_only(mapping: Mapping[str, Any]) -> Mapping[str, Any]:

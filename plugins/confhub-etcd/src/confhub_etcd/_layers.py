@@ -2,7 +2,10 @@
 
 Every etcd key in a layer has the detail ``etcd key /myapp/db/port (mod_revision 12)``
 (:func:`detail`); :func:`owner` reads the etcd key back from it, which is how a later watch
-event tells a key's own update from another etcd key mapping to the same dotted key.
+event tells a key's own update from another etcd key mapping to the same dotted key. A tree
+load keeps the etcd keys and mod revisions and makes each detail string when it is read
+(:class:`LoadDetails`), so a load of 10,000 keys builds no 10,000 strings nor a second
+persistent map for them.
 
 **The fast path of a tree load** (:func:`fast_tree_layer`). A load of 10,000 keys spends as
 long building its layer as etcd takes to send the keys when each key goes through a Python
@@ -18,8 +21,11 @@ kit's words (:mod:`confhub.kv`).
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from typing import Any, Final
 
 import immutables
@@ -29,6 +35,7 @@ from confhub.kv import KeyMap, decode_text, leaf_parent_clash
 from ._types import EventKind, KeyValue, WatchEvent
 
 __all__ = [
+    "LoadDetails",
     "checked_tree_layer",
     "detail",
     "document_layer",
@@ -38,6 +45,8 @@ __all__ = [
 ]
 
 NOUN: Final = "etcd key"
+_first = itemgetter(0)
+_KEY, _VALUE, _MOD_REVISION = attrgetter("key"), attrgetter("value"), attrgetter("mod_revision")
 
 #: A key's detail is ``etcd key /myapp/db/port (mod_revision 12)``.
 DETAIL_HEAD: Final = "etcd key "
@@ -56,8 +65,8 @@ def fast_tree_layer(items: Sequence[Any], prefix: str, revision: int) -> Layer |
     if not count:
         return None
     try:
-        full = b"\n".join([kv.key for kv in items]).decode("utf-8")
-        texts = b"\0".join([kv.value for kv in items]).decode("utf-8").split("\0")
+        full = b"\n".join(map(_KEY, items)).decode("utf-8")
+        texts = b"\0".join(map(_VALUE, items)).decode("utf-8").split("\0")
     except UnicodeDecodeError:
         return None
     rel = ("\n" + full).replace("\n" + prefix, "\n") + "\n"
@@ -75,21 +84,61 @@ def fast_tree_layer(items: Sequence[Any], prefix: str, revision: int) -> Layer |
     inner = _parent_counts(keys)
     if any(parent in values for parent in inner):
         return None  # a leaf/parent clash
-    details = [
-        f"{DETAIL_HEAD}{key}{DETAIL_TAIL}{kv.mod_revision})"
-        for key, kv in zip(full.split("\n"), items, strict=True)
-    ]
     return Layer(
         values=values,
         inner=immutables.Map(inner),
         revision=revision,
-        details=immutables.Map(zip(keys, details, strict=True)),
+        details=LoadDetails(keys, full, array("q", map(_MOD_REVISION, items))),
     )
+
+
+class LoadDetails(Mapping[str, str]):
+    """The details of a tree load, each :func:`detail` string made when it is read.
+
+    Holds the dotted keys, the etcd keys (one joined string) and the mod revisions of the
+    load, instead of 10,000 strings in a persistent map; the dotted key -> position index is
+    built on the first lookup. Immutable; ``Layer.apply`` records later changes on top.
+    """
+
+    __slots__ = ("_index", "_joined", "_keys", "_names", "_revisions")
+
+    def __init__(self, keys: list[str], joined: str, revisions: array[int]) -> None:
+        self._keys = keys
+        self._joined = joined  # the etcd keys, "\n"-joined
+        self._revisions = revisions
+        self._index: dict[str, int] | None = None
+        self._names: list[str] | None = None
+
+    def __getitem__(self, key: str) -> str:
+        index, names = self._index, self._names
+        if index is None or names is None:  # a benign race: two readers build the same
+            index = self._index = dict(zip(self._keys, range(len(self._keys)), strict=True))
+            names = self._names = self._joined.split("\n")
+        at = index[key]
+        return f"{DETAIL_HEAD}{names[at]}{DETAIL_TAIL}{self._revisions[at]})"
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]  # type: ignore[index]
+        except (KeyError, TypeError):
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"<LoadDetails {len(self._keys)} etcd keys>"
 
 
 def _parent_counts(keys: list[str]) -> dict[str, int]:
     """``Layer.inner``: for every parent of a key, how many keys lie below it."""
-    direct = Counter([key[:dot] for key in keys if (dot := key.rfind(".")) > 0])
+    # Each key's direct parent ("" for a top-level key), in C-level steps.
+    direct = Counter(map(_first, map(str.rpartition, keys, repeat("."))))
+    direct.pop("", None)
     counts: dict[str, int] = {}
     for parent, below in direct.items():
         counts[parent] = counts.get(parent, 0) + below
