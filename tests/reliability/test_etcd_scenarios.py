@@ -837,10 +837,10 @@ def test_38_a_prefix_growing_past_max_keys_live_is_refused_and_recovers(etcd: Et
         assert len(hub.snapshot().flat()) <= 1000
         w = watcher(hub)
         time.sleep(0.3)
-        known = len(w._state)  # the cap plus at most the watch response that crossed it
+        known = w.tracked_keys  # the cap plus at most the watch response that crossed it
         _fill(etcd, "/app/x/", 2000, start=3000)
         time.sleep(0.5)
-        assert len(w._state) == known  # stopped following the prefix: no growth
+        assert w.tracked_keys == known  # stopped following the prefix: no growth
         assert state(hub) == "stale"
         etcd.put("/app/a", "2")  # held back while the prefix is too big
         client = _client(etcd)
