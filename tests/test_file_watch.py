@@ -181,7 +181,8 @@ def test_kubernetes_configmap_swap_is_published(
     assert state(hub) == "live"
     # Only the volume and the current version are watched: removed versions were unwatched.
     backend = backend_of(hub, hub.sources[0])
-    assert set(backend._watches) == {str(tmp_path), str(tmp_path / version)}  # type: ignore[attr-defined]
+    assert isinstance(backend, FileBackend)
+    assert backend.watched_directories == {str(tmp_path), str(tmp_path / version)}
 
 
 def test_touch_and_identical_rewrites_publish_nothing(

@@ -115,7 +115,7 @@ def test_hub_converges_on_the_stores_final_valid_state(
             # The store holds a clash: the hub keeps its last good layer and says why.
             assert hub.health().sources[1].state == "stale"
             return
-        wait_for(lambda: dict(hub.snapshot()._layers[1].values) == store.data, timeout=2)
+        wait_for(lambda: dict(hub.snapshot().layers[1].values) == store.data, timeout=2)
         expected = dict(merge_full([Layer.from_flat({"zz": "default"}, source="d"), final]).values)
         assert dict(hub.snapshot().flat()) == expected
         assert hub.health().sources[1].state == "live"

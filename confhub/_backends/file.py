@@ -128,6 +128,12 @@ class FileBackend(Backend):
         #: The observer class in use (``InotifyObserver``, ``PollingObserver`` ...), once watching.
         self.observer_kind: str | None = None
 
+    @property
+    def watched_directories(self) -> frozenset[str]:
+        """The directories watched now (the file's own and, through symlinks, the ones it
+        resolves to), a snapshot; empty when not watching. For diagnostics and tests."""
+        return frozenset(self._watches.copy())  # dict.copy() is atomic: no size-change race
+
     # -- loading ---------------------------------------------------------------------------
     def _read(self) -> bytes | None:
         try:

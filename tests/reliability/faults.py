@@ -184,6 +184,7 @@ class EtcdHistory:
 
     def __init__(self, cluster: EtcdCluster, prefix: str, history: History) -> None:
         self.cluster = cluster
+        self.prefix = prefix.encode()
         self.to_key = etcd_key(prefix)
         self.history = history
         self.synced = 0
@@ -210,12 +211,12 @@ class EtcdHistory:
         return rev
 
     def final_state(self, page: int = 10_000) -> dict[str, str]:
-        from confhub_etcd.testing import _rpc
+        from confhub_etcd.testing import rpc_stubs
 
-        prefix = self.to_key.__closure__[0].cell_contents  # type: ignore[index,union-attr]
+        prefix = self.prefix
         end = prefix[:-1] + bytes([prefix[-1] + 1])
-        resp = self.cluster._admin_call(
-            "KVStub", "Range", _rpc().RangeRequest(key=prefix, range_end=end, limit=page)
+        resp = self.cluster.admin_call(
+            "KVStub", "Range", rpc_stubs().RangeRequest(key=prefix, range_end=end, limit=page)
         )
         out = {}
         for kv in resp.kvs:
@@ -230,9 +231,9 @@ def read_etcd_events(
 ) -> list[tuple[int, str, bytes, bytes]]:
     """Every event of revisions ``start..target`` in commit order, from a fresh watch of the
     whole keyspace (``(revision, "put"|"delete", key, value)``)."""
-    from confhub_etcd.testing import _rpc
+    from confhub_etcd.testing import rpc_stubs
 
-    rpc = _rpc()
+    rpc = rpc_stubs()
     member = next(m for m in cluster.members if m.running and not m.paused)
     requests: queue.Queue[Any] = queue.Queue()
     requests.put(
@@ -249,8 +250,8 @@ def read_etcd_events(
             except queue.Empty:
                 continue
 
-    stub = cluster._stub(member, "WatchStub")
-    call = stub.Watch(request_iter(), timeout=timeout, metadata=cluster._metadata(member))
+    stub = cluster.stub(member, "WatchStub")
+    call = stub.Watch(request_iter(), timeout=timeout, metadata=cluster.call_metadata())
     out: list[tuple[int, str, bytes, bytes]] = []
     try:
         for resp in call:

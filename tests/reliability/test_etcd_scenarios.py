@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from confhub_etcd.testing import EtcdCluster, EtcdServer
+from confhub_etcd.testing import CallHook, EtcdCluster, EtcdServer, hook_clients
 from faults import EtcdHistory, TcpProxy, Writer, cpu_seconds
 from history import History, wait_until
 
@@ -378,7 +378,7 @@ def test_10_fifty_key_txn_is_one_change_even_across_breaks(etcd: EtcdServer) -> 
 
 
 def _client(etcd: EtcdCluster) -> Any:
-    from confhub_etcd._client import EtcdClient
+    from confhub_etcd import EtcdClient
 
     return EtcdClient(etcd.endpoints, timeout=2.0)
 
@@ -464,7 +464,7 @@ def test_14_oversized_values_are_refused_before_the_server(etcd: EtcdServer, siz
 
 def test_14_too_many_txn_ops_refused_client_side(etcd: EtcdServer) -> None:
     """A 200-operation transaction is refused by the client before anything is sent."""
-    from confhub_etcd._errors import EtcdLimitError
+    from confhub_etcd import EtcdLimitError
 
     client = _client(etcd)
     try:
@@ -480,25 +480,17 @@ def test_14_too_many_txn_ops_refused_client_side(etcd: EtcdServer) -> None:
 
 
 class _CompactBetweenPages:
-    """Wraps a client's unary calls: before the ``page``-th page of a paged read (a Range
-    that names its revision), write one transaction changing every key, sync the history and
-    compact the store past the read's revision: the read's revision is gone mid-read."""
+    """A :class:`CallHook` for the clients created under ``hook_clients(self.hook)``: before
+    the ``page``-th page of a paged read (a Range that names its revision), write one
+    transaction changing every key, sync the history and compact the store past the read's
+    revision: the read's revision is gone mid-read."""
 
-    def __init__(self, mp: pytest.MonkeyPatch, sc: Scenario, etcd: EtcdServer, keys: list[str]):
-        from confhub_etcd._client import EtcdClient
-
+    def __init__(self, sc: Scenario, etcd: EtcdServer, keys: list[str]):
         self.sc, self.etcd, self.keys = sc, etcd, keys
-        self.unary = EtcdClient._unary
         self.armed = False
         self.fired = 0
         self.pages: list[int] = []  # the revision each later page asked for
-        hook = self
-
-        def unary(client: Any, stub: str, method: str, request: Any, **kw: Any) -> Any:
-            hook.before(method, request)
-            return hook.unary(client, stub, method, request, **kw)
-
-        mp.setattr(EtcdClient, "_unary", unary)
+        self.hook = CallHook(before=self.before)
 
     def before(self, method: str, request: Any) -> None:
         if method == "Range" and request.limit and request.revision:
@@ -515,9 +507,7 @@ class _CompactBetweenPages:
 
 
 @pytest.mark.parametrize("when", ["start", "resync"])
-def test_08_compaction_between_pages_restarts_the_read(
-    etcd: EtcdServer, when: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_08_compaction_between_pages_restarts_the_read(etcd: EtcdServer, when: str) -> None:
     """A paged read (100 keys, pages of 4) whose revision is compacted after its third page
     restarts at a new revision: the published snapshot holds every key at one revision
     (never a mix of two transactions), at start and in a resync after compaction."""
@@ -533,10 +523,11 @@ def test_08_compaction_between_pages_restarts_the_read(
                 keys,
                 connect_timeout=5.0,  # the load waits for the injected txn and compaction
             )
-            hook = _CompactBetweenPages(monkeypatch, sc, etcd, keys)
+            hook = _CompactBetweenPages(sc, etcd, keys)
             hook.armed = when == "start"
             published: list[dict[str, Any]] = []
-            with sc.running(readers=4) as hub:
+            # Every client the hub's backend creates in the block calls the hook.
+            with hook_clients(hook.hook), sc.running(readers=4) as hub:
                 published.append(hub.snapshot().flat())
                 hub.subscribe(lambda ch: published.append({c.key: c.new for c in ch.changes}))
                 if when == "resync":
@@ -574,12 +565,12 @@ def test_08_compaction_between_pages_restarts_the_read(
 def _grant_app_user(etcd: EtcdServer) -> tuple[Any, Any]:
     """User ``app`` with role ``app`` holding readwrite on ``/app/``; returns the admin call
     and the permission (to revoke and grant again)."""
-    from confhub_etcd.testing import _rpc
+    from confhub_etcd.testing import rpc_stubs
 
-    rpc = _rpc()
+    rpc = rpc_stubs()
 
     def admin(method: str, request: Any) -> Any:
-        return etcd._admin_call("AuthStub", method, request)
+        return etcd.admin_call("AuthStub", method, request)
 
     perm = rpc.Permission(permType=rpc.Permission.READWRITE, key=b"/app/", range_end=b"/app0")
     admin("RoleAdd", rpc.AuthRoleAddRequest(name="app"))
@@ -594,9 +585,9 @@ def test_11_permission_revoked_mid_watch_then_granted_again() -> None:
     SourcePermissionError within a bound (etcd does not cancel an existing watch, so the
     watcher's periodic permission check finds it), the last good values stay, the watch is
     re-created with backoff (no busy loop), and it recovers once read is granted again."""
-    from confhub_etcd.testing import _rpc
+    from confhub_etcd.testing import rpc_stubs
 
-    rpc = _rpc()
+    rpc = rpc_stubs()
     with EtcdServer(auth=True) as etcd:
         etcd.put("/app/a", "1")
         admin, perm = _grant_app_user(etcd)
@@ -642,9 +633,9 @@ def test_11_permission_revoked_while_disconnected_shows_as_permission() -> None:
     the connection comes back: the refusal that follows replaces "unavailable" in health and
     reaches subscribers as a SourcePermissionError (the watcher used to report one disconnect
     per outage, so the cause stayed "unavailable"); granting read again brings it back."""
-    from confhub_etcd.testing import _rpc
+    from confhub_etcd.testing import rpc_stubs
 
-    rpc = _rpc()
+    rpc = rpc_stubs()
     with EtcdServer(auth=True) as etcd:
         etcd.put("/app/a", "1")
         admin, perm = _grant_app_user(etcd)
@@ -691,9 +682,9 @@ def test_13_tls_failures_fail_start_fast(variant: str, tmp_path: Any) -> None:
     """An untrusted server CA, or a client certificate from a CA the server does not trust:
     start fails within the connect deadline with an error saying TLS and what to check,
     after a handful of connection attempts (no retry storm)."""
-    from confhub_etcd.testing import _generate_tls
+    from confhub_etcd.testing import generate_tls
 
-    other = _generate_tls(tmp_path / "other")  # a second, unrelated CA and its client cert
+    other = generate_tls(tmp_path / "other")  # a second, unrelated CA and its client cert
     with EtcdServer(tls=True) as etcd, TcpProxy(etcd.endpoint) as proxy:
         assert etcd.tls is not None
         if variant == "untrusted-ca":
@@ -846,10 +837,10 @@ def test_38_a_prefix_growing_past_max_keys_live_is_refused_and_recovers(etcd: Et
         assert len(hub.snapshot().flat()) <= 1000
         w = watcher(hub)
         time.sleep(0.3)
-        known = len(w._state)  # the cap plus at most the watch response that crossed it
+        known = w.tracked_keys  # the cap plus at most the watch response that crossed it
         _fill(etcd, "/app/x/", 2000, start=3000)
         time.sleep(0.5)
-        assert len(w._state) == known  # stopped following the prefix: no growth
+        assert w.tracked_keys == known  # stopped following the prefix: no growth
         assert state(hub) == "stale"
         etcd.put("/app/a", "2")  # held back while the prefix is too big
         client = _client(etcd)

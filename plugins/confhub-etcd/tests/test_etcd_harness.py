@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from confhub_etcd import testing
+from confhub_etcd import EtcdClient, testing
 from confhub_etcd.testing import EtcdNotFoundError, EtcdServer, find_etcd_binary
 
 
@@ -132,8 +134,51 @@ def test_public_surface_is_pinned() -> None:
         "EtcdStartError",
         "TLSFiles",
         "find_etcd_binary",
+        "generate_tls",
+        "hook_clients",
         "rpc_error",
+        "rpc_stubs",
         "simulate_fork",
     }
     for name in testing.__all__:
         assert hasattr(testing, name), name
+    # The raw-access methods the core suite uses instead of the harness's internals.
+    for method in ("admin_call", "stub", "call_metadata"):
+        assert getattr(testing.EtcdCluster, method).__doc__, method
+
+
+def test_admin_call_and_stub_reach_the_members(etcd: EtcdServer) -> None:
+    """``admin_call`` runs any KV/Auth call through a member; ``stub`` + ``call_metadata``
+    open calls on one member directly."""
+    rpc = testing.rpc_stubs()
+    revision = etcd.put("/h/a", "1")
+    response = etcd.admin_call("KVStub", "Range", rpc.RangeRequest(key=b"/h/a"))
+    assert [(kv.key, kv.value) for kv in response.kvs] == [(b"/h/a", b"1")]
+    member = etcd.members[0]
+    direct = etcd.stub(member, "KVStub").Range(
+        rpc.RangeRequest(key=b"/h/a"), timeout=5, metadata=etcd.call_metadata()
+    )
+    assert direct.header.revision == revision
+
+
+def test_hook_clients_hooks_clients_created_in_the_block(etcd: EtcdServer) -> None:
+    """A client created inside ``hook_clients`` calls the hook; one created after does not."""
+    etcd.put("/h/a", "1")
+    hook = testing.CallHook()
+    with testing.hook_clients(hook), EtcdClient(etcd.endpoints, timeout=5.0) as client:
+        client.read_prefix("/h/")
+    assert "Range" in hook.calls
+    seen = len(hook.calls)
+    with EtcdClient(etcd.endpoints, timeout=5.0) as client:
+        client.read_prefix("/h/")
+    assert len(hook.calls) == seen
+
+
+def test_package_exports_the_client_layer_lazily() -> None:
+    """``confhub_etcd`` exports the client and its errors without importing gRPC on import."""
+    code = (
+        "import sys, confhub_etcd; assert 'grpc' not in sys.modules, 'grpc loaded'; "
+        "from confhub_etcd import *; import confhub_etcd._client as c; "
+        "assert all(getattr(confhub_etcd, n) is getattr(c, n) for n in confhub_etcd.__all__)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,8 +1,8 @@
 """Exceptions raised by the low-level etcd client layer.
 
-These are private to the plugin for now; the confhub glue maps them onto confhub's own
-exception tree. Every class derives from :class:`EtcdError` and, where one fits, from the
-builtin whose meaning it shares::
+Public as ``confhub_etcd.EtcdError`` etc. (what :class:`confhub_etcd.EtcdClient` raises); the
+confhub glue maps them onto confhub's own exception tree. Every class derives from
+:class:`EtcdError` and, where one fits, from the builtin whose meaning it shares::
 
     EtcdError(Exception)
      ├── EtcdUnavailable(EtcdError, ConnectionError)   no endpoint answered in time (retryable)

@@ -1,11 +1,14 @@
 """Test hooks for the etcd client layer, re-exported by :mod:`confhub_etcd.testing`.
 
 They work through the client's public surface only: gRPC interceptors
-(``EtcdClient(interceptors=...)``) and :meth:`EtcdClient.reset_after_fork`.
+(``EtcdClient(interceptors=...)``, or :func:`hook_clients` for clients that code under test
+creates, such as a hub's etcd backend) and :meth:`EtcdClient.reset_after_fork`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +17,10 @@ import grpc
 if TYPE_CHECKING:
     from ._client import EtcdClient
 
-__all__ = ["CallHook", "rpc_error", "simulate_fork"]
+__all__ = ["CallHook", "hook_clients", "hooked_interceptors", "rpc_error", "simulate_fork"]
+
+_lock = threading.Lock()
+_hooks: list[tuple[Any, ...]] = [()]  # one entry: the interceptors hook_clients adds now
 
 
 class _FakeRpcError(grpc.RpcError):  # type: ignore[misc]  # grpc is untyped here
@@ -108,3 +114,31 @@ def simulate_fork(client: EtcdClient) -> None:
     channels, the first failing call retried once. For testing the after-fork path without
     forking; combine with a :class:`CallHook` that fails the first call."""
     client.reset_after_fork()
+
+
+@contextlib.contextmanager
+def hook_clients(*hooks: Any) -> Iterator[None]:
+    """Within the block, every ``EtcdClient`` created (in any thread) also uses ``hooks`` (gRPC
+    client interceptors such as :class:`CallHook`) after its own ``interceptors``.
+
+    For clients a test cannot construct itself, such as the one a hub's etcd backend opens::
+
+        with hook_clients(CallHook(before=...)), make_hub("etcd://...") as hub:
+            ...
+
+    Clients created before the block are unchanged; a client created inside keeps the hooks
+    after the block ends. Blocks nest.
+    """
+    with _lock:
+        saved = _hooks[0]
+        _hooks[0] = (*saved, *hooks)
+    try:
+        yield
+    finally:
+        with _lock:
+            _hooks[0] = saved
+
+
+def hooked_interceptors() -> tuple[Any, ...]:
+    """The interceptors :func:`hook_clients` adds to clients created now (the client's side)."""
+    return _hooks[0]

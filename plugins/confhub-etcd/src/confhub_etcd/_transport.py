@@ -22,6 +22,7 @@ import grpc
 
 from ._errors import EtcdAuthError, EtcdClosedError, EtcdError, EtcdTLSError, EtcdUnavailable
 from ._rpc import Connection, WatchStream, not_sent, open_connection, stubs, translate
+from ._testhooks import hooked_interceptors
 from ._types import Credentials, TLSConfig
 
 __all__ = ["Transport", "parse_endpoint", "read_tls"]
@@ -76,7 +77,8 @@ class Transport:
         self._tls_pem = tls_pem
         self._credentials = credentials
         self._options = list(options)
-        self._interceptors = tuple(interceptors)
+        # Test hooks installed by ``confhub_etcd.testing.hook_clients`` (empty otherwise).
+        self._interceptors = (*interceptors, *hooked_interceptors())
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._connections: dict[str, Connection] = {}

@@ -221,6 +221,13 @@ class PrefixWatcher:
         return self._endpoint
 
     @property
+    def tracked_keys(self) -> int:
+        """How many keys the watcher follows now (its per-key revisions); with ``max_keys``
+        it stops following a prefix that grows past the cap, so this stays bounded. For
+        diagnostics and tests."""
+        return len(self._state)
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 

@@ -24,8 +24,15 @@ harness never skips a test, so a CI run without etcd fails loudly instead of pas
 
 Test hooks for code on the client layer, through its public surface only: :class:`CallHook`
 (a gRPC interceptor for ``EtcdClient(interceptors=[hook])`` that sees, interleaves with or
-fails calls), :func:`rpc_error` (the error to fail one with) and :func:`simulate_fork` (the
-state a forked child finds a client in).
+fails calls), :func:`hook_clients` (the same for every client created in a block, such as the
+one a hub's etcd backend opens), :func:`rpc_error` (the error to fail one with) and
+:func:`simulate_fork` (the state a forked child finds a client in).
+
+Raw access to the members, for what the helpers above do not cover (auth roles, a watch of
+the whole history): :func:`rpc_stubs` (etcd's generated gRPC messages and stubs),
+:meth:`EtcdCluster.admin_call` (one call through any running member, as ``root``),
+:meth:`EtcdCluster.stub` and :meth:`EtcdCluster.call_metadata` (for streaming calls on one
+member). :func:`generate_tls` writes a second, unrelated set of certificates.
 """
 
 from __future__ import annotations
@@ -49,9 +56,8 @@ from typing import Any, Self
 import grpc
 
 from ._rpc import stubs as _rpc
-from ._testhooks import CallHook, rpc_error, simulate_fork
-from ._testtls import TLSFiles
-from ._testtls import generate_tls as _generate_tls
+from ._testhooks import CallHook, hook_clients, rpc_error, simulate_fork
+from ._testtls import TLSFiles, generate_tls
 from ._types import to_bytes as _b
 
 __all__ = [
@@ -63,12 +69,22 @@ __all__ = [
     "EtcdStartError",
     "TLSFiles",
     "find_etcd_binary",
+    "generate_tls",
+    "hook_clients",
     "rpc_error",
+    "rpc_stubs",
     "simulate_fork",
 ]
 
 _ENV_BINARY = "CONFHUB_ETCD_BINARY"
 _ADMIN_TIMEOUT = 5.0
+
+
+def rpc_stubs() -> Any:
+    """etcd's generated gRPC messages and stubs (``pyetcd.etcdrpc``: ``RangeRequest``,
+    ``AuthRoleAddRequest``, ``KVStub``, ``WatchStub``...), imported on first use. Build
+    requests for :meth:`EtcdCluster.admin_call` with it."""
+    return _rpc()
 
 
 class EtcdNotFoundError(RuntimeError):
@@ -327,8 +343,8 @@ class EtcdCluster:
                 if not member.running or member.paused:
                     continue
                 with contextlib.suppress(grpc.RpcError):
-                    status = self._stub(member, "MaintenanceStub").Status(
-                        _rpc().StatusRequest(), timeout=1.0, metadata=self._metadata(member)
+                    status = self.stub(member, "MaintenanceStub").Status(
+                        _rpc().StatusRequest(), timeout=1.0, metadata=self.call_metadata()
                     )
                     if status.leader and status.leader == status.header.member_id:
                         return i
@@ -339,26 +355,26 @@ class EtcdCluster:
     def put(self, key: str | bytes, value: str | bytes) -> int:
         """Write one key through any running member; returns the new revision."""
         request = _rpc().PutRequest(key=_b(key), value=_b(value))
-        response = self._admin_call("KVStub", "Put", request)
+        response = self.admin_call("KVStub", "Put", request)
         revision: int = response.header.revision
         return revision
 
     def delete(self, key: str | bytes) -> int:
         """Delete one key; returns the new revision."""
-        response = self._admin_call("KVStub", "DeleteRange", _rpc().DeleteRangeRequest(key=_b(key)))
+        response = self.admin_call("KVStub", "DeleteRange", _rpc().DeleteRangeRequest(key=_b(key)))
         revision: int = response.header.revision
         return revision
 
     def revision(self) -> int:
         """The current store revision."""
-        response = self._admin_call("KVStub", "Range", _rpc().RangeRequest(key=b"\0", limit=1))
+        response = self.admin_call("KVStub", "Range", _rpc().RangeRequest(key=b"\0", limit=1))
         revision: int = response.header.revision
         return revision
 
     def compact(self, revision: int | None = None) -> int:
         """Compact history up to ``revision`` (default: the current revision); returns it."""
         target = self.revision() if revision is None else revision
-        self._admin_call(
+        self.admin_call(
             "KVStub", "Compact", _rpc().CompactionRequest(revision=target, physical=True)
         )
         return target
@@ -368,7 +384,7 @@ class EtcdCluster:
     def _prepare(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="confhub-etcd-")
         if self.tls_enabled:
-            self.tls = _generate_tls(self.root / "tls")
+            self.tls = generate_tls(self.root / "tls")
         scheme = "https" if self.tls_enabled else "http"
         ports = _free_ports(2 * self.size)
         self.members = [
@@ -472,24 +488,41 @@ class EtcdCluster:
             return grpc.secure_channel(member.endpoint, self.tls.channel_credentials(), options)
         return grpc.insecure_channel(member.endpoint, options)
 
-    def _stub(self, member: EtcdMember, kind: str) -> Any:
+    # -- raw access (public: for what the helpers above do not cover) -------------------------
+
+    def stub(self, member: EtcdMember, service: str) -> Any:
+        """etcd's gRPC stub ``service`` (``"KVStub"``, ``"WatchStub"``, ``"AuthStub"``...) on a
+        cached channel to ``member`` (one of :attr:`members`), for calls
+        :meth:`admin_call` cannot make, such as a streaming ``Watch``. Pass
+        ``metadata=`` :meth:`call_metadata` so the call is authenticated in auth mode."""
         channel = self._channels.get(member.endpoint)
         if channel is None:
             channel = self._channels[member.endpoint] = self._channel(member)
-        return getattr(_rpc(), kind)(channel)
+        return getattr(_rpc(), service)(channel)
 
-    def _metadata(self, member: EtcdMember) -> tuple[tuple[str, str], ...]:
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata for a call through :meth:`stub`: root's current token in auth mode,
+        empty otherwise."""
         return (("token", self._auth_token),) if self._auth_token else ()
 
-    def _admin_call(self, kind: str, method: str, request: Any) -> Any:
+    def admin_call(self, service: str, method: str, request: Any) -> Any:
+        """Call ``method`` of etcd's gRPC ``service`` stub with ``request`` (built with
+        :func:`rpc_stubs`) through the first running member that answers, as ``root`` in
+        auth mode (re-authenticating once when the token has expired); returns the response.
+
+        For what :meth:`put`, :meth:`delete`, :meth:`revision` and :meth:`compact` do not
+        cover, e.g. ``admin_call("AuthStub", "RoleAdd", rpc_stubs().AuthRoleAddRequest(...))``.
+        The last ``grpc.RpcError`` is raised when every member fails; ``RuntimeError`` when
+        none is running.
+        """
         last: grpc.RpcError | None = None
         for _ in range(2):
             for member in self.members:
                 if not member.running or member.paused:
                     continue
                 try:
-                    return getattr(self._stub(member, kind), method)(
-                        request, timeout=_ADMIN_TIMEOUT, metadata=self._metadata(member)
+                    return getattr(self.stub(member, service), method)(
+                        request, timeout=_ADMIN_TIMEOUT, metadata=self.call_metadata()
                     )
                 except grpc.RpcError as exc:
                     last = exc
@@ -505,7 +538,7 @@ class EtcdCluster:
     def _authenticate(self) -> None:
         for member in self.members:
             if member.running and not member.paused:
-                response = self._stub(member, "AuthStub").Authenticate(
+                response = self.stub(member, "AuthStub").Authenticate(
                     _rpc().AuthenticateRequest(name=self.root_user, password=self.root_password),
                     timeout=_ADMIN_TIMEOUT,
                 )
@@ -515,7 +548,7 @@ class EtcdCluster:
     def _enable_auth(self) -> None:
         rpc = _rpc()
         member = self.members[0]
-        auth = self._stub(member, "AuthStub")
+        auth = self.stub(member, "AuthStub")
         auth.RoleAdd(rpc.AuthRoleAddRequest(name="root"), timeout=_ADMIN_TIMEOUT)
         auth.UserAdd(
             rpc.AuthUserAddRequest(name=self.root_user, password=self.root_password),
@@ -538,8 +571,8 @@ class EtcdCluster:
                     f"log tail:\n{member.log_tail()}"
                 )
             try:
-                status = self._stub(member, "MaintenanceStub").Status(
-                    _rpc().StatusRequest(), timeout=1.0, metadata=self._metadata(member)
+                status = self.stub(member, "MaintenanceStub").Status(
+                    _rpc().StatusRequest(), timeout=1.0, metadata=self.call_metadata()
                 )
             except grpc.RpcError:
                 status = None
