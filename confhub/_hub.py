@@ -30,7 +30,7 @@ from ._errors import (
     SourceFormatError,
 )
 from ._explain import Explanation, explain
-from ._fallback import Follower, load_slots
+from ._fallback import Follower, closed_during_start, load_slots
 from ._health import Health, SlotState, SourceHealth
 from ._layer import Layer, LayerDelta
 from ._merge import MISSING, merge_full, merge_update
@@ -156,7 +156,9 @@ class Hub:
 
         Raises :class:`StartupError` when a required source has no data anywhere,
         :class:`SourceFormatError` for broken content, :class:`BackendNotFoundError` for an
-        unknown scheme, and :class:`HubStateError` when started twice or after close.
+        unknown scheme, and :class:`HubStateError` when started twice or after close, or
+        when :meth:`close` was called while it ran (start stops at its next step, closes
+        what it opened, and the hub stays closed).
         """
         with self._lock:
             if self._state is not State.NEW:
@@ -173,29 +175,42 @@ class Hub:
                 self.make_backend,
                 connect_timeout=self.connect_timeout,
                 start_timeout=self.start_timeout,
+                stop=self._stop,
             )
             layers = tuple(s.layer for s in self._slots)
             snapshot = Snapshot(1, merge_full(layers), layers, self.sources)
             self.pm.hook.confhub_validate_snapshot(snapshot=snapshot, previous=None)
-        except BaseException:
-            self._shutdown()
-            raise
+        except BaseException as exc:
+            if self._state is not State.CLOSED:
+                self._shutdown()
+                raise
+            self._abandon_start()
+            if isinstance(exc, HubStateError):
+                raise
+            raise closed_during_start() from exc
+        # Under the lock: a close() now waits until every thread has started, then stops
+        # them all; one that came earlier is seen here.
         with self._lock:
+            if self._state is not State.STARTING:
+                self._abandon_start()
+                raise closed_during_start()
             self._snapshot = snapshot
             self._state = State.RUNNING
-        for slot in self._slots:
-            if slot.layer is not None and slot.state in (SlotState.LIVE, SlotState.FALLBACK):
-                self._persist(slot, slot.layer)
-        self._dispatcher.start()
-        self._persister.start()
-        for slot in self._slots:
-            self._follower.follow(slot)
+            for slot in self._slots:
+                if slot.layer is not None and slot.state in (SlotState.LIVE, SlotState.FALLBACK):
+                    self._persist(slot, slot.layer)
+            self._dispatcher.start()
+            self._persister.start()
+            for slot in self._slots:
+                self._follower.follow(slot)
         return self
 
     def close(self) -> None:
         """Stop watchers and the notifier thread and join them. Idempotent.
 
         Reads after close raise :class:`HubStateError`; ``view.current`` keeps its last value.
+        Called while :meth:`start` runs (a signal handler), it closes what start opened so
+        far and makes start stop at its next step and raise :class:`HubStateError`.
         """
         with self._lock:
             if self._state is State.CLOSED:
@@ -208,6 +223,12 @@ class Hub:
                 self.pm.hook.confhub_unconfigure(hub=self)
             except Exception:
                 log.exception("a plugin's confhub_unconfigure failed")
+
+    def _abandon_start(self) -> None:
+        """close() came during start(): close what start opened since; nothing was served."""
+        self._shutdown()
+        for slot in self._slots:
+            slot.unload()
 
     def _shutdown(self) -> None:
         self._state = State.CLOSED
