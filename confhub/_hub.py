@@ -203,6 +203,9 @@ class Hub:
             self._persister.start()
             for slot in self._slots:
                 self._follower.follow(slot)
+            if self._state is not State.RUNNING:  # close() from this thread (a signal handler)
+                self._abandon_start()
+                raise closed_during_start()
         return self
 
     def close(self) -> None:

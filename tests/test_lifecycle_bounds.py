@@ -15,7 +15,15 @@ import attrs
 import pytest
 from core_testlib import wait_for
 
-from confhub import Change, ConfigValidationError, ErrorEvent, Hub, HubStateError, StartupError
+from confhub import (
+    Change,
+    ConfigValidationError,
+    ErrorEvent,
+    Hub,
+    HubStateError,
+    StartupError,
+    hookimpl,
+)
 from confhub.testing import MemoryStore, queue_depth
 
 HANG = 60.0  # a backstop against a hang, never a pace
@@ -86,6 +94,24 @@ def test_a_hub_closed_during_start_cannot_be_started_again() -> None:
     assert isinstance(errors[0], HubStateError)
     with pytest.raises(HubStateError, match="closed"):
         hub.start()
+
+
+def test_close_from_the_starting_thread_stops_start(tmp_path: Path) -> None:
+    """close() called on the thread that runs start() (as a signal handler is) makes start()
+    raise HubStateError and leaves no watcher behind."""
+    path = tmp_path / "app.toml"
+    path.write_text('name = "one"\n')
+
+    class CloseOnValidate:
+        @hookimpl
+        def confhub_validate_snapshot(self, snapshot: Any, previous: Any) -> None:
+            if previous is None:
+                hub.close()
+
+    hub = Hub([f"file:{path}"], plugins=[CloseOnValidate()], cache_dir=None)
+    with pytest.raises(HubStateError, match="closed while it was starting"):
+        hub.start()
+    assert hub.state.value == "closed"
 
 
 # -- item 8: changes() of a hub that never ran --------------------------------------------------
