@@ -89,8 +89,9 @@ class Hub:
       ceiling of the whole :meth:`start`.
     - ``retry_initial``/``retry_max``: the backoff (seconds, doubled with jitter, capped)
       of retries of a source served from cache or absent at start.
-    - ``max_backlog``: when this many events wait behind slow subscribers, consecutive
-      changes are merged (the last value of every key is still delivered).
+    - ``max_backlog``: when more events than this wait behind slow subscribers, the waiting
+      changes are merged (the last value of every key is still delivered) and only the
+      latest error and state event per source is kept: bounded by sources and keys.
     """
 
     def __init__(
@@ -427,7 +428,8 @@ class Hub:
         """Yield each published :class:`Change` at or below ``prefix``, asynchronously.
 
         ``async for change in hub.changes(prefix="db"): ...``. The iteration ends when the
-        hub closes. Changes are queued without bound for a slow consumer.
+        hub closes (also one that never ran: closed before start, or whose start failed).
+        Changes are queued without bound for a slow consumer.
         """
         return self._dispatcher.changes(prefix)
 
