@@ -136,12 +136,14 @@ class Slot:
         self.layer = layer
         self.state = SlotState.CACHED
         self.last_error = error
+        self.reported = None if error is None else failure_kind(error)
         self.since = time.time()
 
     def serve_nothing(self, error: BaseException | None) -> None:
         """An optional slot that could not be loaded contributes nothing (``absent``)."""
         self.state = SlotState.ABSENT
         self.last_error = error
+        self.reported = None if error is None else failure_kind(error)
 
     def unload(self) -> None:
         """A start that :meth:`Hub.close` interrupted: nothing was served (``pending``)."""
