@@ -65,29 +65,34 @@ _STOP = object()
 
 
 class EventQueue:
-    """The notifier's queue: FIFO, and bounded by merging changes when it grows.
+    """The notifier's queue: FIFO, and bounded by sources and keys when it grows.
 
-    When more than ``limit`` events wait (slow or blocked subscribers), every run of
-    consecutive changes is merged into one: the last value of every key is still
-    delivered, generations in between are skipped, and memory stays bounded by the number
-    of distinct keys rather than the number of updates.
+    When more than the current threshold of events wait (slow or blocked subscribers), the
+    queue is compacted once: every change in it is merged into one (the last value of every
+    key is still delivered, generations in between are skipped), and of the error events
+    and state events only the latest per source (and, for errors, per error type) stay,
+    each at the place of its last occurrence. What is left is bounded by the number of
+    sources, error types and keys, never by the number of updates. The threshold is then
+    twice what is left (at least ``limit``), so each put costs O(1) amortized: no rescans.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self._items: collections.deque[Any] = collections.deque()
         self._cond = threading.Condition()
+        self._threshold = self.limit
         #: How many queued events were merged away so far.
         self.coalesced = 0
 
     def put(self, item: Any) -> None:
-        """Append ``item``; merge runs of changes when more than ``limit`` wait."""
+        """Append ``item``; compact the queue when more than the threshold wait."""
         with self._cond:
             self._items.append(item)
-            if len(self._items) > self.limit:
+            if len(self._items) > self._threshold:
                 before = len(self._items)
-                self._items = collections.deque(_coalesce_runs(self._items))
+                self._items = collections.deque(_compact(self._items))
                 self.coalesced += before - len(self._items)
+                self._threshold = max(self.limit, 2 * len(self._items))
             self._cond.notify()
 
     def get(self) -> Any:
@@ -127,16 +132,19 @@ class Dispatcher:
     ) -> Subscription:
         """Register and return a new :class:`Subscription` (:class:`HubStateError` once
         the dispatcher is closed)."""
-        if self._closing.is_set():
-            raise HubStateError("hub.subscribe() on a closed hub; create a new Hub")
-        sub = Subscription(self.unsubscribe, callback, prefix, on_error, on_state)
-        with self._lock:
+        return self._add(Subscription(self.unsubscribe, callback, prefix, on_error, on_state))
+
+    def _add(self, sub: Subscription) -> Subscription:
+        with self._lock:  # close() sets _closing, then takes the lock: no sub is missed
+            if self._closing.is_set():
+                raise HubStateError("hub.subscribe() on a closed hub; create a new Hub")
             self._subscribers = (*self._subscribers, sub)
         return sub
 
     async def changes(self, prefix: str) -> AsyncIterator[Change]:
         """Each delivered :class:`Change` at or below ``prefix``, to an asyncio consumer, until
-        the dispatcher closes (queued without bound for a slow consumer)."""
+        the dispatcher closes (queued without bound for a slow consumer). On a closed
+        dispatcher the iteration ends at once."""
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[Change | None] = asyncio.Queue()
 
@@ -146,8 +154,12 @@ class Dispatcher:
             except RuntimeError:  # the loop closed
                 pass
 
-        sub = self.subscribe(push, prefix, None, None)
+        sub = Subscription(self.unsubscribe, push, prefix, None, None)
         sub.on_close = lambda: push(None)
+        try:
+            self._add(sub)
+        except HubStateError:
+            return  # closed (before it started, or its start failed): nothing will come
         try:
             while True:
                 item = await inbox.get()
@@ -169,7 +181,13 @@ class Dispatcher:
 
     # -- the queue -------------------------------------------------------------------------
     def put(self, event: Event) -> None:
-        """Queue ``event`` for delivery (returns at once)."""
+        """Queue ``event`` for delivery (returns at once).
+
+        An :class:`ErrorEvent`'s exception is queued without its traceback (nor those of
+        its causes): the frames would keep the rejected configuration alive until delivery.
+        """
+        if isinstance(event, ErrorEvent):
+            drop_tracebacks(event.error)
         self._queue.put(event)
 
     @property
@@ -189,8 +207,10 @@ class Dispatcher:
         self._thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop delivering (events still queued are dropped), tell each subscription's
-        ``on_close``, join the thread, and deactivate every subscription."""
+        """Stop delivering (events still queued are dropped), join the thread, deactivate
+        every subscription and tell each its ``on_close`` (an iterator from :meth:`changes`
+        ends), whether or not the thread ever ran (a hub closed before it started, or whose
+        start failed)."""
         self._closing.set()
         self._queue.put(_STOP)
         thread = self._thread
@@ -200,14 +220,13 @@ class Dispatcher:
             subscribers, self._subscribers = self._subscribers, ()
         for sub in subscribers:
             sub.active = False
+            if sub.on_close is not None:
+                sub.on_close()
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
             if item is _STOP or self._closing.is_set():
-                for sub in self._subscribers:
-                    if sub.on_close is not None:
-                        sub.on_close()
                 return
             self._deliver(item)
 
@@ -240,24 +259,49 @@ class Dispatcher:
                 log.exception("a plugin's confhub_snapshot_published failed; ignored")
 
 
-def _coalesce_runs(items: Iterable[Any]) -> list[Any]:
-    out: list[Any] = []
-    run: list[Change] = []
-    for item in [*items, _STOP_RUN]:
+def _compact(items: Iterable[Any]) -> list[Any]:
+    """``items`` with every change merged into one and only the latest error event (per
+    source and error type) and state event (per source) kept, in the order of the last
+    occurrence of each; anything else (the stop marker) is kept as is. O(len(items))."""
+    latest: dict[Any, tuple[int, Any]] = {}
+    changes: list[Change] = []
+    for index, item in enumerate(items):
         if isinstance(item, Change):
-            run.append(item)
+            changes.append(item)
+            slot: Any = _CHANGES
+        elif isinstance(item, ErrorEvent):
+            slot = ("error", item.source, type(item.error))
+        elif isinstance(item, SourceHealth):
+            slot = ("state", item.source)
+        else:
+            slot = ("other", index)
+        latest[slot] = (index, item)
+    if changes:
+        merged = _merge_changes(changes)
+        if merged is None:
+            del latest[_CHANGES]
+        else:
+            latest[_CHANGES] = (latest[_CHANGES][0], merged)
+    return [item for _, item in sorted(latest.values(), key=lambda pair: pair[0])]
+
+
+_CHANGES = object()
+
+
+def drop_tracebacks(error: BaseException) -> None:
+    """Clear the traceback of ``error``, of its cause and context chain, and of the members
+    of an exception group: what is kept is the exception's type, message and attributes."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        exc = pending.pop()
+        if id(exc) in seen:
             continue
-        if run:
-            merged = _merge_changes(run)
-            if merged is not None:
-                out.append(merged)
-            run = []
-        if item is not _STOP_RUN:
-            out.append(item)
-    return out
-
-
-_STOP_RUN = object()
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        pending.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
 
 
 def _merge_changes(run: list[Change]) -> Change | None:

@@ -25,6 +25,7 @@ from typing import Any
 from ._backend import Backend, Notify, Update, can_watch, is_cacheable
 from ._errors import (
     ConfhubError,
+    HubStateError,
     SourcePermissionError,
     SourceUnavailableError,
     StartupError,
@@ -68,6 +69,14 @@ def load_bounded(hook: Any, spec: SourceSpec, backend: Backend, timeout: float) 
     return result[0]  # type: ignore[no-any-return]
 
 
+def closed_during_start() -> HubStateError:
+    """The error of a :meth:`Hub.start` that :meth:`Hub.close` interrupted."""
+    return HubStateError(
+        "the hub was closed while it was starting (Hub.close() during Hub.start()); "
+        "everything start() opened is closed: create a new Hub to start again"
+    )
+
+
 def load_slots(
     slots: list[Slot],
     hook: Any,
@@ -75,10 +84,17 @@ def load_slots(
     *,
     connect_timeout: float,
     start_timeout: float,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Fill every slot in order (see :func:`load_slot`), all within ``start_timeout``."""
+    """Fill every slot in order (see :func:`load_slot`), all within ``start_timeout``.
+
+    ``stop`` set (the hub was closed meanwhile) ends the chain before its next slot with
+    :class:`HubStateError`; a load under way is not interrupted.
+    """
     deadline = time.monotonic() + start_timeout
     for slot in slots:
+        if stop is not None and stop.is_set():
+            raise closed_during_start()
         load_slot(
             slot,
             hook,

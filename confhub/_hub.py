@@ -30,7 +30,7 @@ from ._errors import (
     SourceFormatError,
 )
 from ._explain import Explanation, explain
-from ._fallback import Follower, load_slots
+from ._fallback import Follower, closed_during_start, load_slots
 from ._health import Health, SlotState, SourceHealth
 from ._layer import Layer, LayerDelta
 from ._merge import MISSING, merge_full, merge_update
@@ -89,8 +89,9 @@ class Hub:
       ceiling of the whole :meth:`start`.
     - ``retry_initial``/``retry_max``: the backoff (seconds, doubled with jitter, capped)
       of retries of a source served from cache or absent at start.
-    - ``max_backlog``: when this many events wait behind slow subscribers, consecutive
-      changes are merged (the last value of every key is still delivered).
+    - ``max_backlog``: when more events than this wait behind slow subscribers, the waiting
+      changes are merged (the last value of every key is still delivered) and only the
+      latest error and state event per source is kept: bounded by sources and keys.
     """
 
     def __init__(
@@ -156,7 +157,9 @@ class Hub:
 
         Raises :class:`StartupError` when a required source has no data anywhere,
         :class:`SourceFormatError` for broken content, :class:`BackendNotFoundError` for an
-        unknown scheme, and :class:`HubStateError` when started twice or after close.
+        unknown scheme, and :class:`HubStateError` when started twice or after close, or
+        when :meth:`close` was called while it ran (start stops at its next step, closes
+        what it opened, and the hub stays closed).
         """
         with self._lock:
             if self._state is not State.NEW:
@@ -173,29 +176,45 @@ class Hub:
                 self.make_backend,
                 connect_timeout=self.connect_timeout,
                 start_timeout=self.start_timeout,
+                stop=self._stop,
             )
             layers = tuple(s.layer for s in self._slots)
             snapshot = Snapshot(1, merge_full(layers), layers, self.sources)
             self.pm.hook.confhub_validate_snapshot(snapshot=snapshot, previous=None)
-        except BaseException:
-            self._shutdown()
-            raise
+        except BaseException as exc:
+            if self._state is not State.CLOSED:
+                self._shutdown()
+                raise
+            self._abandon_start()
+            if isinstance(exc, HubStateError):
+                raise
+            raise closed_during_start() from exc
+        # Under the lock: a close() now waits until every thread has started, then stops
+        # them all; one that came earlier is seen here.
         with self._lock:
+            if self._state is not State.STARTING:
+                self._abandon_start()
+                raise closed_during_start()
             self._snapshot = snapshot
             self._state = State.RUNNING
-        for slot in self._slots:
-            if slot.layer is not None and slot.state in (SlotState.LIVE, SlotState.FALLBACK):
-                self._persist(slot, slot.layer)
-        self._dispatcher.start()
-        self._persister.start()
-        for slot in self._slots:
-            self._follower.follow(slot)
+            for slot in self._slots:
+                if slot.layer is not None and slot.state in (SlotState.LIVE, SlotState.FALLBACK):
+                    self._persist(slot, slot.layer)
+            self._dispatcher.start()
+            self._persister.start()
+            for slot in self._slots:
+                self._follower.follow(slot)
+            if self._state is not State.RUNNING:  # close() from this thread (a signal handler)
+                self._abandon_start()
+                raise closed_during_start()
         return self
 
     def close(self) -> None:
         """Stop watchers and the notifier thread and join them. Idempotent.
 
         Reads after close raise :class:`HubStateError`; ``view.current`` keeps its last value.
+        Called while :meth:`start` runs (a signal handler), it closes what start opened so
+        far and makes start stop at its next step and raise :class:`HubStateError`.
         """
         with self._lock:
             if self._state is State.CLOSED:
@@ -208,6 +227,12 @@ class Hub:
                 self.pm.hook.confhub_unconfigure(hub=self)
             except Exception:
                 log.exception("a plugin's confhub_unconfigure failed")
+
+    def _abandon_start(self) -> None:
+        """close() came during start(): close what start opened since; nothing was served."""
+        self._shutdown()
+        for slot in self._slots:
+            slot.unload()
 
     def _shutdown(self) -> None:
         self._state = State.CLOSED
@@ -403,7 +428,8 @@ class Hub:
         """Yield each published :class:`Change` at or below ``prefix``, asynchronously.
 
         ``async for change in hub.changes(prefix="db"): ...``. The iteration ends when the
-        hub closes. Changes are queued without bound for a slow consumer.
+        hub closes (also one that never ran: closed before start, or whose start failed).
+        Changes are queued without bound for a slow consumer.
         """
         return self._dispatcher.changes(prefix)
 

@@ -12,6 +12,7 @@ States and transitions::
     pending --serve--> live | fallback | absent      (start: a member answered)
     pending --serve_cached--> cached                 (start: only a cache answered)
     pending --serve_nothing--> absent                (start: optional, nothing answered)
+    any --unload--> pending                          (start interrupted by close)
     any --fail--> stale (a layer is served) | absent (none is)
     any --accept--> live | fallback | absent         (a layer passed validation)
     fallback/cached --promote(i)--> (then accept)    (recovery: a preferred member is back)
@@ -22,11 +23,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from ._backend import Backend, can_write, is_cacheable
 from ._errors import (
+    ConfhubError,
     HubStateError,
     SourceFormatError,
     SourcePermissionError,
@@ -75,6 +77,8 @@ class Slot:
         self.unapplied: tuple[dict[str, Any], dict[str, str]] | None = None
         #: Threads working for this slot (its poller, its recoverer), joined by :meth:`close`.
         self.threads: list[threading.Thread] = []
+        #: The structured kind (:func:`failure_kind`) of the failure reported last.
+        self.reported: Hashable = None
 
     # -- reading -----------------------------------------------------------------------------
     @property
@@ -132,12 +136,21 @@ class Slot:
         self.layer = layer
         self.state = SlotState.CACHED
         self.last_error = error
+        self.reported = None if error is None else failure_kind(error)
         self.since = time.time()
 
     def serve_nothing(self, error: BaseException | None) -> None:
         """An optional slot that could not be loaded contributes nothing (``absent``)."""
         self.state = SlotState.ABSENT
         self.last_error = error
+        self.reported = None if error is None else failure_kind(error)
+
+    def unload(self) -> None:
+        """A start that :meth:`Hub.close` interrupted: nothing was served (``pending``)."""
+        self.active = None
+        self.layer = self.pending = None
+        self.state = SlotState.PENDING
+        self.since = time.time()
 
     # -- running transitions -----------------------------------------------------------------
     def next_layer(self, update: Layer | LayerDelta) -> tuple[Layer, LayerDelta]:
@@ -213,6 +226,7 @@ class Slot:
         log.info("%s is %s again", self.display, state)
         self.state = state
         self.last_error = None
+        self.reported = None
         self.since = time.time()
         return True
 
@@ -224,11 +238,9 @@ class Slot:
         """The active member failed with ``error`` (``rejected``: validation refused its
         update); returns whether that is news (a new state or a different error), so that
         it is logged and reported once per change, not once per retry."""
-        if isinstance(error, (SourceUnavailableError, SourcePermissionError)) and not rejected:
-            # One outage is one report, however its retries' messages vary.
-            news = type(error) is not type(self.last_error)
-        else:
-            news = str(error) != str(self.last_error)
+        kind = failure_kind(error, rejected=rejected)
+        news = self.last_error is None or kind != self.reported
+        self.reported = kind
         self.last_error = error
         if self.state != SlotState.LIVE and not news:
             return False
@@ -282,6 +294,23 @@ class Slot:
                     backend.close()
                 except Exception:
                     log.exception("closing the backend of %s failed", member.display)
+
+
+def failure_kind(error: BaseException, *, rejected: bool = False) -> Hashable:
+    """What makes two failures "the same" for the report-once rule: a structured kind, never
+    the whole message (it carries revisions, times, retry details).
+
+    An outage is one kind however its retries' messages vary. Broken content is its error
+    type, key and line; a binding refusal is its error lines without their ``(from ...)``
+    part (which names the revision), so the same bad value written again is not news and a
+    different one is. An exception confhub did not raise has no structure: its text is used.
+    """
+    if isinstance(error, (SourceUnavailableError, SourcePermissionError)) and not rejected:
+        return (type(error),)
+    if not isinstance(error, ConfhubError):
+        return (type(error), rejected, str(error))
+    lines = tuple(line.rpartition(" (from ")[0] or line for line in getattr(error, "errors", ()))
+    return (type(error), rejected, getattr(error, "key", None), getattr(error, "line", None), lines)
 
 
 # -- finding a slot's backend ------------------------------------------------------------------
