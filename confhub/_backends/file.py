@@ -13,6 +13,12 @@ Spec: ``file:PATH`` (or a bare path) with these query options:
 - ``max_settle=SECONDS`` (default ``max(1.0, 10 * settle)``): the longest a stream of events
   can postpone a read, so a writer that never pauses cannot starve readers.
 - ``poll_interval=SECONDS`` (default 0.5): how often the polling observer scans.
+- ``max_bytes=N`` (default 64 MiB): a bigger file is refused (``SourceFormatError``) and
+  never loaded into memory.
+
+Only a regular file is read (a symlink to one is followed): a FIFO, a device such as
+``/dev/zero`` or a socket is a ``SourceUnavailableError`` naming the path and its type, and
+the open never blocks (``O_NONBLOCK``).
 
 Watching follows the lessons of viper, Envoy and kubelet's atomic writer:
 
@@ -41,9 +47,11 @@ Watching follows the lessons of viper, Envoy and kubelet's atomic writer:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import stat
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -71,6 +79,11 @@ log = logging.getLogger("confhub.file")
 
 DEFAULT_SETTLE = 0.02
 DEFAULT_POLL_INTERVAL = 0.5
+#: The largest file read (``?max_bytes=`` changes it). A document near the parsers'
+#: MAX_NODES bound (1,000,000 values) takes ~16-32 MiB of text; 64 MiB leaves room for
+#: comments and long strings while a runaway file or a device is refused, not loaded.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 _ABSENT = "absent"
 _WATCH_MODES = {
     "auto": "auto",
@@ -103,6 +116,7 @@ class FileBackend(Backend):
                     f"{self.name}: {option}={getattr(self, option)} is negative; give seconds >= 0",
                     spec=self.name,
                 )
+        self.max_bytes = _max_bytes(spec, self.name)
         mode = str(spec.option("watch", "auto")).lower()
         if mode not in _WATCH_MODES:
             raise SpecError(f"{self.name}: watch={mode!r}; use auto, poll or false", spec=self.name)
@@ -136,24 +150,71 @@ class FileBackend(Backend):
 
     # -- loading ---------------------------------------------------------------------------
     def _read(self) -> bytes | None:
+        """The file's bytes, or None when it does not exist.
+
+        Opened with ``O_NONBLOCK`` so that a FIFO never blocks the open; only a regular file
+        is read (symlinks are followed: only the final target's type counts), and at most
+        ``max_bytes + 1`` bytes, so ``/dev/zero`` or a runaway file is refused, not loaded.
+        """
         try:
-            with open(self.path, "rb") as fh:
-                return fh.read()
+            fd = os.open(self.path, _OPEN_FLAGS)
         except FileNotFoundError:
             return None
-        except IsADirectoryError:
-            raise SourceFormatError(
-                f"{self.name}: {self.path} is a directory, not a file", source=self.name
-            ) from None
         except PermissionError as exc:
             raise SourcePermissionError(
                 f"{self.name}: cannot read {self.path}: {exc.strerror or exc}; fix its permissions",
                 source=self.name,
             ) from None
         except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a socket (or a device with no driver)
+                raise self._not_regular("a socket or an unconnected device") from None
             raise SourceUnavailableError(
                 f"{self.name}: cannot read {self.path}: {exc.strerror or exc}", source=self.name
             ) from None
+        try:
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISDIR(st.st_mode):
+                    raise SourceFormatError(
+                        f"{self.name}: {self.path} is a directory, not a file", source=self.name
+                    )
+                if not stat.S_ISREG(st.st_mode):
+                    raise self._not_regular(_file_type(st.st_mode))
+                if st.st_size > self.max_bytes:
+                    raise self._too_big(f"{st.st_size:,} bytes")
+                chunks: list[bytes] = []
+                left = self.max_bytes + 1
+                while left > 0:
+                    chunk = os.read(fd, min(left, 1 << 20))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    left -= len(chunk)
+            except OSError as exc:
+                raise SourceUnavailableError(
+                    f"{self.name}: cannot read {self.path}: {exc.strerror or exc}",
+                    source=self.name,
+                ) from None
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        if len(data) > self.max_bytes:  # it grew while being read
+            raise self._too_big(f"more than {self.max_bytes:,} bytes")
+        return data
+
+    def _not_regular(self, kind: str) -> SourceUnavailableError:
+        return SourceUnavailableError(
+            f"{self.name}: {self.path} is {kind}, not a regular file; confhub reads only "
+            "regular files (a symlink to one is fine): point the source at the file itself",
+            source=self.name,
+        )
+
+    def _too_big(self, size: str) -> SourceFormatError:
+        return SourceFormatError(
+            f"{self.name}: {self.path} is {size}, more than max_bytes={self.max_bytes:,}; "
+            "refusing it: raise ?max_bytes= on the source if a file that big is intended",
+            source=self.name,
+        )
 
     def _parse(self, content: bytes) -> Layer:
         data = parse_document(content, self.format, source=self.name, path=self.path)
@@ -539,6 +600,34 @@ def _release_inotify(observer: BaseObserver) -> None:
                 release()
             except OSError as exc:  # pragma: no cover - already closed by someone else
                 log.debug("releasing an inotify instance: %s", exc)
+
+
+def _max_bytes(spec: SourceSpec, name: str) -> int:
+    value = spec.option("max_bytes")
+    if value is None:
+        return DEFAULT_MAX_BYTES
+    try:
+        limit = int(str(value))
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise SpecError(
+            f"{name}: max_bytes={value!r} is not a byte count; give a whole number >= 0",
+            spec=name,
+        )
+    return limit
+
+
+def _file_type(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
 
 
 def _digest(content: bytes) -> str:

@@ -1,0 +1,139 @@
+"""File reads are bounded (issue 14, item 10): a FIFO never blocks, a device or a runaway
+file is refused before it is loaded, and a watched file replaced by a FIFO makes the source
+stale instead of blocking the settle thread.
+
+Real FIFOs (``os.mkfifo``) and a real symlink to ``/dev/zero``; a thread join with a
+generous limit is the only backstop against a hang, never a timing assertion.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from core_testlib import wait_for
+
+import confhub
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+
+#: A hang backstop, not a timing bound: a bounded read takes milliseconds.
+JOIN = 30.0
+
+
+def _release(fifo: Path) -> None:
+    """Open and close the FIFO's writing end, so a reader blocked on it (unfixed code) ends."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # nobody is reading it
+        return
+    os.close(fd)
+
+
+def _start_in_thread(hub: confhub.Hub) -> tuple[threading.Thread, list[Any]]:
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            hub.start()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - inspected by the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "conf.json"
+    os.mkfifo(path)
+    yield path
+    _release(path)
+
+
+def test_required_fifo_fails_start_naming_it(fifo: Path) -> None:
+    """A required file source that is a FIFO fails start() with a StartupError naming its type."""
+    hub = confhub.Hub([f"file:{fifo}"], autoload=False)
+    thread, outcome = _start_in_thread(hub)
+    thread.join(JOIN)
+    try:
+        assert not thread.is_alive(), "start() blocked opening the FIFO"
+        error = outcome[0]
+        assert isinstance(error, confhub.StartupError)
+        assert str(fifo) in str(error)
+        assert "FIFO" in str(error)
+    finally:
+        _release(fifo)
+        hub.close()
+
+
+def test_optional_fifo_is_absent_and_failed(fifo: Path) -> None:
+    """An optional file source that is a FIFO starts absent, with the error in its health."""
+    hub = confhub.Hub([f"file:{fifo}?optional=true&watch=false"], autoload=False)
+    thread, outcome = _start_in_thread(hub)
+    thread.join(JOIN)
+    try:
+        assert not thread.is_alive(), "start() blocked opening the FIFO"
+        assert outcome == [None]
+        health = hub.health().sources[0]
+        assert health.state == "absent"
+        assert health.failed
+        assert health.last_error is not None
+        assert "FIFO" in health.last_error
+    finally:
+        _release(fifo)
+        hub.close()
+
+
+def test_symlink_to_dev_zero_is_refused(tmp_path: Path) -> None:
+    """A file source that is a symlink to /dev/zero is refused naming the device, not read."""
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    link = tmp_path / "conf.json"
+    link.symlink_to("/dev/zero")
+    hub = confhub.Hub([f"file:{link}?watch=false"], autoload=False)
+    with pytest.raises(confhub.StartupError, match="character device") as info:
+        hub.start()
+    assert str(link) in str(info.value)
+    hub.close()
+
+
+def test_file_over_max_bytes_is_refused(tmp_path: Path) -> None:
+    """A regular file bigger than ?max_bytes= is a SourceFormatError naming its size."""
+    path = tmp_path / "conf.json"
+    path.write_text('{"a": "' + "x" * 200 + '"}', encoding="utf-8")
+    hub = confhub.Hub([f"file:{path}?watch=false&max_bytes=100"], autoload=False)
+    with pytest.raises(confhub.SourceFormatError, match="max_bytes=100") as info:
+        hub.start()
+    assert f"{path.stat().st_size:,} bytes" in str(info.value)
+    hub.close()
+
+
+def test_watched_file_replaced_by_fifo_goes_stale(tmp_path: Path) -> None:
+    """A watched file replaced by a FIFO makes the source stale, naming the FIFO, last good kept."""
+    path = tmp_path / "conf.json"
+    path.write_text('{"a": 1}', encoding="utf-8")
+    errors: list[confhub.ErrorEvent] = []
+    hub = confhub.Hub([f"file:{path}?settle=0.05"], autoload=False)
+    hub.start()
+    hub.subscribe(lambda change: None, on_error=errors.append)
+    fifo = tmp_path / "conf.json.new"
+    os.mkfifo(fifo)
+    os.replace(fifo, path)
+    closer = threading.Thread(target=hub.close, daemon=True)
+    try:
+        wait_for(
+            lambda: hub.health().sources[0].state == "stale", timeout=JOIN, what="source stale"
+        )
+        assert any("FIFO" in str(event.error) for event in errors)
+        assert hub.get("a") == 1
+    finally:
+        _release(path)
+        closer.start()
+        closer.join(JOIN)
