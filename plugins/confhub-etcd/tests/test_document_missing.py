@@ -1,4 +1,4 @@
-"""A missing document key behaves like a missing file (PLAN decision 4): required sources
+"""A missing document key behaves like a missing file: required sources
 fail with the fix, optional ones are empty; while watching, a deleted document key makes a
 required source stale and an optional one empty, and writing it again recovers."""
 
