@@ -8,20 +8,17 @@ creates, such as a hub's etcd backend) and :meth:`EtcdClient.reset_after_fork`.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from ._transport import push_test_interceptors, restore_test_interceptors
+
 if TYPE_CHECKING:
     from ._client import EtcdClient
 
-__all__ = ["CallHook", "hook_clients", "hooked_interceptors", "rpc_error", "simulate_fork"]
-
-_lock = threading.Lock()
-_hooks: list[tuple[Any, ...]] = [()]  # one entry: the interceptors hook_clients adds now
-
+__all__ = ["CallHook", "hook_clients", "rpc_error", "simulate_fork"]
 
 class _FakeRpcError(grpc.RpcError):  # type: ignore[misc]  # grpc is untyped here
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
@@ -129,16 +126,8 @@ def hook_clients(*hooks: Any) -> Iterator[None]:
     Clients created before the block are unchanged; a client created inside keeps the hooks
     after the block ends. Blocks nest.
     """
-    with _lock:
-        saved = _hooks[0]
-        _hooks[0] = (*saved, *hooks)
+    saved = push_test_interceptors(hooks)
     try:
         yield
     finally:
-        with _lock:
-            _hooks[0] = saved
-
-
-def hooked_interceptors() -> tuple[Any, ...]:
-    """The interceptors :func:`hook_clients` adds to clients created now (the client's side)."""
-    return _hooks[0]
+        restore_test_interceptors(saved)

@@ -22,10 +22,29 @@ import grpc
 
 from ._errors import EtcdAuthError, EtcdClosedError, EtcdError, EtcdTLSError, EtcdUnavailable
 from ._rpc import Connection, WatchStream, not_sent, open_connection, stubs, translate
-from ._testhooks import hooked_interceptors
 from ._types import Credentials, TLSConfig
 
 __all__ = ["Transport", "parse_endpoint", "read_tls"]
+
+#: The interceptors ``confhub_etcd.testing.hook_clients`` adds to every client created while
+#: its block is active: the client layer's one piece of test-only state, empty otherwise
+#: (kept here, below the harness, so the client never imports its test hooks).
+_test_interceptors: list[tuple[Any, ...]] = [()]
+_test_lock = threading.Lock()
+
+
+def push_test_interceptors(hooks: Sequence[Any]) -> tuple[Any, ...]:
+    """Add ``hooks`` for clients created from now on; returns what to restore."""
+    with _test_lock:
+        saved = _test_interceptors[0]
+        _test_interceptors[0] = (*saved, *hooks)
+    return saved
+
+
+def restore_test_interceptors(saved: tuple[Any, ...]) -> None:
+    """Undo :func:`push_test_interceptors`."""
+    with _test_lock:
+        _test_interceptors[0] = saved
 
 log = logging.getLogger("confhub.etcd")
 
@@ -78,7 +97,7 @@ class Transport:
         self._credentials = credentials
         self._options = list(options)
         # Test hooks installed by ``confhub_etcd.testing.hook_clients`` (empty otherwise).
-        self._interceptors = (*interceptors, *hooked_interceptors())
+        self._interceptors = (*interceptors, *_test_interceptors[0])
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._connections: dict[str, Connection] = {}
