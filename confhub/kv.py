@@ -16,7 +16,8 @@ library::
 - Values: :func:`decode_text` (store bytes to text), :func:`encode_value` (a written value to
   bytes).
 - Writes: :func:`check_write_shape` refuses a write that would turn a table into a value or a
-  value into a table (read the keys under :meth:`KeyMap.write_scope` first).
+  value into a table (read the keys under :meth:`KeyMap.write_scope` first);
+  :func:`write_into_document` is the new text of a document-layout write (read-modify-CAS).
 - Errors, in the words the core uses: :func:`too_many_keys`, :func:`leaf_parent_clash`.
 - Watching: :class:`Backoff` (capped, jittered), :class:`ReportOnce` (one report per state
   change), :func:`recovered` (the "source is back" signal).
@@ -27,6 +28,7 @@ library::
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import random
 import threading
@@ -52,6 +54,7 @@ __all__ = [
     "leaf_parent_clash",
     "recovered",
     "too_many_keys",
+    "write_into_document",
 ]
 
 _log = logging.getLogger("confhub.kv")
@@ -232,6 +235,61 @@ def check_write_shape(
                 source=source,
                 key=key,
             )
+
+
+def write_into_document(
+    document: Mapping[str, Any] | None, fmt: str, key: str, value: object, *, source: str
+) -> bytes:
+    """The text of a document-layout write: ``document`` (as :func:`confhub.parse_document`
+    returned it; ``None`` for a document key that does not exist yet) with dotted ``key``
+    set to ``value``, dumped in ``fmt`` (``json``, ``yaml`` or ``toml``) as UTF-8.
+
+    The write is refused first by :func:`check_write_shape` (a value over a table, a key
+    under a value). The backend then writes the returned bytes with compare-and-swap on the
+    document key's revision, so a concurrent writer is never overwritten. Comments and
+    formatting of the original text are not kept. TOML needs the ``tomli_w`` package; without
+    it the write is a :class:`WriteError` saying so.
+    """
+    data: dict[str, Any] = _thaw(document) if document is not None else {}
+    check_write_shape(data, key, value, source=source)  # a WriteError naming what it hides
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):  # check_write_shape refused this; never replace it
+            raise WriteError(f"{source}: cannot write {key!r}", source=source, key=key)
+        node = child
+    node[parts[-1]] = list(value) if isinstance(value, tuple) else value
+    return _dump_document(data, fmt, source=source, key=key)
+
+
+def _thaw(value: Any) -> Any:
+    """A mutable copy of a frozen parsed document (read-only mappings, tuples)."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _dump_document(data: Mapping[str, Any], fmt: str, *, source: str, key: str) -> bytes:
+    if fmt == "json":
+        return json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True).encode("utf-8")
+    try:
+        import tomli_w  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        raise WriteError(
+            f"{source}: writing into a TOML document needs the tomli_w package "
+            "(pip install tomli_w), or write the whole document key yourself",
+            source=source,
+            key=key,
+        ) from None
+    dumped: str = tomli_w.dumps(dict(data))
+    return dumped.encode("utf-8")
 
 
 def _leaves(existing: Layer | Mapping[str, Any] | Iterable[str]) -> frozenset[str] | set[str]:

@@ -107,6 +107,7 @@ def test_kv_kit_surface_is_pinned() -> None:
         "leaf_parent_clash",
         "recovered",
         "too_many_keys",
+        "write_into_document",
     }
     for name in kv.__all__:
         assert hasattr(kv, name), name

@@ -335,7 +335,7 @@ class ConsulWriter:
                     expected=expected,
                     actual=actual,
                 )
-            data: dict[str, Any] = {}
+            parsed: Mapping[str, Any] | None = None
             if found is not None:
                 try:
                     parsed = parse_document(found[1], fmt, source=self.source, path=document)
@@ -347,10 +347,7 @@ class ConsulWriter:
                         source=self.source,
                         key=key,
                     ) from exc
-                data = {k: _thaw(v) for k, v in parsed.items()}
-            kv.check_write_shape(data, key, value, source=self.source)
-            set_nested(self.source, data, key, value)
-            payload = dump_document(self.source, data, fmt, key=key)
+            payload = kv.write_into_document(parsed, fmt, key, value, source=self.source)
             try:
                 return self._put(document, payload, expected, key=key)
             except WriteConflictError:
@@ -376,50 +373,3 @@ def _check_document_value(source: str, key: str, value: object) -> None:
         source=source,
         key=key,
     )
-
-
-def _thaw(value: object) -> object:
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_thaw(v) for v in value]
-    return value
-
-
-def set_nested(source: str, data: dict[str, Any], key: str, value: object) -> None:
-    """Set dotted ``key`` in the nested ``data``, creating tables on the way.
-
-    Call :func:`confhub.kv.check_write_shape` first: it refuses (naming what would be
-    shadowed) a value over a table or a key under a value; a value met on the way here
-    anyway is a :class:`WriteError`, never silently replaced.
-    """
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            kv.check_write_shape(data, key, value, source=source)  # raises, naming it
-            raise WriteError(f"{source}: cannot write {key!r}", source=source, key=key)
-        node = child
-    node[parts[-1]] = list(value) if isinstance(value, tuple) else value
-
-
-def dump_document(source: str, data: Mapping[str, Any], fmt: str, *, key: str) -> bytes:
-    """``data`` written out in ``fmt`` (JSON, YAML or TOML), UTF-8."""
-    if fmt == "json":
-        return json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
-    if fmt == "yaml":
-        import yaml  # noqa: PLC0415 - optional, as in the core's parsers
-
-        return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True).encode("utf-8")
-    try:
-        import tomli_w  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
-    except ImportError:
-        raise WriteError(
-            f"{source}: writing into a TOML document needs the tomli_w package "
-            "(pip install tomli_w), or write the whole document key yourself",
-            source=source,
-            key=key,
-        ) from None
-    dumped: str = tomli_w.dumps(dict(data))
-    return dumped.encode("utf-8")

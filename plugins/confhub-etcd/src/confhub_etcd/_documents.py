@@ -1,16 +1,15 @@
 """Writing one key into a document held by one etcd key (read-modify-CAS in the backend).
 
-The core parses documents (``confhub.parse_document``); writing them back is the backend's
-job: thaw the frozen tree, set the dotted key, dump it in the document's format.
+The core parses documents (``confhub.parse_document``) and builds the new text
+(``confhub.kv.write_into_document``, shared with every KV backend); the backend reads the key,
+calls this, and writes the result with compare-and-swap on the key's revision.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from typing import Any
 
-from confhub import WriteError, kv, parse_document
+from confhub import kv, parse_document
 
 __all__ = ["updated_document"]
 
@@ -20,43 +19,5 @@ def updated_document(raw: bytes | None, fmt: str, key: str, value: Any, *, sourc
     dumped as ``fmt``; a :class:`confhub.WriteError` when it cannot be written, or when the
     write would put a value over a table or a key under a value
     (:func:`confhub.kv.check_write_shape`)."""
-    data = _thaw(parse_document(raw, fmt, source=source)) if raw is not None else {}
-    kv.check_write_shape(data, key, value, source=source)  # a WriteError naming what it hides
-    _set_nested(data, key, value)
-    return _dump(data, fmt, source=source, key=key)
-
-
-def _set_nested(data: dict[str, Any], key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})  # check_write_shape refused a value on the way
-    node[parts[-1]] = value
-
-
-def _dump(data: Mapping[str, Any], fmt: str, *, source: str, key: str) -> bytes:
-    if fmt == "json":
-        return json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
-    if fmt == "yaml":
-        import yaml  # noqa: PLC0415 - optional, as in the core's parsers
-
-        return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True).encode("utf-8")
-    try:
-        import tomli_w  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
-    except ImportError:
-        raise WriteError(
-            f"{source}: writing into a TOML document needs the tomli_w package "
-            "(pip install tomli_w), or write the whole document key yourself",
-            source=source,
-            key=key,
-        ) from None
-    dumped: str = tomli_w.dumps(dict(data))
-    return dumped.encode("utf-8")
-
-
-def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
-    return value
+    document = parse_document(raw, fmt, source=source) if raw is not None else None
+    return kv.write_into_document(document, fmt, key, value, source=source)
