@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._backend import cache_principal_of, hookimpl, is_cacheable
+from ._fileio import read_at_most
 from ._layer import Layer, freeze
 from ._merge import MISSING
 from ._redact import DROPPED, SECRET_OPTIONS, strip_secrets
@@ -189,15 +190,7 @@ def _read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> tuple[bytes, os.st
             raise CacheError("not a regular file")
         if st.st_size > limit:
             raise CacheError(f"{st.st_size} bytes, more than the {limit} a cache file may hold")
-        chunks = []
-        left = limit + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
+        data = read_at_most(fd, limit)
         if len(data) > limit:
             raise CacheError(f"more than the {limit} bytes a cache file may hold")
         return data, st

@@ -19,7 +19,7 @@ PACKAGE = Path(confhub.__file__).parent
 #: Lowest first. Within a layer, modules do not import each other.
 LAYERS: list[list[str]] = [
     ["_location"],  # the one parser of a network spec's location (no confhub imports)
-    ["_errors", "_redact", "_health"],  # values (_redact builds on _location)
+    ["_errors", "_redact", "_health", "_fileio"],  # values (_redact builds on _location)
     ["_docbounds"],  # document bounds and error wording shared by the parsers
     ["_yaml"],  # the YAML loaders
     ["_spec", "_parsers", "_layer"],  # specs, documents, layers

@@ -69,6 +69,7 @@ from .._errors import (
     SourceUnavailableError,
     SpecError,
 )
+from .._fileio import read_at_most
 from .._layer import Layer
 from .._parsers import format_for_path, locate_key, parse_document
 
@@ -182,14 +183,7 @@ class FileBackend(Backend):
                     raise self._not_regular(_file_type(st.st_mode))
                 if st.st_size > self.max_bytes:
                     raise self._too_big(f"{st.st_size:,} bytes")
-                chunks: list[bytes] = []
-                left = self.max_bytes + 1
-                while left > 0:
-                    chunk = os.read(fd, min(left, 1 << 20))
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    left -= len(chunk)
+                data = read_at_most(fd, self.max_bytes)
             except OSError as exc:
                 raise SourceUnavailableError(
                     f"{self.name}: cannot read {self.path}: {exc.strerror or exc}",
@@ -197,7 +191,6 @@ class FileBackend(Backend):
                 ) from None
         finally:
             os.close(fd)
-        data = b"".join(chunks)
         if len(data) > self.max_bytes:  # it grew while being read
             raise self._too_big(f"more than {self.max_bytes:,} bytes")
         return data
