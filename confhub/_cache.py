@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._backend import cache_principal_of, hookimpl, is_cacheable
 from ._fileio import read_at_most
-from ._layer import Layer, freeze
+from ._layer import Layer, freeze, to_json
 from ._merge import MISSING
 from ._redact import DROPPED, SECRET_OPTIONS, strip_secrets
 
@@ -158,16 +158,6 @@ def _checksum(envelope: dict[str, Any]) -> str:
     return hashlib.sha256(
         json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()
-
-
-def _to_json(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_to_json(v) for v in value]
-    if hasattr(value, "items"):
-        return {k: _to_json(v) for k, v in value.items()}
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 class CacheError(Exception):
@@ -360,7 +350,7 @@ class Cache:
         for k, v in layer.values.items():
             kept = v if keep_secrets else strip_secrets(k, v)
             if kept is not DROPPED:
-                data[k] = _to_json(kept)
+                data[k] = to_json(kept)
         details = {k: v for k, v in layer.details.items() if k in data}
         try:
             # The directory is checked before anything in it is read: no I/O in a refused one.
@@ -376,7 +366,7 @@ class Cache:
             "format": FORMAT,
             "source": spec.display,
             "identity": identity,
-            "revision": _to_json(layer.revision),
+            "revision": to_json(layer.revision),
             "fetched_at": layer.fetched_at,
             "keys": len(data),
             "data": data,

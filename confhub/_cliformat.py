@@ -5,20 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any, TextIO
 
+from ._layer import to_json
 from ._merge import MISSING
 from ._redact import redact_value
 
 
 def jsonable(value: Any) -> Any:
-    if value is MISSING:
-        return None
-    if isinstance(value, tuple):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "items"):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+    """``value`` as JSON-able data; :data:`MISSING` (a key added or removed) is null."""
+    return None if value is MISSING else to_json(value)
 
 
 def redact_tree(tree: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import attrs
 
 from ._errors import ConfigKeyError
 from ._health import SourceHealth
+from ._layer import to_json
 from ._redact import redact_value
 from ._snapshot import Snapshot
 
@@ -49,25 +50,17 @@ class Explanation:
         """A JSON-ready dict (the ``confhub explain --json`` contract)."""
         return {
             "key": self.key,
-            "value": _jsonable(self.value),
+            "value": to_json(self.value),
             "source": self.source,
             "detail": self.detail,
             "revision": self.revision,
             "stale": self.stale,
             "state": self.state,
             "overridden": [
-                {"source": o.source, "value": _jsonable(o.value), "detail": o.detail}
+                {"source": o.source, "value": to_json(o.value), "detail": o.detail}
                 for o in self.overridden
             ],
         }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 def explain(

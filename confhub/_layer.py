@@ -591,3 +591,15 @@ def unflatten(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
             node = child
         node[parts[-1]] = value
     return root
+
+
+def to_json(value: Any) -> Any:
+    """``value`` (a leaf of a layer: text, numbers, booleans, null, and frozen lists and
+    tables of them) as plain JSON-able data; anything else becomes its text."""
+    if isinstance(value, tuple | list):
+        return [to_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
