@@ -46,6 +46,8 @@ def test_deleted_required_document_key_is_stale_and_recovers(etcd: EtcdServer) -
         events = Events(hub)
         etcd.delete("/app/c.json")
         events.wait_state("stale")
+        # The state changes before the error event reaches the notifier thread.
+        events.wait_for(lambda: bool(events.errors), what="the error event")
         assert hub.get("db.port") == 1
         errors = [e.error for e in events.errors]
         assert len(errors) == 1 and isinstance(errors[0], SourceUnavailableError), errors
