@@ -8,11 +8,10 @@ thread (``confhub._persist``), so a delivery never waits for them.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._errors import HubStateError
@@ -45,6 +44,7 @@ class Subscription:
         self.callback = callback
         self.prefix = prefix
         self.on_error = on_error
+        #: Called once when the hub closes (an async stream ends on it; ``confhub._aio``).
         self.on_close: Callable[[], Any] | None = None
         self.active = True
 
@@ -140,34 +140,6 @@ class Dispatcher:
                 raise HubStateError("hub.subscribe() on a closed hub; create a new Hub")
             self._subscribers = (*self._subscribers, sub)
         return sub
-
-    async def changes(self, prefix: str) -> AsyncIterator[Change]:
-        """Each delivered :class:`Change` at or below ``prefix``, to an asyncio consumer, until
-        the dispatcher closes (queued without bound for a slow consumer). On a closed
-        dispatcher the iteration ends at once."""
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[Change | None] = asyncio.Queue()
-
-        def push(item: Change | None) -> None:
-            try:
-                loop.call_soon_threadsafe(inbox.put_nowait, item)
-            except RuntimeError:  # the loop closed
-                pass
-
-        sub = Subscription(self.unsubscribe, push, prefix, None, None)
-        sub.on_close = lambda: push(None)
-        try:
-            self._add(sub)
-        except HubStateError:
-            return  # closed (before it started, or its start failed): nothing will come
-        try:
-            while True:
-                item = await inbox.get()
-                if item is None:
-                    return
-                yield item
-        finally:
-            sub.cancel()
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Remove ``sub`` (no effect if it is not registered)."""

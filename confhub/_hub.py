@@ -22,6 +22,7 @@ import attrs
 import cattrs
 import pluggy
 
+from . import _aio
 from ._backend import Backend, BackendSettings, Update
 from ._binding import Binder, View, make_converter
 from ._dispatch import Dispatcher, Subscription
@@ -151,6 +152,21 @@ class Hub:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def astart(self) -> Hub:
+        """:meth:`start` on a worker thread, so the event loop keeps running; cancelled, it
+        closes the hub and waits for both before re-raising (``confhub._aio.run_start``)."""
+        return await _aio.run_start(self.start, self.close)
+
+    async def aclose(self) -> None:
+        """:meth:`close` on a worker thread; it finishes even if the caller is cancelled."""
+        await _aio.run_close(self.close)
+
+    async def __aenter__(self) -> Hub:
+        return await self.astart()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def start(self) -> Hub:
         """Load every source, publish the first snapshot and start watching.
@@ -424,14 +440,27 @@ class Hub:
             raise HubStateError("hub.subscribe() on a closed hub; create a new Hub")
         return self._dispatcher.subscribe(callback, prefix, on_error, on_state)
 
-    def changes(self, *, prefix: str = "") -> AsyncIterator[Change]:
+    def changes(self, *, prefix: str = "", since: Snapshot | None = None) -> AsyncIterator[Change]:
         """Yield each published :class:`Change` at or below ``prefix``, asynchronously.
 
         ``async for change in hub.changes(prefix="db"): ...``. The iteration ends when the
         hub closes (also one that never ran: closed before start, or whose start failed).
-        Changes are queued without bound for a slow consumer.
+        Changes are queued without bound for a slow consumer. ``since``: a snapshot the
+        consumer already has (``snap = hub.snapshot()``, sent first); the stream then starts
+        right after it, with one catch-up change if the hub moved on meanwhile: nothing is
+        missed or repeated (``confhub._aio.stream``).
         """
-        return self._dispatcher.changes(prefix)
+        return _aio.stream(self.subscribe, self.snapshot, prefix=prefix, since=since)
+
+    def events(
+        self, *, prefix: str = "", changes: bool = True, errors: bool = True, states: bool = True
+    ) -> AsyncIterator[Change | ErrorEvent | SourceHealth]:
+        """Like :meth:`changes`, with the :class:`ErrorEvent` and :class:`SourceHealth`
+        events that ``subscribe(on_error=, on_state=)`` gets, in delivery order."""
+        return _aio.stream(
+            self.subscribe, self.snapshot, prefix=prefix, changes=changes, errors=errors,
+            states=states,
+        )
 
     # -- health and explain ----------------------------------------------------------------
     def health(self) -> Health:
