@@ -32,6 +32,7 @@ from ._layer import Layer, LayerDelta
 from ._location import UrlParts
 from ._merge import MISSING
 from ._parsers import parse_document
+from ._probes import Readiness
 from ._redact import is_secret_key
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot
 from ._spec import Fallback, SourceSpec
@@ -58,6 +59,7 @@ __all__ = [
     "Notify",
     "Origin",
     "PluginError",
+    "Readiness",
     "Snapshot",
     "SourceError",
     "SourceFormatError",

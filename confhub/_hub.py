@@ -36,6 +36,7 @@ from ._health import Health, SlotState, SourceHealth
 from ._layer import Layer, LayerDelta
 from ._merge import MISSING, merge_full, merge_update
 from ._persist import Persister
+from ._probes import Readiness, readiness
 from ._plugins import describe_plugins, make_backend, make_plugin_manager
 from ._slot import Slot, backend_named, writable_backend
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot, UnusableSnapshot
@@ -466,6 +467,12 @@ class Hub:
     def health(self) -> Health:
         """Return the state of every source (works in any lifecycle state)."""
         return Health(tuple(s.health() for s in self._slots), max(self._snapshot.generation, 0))
+
+    def readiness(self, *, max_stale: float | None = None) -> Readiness:
+        """Whether this service should receive traffic: running, every source serving
+        (from its cache too: see ``confhub._probes``); ``max_stale`` seconds: also not
+        ready when a stale or cached copy is older."""
+        return readiness(self._state.value, self.health(), max_stale=max_stale)
 
     @property
     def sources(self) -> tuple[str, ...]:

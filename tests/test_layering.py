@@ -20,7 +20,7 @@ PACKAGE = Path(confhub.__file__).parent
 LAYERS: list[list[str]] = [
     ["_location"],  # the one parser of a network spec's location (no confhub imports)
     ["_errors", "_redact", "_health", "_fileio"],  # values (_redact builds on _location)
-    ["_docbounds"],  # document bounds and error wording shared by the parsers
+    ["_docbounds", "_probes"],  # bounds the parsers share; readiness (from health)
     ["_yaml"],  # the YAML loaders
     ["_spec", "_parsers", "_layer"],  # specs, documents, layers
     ["_merge", "_backend"],  # the pure merge; the backend contract
