@@ -161,9 +161,8 @@ async def stream(
             item = await inbox.get()
             if item is None:
                 return
-            if isinstance(item, Change):
-                if item.generation <= seen or not changes:
-                    continue
+            if isinstance(item, Change) and (item.generation <= seen or not changes):
+                continue
             yield item
     finally:
         sub.cancel()

@@ -36,8 +36,8 @@ from ._health import Health, SlotState, SourceHealth
 from ._layer import Layer, LayerDelta
 from ._merge import MISSING, merge_full, merge_update
 from ._persist import Persister
-from ._probes import Readiness, readiness
 from ._plugins import describe_plugins, make_backend, make_plugin_manager
+from ._probes import Readiness, readiness
 from ._slot import Slot, backend_named, writable_backend
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot, UnusableSnapshot
 from ._spec import SourceLike, SourceSpec, as_slots
