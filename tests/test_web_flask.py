@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 from web_testlib import werkzeug_server
 
-from confhub import Hub, HubStateError, State, StartupError
+from confhub import Hub, HubStateError, StartupError, State
 from confhub.integrations.flask import Confhub
 from confhub.testing import MemoryStore
 
