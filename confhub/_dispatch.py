@@ -249,7 +249,7 @@ def _compact(items: Iterable[Any]) -> list[Any]:
             slot = ("other", index)
         latest[slot] = (index, item)
     if changes:
-        merged = _merge_changes(changes)
+        merged = merge_changes(changes)
         if merged is None:
             del latest[_CHANGES]
         else:
@@ -276,7 +276,7 @@ def drop_tracebacks(error: BaseException) -> None:
             pending.extend(exc.exceptions)
 
 
-def _merge_changes(run: list[Change]) -> Change | None:
+def merge_changes(run: list[Change]) -> Change | None:
     """One change equivalent to ``run`` applied in order (``None`` if it nets to nothing)."""
     if len(run) == 1:
         return run[0]

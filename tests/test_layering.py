@@ -45,7 +45,8 @@ LAYERS: list[list[str]] = [
     ["_cliconfig", "_cliformat"],  # the CLI's config file and output formats
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points
-    ["integrations", "integrations.starlette", "integrations.flask"],  # web frameworks
+    ["integrations", "integrations._common"],  # what the web integrations share
+    ["integrations.starlette", "integrations.flask"],  # web frameworks
     ["pytest_plugin"],  # the pytest plugin (fixtures on confhub.testing)
 ]
 

@@ -32,8 +32,9 @@ Importing this module imports Flask; ``import confhub`` does not.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from flask import Flask, Response, current_app, g, jsonify
@@ -42,6 +43,7 @@ from .._binding import View
 from .._errors import HubStateError
 from .._hub import Hub, State
 from .._snapshot import Snapshot
+from ._common import Overrides
 
 __all__ = ["Confhub"]
 
@@ -88,6 +90,7 @@ class Confhub(Generic[T]):
         self.health_path = health_path
         self.ready_path = ready_path
         self.lazy = lazy
+        self._overrides = Overrides()
         if app is not None:
             self.init_app(app)
 
@@ -169,8 +172,20 @@ class Confhub(Generic[T]):
                     "Confhub.config: no config class was given (Confhub(hub, AppConfig)), or "
                     "the hub has not started"
                 ) from None
-            value = pinned["config"] = view.current
+            if self._overrides:
+                value = self._overrides.bind(self.hub, view.cls, view.prefix)
+            else:
+                value = view.current
+            pinned["config"] = value
         return value
+
+    def override(self, values: Mapping[str, Any]) -> contextlib.AbstractContextManager[None]:
+        """For tests: inside ``with confhub_ext.override({"feature.beta": True}):`` the
+        config handed to requests has these values (dotted keys from the root) on top of
+        the hub's current configuration; the hub itself and its other readers are not
+        affected. Blocks nest. No seam in the app: the test imports the app's object.
+        """
+        return self._overrides.push(values)
 
     @property
     def snapshot(self) -> Snapshot:

@@ -44,6 +44,7 @@ from .._binding import View
 from .._errors import HubStateError
 from .._hub import Hub, State
 from .._snapshot import Snapshot
+from ._common import Overrides
 
 __all__ = ["Confhub"]
 
@@ -81,6 +82,7 @@ class Confhub(Generic[T]):
         self.max_stale = max_stale
         self._inner = lifespan
         self._view: View[T] | None = None
+        self._overrides = Overrides()
 
     @property
     def hub(self) -> Hub:
@@ -123,8 +125,22 @@ class Confhub(Generic[T]):
                 "Confhub.config: no config class was given (Confhub(hub, AppConfig)) or the "
                 "lifespan has not started the hub (FastAPI(lifespan=confhub_app.lifespan))"
             )
-        value: T = self._pin(conn, "config", lambda: view.current)
+        if self._overrides:
+            cls, prefix = view.cls, view.prefix
+            value: T = self._pin(
+                conn, "config", lambda: self._overrides.bind(self.hub, cls, prefix)
+            )
+        else:
+            value = self._pin(conn, "config", lambda: view.current)
         return value
+
+    def override(self, values: Mapping[str, Any]) -> contextlib.AbstractContextManager[None]:
+        """For tests: inside ``with confhub_app.override({"feature.beta": True}):`` the
+        config handed to requests has these values (dotted keys from the root) on top of
+        the hub's current configuration; the hub itself and its other readers are not
+        affected. Blocks nest. No seam in the app: the test imports the app's object.
+        """
+        return self._overrides.push(values)
 
     async def config(self, request: Request) -> T:
         """FastAPI dependency: ``cfg: Annotated[AppConfig, Depends(confhub_app.config)]``
