@@ -39,11 +39,17 @@ class Config:
 
 
 DEFAULTS = {"greeting": "hello", "feature": {"beta": False}}
-ETCD = os.environ.get("EXAMPLE_ETCD", "127.0.0.1:2379")
-PREFIX = os.environ.get("EXAMPLE_PREFIX", "/example/")
 
-hub = confhub.Hub([DEFAULTS, f"etcd://{ETCD}{PREFIX}"])
-config = Confhub(hub, Config)
+
+def make_hub() -> confhub.Hub:
+    """A new hub, read from the environment when the app starts (each start gets its own:
+    a hub starts once, and tests start the app many times)."""
+    etcd = os.environ.get("EXAMPLE_ETCD", "127.0.0.1:2379")
+    prefix = os.environ.get("EXAMPLE_PREFIX", "/example/")
+    return confhub.Hub([DEFAULTS, f"etcd://{etcd}{prefix}"])
+
+
+config = Confhub(make_hub, Config)
 app = FastAPI(lifespan=config.lifespan)
 app.add_route("/healthz", config.health)
 app.add_route("/readyz", config.ready)
@@ -66,6 +72,7 @@ def _event(kind: str, generation: int, data: Any) -> str:
 async def events() -> StreamingResponse:
     """Server-sent events: the whole configuration first, then each change (none missed:
     the stream starts right after the snapshot that was sent)."""
+    hub = config.hub
     snap = hub.snapshot()
 
     async def stream() -> AsyncIterator[str]:

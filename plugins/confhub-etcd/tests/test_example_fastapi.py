@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from confhub_etcd.testing import EtcdServer
+
+pytest_plugins = ["pytester"]
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "fastapi_etcd"
 HANG = 30.0  # a bound on every wait: reached only when something is broken
@@ -159,3 +162,15 @@ def test_the_fastapi_example_refuses_to_start_without_etcd_or_cache(tmp_path: Pa
         )  # fmt: skip
     assert result.returncode != 0
     assert "etcd://" in result.stdout + result.stderr
+
+
+def test_the_examples_own_tests_pass_with_the_pytest_plugins(pytester: pytest.Pytester) -> None:
+    """examples/fastapi_etcd/test_app.py (the example of docs/testing.md) passes when run
+    as users run it: pytest with confhub's and confhub-etcd's plugins, in a subprocess."""
+    for name in ("app.py", "test_app.py"):
+        (pytester.path / name).write_text((EXAMPLE / name).read_text(encoding="utf-8"))
+    result = pytester.runpytest_subprocess(
+        "-p", "confhub.pytest_plugin", "-p", "confhub_etcd.pytest_plugin",
+        "-p", "no:cacheprovider",
+    )  # fmt: skip
+    result.assert_outcomes(passed=2)
