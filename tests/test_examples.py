@@ -123,3 +123,12 @@ def test_the_flask_example_refuses_to_start_on_a_missing_file(tmp_path: Path) ->
     )
     assert result.returncode != 0
     assert "absent.toml" in result.stdout + result.stderr
+
+
+def test_the_testing_guide_shows_the_fastapi_examples_tests_as_they_are() -> None:
+    """docs/testing.md quotes examples/fastapi_etcd/test_app.py (which a test runs) verbatim:
+    the example in the docs cannot drift from the one that passes."""
+    code = (EXAMPLE.parent / "fastapi_etcd" / "test_app.py").read_text(encoding="utf-8")
+    body = code.split('"""\n\n', 1)[1]
+    guide = (EXAMPLE.parents[1] / "docs" / "testing.md").read_text(encoding="utf-8")
+    assert f"```python\n{body}```" in guide
