@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import pytest
 
 pytest_plugins = ["pytester"]
 
-PLUGIN = ["-p", "confhub.pytest_plugin", "-p", "no:cacheprovider"]
+
+def _plugin_args(*modules: str) -> list[str]:
+    """``-p MODULE`` for each plugin not installed through a ``pytest11`` entry point (an
+    installed one loads by itself, and loading it twice would be an error)."""
+    installed = {ep.value for ep in importlib.metadata.entry_points(group="pytest11")}
+    args = [arg for m in modules if m not in installed for arg in ("-p", m)]
+    return [*args, "-p", "no:cacheprovider"]
+
+
+PLUGIN = _plugin_args("confhub.pytest_plugin")
 
 
 def test_confhub_hub_gives_started_hubs_and_closes_them_at_teardown(

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 
 import pytest
 
 pytest_plugins = ["pytester"]
 
-PLUGINS = [
-    "-p", "confhub.pytest_plugin", "-p", "confhub_consul.pytest_plugin", "-p", "no:cacheprovider",
-]  # fmt: skip
+
+def _plugin_args(*modules: str) -> list[str]:
+    """``-p MODULE`` for each plugin not installed through a ``pytest11`` entry point (an
+    installed one loads by itself, and loading it twice would be an error)."""
+    installed = {ep.value for ep in importlib.metadata.entry_points(group="pytest11")}
+    args = [arg for m in modules if m not in installed for arg in ("-p", m)]
+    return [*args, "-p", "no:cacheprovider"]
+
+
+PLUGINS = _plugin_args("confhub.pytest_plugin", "confhub_consul.pytest_plugin")
 
 
 def test_consul_server_serves_a_hub_through_its_spec(pytester: pytest.Pytester) -> None:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import pytest
 
 from confhub_etcd.testing import EtcdServer
 
 pytest_plugins = ["pytester"]
 
-PLUGINS = [
-    "-p", "confhub.pytest_plugin", "-p", "confhub_etcd.pytest_plugin", "-p", "no:cacheprovider",
-]  # fmt: skip
+
+def _plugin_args(*modules: str) -> list[str]:
+    """``-p MODULE`` for each plugin not installed through a ``pytest11`` entry point (an
+    installed one loads by itself, and loading it twice would be an error)."""
+    installed = {ep.value for ep in importlib.metadata.entry_points(group="pytest11")}
+    args = [arg for m in modules if m not in installed for arg in ("-p", m)]
+    return [*args, "-p", "no:cacheprovider"]
+
+
+PLUGINS = _plugin_args("confhub.pytest_plugin", "confhub_etcd.pytest_plugin")
 
 
 def test_etcd_server_serves_a_hub_through_its_spec_and_survives_a_kill(

@@ -7,6 +7,7 @@ service answers; every wait is bounded, and the server process is always stopped
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import signal
 import socket
@@ -169,8 +170,8 @@ def test_the_examples_own_tests_pass_with_the_pytest_plugins(pytester: pytest.Py
     as users run it: pytest with confhub's and confhub-etcd's plugins, in a subprocess."""
     for name in ("app.py", "test_app.py"):
         (pytester.path / name).write_text((EXAMPLE / name).read_text(encoding="utf-8"))
-    result = pytester.runpytest_subprocess(
-        "-p", "confhub.pytest_plugin", "-p", "confhub_etcd.pytest_plugin",
-        "-p", "no:cacheprovider",
-    )  # fmt: skip
+    installed = {ep.value for ep in importlib.metadata.entry_points(group="pytest11")}
+    plugins = ("confhub.pytest_plugin", "confhub_etcd.pytest_plugin")
+    args = [arg for m in plugins if m not in installed for arg in ("-p", m)]
+    result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)

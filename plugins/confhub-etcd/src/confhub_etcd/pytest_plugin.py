@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from .testing import EtcdServer
+if TYPE_CHECKING:
+    # Imported when a fixture runs: loading the plugin (every pytest run, once installed)
+    # does not import gRPC.
+    from .testing import EtcdServer
 
 __all__ = ["etcd_prefix", "etcd_server", "etcd_server_session"]
 
@@ -29,6 +33,8 @@ __all__ = ["etcd_prefix", "etcd_server", "etcd_server_session"]
 @pytest.fixture(scope="session")
 def etcd_server_session() -> Iterator[EtcdServer]:
     """The session's etcd, as it is (``etcd_server`` also brings it back up)."""
+    from .testing import EtcdServer  # noqa: PLC0415 - see the import above
+
     with EtcdServer() as server:
         yield server
 
