@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import subprocess
+import sys
 
 import pytest
 
@@ -76,3 +78,16 @@ def test_spec_names_every_member_and_the_prefix() -> None:
         assert server.spec("app/", timeout="1") == (
             f"etcd://{server.endpoint}?prefix=app%2F&timeout=1"
         )
+
+
+def test_loading_the_plugin_does_not_import_grpc() -> None:
+    """Once installed, the plugin loads in every pytest run: it imports gRPC (through
+    confhub_etcd.testing) only when an etcd fixture is used."""
+    code = (
+        "import sys, confhub_etcd.pytest_plugin\n"
+        "print('grpc' in sys.modules, 'confhub_etcd.testing' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.strip()
+    assert out == "False False"
