@@ -41,7 +41,8 @@ def test_a_rejected_update_and_the_recovery_log_structured_fields(
     records = _confhub_records(caplog)
     rejected = [r for r in records if "update rejected" in r.getMessage()]
     back = [r for r in records if "again" in r.getMessage()]
-    assert rejected and back, [r.getMessage() for r in records]
+    assert rejected, [r.getMessage() for r in records]
+    assert back, [r.getMessage() for r in records]
     for record in (rejected[0], back[0]):
         fields = {name: getattr(record, name) for name in FIELDS}
         assert fields["source"] == source
