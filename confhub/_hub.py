@@ -280,7 +280,7 @@ class Hub:
                 self._publish(slot, update)
 
     def _publish(self, slot: Slot, update: Layer | LayerDelta) -> None:
-        """next layer -> merge -> validate/bind -> swap -> dispatch (under the lock)."""
+        """next layer -> merge -> validate/bind -> accept -> swap -> dispatch (under the lock)."""
         try:
             layer, delta = slot.next_layer(update)
         except SourceFormatError as exc:
@@ -298,8 +298,9 @@ class Hub:
             slot.reject(layer)
             self._report_failure(slot, exc, rejected=True)
             return
-        self._swap(candidate.snapshot, bound)
+        # The slot's state first: a reader who sees the new values sees its health too.
         self._accept(slot, layer)
+        self._swap(candidate.snapshot, bound)
         self._dispatch(slot, candidate, layer.fetched_at)
 
     def _merge(self, slot: Slot, layer: Layer, delta: LayerDelta) -> _Candidate:
