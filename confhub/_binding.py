@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, time, timedelta
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, TypeVar
 
 import cattrs
 
@@ -30,7 +30,16 @@ from ._errors import ConfigValidationError, UnknownKey, UnknownKeyError
 from ._merge import MISSING
 from ._redact import is_secret_key, redact_value
 from ._snapshot import Snapshot
-from ._strict import FIX, UnknownPolicy, Warned, check_policy, inspect, line, locate
+from ._strict import (
+    FIX,
+    MAX_LISTED,
+    UnknownPolicy,
+    Warned,
+    check_policy,
+    inspect,
+    line,
+    locate,
+)
 
 T = TypeVar("T")
 
@@ -171,21 +180,20 @@ def error_lines(exc: BaseException, path: str = "$", type_: Any = None) -> list[
     (``$.pools.main``, the key a source has) and a pydantic ``ValidationError`` as one line
     per error, below the model's path.
     """
+    lines: list[str] = []
     if isinstance(exc, cattrs.IterableValidationError):
         with_notes, without = exc.group_exceptions()
-        lines = []
         for inner, note in with_notes:
             index = note.index
             step = f".{index}" if isinstance(index, str) and _dotted(index) else f"[{index!r}]"
             lines.extend(error_lines(inner, path + step, note.type))
         return lines + [f"{_format(inner, None)} @ {path}" for inner in without]
     if isinstance(exc, cattrs.ClassValidationError):
-        with_notes, without = exc.group_exceptions()
-        lines = []
-        for inner, note in with_notes:
-            key = field_key(exc.cl, note.name) if isinstance(exc.cl, type) else note.name
-            lines.extend(error_lines(inner, f"{path}.{key}", note.type))
-        return lines + [f"{_format(inner, None)} @ {path}" for inner in without]
+        notes, rest = exc.group_exceptions()
+        for inner, field in notes:
+            key = field_key(exc.cl, field.name) if isinstance(exc.cl, type) else field.name
+            lines.extend(error_lines(inner, f"{path}.{key}", field.type))
+        return lines + [f"{_format(inner, None)} @ {path}" for inner in rest]
     found = pydantic_errors(exc)
     if found is not None:
         return [f"{message} @ {path}{below}" for message, below in found]
@@ -440,8 +448,12 @@ class Binder:
         if not unknown and not findings.shapes:
             try:
                 return self.converter.structure(data, cls)
-            except Exception as exc:  # noqa: BLE001 - every structuring error is reported
-                self._raise(snapshot, name, prefix, error_lines(exc), [], exc)
+            except Exception as exc:
+                error = _error(snapshot, name, prefix, error_lines(exc), [], more=False)
+                if any(_REDACTED_LINE in text for text in error.errors):
+                    # cattrs' own exception quotes the secret value: do not chain it.
+                    raise error from None
+                raise error from exc
         # Shape errors and unknown keys first; then what structuring says of the rest.
         lines = [f"{message} @ {path}" for message, path in findings.shapes]
         try:
@@ -449,29 +461,29 @@ class Binder:
         except Exception as exc:  # noqa: BLE001 - reported with the findings
             bad = [path for _, path in findings.shapes]
             lines += [e for e in error_lines(exc) if not _under(e.rpartition(" @ ")[2], bad)]
-        self._raise(snapshot, name, prefix, lines, unknown, None)
+        more = len(findings.unknown) > MAX_LISTED
+        raise _error(snapshot, name, prefix, lines, unknown, more=more) from None
 
-    def _raise(
-        self,
-        snapshot: Snapshot,
-        name: str,
-        prefix: str | None,
-        lines: list[str],
-        unknown: list[UnknownKey],
-        cause: BaseException | None,
-    ) -> NoReturn:
-        annotated = [line(item) for item in unknown]
-        annotated += [annotate(snapshot, text, prefix) for text in lines]
-        message = f"configuration does not fit {name}:\n  " + "\n  ".join(annotated)
-        error: ConfigValidationError
-        if unknown:
-            error = UnknownKeyError(f"{message}\n{FIX}", errors=annotated, unknown=unknown)
-        else:
-            error = ConfigValidationError(message, errors=annotated)
-        if cause is None or any(_REDACTED_LINE in text for text in annotated):
-            # cattrs' own exception quotes the secret value: do not chain it.
-            raise error from None
-        raise error from cause
+
+def _error(
+    snapshot: Snapshot,
+    name: str,
+    prefix: str | None,
+    lines: list[str],
+    unknown: list[UnknownKey],
+    *,
+    more: bool,
+) -> ConfigValidationError:
+    """The error of a binding: one line per unknown key, then each other line annotated
+    with the source of its value."""
+    annotated = [line(item) for item in unknown]
+    if more:
+        annotated.append(f"(only the first {MAX_LISTED} unknown keys are listed)")
+    annotated += [annotate(snapshot, text, prefix) for text in lines]
+    message = f"configuration does not fit {name}:\n  " + "\n  ".join(annotated)
+    if unknown:
+        return UnknownKeyError(f"{message}\n{FIX}", errors=annotated, unknown=unknown)
+    return ConfigValidationError(message, errors=annotated)
 
 
 def _warning(name: str, lines: list[str]) -> str:

@@ -186,7 +186,7 @@ def _fields(cls: type) -> list[tuple[str, Any]]:
             if f.init
         ]
     if pydantic_model(cls):
-        out = []
+        out: list[tuple[str, Any]] = []
         config = cls.model_config  # type: ignore[attr-defined]
         by_name = config.get("populate_by_name") or config.get("validate_by_name")
         for name, info in cls.model_fields.items():  # type: ignore[attr-defined]
@@ -285,6 +285,7 @@ def pydantic_errors(exc: BaseException) -> list[tuple[str, str]] | None:
         return None
     out = []
     for error in exc.errors(include_url=False, include_input=False, include_context=False):
-        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+        loc = error["loc"]
+        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
         out.append((str(error["msg"]), path))
     return out

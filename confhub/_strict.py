@@ -153,16 +153,23 @@ def suggest(name: str, value: Any, table: Table, data: Mapping[str, Any]) -> str
     return None
 
 
+#: At most this many unknown keys are located and listed (a whole foreign tree under a
+#: bound prefix would otherwise make an error of thousands of lines).
+MAX_LISTED = 20
+
+
 def locate(
     snapshot: Snapshot, unknown: Iterable[Unknown], lenient: frozenset[int]
 ) -> list[UnknownKey]:
     """Where each unknown key comes from; keys held by ``lenient`` sources only are dropped.
 
     A key held by several strict sources names the highest (the value in force); the error
-    line lists the others after it.
+    line lists the others after it. At most :data:`MAX_LISTED` keys are returned.
     """
-    out = []
+    out: list[UnknownKey] = []
     for item in unknown:
+        if len(out) == MAX_LISTED:
+            break
         holders = [
             i
             for i, layer in enumerate(snapshot.layers)
@@ -195,8 +202,8 @@ def _detail(snapshot: Snapshot, index: int, key: str) -> str | None:
     detail = layer.detail(key)
     if detail is not None or key in layer.values:
         return detail
-    below = sorted(k for k in layer.values if k.startswith(key + "."))
-    return layer.detail(below[0]) if below else None
+    first = min((k for k in layer.values if k.startswith(key + ".")), default=None)
+    return None if first is None else layer.detail(first)
 
 
 def line(item: UnknownKey) -> str:
