@@ -22,6 +22,8 @@ from ._errors import (
     SourceUnavailableError,
     SpecError,
     StartupError,
+    UnknownKey,
+    UnknownKeyError,
     WriteConflictError,
     WriteError,
 )
@@ -70,6 +72,8 @@ __all__ = [
     "State",
     "Subscription",
     "Update",
+    "UnknownKey",
+    "UnknownKeyError",
     "UrlParts",
     "View",
     "WriteConflictError",

@@ -349,9 +349,7 @@ class Binder:
         self.unknown: UnknownPolicy = check_policy(unknown)
         self._lenient = lenient
         self._shapes: dict[Any, Shape] = {}
-        self._views: dict[
-            tuple[Any, str | None, str], tuple[View[Any], _ViewInput]
-        ] = {}
+        self._views: dict[tuple[Any, str | None, str], tuple[View[Any], _ViewInput]] = {}
 
     def bind(
         self, snapshot: Snapshot, cls: type[T], prefix: str | None, unknown: str | None = None

@@ -131,9 +131,11 @@ def shape_of(tp: Any, memo: dict[Any, Table] | None = None) -> Shape:
         shapes = [shape_of(a, memo) for a in args if a is not type(None)]
         if len(shapes) == 1:
             return shapes[0]
-        return Leaf(" | ".join(s.name for s in shapes if isinstance(s, Leaf))) if all(
-            isinstance(s, Leaf) for s in shapes
-        ) else None
+        return (
+            Leaf(" | ".join(s.name for s in shapes if isinstance(s, Leaf)))
+            if all(isinstance(s, Leaf) for s in shapes)
+            else None
+        )
     if origin is typing.Literal:
         return Leaf(" | ".join(repr(a) for a in args))
     if origin in _MAPPINGS or tp in _MAPPINGS:
