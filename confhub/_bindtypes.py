@@ -46,18 +46,22 @@ from cattrs.gen import typeddicts as _typeddicts
 ALIAS_KEY = "confhub_key"
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class Table:
     """A class's keys as written in a source (alias or name) and the shape below each.
 
     ``open``: the class takes keys it does not declare (a pydantic model with
-    ``extra="allow"``), so none is unknown. ``fields`` is filled right after the table is
-    made (a class may refer to itself) and never changed after :func:`shape_of` returns.
+    ``extra="allow"``), so none is unknown. ``nested`` lists the fields with a shape to
+    walk into (tables, mappings, lists) and ``leaves`` those that hold a value, for the
+    strict check's fast path. A table is filled in by :func:`shape_of` right after it is
+    made (a class may refer to itself) and never changed after that returns.
     """
 
     name: str
-    fields: Mapping[str, Shape]
+    fields: dict[str, Shape] = attrs.Factory(dict)
     open: bool = False
+    nested: list[tuple[str, Shape]] = attrs.Factory(list)
+    leaves: list[tuple[str, Leaf]] = attrs.Factory(list)
 
 
 @attrs.frozen
@@ -147,11 +151,13 @@ def shape_of(tp: Any, memo: dict[Any, Table] | None = None) -> Shape:
     if not isinstance(tp, type):
         return None
     if attrs.has(tp) or dataclasses.is_dataclass(tp) or pydantic_model(tp) or is_typeddict(tp):
-        table = memo[tp] = Table(tp.__qualname__, {}, open=_open(tp))
-        fields = table.fields
-        assert isinstance(fields, dict)
+        table = memo[tp] = Table(tp.__qualname__, open=_open(tp))
         for key, annotation in _fields(tp):
-            fields[key] = shape_of(annotation, memo)
+            shape = table.fields[key] = shape_of(annotation, memo)
+            if isinstance(shape, Leaf):
+                table.leaves.append((key, shape))
+            elif shape is not None:
+                table.nested.append((key, shape))
         return table
     if issubclass(tp, _LEAVES):
         return Leaf(tp.__name__)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Literal, TypeAlias
 
 import attrs
@@ -98,30 +99,61 @@ def _walk(
     found: list[Unknown] | None,
     shapes: list[tuple[str, str]],
 ) -> None:
-    """``flat``: ``key`` is a key of the snapshot (not yet inside a list item)."""
+    """``flat``: ``key`` is a key of the snapshot (not yet inside a list item).
+
+    Written for the common case, a table of plain values under declared keys: the unknown
+    keys are one set difference, and only fields with a shape below them are walked into.
+    """
     if shape is None or data is None:
         return
-    if isinstance(shape, Table | MapOf):
+    if isinstance(shape, Table):
         if not isinstance(data, Mapping):
-            what = f"a table ({shape.name})" if isinstance(shape, Table) else "a table"
-            shapes.append((f"expected {what}, got {_kind(data)}", path))
+            shapes.append((f"expected a table ({shape.name}), got {_kind(data)}", path))
+            return
+        fields = shape.fields
+        if found is not None and not shape.open and not data.keys() <= fields.keys():
+            for name in data:
+                if name not in fields:
+                    below = _below(key, name, flat)
+                    hint = suggest(name, data[name], shape, data)
+                    found.append(Unknown(_join(path, name), below, name, hint))
+        for name, inner in shape.nested:
+            value = data.get(name)
+            if value is not None:
+                _walk(value, inner, _join(path, name), _below(key, name, flat), flat, found, shapes)
+        if shape.leaves and not _TABLES.isdisjoint(map(type, data.values())):
+            for name, leaf in shape.leaves:
+                if isinstance(data.get(name), Mapping):
+                    shapes.append((f"expected {leaf.name}, got a table", _join(path, name)))
+    elif isinstance(shape, MapOf):
+        if not isinstance(data, Mapping):
+            shapes.append((f"expected a table, got {_kind(data)}", path))
+            return
+        inner = shape.values
+        if isinstance(inner, Leaf):
+            if _TABLES.isdisjoint(map(type, data.values())):
+                return
+        elif inner is None:
             return
         for name, value in data.items():
-            below = f"{key}.{name}" if flat and key else (name if flat else key)
-            if isinstance(shape, MapOf):
-                _walk(value, shape.values, _join(path, name), below, flat, found, shapes)
-            elif name in shape.fields:
-                _walk(value, shape.fields[name], _join(path, name), below, flat, found, shapes)
-            elif found is not None and not shape.open:
-                found.append(
-                    Unknown(_join(path, name), below, name, suggest(name, value, shape, data))
-                )
+            _walk(value, inner, _join(path, name), _below(key, name, flat), flat, found, shapes)
     elif isinstance(shape, ListOf):
-        if isinstance(data, list | tuple):
+        if isinstance(data, list | tuple) and shape.items is not None:
             for i, item in enumerate(data):
                 _walk(item, shape.items, f"{path}[{i}]", key, False, found, shapes)
-    elif isinstance(shape, Leaf) and isinstance(data, Mapping):
+    elif isinstance(data, Mapping):  # a Leaf
         shapes.append((f"expected {shape.name}, got a table", path))
+
+
+#: The types a table has in a binding's input (plain dicts, or a snapshot's read-only views).
+_TABLES = frozenset({dict, MappingProxyType})
+
+
+def _below(key: str, name: str, flat: bool) -> str:
+    """The snapshot key of ``name`` under ``key`` (inside a list item: the list's key)."""
+    if not flat:
+        return key
+    return f"{key}.{name}" if key else name
 
 
 def _join(path: str, name: str) -> str:
