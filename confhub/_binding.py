@@ -486,8 +486,8 @@ def _error(
 
 def _warning(name: str, lines: list[str]) -> str:
     return (
-        f"configuration has keys {name} does not declare (ignored: the view's policy is "
-        '"warn"):\n  ' + "\n  ".join(lines)
+        f'configuration has keys {name} does not declare (bound without them: unknown="warn"; '
+        'fix the keys, or say unknown="ignore"):\n  ' + "\n  ".join(lines)
     )
 
 

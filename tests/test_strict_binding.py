@@ -341,25 +341,39 @@ def test_views_of_one_class_with_two_policies_are_two_views(started: Callable[..
 # -- live updates ---------------------------------------------------------------------------
 
 
-def test_a_typo_introduced_live_is_rejected_and_last_good_kept(tmp_path: Path) -> None:
+LIVE = {
+    "toml": ('[db]\nhost = "h"\npool_size = {n}\n', '[db]\nhost = "h"\npool_sise = {n}\n', 3),
+    "json": (
+        '{{\n  "db": {{\n    "host": "h",\n    "pool_size": {n}\n  }}\n}}\n',
+        '{{\n  "db": {{\n    "host": "h",\n    "pool_sise": {n}\n  }}\n}}\n',
+        4,
+    ),
+    "yaml": ("db:\n  host: h\n  pool_size: {n}\n", "db:\n  host: h\n  pool_sise: {n}\n", 3),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LIVE))
+def test_a_typo_introduced_live_is_rejected_and_last_good_kept(tmp_path: Path, kind: str) -> None:
     """A watched file changed from ``pool_size = 3`` to ``pool_sise = 30``: rejected, the
-    view and reads keep 3, an error event names the key, health says stale; the fix applies."""
-    path = _write(tmp_path / "app.toml", '[db]\nhost = "h"\npool_size = 3\n')
+    view and reads keep 3, an error event names the key and line, health says stale; the
+    fix applies."""
+    good, typo, line = LIVE[kind]
+    path = _write(tmp_path / f"app.{kind}", good.format(n=3))
     errors: list[ErrorEvent] = []
     with Hub([f"file:{path}?settle=0.05"], autoload=False, cache_dir=None) as hub:
         view = hub.view(App)
         hub.subscribe(on_error=errors.append)
-        path.write_text('[db]\nhost = "h"\npool_sise = 30\n', encoding="utf-8")
+        path.write_text(typo.format(n=30), encoding="utf-8")
         wait_for(lambda: errors, what="the error event")
         error = errors[0].error
         assert isinstance(error, UnknownKeyError)
-        assert [(u.key, u.detail) for u in error.unknown] == [("db.pool_sise", f"{path}:3")]
+        assert [(u.key, u.detail) for u in error.unknown] == [("db.pool_sise", f"{path}:{line}")]
         assert view.current == App(Db("h", 3))
         assert hub.get("db.pool_size") == 3
         source = hub.health().sources[0]
         assert source.state == "stale"
         assert "pool_sise" in (source.last_error or "")
-        path.write_text('[db]\nhost = "h"\npool_size = 30\n', encoding="utf-8")
+        path.write_text(good.format(n=30), encoding="utf-8")
         wait_for(lambda: view.current == App(Db("h", 30)), what="the fix")
         assert hub.health().sources[0].state == "live"
 
