@@ -457,7 +457,8 @@ class Binder:
         try:
             self.converter.structure(data, cls)
         except Exception as exc:  # noqa: BLE001 - reported with the findings
-            bad = [path for _, path in findings.shapes]
+            # Not twice: a model with extra="forbid" refuses the unknown keys too.
+            bad = [path for _, path in findings.shapes] + [item.path for item in unknown]
             lines += [e for e in error_lines(exc) if not _under(e.rpartition(" @ ")[2], bad)]
         more = len(findings.unknown) > MAX_LISTED
         raise _error(snapshot, name, prefix, lines, unknown, more=more) from None

@@ -330,6 +330,17 @@ def test_a_misspelt_policy_is_refused() -> None:
         Hub([], autoload=False, unknown="strict")  # type: ignore[arg-type]
 
 
+def test_a_view_refused_at_creation_is_not_kept(started: Callable[..., Hub]) -> None:
+    """``hub.view`` raises like ``bind`` when the configuration has unknown keys, and keeps
+    no view: under another policy the same class makes one."""
+    hub = started({"db": {"host": "h", "pool_sise": 1}})
+    with pytest.raises(UnknownKeyError):
+        hub.view(App)
+    assert hub.view(App, unknown="ignore").current == App(Db("h"))
+    with pytest.raises(UnknownKeyError):
+        hub.view(App)
+
+
 def test_views_of_one_class_with_two_policies_are_two_views(started: Callable[..., Hub]) -> None:
     """The policy is part of a view's identity."""
     hub = started({"db": {"host": "h"}})
@@ -353,10 +364,12 @@ LIVE = {
 
 
 @pytest.mark.parametrize("kind", sorted(LIVE))
-def test_a_typo_introduced_live_is_rejected_and_last_good_kept(tmp_path: Path, kind: str) -> None:
+def test_a_typo_introduced_live_is_rejected_and_last_good_kept(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """A watched file changed from ``pool_size = 3`` to ``pool_sise = 30``: rejected, the
-    view and reads keep 3, an error event names the key and line, health says stale; the
-    fix applies."""
+    view and reads keep 3, an error event and an ERROR line name the key and line, health
+    says stale; the fix applies."""
     good, typo, line = LIVE[kind]
     path = _write(tmp_path / f"app.{kind}", good.format(n=3))
     errors: list[ErrorEvent] = []
@@ -373,6 +386,8 @@ def test_a_typo_introduced_live_is_rejected_and_last_good_kept(tmp_path: Path, k
         source = hub.health().sources[0]
         assert source.state == "stale"
         assert "pool_sise" in (source.last_error or "")
+        logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert any("unknown key 'pool_sise'" in m and f"{path}:{line}" in m for m in logged)
         path.write_text(good.format(n=30), encoding="utf-8")
         wait_for(lambda: view.current == App(Db("h", 30)), what="the fix")
         assert hub.health().sources[0].state == "live"
@@ -547,6 +562,9 @@ def test_a_pydantic_models_own_extra_setting_still_applies(started: Callable[...
     with pytest.raises(ConfigValidationError) as info:
         hub.bind(Closed, unknown="ignore")
     assert info.value.errors == ("Extra inputs are not permitted @ $.b (from defaults)",)
+    with pytest.raises(UnknownKeyError) as strict:
+        hub.bind(Closed)
+    assert strict.value.errors == ("unknown key 'b' @ $.b (from defaults)",)  # said once
 
 
 def test_a_pydantic_view_rejects_a_bad_live_value() -> None:
