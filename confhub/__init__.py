@@ -22,6 +22,8 @@ from ._errors import (
     SourceUnavailableError,
     SpecError,
     StartupError,
+    UnknownKey,
+    UnknownKeyError,
     WriteConflictError,
     WriteError,
 )
@@ -70,6 +72,8 @@ __all__ = [
     "StartupError",
     "State",
     "Subscription",
+    "UnknownKey",
+    "UnknownKeyError",
     "Update",
     "UrlParts",
     "View",

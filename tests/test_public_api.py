@@ -57,6 +57,8 @@ def test_public_surface_is_pinned() -> None:
         "StartupError",
         "State",
         "Subscription",
+        "UnknownKey",
+        "UnknownKeyError",
         "Update",
         "UrlParts",
         "View",
