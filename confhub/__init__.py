@@ -22,11 +22,13 @@ from ._errors import (
     SourceUnavailableError,
     SpecError,
     StartupError,
+    UnknownKey,
+    UnknownKeyError,
     WriteConflictError,
     WriteError,
 )
 from ._explain import Explanation, Origin
-from ._health import Health, SourceHealth
+from ._health import Health, SlotState, SourceHealth
 from ._hub import Hub, State
 from ._layer import Layer, LayerDelta
 from ._location import UrlParts
@@ -60,6 +62,7 @@ __all__ = [
     "Origin",
     "PluginError",
     "Readiness",
+    "SlotState",
     "Snapshot",
     "SourceError",
     "SourceFormatError",
@@ -71,6 +74,8 @@ __all__ = [
     "StartupError",
     "State",
     "Subscription",
+    "UnknownKey",
+    "UnknownKeyError",
     "Update",
     "UrlParts",
     "View",

@@ -22,9 +22,10 @@ LAYERS: list[list[str]] = [
     ["_errors", "_redact", "_health", "_fileio"],  # values (_redact builds on _location)
     ["_docbounds", "_probes"],  # bounds the parsers share; readiness (from health)
     ["_yaml"],  # the YAML loaders
-    ["_spec", "_parsers", "_layer"],  # specs, documents, layers
+    ["_spec", "_parsers", "_layer", "_bindtypes"],  # specs, documents, layers; bindable kinds
     ["_merge", "_backend"],  # the pure merge; the backend contract
     ["_snapshot"],  # the immutable merged view and its events
+    ["_strict"],  # strict binding: unknown keys, shape errors, their sources
     ["hookspecs"],  # the plugin contract (type-only imports)
     [
         # stages that take a snapshot or a layer; the cache plugin; the KV kit
@@ -45,8 +46,14 @@ LAYERS: list[list[str]] = [
     ["_cliconfig", "_cliformat"],  # the CLI's config file and output formats
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points
-    ["integrations", "integrations._common"],  # what the web integrations share
-    ["integrations.starlette", "integrations.flask"],  # web frameworks
+    ["integrations", "integrations._observe", "integrations._common"],  # what they share
+    # optional integrations: metrics plugins, web frameworks
+    [
+        "integrations.prometheus",
+        "integrations.otel",
+        "integrations.starlette",
+        "integrations.flask",
+    ],
     ["pytest_plugin"],  # the pytest plugin (fixtures on confhub.testing)
 ]
 

@@ -1,6 +1,8 @@
-"""Integrations with web frameworks and servers, each in its own module.
+"""Integrations with frameworks, servers and observability tools.
 
-Each module imports its framework, so import the one you use (``import confhub`` imports none
-of them): ``confhub.integrations.starlette`` (Starlette and FastAPI),
-``confhub.integrations.flask``. ``docs/web.md`` shows them at work.
+Each is a submodule that imports its framework or library only when you import it
+(``import confhub`` imports none of them), installed with an extra: for example
+``confhub.integrations.prometheus`` with ``pip install confhub[prometheus]``,
+``confhub.integrations.starlette`` (Starlette and FastAPI) and ``confhub.integrations.flask``
+with the framework installed (``docs/web.md``).
 """
