@@ -4,9 +4,12 @@ No ``from __future__ import annotations`` here: FastAPI reads the endpoints' ann
 which name the local ``glue`` (``Depends(glue.config)``).
 """
 
+import asyncio
+import concurrent.futures
 import contextlib
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -201,3 +204,35 @@ def test_importing_confhub_imports_no_web_framework() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     ).stdout.splitlines()
     assert out == ["[]", "['starlette']"]
+
+
+def test_concurrent_requests_each_see_a_consistent_config_while_it_changes() -> None:
+    """Requests racing a stream of changes each read one generation (two reads of a request,
+    with the loop yielding between them, agree), and the last request sees the last value."""
+    store = MemoryStore("app", {"greeting": "0"})
+    glue = Confhub(_hub(store), Flags)
+    app = FastAPI(lifespan=glue.lifespan)
+    started = threading.Event()
+
+    @app.get("/pair")
+    async def pair(request: Request) -> dict[str, str]:
+        first = glue.current(request).greeting
+        started.set()  # the writer starts after a read: some request saw the first value
+        await asyncio.sleep(0.001)  # other requests and the writer's changes run meanwhile
+        return {"first": first, "second": glue.current(request).greeting}
+
+    def writer() -> None:
+        started.wait(HANG)
+        for i in range(1, 101):
+            store.set("greeting", str(i))
+
+    with uvicorn_server(app) as url, httpx.Client(base_url=url, timeout=HANG) as client:
+        thread = threading.Thread(target=writer)
+        thread.start()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda _: client.get("/pair").json(), range(200)))
+        thread.join(HANG)
+        last = client.get("/pair").json()
+    assert all(r["first"] == r["second"] for r in replies)
+    assert len({r["first"] for r in replies}) > 1  # the config did change under the requests
+    assert last == {"first": "100", "second": "100"}
