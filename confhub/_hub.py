@@ -480,10 +480,9 @@ class Hub:
     ) -> AsyncIterator[Change | ErrorEvent | SourceHealth]:
         """Like :meth:`changes`, with the :class:`ErrorEvent` and :class:`SourceHealth`
         events that ``subscribe(on_error=, on_state=)`` gets, in delivery order."""
-        return _aio.stream(
-            self.subscribe, self.snapshot, prefix=prefix, changes=changes, errors=errors,
-            states=states,
-        )
+        stream = _aio.stream
+        return stream(self.subscribe, self.snapshot, prefix=prefix, changes=changes,
+                      errors=errors, states=states)  # fmt: skip
 
     # -- health and explain ----------------------------------------------------------------
     def health(self) -> Health:
