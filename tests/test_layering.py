@@ -35,6 +35,7 @@ LAYERS: list[list[str]] = [
         "_cache",
         "kv",  # the public kit for KV backends
     ],
+    ["_backends._watch"],  # the watching machinery file-shaped builtins share
     ["_backends", "_backends.defaults", "_backends.env", "_backends.file"],  # builtin plugins
     ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
     ["_fallback"],  # start-up chain, recovery, polling, watch wiring
