@@ -22,8 +22,8 @@ LAYERS: list[list[str]] = [
     ["_errors", "_redact", "_health", "_fileio"],  # values (_redact builds on _location)
     ["_docbounds"],  # document bounds and error wording shared by the parsers
     ["_yaml"],  # the YAML loaders
-    ["_spec", "_parsers", "_layer"],  # specs, documents, layers
-    ["_merge", "_backend"],  # the pure merge; the backend contract
+    ["_spec", "_parsers", "_layer", "_fromconfig"],  # specs, documents, layers; confhub.toml
+    ["_merge", "_backend", "sources"],  # the pure merge; the backend contract; spec builders
     ["_snapshot"],  # the immutable merged view and its events
     ["hookspecs"],  # the plugin contract (type-only imports)
     [
@@ -36,13 +36,20 @@ LAYERS: list[list[str]] = [
         "kv",  # the public kit for KV backends
     ],
     ["_backends._watch"],  # the watching machinery file-shaped builtins share
-    ["_backends", "_backends.defaults", "_backends.env", "_backends.file"],  # builtin plugins
+    [
+        "_backends",
+        "_backends.defaults",
+        "_backends.env",
+        "_backends.file",
+        "_backends.argv",
+    ],  # builtin plugins
+    ["_backends.dotenv", "_backends.secrets"],  # builtins on env's key mapping
     ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
     ["_fallback"],  # start-up chain, recovery, polling, watch wiring
     ["_hub"],  # the facade that wires the stages
     ["_demo", "_kvharness"],  # run a Hub
     ["_kvcontract"],  # the KV contract's tests, on its harness
-    ["_cliconfig", "_cliformat"],  # the CLI's config file and output formats
+    ["_cliconfig", "_cliformat"],  # the CLI's usage error and output formats
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points
 ]
