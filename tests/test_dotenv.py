@@ -23,9 +23,9 @@ CORPUS = [
     "# only a comment\n\n\nA=x\n",
     "A=\nB= # comment\nC=#x\n",
     "A='single quoted # not a comment'\n",
-    "A=\"double \\\"escaped\\\" \\n newline \\t tab\"\n",
+    'A="double \\"escaped\\" \\n newline \\t tab"\n',
     "A='it\\'s'\n",
-    "A=\"multi\nline\nvalue\"\nB=after\n",
+    'A="multi\nline\nvalue"\nB=after\n',
     "A='multi\nline'\n",
     "'QUOTED_KEY'=v\n",
     "A=1\nA=2\n",
@@ -33,14 +33,14 @@ CORPUS = [
     "\ufeffA=bom\n",
     "A=1\r\nB=2\r\n",
     "HOST=db\nURL=postgres://${HOST}:5432/app\n",
-    "URL=\"${HOST:-fallback}/x\"\n",
+    'URL="${HOST:-fallback}/x"\n',
     "A=${UNDEFINED_IN_TEST}\n",
     "A=$NOT_EXPANDED and $(not run)\n",
     "A=  leading spaces dropped\n",
     "  INDENTED=1\n",
     "A=\"\"\nB=''\n",
     "A=unicode é ✓\n",
-    "A=\"a\\\\b\"\n",
+    'A="a\\\\b"\n',
 ]
 
 
@@ -70,8 +70,8 @@ def test_interpolation_can_be_turned_off() -> None:
     ("text", "line", "words"),
     [
         ("A=1\nNOVALUE\n", 2, "no '='"),
-        ("A=1\n\nB=\"never closed\n", 3, "never closed"),
-        ("A=\"x\" trailing\n", 1, "after the value"),
+        ('A=1\n\nB="never closed\n', 3, "never closed"),
+        ('A="x" trailing\n', 1, "after the value"),
         ("A=1\n=novalue\n", 2, "cannot read"),
     ],
 )

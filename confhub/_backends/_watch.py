@@ -9,7 +9,7 @@ A subclass says *what* it reads; this module says *how* it is watched:
 - :attr:`WatchedBackend.watch_dir` is the directory watched (a file's parent, a secrets
   directory itself), :meth:`WatchedBackend.real_dir` the directory the path resolves to
   through symlinks (watched too when it differs);
-- :meth:`WatchedBackend.is_relevant` says whether an event on a name in those
+- :meth:`WatchedBackend.is_relevant` says whether an event on a path in those
   directories may change the source.
 
 Watching follows the lessons of viper, Envoy and kubelet's atomic writer:
@@ -231,7 +231,9 @@ class WatchedBackend(Backend):
     a directory).
     """
 
-    def __init__(self, spec: SourceSpec, location: str, *, kind: str, example: str) -> None:
+    def __init__(
+        self, spec: SourceSpec, location: str, *, kind: str, example: str, max_bytes: int
+    ) -> None:
         if not location:
             raise SpecError(f"{kind}: needs a path, as in {example}", spec=spec.display)
         path, self.profile = profile_path(spec, location)
@@ -241,6 +243,8 @@ class WatchedBackend(Backend):
         self.path = os.path.abspath(os.path.expanduser(location if path is None else path))
         self.name = spec.display
         self.optional = spec.optional
+        #: The largest file read (``?max_bytes=``, default ``max_bytes``).
+        self.max_bytes = max_bytes_option(spec, max_bytes)
         self.settle = spec.option_float("settle", DEFAULT_SETTLE)
         self.max_settle = spec.option_float("max_settle", max(1.0, 10 * self.settle))
         self.poll_interval = spec.option_float("poll_interval", DEFAULT_POLL_INTERVAL)
@@ -286,13 +290,20 @@ class WatchedBackend(Backend):
         check (default: the parent of the path's real path)."""
         return os.path.dirname(os.path.realpath(self.path))
 
-    def is_relevant(self, basename: str) -> bool:
-        """Whether an event on ``basename`` in a watched directory may change the source."""
-        raise NotImplementedError
+    def is_relevant(self, path: str) -> bool:
+        """Whether an event on ``path`` (in a watched directory) may change the source
+        (default: the source is one file)."""
+        basename = os.path.basename(path)
+        # ``..data``, ``..data_tmp`` and ``..<timestamp>``: a Kubernetes atomic-writer swap.
+        if basename == os.path.basename(self.path) or basename.startswith(".."):
+            return True
+        # The file may be a symlink whose target lives in this directory.
+        return os.path.basename(os.path.realpath(self.path)) == basename
 
     def read_content(self) -> bytes | None:
-        """The source's bytes, or ``None`` when it does not exist."""
-        raise NotImplementedError
+        """The source's bytes, or ``None`` when it does not exist (default: the file at
+        ``path``, at most ``max_bytes``)."""
+        return read_regular(self.path, self.max_bytes, source=self.name)
 
     def parse_content(self, content: bytes) -> Layer:
         """``content`` as a layer, or :class:`SourceFormatError`."""
@@ -615,7 +626,7 @@ class _Handler(FileSystemEventHandler):
             return False
         if isinstance(path, bytes):
             path = os.fsdecode(path)
-        return self._backend.is_relevant(os.path.basename(str(path)))
+        return self._backend.is_relevant(str(path))
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         # Our own reads open and close the file: reacting to those would loop forever.

@@ -46,7 +46,7 @@ from .._backend import BackendInfo, BackendSettings, hookimpl
 from .._errors import SourceFormatError
 from .._layer import Layer
 from ..kv import check_options
-from ._watch import WatchedBackend, digest, max_bytes_option, read_regular
+from ._watch import WatchedBackend, digest
 from .env import env_key
 
 if TYPE_CHECKING:
@@ -196,18 +196,11 @@ class DotenvBackend(WatchedBackend):
     """One ``.env`` file, watched as ``file:`` watches its file."""
 
     def __init__(self, spec: SourceSpec) -> None:
-        super().__init__(spec, spec.location, kind="dotenv", example="dotenv:.env")
+        super().__init__(
+            spec, spec.location, kind="dotenv", example="dotenv:.env", max_bytes=DEFAULT_MAX_BYTES
+        )
         self.prefix = str(spec.option("prefix", ""))
         self.interpolate = spec.option_bool("interpolate", True)
-        self.max_bytes = max_bytes_option(spec, DEFAULT_MAX_BYTES)
-
-    def is_relevant(self, basename: str) -> bool:
-        if basename == os.path.basename(self.path) or basename.startswith(".."):
-            return True
-        return os.path.basename(os.path.realpath(self.path)) == basename
-
-    def read_content(self) -> bytes | None:
-        return read_regular(self.path, self.max_bytes, source=self.name)
 
     def parse_content(self, content: bytes) -> Layer:
         try:

@@ -30,13 +30,12 @@ variable named by ``?profile_env=``): see :func:`confhub._backends._watch.profil
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from .._backend import BackendInfo, BackendSettings, hookimpl
 from .._layer import Layer
 from .._parsers import format_for_path, locate_key, parse_document
-from ._watch import WatchedBackend, digest, max_bytes_option, read_regular
+from ._watch import WatchedBackend, digest
 
 if TYPE_CHECKING:
     from .._spec import SourceSpec
@@ -51,19 +50,14 @@ class FileBackend(WatchedBackend):
     """One configuration file; see the module docstring for how it is watched."""
 
     def __init__(self, spec: SourceSpec) -> None:
-        super().__init__(spec, spec.location, kind="file", example="file:config.toml")
+        super().__init__(
+            spec,
+            spec.location,
+            kind="file",
+            example="file:config.toml",
+            max_bytes=DEFAULT_MAX_BYTES,
+        )
         self.format = format_for_path(self.path, spec.option("format"), source=self.name)
-        self.max_bytes = max_bytes_option(spec, DEFAULT_MAX_BYTES)
-
-    def is_relevant(self, basename: str) -> bool:
-        # ``..data``, ``..data_tmp`` and ``..<timestamp>``: a Kubernetes atomic-writer swap.
-        if basename == os.path.basename(self.path) or basename.startswith(".."):
-            return True
-        # The file may be a symlink whose target lives in this directory.
-        return os.path.basename(os.path.realpath(self.path)) == basename
-
-    def read_content(self) -> bytes | None:
-        return read_regular(self.path, self.max_bytes, source=self.name)
 
     def parse_content(self, content: bytes) -> Layer:
         data = parse_document(content, self.format, source=self.name, path=self.path)

@@ -15,7 +15,8 @@ Names starting with ``.`` are skipped (Kubernetes' ``..data`` and ``..<timestamp
 entries), and so are subdirectories; a symlink to a regular file is followed (Kubernetes
 mounts every key as ``name -> ..data/name``).
 
-Watching is ``file:``'s (:mod:`confhub._backends._watch`) on the directory itself:
+Watching is ``file:``'s (:mod:`confhub._backends._watch`) on the directory and its parent
+(so a directory created later, for an optional source, is seen):
 Kubernetes updates a mounted Secret by writing a new ``..<timestamp>`` directory and
 renaming a ``..data_tmp`` symlink over ``..data``; the whole directory is read once the
 events settled and compared by content hash, so a swap is one change, however many keys
@@ -38,7 +39,7 @@ from .._backend import BackendInfo, BackendSettings, hookimpl
 from .._errors import SourceFormatError, SourceUnavailableError, SpecError
 from .._layer import Layer
 from ..kv import check_options
-from ._watch import WatchedBackend, digest, max_bytes_option, read_regular
+from ._watch import WatchedBackend, digest, read_regular
 from .env import env_key
 
 if TYPE_CHECKING:
@@ -60,9 +61,14 @@ class SecretsBackend(WatchedBackend):
     """A directory of secret files; see the module docstring."""
 
     def __init__(self, spec: SourceSpec) -> None:
-        super().__init__(spec, spec.location, kind="secrets", example="secrets:/run/secrets")
+        super().__init__(
+            spec,
+            spec.location,
+            kind="secrets",
+            example="secrets:/run/secrets",
+            max_bytes=DEFAULT_MAX_BYTES,
+        )
         self.prefix = str(spec.option("prefix", ""))
-        self.max_bytes = max_bytes_option(spec, DEFAULT_MAX_BYTES)
         raw = spec.option("max_files", DEFAULT_MAX_FILES)
         try:
             self.max_files = int(str(raw))
@@ -75,15 +81,15 @@ class SecretsBackend(WatchedBackend):
                 spec=self.name,
             )
 
-    @property
-    def watch_dir(self) -> str:
-        return self.path
-
     def real_dir(self) -> str:
+        # The directory itself is watched (its files are the keys, ``..data`` swaps happen
+        # in it) besides its parent, which sees it created, deleted or renamed.
         return os.path.realpath(self.path)
 
-    def is_relevant(self, basename: str) -> bool:
-        return True  # every name in the directory is a key, or a Kubernetes swap
+    def is_relevant(self, path: str) -> bool:
+        if path == self.path or os.path.basename(path) == os.path.basename(self.path):
+            return True
+        return os.path.dirname(path) in (self.path, os.path.realpath(self.path))
 
     def read_content(self) -> bytes | None:
         """The directory's keys as canonical JSON bytes (the content hash compares them),
