@@ -20,6 +20,8 @@ import traceback
 from collections.abc import Collection, Sequence
 from typing import Any, TextIO
 
+import attrs
+
 from ._cliconfig import UsageError
 from ._cliformat import jsonable, null_paths, redact_tree, to_toml
 from ._errors import (
@@ -400,17 +402,32 @@ def _degraded_reason(health: Health) -> str | None:
     return "; ".join(parts) or None
 
 
+def _with_start_failure(health: Health, error: StartupError | SourceError) -> Health:
+    """``health`` with the source that stopped the start marked failed (its slot never got
+    as far as recording the error: the start gave up first)."""
+    last = error.attempts[-1][1] if isinstance(error, StartupError) and error.attempts else error
+    sources = tuple(
+        attrs.evolve(h, last_error=str(last))
+        if h.source == error.source and h.last_error is None
+        else h
+        for h in health.sources
+    )
+    return Health(sources, health.generation)
+
+
 def _cmd_health(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
     """Start ``hub`` and report; a hub that cannot start is reported too (``DEGRADED``,
     ``started: false`` and the reason), with the exit code of its error (3 or 4)."""
-    code, reason = EXIT_OK, None
+    code, reason, failure = EXIT_OK, None, None
     try:
         hub.start()
     except (StartupError, SourceError) as exc:
         code = EXIT_UNAVAILABLE if isinstance(exc, StartupError) else EXIT_FAILED
-        reason = str(exc)
+        reason, failure = str(exc), exc
     try:
         health = hub.health()
+        if failure is not None:
+            health = _with_start_failure(health, failure)
         started = reason is None
         reason = reason or _degraded_reason(health)
         degraded = health.degraded or not started
