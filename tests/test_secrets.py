@@ -198,3 +198,45 @@ def test_optional_directory_created_later_is_read(tmp_path: Path) -> None:
         (directory / "token").write_text("t2")
         wait_for(lambda: hub.get("token", None) == "t2", what="an edit inside it")
         assert hub.health().sources[0].state == "live"
+
+
+def test_cli_watch_redacts_changed_values(tmp_path: Path) -> None:
+    """confhub watch --json prints a secrets change with both values redacted."""
+    (tmp_path / "db__host").write_text("old-host")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "confhub",
+            "-s",
+            f"secrets:{tmp_path}?settle=0.02",
+            "watch",
+            "--json",
+            "--count",
+            "1",
+            "--timeout",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        # The hub is watching once it has loaded; rewrite until the one change arrives.
+        for attempt in range(200):
+            (tmp_path / "db__host").write_text(f"new-host-{attempt}")
+            try:
+                out, err = proc.communicate(timeout=0.25)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            pytest.fail("no change line from confhub watch")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    line = json.loads(out.splitlines()[0])
+    assert (line["key"], line["old"], line["new"]) == ("db.host", "<redacted>", "<redacted>")
+    assert "host" not in (out + err).replace("db.host", "")
