@@ -158,3 +158,10 @@ def test_a_broken_save_keeps_the_last_good_values(tmp_path: Path) -> None:
         assert "BROKEN has no '='" in str(errors[0].error)
         assert hub.get("port") == "1"
         assert hub.health().sources[0].state == "stale"
+
+
+def test_file_source_on_a_dotenv_file_points_to_dotenv(tmp_path: Path) -> None:
+    """file:.env is refused with the dotenv: spec to use instead."""
+    (tmp_path / ".env").write_text("APP_A=1\n")
+    with pytest.raises(confhub.SpecError, match=r"read it with dotenv:.*\.env\?prefix=APP_"):
+        confhub.Hub([str(tmp_path / ".env")], cache_dir=None).start()

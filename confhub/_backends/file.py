@@ -30,9 +30,11 @@ variable named by ``?profile_env=``): see :func:`confhub._backends._watch.profil
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from .._backend import BackendInfo, BackendSettings, hookimpl
+from .._errors import SpecError
 from .._layer import Layer
 from .._parsers import format_for_path, locate_key, parse_document
 from ._watch import WatchedBackend, digest
@@ -57,7 +59,17 @@ class FileBackend(WatchedBackend):
             example="file:config.toml",
             max_bytes=DEFAULT_MAX_BYTES,
         )
-        self.format = format_for_path(self.path, spec.option("format"), source=self.name)
+        try:
+            self.format = format_for_path(self.path, spec.option("format"), source=self.name)
+        except SpecError as exc:
+            name = os.path.basename(self.path)
+            if name == ".env" or name.startswith(".env.") or name.endswith(".env"):
+                raise SpecError(
+                    f"{self.name}: a .env file is not a document; read it with "
+                    f"dotenv:{spec.location}?prefix=APP_ (names map like env:)",
+                    spec=self.name,
+                ) from None
+            raise exc from None
 
     def parse_content(self, content: bytes) -> Layer:
         data = parse_document(content, self.format, source=self.name, path=self.path)
