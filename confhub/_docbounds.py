@@ -43,3 +43,4 @@ class _Where:
         return SourceFormatError(
             f"{self.source}: {what}{where}{hint}", source=self.source, key=key, line=line
         )
+

@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = ["KVBackendContract", "KVStoreHarness"]
 
-
 class TreeContract(ContractBase):
     """The tree layout: key mapping, values and limits."""
 

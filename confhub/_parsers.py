@@ -41,6 +41,7 @@ FORMATS = ("toml", "json", "yaml")
 _SUFFIXES = {".toml": "toml", ".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
 
+
 def format_for_path(path: str, explicit: str | None, *, source: str) -> str:
     """Pick the format from an explicit ``format=`` option or the file suffix."""
     if explicit:
@@ -61,6 +62,7 @@ def format_for_path(path: str, explicit: str | None, *, source: str) -> str:
         "name it .toml/.json/.yaml or add ?format=toml|json|yaml",
         spec=source,
     )
+
 
 
 def parse_document(
@@ -271,6 +273,7 @@ def _parse_json(text: str, where: _Where) -> Any:
             line,
             hint="; write a finite number or a string",
         ) from None
+
 
 
 def _check_bounds(data: Any, where: _Where) -> bool:

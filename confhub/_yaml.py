@@ -322,3 +322,4 @@ def _load_yaml(yaml: Any, text: str, where: _Where, kind: str) -> Any:
         raise where.error(f"invalid YAML: {exc}") from None
     finally:
         loader.dispose()
+

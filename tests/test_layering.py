@@ -36,14 +36,8 @@ LAYERS: list[list[str]] = [
         "kv",  # the public kit for KV backends
     ],
     ["_backends._watch"],  # the watching machinery file-shaped builtins share
-    [
-        "_backends",
-        "_backends.defaults",
-        "_backends.env",
-        "_backends.file",
-        "_backends.argv",
-    ],  # builtin plugins
-    ["_backends.dotenv", "_backends.secrets"],  # builtins on env's key mapping
+    ["_backends", "_backends.defaults", "_backends.env", "_backends.file"],  # builtin plugins
+    ["_backends.argv", "_backends.dotenv", "_backends.secrets"],  # issue 13's builtins
     ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
     ["_fallback"],  # start-up chain, recovery, polling, watch wiring
     ["_hub"],  # the facade that wires the stages
