@@ -240,3 +240,57 @@ def test_cli_watch_redacts_changed_values(tmp_path: Path) -> None:
     line = json.loads(out.splitlines()[0])
     assert (line["key"], line["old"], line["new"]) == ("db.host", "<redacted>", "<redacted>")
     assert "host" not in (out + err).replace("db.host", "")
+
+
+class _SecretStore:
+    """A remote (cacheable) secret store plugin: ``vault:`` layers marked secret."""
+
+    confhub_plugin_name = "test-vault"
+
+    def __init__(self) -> None:
+        self.up = True
+
+    @confhub.hookimpl
+    def confhub_backend_schemes(self) -> list[confhub.BackendInfo]:
+        return [confhub.BackendInfo("vault", "a test secret store")]
+
+    @confhub.hookimpl
+    def confhub_make_backend(self, spec: confhub.SourceSpec, settings: object) -> object:
+        if spec.scheme != "vault":
+            return None
+        store = self
+
+        class Backend:
+            cacheable = True
+
+            def load(self) -> confhub.Layer:
+                if not store.up:
+                    raise confhub.SourceUnavailableError("vault: down", source=spec.display)
+                return confhub.Layer.from_flat(
+                    {"db.host": "vault-host"}, source=spec.display, revision=1, secret=True
+                )
+
+            def close(self) -> None:
+                pass
+
+        return Backend()
+
+
+@pytest.mark.parametrize("cache_secrets", [True, False])
+def test_a_cached_secret_layer_follows_cache_secrets(tmp_path: Path, cache_secrets: bool) -> None:
+    """A secret store's layer is cached only with cache_secrets, and served redacted."""
+    store = _SecretStore()
+    cache = tmp_path / "cache"
+    spec = f"vault:app?cache_secrets={str(cache_secrets).lower()}&optional=true"
+    with confhub.Hub([spec], plugins=[store], cache_dir=str(cache)) as hub:
+        assert hub.get("db.host") == "vault-host"
+    on_disk = b"".join(p.read_bytes() for p in cache.rglob("*") if p.is_file())
+    assert (b"vault-host" in on_disk) is cache_secrets
+    store.up = False
+    with confhub.Hub([spec], plugins=[store], cache_dir=str(cache)) as hub:
+        if cache_secrets:
+            assert hub.health().sources[0].state == "cached"
+            assert hub.get("db.host") == "vault-host"
+            assert hub.explain("db.host").value == "<redacted>"
+        else:
+            assert hub.get("db.host", None) is None
