@@ -8,8 +8,11 @@ import os
 from pathlib import Path
 
 import dotenv as python_dotenv
+import dotenv.parser as python_dotenv_parser
 import pytest
 from core_testlib import wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import confhub
 from confhub._backends.dotenv import dotenv_values
@@ -165,3 +168,35 @@ def test_file_source_on_a_dotenv_file_points_to_dotenv(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("APP_A=1\n")
     with pytest.raises(confhub.SpecError, match=r"read it with dotenv:.*\.env\?prefix=APP_"):
         confhub.Hub([str(tmp_path / ".env")], cache_dir=None).start()
+
+
+_NAME = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
+_CHARS = st.text(alphabet="ab #=\\'\"\t\n\r$", max_size=12)
+
+
+@st.composite
+def _line(draw: st.DrawFn) -> str:
+    name = draw(_NAME)
+    quote = draw(st.sampled_from(["", "'", '"']))
+    value = draw(_CHARS)
+    if quote == "" or quote == "'":
+        value = value.replace("$", "")  # python-dotenv expands in single quotes (see above)
+    export = draw(st.sampled_from(["", "export "]))
+    space = draw(st.sampled_from(["", " "]))
+    comment = draw(st.sampled_from(["", " # c"]))
+    return f"{export}{name}{space}={space}{quote}{value}{quote}{comment}"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_line(), max_size=5).map("\n".join))
+def test_generated_files_read_as_python_dotenv_reads_them(text: str) -> None:
+    """Where python-dotenv reads every line, confhub reads the same values; where it skips a
+    line as broken, confhub refuses the file."""
+    bindings = list(python_dotenv_parser.parse_stream(io.StringIO(text)))
+    if any(b.error for b in bindings) or any(b.key and b.value is None for b in bindings):
+        with pytest.raises(confhub.SourceFormatError):
+            dotenv_values(text, where="t", environ={})
+        return
+    expected = python_dotenv.dotenv_values(stream=io.StringIO(text), interpolate=False)
+    ours = dotenv_values(text, where="t", interpolate=False, environ={})
+    assert {k: v[0] for k, v in ours.items()} == dict(expected)
