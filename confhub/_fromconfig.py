@@ -32,6 +32,8 @@ import math
 import os
 import stat
 import tomllib
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -49,6 +51,10 @@ _CONFIG_KEYS = ("cache_dir", "sources", *_TIMEOUTS)
 _SOURCES_EXAMPLE = 'sources = ["config.toml", "env:APP_"]'
 
 
+def _read_only(options: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(options))
+
+
 @attrs.frozen
 class HubConfig:
     """What a config file says: the file read (``None`` when none was found), the sources,
@@ -56,7 +62,7 @@ class HubConfig:
 
     path: str | None
     sources: tuple[str, ...] = ()
-    options: dict[str, Any] = attrs.field(factory=dict)
+    options: Mapping[str, Any] = attrs.field(factory=dict, converter=_read_only)
     warnings: tuple[str, ...] = ()
 
     def hub_arguments(self, overrides: dict[str, Any]) -> dict[str, Any]:
