@@ -34,7 +34,7 @@ import attrs
 
 import confhub
 from confhub import LayerDelta
-from confhub._backends.file import DEFAULT_SETTLE
+from confhub._backends._watch import DEFAULT_SETTLE
 from confhub._layer import Layer, flatten
 from confhub._merge import merge_full
 from confhub._parsers import parse_document

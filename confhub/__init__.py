@@ -5,6 +5,7 @@ Start with :class:`Hub`; the user guide is in ``docs/guide.md``.
 
 from __future__ import annotations
 
+from . import sources
 from ._backend import Backend, BackendInfo, BackendSettings, Notify, Update, hookimpl
 from ._binding import View, parse_duration
 from ._cli import main
@@ -12,6 +13,7 @@ from ._dispatch import Subscription
 from ._errors import (
     BackendNotFoundError,
     ConfhubError,
+    ConfigFileError,
     ConfigKeyError,
     ConfigValidationError,
     HubStateError,
@@ -46,6 +48,7 @@ __all__ = [
     "BackendSettings",
     "Change",
     "ConfhubError",
+    "ConfigFileError",
     "ConfigKeyError",
     "ConfigValidationError",
     "ErrorEvent",
@@ -86,6 +89,7 @@ __all__ = [
     "main",
     "parse_document",
     "parse_duration",
+    "sources",
 ]
 
 for _name in __all__:

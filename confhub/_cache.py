@@ -32,7 +32,9 @@ Rules (see ``docs/failure.md``):
   aside as ``*.corrupt-<time>``, and never used; a read-only or full directory logs one
   warning per state change and never stops live updates;
 - keys that look secret (see :mod:`confhub._redact`, nested tables and lists included) are
-  kept out when the source says ``?cache_secrets=false``.
+  kept out when the source says ``?cache_secrets=false``, and so is every key of a layer
+  marked ``secret`` (a secret store's); a secret layer that is cached is read back marked
+  ``secret``, so it stays redacted.
 
 Why not a ``confhub_load_layer`` wrapper: the fallback order is live source, then the
 *alternate live sources* of its slot, then the caches. A wrapper would fall back to a
@@ -334,6 +336,7 @@ class Cache:
                 revision=envelope.get("revision"),
                 details={k: f"{v} (cached)" for k, v in envelope.get("details", {}).items()},
                 fetched_at=float(envelope["fetched_at"]),
+                secret=envelope.get("secret") is True,
             )
         except (CacheError, ValueError, KeyError, TypeError, OSError, Exception) as exc:  # noqa: BLE001
             self._quarantine(path, spec, exc)
@@ -364,7 +367,9 @@ class Cache:
         backend's ``cache_principal``) if it changed. Never raises."""
         keep_secrets = spec.option_bool("cache_secrets", True)
         data: dict[str, Any] = {}
-        for k, v in layer.values.items():
+        # A layer marked secret (a secret store's) is secret whole.
+        whole = layer.secret and not keep_secrets
+        for k, v in ({} if whole else layer.values).items():
             kept = v if keep_secrets else strip_secrets(k, v)
             if kept is not DROPPED:
                 data[k] = to_json(kept)
@@ -389,6 +394,8 @@ class Cache:
             "data": data,
             "details": details,
         }
+        if layer.secret:
+            envelope["secret"] = True  # read back as a secret layer: still redacted
         content_sum = _checksum({"data": data, "revision": envelope["revision"]})
         with self._lock:
             known = self._written.get(identity + ":content")

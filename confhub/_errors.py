@@ -11,7 +11,8 @@ Every exception confhub raises on purpose derives from :class:`ConfhubError`::
     │   └── UnknownKeyError            a bound table holds keys its class does not declare
     ├── ConfigKeyError(KeyError)       ``hub.get`` of a key no source provides
     ├── SpecError(ValueError)          a source spec that cannot be parsed
-    │   └── BackendNotFoundError       no installed plugin handles a scheme
+    │   ├── BackendNotFoundError       no installed plugin handles a scheme
+    │   └── ConfigFileError            confhub.toml / [tool.confhub] cannot be used
     ├── WriteError                     a write a backend refused
     │   └── WriteConflictError         compare-and-swap lost
     ├── StartupError                   a required source had no live data, alternate or cache
@@ -134,6 +135,16 @@ class SpecError(ConfhubError, ValueError):
     def __init__(self, message: str, *, spec: str) -> None:
         super().__init__(message)
         self.spec = spec
+
+
+class ConfigFileError(SpecError):
+    """``confhub.toml`` (or ``[tool.confhub]``, or the file named by ``$CONFHUB_CONFIG``)
+    cannot be used: ``path`` is the file, ``key`` the key at fault when there is one."""
+
+    def __init__(self, message: str, *, path: str, key: str | None = None) -> None:
+        super().__init__(message, spec=path)
+        self.path = path
+        self.key = key
 
 
 class BackendNotFoundError(SpecError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from ._errors import (
 )
 from ._explain import Explanation, explain
 from ._fallback import Follower, closed_during_start, load_slots
+from ._fromconfig import hub_arguments
 from ._health import Health, SlotState, SourceHealth
 from ._layer import Layer, LayerDelta
 from ._merge import MISSING, merge_full, merge_update
@@ -153,6 +155,15 @@ class Hub:
             retry_initial=retry_initial,
             retry_max=retry_max,
         )
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> Hub:
+        """A hub on the sources of ``confhub.toml`` / ``[tool.confhub]`` in pyproject.toml
+        (or ``path``, or ``$CONFHUB_CONFIG``): the file the ``confhub`` command reads, so
+        the app and the CLI on a host read the same sources and cache directory.
+        ``overrides`` are ``Hub`` keyword arguments (``sources=`` too) that win over the
+        file's. :class:`ConfigFileError` names the file, the key and the fix."""
+        return cls(**hub_arguments(path, overrides))
 
     # -- lifecycle -------------------------------------------------------------------------
     @property

@@ -22,8 +22,13 @@ LAYERS: list[list[str]] = [
     ["_errors", "_redact", "_health", "_fileio"],  # values (_redact builds on _location)
     ["_docbounds", "_probes"],  # bounds the parsers share; readiness (from health)
     ["_yaml"],  # the YAML loaders
+<<<<<<< HEAD
     ["_spec", "_parsers", "_layer", "_bindtypes"],  # specs, documents, layers; bindable kinds
     ["_merge", "_backend"],  # the pure merge; the backend contract
+=======
+    ["_spec", "_parsers", "_layer", "_fromconfig"],  # specs, documents, layers; confhub.toml
+    ["_merge", "_backend", "sources"],  # the pure merge; the backend contract; spec builders
+>>>>>>> sources
     ["_snapshot"],  # the immutable merged view and its events
     ["_strict"],  # strict binding: unknown keys, shape errors, their sources
     ["hookspecs"],  # the plugin contract (type-only imports)
@@ -36,14 +41,19 @@ LAYERS: list[list[str]] = [
         "_cache",
         "kv",  # the public kit for KV backends
     ],
+<<<<<<< HEAD
     ["_aio"],  # asyncio: lifecycle off the loop, events as async iterators
+=======
+    ["_backends._watch"],  # the watching machinery file-shaped builtins share
+>>>>>>> sources
     ["_backends", "_backends.defaults", "_backends.env", "_backends.file"],  # builtin plugins
+    ["_backends.argv", "_backends.dotenv", "_backends.secrets"],  # issue 13's builtins
     ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
     ["_fallback"],  # start-up chain, recovery, polling, watch wiring
     ["_hub"],  # the facade that wires the stages
     ["_demo", "_kvharness"],  # run a Hub
     ["_kvcontract"],  # the KV contract's tests, on its harness
-    ["_cliconfig", "_cliformat"],  # the CLI's config file and output formats
+    ["_cliconfig", "_cliformat"],  # the CLI's usage error and output formats
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points
     ["integrations", "integrations._observe", "integrations._common"],  # what they share

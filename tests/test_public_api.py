@@ -31,6 +31,7 @@ def test_public_surface_is_pinned() -> None:
         "BackendSettings",
         "Change",
         "ConfhubError",
+        "ConfigFileError",
         "ConfigKeyError",
         "ConfigValidationError",
         "ErrorEvent",
@@ -70,6 +71,7 @@ def test_public_surface_is_pinned() -> None:
         "main",
         "parse_document",
         "parse_duration",
+        "sources",
     }
 
 
@@ -124,3 +126,12 @@ def test_make_backend_hookspec_offers_spec_settings_and_the_deprecated_hub() -> 
     params = list(inspect.signature(hookspecs.confhub_make_backend).parameters)
     assert params == ["spec", "settings", "hub"]
     assert "deprecated" in (hookspecs.confhub_make_backend.__doc__ or "")
+
+
+def test_sources_builders_surface_is_pinned() -> None:
+    """confhub.sources builds specs in code: its names change only deliberately."""
+    assert confhub.sources.__all__ == ["argv", "dotenv", "secrets"]
+    for name in confhub.sources.__all__:
+        assert isinstance(
+            getattr(confhub.sources, name)(*(["x"] if name != "argv" else [])), confhub.SourceSpec
+        ), name

@@ -37,4 +37,7 @@ def main() -> int:
         health: confhub.Health = hub.health()
         sub.cancel()
         print(port, cfg, lenient, current.db.port, explanation.source, health.degraded)
+    spec: confhub.SourceSpec = confhub.sources.argv(["--db.port=5"], prefix="")
+    from_file: confhub.Hub = confhub.Hub.from_config(None, sources=[spec], cache_dir=None)
+    print(from_file.sources)
     return 0
