@@ -22,13 +22,9 @@ LAYERS: list[list[str]] = [
     ["_errors", "_redact", "_health", "_fileio"],  # values (_redact builds on _location)
     ["_docbounds", "_probes"],  # bounds the parsers share; readiness (from health)
     ["_yaml"],  # the YAML loaders
-<<<<<<< HEAD
-    ["_spec", "_parsers", "_layer", "_bindtypes"],  # specs, documents, layers; bindable kinds
-    ["_merge", "_backend"],  # the pure merge; the backend contract
-=======
-    ["_spec", "_parsers", "_layer", "_fromconfig"],  # specs, documents, layers; confhub.toml
+    # specs, documents, layers; bindable kinds; confhub.toml
+    ["_spec", "_parsers", "_layer", "_bindtypes", "_fromconfig"],
     ["_merge", "_backend", "sources"],  # the pure merge; the backend contract; spec builders
->>>>>>> sources
     ["_snapshot"],  # the immutable merged view and its events
     ["_strict"],  # strict binding: unknown keys, shape errors, their sources
     ["hookspecs"],  # the plugin contract (type-only imports)
@@ -41,11 +37,7 @@ LAYERS: list[list[str]] = [
         "_cache",
         "kv",  # the public kit for KV backends
     ],
-<<<<<<< HEAD
-    ["_aio"],  # asyncio: lifecycle off the loop, events as async iterators
-=======
-    ["_backends._watch"],  # the watching machinery file-shaped builtins share
->>>>>>> sources
+    ["_aio", "_backends._watch"],  # asyncio helpers; the watching machinery file builtins share
     ["_backends", "_backends.defaults", "_backends.env", "_backends.file"],  # builtin plugins
     ["_backends.argv", "_backends.dotenv", "_backends.secrets"],  # issue 13's builtins
     ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
