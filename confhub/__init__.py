@@ -5,7 +5,7 @@ Start with :class:`Hub`; the user guide is in ``docs/guide.md``.
 
 from __future__ import annotations
 
-from ._backend import Backend, BackendInfo, BackendSettings, Notify, Update, hookimpl
+from ._backend import Backend, BackendInfo, BackendSettings, Notify, Update, WriteOp, hookimpl
 from ._binding import View, parse_duration
 from ._cli import main
 from ._dispatch import Subscription
@@ -35,6 +35,7 @@ from ._parsers import parse_document
 from ._redact import is_secret_key
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot
 from ._spec import Fallback, SourceSpec
+from ._writes import Transaction, Updated
 
 __all__ = [
     "Backend",
@@ -69,11 +70,14 @@ __all__ = [
     "StartupError",
     "State",
     "Subscription",
+    "Transaction",
     "Update",
+    "Updated",
     "UrlParts",
     "View",
     "WriteConflictError",
     "WriteError",
+    "WriteOp",
     "hookimpl",
     "is_secret_key",
     "main",
