@@ -172,7 +172,7 @@ def test_start_with_a_clash_serves_the_cache_and_recovers(
     _seed(client)
     cache = tmp_path / "cache"
     with make_hub([spec(etcd.endpoint)], cache=cache) as hub:
-        Events(hub).wait_for(lambda: any(cache.iterdir()), what="cache written")
+        wait_until(lambda: cache.is_dir() and any(cache.iterdir()), what="cache written")
         hub.transaction().put("db", "oops").commit(force=True)
     with pytest.raises(SourceFormatError, match="delete or rename one of them") as info:
         make_hub([spec(etcd.endpoint)]).start()  # no cache: fails as before, naming the key
