@@ -70,8 +70,11 @@ class Writer:
             if can_commit(backend):
                 return backend.commit((WriteOp.delete(key, expected),), False)  # type: ignore[attr-defined]
             raise _refused(
-                backend, name, f"delete {key!r} (its backend has no delete)",
-                "delete it in the store itself, or use an etcd or Consul source", key,
+                backend,
+                name,
+                f"delete {key!r} (its backend has no delete)",
+                "delete it in the store itself, or use an etcd or Consul source",
+                key,
             )
         finally:
             if opened:
@@ -87,10 +90,12 @@ class Writer:
         try:
             if not can_commit(backend):
                 raise _refused(
-                    backend, name,
+                    backend,
+                    name,
                     f"apply {len(ops)} operation(s) atomically (its backend has no commit)",
                     "write the keys one by one with hub.write()/hub.delete() if they need "
-                    "not change together, or keep them in an etcd or Consul source", ops[0].key,
+                    "not change together, or keep them in an etcd or Consul source",
+                    ops[0].key,
                 )
             return backend.commit(tuple(ops), force)  # type: ignore[attr-defined]
         finally:
@@ -109,9 +114,12 @@ class Writer:
         try:
             if not can_read(backend):
                 raise _refused(
-                    backend, name, f"read {key!r} with its revision (its backend has no read)",
+                    backend,
+                    name,
+                    f"read {key!r} with its revision (its backend has no read)",
                     "use hub.write() with expected_revision from hub.explain(), or an "
-                    "etcd or Consul source", key,
+                    "etcd or Consul source",
+                    key,
                 )
             last: WriteConflictError | None = None
             for attempt in range(1, retries + 2):

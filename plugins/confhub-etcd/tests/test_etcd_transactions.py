@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from backend_lib import Events, make_hub, spec, wait_until
-
 from confhub import MISSING, SourceFormatError, WriteConflictError, WriteError
+
 from confhub_etcd._client import EtcdClient
 from confhub_etcd.testing import EtcdServer
 
@@ -112,8 +112,10 @@ def test_update_counts_every_increment_under_contention(
         def work() -> None:
             try:
                 for _ in range(per_thread):
-                    results.append(hub.update("counter", lambda v: str(int(v) + 1), retries=50).attempts)
-            except BaseException as exc:  # noqa: BLE001 - reported below
+                    results.append(
+                        hub.update("counter", lambda v: str(int(v) + 1), retries=50).attempts
+                    )
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=work) for _ in range(2)]
@@ -142,9 +144,11 @@ def test_update_gives_up_after_its_bound(etcd: EtcdServer, client: EtcdClient) -
         client.put("/app/hot", f"other-{calls}")  # another writer wins every time
         return value + "!"
 
-    with make_hub([spec(etcd.endpoint)]) as hub:
-        with pytest.raises(WriteConflictError, match="gave up after 3 attempts"):
-            hub.update("hot", racing, retries=2)
+    with (
+        make_hub([spec(etcd.endpoint)]) as hub,
+        pytest.raises(WriteConflictError, match="gave up after 3 attempts"),
+    ):
+        hub.update("hot", racing, retries=2)
     assert calls == 3
 
 
