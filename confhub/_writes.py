@@ -58,7 +58,13 @@ class Writer:
 
     def _pick(self, source: str | None, key: str) -> tuple[Backend, bool, str]:
         backend, opened = writable_backend(self._slots, source, key, self._open)
-        return backend, opened, source or _display(backend)
+        if source is not None:
+            return backend, opened, source
+        for slot in self._slots:
+            for member, made in zip(slot.members, slot.backends, strict=True):
+                if made is backend:
+                    return backend, opened, member.display
+        return backend, opened, type(backend).__name__
 
     def delete(self, key: str, source: str | None, expected_revision: Any) -> Any:
         """Delete ``key`` in the backend's ``delete``, else as a one-op ``commit``."""
@@ -153,11 +159,6 @@ class Writer:
         finally:
             if opened:
                 backend.close()
-
-
-def _display(backend: Backend) -> str:
-    spec = getattr(backend, "spec", None)
-    return str(getattr(spec, "display", None) or type(backend).__name__)
 
 
 class Transaction:

@@ -40,6 +40,7 @@ LAYERS: list[list[str]] = [
     ["_fallback", "_writes"],  # start-up chain, recovery, polling; delete/txn/update
     ["_hub"],  # the facade that wires the stages
     ["_demo", "_kvharness"],  # run a Hub
+    ["_kvtxcontract"],  # the KV contract's transaction group
     ["_kvcontract"],  # the KV contract's tests, on its harness
     ["_cliconfig", "_cliformat"],  # the CLI's config file and output formats
     ["_cliwrite"],  # set, delete (dry-run, --check, --atomic)

@@ -511,7 +511,9 @@ class EtcdBackend(Backend):
                     revisions[scope.encode()], names = client.keys_under(scope)
                     held.update(self.keys.index(names))
                 kv.check_transaction(held.keys(), ops, source=self.display, force=force)
-                puts, deletes, expected = [], [], {}
+                puts: list[tuple[bytes, bytes]] = []
+                deletes: list[bytes] = []
+                expected: dict[bytes, int] = {}
                 for op in ops:
                     where = held.get(op.key) or [self.keys.to_store(op.key)]
                     if op.expected_revision is not None:
