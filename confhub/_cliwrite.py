@@ -24,7 +24,13 @@ from typing import Any, TextIO
 
 from ._backend import Backend, WriteOp, can_commit, can_delete, can_write
 from ._cliconfig import UsageError
-from ._errors import ConfigKeyError, SourceFormatError, WriteError
+from ._errors import (
+    ConfhubError,
+    ConfigKeyError,
+    SourceFormatError,
+    WriteConflictError,
+    WriteError,
+)
 from ._hub import Hub
 from ._layer import Layer
 from ._merge import MISSING
@@ -105,15 +111,42 @@ def run_write_command(args: argparse.Namespace, out: TextIO) -> int:
     backend = Hub([spec]).make_backend(spec)
     try:
         _require(backend, spec.display, ops, args)
-        layer, unreadable = _current(backend)
+        # The whole source is read only when needed: to show or check the result, or to
+        # tell a missing key from a deleted one. A plain set relies on the backend's own
+        # check (it reads just the keys the write can clash with), and reads the source
+        # only to list what a refused write would shadow.
+        layer, unreadable = None, ""
+        if args.dry_run or args.check or args.command == "delete":
+            layer, unreadable = _current(backend)
+            if layer is None and args.check:
+                raise WriteError(
+                    f"{spec.display}: --check needs the current content, which cannot be "
+                    f"read ({unreadable}); fix it first (confhub delete) or leave --check out",
+                    source=spec.display,
+                    key=ops[0].key,
+                )
         if layer is not None:
-            code = _preflight(layer, ops, spec.display, args)
-            if code is not None:
-                return code
+            _missing(layer, ops, spec.display, args)
+            if not _accepted(layer, ops, spec.display, args.force):
+                return EXIT_FAILED
+            if args.check:
+                _check_class(layer, ops, spec.display, args.check, args.check_prefix)
         if args.dry_run:
             _show(layer, unreadable, ops, spec.display, out)
             return EXIT_OK
-        return _write(backend, spec.display, ops, args, out)
+        try:
+            return _write(backend, spec.display, ops, args, out)
+        except WriteConflictError:
+            raise
+        except WriteError as refused:
+            if layer is None:
+                try:
+                    layer = _current(backend)[0]
+                except ConfhubError:
+                    raise refused from None
+            if layer is None or _accepted(layer, ops, spec.display, args.force):
+                raise
+            return EXIT_FAILED
     finally:
         backend.close()
 
@@ -178,20 +211,24 @@ def _current(backend: Backend) -> tuple[Layer | None, str]:
         return None, str(exc)
 
 
-def _preflight(
-    layer: Layer, ops: list[WriteOp], source: str, args: argparse.Namespace
-) -> int | None:
-    """Missing keys of a delete, shape refusals and ``--check``; an exit code to stop."""
-    if args.command == "delete" and not args.missing_ok:
-        for op in ops:
-            if op.key not in layer.values and op.key not in layer.inner:
-                raise ConfigKeyError(
-                    op.key,
-                    f"{op.key!r} is not in {source}; nothing to delete (--missing-ok to "
-                    "ignore keys that are not there)",
-                )
+def _missing(layer: Layer, ops: list[WriteOp], source: str, args: argparse.Namespace) -> None:
+    """A delete of a key the source does not hold: exit 1 (unless ``--missing-ok``)."""
+    if args.command != "delete" or args.missing_ok:
+        return
+    for op in ops:
+        if op.key not in layer.values and op.key not in layer.inner:
+            raise ConfigKeyError(
+                op.key,
+                f"{op.key!r} is not in {source}; nothing to delete (--missing-ok to "
+                "ignore keys that are not there)",
+            )
+
+
+def _accepted(layer: Layer, ops: list[WriteOp], source: str, force: bool) -> bool:
+    """Whether the shape check passes; if not, print the refusal with every key the write
+    would shadow and the way out."""
     try:
-        check_transaction(layer.values, ops, source=source, force=args.force)
+        check_transaction(layer.values, ops, source=source, force=force)
     except WriteError as exc:
         shadowed = _shadowed(layer, ops)
         lines = [f"confhub: {exc}"]
@@ -204,10 +241,8 @@ def _preflight(
             "--dry-run shows the change"
         )
         sys.stderr.write("\n".join(lines) + "\n")
-        return EXIT_FAILED
-    if args.check:
-        _check_class(layer, ops, source, args.check, args.check_prefix)
-    return None
+        return False
+    return True
 
 
 def _shadowed(layer: Layer, ops: list[WriteOp]) -> list[str]:
