@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -184,3 +186,46 @@ def test_a_broken_store_at_start_serves_the_cache_then_recovers(
         assert hub.get("db.host") == "h1"
         hub.delete("db")
         until(lambda: hub.health().sources[0].state == "live", "live again")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "confhub", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_cli_story_on_consul(server: ConsulTestServer, tmp_path: Path) -> None:
+    """confhub set/delete as a user runs them (subprocesses): the slip over a table is
+    refused listing the keys; a forced clash makes a cold start fail and a warm one serve
+    its cache with the reason; confhub delete fixes it."""
+    _seed(server)
+    target = spec(server)
+    cache = str(tmp_path / "cache")
+    assert _cli("--cache-dir", cache, "-s", target, "get", "db.host").stdout == "h1\n"
+    slip = _cli("set", target, "db", "oops")
+    assert slip.returncode == 4
+    assert "it would shadow 3 key(s): db.host, db.port, db.user" in slip.stderr
+    assert server.get("myapp/db") is None
+    forced = _cli("set", target, "flag.on", "1", "--force")
+    assert forced.returncode == 0, forced.stderr
+    cold = _cli("-s", target, "get", "db.host")
+    assert cold.returncode == 4
+    assert "'myapp/flag' is both a value and the parent" in cold.stderr
+    health = _cli("--cache-dir", cache, "-s", target, "health", "--json")
+    assert health.returncode == 0, health.stderr
+    source = json.loads(health.stdout)["sources"][0]
+    assert source["state"] == "cached"
+    assert "both a value and the parent" in source["last_error"]
+    fixed = _cli("delete", target, "flag")
+    assert fixed.returncode == 0, fixed.stderr
+    assert _cli("-s", target, "get", "flag.on").stdout == "1\n"
+    atomic = _cli("set", target, "a=1", "b=2", "--atomic")
+    assert atomic.returncode == 0, atomic.stderr
+    a, b = server.get("myapp/a"), server.get("myapp/b")
+    assert a is not None
+    assert b is not None
+    assert a.modify_index == b.modify_index
