@@ -12,11 +12,12 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from ._errors import HubStateError
-from ._health import SourceHealth
+from ._health import SourceHealth, log_fields
 from ._snapshot import Change, ErrorEvent, KeyChange
 
 log = logging.getLogger("confhub")
@@ -110,11 +111,12 @@ class EventQueue:
 class Dispatcher:
     """The subscribers of one hub and the notifier thread that calls them.
 
-    ``published`` is called after the subscribers with every delivered :class:`Change`
-    (the hub passes the ``confhub_snapshot_published`` hook).
+    ``published(change, seconds)`` is called after the subscribers with every delivered
+    :class:`Change` and the time its subscribers took, all of them (the hub passes the
+    ``confhub_snapshot_published`` hook).
     """
 
-    def __init__(self, max_backlog: int, published: Callable[[Change], Any]) -> None:
+    def __init__(self, max_backlog: int, published: Callable[[Change, float], Any]) -> None:
         self._queue = EventQueue(max_backlog)
         self._published = published
         self._lock = threading.Lock()
@@ -231,6 +233,7 @@ class Dispatcher:
             self._deliver(item)
 
     def _deliver(self, item: Event) -> None:
+        started = time.perf_counter()
         for sub in self._subscribers:
             if not sub.active:
                 continue
@@ -251,10 +254,13 @@ class Dispatcher:
                     "the other subscribers still run",
                     getattr(sub.callback, "__qualname__", sub.callback),
                     getattr(item, "generation", "?"),
+                    extra=log_fields(
+                        getattr(item, "source", ""), generation=getattr(item, "generation", None)
+                    ),
                 )
         if isinstance(item, Change):
             try:
-                self._published(item)
+                self._published(item, time.perf_counter() - started)
             except Exception:
                 log.exception("a plugin's confhub_snapshot_published failed; ignored")
 
@@ -323,4 +329,5 @@ def _merge_changes(run: list[Change]) -> Change | None:
     )
     if not kept:
         return None
-    return Change(run[-1].generation, kept, ", ".join(sources))
+    fetched = [c.fetched_at for c in run if c.fetched_at is not None]
+    return Change(run[-1].generation, kept, ", ".join(sources), min(fetched, default=None))

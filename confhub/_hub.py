@@ -126,7 +126,10 @@ class Hub:
             "the hub is not started: use 'with hub:' or call hub.start() before reading"
         )
         self._dispatcher = Dispatcher(
-            max_backlog, lambda change: self.pm.hook.confhub_snapshot_published(change=change)
+            max_backlog,
+            lambda change, seconds: self.pm.hook.confhub_snapshot_published(
+                change=change, subscriber_seconds=seconds
+            ),
         )
         self._persister = Persister(self.pm.hook.confhub_layer_accepted)
         self._stop = threading.Event()
@@ -299,7 +302,7 @@ class Hub:
             return
         self._swap(candidate.snapshot, bound)
         self._accept(slot, layer)
-        self._dispatch(slot, candidate)
+        self._dispatch(slot, candidate, layer.fetched_at)
 
     def _merge(self, slot: Slot, layer: Layer, delta: LayerDelta) -> _Candidate:
         """The snapshot with ``slot``'s layer replaced, and the effective changes."""
@@ -327,12 +330,12 @@ class Hub:
         self._snapshot = snapshot
         self._binder.commit(bound, snapshot.generation)
 
-    def _dispatch(self, slot: Slot, candidate: _Candidate) -> None:
+    def _dispatch(self, slot: Slot, candidate: _Candidate, fetched_at: float | None) -> None:
         changes = tuple(
             KeyChange(k, o, n) for k, o, n in sorted(candidate.changed, key=lambda c: c[0])
         )
         self._dispatcher.put(
-            Change(candidate.snapshot.generation, changes, slot.active_spec.display)
+            Change(candidate.snapshot.generation, changes, slot.active_spec.display, fetched_at)
         )
 
     def _accept(self, slot: Slot, layer: Layer) -> None:

@@ -46,6 +46,8 @@ LAYERS: list[list[str]] = [
     ["_cliwrite"],  # set, delete (dry-run, --check, --atomic)
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points
+    ["integrations", "integrations._observe"],  # optional integrations; what metrics share
+    ["integrations.prometheus", "integrations.otel"],  # metrics plugins
 ]
 
 #: (importer, imported) pairs allowed upwards under ``if TYPE_CHECKING:`` only.

@@ -45,6 +45,7 @@ def test_public_surface_is_pinned() -> None:
         "Notify",
         "Origin",
         "PluginError",
+        "SlotState",
         "Snapshot",
         "SourceError",
         "SourceFormatError",
