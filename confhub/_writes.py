@@ -140,8 +140,13 @@ class Writer:
                     )
                 if old is not MISSING and new == old:
                     return Updated(key, old, new, revision, attempt, written=False)
+                expected = 0 if revision is None else revision
                 try:
-                    written = backend.write(key, new, 0 if revision is None else revision)  # type: ignore[attr-defined]
+                    if can_commit(backend):  # written where read (a store key of its own)
+                        op = WriteOp.put(key, new, expected)
+                        written = backend.commit((op,), False)  # type: ignore[attr-defined]
+                    else:
+                        written = backend.write(key, new, expected)  # type: ignore[attr-defined]
                 except WriteConflictError as exc:
                     last = exc
                     if attempt <= retries:

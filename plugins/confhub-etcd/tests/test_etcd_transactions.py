@@ -130,6 +130,11 @@ def test_update_counts_every_increment_under_contention(
         assert (created.old, created.new, created.attempts) == (MISSING, "1", 1)
         same = hub.update("fresh", lambda v: v)
         assert not same.written
+        # A key held by a dotted etcd key is read and written there, not duplicated.
+        client.put("/app/dotted.n", "5")
+        assert hub.update("dotted.n", lambda v: str(int(v) + 1)).old == "5"
+        assert client.get("/app/dotted.n")[0].value == b"6"  # type: ignore[union-attr]
+        assert client.get("/app/dotted/n")[0] is None
 
 
 def test_update_gives_up_after_its_bound(etcd: EtcdServer, client: EtcdClient) -> None:

@@ -503,7 +503,10 @@ class ConsulWriter:
                     return MISSING, 0 if found is None else found[0]
                 node = node[part]
             return node, 0 if found is None else found[0]
-        ckey = self.options.prefix + "/".join(segments)
+        held = self._held(conn, key).get(key)  # the Consul key that holds it
+        if not held:
+            return MISSING, 0
+        ckey = held[0]
         found = self._read(conn, ckey, key=key)
         if found is None:
             return MISSING, 0

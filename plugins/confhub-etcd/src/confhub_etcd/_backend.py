@@ -601,11 +601,18 @@ class EtcdBackend(Backend):
 
     def read(self, key: str) -> tuple[Any, int]:
         """``(value, mod_revision)`` of dotted ``key`` read from etcd (``(MISSING, 0)`` when
-        absent); in the document layout the value inside the document and the document
-        key's mod_revision, which ``write``'s ``expected_revision`` compares with."""
+        absent), from the etcd key that holds it (a transaction writes there too); in the
+        document layout the value inside the document and the document key's mod_revision,
+        which ``write``'s ``expected_revision`` compares with."""
         cfg = self.config
         store_key = cfg.prefix if cfg.fmt is not None else self._etcd_key(key)
         try:
+            if cfg.fmt is None:  # the etcd key that holds it: /app/db/port or /app/db.port
+                _rev, names = self.client.keys_under(self.keys.write_scope(key))
+                held = self.keys.index(names).get(key)
+                if not held:
+                    return MISSING, 0
+                store_key = held[0]
             item, _rev = self.client.get(store_key)
         except EtcdError as exc:
             raise self._translate(exc, f"the read of {key!r}") from None
