@@ -127,7 +127,7 @@ def run_write_command(args: argparse.Namespace, out: TextIO) -> int:
                 )
         if layer is not None:
             _missing(layer, ops, spec.display, args)
-            if not _accepted(layer, ops, spec.display, args.force):
+            if not _accepted(layer, ops, spec.display, args):
                 return EXIT_FAILED
             if args.check:
                 _check_class(layer, ops, spec.display, args.check, args.check_prefix)
@@ -144,7 +144,7 @@ def run_write_command(args: argparse.Namespace, out: TextIO) -> int:
                     layer = _current(backend)[0]
                 except ConfhubError:
                     raise refused from None
-            if layer is None or _accepted(layer, ops, spec.display, args.force):
+            if layer is None or _accepted(layer, ops, spec.display, args):
                 raise
             return EXIT_FAILED
     finally:
@@ -224,25 +224,36 @@ def _missing(layer: Layer, ops: list[WriteOp], source: str, args: argparse.Names
             )
 
 
-def _accepted(layer: Layer, ops: list[WriteOp], source: str, force: bool) -> bool:
+def _accepted(layer: Layer, ops: list[WriteOp], source: str, args: argparse.Namespace) -> bool:
     """Whether the shape check passes; if not, print the refusal with every key the write
-    would shadow and the way out."""
+    would shadow (or the keys of a table a delete names) and the way out."""
     try:
-        check_transaction(layer.values, ops, source=source, force=force)
+        check_transaction(layer.values, ops, source=source, force=args.force)
     except WriteError as exc:
-        shadowed = _shadowed(layer, ops)
         lines = [f"confhub: {exc}"]
+        shadowed = _shadowed(layer, ops)
         if shadowed:
-            shown = ", ".join(shadowed[:_LISTED])
-            more = f" and {len(shadowed) - _LISTED} more" if len(shadowed) > _LISTED else ""
-            lines.append(f"  it would shadow {len(shadowed)} key(s): {shown}{more}")
-        lines.append(
-            "  --force writes it anyway (hubs then refuse the source until it is fixed); "
-            "--dry-run shows the change"
-        )
+            lines.append(f"  it would shadow {len(shadowed)} key(s): {_listed(shadowed)}")
+            lines.append(
+                "  --force writes it anyway (hubs then refuse the source until it is fixed)"
+                + ("" if args.dry_run else "; --dry-run shows the change")
+            )
+        for op in ops:
+            below = op.key + "."
+            table = sorted(k for k in layer.values if k.startswith(below))
+            if op.action == "delete" and op.key not in layer.values and table:
+                lines.append(
+                    f"  to delete the table: confhub delete {source} "
+                    f"{' '.join(table[:_LISTED])}{' ...' if len(table) > _LISTED else ''} --atomic"
+                )
         sys.stderr.write("\n".join(lines) + "\n")
         return False
     return True
+
+
+def _listed(keys: list[str]) -> str:
+    more = f" and {len(keys) - _LISTED} more" if len(keys) > _LISTED else ""
+    return ", ".join(keys[:_LISTED]) + more
 
 
 def _shadowed(layer: Layer, ops: list[WriteOp]) -> list[str]:
