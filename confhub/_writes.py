@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from ._backend import Backend, WriteOp, can_commit, can_delete, can_read
-from ._errors import WriteConflictError, WriteError
+from ._errors import WriteConflictError, WriteError, without_source
 from ._merge import MISSING
 from ._slot import Slot, writable_backend
 from ._spec import SourceSpec
@@ -153,9 +153,10 @@ class Writer:
                         time.sleep(backoff.delay(attempt - 1))
                     continue
                 return Updated(key, old, new, written, attempt)
+            why = without_source(name, last) if last is not None else "?"
             raise WriteConflictError(
                 f"{name}: {key!r} kept changing under hub.update(): gave up after "
-                f"{retries + 1} attempts (the last: {last}); retry later, or raise retries=",
+                f"{retries + 1} attempts (the last: {why}); retry later, or raise retries=",
                 source=name,
                 key=key,
                 expected=getattr(last, "expected", None),
