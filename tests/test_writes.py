@@ -345,3 +345,27 @@ def test_the_kits_transaction_check() -> None:
         source="s",
     )
     assert doc == b'{\n  "db": {\n    "host": "h",\n    "port": 2\n  }\n}\n'
+
+
+def test_a_fallback_member_with_refused_content_gives_way_to_the_next(tmp_path: Path) -> None:
+    """In a Fallback group, a member whose content is refused at start is skipped like an
+    unreachable one: the alternate serves, and the member is promoted once fixed."""
+    primary = MemoryStore("p", {"db": {"host": "p"}})
+    alternate = MemoryStore("alt", {"db": {"host": "alt"}})
+    primary.commit([WriteOp.put("db", "oops")], force=True)
+    hub = Hub(
+        [Fallback("memory:p", "memory:alt")],
+        plugins=[primary, alternate],
+        autoload=False,
+        cache_dir=tmp_path,
+        retry_initial=0.05,
+        retry_max=0.2,
+    )
+    with hub:
+        health = hub.health().sources[0]
+        assert (health.state, health.active) == ("fallback", "memory:alt")
+        assert "is both a value and the parent" in str(health.last_error)
+        assert hub.get("db.host") == "alt"
+        hub.delete("db", source="memory:p")
+        _wait(lambda: hub.health().sources[0].active == "memory:p", "promotion to the primary")
+        assert hub.get("db.host") == "p"
