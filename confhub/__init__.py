@@ -22,6 +22,8 @@ from ._errors import (
     SourceUnavailableError,
     SpecError,
     StartupError,
+    UnknownKey,
+    UnknownKeyError,
     WriteConflictError,
     WriteError,
 )
@@ -72,6 +74,8 @@ __all__ = [
     "State",
     "Subscription",
     "Transaction",
+    "UnknownKey",
+    "UnknownKeyError",
     "Update",
     "Updated",
     "UrlParts",

@@ -39,6 +39,7 @@ from ._plugins import describe_plugins, make_backend, make_plugin_manager
 from ._slot import Slot, backend_named, writable_backend
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot, UnusableSnapshot
 from ._spec import SourceLike, SourceSpec, as_slots
+from ._strict import UnknownPolicy, strict_keys
 from ._writes import UPDATE_RETRIES, Transaction, Updated, Writer
 
 log = logging.getLogger("confhub")
@@ -93,6 +94,8 @@ class Hub:
     - ``max_backlog``: when more events than this wait behind slow subscribers, the waiting
       changes are merged (the last value of every key is still delivered) and only the
       latest error and state event per source is kept: bounded by sources and keys.
+    - ``unknown``: what :meth:`bind` and :meth:`view` do with keys the bound class does
+      not declare, unless they say: ``"forbid"`` (the default), ``"warn"`` or ``"ignore"``.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class Hub:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         max_backlog: int = 1000,
+        unknown: UnknownPolicy = "forbid",
     ) -> None:
         self._slots = [Slot(i, group) for i, group in enumerate(as_slots(sources))]
         self.cache_dir = cache_dir
@@ -119,7 +123,13 @@ class Hub:
         self.pm: pluggy.PluginManager = make_plugin_manager(plugins, block, autoload)
         self.converter: cattrs.Converter = make_converter()
         self.pm.hook.confhub_register_converters.call_historic(kwargs={"converter": self.converter})
-        self._binder = Binder(self.converter)
+        self._binder = Binder(
+            self.converter,
+            unknown=unknown,
+            lenient=lambda: frozenset(
+                s.index for s in self._slots if not strict_keys(s.active_backend)
+            ),
+        )
         self._state = State.NEW
         self._lock = threading.RLock()
         self._snapshot: Snapshot = UnusableSnapshot(
@@ -282,7 +292,7 @@ class Hub:
                 self._publish(slot, update)
 
     def _publish(self, slot: Slot, update: Layer | LayerDelta) -> None:
-        """next layer -> merge -> validate/bind -> swap -> dispatch (under the lock)."""
+        """next layer -> merge -> validate/bind -> accept -> swap -> dispatch (under the lock)."""
         try:
             layer, delta = slot.next_layer(update)
         except SourceFormatError as exc:
@@ -300,8 +310,9 @@ class Hub:
             slot.reject(layer)
             self._report_failure(slot, exc, rejected=True)
             return
-        self._swap(candidate.snapshot, bound)
+        # The slot's state first: a reader who sees the new values sees its health too.
         self._accept(slot, layer)
+        self._swap(candidate.snapshot, bound)
         self._dispatch(slot, candidate, layer.fetched_at)
 
     def _merge(self, slot: Slot, layer: Layer, delta: LayerDelta) -> _Candidate:
@@ -389,23 +400,31 @@ class Hub:
         return self._snapshot.generation
 
     # -- typed binding ---------------------------------------------------------------------
-    def bind(self, cls: type[T], *, prefix: str | None = None) -> T:
-        """Return an instance of attrs class ``cls`` built from the current snapshot.
+    def bind(
+        self, cls: type[T], *, prefix: str | None = None, unknown: UnknownPolicy | None = None
+    ) -> T:
+        """Return an instance of ``cls`` (attrs, dataclass, pydantic model, TypedDict) built
+        from the current snapshot.
 
         ``prefix`` binds a sub-table (``prefix="db"``). Raises
-        :class:`ConfigValidationError` listing every bad path (``expected int @ $.db.port``).
+        :class:`ConfigValidationError` listing every bad path (``expected int @ $.db.port``),
+        :class:`UnknownKeyError` for keys ``cls`` does not declare unless ``unknown`` (or
+        the hub's ``unknown=``) is ``"warn"`` or ``"ignore"``.
         """
-        return self._binder.bind(self.snapshot(), cls, prefix)
+        return self._binder.bind(self.snapshot(), cls, prefix, unknown)
 
-    def view(self, cls: type[T], *, prefix: str | None = None) -> View[T]:
-        """Return the live :class:`View` of ``cls`` (one per class and prefix).
+    def view(
+        self, cls: type[T], *, prefix: str | None = None, unknown: UnknownPolicy | None = None
+    ) -> View[T]:
+        """Return the live :class:`View` of ``cls`` (one per class, prefix and policy).
 
         From now on every update is bound to ``cls`` before it is published: an update
-        that does not fit is rejected and the last good configuration stays.
+        that does not fit (a bad value, a key ``cls`` does not declare under the
+        ``"forbid"`` policy) is rejected and the last good configuration stays.
         """
         with self._lock:
             self._check_running("hub.view()")
-            return self._binder.view(self._snapshot, cls, prefix)
+            return self._binder.view(self._snapshot, cls, prefix, unknown)
 
     # -- subscriptions ---------------------------------------------------------------------
     def subscribe(

@@ -22,9 +22,10 @@ LAYERS: list[list[str]] = [
     ["_errors", "_redact", "_health", "_fileio"],  # values (_redact builds on _location)
     ["_docbounds"],  # document bounds and error wording shared by the parsers
     ["_yaml"],  # the YAML loaders
-    ["_spec", "_parsers", "_layer"],  # specs, documents, layers
+    ["_spec", "_parsers", "_layer", "_bindtypes"],  # specs, documents, layers; bindable kinds
     ["_merge", "_backend"],  # the pure merge; the backend contract
     ["_snapshot"],  # the immutable merged view and its events
+    ["_strict"],  # strict binding: unknown keys, shape errors, their sources
     ["hookspecs"],  # the plugin contract (type-only imports)
     [
         # stages that take a snapshot or a layer; the cache plugin; the KV kit

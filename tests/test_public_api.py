@@ -58,6 +58,8 @@ def test_public_surface_is_pinned() -> None:
         "State",
         "Subscription",
         "Transaction",
+        "UnknownKey",
+        "UnknownKeyError",
         "Update",
         "Updated",
         "UrlParts",
