@@ -6,7 +6,7 @@ Start with :class:`Hub`; the user guide is in ``docs/guide.md``.
 from __future__ import annotations
 
 from . import sources
-from ._backend import Backend, BackendInfo, BackendSettings, Notify, Update, hookimpl
+from ._backend import Backend, BackendInfo, BackendSettings, Notify, Update, WriteOp, hookimpl
 from ._binding import View, parse_duration
 from ._cli import main
 from ._dispatch import Subscription
@@ -40,6 +40,7 @@ from ._probes import Readiness
 from ._redact import is_secret_key
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot
 from ._spec import Fallback, SourceSpec
+from ._writes import Transaction, Updated
 
 __all__ = [
     "Backend",
@@ -77,13 +78,16 @@ __all__ = [
     "StartupError",
     "State",
     "Subscription",
+    "Transaction",
     "UnknownKey",
     "UnknownKeyError",
     "Update",
+    "Updated",
     "UrlParts",
     "View",
     "WriteConflictError",
     "WriteError",
+    "WriteOp",
     "hookimpl",
     "is_secret_key",
     "main",

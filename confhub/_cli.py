@@ -1,4 +1,4 @@
-"""The ``confhub`` command line: get, dump, explain, watch, set, backends, health, demo.
+"""The ``confhub`` command line: get, dump, explain, watch, set, delete, backends, health, demo.
 
 JSON output (``--json``) is the stable contract for scripts. Exit codes:
 0 ok, 1 key missing, 2 usage error (bad arguments, a bad config file), 3 a required source
@@ -24,6 +24,7 @@ import attrs
 
 from ._cliconfig import UsageError
 from ._cliformat import jsonable, null_paths, redact_tree, to_toml
+from ._cliwrite import WRITE_COMMANDS, add_write_commands, run_write_command
 from ._errors import (
     ConfhubError,
     ConfigKeyError,
@@ -42,7 +43,6 @@ from ._layer import secret_keys
 from ._merge import MISSING
 from ._redact import REDACTED, is_secret_key, redact_value
 from ._snapshot import Change, ErrorEvent
-from ._spec import SourceSpec
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 1, 2, 3, 4
 #: A bug (an exception that is not a ConfhubError): never 1, which scripts read as "key missing".
@@ -112,17 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=_count, default=0, help="stop after N changes (0: never)")
     p.add_argument("--timeout", type=_seconds, default=0.0, help="stop after SECONDS (0: never)")
 
-    p = sub.add_parser("set", help="write KEY=VALUE to a writable source (compare-and-swap)")
-    p.add_argument("spec")
-    p.add_argument("key")
-    p.add_argument("value")
-    p.add_argument(
-        "--if-revision",
-        type=int,
-        default=None,
-        metavar="N",
-        help="write only if the key's revision is N (0: only if absent)",
-    )
+    add_write_commands(sub)
 
     p = sub.add_parser("backends", help="list installed backend plugins")
     p.add_argument("--json", action="store_true")
@@ -353,26 +343,6 @@ def _cmd_watch(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _cmd_set(args: argparse.Namespace, out: TextIO) -> int:
-    spec = SourceSpec.parse(args.spec)
-    hub = Hub([spec])
-    backend = hub.make_backend(spec)
-    write = getattr(backend, "write", None)
-    try:
-        if write is None:
-            raise WriteError(
-                f"{spec.display} is read-only (its backend has no write); "
-                "write to an etcd or Consul source",
-                source=spec.display,
-                key=args.key,
-            )
-        revision = write(args.key, args.value, args.if_revision)
-    finally:
-        backend.close()
-    out.write(f"{args.key} written to {spec.display} at revision {revision}\n")
-    return EXIT_OK
-
-
 def _cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
     hub = Hub([])
     rows = hub.backends()
@@ -465,8 +435,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return run_demo(out)
         if args.command == "backends":
             return _cmd_backends(args, out)
-        if args.command == "set":
-            return _cmd_set(args, out)
+        if args.command in WRITE_COMMANDS:
+            return run_write_command(args, out)
         hub = _make_hub(args)
         if args.command == "health":
             return _cmd_health(hub, args, out)

@@ -44,6 +44,7 @@ from ._slot import Slot, backend_named, writable_backend
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot, UnusableSnapshot
 from ._spec import SourceLike, SourceSpec, as_slots
 from ._strict import UnknownPolicy, strict_keys
+from ._writes import UPDATE_RETRIES, Transaction, Updated, Writer
 
 log = logging.getLogger("confhub")
 
@@ -146,6 +147,7 @@ class Hub:
         )
         self._persister = Persister(self.pm.hook.confhub_layer_accepted)
         self._stop = threading.Event()
+        self._writer = Writer(self._slots, self.make_backend)
         self._follower = Follower(
             self.pm.hook,
             lock=self._lock,
@@ -560,6 +562,41 @@ class Hub:
         finally:
             if opened:
                 backend.close()
+
+    def delete(
+        self, key: str, *, source: str | None = None, expected_revision: Any = MISSING
+    ) -> Any:
+        """Delete ``key``'s value from a writable source (chosen as :meth:`write` does);
+        returns the revision after it. Nothing there is no error; a table there is a
+        :class:`WriteError` (delete its keys). ``expected_revision`` as in :meth:`write`."""
+        self._check_running("hub.delete()")
+        return self._writer.delete(key, source, expected_revision)
+
+    def transaction(self, *, source: str | None = None) -> Transaction:
+        """A :class:`Transaction`: puts and deletes (each with an optional expected
+        revision) that ``commit()`` applies in ONE store transaction, or not at all. A
+        source that cannot do that (files, env) refuses it with a :class:`WriteError`."""
+        self._check_running("hub.transaction()")
+        return Transaction(lambda ops, force: self._commit(source, ops, force), source)
+
+    def _commit(self, source: str | None, ops: Sequence[Any], force: bool) -> Any:
+        self._check_running("Transaction.commit()")
+        return self._writer.commit(source, ops, force)
+
+    def update(
+        self,
+        key: str,
+        fn: Callable[[Any], Any],
+        *,
+        source: str | None = None,
+        retries: int = UPDATE_RETRIES,
+    ) -> Updated:
+        """Read-modify-write: write ``fn(current)`` to ``key`` (``MISSING`` when absent) as a
+        compare-and-swap on the revision read from the store, re-reading and calling ``fn``
+        again after a :class:`WriteConflictError`, at most ``retries`` times. Returns
+        :class:`Updated` (with ``attempts``); the last conflict is raised, naming the count."""
+        self._check_running("hub.update()")
+        return self._writer.update(key, fn, source, retries)
 
     def backends(self) -> list[dict[str, Any]]:
         """Describe the installed backend plugins (scheme, distribution, version)."""

@@ -28,13 +28,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._backend import Backend, BackendInfo, BackendSettings, Notify, hookimpl
+from ._backend import Backend, BackendInfo, BackendSettings, Notify, WriteOp, hookimpl
 from ._dispatch import merge_changes
 from ._errors import SourceUnavailableError, WriteConflictError
 from ._kvcontract import KVBackendContract, KVStoreHarness
 from ._layer import Layer, LayerDelta, flatten
 from ._merge import MISSING
-from .kv import check_write_shape
+from .kv import check_transaction, check_write_shape
 
 if TYPE_CHECKING:
     from ._hub import Hub
@@ -283,6 +283,40 @@ class MemoryStore:
             check_write_shape(self._data, key, value, source=f"memory:{self.name}")
             return self.set(key, value)
 
+    def commit(self, ops: Any, force: bool = False) -> int:
+        """Apply :class:`confhub.WriteOp` s as one revision, each expected revision checked
+        first (nothing is applied when one differs), refused as the KV plugins refuse a
+        transaction (:func:`confhub.kv.check_transaction`) unless ``force``."""
+        ops = tuple(ops)
+        source = f"memory:{self.name}"
+        with self._lock:
+            for op in ops:
+                actual = self._key_revisions.get(op.key, 0)
+                if op.expected_revision is not None and actual != int(op.expected_revision):
+                    raise WriteConflictError(
+                        f"{source}: {op.key} is at revision {actual}, not "
+                        f"{op.expected_revision}; nothing was written: re-read and retry",
+                        source=source,
+                        key=op.key,
+                        expected=op.expected_revision,
+                        actual=actual,
+                    )
+            check_transaction(self._data, ops, source=source, force=force)
+            puts = {op.key: op.value for op in ops if op.action == "put"}
+            gone = [op.key for op in ops if op.action == "delete" and op.key in self._data]
+            if not puts and not gone:
+                return self.revision
+            return self.transaction(puts, delete=gone)
+
+    def read(self, key: str) -> tuple[Any, int]:
+        """``(value, revision)`` of one dotted key; ``(MISSING, 0)`` when absent."""
+        with self._lock:
+            if self._failure is not None:
+                raise self._failure
+            if key not in self._data:
+                return MISSING, 0
+            return self._data[key], self._key_revisions[key]
+
     @hookimpl
     def confhub_backend_schemes(self) -> list[BackendInfo]:
         return [BackendInfo("memory", "in-memory store for tests", writable=True, watchable=True)]
@@ -320,6 +354,15 @@ class MemoryBackend(Backend):
 
     def write(self, key: str, value: Any, expected_revision: Any = None) -> int:
         return self.store.write(key, value, expected_revision)
+
+    def delete(self, key: str, expected_revision: Any = None) -> int:
+        return self.store.commit((WriteOp.delete(key, expected_revision),))
+
+    def commit(self, ops: Any, force: bool = False) -> int:
+        return self.store.commit(ops, force)
+
+    def read(self, key: str) -> tuple[Any, int]:
+        return self.store.read(key)
 
     def close(self) -> None:
         if self._notify is not None:

@@ -41,11 +41,13 @@ LAYERS: list[list[str]] = [
     ["_backends", "_backends.defaults", "_backends.env", "_backends.file"],  # builtin plugins
     ["_backends.argv", "_backends.dotenv", "_backends.secrets"],  # issue 13's builtins
     ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
-    ["_fallback"],  # start-up chain, recovery, polling, watch wiring
+    ["_fallback", "_writes"],  # start-up chain, recovery, polling; delete/txn/update
     ["_hub"],  # the facade that wires the stages
     ["_demo", "_kvharness"],  # run a Hub
+    ["_kvtxcontract"],  # the KV contract's transaction group
     ["_kvcontract"],  # the KV contract's tests, on its harness
     ["_cliconfig", "_cliformat"],  # the CLI's usage error and output formats
+    ["_cliwrite"],  # set, delete (dry-run, --check, --atomic)
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points
     ["integrations", "integrations._observe", "integrations._common"],  # what they share

@@ -41,3 +41,13 @@ def main() -> int:
     from_file: confhub.Hub = confhub.Hub.from_config(None, sources=[spec], cache_dir=None)
     print(from_file.sources)
     return 0
+
+
+def writes(hub: confhub.Hub) -> None:
+    txn: confhub.Transaction = hub.transaction(source="etcd://127.0.0.1:2379/app/")
+    revision: object = txn.put("db.host", "db2", expected_revision=12).delete("db.x").commit()
+    with hub.transaction() as block:
+        block.put("a", "1")
+    updated: confhub.Updated = hub.update("counter", lambda v: str(int(v) + 1), retries=3)
+    op: confhub.WriteOp = confhub.WriteOp.put("a", "1")
+    print(revision, hub.delete("db.x"), updated.attempts, op.key, txn.ops)

@@ -19,6 +19,7 @@ ORDER = [
     "_config",
     "_layers",
     "_documents",
+    "_transactions",
     "_backend",
     "_testhooks",
     "_testtls",

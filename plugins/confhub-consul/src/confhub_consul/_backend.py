@@ -16,8 +16,10 @@ Everything a user can set is described in ``docs/backend.md``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
+from typing import Any
 
-from confhub import BackendSettings, Layer, Notify, SourceSpec, SourceUnavailableError
+from confhub import BackendSettings, Layer, Notify, SourceSpec, SourceUnavailableError, WriteOp
 
 from ._http import Aborted, Connection
 from ._options import ConsulOptions
@@ -114,6 +116,18 @@ class ConsulBackend:
         cannot be reached.
         """
         return self._writer.write(key, value, expected_revision)
+
+    def delete(self, key: str, expected_revision: object = None) -> int:
+        """Delete one dotted key (nothing there: no error; a table: :class:`WriteError`)."""
+        return self._writer.delete(key, expected_revision)
+
+    def commit(self, ops: Sequence[WriteOp], force: bool = False) -> int:
+        """Apply puts and deletes in ONE ``/v1/txn`` (all or nothing); the new index."""
+        return self._writer.commit(ops, force)
+
+    def read(self, key: str) -> tuple[Any, int]:
+        """``(value, ModifyIndex)`` of one dotted key, from the leader."""
+        return self._writer.read(key)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:

@@ -445,6 +445,57 @@ class EtcdClient:
                 actual = int(op.response_range.kvs[0].mod_revision)
         return CASResult(False, revision, key_b, expected, actual)
 
+    def guarded_txn(
+        self,
+        *,
+        puts: Sequence[tuple[bytes, bytes]],
+        deletes: Sequence[bytes],
+        scopes: Mapping[bytes, int],
+        expected: Mapping[bytes, int],
+    ) -> tuple[bool, int, dict[bytes, int]]:
+        """Apply ``puts`` and ``deletes`` in ONE transaction, only if no key under each of
+        ``scopes`` was written after its revision and every key of ``expected`` is at that
+        mod_revision (0: absent). Returns ``(succeeded, revision, actual)``: on a failed
+        compare ``actual`` holds the current mod_revision of each ``expected`` key (when
+        all match, a scope changed instead: read it again). Limits are checked before
+        sending (:class:`EtcdLimitError`)."""
+        rpc = stubs()
+        compares = [
+            rpc.Compare(
+                key=scope,
+                range_end=prefix_range_end(scope),
+                result=rpc.Compare.LESS,
+                target=rpc.Compare.MOD,
+                mod_revision=revision + 1,
+            )
+            for scope, revision in scopes.items()
+        ]
+        compares += [
+            rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, mod_revision=rev)
+            for key, rev in expected.items()
+        ]
+        ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v)) for k, v in puts]
+        ops += [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)) for k in deletes]
+        _check_ops(max(len(ops), len(compares)), self._max_txn_ops, "transaction")
+        request = rpc.TxnRequest(
+            compare=compares,
+            success=ops,
+            failure=[
+                rpc.RequestOp(request_range=rpc.RangeRequest(key=k, keys_only=True))
+                for k in expected
+            ],
+        )
+        _check_size(request, self._max_request_bytes, "transaction")
+        response = self._unary("kv", "Txn", request, idempotent=False, what="transaction")
+        revision = int(response.header.revision)
+        actual = dict.fromkeys(expected, 0)
+        if not response.succeeded:
+            for op in response.responses:
+                if op.HasField("response_range") and op.response_range.kvs:
+                    item = op.response_range.kvs[0]
+                    actual[bytes(item.key)] = int(item.mod_revision)
+        return bool(response.succeeded), revision, actual
+
     def revision(self) -> int:
         """The current store revision."""
         response = self._unary(
