@@ -24,6 +24,7 @@ ORDER = [
     "_testhooks",
     "_testtls",
     "testing",
+    "pytest_plugin",
     "_demo",
     "_plugin",
 ]
