@@ -40,7 +40,8 @@ class Instance:
 
     ``origin`` is where it lives in the store (the etcd key, the Consul service id), for
     error messages; ``revision`` is the store's revision of the record when known (etcd's
-    mod revision). ``meta`` is a read-only mapping of strings.
+    mod revision). ``meta`` is a read-only mapping of strings. Equality compares every
+    field but ``revision``; the hash leaves ``meta`` out.
     """
 
     service: str
@@ -48,7 +49,7 @@ class Instance:
     address: str
     port: int
     meta: Mapping[str, str] = attrs.field(
-        factory=dict, converter=_freeze_meta, eq=False, hash=False
+        factory=dict, converter=_freeze_meta, hash=False
     )
     status: str = attrs.field(default="passing", validator=_check_status)
     origin: str = ""
@@ -62,7 +63,7 @@ class Instance:
 
     def same_record(self, other: Instance) -> bool:
         """Whether ``other`` describes this instance with the same address, port, meta and
-        status (the ``revision`` aside): discovery's notion of "unchanged"."""
+        status (``origin`` and ``revision`` aside): discovery's notion of "unchanged"."""
         return (
             self.service == other.service
             and self.instance_id == other.instance_id
