@@ -93,7 +93,7 @@ def _services(registry: Registry, args: argparse.Namespace, out: TextIO) -> int:
             out.write("".join(f"{name}\n" for name in names))
         return _OK
     listing = registry.instances(args.service)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": i.instance_id,
             "address": i.address,
