@@ -225,3 +225,22 @@ def test_election_has_at_most_one_leader_by_fencing_tokens(
         assert election.token is not None and election.token > child_token
     finally:
         child.close()
+
+
+def test_a_bad_record_written_while_watching_is_skipped_until_fixed(
+    etcd: EtcdServer, registry: Registry
+) -> None:
+    """A record broken by a later write is reported and dropped; fixing it serves it again."""
+    registry.register("api", address="127.0.0.1", port=1, instance_id="good")
+    discovery = registry.discover("api")
+    changes: queue.Queue[DiscoveryChange] = queue.Queue()
+    discovery.subscribe(changes.put)
+    etcd.put("/services/api/late", '{"address": "h", "port": 2}')
+    assert [i.instance_id for i in next_change(changes, "the late one").added] == ["late"]
+    etcd.put("/services/api/late", "][")
+    assert [i.instance_id for i in next_change(changes, "the broken one").removed] == ["late"]
+    assert [e.key for e in discovery.skipped] == ["/services/api/late"]
+    etcd.put("/services/api/late", '{"address": "h", "port": 3}')
+    assert [i.port for i in next_change(changes, "the fixed one").added] == [3]
+    assert discovery.skipped == ()
+    assert [i.instance_id for i in discovery.instances] == ["good", "late"]

@@ -34,7 +34,7 @@ from confhub import (
 from ._client import EtcdClient
 from ._config import parse_spec
 from ._errors import EtcdAuthError, EtcdCompacted, EtcdError
-from ._lease import Leases, StreamSet, lease_missing, wait_for_event
+from ._lease import Leases, StreamSet, lease_missing, wait_for_events
 from ._lock import EtcdLock
 from ._rpc import stubs
 from ._types import KeyValue, key_text, prefix_range_end, to_bytes
@@ -108,6 +108,27 @@ def parse_instance(service: str, instance_id: str, kv: KeyValue, source: str) ->
         raise bad(f"is not an instance: {exc}") from None
 
 
+class _Listing:
+    """A service's instances and skipped records by key, at ``index`` (mutable, private
+    to one backend; :meth:`freeze` gives the :class:`ServiceListing` value)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.instances: dict[str, Instance] = {}
+        self.skipped: dict[str, SourceFormatError] = {}
+
+    def forget(self, key: str) -> None:
+        self.instances.pop(key, None)
+        self.skipped.pop(key, None)
+
+    def freeze(self) -> ServiceListing:
+        return ServiceListing(
+            index=self.index,
+            instances=[self.instances[k] for k in sorted(self.instances)],
+            skipped=[self.skipped[k] for k in sorted(self.skipped)],
+        )
+
+
 class EtcdRegistry:
     """A :class:`confhub.RegistryBackend` on etcd. Thread-safe; no I/O until first used."""
 
@@ -119,6 +140,9 @@ class EtcdRegistry:
         self._lock = threading.Lock()
         self._client: EtcdClient | None = None
         self._leases: dict[str, tuple[int, Instance]] = {}
+        # The last listing of each service, by key, so that a watch event updates it in
+        # time proportional to the change (not to the service's size).
+        self._listings: dict[str, _Listing] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -267,43 +291,59 @@ class EtcdRegistry:
         snapshot = self.run(
             f"the listing of {service}", lambda: self.client.read_prefix(prefix, convert=False)
         )
-        instances: list[Instance] = []
-        skipped: list[SourceFormatError] = []
+        listing = _Listing(snapshot.revision)
         for kv in snapshot.items:
-            instance_id = key_text(kv.key)[len(prefix) :]
-            if not instance_id or "/" in instance_id:
-                key = key_text(kv.key)
-                skipped.append(
-                    SourceFormatError(
-                        f"{self.display}: key {key!r} is not PREFIX/SERVICE/INSTANCE_ID; "
-                        "delete it or move it out of the registry's prefix",
-                        source=self.display,
-                        key=key,
-                    )
-                )
-                continue
-            try:
-                instances.append(parse_instance(service, instance_id, kv, self.display))
-            except SourceFormatError as exc:
-                skipped.append(exc)
-        return ServiceListing(index=snapshot.revision, instances=instances, skipped=skipped)
+            self._record(listing, service, prefix, kv)
+        with self._lock:
+            self._listings[service] = listing
+        return listing.freeze()
+
+    def _record(self, listing: _Listing, service: str, prefix: str, kv: KeyValue) -> None:
+        key = key_text(kv.key)
+        listing.forget(key)
+        instance_id = key[len(prefix) :]
+        if not instance_id or "/" in instance_id:
+            listing.skipped[key] = SourceFormatError(
+                f"{self.display}: key {key!r} is not PREFIX/SERVICE/INSTANCE_ID; "
+                "delete it or move it out of the registry's prefix",
+                source=self.display,
+                key=key,
+            )
+            return
+        try:
+            listing.instances[key] = parse_instance(service, instance_id, kv, self.display)
+        except SourceFormatError as exc:
+            listing.skipped[key] = exc
 
     def wait_instances(self, service: str, index: int, timeout: float) -> ServiceListing:
-        prefix = to_bytes(f"{self.prefix}{service}/")
+        prefix = f"{self.prefix}{service}/"
+        prefix_b = to_bytes(prefix)
         try:
-            wait_for_event(
+            events = wait_for_events(
                 self.client,
                 self.streams,
-                key=prefix,
-                range_end=prefix_range_end(prefix),
+                key=prefix_b,
+                range_end=prefix_range_end(prefix_b),
                 start_revision=index + 1,
                 timeout=timeout,
             )
         except EtcdCompacted:
-            pass  # history is gone: the fresh read below is the answer
+            events = None  # history is gone: read afresh
         except EtcdError as exc:
             raise self.translate(exc, f"the watch of {service}") from None
-        return self.list_instances(service)
+        with self._lock:
+            listing = self._listings.get(service)
+        if events is None or listing is None or listing.index != index:
+            return self.list_instances(service)
+        if not events:
+            return listing.freeze()
+        for event in events:
+            if event.type == 1:  # DELETE
+                listing.forget(key_text(event.kv.key))
+            else:
+                self._record(listing, service, prefix, event.kv)
+            listing.index = max(listing.index, int(event.kv.mod_revision))
+        return listing.freeze()
 
     def services(self) -> tuple[str, ...]:
         _, keys = self.run("the service list", lambda: self.client.keys_under(self.prefix))
