@@ -76,7 +76,11 @@ def _diff(
 ) -> tuple[tuple[Instance, ...], tuple[Instance, ...], tuple[Instance, ...]]:
     added = tuple(i for k, i in after.items() if k not in before)
     removed = tuple(i for k, i in before.items() if k not in after)
-    changed = tuple(i for k, i in after.items() if k in before and not before[k].same_record(i))
+    changed = tuple(
+        i
+        for k, i in after.items()
+        if k in before and before[k] is not i and not before[k].same_record(i)
+    )
     return added, removed, changed
 
 
