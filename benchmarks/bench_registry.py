@@ -80,7 +80,7 @@ class Watcher:
     """The discovering process: reports when its Discovery and its raw watch saw a record."""
 
     def __init__(self, spec: str, endpoint: str, prefix: str) -> None:
-        self.process = subprocess.Popen(  # noqa: S603 - our own script
+        self.process = subprocess.Popen(
             [sys.executable, "-c", CHILD, spec, endpoint, prefix],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -283,9 +283,7 @@ def bench_lock(etcd: EtcdServer, *, rounds: int) -> list[Row]:
                 waiter = registry.lock("job", ttl=10, identity="waiter")
                 holder.acquire()
                 got: list[int] = []
-                thread = threading.Thread(
-                    target=lambda w=waiter: (w.acquire(30), got.append(time.monotonic_ns()))
-                )
+                thread = threading.Thread(target=_acquire_into, args=(waiter, got))
                 thread.start()
                 time.sleep(0.05)  # the waiter is queued and watching
                 t0 = time.monotonic_ns()
@@ -321,6 +319,11 @@ def bench_lock(etcd: EtcdServer, *, rounds: int) -> list[Row]:
     ]
 
 
+def _acquire_into(lock: confhub.Lock, got: list[int]) -> None:
+    lock.acquire(30)
+    got.append(time.monotonic_ns())
+
+
 def _kill_handover(spec: str, registry: confhub.Registry) -> float:
     code = (
         "import sys, time, confhub\n"
@@ -328,7 +331,7 @@ def _kill_handover(spec: str, registry: confhub.Registry) -> float:
         "lock.acquire(); print('held', flush=True)\n"
         "time.sleep(60)\n"
     )
-    child = subprocess.Popen(  # noqa: S603 - our own script
+    child = subprocess.Popen(
         [sys.executable, "-c", code, spec], stdout=subprocess.PIPE, text=True, env=_env()
     )
     try:
@@ -366,7 +369,9 @@ def main() -> None:
         )
         print_table(
             "A service with 1,000 instances",
-            bench_large_service(etcd, instances=100 if quick else 1000, changes=20 if quick else 200),
+            bench_large_service(
+                etcd, instances=100 if quick else 1000, changes=20 if quick else 200
+            ),
             latency=True,
         )
         print_table("Lock handover", bench_lock(etcd, rounds=5 if quick else 50), latency=True)
