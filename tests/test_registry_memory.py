@@ -257,3 +257,19 @@ def test_opt_in_cache_older_than_max_staleness_is_not_served(name: str, tmp_path
             registry.discover("api", cache_path=cache, max_staleness=60)
     finally:
         store.recover()
+
+
+def test_status_set_while_the_lease_is_lost_is_carried_by_the_reregistration(name: str) -> None:
+    """set_status on a lost registration does not fail; the re-registration carries it."""
+    store = memory_registry_store(name)
+    with Registry(f"memory:{name}") as registry:
+        states: queue.Queue[RegistrationState] = queue.Queue()
+        registration = registry.register(
+            "api", address="h", port=1, ttl=3, instance_id="a", on_state=states.put
+        )
+        store.expire("a")
+        registration.set_status("warning")
+        assert wait_for(states, "the loss") is RegistrationState.LOST
+        assert wait_for(states, "the return") is RegistrationState.REREGISTERED
+        (instance,) = registry.instances("api").instances
+        assert instance.status == "warning"
