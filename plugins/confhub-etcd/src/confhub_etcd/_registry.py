@@ -196,7 +196,7 @@ class _Listing:
     def freeze(self) -> ServiceListing:
         return ServiceListing(
             index=self.index,
-            instances=[self.instances[k] for k in sorted(self.instances)],
+            instances=self.instances.values(),  # in no particular order
             skipped=[self.skipped[k] for k in sorted(self.skipped)],
         )
 
