@@ -29,17 +29,20 @@ from ._errors import (
     SourceUnavailableError,
     SpecError,
     StartupError,
+    UnknownKey,
+    UnknownKeyError,
     WriteConflictError,
     WriteError,
 )
 from ._explain import Explanation, Origin
-from ._health import Health, SourceHealth
+from ._health import Health, SlotState, SourceHealth
 from ._hub import Hub, State
 from ._layer import Layer, LayerDelta
 from ._location import UrlParts
 from ._locks import Election, Lock
 from ._merge import MISSING
 from ._parsers import parse_document
+from ._probes import Readiness
 from ._redact import is_secret_key
 from ._registration import Registration, RegistrationState, close_on_signal
 from ._registry import Registry
@@ -81,6 +84,7 @@ __all__ = [
     "Notify",
     "Origin",
     "PluginError",
+    "Readiness",
     "Registration",
     "RegistrationState",
     "Registry",
@@ -88,6 +92,7 @@ __all__ = [
     "RegistryError",
     "RegistryInputError",
     "ServiceListing",
+    "SlotState",
     "Snapshot",
     "SourceError",
     "SourceFormatError",
@@ -99,6 +104,8 @@ __all__ = [
     "StartupError",
     "State",
     "Subscription",
+    "UnknownKey",
+    "UnknownKeyError",
     "Update",
     "UrlParts",
     "View",

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._backend import cache_principal_of, hookimpl, is_cacheable
 from ._fileio import read_at_most
+from ._health import log_fields
 from ._layer import Layer, freeze, to_json
 from ._merge import MISSING
 from ._redact import DROPPED, SECRET_OPTIONS, strip_secrets
@@ -290,7 +291,12 @@ class Cache:
             return None
         except (OSError, CacheError) as exc:
             # Nothing in a refused directory is opened or moved aside.
-            log.warning("ignoring the cache file of %s: %s", spec.display, exc)
+            log.warning(
+                "ignoring the cache file of %s: %s",
+                spec.display,
+                exc,
+                extra=log_fields(spec.display),
+            )
             return None
         path = self.path_for(spec, digest)
         try:
@@ -298,7 +304,12 @@ class Cache:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning("cache of %s unreadable (%s); not using it", spec.display, exc)
+            log.warning(
+                "cache of %s unreadable (%s); not using it",
+                spec.display,
+                exc,
+                extra=log_fields(spec.display),
+            )
             return None
         except CacheError as exc:
             self._quarantine(path, spec, exc)
@@ -339,7 +350,13 @@ class Cache:
             moved = f"; moved aside to {aside.name}"
         except OSError:
             moved = ""
-        log.warning("ignoring the cache file of %s: %s%s", spec.display, exc, moved)
+        log.warning(
+            "ignoring the cache file of %s: %s%s",
+            spec.display,
+            exc,
+            moved,
+            extra=log_fields(spec.display),
+        )
 
     # -- writing ---------------------------------------------------------------------------
     def write(self, spec: SourceSpec, layer: Layer, principal: str | None = None) -> bool:
@@ -500,6 +517,7 @@ class CachePlugin:
                     spec.display,
                     age,
                     max_stale,
+                    extra=log_fields(spec.display, revision=layer.revision),
                 )
                 return None
         return layer

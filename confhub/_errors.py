@@ -8,6 +8,7 @@ Every exception confhub raises on purpose derives from :class:`ConfhubError`::
     │   ├── SourceFormatError          the content is broken; never silently falls back
     │   └── SourcePermissionError      the store refused us (HTTP 403, ACL, auth)
     ├── ConfigValidationError(ValueError)   path-qualified binding errors, ``.errors``
+    │   └── UnknownKeyError            a bound table holds keys its class does not declare
     ├── ConfigKeyError(KeyError)       ``hub.get`` of a key no source provides
     ├── SpecError(ValueError)          a source spec that cannot be parsed
     │   └── BackendNotFoundError       no installed plugin handles a scheme
@@ -30,6 +31,8 @@ messages name the thing at fault and the way out.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import attrs
 
 
 class ConfhubError(Exception):
@@ -80,6 +83,43 @@ class ConfigValidationError(ConfhubError, ValueError):
     def __init__(self, message: str, *, errors: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.errors = tuple(errors)
+
+
+@attrs.frozen
+class UnknownKey:
+    """A key under a bound table that its class does not declare (see :class:`UnknownKeyError`).
+
+    - ``key``: the dotted key in the configuration (``db.pool_sise``; for a key inside a
+      list item, the list's key); ``name``: the key as written (``pool_sise``);
+    - ``path``: where binding found it (``$.db.pool_sise``, relative to the bound prefix);
+    - ``source``: the display name of the highest source holding it, ``detail`` that
+      source's provenance of it (``config.toml:4``, an etcd key, a Consul key) and
+      ``also`` the other sources that hold it;
+    - ``suggestion``: the declared key it most resembles (``pool_size``), or ``None``.
+    """
+
+    key: str
+    name: str
+    path: str
+    source: str
+    detail: str | None = None
+    suggestion: str | None = None
+    also: tuple[str, ...] = ()
+
+
+class UnknownKeyError(ConfigValidationError):
+    """Binding refused keys the bound class does not declare (the ``"forbid"`` policy).
+
+    ``unknown`` holds one :class:`UnknownKey` per key; ``errors`` has their lines (and any
+    other binding error found in the same pass). Bind with ``unknown="warn"`` or
+    ``unknown="ignore"`` to accept them.
+    """
+
+    def __init__(
+        self, message: str, *, errors: Sequence[str] = (), unknown: Sequence[UnknownKey] = ()
+    ) -> None:
+        super().__init__(message, errors=errors)
+        self.unknown = tuple(unknown)
 
 
 class ConfigKeyError(ConfhubError, KeyError):

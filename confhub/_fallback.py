@@ -31,7 +31,7 @@ from ._errors import (
     StartupError,
     without_source,
 )
-from ._health import SlotState
+from ._health import SlotState, log_fields
 from ._layer import Layer, too_many_keys
 from ._slot import Slot, check_keys
 from ._spec import SourceSpec
@@ -168,7 +168,11 @@ def _try_live_members(
         slot.serve(i, layer, attempts[-1][1] if attempts else None)
         if attempts:
             log.warning(
-                "%s: serving the alternate %s (%s)", slot.display, spec.display, attempts[-1][1]
+                "%s: serving the alternate %s (%s)",
+                slot.display,
+                spec.display,
+                attempts[-1][1],
+                extra=log_fields(slot.display, SlotState.FALLBACK, layer.revision),
             )
         return True
     return False
@@ -183,7 +187,7 @@ def _try_caches(slot: Slot, hook: Any, attempts: list[tuple[str, BaseException]]
         cap = spec.max_keys
         if len(layer.values) > cap:
             error = too_many_keys(spec.display, len(layer.values), cap)
-            log.warning("not serving the cached copy: %s", error)
+            log.warning("not serving the cached copy: %s", error, extra=log_fields(slot.display))
             continue
         slot.serve_cached(i, layer, attempts[-1][1] if attempts else None)
         log.warning(
@@ -192,6 +196,7 @@ def _try_caches(slot: Slot, hook: Any, attempts: list[tuple[str, BaseException]]
             slot.last_error,
             layer.revision,
             time.time() - layer.fetched_at,
+            extra=log_fields(slot.display, SlotState.CACHED, layer.revision),
         )
         return True
     return False
@@ -201,7 +206,11 @@ def _absent_or_fail(slot: Slot, attempts: list[tuple[str, BaseException]], refus
     """Nothing answered: an optional slot is absent; a required one raises StartupError."""
     if slot.optional:
         slot.serve_nothing(attempts[-1][1] if attempts else None)
-        log.warning("%s is unavailable and optional; it contributes nothing", slot.display)
+        log.warning(
+            "%s is unavailable and optional; it contributes nothing",
+            slot.display,
+            extra=log_fields(slot.display, SlotState.ABSENT),
+        )
         return
     lines = "; ".join(f"{what}: {without_source(what, err)}" for what, err in attempts)
     cached = (

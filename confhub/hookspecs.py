@@ -151,8 +151,13 @@ def confhub_validate_snapshot(snapshot: Snapshot, previous: Snapshot | None) -> 
 
 
 @hookspec
-def confhub_snapshot_published(change: Change) -> None:
-    """A new snapshot was published. Called in every plugin, on the hub's notifier thread."""
+def confhub_snapshot_published(change: Change, subscriber_seconds: float) -> None:
+    """A new snapshot was published and its subscribers were called.
+
+    ``subscriber_seconds`` is the time the hub's subscribers took for ``change``, all of them
+    (a metric of slow callbacks). Called in every plugin, on the hub's notifier thread, after
+    the subscribers.
+    """
 
 
 # -- command line --------------------------------------------------------------------------

@@ -20,11 +20,12 @@ PACKAGE = Path(confhub.__file__).parent
 LAYERS: list[list[str]] = [
     ["_location"],  # the one parser of a network spec's location (no confhub imports)
     ["_errors", "_redact", "_health", "_fileio"],  # values (_redact builds on _location)
-    ["_docbounds"],  # document bounds and error wording shared by the parsers
+    ["_docbounds", "_probes"],  # bounds the parsers share; readiness (from health)
     ["_yaml"],  # the YAML loaders
-    ["_spec", "_parsers", "_layer"],  # specs, documents, layers
-    ["_merge", "_backend", "_registry_types"],  # the pure merge; the backend and registry contracts
+    ["_spec", "_parsers", "_layer", "_bindtypes"],  # specs, documents, layers; bindable kinds
+    ["_merge", "_backend", "_registry_types"],  # the pure merge; the backend, registry contracts
     ["_snapshot"],  # the immutable merged view and its events
+    ["_strict"],  # strict binding: unknown keys, shape errors, their sources
     ["hookspecs"],  # the plugin contract (type-only imports)
     [
         # stages that take a snapshot or a layer; the cache plugin; the KV kit
@@ -35,6 +36,7 @@ LAYERS: list[list[str]] = [
         "_cache",
         "kv",  # the public kit for KV backends
     ],
+    ["_aio"],  # asyncio: lifecycle off the loop, events as async iterators
     [
         "_backends",
         "_backends.defaults",
@@ -52,6 +54,15 @@ LAYERS: list[list[str]] = [
     ["_cliconfig", "_cliformat", "_cliregistry"],  # the CLI's config, formats, registry
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points
+    ["integrations", "integrations._observe", "integrations._common"],  # what they share
+    # optional integrations: metrics plugins, web frameworks
+    [
+        "integrations.prometheus",
+        "integrations.otel",
+        "integrations.starlette",
+        "integrations.flask",
+    ],
+    ["pytest_plugin"],  # the pytest plugin (fixtures on confhub.testing)
 ]
 
 #: (importer, imported) pairs allowed upwards under ``if TYPE_CHECKING:`` only.

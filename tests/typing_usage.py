@@ -30,10 +30,11 @@ def main() -> int:
         port: object = hub.get("db.port", default=5432)
         cfg: AppConfig = hub.bind(AppConfig)
         view: confhub.View[AppConfig] = hub.view(AppConfig)
+        lenient: AppConfig = hub.bind(AppConfig, prefix=None, unknown="warn")
         current: AppConfig = view.current
         sub: confhub.Subscription = hub.subscribe(on_change, prefix="db")
         explanation: confhub.Explanation = hub.explain("db.port")
         health: confhub.Health = hub.health()
         sub.cancel()
-        print(port, cfg, current.db.port, explanation.source, health.degraded)
+        print(port, cfg, lenient, current.db.port, explanation.source, health.degraded)
     return 0
