@@ -20,9 +20,13 @@ ORDER = [
     "_layers",
     "_documents",
     "_backend",
+    "_lease",
+    "_lock",
+    "_registry",
     "_testhooks",
     "_testtls",
     "testing",
+    "pytest_plugin",
     "_demo",
     "_plugin",
 ]

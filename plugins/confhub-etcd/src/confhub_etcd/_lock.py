@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from confhub import LockLostError, LockTimeoutError
 
@@ -24,7 +24,30 @@ from ._rpc import stubs
 from ._types import prefix_range_end, to_bytes
 
 if TYPE_CHECKING:
-    from ._registry import EtcdRegistry
+    from collections.abc import Callable
+
+    from ._client import EtcdClient
+    from ._lease import StreamSet
+
+T = TypeVar("T")
+
+
+class LockOwner(Protocol):
+    """What a lock uses of the registry connection that made it (``EtcdRegistry``)."""
+
+    display: str
+
+    @property
+    def client(self) -> EtcdClient: ...
+
+    @property
+    def streams(self) -> StreamSet: ...
+
+    def leases(self) -> Leases: ...
+
+    def run(self, what: str, action: Callable[[], T]) -> T: ...
+
+    def translate(self, exc: EtcdError, what: str) -> Exception: ...
 
 __all__ = ["EtcdLock"]
 
@@ -33,7 +56,7 @@ class EtcdLock:
     """A :class:`confhub.LockBackend` on etcd, for one lock name and one identity."""
 
     def __init__(
-        self, registry: EtcdRegistry, prefix: str, name: str, ttl: float, identity: str
+        self, registry: LockOwner, prefix: str, name: str, ttl: float, identity: str
     ) -> None:
         self._registry = registry
         self._prefix = to_bytes(prefix)
