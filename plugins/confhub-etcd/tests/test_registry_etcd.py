@@ -279,3 +279,28 @@ def test_leaderships_never_overlap_and_tokens_order_them(registry: Registry) -> 
     assert len(terms) == 9
     for (_, _, end, _), (_, start, _, _) in itertools.pairwise(terms):
         assert end <= start  # the next leader (larger token) began after the last one ended
+
+
+def test_holder_cut_off_gives_up_before_another_can_hold(etcd: EtcdServer, spec: str) -> None:
+    """etcd stops: the holder gives the lock up (on_lost) while etcd is still down, so before
+    etcd can hand it to anyone; once etcd is back, the waiter holds it."""
+    store_running_at_loss: list[bool] = []
+    lost = threading.Event()
+
+    def on_lost(error: confhub.LockLostError) -> None:
+        store_running_at_loss.append(etcd.members[0].running)
+        lost.set()
+
+    with Registry(spec, settings=FAST) as holder_side, Registry(spec, settings=FAST) as other:
+        holder = holder_side.lock("job", ttl=2, identity="holder", on_lost=on_lost)
+        holder.acquire()
+        etcd.stop()
+        try:
+            assert lost.wait(WAIT)
+            assert not holder.held
+        finally:
+            etcd.start()
+        assert store_running_at_loss == [False]
+        waiter = other.lock("job", ttl=2, identity="waiter")
+        token = waiter.acquire(timeout=WAIT)
+        assert waiter.holder() == ("waiter", token)
