@@ -9,6 +9,7 @@ from . import sources
 from ._backend import Backend, BackendInfo, BackendSettings, Notify, Update, WriteOp, hookimpl
 from ._binding import View, parse_duration
 from ._cli import main
+from ._discovery import Discovery, DiscoveryChange, DiscoveryHealth
 from ._dispatch import Subscription
 from ._errors import (
     BackendNotFoundError,
@@ -17,7 +18,13 @@ from ._errors import (
     ConfigKeyError,
     ConfigValidationError,
     HubStateError,
+    LeaseLostError,
+    LockLostError,
+    LockTimeoutError,
+    NoInstanceError,
     PluginError,
+    RegistryError,
+    RegistryInputError,
     SourceError,
     SourceFormatError,
     SourcePermissionError,
@@ -34,10 +41,14 @@ from ._health import Health, SlotState, SourceHealth
 from ._hub import Hub, State
 from ._layer import Layer, LayerDelta
 from ._location import UrlParts
+from ._locks import Election, Lock
 from ._merge import MISSING
 from ._parsers import parse_document
 from ._probes import Readiness
 from ._redact import is_secret_key
+from ._registration import Registration, RegistrationState, close_on_signal
+from ._registry import Registry
+from ._registry_types import CheckSpec, Instance, LockBackend, RegistryBackend, ServiceListing
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot
 from ._spec import Fallback, SourceSpec
 from ._writes import Transaction, Updated
@@ -48,24 +59,43 @@ __all__ = [
     "BackendNotFoundError",
     "BackendSettings",
     "Change",
+    "CheckSpec",
     "ConfhubError",
     "ConfigFileError",
     "ConfigKeyError",
     "ConfigValidationError",
+    "Discovery",
+    "DiscoveryChange",
+    "DiscoveryHealth",
+    "Election",
     "ErrorEvent",
     "Explanation",
     "Fallback",
     "Health",
     "Hub",
     "HubStateError",
+    "Instance",
     "KeyChange",
     "Layer",
     "LayerDelta",
+    "LeaseLostError",
+    "Lock",
+    "LockBackend",
+    "LockLostError",
+    "LockTimeoutError",
     "MISSING",
+    "NoInstanceError",
     "Notify",
     "Origin",
     "PluginError",
     "Readiness",
+    "Registration",
+    "RegistrationState",
+    "Registry",
+    "RegistryBackend",
+    "RegistryError",
+    "RegistryInputError",
+    "ServiceListing",
     "SlotState",
     "Snapshot",
     "SourceError",
@@ -88,6 +118,7 @@ __all__ = [
     "WriteConflictError",
     "WriteError",
     "WriteOp",
+    "close_on_signal",
     "hookimpl",
     "is_secret_key",
     "main",

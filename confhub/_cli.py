@@ -24,6 +24,8 @@ import attrs
 
 from ._cliconfig import UsageError
 from ._cliformat import jsonable, null_paths, redact_tree, to_toml
+from ._cliregistry import COMMANDS as REGISTRY_COMMANDS
+from ._cliregistry import add_registry_commands, run_registry_command
 from ._cliwrite import WRITE_COMMANDS, add_write_commands, run_write_command
 from ._errors import (
     ConfhubError,
@@ -121,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     sub.add_parser("demo", help="a guided run: layers, a live change, explain, failures")
+    add_registry_commands(sub)  # services, register, lock (confhub._cliregistry)
     return parser
 
 
@@ -437,6 +440,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return _cmd_backends(args, out)
         if args.command in WRITE_COMMANDS:
             return run_write_command(args, out)
+        if args.command in REGISTRY_COMMANDS:
+            return run_registry_command(args, out)
         hub = _make_hub(args)
         if args.command == "health":
             return _cmd_health(hub, args, out)

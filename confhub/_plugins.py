@@ -33,6 +33,7 @@ BUILTIN_PLUGINS = (
     ("dotenv", "confhub._backends.dotenv"),
     ("secrets", "confhub._backends.secrets"),
     ("argv", "confhub._backends.argv"),
+    ("memregistry", "confhub._memregistry"),  # the memory: registry store
 )
 
 _BUILTIN_NAMES = frozenset(name for name, _ in BUILTIN_PLUGINS) | {"cache"}

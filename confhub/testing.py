@@ -33,7 +33,9 @@ from ._dispatch import merge_changes
 from ._errors import SourceUnavailableError, WriteConflictError
 from ._kvcontract import KVBackendContract, KVStoreHarness
 from ._layer import Layer, LayerDelta, flatten
+from ._memregistry import MemoryRegistryStore, memory_registry_store
 from ._merge import MISSING
+from ._regcontract import RegistryBackendContract, RegistryStoreHarness
 from .kv import check_transaction, check_write_shape
 
 if TYPE_CHECKING:
@@ -45,9 +47,13 @@ __all__ = [
     "KVBackendContract",
     "KVStoreHarness",
     "MemoryBackend",
+    "MemoryRegistryStore",
     "MemoryStore",
+    "RegistryBackendContract",
+    "RegistryStoreHarness",
     "backend_of",
     "change_and_wait",
+    "memory_registry_store",
     "queue_depth",
     "wait_for_value",
 ]

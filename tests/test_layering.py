@@ -24,7 +24,8 @@ LAYERS: list[list[str]] = [
     ["_yaml"],  # the YAML loaders
     # specs, documents, layers; bindable kinds; confhub.toml
     ["_spec", "_parsers", "_layer", "_bindtypes", "_fromconfig"],
-    ["_merge", "_backend", "sources"],  # the pure merge; the backend contract; spec builders
+    # the pure merge; the backend and registry contracts; spec builders
+    ["_merge", "_backend", "_registry_types", "sources"],
     ["_snapshot"],  # the immutable merged view and its events
     ["_strict"],  # strict binding: unknown keys, shape errors, their sources
     ["hookspecs"],  # the plugin contract (type-only imports)
@@ -38,15 +39,23 @@ LAYERS: list[list[str]] = [
         "kv",  # the public kit for KV backends
     ],
     ["_aio", "_backends._watch"],  # asyncio helpers; the watching machinery file builtins share
-    ["_backends", "_backends.defaults", "_backends.env", "_backends.file"],  # builtin plugins
+    [
+        "_backends",
+        "_backends.defaults",
+        "_backends.env",
+        "_backends.file",
+        "_memregistry",
+    ],  # builtin plugins
     ["_backends.argv", "_backends.dotenv", "_backends.secrets"],  # issue 13's builtins
+    ["_registration", "_discovery", "_locks"],  # the registry's threads
     ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
     ["_fallback", "_writes"],  # start-up chain, recovery, polling; delete/txn/update
-    ["_hub"],  # the facade that wires the stages
+    ["_hub", "_registry"],  # the facades that wire the stages
+    ["_demoregistry"],  # the demo's registry part
     ["_demo", "_kvharness"],  # run a Hub
     ["_kvtxcontract"],  # the KV contract's transaction group
-    ["_kvcontract"],  # the KV contract's tests, on its harness
-    ["_cliconfig", "_cliformat"],  # the CLI's usage error and output formats
+    ["_kvcontract", "_regcontract"],  # the KV and registry contracts' tests
+    ["_cliconfig", "_cliformat", "_cliregistry"],  # the CLI's usage error, formats, registry
     ["_cliwrite"],  # set, delete (dry-run, --check, --atomic)
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points
