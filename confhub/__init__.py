@@ -15,7 +15,12 @@ from ._errors import (
     ConfigKeyError,
     ConfigValidationError,
     HubStateError,
+    LeaseLostError,
+    LockLostError,
+    LockTimeoutError,
+    NoInstanceError,
     PluginError,
+    RegistryError,
     SourceError,
     SourceFormatError,
     SourcePermissionError,
@@ -33,6 +38,7 @@ from ._location import UrlParts
 from ._merge import MISSING
 from ._parsers import parse_document
 from ._redact import is_secret_key
+from ._registry_types import CheckSpec, Instance, LockBackend, RegistryBackend, ServiceListing
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot
 from ._spec import Fallback, SourceSpec
 
@@ -42,6 +48,7 @@ __all__ = [
     "BackendNotFoundError",
     "BackendSettings",
     "Change",
+    "CheckSpec",
     "ConfhubError",
     "ConfigKeyError",
     "ConfigValidationError",
@@ -51,13 +58,22 @@ __all__ = [
     "Health",
     "Hub",
     "HubStateError",
+    "Instance",
     "KeyChange",
     "Layer",
     "LayerDelta",
+    "LeaseLostError",
+    "LockBackend",
+    "LockLostError",
+    "LockTimeoutError",
     "MISSING",
+    "NoInstanceError",
     "Notify",
     "Origin",
     "PluginError",
+    "RegistryBackend",
+    "RegistryError",
+    "ServiceListing",
     "Snapshot",
     "SourceError",
     "SourceFormatError",

@@ -15,6 +15,11 @@ Every exception confhub raises on purpose derives from :class:`ConfhubError`::
     │   └── WriteConflictError         compare-and-swap lost
     ├── StartupError                   a required source had no live data, alternate or cache
     ├── PluginError                    a plugin could not be loaded, or implements no hookspec
+    ├── RegistryError                  service registry, discovery, locks (``.service``/``.name``)
+    │   ├── LeaseLostError             the store forgot our lease, registration or session
+    │   ├── LockLostError              a held lock's lease or session is gone (or went stale)
+    │   ├── LockTimeoutError           ``acquire(timeout=)`` ran out
+    │   └── NoInstanceError            ``pick()`` found no passing instance
     └── HubStateError(RuntimeError)    the hub was used in the wrong state (closed, not started)
 
 Exceptions carry their context as attributes so that callers never parse messages, and
@@ -147,6 +152,34 @@ class StartupError(ConfhubError):
 
 class PluginError(ConfhubError):
     """A plugin could not be loaded or implements a hook that does not exist."""
+
+
+class RegistryError(ConfhubError):
+    """A registry operation failed; ``name`` is the service, instance or lock at fault and
+    ``source`` the registry's display name (credentials removed), when known."""
+
+    def __init__(self, message: str, *, source: str = "", name: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+        self.name = name
+
+
+class LeaseLostError(RegistryError):
+    """The store no longer has our lease, registration or session (it expired or was
+    revoked): the core re-registers as soon as the store answers."""
+
+
+class LockLostError(RegistryError):
+    """A lock we held is gone: its lease or session expired, was revoked, or could not be
+    refreshed before the lock's validity ran out. Stop acting as the holder."""
+
+
+class LockTimeoutError(RegistryError):
+    """``acquire(timeout=...)`` ran out before the lock was ours."""
+
+
+class NoInstanceError(RegistryError, LookupError):
+    """``Discovery.pick()`` found no passing instance of the service."""
 
 
 class HubStateError(ConfhubError, RuntimeError):

@@ -23,7 +23,7 @@ LAYERS: list[list[str]] = [
     ["_docbounds"],  # document bounds and error wording shared by the parsers
     ["_yaml"],  # the YAML loaders
     ["_spec", "_parsers", "_layer"],  # specs, documents, layers
-    ["_merge", "_backend"],  # the pure merge; the backend contract
+    ["_merge", "_backend", "_registry_types"],  # the pure merge; the backend and registry contracts
     ["_snapshot"],  # the immutable merged view and its events
     ["hookspecs"],  # the plugin contract (type-only imports)
     [
