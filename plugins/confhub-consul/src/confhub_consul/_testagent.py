@@ -359,7 +359,8 @@ class AgentState:
             for cid in dropped:
                 del self._checks[cid]
                 changed = True
-            for check in checks:
+            for given in checks:
+                check = given
                 prev = self._checks.get(check.id)
                 if prev is not None:
                     # Consul snapshots check state and restores it on re-registration.
@@ -450,9 +451,7 @@ class AgentState:
                 synced_output=output,
                 modify_index=idx,
                 last_sync=now,
-                critical_since=(
-                    (check.critical_since or now) if status == "critical" else None
-                ),
+                critical_since=((check.critical_since or now) if status == "critical" else None),
                 **extra,
             )
             self._checks[check.id] = check
@@ -474,14 +473,19 @@ class AgentState:
         st = self.state
         with st.cond:
             now = st.clock()
-            for check in list(self._checks.values()):
-                if check.kind == "ttl" and check.ttl_deadline is not None:
-                    if now >= check.ttl_deadline and check.status != "critical":
-                        text = "TTL expired"
-                        if check.output:
-                            text += f" (last output before timeout follows): {check.output}"
-                        self._set_status(check, "critical", text, now, ttl_deadline=None)
-                        check = self._checks[check.id]
+            for stored in list(self._checks.values()):
+                check = stored
+                if (
+                    check.kind == "ttl"
+                    and check.ttl_deadline is not None
+                    and now >= check.ttl_deadline
+                    and check.status != "critical"
+                ):
+                    text = "TTL expired"
+                    if check.output:
+                        text += f" (last output before timeout follows): {check.output}"
+                    self._set_status(check, "critical", text, now, ttl_deadline=None)
+                    check = self._checks[check.id]
                 if (
                     check.output != check.synced_output
                     and now - check.last_sync >= self.check_update_interval
@@ -652,8 +656,9 @@ class AgentState:
 
 
 def _same_check(a: AgentCheck, b: AgentCheck) -> bool:
-    keep = {"ttl_deadline": None, "next_probe": None}
-    return dataclasses.replace(a, **keep) == dataclasses.replace(b, **keep)
+    return dataclasses.replace(a, ttl_deadline=None, next_probe=None) == dataclasses.replace(
+        b, ttl_deadline=None, next_probe=None
+    )
 
 
 def _probe(check: AgentCheck) -> tuple[str, str]:
@@ -672,7 +677,9 @@ def _probe(check: AgentCheck) -> tuple[str, str]:
     if not _loopback(host):
         return "critical", f"test server: probes loopback targets only, not {host!r}"
     conn_type = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-    conn = conn_type(host, url.port or (443 if url.scheme == "https" else 80), timeout=check.timeout)
+    conn = conn_type(
+        host, url.port or (443 if url.scheme == "https" else 80), timeout=check.timeout
+    )
     try:
         path = url.path or "/"
         if url.query:

@@ -123,7 +123,7 @@ class _Parser:
             return inner
         # "VALUE in SEL" / "VALUE not in SEL"
         nxt = self.peek(1)
-        if tok is not None and nxt is not None and (nxt == ("word", "in") or nxt == ("word", "not")):
+        if tok is not None and nxt is not None and nxt in {("word", "in"), ("word", "not")}:
             after = self.peek(2)
             if nxt == ("word", "in") or after == ("word", "in"):
                 value = self.take()[1]
@@ -163,7 +163,9 @@ class _Parser:
 
     def selector(self) -> Callable[[Mapping[str, Any]], object]:
         kind, text = self.take()
-        if kind != "word" or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]+)*", text):
+        if kind != "word" or not re.fullmatch(
+            r"[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]+)*", text
+        ):
             raise FilterError(f"expected a selector, got {text!r}")
         parts = text.split(".")
         if parts[0] not in self.fields:
