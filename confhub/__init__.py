@@ -8,6 +8,7 @@ from __future__ import annotations
 from ._backend import Backend, BackendInfo, BackendSettings, Notify, Update, hookimpl
 from ._binding import View, parse_duration
 from ._cli import main
+from ._discovery import Discovery, DiscoveryChange, DiscoveryHealth
 from ._dispatch import Subscription
 from ._errors import (
     BackendNotFoundError,
@@ -21,6 +22,7 @@ from ._errors import (
     NoInstanceError,
     PluginError,
     RegistryError,
+    RegistryInputError,
     SourceError,
     SourceFormatError,
     SourcePermissionError,
@@ -35,9 +37,12 @@ from ._health import Health, SourceHealth
 from ._hub import Hub, State
 from ._layer import Layer, LayerDelta
 from ._location import UrlParts
+from ._locks import Election, Lock
 from ._merge import MISSING
 from ._parsers import parse_document
 from ._redact import is_secret_key
+from ._registration import Registration, RegistrationState, close_on_signal
+from ._registry import Registry
 from ._registry_types import CheckSpec, Instance, LockBackend, RegistryBackend, ServiceListing
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot
 from ._spec import Fallback, SourceSpec
@@ -52,6 +57,10 @@ __all__ = [
     "ConfhubError",
     "ConfigKeyError",
     "ConfigValidationError",
+    "Discovery",
+    "DiscoveryChange",
+    "DiscoveryHealth",
+    "Election",
     "ErrorEvent",
     "Explanation",
     "Fallback",
@@ -63,6 +72,7 @@ __all__ = [
     "Layer",
     "LayerDelta",
     "LeaseLostError",
+    "Lock",
     "LockBackend",
     "LockLostError",
     "LockTimeoutError",
@@ -71,8 +81,12 @@ __all__ = [
     "Notify",
     "Origin",
     "PluginError",
+    "Registration",
+    "RegistrationState",
+    "Registry",
     "RegistryBackend",
     "RegistryError",
+    "RegistryInputError",
     "ServiceListing",
     "Snapshot",
     "SourceError",
@@ -90,6 +104,7 @@ __all__ = [
     "View",
     "WriteConflictError",
     "WriteError",
+    "close_on_signal",
     "hookimpl",
     "is_secret_key",
     "main",

@@ -16,6 +16,7 @@ Every exception confhub raises on purpose derives from :class:`ConfhubError`::
     ├── StartupError                   a required source had no live data, alternate or cache
     ├── PluginError                    a plugin could not be loaded, or implements no hookspec
     ├── RegistryError                  service registry, discovery, locks (``.service``/``.name``)
+    │   ├── RegistryInputError(ValueError)  a bad service name, TTL, port, address
     │   ├── LeaseLostError             the store forgot our lease, registration or session
     │   ├── LockLostError              a held lock's lease or session is gone (or went stale)
     │   ├── LockTimeoutError           ``acquire(timeout=)`` ran out
@@ -162,6 +163,11 @@ class RegistryError(ConfhubError):
         super().__init__(message)
         self.source = source
         self.name = name
+
+
+class RegistryInputError(RegistryError, ValueError):
+    """A registry call got an argument it cannot use (a service name with '/', a TTL under
+    a second, a missing port); the message names the argument and the fix."""
 
 
 class LeaseLostError(RegistryError):

@@ -30,6 +30,7 @@ BUILTIN_PLUGINS = (
     ("defaults", "confhub._backends.defaults"),
     ("env", "confhub._backends.env"),
     ("file", "confhub._backends.file"),
+    ("memregistry", "confhub._memregistry"),  # the memory: registry store
 )
 
 _BUILTIN_NAMES = frozenset(name for name, _ in BUILTIN_PLUGINS) | {"cache"}

@@ -10,7 +10,7 @@ takes a timeout. An unreachable store raises :class:`confhub.SourceUnavailableEr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
@@ -48,9 +48,7 @@ class Instance:
     instance_id: str
     address: str
     port: int
-    meta: Mapping[str, str] = attrs.field(
-        factory=dict, converter=_freeze_meta, hash=False
-    )
+    meta: Mapping[str, str] = attrs.field(factory=dict, converter=_freeze_meta, hash=False)
     status: str = attrs.field(default="passing", validator=_check_status)
     origin: str = ""
     revision: int | None = attrs.field(default=None, eq=False, hash=False)
@@ -74,6 +72,14 @@ class Instance:
         )
 
 
+def _instances(value: Iterable[Instance]) -> tuple[Instance, ...]:
+    return tuple(value)
+
+
+def _errors(value: Iterable[SourceFormatError]) -> tuple[SourceFormatError, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class ServiceListing:
     """The instances of one service at one index of the store.
@@ -84,8 +90,8 @@ class ServiceListing:
     """
 
     index: int
-    instances: tuple[Instance, ...] = attrs.field(default=(), converter=tuple)
-    skipped: tuple[SourceFormatError, ...] = attrs.field(default=(), converter=tuple, eq=False)
+    instances: tuple[Instance, ...] = attrs.field(default=(), converter=_instances)
+    skipped: tuple[SourceFormatError, ...] = attrs.field(default=(), converter=_errors, eq=False)
 
 
 @attrs.frozen

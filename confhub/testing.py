@@ -27,6 +27,7 @@ from ._backend import Backend, BackendInfo, BackendSettings, Notify, hookimpl
 from ._errors import SourceUnavailableError, WriteConflictError
 from ._kvcontract import KVBackendContract, KVStoreHarness
 from ._layer import Layer, LayerDelta, flatten
+from ._memregistry import MemoryRegistryStore, memory_registry_store
 from .kv import check_write_shape
 
 if TYPE_CHECKING:
@@ -37,8 +38,10 @@ __all__ = [
     "KVBackendContract",
     "KVStoreHarness",
     "MemoryBackend",
+    "MemoryRegistryStore",
     "MemoryStore",
     "backend_of",
+    "memory_registry_store",
     "queue_depth",
 ]
 

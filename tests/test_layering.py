@@ -35,10 +35,17 @@ LAYERS: list[list[str]] = [
         "_cache",
         "kv",  # the public kit for KV backends
     ],
-    ["_backends", "_backends.defaults", "_backends.env", "_backends.file"],  # builtin plugins
+    [
+        "_backends",
+        "_backends.defaults",
+        "_backends.env",
+        "_backends.file",
+        "_memregistry",
+    ],  # builtin plugins
+    ["_registration", "_discovery", "_locks"],  # the registry's threads
     ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
     ["_fallback"],  # start-up chain, recovery, polling, watch wiring
-    ["_hub"],  # the facade that wires the stages
+    ["_hub", "_registry"],  # the facades that wire the stages
     ["_demo", "_kvharness"],  # run a Hub
     ["_kvcontract"],  # the KV contract's tests, on its harness
     ["_cliconfig", "_cliformat"],  # the CLI's config file and output formats
