@@ -23,6 +23,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
+import re
 import threading
 import time
 from typing import Any
@@ -30,10 +32,24 @@ from typing import Any
 from confhub import LockLostError, LockTimeoutError, RegistryError, SourceUnavailableError
 
 from ._calls import Calls
-from ._http import kv_path
+from ._http import Response, kv_path
 from ._index import query_index, response_index
 from ._reader import body_text, duration
 from ._watch import TokenBucket
+
+log = logging.getLogger("confhub.registry.consul")
+_GO_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_GO_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _ttl_floor(text: str) -> float | None:
+    """The minimum of Consul's ``Invalid Session TTL '<ns>', must be between [10s=24h0m0s]``."""
+    match = re.search(r"between \[([0-9.hms]+)=", text)
+    if match is None:
+        return None
+    parts = _GO_PART.findall(match.group(1))
+    return sum(float(n) * _GO_UNITS[u] for n, u in parts) or None
+
 
 #: How long a waiter pauses before asking again when the key is free but ``acquire`` was
 #: refused (a lock-delay is running): there is no change to block on.
@@ -62,32 +78,38 @@ class ConsulLock:
         self._stop = stop
         self._lock = threading.Lock()
         self._session: str | None = None
+        self._raised = False  # logged that the session TTL was raised to Consul's floor
 
     def __repr__(self) -> str:
         return f"<ConsulLock {self.key} identity={self.identity!r}>"
 
     # -- sessions ------------------------------------------------------------------------------
     def _create_session(self) -> str:
-        body = {
-            "Name": f"confhub lock {self.key} ({self.identity})"[:256],
-            "TTL": duration(self.ttl),
-            "Behavior": "release",
-            "LockDelay": duration(self.lock_delay) if self.lock_delay > 0 else "0s",
-        }
-        resp = self._calls.request(
-            "PUT",
-            "/v1/session/create",
-            body=json.dumps(body).encode(),
-            accept=(500,),
-            what=f"creating the session of lock {self.key!r}",
-        )
+        """A new session; a TTL under the agent's ``session_ttl_min`` is raised to it (safe:
+        the core's validity deadline stays ``ttl``, the store just expires a dead holder
+        later)."""
+        resp = self._session_create(self.ttl)
+        if resp.status == 500:
+            floor = _ttl_floor(body_text(resp))
+            if floor is not None and floor > self.ttl:
+                if not self._raised:
+                    self._raised = True
+                    log.info(
+                        "%s: lock %r: Consul takes session TTLs of %g s or more; its session "
+                        "uses %g s (a dead holder is noticed later, never earlier)",
+                        self._source,
+                        self.key,
+                        floor,
+                        floor,
+                    )
+                resp = self._session_create(floor)
         if resp.status == 500:
             text = body_text(resp)
             if "Session TTL" in text:
                 raise RegistryError(
                     f"{self._source}: Consul refuses a session TTL of {self.ttl:g} s for lock "
-                    f"{self.key!r} ({text}); use a lock ttl of at least the agent's "
-                    "session_ttl_min (10 s by default)",
+                    f"{self.key!r} ({text}); use a lock ttl within the agent's session TTL "
+                    "range (10 s to 24 h by default)",
                     source=self._source,
                     name=self.key,
                 )
@@ -97,6 +119,21 @@ class ConsulLock:
                 source=self._source,
             )
         return str(json.loads(resp.body)["ID"])
+
+    def _session_create(self, ttl: float) -> Response:
+        body = {
+            "Name": f"confhub lock {self.key} ({self.identity})"[:256],
+            "TTL": duration(ttl),
+            "Behavior": "release",
+            "LockDelay": duration(self.lock_delay) if self.lock_delay > 0 else "0s",
+        }
+        return self._calls.request(
+            "PUT",
+            "/v1/session/create",
+            body=json.dumps(body).encode(),
+            accept=(500,),
+            what=f"creating the session of lock {self.key!r}",
+        )
 
     def _renew(self, session: str) -> bool:
         """Renew ``session``; False when Consul no longer has it."""

@@ -38,6 +38,7 @@ from confhub import (
     Instance,
     LeaseLostError,
     RegistryError,
+    RegistryInputError,
     ServiceListing,
     SourceFormatError,
     SourceSpec,
@@ -104,7 +105,7 @@ class ConsulRegistry:
         ]
         for n, check in enumerate(checks, 1):
             if check.kind not in _CHECK_KINDS:
-                raise RegistryError(
+                raise RegistryInputError(
                     f"{self.source}: check kind {check.kind!r} of {instance.instance_id!r} is "
                     "not one Consul runs for confhub; use 'http' or 'tcp'",
                     source=self.source,
