@@ -47,6 +47,11 @@ def test_every_backend_module_is_placed() -> None:
     """A new module of the package is put in ORDER (or is a test-server module)."""
     modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
     test_server = {
-        "testing", "_testserver", "_teststate", "_testagent", "_testagentapi", "_testfilter",
+        "testing",
+        "_testserver",
+        "_teststate",
+        "_testagent",
+        "_testagentapi",
+        "_testfilter",
     }
     assert modules - test_server == set(ORDER)

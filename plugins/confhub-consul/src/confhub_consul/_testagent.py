@@ -532,6 +532,31 @@ class AgentState:
             if current is not None:
                 self._set_status(current, status, output, self.state.clock())
 
+    def restore(self, index: int) -> None:
+        """A snapshot restore (see ``ConsulState.restore_snapshot``): every catalog index
+        drops to at most ``index``; call under the state's condition."""
+        with self.state.cond:
+            self._service_index = {k: min(v, index) for k, v in self._service_index.items()}
+            self._extinction_index = min(self._extinction_index, index)
+            self._catalog_index = min(self._catalog_index, index)
+            self._node_index = min(self._node_index, index)
+            self._services = {
+                k: dataclasses.replace(
+                    s,
+                    create_index=min(s.create_index, index),
+                    modify_index=min(s.modify_index, index),
+                )
+                for k, s in self._services.items()
+            }
+            self._checks = {
+                k: dataclasses.replace(
+                    c,
+                    create_index=min(c.create_index, index),
+                    modify_index=min(c.modify_index, index),
+                )
+                for k, c in self._checks.items()
+            }
+
     # ---------------------------------------------------------------- reads
 
     def services(self) -> list[AgentService]:

@@ -400,7 +400,9 @@ class ConsulTestServer:
         Stored data is kept, tombstones are dropped, and every blocked query returns at once
         with the new, lower index (clients must reset their index to 0).
         """
-        self._state.restore_snapshot(to)
+        with self._state.cond:  # one step: a woken query sees every index lowered
+            self._state.restore_snapshot(to)
+            self._engine.agent.restore(to)
 
     def gc_tombstones(self) -> None:
         """Drop KV tombstones, as Consul's tombstone GC does; prefix indexes may go back."""
