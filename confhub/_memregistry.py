@@ -117,6 +117,14 @@ class MemoryRegistryStore:
                 self._bump()
             self._cond.notify_all()
 
+    def holder(self, name: str) -> str | None:
+        """The identity holding lock ``name`` as the store sees it now (works while the
+        store is failed: this is the test's view, not a client's)."""
+        with self._cond:
+            self._tick()
+            queue = self._locks.get(name)
+            return queue[0].identity if queue else None
+
     def clear(self) -> None:
         """Forget everything."""
         with self._cond:

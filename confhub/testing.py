@@ -28,6 +28,7 @@ from ._errors import SourceUnavailableError, WriteConflictError
 from ._kvcontract import KVBackendContract, KVStoreHarness
 from ._layer import Layer, LayerDelta, flatten
 from ._memregistry import MemoryRegistryStore, memory_registry_store
+from ._regcontract import RegistryBackendContract, RegistryStoreHarness
 from .kv import check_write_shape
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ __all__ = [
     "MemoryBackend",
     "MemoryRegistryStore",
     "MemoryStore",
+    "RegistryBackendContract",
+    "RegistryStoreHarness",
     "backend_of",
     "memory_registry_store",
     "queue_depth",

@@ -47,7 +47,7 @@ LAYERS: list[list[str]] = [
     ["_fallback"],  # start-up chain, recovery, polling, watch wiring
     ["_hub", "_registry"],  # the facades that wire the stages
     ["_demo", "_kvharness"],  # run a Hub
-    ["_kvcontract"],  # the KV contract's tests, on its harness
+    ["_kvcontract", "_regcontract"],  # the KV and registry contracts' tests
     ["_cliconfig", "_cliformat"],  # the CLI's config file and output formats
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points

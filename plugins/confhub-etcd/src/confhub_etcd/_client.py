@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
+import grpc
+
 from ._errors import (
     EtcdAuthError,
     EtcdCASConflict,
@@ -52,7 +54,7 @@ from ._errors import (
     EtcdTooManyKeys,
     EtcdUnavailable,
 )
-from ._rpc import ResponseTooLarge, WatchStream, stubs, to_key_value
+from ._rpc import ResponseTooLarge, WatchStream, stubs, to_key_value, translate
 from ._transport import Transport, parse_endpoint, read_tls
 from ._types import (
     Backoff,
@@ -619,6 +621,33 @@ class EtcdClient:
         """Stop ``watcher`` when this client closes (``PrefixWatcher.start`` calls it)."""
         with self._lock:
             self._watchers.add(watcher)
+
+    # -- leases and raw requests (the service registry's; see _registry.py) ---------------------
+
+    def call(self, stub: str, method: str, request: Any, *, idempotent: bool, what: str) -> Any:
+        """Send one unary request built from :func:`confhub_etcd._rpc.stubs` messages (``stub``
+        is ``kv``, ``lease``, ``watch`` ...) with the client's deadline, auth, failover and
+        retries; ``idempotent=False`` for a write. Raises :class:`EtcdError`."""
+        return self._unary(stub, method, request, idempotent=idempotent, what=what)
+
+    def lease_keepalive(self, lease_id: int) -> int:
+        """Refresh lease ``lease_id`` once; returns its new TTL in seconds, 0 when etcd no
+        longer has the lease. One short ``LeaseKeepAlive`` stream, bounded by the deadline."""
+        request = stubs().LeaseKeepAliveRequest(ID=lease_id)
+        call = self._unary(
+            "lease", "LeaseKeepAlive", iter([request]), idempotent=True, what="lease keepalive"
+        )
+        endpoint = self.current_endpoint
+        try:
+            response = next(iter(call), None)
+        except grpc.RpcError as exc:
+            error = translate(exc, endpoint, what="lease keepalive", tls=self._tls is not None)
+            if isinstance(error, EtcdUnavailable):
+                self.report_failure(endpoint)
+            raise error from None
+        finally:
+            call.cancel()
+        return 0 if response is None else int(response.TTL)
 
     def _unary(self, stub: str, method: str, request: Any, *, idempotent: bool, what: str) -> Any:
         # Every request of this class goes through here (one place to wrap in a test).

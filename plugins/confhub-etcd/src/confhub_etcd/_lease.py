@@ -1,0 +1,171 @@
+"""Leases and bounded one-shot watches: what the registry and its locks build on.
+
+:class:`Leases` grants, refreshes and revokes etcd leases through the plugin's
+:class:`~confhub_etcd._client.EtcdClient` (its deadline, auth, failover and retries).
+:func:`wait_for_event` opens one watch stream, returns at the first event (or at its
+timeout), and is cancelled at once by :meth:`StreamSet.cancel_all` when the owner closes.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from ._errors import EtcdCompacted, EtcdError, EtcdUnavailable
+from ._rpc import WatchRequests, WatchStream, stubs, translate
+
+if TYPE_CHECKING:
+    from ._client import EtcdClient
+
+__all__ = ["Leases", "StreamSet", "lease_missing", "wait_for_event"]
+
+
+def lease_missing(error: EtcdError) -> bool:
+    """Whether ``error`` is etcd's "requested lease not found"."""
+    return "lease not found" in str(error).lower()
+
+
+class Leases:
+    """etcd leases through one client. TTLs are whole seconds (rounded up)."""
+
+    def __init__(self, client: EtcdClient) -> None:
+        self._client = client
+
+    def grant(self, ttl: float) -> int:
+        """A new lease of ``ttl`` seconds (rounded up); returns its id."""
+        request = stubs().LeaseGrantRequest(TTL=max(1, math.ceil(ttl)))
+        response = self._client.call(
+            "lease", "LeaseGrant", request, idempotent=False, what="lease grant"
+        )
+        if response.error:
+            raise EtcdError(f"etcd refused the lease grant: {response.error}")
+        return int(response.ID)
+
+    def keepalive(self, lease_id: int) -> bool:
+        """Refresh ``lease_id`` once; False when etcd no longer has it."""
+        return self._client.lease_keepalive(lease_id) > 0
+
+    def revoke(self, lease_id: int) -> bool:
+        """Revoke ``lease_id`` (its keys are deleted); False when it was already gone."""
+        request = stubs().LeaseRevokeRequest(ID=lease_id)
+        try:
+            self._client.call("lease", "LeaseRevoke", request, idempotent=True, what="lease revoke")
+        except EtcdError as exc:
+            if lease_missing(exc):
+                return False
+            raise
+        return True
+
+
+class StreamSet:
+    """The watch streams open now, so that closing their owner can cancel them at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._streams: set[WatchStream] = set()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def add(self, stream: WatchStream) -> bool:
+        """Track ``stream``; False (and the stream is cancelled) when already closed."""
+        with self._lock:
+            if not self._closed:
+                self._streams.add(stream)
+                return True
+        stream.cancel()
+        return False
+
+    def discard(self, stream: WatchStream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    def cancel_all(self) -> None:
+        """Cancel every open stream and refuse new ones."""
+        with self._lock:
+            self._closed = True
+            streams = list(self._streams)
+            self._streams.clear()
+        for stream in streams:
+            stream.cancel()
+
+
+def wait_for_event(
+    client: EtcdClient,
+    streams: StreamSet,
+    *,
+    key: bytes,
+    range_end: bytes = b"",
+    start_revision: int,
+    timeout: float,
+    deletes_only: bool = False,
+) -> bool:
+    """Block until an event on ``key`` (to ``range_end``) at or after ``start_revision``:
+    True; or until ``timeout`` elapsed or ``streams`` was closed: False.
+
+    Raises :class:`EtcdCompacted` when ``start_revision`` was compacted away and
+    :class:`EtcdError` when the stream fails.
+    """
+    if timeout <= 0 or streams.closed:
+        return False
+    rpc = stubs()
+    create = rpc.WatchRequest(
+        create_request=rpc.WatchCreateRequest(
+            key=key,
+            range_end=range_end,
+            start_revision=start_revision,
+            filters=[rpc.WatchCreateRequest.NOPUT] if deletes_only else [],
+        )
+    )
+    # Progress requests keep the stream's liveness check fed; the timer below bounds it.
+    requests = WatchRequests(create, interval=max(1.0, timeout), liveness=timeout + 30.0)
+    stream = client.open_watch_stream(iter(requests))
+    requests.call = stream
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        stream.cancel()
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    if not streams.add(stream):
+        requests.close()
+        return False
+    timer.start()
+    try:
+        return _first_event(stream)
+    except grpc.RpcError as exc:
+        if expired.is_set() or streams.closed:
+            return False
+        error = translate(exc, stream.endpoint, what="a watch", tls=stream.tls)
+        if isinstance(error, EtcdUnavailable):
+            client.report_failure(stream.endpoint)
+        raise error from None
+    finally:
+        timer.cancel()
+        requests.close()
+        stream.cancel()
+        streams.discard(stream)
+
+
+def _first_event(stream: Any) -> bool:
+    for response in stream:
+        if response.compact_revision:
+            raise EtcdCompacted(
+                f"the watch start was compacted (compact revision {response.compact_revision})",
+                requested_revision=0,
+                compact_revision=int(response.compact_revision),
+            )
+        if response.canceled:
+            raise EtcdError(f"etcd cancelled the watch: {response.cancel_reason}")
+        if response.created:
+            stream.established()
+        if response.events:
+            return True
+    return False

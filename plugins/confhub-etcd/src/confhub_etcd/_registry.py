@@ -1,0 +1,342 @@
+"""The etcd registry store (``confhub_make_registry`` for ``etcd://host:2379/prefix/``).
+
+Layout under the spec's prefix::
+
+    PREFIX/SERVICE/INSTANCE_ID     {"address": ..., "port": ..., "meta": {...}, "status": ...}
+                                   attached to the instance's lease (TTL = the registration's)
+    PREFIX/_locks/NAME/LEASE_HEX   the lock queue (see _lock.py); value = the holder's identity
+
+A registration is a lease plus one key; the core keeps the lease alive (``keepalive``) and
+re-registers when etcd forgot it. A listing is one range read of ``PREFIX/SERVICE/`` at one
+revision (its index); ``wait_instances`` watches that range from index + 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from confhub import (
+    CheckSpec,
+    Instance,
+    LeaseLostError,
+    RegistryInputError,
+    ServiceListing,
+    SourceFormatError,
+    SourcePermissionError,
+    SourceUnavailableError,
+    SpecError,
+)
+
+from ._client import EtcdClient
+from ._config import parse_spec
+from ._errors import EtcdAuthError, EtcdCompacted, EtcdError
+from ._lease import Leases, StreamSet, lease_missing, wait_for_event
+from ._lock import EtcdLock
+from ._rpc import stubs
+from ._types import KeyValue, key_text, prefix_range_end, to_bytes
+
+if TYPE_CHECKING:
+    from confhub import BackendSettings, SourceSpec
+
+    from ._config import EtcdSourceConfig
+
+__all__ = ["EtcdRegistry", "make_registry"]
+
+log = logging.getLogger("confhub.etcd")
+
+LOCKS = "_locks"
+T = TypeVar("T")
+
+
+def instance_document(instance: Instance) -> bytes:
+    """The JSON document of ``instance`` as stored under its key."""
+    return json.dumps(
+        {
+            "service": instance.service,
+            "id": instance.instance_id,
+            "address": instance.address,
+            "port": instance.port,
+            "meta": dict(instance.meta),
+            "status": instance.status,
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    ).encode()
+
+
+def parse_instance(service: str, instance_id: str, kv: KeyValue, source: str) -> Instance:
+    """The :class:`Instance` stored in ``kv``, or :class:`SourceFormatError` naming the key."""
+    key = key_text(kv.key)
+    fix = "re-register the instance (registry.register) or delete the key"
+
+    def bad(why: str) -> SourceFormatError:
+        return SourceFormatError(
+            f"{source}: instance record {key!r} {why}; {fix}", source=source, key=key
+        )
+
+    try:
+        doc = json.loads(kv.value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad(f"is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise bad(f"is a JSON {type(doc).__name__}, not an object")
+    address, port = doc.get("address"), doc.get("port")
+    if not isinstance(address, str) or not address:
+        raise bad("has no 'address' (a host or IP string)")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise bad(f"has port {port!r}, not an int from 1 to 65535")
+    meta = doc.get("meta") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise bad("has a 'meta' that is not an object of strings")
+    status = doc.get("status", "passing")
+    try:
+        return Instance(
+            service=service,
+            instance_id=instance_id,
+            address=address,
+            port=port,
+            meta=meta,
+            status=status,
+            origin=key,
+            revision=kv.mod_revision,
+        )
+    except ValueError as exc:  # the status
+        raise bad(f"is not an instance: {exc}") from None
+
+
+class EtcdRegistry:
+    """A :class:`confhub.RegistryBackend` on etcd. Thread-safe; no I/O until first used."""
+
+    def __init__(self, spec: SourceSpec, config: EtcdSourceConfig) -> None:
+        self.display = spec.display
+        self.config = config
+        self.prefix = config.prefix
+        self.streams = StreamSet()
+        self._lock = threading.Lock()
+        self._client: EtcdClient | None = None
+        self._leases: dict[str, tuple[int, Instance]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"EtcdRegistry({self.display!r})"
+
+    @property
+    def client(self) -> EtcdClient:
+        """The client, created on first use."""
+        with self._lock:
+            if self._client is None:
+                cfg = self.config
+                try:
+                    self._client = EtcdClient(
+                        list(cfg.endpoints),
+                        timeout=cfg.timeout,
+                        tls=cfg.tls,
+                        credentials=cfg.credentials,
+                        max_receive_bytes=cfg.max_receive_bytes,
+                    )
+                except OSError as exc:
+                    raise SpecError(
+                        f"{self.display}: cannot read a TLS file ({exc.strerror}: "
+                        f"{exc.filename}); fix the ca=, cert= or key= option",
+                        spec=self.display,
+                    ) from None
+                except ValueError as exc:
+                    raise SpecError(f"{self.display}: {exc}", spec=self.display) from None
+            return self._client
+
+    def translate(self, exc: EtcdError, what: str) -> Exception:
+        """An etcd failure as confhub's: unavailable, or refused (auth)."""
+        if isinstance(exc, EtcdAuthError):
+            return SourcePermissionError(
+                f"{self.display}: etcd refused {what}: {exc.reason or exc}; check the user, "
+                "the password and the user's roles",
+                source=self.display,
+            )
+        return SourceUnavailableError(f"{self.display}: {what} failed: {exc}", source=self.display)
+
+    def run(self, what: str, action: Callable[[], T]) -> T:
+        """``action()`` with etcd errors translated."""
+        try:
+            return action()
+        except EtcdError as exc:
+            raise self.translate(exc, what) from None
+
+    # -- registration ------------------------------------------------------------------------
+
+    def _key(self, service: str, instance_id: str) -> bytes:
+        return to_bytes(f"{self.prefix}{service}/{instance_id}")
+
+    def _put(self, instance: Instance, lease_id: int) -> None:
+        request = stubs().PutRequest(
+            key=self._key(instance.service, instance.instance_id),
+            value=instance_document(instance),
+            lease=lease_id,
+        )
+        self.client.call("kv", "Put", request, idempotent=False, what="registration put")
+
+    def register(self, instance: Instance, ttl: float, checks: tuple[CheckSpec, ...]) -> None:
+        if checks:
+            raise RegistryInputError(
+                f"{self.display}: etcd runs no health checks; drop checks= (report health "
+                "with registration.set_status) or use a consul:// registry",
+                source=self.display,
+                name=instance.service,
+            )
+        leases = Leases(self.client)
+        what = f"the registration of {instance.service}/{instance.instance_id}"
+        lease_id = self.run(what, lambda: leases.grant(ttl))
+        try:
+            self.run(what, lambda: self._put(instance, lease_id))
+        except BaseException:
+            self._forget_lease(leases, lease_id)
+            raise
+        with self._lock:
+            old = self._leases.get(instance.instance_id)
+            self._leases[instance.instance_id] = (lease_id, instance)
+        if old is not None and old[0] != lease_id:
+            self._forget_lease(leases, old[0])  # the key is on the new lease already
+
+    def _forget_lease(self, leases: Leases, lease_id: int) -> None:
+        try:
+            leases.revoke(lease_id)
+        except EtcdError as exc:
+            log.info("revoking lease %x failed (%s); it expires by itself", lease_id, exc)
+
+    def _lease_of(self, instance_id: str) -> tuple[int, Instance]:
+        with self._lock:
+            found = self._leases.get(instance_id)
+        if found is None:
+            raise LeaseLostError(
+                f"{self.display}: instance {instance_id!r} is not registered here",
+                source=self.display,
+                name=instance_id,
+            )
+        return found
+
+    def _lost(self, instance: Instance, lease_id: int) -> LeaseLostError:
+        return LeaseLostError(
+            f"{self.display}: etcd no longer has lease {lease_id:x} of "
+            f"{instance.service}/{instance.instance_id} (it expired or was revoked)",
+            source=self.display,
+            name=instance.instance_id,
+        )
+
+    def keepalive(self, instance_id: str) -> None:
+        lease_id, instance = self._lease_of(instance_id)
+        leases = Leases(self.client)
+        if not self.run("a lease keepalive", lambda: leases.keepalive(lease_id)):
+            raise self._lost(instance, lease_id)
+
+    def set_status(self, instance_id: str, status: str) -> None:
+        lease_id, instance = self._lease_of(instance_id)
+        updated = Instance(
+            service=instance.service,
+            instance_id=instance.instance_id,
+            address=instance.address,
+            port=instance.port,
+            meta=instance.meta,
+            status=status,
+        )
+        try:
+            self._put(updated, lease_id)
+        except EtcdError as exc:
+            if lease_missing(exc):
+                raise self._lost(instance, lease_id) from None
+            raise self.translate(exc, f"the status update of {instance_id}") from None
+        with self._lock:
+            if instance_id in self._leases:
+                self._leases[instance_id] = (lease_id, updated)
+
+    def deregister(self, instance_id: str) -> None:
+        with self._lock:
+            found = self._leases.pop(instance_id, None)
+        if found is None:
+            return
+        lease_id, _ = found
+        leases = Leases(self.client)
+        self.run(f"the deregistration of {instance_id}", lambda: leases.revoke(lease_id))
+
+    # -- listing -----------------------------------------------------------------------------
+
+    def list_instances(self, service: str) -> ServiceListing:
+        prefix = f"{self.prefix}{service}/"
+        snapshot = self.run(
+            f"the listing of {service}", lambda: self.client.read_prefix(prefix, convert=False)
+        )
+        instances: list[Instance] = []
+        skipped: list[SourceFormatError] = []
+        for kv in snapshot.items:
+            instance_id = key_text(kv.key)[len(prefix) :]
+            if not instance_id or "/" in instance_id:
+                key = key_text(kv.key)
+                skipped.append(
+                    SourceFormatError(
+                        f"{self.display}: key {key!r} is not PREFIX/SERVICE/INSTANCE_ID; "
+                        "delete it or move it out of the registry's prefix",
+                        source=self.display,
+                        key=key,
+                    )
+                )
+                continue
+            try:
+                instances.append(parse_instance(service, instance_id, kv, self.display))
+            except SourceFormatError as exc:
+                skipped.append(exc)
+        return ServiceListing(index=snapshot.revision, instances=instances, skipped=skipped)
+
+    def wait_instances(self, service: str, index: int, timeout: float) -> ServiceListing:
+        prefix = to_bytes(f"{self.prefix}{service}/")
+        try:
+            wait_for_event(
+                self.client,
+                self.streams,
+                key=prefix,
+                range_end=prefix_range_end(prefix),
+                start_revision=index + 1,
+                timeout=timeout,
+            )
+        except EtcdCompacted:
+            pass  # history is gone: the fresh read below is the answer
+        except EtcdError as exc:
+            raise self.translate(exc, f"the watch of {service}") from None
+        return self.list_instances(service)
+
+    def services(self) -> tuple[str, ...]:
+        _, keys = self.run("the service list", lambda: self.client.keys_under(self.prefix))
+        names = set()
+        for key in keys:
+            name, slash, _ = key_text(key)[len(self.prefix) :].partition("/")
+            if slash and name and name != LOCKS:
+                names.add(name)
+        return tuple(sorted(names))
+
+    def lock(self, name: str, ttl: float, identity: str) -> EtcdLock:
+        return EtcdLock(self, f"{self.prefix}{LOCKS}/{name}/", name, ttl, identity)
+
+    def close(self) -> None:
+        """Cancel the waits in progress and close the client. Idempotent."""
+        self.streams.cancel_all()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            client = self._client
+        if client is not None:
+            client.close()
+
+
+def make_registry(spec: SourceSpec, settings: BackendSettings) -> EtcdRegistry:
+    """The registry for an ``etcd:`` spec (no I/O); ``?timeout=`` defaults to the
+    settings' ``connect_timeout``."""
+    config = parse_spec(spec, default_timeout=settings.connect_timeout)
+    if config.fmt is not None:
+        raise SpecError(
+            f"{spec.display}: a registry lives under a key prefix, not in one document; drop "
+            "format= and write etcd://host:2379/prefix/",
+            spec=spec.display,
+        )
+    return EtcdRegistry(spec, config)
