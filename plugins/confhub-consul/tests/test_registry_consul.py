@@ -337,6 +337,9 @@ def test_lock_handover_after_holder_killed(
     with pytest.raises(LockTimeoutError):
         lock.acquire(timeout=0.3)
     child.kill9()
+    # Wait for the release by the store first: acquiring now is quick, so the lock's
+    # validity (counted from the acquire call) is not spent waiting.
+    assert lock.wait_holder(("child", token_child), timeout=CAP) is None
     token = lock.acquire(timeout=CAP)
     assert token > token_child
     assert lock.holder() == ("parent", token)

@@ -63,6 +63,7 @@ class ConsulLock:
         self,
         calls: Calls,
         *,
+        name: str,
         key: str,
         ttl: float,
         identity: str,
@@ -71,6 +72,7 @@ class ConsulLock:
     ) -> None:
         self._calls = calls
         self._source = calls.source
+        self.name = name
         self.key = key
         self.ttl = ttl
         self.identity = identity
@@ -228,13 +230,17 @@ class ConsulLock:
                         self._session = session
                     return token
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if (remaining is not None and remaining <= 0) or self._stop.is_set():
+                if self._stop.is_set():
+                    raise SourceUnavailableError(
+                        f"{self._source}: the registry is closed", source=self._source
+                    )
+                if remaining is not None and remaining <= 0:
                     raise LockTimeoutError(
-                        f"{self._source}: lock {self.key!r} is still held by another "
-                        f"session after {timeout:g} s; wait longer or find its holder with "
-                        "`confhub lock` / holder()",
+                        f"{self._source}: lock {self.name!r} (key {self.key!r}) is still held "
+                        f"by another session after {timeout:g} s; wait longer, or see who "
+                        "holds it with holder()",
                         source=self._source,
-                        name=self.key,
+                        name=self.name,
                     )
                 # Park no longer than ttl/2, so our own session is renewed in time.
                 wait = self.ttl / 2 if remaining is None else min(remaining, self.ttl / 2)
@@ -264,7 +270,9 @@ class ConsulLock:
             session = self._session
         if session is None:
             raise LockLostError(
-                f"{self._source}: lock {self.key!r} is not held", source=self._source, name=self.key
+                f"{self._source}: lock {self.name!r} is not held",
+                source=self._source,
+                name=self.name,
             )
         alive = self._renew(session)
         holder = self._read()[1] if alive else None
@@ -274,10 +282,10 @@ class ConsulLock:
                     self._session = None
             why = "its session expired" if not alive else "the key no longer names our session"
             raise LockLostError(
-                f"{self._source}: lock {self.key!r} was lost ({why}); stop acting as its "
-                "holder and acquire it again",
+                f"{self._source}: lock {self.name!r} (key {self.key!r}) was lost ({why}); "
+                "stop acting as its holder and acquire it again",
                 source=self._source,
-                name=self.key,
+                name=self.name,
             )
 
     def release(self) -> None:

@@ -338,6 +338,7 @@ class ConsulRegistry:
             )
         return ConsulLock(
             self._calls,
+            name=name,
             key=f"{self.opts.prefix}_locks/{name}",
             ttl=ttl,
             identity=identity,

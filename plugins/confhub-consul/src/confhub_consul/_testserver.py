@@ -1457,6 +1457,10 @@ class HTTPFrontend:
         for thread in self._threads:
             thread.start()
 
+    def sever(self) -> None:
+        """Shut down every open connection (requests in progress and idle keep-alives)."""
+        self._httpd.close_open_connections()
+
     def _reap(self) -> None:
         while not self._stop.wait(self._reaper_interval):
             self.engine.tick()

@@ -457,6 +457,15 @@ class ConsulTestServer:
             "hang", path_prefix=path_prefix, methods=_methods(methods), times=times
         )
 
+    def partition(self) -> FaultHandle:
+        """Cut the server off: every open connection is shut down (parked blocking queries
+        included: their clients see the connection drop) and every new request is dropped
+        unanswered, until the returned handle is cleared (or :meth:`clear_faults`). The
+        state is kept, as for an agent behind a network partition."""
+        handle = self.drop_connections(times=None)
+        self._require_running().sever()
+        return handle
+
     def release_hung(self) -> None:
         """Answer every request currently parked by :meth:`hang`."""
         self._engine.release_hung()
