@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-
 from confhub.testing import RegistryBackendContract
+
 from confhub_consul.testing import ConsulTestServer, FaultHandle
 
 
