@@ -10,6 +10,7 @@ failure cannot hang.
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 import threading
@@ -77,12 +78,11 @@ class Child:
     def line(self) -> str:
         """The child's next output line (it prints when ready); bounded by CAP."""
         assert self.proc.stdout is not None
-        result: list[str] = []
-        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()))  # type: ignore[union-attr]
-        reader.start()
-        reader.join(CAP)
-        assert result and result[0], "the child printed nothing"
-        return result[0].strip()
+        ready, _, _ = select.select([self.proc.stdout], [], [], CAP)
+        assert ready, "the child printed nothing"
+        line = self.proc.stdout.readline()
+        assert line, "the child ended without printing"
+        return line.strip()
 
     def kill9(self) -> None:
         self.proc.kill()
