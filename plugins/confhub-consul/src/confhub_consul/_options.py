@@ -24,7 +24,7 @@ OWN_OPTIONS = frozenset(
     {
         "token", "scheme", "ca", "cert", "key", "verify", "consistency", "dc", "timeout",
         "wait", "retry_initial", "retry_max", "rate", "burst", "format", "max_last_contact",
-        "deregister_after", "lock_delay",
+        "deregister_after", "lock_delay",  # the registry's (docs/registry.md)
     }
 )  # fmt: skip
 #: Options that change how the source is read, never what it holds (kept out of the cache
@@ -32,8 +32,6 @@ OWN_OPTIONS = frozenset(
 VOLATILE_OPTIONS = frozenset(
     {"timeout", "wait", "retry_initial", "retry_max", "rate", "burst", "max_last_contact"}
 )
-#: Options only the registry reads (``confhub_make_registry``; see docs/registry.md).
-REGISTRY_OPTIONS = frozenset({"deregister_after", "lock_delay"})
 
 
 def _bad_path(path: str) -> bool:
