@@ -22,6 +22,8 @@ from typing import Any, TextIO
 
 from ._cliconfig import UsageError, config_sources
 from ._cliformat import jsonable, null_paths, redact_tree, to_toml
+from ._cliregistry import COMMANDS as REGISTRY_COMMANDS
+from ._cliregistry import add_registry_commands, run_registry_command
 from ._errors import (
     ConfhubError,
     ConfigKeyError,
@@ -128,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     sub.add_parser("demo", help="a guided run: layers, a live change, explain, failures")
+    add_registry_commands(sub)  # services, register, lock (confhub._cliregistry)
     return parser
 
 
@@ -401,6 +404,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return _cmd_backends(args, out)
         if args.command == "set":
             return _cmd_set(args, out)
+        if args.command in REGISTRY_COMMANDS:
+            return run_registry_command(args, out)
         hub = _make_hub(args)
         with hub:
             command = {

@@ -147,6 +147,15 @@ class Lock:
         self._join_keepalive()
         sent = time.monotonic()
         token = self._backend.acquire(timeout)
+        if time.monotonic() - sent > self._ttl * 0.1:
+            # We waited: the store's TTL counts from the waiter's last refresh, which we
+            # do not know. Refresh now and count from here.
+            sent = time.monotonic()
+            try:
+                self._backend.keepalive()
+            except BaseException:
+                self._backend.release()
+                raise
         with self._lock:
             self._token = token
             self._lost = None

@@ -48,7 +48,7 @@ LAYERS: list[list[str]] = [
     ["_hub", "_registry"],  # the facades that wire the stages
     ["_demo", "_kvharness"],  # run a Hub
     ["_kvcontract", "_regcontract"],  # the KV and registry contracts' tests
-    ["_cliconfig", "_cliformat"],  # the CLI's config file and output formats
+    ["_cliconfig", "_cliformat", "_cliregistry"],  # the CLI's config, formats, registry
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points
 ]

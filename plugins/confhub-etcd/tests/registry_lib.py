@@ -37,14 +37,21 @@ class EtcdRegistryHarness:
     def expire(self, service: str, instance_id: str) -> None:
         """Revoke the lease of every ``.../service/instance_id`` key, as an expiry would."""
         for lease in leases_of(self.server, f"/{service}/{instance_id}"):
-            self.server.admin_call("LeaseStub", "LeaseRevoke", rpc_stubs().LeaseRevokeRequest(ID=lease))
+            self.server.admin_call(
+                "LeaseStub", "LeaseRevoke", rpc_stubs().LeaseRevokeRequest(ID=lease)
+            )
 
 
-def leases_of(server: EtcdServer, suffix: str) -> list[int]:
-    """The leases of the keys ending with ``suffix`` (a scan of the whole keyspace)."""
+def leases_of(server: EtcdServer, suffix: str, *, contains: bool = False) -> list[int]:
+    """The leases of the keys ending with (or containing) ``suffix``: a whole-keyspace scan."""
     rpc = rpc_stubs()
     response = server.admin_call("KVStub", "Range", rpc.RangeRequest(key=b"\0", range_end=b"\0"))
-    return [int(kv.lease) for kv in response.kvs if kv.key.decode().endswith(suffix) and kv.lease]
+    return [
+        int(kv.lease)
+        for kv in response.kvs
+        if kv.lease
+        and (suffix in kv.key.decode() if contains else kv.key.decode().endswith(suffix))
+    ]
 
 
 def lease_ttl(server: EtcdServer, lease: int) -> tuple[int, int]:
@@ -61,7 +68,7 @@ class Child:
     def __init__(self, *args: str) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self.process = subprocess.Popen(  # noqa: S603 - our own script
+        self.process = subprocess.Popen(
             [sys.executable, str(CHILD), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -20,7 +20,7 @@ from ._rpc import WatchRequests, WatchStream, stubs, translate
 if TYPE_CHECKING:
     from ._client import EtcdClient
 
-__all__ = ["Leases", "StreamSet", "lease_missing", "wait_for_event"]
+__all__ = ["Leases", "StreamSet", "lease_missing", "wait_for_event", "wait_for_events"]
 
 
 def lease_missing(error: EtcdError) -> bool:
@@ -111,8 +111,33 @@ def wait_for_event(
     Raises :class:`EtcdCompacted` when ``start_revision`` was compacted away and
     :class:`EtcdError` when the stream fails.
     """
+    events = wait_for_events(
+        client,
+        streams,
+        key=key,
+        range_end=range_end,
+        start_revision=start_revision,
+        timeout=timeout,
+        deletes_only=deletes_only,
+    )
+    return bool(events)
+
+
+def wait_for_events(
+    client: EtcdClient,
+    streams: StreamSet,
+    *,
+    key: bytes,
+    range_end: bytes = b"",
+    start_revision: int,
+    timeout: float,
+    deletes_only: bool = False,
+) -> list[Any]:
+    """The events (etcd's protobuf ``Event`` messages) of the first watch response that has
+    any, on ``key`` (to ``range_end``) from ``start_revision``; ``[]`` when ``timeout``
+    elapsed or ``streams`` was closed first. Raises as :func:`wait_for_event`."""
     if timeout <= 0 or streams.closed:
-        return False
+        return []
     rpc = stubs()
     create = rpc.WatchRequest(
         create_request=rpc.WatchCreateRequest(
@@ -136,13 +161,13 @@ def wait_for_event(
     timer.daemon = True
     if not streams.add(stream):
         requests.close()
-        return False
+        return []
     timer.start()
     try:
-        return _first_event(stream)
+        return _first_events(stream)
     except grpc.RpcError as exc:
         if expired.is_set() or streams.closed:
-            return False
+            return []
         error = translate(exc, stream.endpoint, what="a watch", tls=stream.tls)
         if isinstance(error, EtcdUnavailable):
             client.report_failure(stream.endpoint)
@@ -154,7 +179,7 @@ def wait_for_event(
         streams.discard(stream)
 
 
-def _first_event(stream: Any) -> bool:
+def _first_events(stream: Any) -> list[Any]:
     for response in stream:
         if response.compact_revision:
             raise EtcdCompacted(
@@ -167,5 +192,5 @@ def _first_event(stream: Any) -> bool:
         if response.created:
             stream.established()
         if response.events:
-            return True
-    return False
+            return list(response.events)
+    return []

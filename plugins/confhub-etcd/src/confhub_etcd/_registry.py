@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -33,11 +34,21 @@ from confhub import (
 
 from ._client import EtcdClient
 from ._config import parse_spec
-from ._errors import EtcdAuthError, EtcdCompacted, EtcdError
-from ._lease import Leases, StreamSet, lease_missing, wait_for_event
+from ._errors import EtcdAuthError, EtcdError
+from ._lease import Leases, StreamSet, lease_missing
 from ._lock import EtcdLock
 from ._rpc import stubs
-from ._types import KeyValue, key_text, prefix_range_end, to_bytes
+from ._types import (
+    EventKind,
+    KeyValue,
+    PrefixSnapshot,
+    WatchBatch,
+    WatchEvent,
+    WatchState,
+    WatchStatus,
+    key_text,
+    to_bytes,
+)
 
 if TYPE_CHECKING:
     from confhub import BackendSettings, SourceSpec
@@ -68,7 +79,9 @@ def instance_document(instance: Instance) -> bytes:
     ).encode()
 
 
-def parse_instance(service: str, instance_id: str, kv: KeyValue, source: str) -> Instance:
+def parse_instance(
+    service: str, instance_id: str, kv: KeyValue | WatchEvent, source: str
+) -> Instance:
     """The :class:`Instance` stored in ``kv``, or :class:`SourceFormatError` naming the key."""
     key = key_text(kv.key)
     fix = "re-register the instance (registry.register) or delete the key"
@@ -108,6 +121,158 @@ def parse_instance(service: str, instance_id: str, kv: KeyValue, source: str) ->
         raise bad(f"is not an instance: {exc}") from None
 
 
+class _ClientPool:
+    """One :class:`EtcdClient` per endpoints, credentials and TLS settings, shared by every
+    registry connection of this process that uses them (a discovery, a lock and the
+    registrations of one app share one gRPC channel), closed when the last one is."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[object, ...], tuple[EtcdClient, int]] = {}
+
+    @staticmethod
+    def _key(config: EtcdSourceConfig) -> tuple[object, ...]:
+        return (
+            config.endpoints,
+            config.timeout,
+            config.tls,
+            config.credentials,
+            config.max_receive_bytes,
+        )
+
+    def take(self, config: EtcdSourceConfig) -> EtcdClient:
+        key = self._key(config)
+        with self._lock:
+            client, users = self._clients.get(key, (None, 0))
+            if client is None:
+                client = EtcdClient(
+                    list(config.endpoints),
+                    timeout=config.timeout,
+                    tls=config.tls,
+                    credentials=config.credentials,
+                    max_receive_bytes=config.max_receive_bytes,
+                )
+            self._clients[key] = (client, users + 1)
+            return client
+
+    def give_back(self, config: EtcdSourceConfig) -> None:
+        key = self._key(config)
+        with self._lock:
+            client, users = self._clients[key]
+            if users > 1:
+                self._clients[key] = (client, users - 1)
+                return
+            del self._clients[key]
+        client.close()
+
+
+# The one piece of module state: the issue asks registrations, discoveries, locks and
+# elections to share the plugin's connections, and a Registry makes one backend for each.
+_POOL = _ClientPool()
+
+
+class _Listing:
+    """A service's instances and skipped records by key, at ``index`` (mutable, private
+    to one backend; :meth:`freeze` gives the :class:`ServiceListing` value)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.instances: dict[str, Instance] = {}
+        self.skipped: dict[str, SourceFormatError] = {}
+
+    def forget(self, key: str) -> None:
+        self.instances.pop(key, None)
+        self.skipped.pop(key, None)
+
+    def copy(self) -> _Listing:
+        other = _Listing(self.index)
+        other.instances = dict(self.instances)
+        other.skipped = dict(self.skipped)
+        return other
+
+    def freeze(self) -> ServiceListing:
+        return ServiceListing(
+            index=self.index,
+            instances=[self.instances[k] for k in sorted(self.instances)],
+            skipped=[self.skipped[k] for k in sorted(self.skipped)],
+        )
+
+
+class _ServiceWatch:
+    """One service's listing kept current by a :class:`PrefixWatcher` (its thread applies
+    each batch); :meth:`wait` returns when the listing moves past an index. A watch that
+    loses its stream is broken for good: the waiter gets the error, and the next read
+    (the core reads again after a failure) starts a new watch from that read."""
+
+    def __init__(
+        self, registry: EtcdRegistry, service: str, listing: _Listing, snapshot: PrefixSnapshot
+    ) -> None:
+        self._registry = registry
+        self._service = service
+        self._prefix = f"{registry.prefix}{service}/"
+        self._cond = threading.Condition()
+        self._listing = listing
+        self._error: BaseException | None = None
+        self._closed = False
+        config = registry.config
+        self._watcher = registry.client.watch_prefix(
+            self._prefix,
+            self._on_batch,
+            self._on_state,
+            snapshot=snapshot,
+            backoff=config.backoff,
+            progress_interval=config.progress_interval,
+            source=registry.display,
+        )
+
+    @property
+    def healthy(self) -> bool:
+        return self._error is None and not self._closed
+
+    def _on_batch(self, batch: WatchBatch) -> None:
+        with self._cond:
+            for event in batch.events:
+                if event.kind is EventKind.DELETE:
+                    self._listing.forget(key_text(event.key))
+                else:
+                    self._registry.record(self._listing, self._service, self._prefix, event)
+            self._listing.index = max(self._listing.index, batch.revision)
+            self._cond.notify_all()
+
+    def _on_state(self, status: WatchStatus) -> None:
+        if status.state is WatchState.DISCONNECTED:
+            with self._cond:
+                self._error = status.error or EtcdError("the watch was lost")
+                self._cond.notify_all()
+            self._watcher.halt()  # broken for good; never close() from its own thread
+
+    def wait(self, index: int, timeout: float) -> ServiceListing:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._error is not None:
+                    error = self._error
+                    break
+                if self._listing.index > index or self._closed:
+                    return self._listing.freeze()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return self._listing.freeze()
+                self._cond.wait(left)
+        if isinstance(error, EtcdError):
+            raise self._registry.translate(error, f"the watch of {self._service}")
+        raise SourceUnavailableError(
+            f"{self._registry.display}: the watch of {self._service} failed: {error}",
+            source=self._registry.display,
+        )
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._watcher.close()
+
+
 class EtcdRegistry:
     """A :class:`confhub.RegistryBackend` on etcd. Thread-safe; no I/O until first used."""
 
@@ -119,6 +284,11 @@ class EtcdRegistry:
         self._lock = threading.Lock()
         self._client: EtcdClient | None = None
         self._leases: dict[str, tuple[int, Instance]] = {}
+        # One watch per service followed here, so that an event updates the listing in time
+        # proportional to the change, and the stream stays open between waits.
+        self._watches: dict[str, _ServiceWatch] = {}
+        # The last read of each service, where its watch starts.
+        self._reads: dict[str, tuple[_Listing, PrefixSnapshot]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -126,18 +296,15 @@ class EtcdRegistry:
 
     @property
     def client(self) -> EtcdClient:
-        """The client, created on first use."""
+        """The shared client of this spec's endpoints and credentials, taken on first use."""
         with self._lock:
             if self._client is None:
-                cfg = self.config
-                try:
-                    self._client = EtcdClient(
-                        list(cfg.endpoints),
-                        timeout=cfg.timeout,
-                        tls=cfg.tls,
-                        credentials=cfg.credentials,
-                        max_receive_bytes=cfg.max_receive_bytes,
+                if self._closed:
+                    raise SourceUnavailableError(
+                        f"{self.display}: this registry connection is closed", source=self.display
                     )
+                try:
+                    self._client = _POOL.take(self.config)
                 except OSError as exc:
                     raise SpecError(
                         f"{self.display}: cannot read a TLS file ({exc.strerror}: "
@@ -264,46 +431,63 @@ class EtcdRegistry:
 
     def list_instances(self, service: str) -> ServiceListing:
         prefix = f"{self.prefix}{service}/"
-        snapshot = self.run(
-            f"the listing of {service}", lambda: self.client.read_prefix(prefix, convert=False)
-        )
-        instances: list[Instance] = []
-        skipped: list[SourceFormatError] = []
+        snapshot = self.run(f"the listing of {service}", lambda: self.client.read_prefix(prefix))
+        listing = _Listing(snapshot.revision)
         for kv in snapshot.items:
-            instance_id = key_text(kv.key)[len(prefix) :]
-            if not instance_id or "/" in instance_id:
-                key = key_text(kv.key)
-                skipped.append(
-                    SourceFormatError(
-                        f"{self.display}: key {key!r} is not PREFIX/SERVICE/INSTANCE_ID; "
-                        "delete it or move it out of the registry's prefix",
-                        source=self.display,
-                        key=key,
-                    )
-                )
-                continue
-            try:
-                instances.append(parse_instance(service, instance_id, kv, self.display))
-            except SourceFormatError as exc:
-                skipped.append(exc)
-        return ServiceListing(index=snapshot.revision, instances=instances, skipped=skipped)
+            self.record(listing, service, prefix, kv)
+        with self._lock:
+            self._reads[service] = (listing.copy(), snapshot)
+        return listing.freeze()
+
+    def record(
+        self, listing: _Listing, service: str, prefix: str, kv: KeyValue | WatchEvent
+    ) -> None:
+        """Put ``kv`` (a record under ``prefix``) into ``listing``: parsed, or skipped."""
+        key = key_text(kv.key)
+        listing.forget(key)
+        instance_id = key[len(prefix) :]
+        if not instance_id or "/" in instance_id:
+            listing.skipped[key] = SourceFormatError(
+                f"{self.display}: key {key!r} is not PREFIX/SERVICE/INSTANCE_ID; "
+                "delete it or move it out of the registry's prefix",
+                source=self.display,
+                key=key,
+            )
+            return
+        try:
+            listing.instances[key] = parse_instance(service, instance_id, kv, self.display)
+        except SourceFormatError as exc:
+            listing.skipped[key] = exc
 
     def wait_instances(self, service: str, index: int, timeout: float) -> ServiceListing:
-        prefix = to_bytes(f"{self.prefix}{service}/")
-        try:
-            wait_for_event(
-                self.client,
-                self.streams,
-                key=prefix,
-                range_end=prefix_range_end(prefix),
-                start_revision=index + 1,
-                timeout=timeout,
-            )
-        except EtcdCompacted:
-            pass  # history is gone: the fresh read below is the answer
-        except EtcdError as exc:
-            raise self.translate(exc, f"the watch of {service}") from None
-        return self.list_instances(service)
+        with self._lock:
+            watch = self._watches.get(service)
+            if watch is not None and not watch.healthy:
+                del self._watches[service]
+                broken, watch = watch, None
+            else:
+                broken = None
+            read = self._reads.pop(service, None) if watch is None else None
+        if broken is not None:
+            broken.close()
+        if watch is None:
+            if read is None or read[0].index != index:
+                return self.list_instances(service)  # the next wait starts from this read
+            watch = self._start_watch(service, *read)
+        return watch.wait(index, timeout)
+
+    def _start_watch(
+        self, service: str, listing: _Listing, snapshot: PrefixSnapshot
+    ) -> _ServiceWatch:
+        """One resilient watch per service, from the read that gave ``listing``."""
+        watch = _ServiceWatch(self, service, listing, snapshot)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._watches[service] = watch
+        if closed:
+            watch.close()
+        return watch
 
     def services(self) -> tuple[str, ...]:
         _, keys = self.run("the service list", lambda: self.client.keys_under(self.prefix))
@@ -318,15 +502,19 @@ class EtcdRegistry:
         return EtcdLock(self, f"{self.prefix}{LOCKS}/{name}/", name, ttl, identity)
 
     def close(self) -> None:
-        """Cancel the waits in progress and close the client. Idempotent."""
+        """End the waits in progress, stop the watches and close the client. Idempotent."""
         self.streams.cancel_all()
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             client = self._client
+            watches = list(self._watches.values())
+            self._watches.clear()
+        for watch in watches:
+            watch.close()
         if client is not None:
-            client.close()
+            _POOL.give_back(self.config)
 
 
 def make_registry(spec: SourceSpec, settings: BackendSettings) -> EtcdRegistry:
