@@ -394,3 +394,36 @@ def test_unreachable_agent_is_source_unavailable(server: ConsulTestServer) -> No
         with pytest.raises(SourceUnavailableError, match=server.address):
             reg.instances("orders")
     assert confhub.SourceUnavailableError is SourceUnavailableError
+
+
+def test_stale_discovery_works_without_a_leader(server: ConsulTestServer) -> None:
+    """With ``consistency=stale`` discovery reads any server: without a leader it still
+    follows registrations (agent-local, so they work too); the default mode goes stale."""
+    with (
+        Registry(f"consul://{server.address}/?consistency=stale") as stale_reg,
+        Registry(f"consul://{server.address}/") as default_reg,
+    ):
+        stale_reg.register("orders", address="127.0.0.1", port=1, instance_id="o-1")
+        stale, default = stale_reg.discover("orders"), default_reg.discover("orders")
+        server.wait_for_blocked(2, timeout=CAP)
+        server.set_leader(False)
+        server.reset_index(1)  # wake the parked queries: they run again without a leader
+        stale_reg.register("orders", address="127.0.0.1", port=2, instance_id="o-2")
+        wait_until(lambda: len(stale.instances) == 2)
+        wait_until(lambda: default.health().stale)
+        assert not stale.health().stale
+        assert "No cluster leader" in (default.health().error or "")
+
+
+def test_lock_taken_away_by_hand_is_lost(registry: Registry, server: ConsulTestServer) -> None:
+    """When an operator deletes the lock key, the holder's next keepalive finds it gone: the
+    lock is lost (on_lost is called) and its session destroyed."""
+    lost: list[Exception] = []
+    lock = registry.lock("job", ttl=1, identity="me", on_lost=lost.append)
+    lock.acquire(timeout=5)
+    assert [s.name for s in server.sessions()] == ["confhub lock app/_locks/job (me)"]
+    server.delete("app/_locks/job")
+    wait_until(lambda: bool(lost))
+    assert not lock.held
+    assert "was lost" in str(lost[0])
+    wait_until(lambda: server.sessions() == [])

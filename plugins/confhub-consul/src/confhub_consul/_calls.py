@@ -84,14 +84,20 @@ class Calls:
         read_timeout: float | None = None,
         accept: Collection[int] = (),
         what: str,
+        consistency: bool = False,
     ) -> Response:
         """Send one request; return a 2xx answer or one whose status is in ``accept``.
 
         ``what`` says what the call does, for error messages ("registering orders-1").
         ``read_timeout`` defaults to the source's timeout (the hub's connect timeout).
+        Every request names the spec's ``dc=``; with ``consistency`` a read also asks for
+        the spec's ``consistency=`` mode.
         """
         timeout = self.opts.timeout if read_timeout is None else read_timeout
-        query = [*query, *([("dc", self.opts.dc)] if self.opts.dc else [])]
+        if consistency:
+            query = [*query, *self.opts.read_params()]
+        elif self.opts.dc:
+            query = [*query, ("dc", self.opts.dc)]
         try:
             with self._borrow() as conn:
                 resp = conn.request(method, path, query=query, body=body, read_timeout=timeout)

@@ -280,6 +280,8 @@ class ConsulLock:
             with self._lock:
                 if self._session == session:
                     self._session = None
+            if alive:  # the key was taken from us (deleted, released by hand): let it go
+                self._forget(session)
             why = "its session expired" if not alive else "the key no longer names our session"
             raise LockLostError(
                 f"{self._source}: lock {self.name!r} (key {self.key!r}) was lost ({why}); "

@@ -234,6 +234,7 @@ class ConsulRegistry:
             query=query,
             read_timeout=read_timeout,
             what=f"listing service {service!r}",
+            consistency=True,
         )
         return self._listing(service, resp)
 
@@ -316,7 +317,9 @@ class ConsulRegistry:
 
     def services(self) -> tuple[str, ...]:
         """Names of the registered services (Consul's own ``consul`` left out)."""
-        resp = self._calls.request("GET", "/v1/catalog/services", what="listing services")
+        resp = self._calls.request(
+            "GET", "/v1/catalog/services", what="listing services", consistency=True
+        )
         try:
             names = json.loads(resp.body)
             return tuple(sorted(str(n) for n in names if n != "consul"))
