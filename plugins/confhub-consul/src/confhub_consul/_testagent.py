@@ -624,13 +624,15 @@ class AgentState:
         """``(index, entries)`` of ``/v1/health/service/<name>``, every status."""
         with self.state.cond:
             entries = []
+            by_service: dict[str, list[AgentCheck]] = {}
+            for check in self.checks():
+                by_service.setdefault(check.service_id, []).append(check)
             for service in self.services():
                 if service.name != name:
                     continue
                 checks = [
                     c.json(self.node, service.tags, agent_view=False)
-                    for c in self.checks()
-                    if c.service_id == service.id
+                    for c in by_service.get(service.id, ())
                 ]
                 entries.append(
                     {
