@@ -233,25 +233,27 @@ def test_59_http_and_tcp_checks(target: Target, svc: str, status_server: _Status
 def test_60_reregister_in_place(target: Target, svc: str) -> None:
     """[#60] Re-registering updates in place; a check keeps its status; a check left out
     survives unless ?replace-existing-checks."""
-    sid = f"{svc}-1"
+    sid, a, b = f"{svc}-1", f"{svc}-a", f"{svc}-b"
     register(target, {"Name": svc, "ID": sid, "Port": 1, "Checks": [
-        {"CheckID": "a", "TTL": "10s"}, {"CheckID": "b", "TTL": "10s"}]})  # fmt: skip
-    assert target.http("PUT", "/v1/agent/check/pass/a", params={"note": "fine"}).status_code == 200
+        {"CheckID": a, "TTL": "10s"}, {"CheckID": b, "TTL": "10s"}]})  # fmt: skip
+    assert (
+        target.http("PUT", f"/v1/agent/check/pass/{a}", params={"note": "fine"}).status_code == 200
+    )
     register(target, {"Name": svc, "ID": sid, "Address": "127.0.0.9", "Port": 2, "Checks": [
-        {"CheckID": "a", "TTL": "10s", "Status": "critical"}]})  # fmt: skip
+        {"CheckID": a, "TTL": "10s", "Status": "critical"}]})  # fmt: skip
     got = target.http("GET", "/v1/agent/services").json()[sid]
     assert (got["Address"], got["Port"]) == ("127.0.0.9", 2)
-    a = check_of(target, "a")
-    assert a is not None
-    assert (a["Status"], a["Output"]) == ("passing", "fine")
-    assert check_of(target, "b") is not None
+    kept = check_of(target, a)
+    assert kept is not None
+    assert (kept["Status"], kept["Output"]) == ("passing", "fine")
+    assert check_of(target, b) is not None
     register(
         target,
-        {"Name": svc, "ID": sid, "Port": 2, "Checks": [{"CheckID": "a", "TTL": "10s"}]},
+        {"Name": svc, "ID": sid, "Port": 2, "Checks": [{"CheckID": a, "TTL": "10s"}]},
         **{"replace-existing-checks": "true"},
     )
-    assert check_of(target, "b") is None
-    assert check_of(target, "a") is not None
+    assert check_of(target, b) is None
+    assert check_of(target, a) is not None
 
 
 def test_61_deregister(target: Target, svc: str) -> None:
@@ -438,13 +440,14 @@ def test_68_passing_filter(target: Target, svc: str) -> None:
 
 def test_69_tag_and_filter(target: Target, svc: str) -> None:
     """[#69] ?tag (repeated: all) and ?filter select instances; a bad filter is 400."""
-    register(target, {"Name": svc, "ID": "x", "Tags": ["a", "b"], "Meta": {"zone": "a"}})
+    x = f"{svc}-x"
+    register(target, {"Name": svc, "ID": x, "Tags": ["a", "b"], "Meta": {"zone": "a"}})
     register(target, {"Name": svc, "ID": f"{svc}-2", "Tags": ["a"], "Meta": {"zone": "b"}})
-    assert ids(health(target, svc, tag="a")) == sorted(["x", f"{svc}-2"])
+    assert ids(health(target, svc, tag="a")) == sorted([x, f"{svc}-2"])
     resp = target.http("GET", f"/v1/health/service/{svc}", params=[("tag", "a"), ("tag", "b")])
-    assert ids(resp) == ["x"]
-    assert ids(health(target, svc, filter='Service.Meta.zone == "a"')) == ["x"]
-    both = health(target, svc, filter='"a" in Service.Tags and Service.ID != "x"')
+    assert ids(resp) == [x]
+    assert ids(health(target, svc, filter='Service.Meta.zone == "a"')) == [x]
+    both = health(target, svc, filter=f'"a" in Service.Tags and Service.ID != "{x}"')
     assert ids(both) == [f"{svc}-2"]
     bad = target.http("GET", f"/v1/health/service/{svc}", params={"filter": "Service.ID =="})
     assert bad.status_code == 400
