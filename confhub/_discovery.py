@@ -19,20 +19,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 import attrs
 
-from ._errors import NoInstanceError, SourceError, SourceFormatError
+from ._errors import NoInstanceError, SourceError, SourceFormatError, SourceUnavailableError
+from ._registry_types import Instance
 
 if TYPE_CHECKING:
-    from ._registry_types import Instance, RegistryBackend, ServiceListing
+    from ._registry_types import RegistryBackend, ServiceListing
 
 log = logging.getLogger("confhub.registry")
 
@@ -76,7 +80,11 @@ def _diff(
 ) -> tuple[tuple[Instance, ...], tuple[Instance, ...], tuple[Instance, ...]]:
     added = tuple(i for k, i in after.items() if k not in before)
     removed = tuple(i for k, i in before.items() if k not in after)
-    changed = tuple(i for k, i in after.items() if k in before and not before[k].same_record(i))
+    changed = tuple(
+        i
+        for k, i in after.items()
+        if k in before and before[k] is not i and not before[k].same_record(i)
+    )
     return added, removed, changed
 
 
@@ -89,6 +97,11 @@ class Discovery:
     lists the current instances as added). ``pick()`` chooses one (round robin or random).
     A context manager; :meth:`close` stops the thread and closes the discovery's own store
     connection.
+
+    With ``cache_path``, every list read is also saved to that JSON file, and a discovery
+    whose first read fails because the store is unreachable starts from it (reported
+    stale) when it is younger than ``max_staleness``. Off by default: see the module's
+    note on stale lists.
     """
 
     def __init__(
@@ -102,6 +115,7 @@ class Discovery:
         wait: float = DEFAULT_WAIT,
         retry: Callable[[int], float] = lambda attempt: min(5.0, 0.1 * 2**attempt),
         source: str = "",
+        cache_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(
@@ -132,7 +146,15 @@ class Discovery:
         self._skipped: tuple[SourceFormatError, ...] = ()
         self._reported: set[str] = set()
         self._closed = False
-        self._apply(backend.list_instances(service))
+        self._cache_path = None if cache_path is None else Path(cache_path)
+        try:
+            listing = backend.list_instances(service)
+        except SourceError as exc:
+            if not self._load_cache(exc):
+                raise
+        else:
+            self._apply(listing)
+            self._save_cache({i.instance_id: i for i in listing.instances})
         self._thread = threading.Thread(
             target=self._run, name=f"confhub-discovery-{service}", daemon=True
         )
@@ -273,7 +295,7 @@ class Discovery:
 
     def _run(self) -> None:
         attempt = 0
-        reread = False
+        reread = self._index < 0  # started from the cache
         while not self._stop.is_set():
             try:
                 if reread:
@@ -295,6 +317,7 @@ class Discovery:
             attempt = 0
             reread = False
             self._apply(listing)
+            self._save_cache({i.instance_id: i for i in listing.instances})
 
     def _failed(self, exc: BaseException) -> None:
         with self._lock:
@@ -333,6 +356,79 @@ class Discovery:
             self._index = listing.index
             self._skipped = listing.skipped
         self._publish(after, dropped=False)
+
+    # -- the opt-in cache of the last list -----------------------------------------------------
+
+    def _save_cache(self, instances: dict[str, Instance]) -> None:
+        if self._cache_path is None:
+            return
+        document = {
+            "service": self._service,
+            "saved_at": time.time(),
+            "instances": [
+                {
+                    "id": i.instance_id,
+                    "address": i.address,
+                    "port": i.port,
+                    "meta": dict(i.meta),
+                    "status": i.status,
+                    "origin": i.origin,
+                }
+                for i in instances.values()
+            ],
+        }
+        tmp = self._cache_path.with_name(self._cache_path.name + ".tmp")
+        try:
+            self._cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(document, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self._cache_path)
+        except OSError as exc:
+            log.warning("discovery of %s: cannot write its cache %s: %s", self._service, tmp, exc)
+
+    def _load_cache(self, error: SourceError) -> bool:
+        """Serve the cached list (stale) when the first read failed; False if there is none
+        fit to serve (missing, unreadable, for another service, older than max_staleness)."""
+        if self._cache_path is None or not isinstance(error, SourceUnavailableError):
+            return False
+        try:
+            document = json.loads(self._cache_path.read_text(encoding="utf-8"))
+            age = max(0.0, time.time() - float(document["saved_at"]))
+            if document["service"] != self._service:
+                return False
+            instances = {
+                str(row["id"]): Instance(
+                    service=self._service,
+                    instance_id=str(row["id"]),
+                    address=str(row["address"]),
+                    port=int(row["port"]),
+                    meta=row.get("meta") or {},
+                    status=str(row.get("status", "passing")),
+                    origin=str(row.get("origin", "")),
+                )
+                for row in document["instances"]
+            }
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("discovery of %s: cannot use its cache: %s", self._service, exc)
+            return False
+        if self._max_staleness is not None and age > self._max_staleness:
+            log.warning(
+                "discovery of %s: its cache is %.0fs old, over max_staleness; not using it",
+                self._service,
+                age,
+            )
+            return False
+        log.warning(
+            "discovery of %s: %s; serving its cached list (%.0fs old)", self._service, error, age
+        )
+        with self._lock:
+            self._error = error
+            self._last_ok = time.monotonic() - age
+            self._index = -1  # nothing read from the store yet: the thread reads first
+        self._publish(
+            {k: i for k, i in instances.items() if i.status == "passing" or not self._passing_only},
+            dropped=False,
+        )
+        return True
 
     def _publish(self, after: dict[str, Instance], *, dropped: bool) -> None:
         with self._lock:

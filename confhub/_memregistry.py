@@ -76,104 +76,105 @@ class MemoryRegistryStore:
     def __init__(self, name: str = "") -> None:
         self.name = name
         self.display = f"memory:{name}"
-        self._cond = threading.Condition()
-        self._revision = 0
-        self._records: dict[tuple[str, str], _Record] = {}
-        self._service_revision: dict[str, int] = {}
-        self._locks: dict[str, list[_Entry]] = {}
+        self.cond = threading.Condition()
+        self.revision = 0
+        self.records: dict[tuple[str, str], _Record] = {}
+        self.service_revision: dict[str, int] = {}
+        self.locks: dict[str, list[_Entry]] = {}
         self._down = False
         self.keepalives = 0
 
     def __repr__(self) -> str:
-        return f"MemoryRegistryStore({self.name!r}, instances={len(self._records)})"
+        return f"MemoryRegistryStore({self.name!r}, instances={len(self.records)})"
 
     # -- test controls -----------------------------------------------------------------------
 
     def fail(self) -> None:
         """Make the store unreachable until :meth:`recover` (TTLs keep running)."""
-        with self._cond:
+        with self.cond:
             self._down = True
-            self._cond.notify_all()
+            self.cond.notify_all()
 
     def recover(self) -> None:
         """Make the store reachable again."""
-        with self._cond:
+        with self.cond:
             self._down = False
-            self._cond.notify_all()
+            self.cond.notify_all()
 
     def expire(self, instance_id: str | None = None) -> None:
         """Forget the lease of ``instance_id`` (every instance when ``None``) at once."""
-        with self._cond:
-            for key in [k for k in self._records if instance_id in (None, k[1])]:
-                self._drop(key)
-            self._cond.notify_all()
+        with self.cond:
+            for key in [k for k in self.records if instance_id in (None, k[1])]:
+                self.drop(key)
+            self.cond.notify_all()
 
     def expire_lock(self, name: str) -> None:
         """Forget the lease of the holder of lock ``name`` at once."""
-        with self._cond:
-            queue = self._locks.get(name)
+        with self.cond:
+            queue = self.locks.get(name)
             if queue:
                 queue.pop(0)
-                self._bump()
-            self._cond.notify_all()
+                self.bump()
+            self.cond.notify_all()
 
     def holder(self, name: str) -> str | None:
         """The identity holding lock ``name`` as the store sees it now (works while the
         store is failed: this is the test's view, not a client's)."""
-        with self._cond:
-            self._tick()
-            queue = self._locks.get(name)
+        with self.cond:
+            self.tick()
+            queue = self.locks.get(name)
             return queue[0].identity if queue else None
 
     def clear(self) -> None:
         """Forget everything."""
-        with self._cond:
-            self._records.clear()
-            self._locks.clear()
-            self._bump()
-            self._cond.notify_all()
+        with self.cond:
+            self.records.clear()
+            self.locks.clear()
+            self.bump()
+            self.cond.notify_all()
 
-    # -- what the backends call (under the condition) ----------------------------------------
+    # -- the backends' side: used by MemoryRegistry and MemoryLock, holding ``cond`` --------
 
-    def _check(self) -> None:
+    def check(self) -> None:
         if self._down:
             raise SourceUnavailableError(
                 f"{self.display}: the registry is unreachable (MemoryRegistryStore.fail())",
                 source=self.display,
             )
-        self._tick()
+        self.tick()
 
-    def _bump(self) -> int:
-        self._revision += 1
-        return self._revision
+    def bump(self) -> int:
+        self.revision += 1
+        return self.revision
 
-    def _drop(self, key: tuple[str, str]) -> None:
-        del self._records[key]
-        self._service_revision[key[0]] = self._bump()
+    def drop(self, key: tuple[str, str]) -> None:
+        del self.records[key]
+        self.service_revision[key[0]] = self.bump()
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
         now = time.monotonic()
         changed = False
-        for key in [k for k, r in self._records.items() if r.expires <= now]:
-            self._drop(key)
+        for key in [k for k, r in self.records.items() if r.expires <= now]:
+            self.drop(key)
             changed = True
-        for queue in self._locks.values():
+        for queue in self.locks.values():
             alive = [e for e in queue if e.expires > now]
             if len(alive) != len(queue):
                 queue[:] = alive
-                self._bump()
+                self.bump()
                 changed = True
         if changed:
-            self._cond.notify_all()
+            self.cond.notify_all()
 
     def _next_expiry(self) -> float:
-        times = [r.expires for r in self._records.values()]
-        times += [e.expires for q in self._locks.values() for e in q]
+        times = [r.expires for r in self.records.values()]
+        times += [e.expires for q in self.locks.values() for e in q]
         return min(times, default=float("inf"))
 
-    def _wait(self, deadline: float) -> None:
+    def wait_change(self, deadline: float) -> None:
+        """Wait (holding ``cond``) for a change, an expiry or ``deadline``."""
         now = time.monotonic()
-        self._cond.wait(max(0.0, min(deadline, self._next_expiry()) - now))
+        self.cond.wait(max(0.0, min(deadline, self._next_expiry()) - now))
 
 
 class MemoryLock:
@@ -190,16 +191,16 @@ class MemoryLock:
     def acquire(self, timeout: float | None) -> int:
         store = self._store
         deadline = float("inf") if timeout is None else time.monotonic() + timeout
-        with store._cond:
-            store._check()
-            entry = _Entry(self._identity, store._bump(), self._ttl, time.monotonic() + self._ttl)
-            queue = store._locks.setdefault(self._name, [])
+        with store.cond:
+            store.check()
+            entry = _Entry(self._identity, store.bump(), self._ttl, time.monotonic() + self._ttl)
+            queue = store.locks.setdefault(self._name, [])
             queue.append(entry)
             self._entry = entry
-            store._cond.notify_all()
+            store.cond.notify_all()
             while True:
                 try:
-                    store._check()
+                    store.check()
                 except SourceUnavailableError:
                     self._forget(queue, entry)
                     raise
@@ -220,21 +221,21 @@ class MemoryLock:
                         name=self._name,
                     )
                 entry.expires = time.monotonic() + self._ttl  # a waiter keeps its lease
-                store._wait(min(deadline, time.monotonic() + self._ttl / 3))
+                store.wait_change(min(deadline, time.monotonic() + self._ttl / 3))
 
     def _forget(self, queue: list[_Entry], entry: _Entry) -> None:
         if entry in queue:
             queue.remove(entry)
-            self._store._bump()
-            self._store._cond.notify_all()
+            self._store.bump()
+            self._store.cond.notify_all()
         self._entry = None
 
     def keepalive(self) -> None:
         store = self._store
-        with store._cond:
-            store._check()
+        with store.cond:
+            store.check()
             store.keepalives += 1
-            queue = store._locks.get(self._name, [])
+            queue = store.locks.get(self._name, [])
             if self._entry is None or self._entry not in queue:
                 raise LockLostError(
                     f"lock {self._name!r} in {store.display}: our lease is gone",
@@ -245,32 +246,32 @@ class MemoryLock:
 
     def release(self) -> None:
         store = self._store
-        with store._cond:
-            store._check()
+        with store.cond:
+            store.check()
             entry = self._entry
             if entry is not None:
-                self._forget(store._locks.get(self._name, []), entry)
+                self._forget(store.locks.get(self._name, []), entry)
 
     def holder(self) -> tuple[str, int] | None:
         store = self._store
-        with store._cond:
-            store._check()
+        with store.cond:
+            store.check()
             return self._holder()
 
     def _holder(self) -> tuple[str, int] | None:
-        queue = self._store._locks.get(self._name)
+        queue = self._store.locks.get(self._name)
         return (queue[0].identity, queue[0].token) if queue else None
 
     def wait_holder(self, known: tuple[str, int] | None, timeout: float) -> tuple[str, int] | None:
         store = self._store
         deadline = time.monotonic() + timeout
-        with store._cond:
+        with store.cond:
             while True:
-                store._check()
+                store.check()
                 now = self._holder()
                 if now != known or time.monotonic() >= deadline or self._backend.closed:
                     return now
-                store._wait(deadline)
+                store.wait_change(deadline)
 
 
 class MemoryRegistry:
@@ -290,17 +291,17 @@ class MemoryRegistry:
                 source=store.display,
                 name=instance.service,
             )
-        with store._cond:
-            store._check()
+        with store.cond:
+            store.check()
             key = (instance.service, instance.instance_id)
-            store._records[key] = _Record(instance, ttl, time.monotonic() + ttl)
-            store._service_revision[instance.service] = store._bump()
+            store.records[key] = _Record(instance, ttl, time.monotonic() + ttl)
+            store.service_revision[instance.service] = store.bump()
             self._services[instance.instance_id] = instance.service
-            store._cond.notify_all()
+            store.cond.notify_all()
 
     def _record(self, instance_id: str) -> _Record:
         store = self.store
-        record = store._records.get((self._services.get(instance_id, ""), instance_id))
+        record = store.records.get((self._services.get(instance_id, ""), instance_id))
         if record is None:
             raise LeaseLostError(
                 f"{store.display}: instance {instance_id!r} is no longer registered (its "
@@ -311,67 +312,67 @@ class MemoryRegistry:
         return record
 
     def keepalive(self, instance_id: str) -> None:
-        with self.store._cond:
-            self.store._check()
+        with self.store.cond:
+            self.store.check()
             self.store.keepalives += 1
             record = self._record(instance_id)
             record.expires = time.monotonic() + record.ttl
 
     def set_status(self, instance_id: str, status: str) -> None:
         store = self.store
-        with store._cond:
-            store._check()
+        with store.cond:
+            store.check()
             record = self._record(instance_id)
             record.instance = attrs.evolve(record.instance, status=status)
-            store._service_revision[record.instance.service] = store._bump()
-            store._cond.notify_all()
+            store.service_revision[record.instance.service] = store.bump()
+            store.cond.notify_all()
 
     def deregister(self, instance_id: str) -> None:
         store = self.store
-        with store._cond:
-            store._check()
+        with store.cond:
+            store.check()
             key = (self._services.pop(instance_id, ""), instance_id)
-            if key in store._records:
-                store._drop(key)
-                store._cond.notify_all()
+            if key in store.records:
+                store.drop(key)
+                store.cond.notify_all()
 
     def _listing(self, service: str) -> ServiceListing:
         store = self.store
         instances = [
             attrs.evolve(r.instance, origin=f"{store.display}/{service}/{i}", revision=None)
-            for (s, i), r in sorted(store._records.items())
+            for (s, i), r in sorted(store.records.items())
             if s == service
         ]
-        return ServiceListing(index=store._revision, instances=tuple(instances))
+        return ServiceListing(index=store.revision, instances=tuple(instances))
 
     def list_instances(self, service: str) -> ServiceListing:
-        with self.store._cond:
-            self.store._check()
+        with self.store.cond:
+            self.store.check()
             return self._listing(service)
 
     def wait_instances(self, service: str, index: int, timeout: float) -> ServiceListing:
         store = self.store
         deadline = time.monotonic() + timeout
-        with store._cond:
+        with store.cond:
             while True:
-                store._check()
-                moved = store._service_revision.get(service, 0) > index
+                store.check()
+                moved = store.service_revision.get(service, 0) > index
                 if moved or time.monotonic() >= deadline or self.closed:
                     return self._listing(service)
-                store._wait(deadline)
+                store.wait_change(deadline)
 
     def services(self) -> tuple[str, ...]:
-        with self.store._cond:
-            self.store._check()
-            return tuple(sorted({s for s, _ in self.store._records}))
+        with self.store.cond:
+            self.store.check()
+            return tuple(sorted({s for s, _ in self.store.records}))
 
     def lock(self, name: str, ttl: float, identity: str) -> MemoryLock:
         return MemoryLock(self, name, ttl, identity)
 
     def close(self) -> None:
-        with self.store._cond:
+        with self.store.cond:
             self.closed = True
-            self.store._cond.notify_all()
+            self.store.cond.notify_all()
 
 
 @hookimpl

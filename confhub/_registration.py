@@ -129,7 +129,8 @@ class Registration:
         """Report the app's own health: ``"passing"``, ``"warning"`` or ``"critical"``.
 
         Written to the store at once (raises :class:`confhub.SourceUnavailableError` when it
-        cannot be reached; the status is kept and written again on re-registration).
+        cannot be reached). The status is kept: a re-registration (after a lost lease) carries
+        it.
         """
         if status not in STATUSES:
             raise ValueError(
@@ -140,7 +141,11 @@ class Registration:
         with self._lock:
             self._status = status
             self._instance = attrs.evolve(self._instance, status=status)
-        self._backend.set_status(self.instance_id, status)
+        try:
+            self._backend.set_status(self.instance_id, status)
+        except LeaseLostError as exc:
+            # The keepalive thread re-registers with the new status; nothing is lost.
+            log.info("status of %s kept for its re-registration: %s", self.instance_id, exc)
 
     def close(self) -> None:
         """Stop the keepalives and remove the instance from the store at once. Idempotent.

@@ -232,13 +232,16 @@ class Registry:
         passing_only: bool = True,
         strategy: str = "round_robin",
         max_staleness: float | object | None = ...,
+        cache_path: str | os.PathLike[str] | None = None,
     ) -> Discovery:
         """Follow the instances of ``service``: a live :class:`Discovery`.
 
         Reads the list once before returning (raises
         :class:`confhub.SourceUnavailableError` when the store cannot be reached), then
         watches it. ``max_staleness`` (default: the registry's) bounds how long a list is
-        served while the store does not answer; ``None`` serves it forever.
+        served while the store does not answer; ``None`` serves it forever. ``cache_path``
+        (opt-in) keeps the last list in a JSON file that a discovery starting while the store
+        is unreachable serves (stale) if it is younger than ``max_staleness``.
         """
         self._check_open()
         service = check_name("service name", service)
@@ -253,6 +256,7 @@ class Registry:
                 max_staleness=staleness,  # type: ignore[arg-type]
                 retry=self._retry_delay,
                 source=self.display,
+                cache_path=cache_path,
             )
         except BaseException:
             backend.close()

@@ -46,6 +46,7 @@ LAYERS: list[list[str]] = [
     ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
     ["_fallback"],  # start-up chain, recovery, polling, watch wiring
     ["_hub", "_registry"],  # the facades that wire the stages
+    ["_demoregistry"],  # the demo's registry part
     ["_demo", "_kvharness"],  # run a Hub
     ["_kvcontract", "_regcontract"],  # the KV and registry contracts' tests
     ["_cliconfig", "_cliformat", "_cliregistry"],  # the CLI's config, formats, registry

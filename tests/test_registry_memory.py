@@ -4,9 +4,12 @@ an in-process store can show (leases forgotten on demand, outages, thread cleanu
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import threading
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +210,66 @@ def test_close_on_signal_closes_then_exits() -> None:
         restore()
     assert closed == ["closed"]
     assert exit_info.value.code == 143
+
+
+def test_opt_in_cache_serves_the_last_list_when_the_store_is_down_at_start(
+    name: str, tmp_path: Path
+) -> None:
+    """With cache_path, a discovery started while the store is down serves the saved list,
+    stale, and follows the store once it answers; without it, the start fails."""
+    store = memory_registry_store(name)
+    cache = tmp_path / "api.json"
+    with Registry(f"memory:{name}") as registry:
+        registry.register("api", address="h", port=1, instance_id="a", ttl=30)
+        with registry.discover("api", cache_path=cache) as first:
+            assert [i.instance_id for i in first.instances] == ["a"]
+        store.fail()
+        with pytest.raises(confhub.SourceUnavailableError):
+            registry.discover("api")
+        with registry.discover("api", cache_path=cache) as second:
+            assert [i.instance_id for i in second.instances] == ["a"]
+            assert second.health().stale
+            store.recover()
+            registry.register("api", address="h", port=2, instance_id="b", ttl=30)
+            changes: queue.Queue[object] = queue.Queue()
+            second.subscribe(changes.put)
+            while [i.instance_id for i in second.instances] != ["a", "b"]:
+                wait_for(changes, "the store's list")
+            assert not second.health().stale
+
+
+def test_opt_in_cache_older_than_max_staleness_is_not_served(name: str, tmp_path: Path) -> None:
+    """A cached list older than max_staleness is refused: the start fails instead."""
+    store = memory_registry_store(name)
+    cache = tmp_path / "api.json"
+    cache.write_text(
+        json.dumps(
+            {
+                "service": "api",
+                "saved_at": time.time() - 120,
+                "instances": [{"id": "old", "address": "h", "port": 1}],
+            }
+        )
+    )
+    store.fail()
+    try:
+        with Registry(f"memory:{name}") as registry, pytest.raises(confhub.SourceUnavailableError):
+            registry.discover("api", cache_path=cache, max_staleness=60)
+    finally:
+        store.recover()
+
+
+def test_status_set_while_the_lease_is_lost_is_carried_by_the_reregistration(name: str) -> None:
+    """set_status on a lost registration does not fail; the re-registration carries it."""
+    store = memory_registry_store(name)
+    with Registry(f"memory:{name}") as registry:
+        states: queue.Queue[RegistrationState] = queue.Queue()
+        registration = registry.register(
+            "api", address="h", port=1, ttl=3, instance_id="a", on_state=states.put
+        )
+        store.expire("a")
+        registration.set_status("warning")
+        assert wait_for(states, "the loss") is RegistrationState.LOST
+        assert wait_for(states, "the return") is RegistrationState.REREGISTERED
+        (instance,) = registry.instances("api").instances
+        assert instance.status == "warning"

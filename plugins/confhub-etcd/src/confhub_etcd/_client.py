@@ -649,6 +649,16 @@ class EtcdClient:
             call.cancel()
         return 0 if response is None else int(response.TTL)
 
+    def open_lease_keepalive(self, requests: Iterator[Any]) -> tuple[str, Any]:
+        """A long-lived ``LeaseKeepAlive`` stream fed by ``requests``: ``(endpoint, call)``
+        (see ``confhub_etcd._lease.KeepaliveStream``)."""
+        return self._transport.open_lease_keepalive(requests)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the client talks TLS."""
+        return self._tls is not None
+
     def _unary(self, stub: str, method: str, request: Any, *, idempotent: bool, what: str) -> Any:
         # Every request of this class goes through here (one place to wrap in a test).
         return self._transport.unary(stub, method, request, idempotent=idempotent, what=what)

@@ -117,7 +117,7 @@ class EtcdLock:
     def acquire(self, timeout: float | None) -> int:
         registry = self._registry
         deadline = None if timeout is None else time.monotonic() + timeout
-        leases = Leases(registry.client)
+        leases = registry.leases()
         lease_id = registry.run(f"the lock {self._name!r}", lambda: leases.grant(self._ttl))
         self._lease = lease_id
         try:
@@ -202,7 +202,7 @@ class EtcdLock:
         lease_id = self._lease
         alive = lease_id is not None and registry.run(
             f"the keepalive of lock {self._name!r}",
-            lambda: Leases(registry.client).keepalive(lease_id or 0),
+            lambda: registry.leases().keepalive(lease_id or 0),
         )
         if not alive:
             raise LockLostError(
@@ -215,7 +215,7 @@ class EtcdLock:
     def release(self) -> None:
         lease_id, self._lease, self._key = self._lease, None, None
         if lease_id is not None:
-            leases = Leases(self._registry.client)
+            leases = self._registry.leases()
             self._registry.run(
                 f"the release of lock {self._name!r}", lambda: leases.revoke(lease_id)
             )

@@ -35,7 +35,7 @@ from confhub import (
 from ._client import EtcdClient
 from ._config import parse_spec
 from ._errors import EtcdAuthError, EtcdError
-from ._lease import Leases, StreamSet, lease_missing
+from ._lease import KeepaliveStream, Leases, StreamSet, lease_missing
 from ._lock import EtcdLock
 from ._rpc import stubs
 from ._types import (
@@ -128,7 +128,7 @@ class _ClientPool:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._clients: dict[tuple[object, ...], tuple[EtcdClient, int]] = {}
+        self._clients: dict[tuple[object, ...], tuple[EtcdClient, KeepaliveStream, int]] = {}
 
     @staticmethod
     def _key(config: EtcdSourceConfig) -> tuple[object, ...]:
@@ -140,11 +140,11 @@ class _ClientPool:
             config.max_receive_bytes,
         )
 
-    def take(self, config: EtcdSourceConfig) -> EtcdClient:
+    def take(self, config: EtcdSourceConfig) -> tuple[EtcdClient, KeepaliveStream]:
         key = self._key(config)
         with self._lock:
-            client, users = self._clients.get(key, (None, 0))
-            if client is None:
+            found = self._clients.get(key)
+            if found is None:
                 client = EtcdClient(
                     list(config.endpoints),
                     timeout=config.timeout,
@@ -152,17 +152,20 @@ class _ClientPool:
                     credentials=config.credentials,
                     max_receive_bytes=config.max_receive_bytes,
                 )
-            self._clients[key] = (client, users + 1)
-            return client
+                found = (client, KeepaliveStream(client), 0)
+            client, stream, users = found
+            self._clients[key] = (client, stream, users + 1)
+            return client, stream
 
     def give_back(self, config: EtcdSourceConfig) -> None:
         key = self._key(config)
         with self._lock:
-            client, users = self._clients[key]
+            client, stream, users = self._clients[key]
             if users > 1:
-                self._clients[key] = (client, users - 1)
+                self._clients[key] = (client, stream, users - 1)
                 return
             del self._clients[key]
+        stream.close()
         client.close()
 
 
@@ -283,6 +286,7 @@ class EtcdRegistry:
         self.streams = StreamSet()
         self._lock = threading.Lock()
         self._client: EtcdClient | None = None
+        self._keepalives: KeepaliveStream | None = None
         self._leases: dict[str, tuple[int, Instance]] = {}
         # One watch per service followed here, so that an event updates the listing in time
         # proportional to the change, and the stream stays open between waits.
@@ -304,7 +308,7 @@ class EtcdRegistry:
                         f"{self.display}: this registry connection is closed", source=self.display
                     )
                 try:
-                    self._client = _POOL.take(self.config)
+                    self._client, self._keepalives = _POOL.take(self.config)
                 except OSError as exc:
                     raise SpecError(
                         f"{self.display}: cannot read a TLS file ({exc.strerror}: "
@@ -314,6 +318,11 @@ class EtcdRegistry:
                 except ValueError as exc:
                     raise SpecError(f"{self.display}: {exc}", spec=self.display) from None
             return self._client
+
+    def leases(self) -> Leases:
+        """Lease calls on the shared client and its keepalive stream."""
+        client = self.client
+        return Leases(client, self._keepalives)
 
     def translate(self, exc: EtcdError, what: str) -> Exception:
         """An etcd failure as confhub's: unavailable, or refused (auth)."""
@@ -353,7 +362,7 @@ class EtcdRegistry:
                 source=self.display,
                 name=instance.service,
             )
-        leases = Leases(self.client)
+        leases = self.leases()
         what = f"the registration of {instance.service}/{instance.instance_id}"
         lease_id = self.run(what, lambda: leases.grant(ttl))
         try:
@@ -394,7 +403,7 @@ class EtcdRegistry:
 
     def keepalive(self, instance_id: str) -> None:
         lease_id, instance = self._lease_of(instance_id)
-        leases = Leases(self.client)
+        leases = self.leases()
         if not self.run("a lease keepalive", lambda: leases.keepalive(lease_id)):
             raise self._lost(instance, lease_id)
 
@@ -424,7 +433,7 @@ class EtcdRegistry:
         if found is None:
             return
         lease_id, _ = found
-        leases = Leases(self.client)
+        leases = self.leases()
         self.run(f"the deregistration of {instance_id}", lambda: leases.revoke(lease_id))
 
     # -- listing -----------------------------------------------------------------------------
