@@ -327,8 +327,8 @@ def test_lock_handover_after_release(spec: str, server: ConsulTestServer) -> Non
 def test_lock_handover_after_holder_killed(
     spec: str, registry: Registry, children: list[Child]
 ) -> None:
-    """After the holding process is killed -9, its session expires and the waiter gets the
-    lock with a higher token."""
+    """After the holding process is killed -9, its session expires and the waiter parked in
+    acquire() gets the lock with a higher token, and keeps it."""
     child = Child(_LOCK_CHILD, spec, "1")
     children.append(child)
     token_child = int(child.line())
@@ -336,13 +336,15 @@ def test_lock_handover_after_holder_killed(
     assert lock.holder() == ("child", token_child)
     with pytest.raises(LockTimeoutError):
         lock.acquire(timeout=0.3)
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(lock.acquire(timeout=CAP)))
+    waiter.start()
     child.kill9()
-    # Wait for the release by the store first: acquiring now is quick, so the lock's
-    # validity (counted from the acquire call) is not spent waiting.
-    assert lock.wait_holder(("child", token_child), timeout=CAP) is None
-    token = lock.acquire(timeout=CAP)
-    assert token > token_child
-    assert lock.holder() == ("parent", token)
+    waiter.join(CAP)
+    assert got, "the waiter never got the lock"
+    assert got[0] > token_child
+    assert lock.holder() == ("parent", got[0])
+    assert lock.held
     lock.release()
 
 
