@@ -27,11 +27,12 @@ from confhub import (
     Registry,
     RegistryInputError,
     SourceFormatError,
+    SourcePermissionError,
     SourceUnavailableError,
     SpecError,
 )
 
-from confhub_consul.testing import ConsulTestServer
+from confhub_consul.testing import AclToken, ConsulTestServer
 
 DEFAULT_WAIT = 30.0  # how long the core's discovery asks one blocking query to wait
 
@@ -429,3 +430,27 @@ def test_lock_taken_away_by_hand_is_lost(registry: Registry, server: ConsulTestS
     assert not lock.held
     assert "was lost" in str(lost[0])
     wait_until(lambda: server.sessions() == [])
+
+
+def test_acl_token_is_sent_and_refusals_name_the_rules() -> None:
+    """The spec's token reaches every call: a token with service:write registers; one with
+    read only gets SourcePermissionError naming the rules it needs."""
+    tokens = [
+        AclToken(secret_id="writer", service="write"),
+        AclToken(secret_id="reader", service="read"),
+    ]
+    with ConsulTestServer(acl_enabled=True, acl_default_policy="deny", tokens=tokens) as srv:
+        with (
+            Registry(f"consul://{srv.address}/?token=writer") as writer,
+            Registry(f"consul://{srv.address}/?token=reader") as reader,
+        ):
+            writer.register("orders", address="127.0.0.1", port=1, instance_id="o-1")
+            assert srv.service_ids() == ["o-1"]
+            assert [i.instance_id for i in reader.instances("orders").instances] == ["o-1"]
+            with pytest.raises(SourcePermissionError, match="service:write"):
+                reader.register("orders", address="127.0.0.1", port=2, instance_id="o-2")
+        with (
+            Registry(f"consul://{srv.address}/") as anonymous,
+            pytest.raises(SourcePermissionError),
+        ):
+            anonymous.register("orders", address="127.0.0.1", port=3)
