@@ -77,3 +77,48 @@ def test_service_acl_rule() -> None:
             len(requests.get(health, headers={"X-Consul-Token": "reader"}, timeout=5).json()) == 1
         )
         assert requests.get(health, timeout=5).json() == []  # anonymous: filtered out
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ('Service.Meta.zone == "a"', ["a1"]),
+        ('Service.Meta.zone != "a"', ["b1", "none"]),
+        ('"v2" in Service.Tags', ["b1"]),
+        ('"v2" not in Service.Tags', ["a1", "none"]),
+        ("Service.Tags is empty", ["none"]),
+        ("Service.Tags is not empty", ["a1", "b1"]),
+        ('Service.ID contains "1"', ["a1", "b1"]),
+        ('Service.ID matches "^[ab]"', ["a1", "b1"]),
+        ('Service.ID not matches "^a"', ["b1", "none"]),
+        ('not (Service.Meta.zone == "a") and Service.Port == 2', ["b1"]),
+        ('Service.ID == "a1" or Service.ID == `none`', ["a1", "none"]),
+        ('Checks.Status == "critical"', ["none"]),
+    ],
+)
+def test_health_filter_expressions(
+    double: ConsulTestServer, expr: str, expected: list[str]
+) -> None:
+    """The ?filter subset: comparisons, membership, emptiness, regexes, boolean logic."""
+    services = [
+        {"Name": "f", "ID": "a1", "Port": 1, "Tags": ["v1"], "Meta": {"zone": "a"},
+         "Check": {"TTL": "30s", "Status": "passing"}},
+        {"Name": "f", "ID": "b1", "Port": 2, "Tags": ["v1", "v2"], "Meta": {"zone": "b"},
+         "Check": {"TTL": "30s", "Status": "passing"}},
+        {"Name": "f", "ID": "none", "Port": 3, "Check": {"TTL": "30s"}},
+    ]  # fmt: skip
+    for body in services:
+        requests.put(f"{double.url}/v1/agent/service/register", json=body, timeout=5)
+    resp = requests.get(f"{double.url}/v1/health/service/f", params={"filter": expr}, timeout=5)
+    assert resp.status_code == 200, resp.text
+    assert sorted(e["Service"]["ID"] for e in resp.json()) == expected
+
+
+@pytest.mark.parametrize(
+    "expr", ["Service.ID ==", "Bogus.ID == x", '(Service.ID == "a"', "Service.ID ~ 1", '"x" in']
+)
+def test_health_filter_errors(double: ConsulTestServer, expr: str) -> None:
+    """A malformed filter, or one naming an unknown selector, is 400."""
+    resp = requests.get(f"{double.url}/v1/health/service/f", params={"filter": expr}, timeout=5)
+    assert resp.status_code == 400
+    assert resp.text.startswith("Failed to create boolean expression evaluator")
