@@ -157,7 +157,8 @@ def test_register_discover_pick(registry: Registry, server: ConsulTestServer) ->
 def test_status_reaches_consul_and_discovery(registry: Registry, server: ConsulTestServer) -> None:
     """set_status moves the TTL check; a warning instance leaves the passing list, and a
     keepalive keeps pushing the status set (not ``passing``)."""
-    reg = registry.register("orders", address="127.0.0.1", port=8001, ttl=1, instance_id="o-1")
+    # ttl=3: keepalives every second, and a slow machine's pauses stay under the TTL.
+    reg = registry.register("orders", address="127.0.0.1", port=8001, ttl=3, instance_id="o-1")
     with (
         registry.discover("orders") as found,
         registry.discover("orders", passing_only=False) as every,
@@ -165,7 +166,7 @@ def test_status_reaches_consul_and_discovery(registry: Registry, server: ConsulT
         reg.set_status("warning")
         assert server.check_status("service:o-1") == "warning"
         wait_until(lambda: found.instances == ())
-        assert [i.status for i in every.instances] == ["warning"]
+        wait_until(lambda: [i.status for i in every.instances] == ["warning"])
         keepalives = reg.keepalives
         wait_until(lambda: reg.keepalives >= keepalives + 2)
         assert server.check_status("service:o-1") == "warning"
@@ -333,7 +334,7 @@ def test_lock_handover_after_holder_killed(
     child = Child(_LOCK_CHILD, spec, "1")
     children.append(child)
     token_child = int(child.line())
-    lock = registry.lock("job", ttl=1, identity="parent")
+    lock = registry.lock("job", ttl=3, identity="parent")
     assert lock.holder() == ("child", token_child)
     with pytest.raises(LockTimeoutError):
         lock.acquire(timeout=0.3)
@@ -422,7 +423,7 @@ def test_lock_taken_away_by_hand_is_lost(registry: Registry, server: ConsulTestS
     """When an operator deletes the lock key, the holder's next keepalive finds it gone: the
     lock is lost (on_lost is called) and its session destroyed."""
     lost: list[Exception] = []
-    lock = registry.lock("job", ttl=1, identity="me", on_lost=lost.append)
+    lock = registry.lock("job", ttl=3, identity="me", on_lost=lost.append)
     lock.acquire(timeout=5)
     assert [s.name for s in server.sessions()] == ["confhub lock app/_locks/job (me)"]
     server.delete("app/_locks/job")
