@@ -197,23 +197,27 @@ def test_bad_check_kind_is_refused(registry: Registry) -> None:
 
 
 def test_kill9_disappears_after_ttl_and_reaping(
-    spec: str, registry: Registry, server: ConsulTestServer, children: list[Child]
+    server: ConsulTestServer, registry: Registry, children: list[Child]
 ) -> None:
-    """A registering process killed -9 turns critical no sooner than its TTL after its last
-    keepalive, leaves the passing list, and is then reaped from the agent."""
-    ttl = 1.5
-    child = Child(_REGISTER_CHILD, spec, "o-kill", str(ttl))
+    """A registering process killed -9 first leaves the passing list (its TTL check
+    expired: still registered, critical), then is reaped from the agent
+    (``deregister_after=2``; conformance #64 pins the check's timing)."""
+    spec = f"consul://{server.address}/app/?deregister_after=2"
+    child = Child(_REGISTER_CHILD, spec, "o-kill", "1.5")
     children.append(child)
     assert child.line() == "ready"
-    with registry.discover("orders") as found:
+    with (
+        registry.discover("orders") as found,
+        registry.discover("orders", passing_only=False) as every,
+    ):
         assert [i.instance_id for i in found.instances] == ["o-kill"]
         child.kill9()
-        killed = time.monotonic()
-        wait_until(lambda: server.check_status("service:o-kill") != "passing")
-        # The last keepalive came at most ttl/3 before the kill.
-        assert time.monotonic() - killed >= ttl - ttl / 3
         wait_until(lambda: found.instances == ())
+        wait_until(lambda: [i.status for i in every.instances] in ([], ["critical"]))
+        assert [i.status for i in every.instances] == ["critical"]  # not reaped yet
+        assert server.service_ids() == ["o-kill"]
         wait_until(lambda: server.service_ids() == [])
+        wait_until(lambda: every.instances == ())
         assert registry.instances("orders").instances == ()
 
 
