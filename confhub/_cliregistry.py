@@ -101,7 +101,7 @@ def _services(registry: Registry, args: argparse.Namespace, out: TextIO) -> int:
             "status": i.status,
             "meta": dict(i.meta),
         }
-        for i in listing.instances
+        for i in sorted(listing.instances, key=lambda i: i.instance_id)
     ]
     if args.json:
         document = {

@@ -139,6 +139,7 @@ class Discovery:
         self._subscribers: list[Callable[[DiscoveryChange], None]] = []
         self._counter = itertools.count()
         self._current: dict[str, Instance] = {}
+        self._sorted: tuple[Instance, ...] = ()  # _current by id, built once per change
         self._index = 0
         self._last_ok = time.monotonic()
         self._error: BaseException | None = None
@@ -173,8 +174,7 @@ class Discovery:
     @property
     def instances(self) -> tuple[Instance, ...]:
         """The instances served now, sorted by id (passing only unless asked otherwise)."""
-        with self._lock:
-            return tuple(self._current[k] for k in sorted(self._current))
+        return self._sorted
 
     @property
     def index(self) -> int:
@@ -433,18 +433,20 @@ class Discovery:
     def _publish(self, after: dict[str, Instance], *, dropped: bool) -> None:
         with self._lock:
             before = self._current
-            self._current = after
             self._dropped = dropped
             subscribers = list(self._subscribers)
         added, removed, changed = _diff(before, after)
         if not (added or removed or changed):
             return
+        ordered = tuple(after[k] for k in sorted(after))
+        with self._lock:
+            self._current, self._sorted = after, ordered
         change = DiscoveryChange(
             self._service,
             added=added,
             removed=removed,
             changed=changed,
-            instances=tuple(after[k] for k in sorted(after)),
+            instances=ordered,
         )
         for callback in subscribers:
             try:

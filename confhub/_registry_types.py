@@ -85,7 +85,8 @@ class ServiceListing:
     """The instances of one service at one index of the store.
 
     ``index`` is the store's position (etcd revision, Consul ``X-Consul-Index``);
-    ``instances`` holds every instance whatever its status; ``skipped`` the records that
+    ``instances`` holds every instance whatever its status, in no particular order;
+    ``skipped`` the records that
     could not be read, each a :class:`confhub.SourceFormatError` naming its key and the fix.
     """
 

@@ -6,6 +6,7 @@ events, never from a stopwatch.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import signal
 import threading
@@ -141,7 +142,7 @@ def test_wait_from_a_compacted_index_returns_the_current_listing(
             etcd.compact()
             listing = backend.wait_instances("api", first.index, WAIT)
         assert listing.index > first.index
-        assert [i.instance_id for i in listing.instances] == ["a", "b"]
+        assert sorted(i.instance_id for i in listing.instances) == ["a", "b"]
     finally:
         backend.close()
 
@@ -244,3 +245,37 @@ def test_a_bad_record_written_while_watching_is_skipped_until_fixed(
     assert [i.port for i in next_change(changes, "the fixed one").added] == [3]
     assert discovery.skipped == ()
     assert [i.instance_id for i in discovery.instances] == ["good", "late"]
+
+
+def test_leaderships_never_overlap_and_tokens_order_them(registry: Registry) -> None:
+    """Candidates that campaign and resign in turn lead one at a time, in token order."""
+    terms: list[tuple[int, float, float, str]] = []
+    errors: list[BaseException] = []
+    guard = threading.Lock()
+
+    def candidate(name: str) -> None:
+        election = registry.election("rotation", identity=name, ttl=5)
+        try:
+            for _ in range(3):
+                token = election.campaign(timeout=WAIT)
+                start = time.monotonic()
+                time.sleep(0.01)
+                if not election.is_leader or election.leader() != (name, token):
+                    errors.append(AssertionError(f"{name} lost the lead it holds"))
+                end = time.monotonic()
+                with guard:
+                    terms.append((token, start, end, name))
+                election.resign()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=candidate, args=(f"c{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 2)
+    assert errors == []
+    terms.sort()
+    assert len(terms) == 9
+    for (_, _, end, _), (_, start, _, _) in itertools.pairwise(terms):
+        assert end <= start  # the next leader (larger token) began after the last one ended

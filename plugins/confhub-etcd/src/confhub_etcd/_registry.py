@@ -196,7 +196,7 @@ class _Listing:
     def freeze(self) -> ServiceListing:
         return ServiceListing(
             index=self.index,
-            instances=[self.instances[k] for k in sorted(self.instances)],
+            instances=self.instances.values(),  # in no particular order
             skipped=[self.skipped[k] for k in sorted(self.skipped)],
         )
 
@@ -440,7 +440,9 @@ class EtcdRegistry:
 
     def list_instances(self, service: str) -> ServiceListing:
         prefix = f"{self.prefix}{service}/"
-        snapshot = self.run(f"the listing of {service}", lambda: self.client.read_prefix(prefix))
+        snapshot = self.run(
+            f"the listing of {service}", lambda: self.client.read_prefix(prefix, convert=False)
+        )
         listing = _Listing(snapshot.revision)
         for kv in snapshot.items:
             self.record(listing, service, prefix, kv)
@@ -517,7 +519,7 @@ class EtcdRegistry:
             if self._closed:
                 return
             self._closed = True
-            client = self._client
+            client, self._client = self._client, None
             watches = list(self._watches.values())
             self._watches.clear()
         for watch in watches:
