@@ -21,6 +21,7 @@ from typing import Any
 
 from confhub import BackendSettings, Layer, Notify, SourceSpec, SourceUnavailableError, WriteOp
 
+from ._calls import new_connection
 from ._http import Aborted, Connection
 from ._options import ConsulOptions
 from ._reader import ConsulReader, WatchedState
@@ -59,16 +60,7 @@ class ConsulBackend:
     # -- connections ---------------------------------------------------------------------------
     def _new_connection(self) -> Connection:
         """A new connection with this source's TLS settings and token."""
-        headers = {"User-Agent": "confhub-consul"}
-        if self.opts.token:
-            headers["X-Consul-Token"] = self.opts.token
-        return Connection(
-            self.opts.host,
-            self.opts.port,
-            tls=self.opts.ssl_context(),
-            connect_timeout=self.opts.timeout,
-            headers=headers,
-        )
+        return new_connection(self.opts)
 
     def _shared(self) -> Connection:
         """The connection of loads and writes (the watch has its own), made at first use."""
