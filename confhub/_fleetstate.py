@@ -355,7 +355,7 @@ class Beacon(threading.Thread):
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def poke(self) -> None:
         """Wake every follower (one byte each, without blocking)."""
@@ -382,7 +382,7 @@ class Beacon(threading.Thread):
         conn.close()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             with self._lock:
                 watched: list[Any] = [self._listener, self._wake_r, *self._conns]
             try:
@@ -430,7 +430,7 @@ class Beacon(threading.Thread):
 
     def close(self) -> None:
         """Stop accepting, close every connection (followers wake and elect), join."""
-        self._stop.set()
+        self._halt.set()
         try:
             os.write(self._wake_w, b"x")
         except OSError:
