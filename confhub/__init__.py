@@ -26,7 +26,7 @@ from ._errors import (
     WriteError,
 )
 from ._explain import Explanation, Origin
-from ._health import Health, SourceHealth
+from ._health import Health, Sharing, SourceHealth
 from ._hub import Hub, State
 from ._layer import Layer, LayerDelta
 from ._location import UrlParts
@@ -58,6 +58,7 @@ __all__ = [
     "Notify",
     "Origin",
     "PluginError",
+    "Sharing",
     "Snapshot",
     "SourceError",
     "SourceFormatError",

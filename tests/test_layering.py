@@ -34,7 +34,9 @@ LAYERS: list[list[str]] = [
         "_persist",
         "_cache",
         "kv",  # the public kit for KV backends
+        "_fleetstate",  # a host-shared group's lock, state file and wake-up socket
     ],
+    ["_fleet"],  # host-shared sources: the SharedBackend stage around a remote backend
     ["_backends", "_backends.defaults", "_backends.env", "_backends.file"],  # builtin plugins
     ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
     ["_fallback"],  # start-up chain, recovery, polling, watch wiring

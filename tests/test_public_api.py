@@ -45,6 +45,7 @@ def test_public_surface_is_pinned() -> None:
         "Notify",
         "Origin",
         "PluginError",
+        "Sharing",
         "Snapshot",
         "SourceError",
         "SourceFormatError",
