@@ -33,6 +33,7 @@ through the leader like any other.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import os
@@ -56,17 +57,19 @@ from ._errors import (
 )
 from ._fleetstate import (
     Beacon,
+    Busy,
     Election,
     FormatMismatch,
     GroupFileError,
     GroupPaths,
     GroupState,
     Line,
+    StateWriter,
+    encode_state,
     ensure_dir,
     read_state,
     stat_key,
     wait_readable,
-    write_state,
 )
 from ._health import Sharing
 from ._layer import Layer, LayerDelta
@@ -89,7 +92,9 @@ _ERROR_KINDS: Mapping[str, type[SourceError]] = {
 }
 
 
+@functools.cache
 def _version() -> str:
+    """This confhub's version, written into the state file (read once: it scans sys.path)."""
     try:
         return importlib.metadata.version("confhub")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source checkout
@@ -207,6 +212,7 @@ class SharedBackend(Backend):
         self._group_layer: Layer | None = None
         self._group_error: tuple[str, str] | None = None
         self._seq = 0
+        self._writer: StateWriter | None = None
         self._write_lock = threading.Lock()
         self._closed = False
         _LIVE.add(self)
@@ -283,11 +289,18 @@ class SharedBackend(Backend):
         assert self._paths is not None
         try:
             return read_state(self._paths.state, self.display)
+        except Busy:
+            return None  # the last leader died writing: what this process saw is the last
         except (OSError, GroupFileError) as exc:
             self._warn_once(str(exc))
             return None
 
     def _become_leader(self, previous: GroupState | None) -> None:
+        assert self._paths is not None
+        try:
+            self._writer = StateWriter(self._paths.state)
+        except (OSError, GroupFileError) as exc:
+            self._warn_once(f"cannot write the group state: {exc}; followers will wait")
         with self._lock:
             self._role = "leader"
             self._seq = max(self._seen_seq, previous.seq if previous else 0)
@@ -310,23 +323,24 @@ class SharedBackend(Backend):
     # -- the leader --------------------------------------------------------------------------
     def _publish(self) -> None:
         """Write the group's state (the leader's layer and error) and wake the followers."""
-        paths = self._paths
-        if paths is None or self._role != "leader":
+        writer = self._writer
+        if writer is None or self._role != "leader":
             return
         with self._write_lock:
             self._seq += 1
             try:
-                write_state(
-                    paths,
-                    seq=self._seq,
-                    session=self._session or "",
-                    source=self.display,
-                    version=_version(),
-                    layer=self._group_layer,
-                    error=self._group_error,
+                writer.write(
+                    encode_state(
+                        seq=self._seq,
+                        session=self._session or "",
+                        source=self.display,
+                        version=_version(),
+                        layer=self._group_layer,
+                        error=self._group_error,
+                    )
                 )
-            except OSError as exc:
-                self._warn_once(f"cannot write the group state {paths.state}: {exc}")
+            except (OSError, GroupFileError) as exc:
+                self._warn_once(f"cannot write the group state {writer.path}: {exc}")
                 return
         self._start_beacon()
         beacon = self._beacon
@@ -456,6 +470,8 @@ class SharedBackend(Backend):
             self._election.close()
         if self._beacon is not None:
             self._beacon.close()
+        if self._writer is not None:
+            self._writer.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -542,6 +558,8 @@ class SharedBackend(Backend):
             return None
         try:
             state = read_state(self._paths.state, self.display)
+        except Busy:
+            return None  # a write under way: its poke follows (or the leader died in it)
         except FormatMismatch as exc:
             self._detach(str(exc))
             return "detach"

@@ -16,10 +16,11 @@ Why these three:
   ``flock`` (not ``lockf``) because its locks belong to the open file, so two hubs of one
   process also exclude each other, and closing an unrelated descriptor of the file does not
   drop it.
-- **The state file** is written with a temp file and ``os.replace``: a reader sees the old
-  file or the new one, never half of one; a checksum covers the rest (a file truncated by a
-  disk that filled, or written by hand, is refused). It is what a late follower reads at
-  once, and what a slow one reads when it wakes: always the latest, never a queue.
+- **The state file** holds the leader's latest state (its layer, or the error it met) behind
+  a sequence lock and a checksum (:class:`StateWriter`): a reader never takes half of a
+  write, a file a leader died writing, truncated, or written by hand is refused. It is
+  what a late follower reads at once, and what a slow one reads when it wakes: always the
+  latest, never a queue.
 - **The socket** (a UNIX stream socket the leader listens on) carries no data, only one
   byte per new state ("read the file again"), sent without blocking: a follower that does
   not read (stopped, swapped out) fills its socket buffer and misses pokes, never slows
@@ -43,17 +44,15 @@ import select
 import socket
 import stat
 import struct
-import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from ._fileio import read_at_most
 from ._layer import Layer, freeze, to_json
 
-MAGIC = "confhub-fleet"
 #: The state file's format; a follower refuses (and says so) any other.
 FORMAT = 1
 #: The largest state file read.
@@ -94,12 +93,6 @@ def ensure_dir(directory: Path) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise GroupFileError(f"{directory} is not a directory")
     check_owned(directory, st)
-
-
-def _checksum(envelope: dict[str, Any]) -> str:
-    body = {k: v for k, v in envelope.items() if k != "sha256"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @attrs.frozen
@@ -181,8 +174,87 @@ class Election:
 # -- the state file ---------------------------------------------------------------------------
 
 
-def write_state(
-    paths: GroupPaths,
+#: The state file's header: magic, format, (reserved), write counter, payload length, and
+#: the payload's SHA-256. The payload (JSON) follows at :data:`_PAYLOAD`.
+_HEADER = struct.Struct("<8sIIQQ32s")
+_MAGIC = b"confhub\x00"
+_PAYLOAD = 64
+#: How long a reader waits out a write in progress before it leaves the state for later.
+_BUSY_RETRIES = 20
+_BUSY_SLEEP = 0.0005
+
+
+class StateWriter:
+    """The leader's end of the state file: one descriptor, writes in place.
+
+    Why in place and not a temp file and ``os.replace``: on ext4 a rename over an existing
+    file (and a truncate before a rewrite) flushes the new file's data first (the
+    ``auto_da_alloc`` heuristic), ~1 ms per write on the machine the benchmarks ran on,
+    on every change the group sees. A write in place is a sequence lock instead: the write
+    counter in the header is made odd, the payload written, then the header with the
+    length, the payload's checksum and the counter made even. A reader takes a state only
+    when the counter was even and equal before and after its read and the checksum
+    matches: a leader that dies mid-write leaves an odd counter, and nobody ever reads
+    half a state.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = self._open()
+        self._counter = self._current_counter()
+
+    def _open(self) -> int:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise GroupFileError(f"{self.path} is not a regular file")
+            check_owned(self.path, st)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _current_counter(self) -> int:
+        raw = os.pread(self._fd, _HEADER.size, 0)
+        if len(raw) < _HEADER.size:
+            return 0
+        magic, _fmt, _res, counter, _length, _sha = _HEADER.unpack(raw)
+        return int(counter) if magic == _MAGIC else 0
+
+    def _reopen_if_replaced(self) -> None:
+        """Someone replaced the file under us: start a new one of ours in its place."""
+        try:
+            same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(self._fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return
+        os.close(self._fd)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self._fd = self._open()
+
+    def write(self, payload: bytes) -> None:
+        """Write ``payload`` as the state (see the class docstring)."""
+        self._reopen_if_replaced()
+        counter = (self._counter + 1) | 1  # odd: a write in progress
+        digest = hashlib.sha256(payload).digest()
+        os.pwrite(self._fd, _HEADER.pack(_MAGIC, FORMAT, 0, counter, 0, b"\0" * 32), 0)
+        os.pwrite(self._fd, payload, _PAYLOAD)
+        self._counter = counter + 1  # even: complete
+        header = _HEADER.pack(_MAGIC, FORMAT, 0, self._counter, len(payload), digest)
+        os.pwrite(self._fd, header, 0)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def encode_state(
     *,
     seq: int,
     session: str,
@@ -190,16 +262,14 @@ def write_state(
     version: str,
     layer: Layer | None,
     error: tuple[str, str] | None,
-) -> None:
-    """Write the group's state atomically (temp file, ``os.replace``; no fsync: the file
-    serves live processes, and a file a power cut truncated fails its checksum)."""
+    pid: int | None = None,
+) -> bytes:
+    """The JSON payload of one state (what :meth:`StateWriter.write` takes)."""
     body: dict[str, Any] = {
-        "magic": MAGIC,
-        "format": FORMAT,
         "confhub": version,
         "source": source,
         "seq": seq,
-        "pid": os.getpid(),
+        "pid": os.getpid() if pid is None else pid,
         "session": session,
         "error": None if error is None else list(error),
         "layer": None,
@@ -211,23 +281,17 @@ def write_state(
             "data": {k: to_json(v) for k, v in layer.values.items()},
             "details": {k: str(v) for k, v in layer.details.items()},
         }
-    body["sha256"] = _checksum(body)
-    payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    fd, tmp = tempfile.mkstemp(dir=paths.directory, prefix=f".{paths.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, paths.state)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def state_image(payload: bytes, *, counter: int = 2, fmt: int = FORMAT) -> bytes:
+    """A whole state file holding ``payload`` (for tools and tests that plant one)."""
+    digest = hashlib.sha256(payload).digest()
+    return _HEADER.pack(_MAGIC, fmt, 0, counter, len(payload), digest) + payload
 
 
 def stat_key(path: Path) -> tuple[int, int, int] | None:
-    """What changes when the state file is replaced (inode, mtime, size); ``None``: absent."""
+    """What changes when the state file is rewritten or replaced (inode, mtime, size)."""
     try:
         st = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
@@ -235,10 +299,15 @@ def stat_key(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+class Busy(Exception):
+    """A write was in progress for longer than a reader waits (or its writer died in it)."""
+
+
 def read_state(path: Path, source: str) -> GroupState | None:
     """The state in ``path``; ``None`` when there is none yet. :class:`GroupFileError` for a
     file that must not be used (another user's, writable by others, not a regular file,
-    truncated, altered, another format): nothing of it is used."""
+    truncated, altered, another format): nothing of it is used. :class:`Busy` while a write
+    is under way (or its writer died in it)."""
     try:
         fd = os.open(path, _OPEN_READ)
     except FileNotFoundError:
@@ -252,27 +321,44 @@ def read_state(path: Path, source: str) -> GroupState | None:
         if not stat.S_ISREG(st.st_mode):
             raise GroupFileError(f"{path} is not a regular file")
         check_owned(path, st)  # before a byte of it is read
-        raw = read_at_most(fd, MAX_STATE_BYTES)
+        payload = _read_consistent(fd, path)
     finally:
         os.close(fd)
+    if payload is None:
+        return None
     try:
-        body = json.loads(raw)
-    except ValueError:
-        raise GroupFileError(f"{path} is not a complete state file (truncated?)") from None
-    if not isinstance(body, dict) or body.get("magic") != MAGIC:
-        raise GroupFileError(f"{path} is not a confhub group state file")
-    if body.get("format") != FORMAT:
-        raise FormatMismatch(
-            f"{path} was written by confhub {body.get('confhub', '?')} in state format "
-            f"{body.get('format')!r}; this confhub reads format {FORMAT}: run one confhub "
-            "version per group (or give each version its own cache_dir)"
-        )
-    if body.get("sha256") != _checksum(body):
-        raise GroupFileError(f"{path} fails its checksum (truncated or altered)")
-    try:
+        body = json.loads(payload)
         return _state_of(body, source)
     except (KeyError, TypeError, ValueError) as exc:
         raise GroupFileError(f"{path} is malformed ({exc!r})") from None
+
+
+def _read_consistent(fd: int, path: Path) -> bytes | None:
+    """The payload of one complete write (the sequence lock of :class:`StateWriter`)."""
+    for _ in range(_BUSY_RETRIES):
+        first = os.pread(fd, _HEADER.size, 0)
+        if not first:
+            return None  # created, never written
+        if len(first) < _HEADER.size:
+            raise GroupFileError(f"{path} is not a complete state file (truncated or altered)")
+        magic, fmt, _res, counter, length, digest = _HEADER.unpack(first)
+        if magic != _MAGIC:
+            raise GroupFileError(f"{path} is not a confhub group state file")
+        if fmt != FORMAT:
+            raise FormatMismatch(
+                f"{path} is in group state format {fmt}; this confhub reads format {FORMAT}: "
+                "run one confhub version per group (or give each version its own cache_dir)"
+            )
+        if counter % 2 == 0:
+            if length > MAX_STATE_BYTES:
+                raise GroupFileError(f"{path} claims {length} bytes, more than a state may hold")
+            payload = os.pread(fd, length, _PAYLOAD)
+            if os.pread(fd, _HEADER.size, 0) == first:
+                if len(payload) != length or hashlib.sha256(payload).digest() != digest:
+                    raise GroupFileError(f"{path} fails its checksum (truncated or altered)")
+                return payload
+        time.sleep(_BUSY_SLEEP)
+    raise Busy(f"{path}: a write has been under way for a while")
 
 
 def _state_of(body: dict[str, Any], source: str) -> GroupState:

@@ -129,15 +129,41 @@ def test_a_garbage_state_file_is_never_published(
     _until(lambda: follower["a"] == "4")
 
 
-def _tampered(path: Path, value: str) -> bytes:
-    """The state file of ``path`` with ``a`` set to ``value``, checksum and sequence valid."""
-    from confhub._fleetstate import _checksum  # noqa: PLC0415 - the file's own checksum rule
+def test_a_state_caught_mid_write_is_never_published(
+    hubs, store: MemoryStore, tmp_path: Path
+) -> None:
+    """A state whose write never completed (the leader died in it: an odd write counter)
+    is never taken, even with a valid checksum; the next complete state is."""
+    from confhub._fleetstate import state_image  # noqa: PLC0415 - the file's layout
 
-    body = json.loads(path.read_bytes())
+    hubs()
+    follower = hubs()
+    seen: list[Any] = []
+    follower.subscribe(lambda change: seen.extend(c.new for c in change.changes))
+    state = _state_file(tmp_path)
+    body = _payload(state)
+    body["layer"]["data"]["a"] = "half-written"
+    body["seq"] += 100
+    state.write_bytes(state_image(json.dumps(body).encode(), counter=7))
+    store.set("a", "4")
+    _until(lambda: follower["a"] == "4")
+    assert "half-written" not in seen
+
+
+def _payload(path: Path) -> dict[str, Any]:
+    raw = path.read_bytes()
+    return json.loads(raw[64:])  # the header is 64 bytes (confhub._fleetstate)
+
+
+def _tampered(path: Path, value: str, fmt: int | None = None) -> bytes:
+    """The state file of ``path`` with ``a`` set to ``value``: well-formed, with a valid
+    checksum and a later sequence number, in format ``fmt`` (default: this confhub's)."""
+    from confhub._fleetstate import FORMAT, state_image  # noqa: PLC0415 - the file's layout
+
+    body = _payload(path)
     body["layer"]["data"]["a"] = value
     body["seq"] += 100
-    body["sha256"] = _checksum(body)
-    return json.dumps(body).encode()
+    return state_image(json.dumps(body).encode(), fmt=FORMAT if fmt is None else fmt)
 
 
 @pytest.mark.parametrize("tamper", ["group-writable", "foreign-owner"])
@@ -197,17 +223,11 @@ def test_another_state_format_detaches_the_follower(
 ) -> None:
     """A follower that finds a state format it does not read (another confhub version)
     stops following and reads the store itself, saying so in health."""
-    from confhub._fleetstate import _checksum  # noqa: PLC0415
-
     hubs()
     follower = hubs()
     state = _state_file(tmp_path)
-    body = json.loads(state.read_bytes())
-    body["format"] = 99
-    body["confhub"] = "99.0"
-    body["sha256"] = _checksum(body)
     planted = state.with_name("planted.tmp")
-    planted.write_bytes(json.dumps(body).encode())
+    planted.write_bytes(_tampered(state, "other", fmt=99))
     os.chmod(planted, 0o600)
     os.replace(planted, state)
     _until(lambda: _sharing(follower).role == "unshared", timeout=15)
