@@ -348,7 +348,14 @@ class SharedBackend(Backend):
             beacon.poke()
 
     def _leader_notify(self, update: Update) -> None:
-        """The real backend's update: record it for the group, then hand it to the hub."""
+        """The real backend's update: hand it to the hub, then record it for the group.
+
+        The hub first: the leader's own subscribers wait for nothing, and a leader that
+        dies between the two leaves the group at the previous revision, from which the
+        next leader resumes (so the change still reaches every follower, once)."""
+        notify = self._notify
+        if notify is not None:
+            notify(update)
         if isinstance(update, BaseException):
             self._group_error = _error_pair(update)
         else:
@@ -363,9 +370,6 @@ class SharedBackend(Backend):
             except SourceFormatError as exc:
                 self._group_error = _error_pair(exc)
         self._publish()
-        notify = self._notify
-        if notify is not None:
-            notify(update)
 
     def _load_as_leader(self) -> Layer:
         try:

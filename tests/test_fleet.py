@@ -118,7 +118,7 @@ def test_a_garbage_state_file_is_never_published(
 ) -> None:
     """A state file cut short (a leader that died mid-write without the rename) is refused
     with a warning; the follower keeps its last good state and takes the next good one."""
-    leader, follower = hubs(), hubs()
+    _leader, follower = hubs(), hubs()
     state = _state_file(tmp_path)
     good = state.read_bytes()
     state.write_bytes(good[: len(good) // 2])
@@ -134,7 +134,7 @@ def test_a_state_caught_mid_write_is_never_published(
 ) -> None:
     """A state whose write never completed (the leader died in it: an odd write counter)
     is never taken, even with a valid checksum; the next complete state is."""
-    from confhub._fleetstate import state_image  # noqa: PLC0415 - the file's layout
+    from confhub._fleetstate import state_image
 
     hubs()
     follower = hubs()
@@ -158,7 +158,7 @@ def _payload(path: Path) -> dict[str, Any]:
 def _tampered(path: Path, value: str, fmt: int | None = None) -> bytes:
     """The state file of ``path`` with ``a`` set to ``value``: well-formed, with a valid
     checksum and a later sequence number, in format ``fmt`` (default: this confhub's)."""
-    from confhub._fleetstate import FORMAT, state_image  # noqa: PLC0415 - the file's layout
+    from confhub._fleetstate import FORMAT, state_image
 
     body = _payload(path)
     body["layer"]["data"]["a"] = value

@@ -3,6 +3,7 @@ connections a process holds (read from /proc)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -97,10 +98,8 @@ class Worker:
                 self.proc.wait(10)
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
-                try:
+                with contextlib.suppress(OSError):
                     stream.close()
-                except OSError:
-                    pass
         self._reader.join(5)
 
 

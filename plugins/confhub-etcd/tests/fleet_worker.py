@@ -38,7 +38,7 @@ def main() -> None:
             "ready": True,
             "pid": os.getpid(),
             "generation": hub.generation,
-            "values": {k: v for k, v in hub.snapshot().flat().items()},
+            "values": dict(hub.snapshot().flat().items()),
         }
     )
     for line in sys.stdin:
