@@ -131,7 +131,7 @@ def tcp_connections(pid: int, port: int) -> int:
     fd_dir = Path(f"/proc/{pid}/fd")
     for fd in fd_dir.iterdir():
         try:
-            target = os.readlink(fd)
+            target = str(fd.readlink())
         except OSError:
             continue
         if target.startswith("socket:["):
