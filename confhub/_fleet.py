@@ -85,6 +85,12 @@ SHARE_ENV = "CONFHUB_SHARE"
 #: The sharing modes: ``"host"`` (one process per host talks to the store), ``"none"``.
 SHARE_MODES = ("host", "none")
 
+#: A follower that lost its leader tries the lock and the new leader's socket again after
+#: these delays (doubled up to the maximum): a failed connect costs microseconds, and each
+#: millisecond here is a millisecond of every follower's takeover time.
+_RECONNECT_FIRST = 0.001
+_RECONNECT_MAX = 0.02
+
 _ERROR_KINDS: Mapping[str, type[SourceError]] = {
     "unavailable": SourceUnavailableError,
     "refused": SourcePermissionError,
@@ -484,15 +490,23 @@ class SharedBackend(Backend):
         _LIVE.discard(self)
 
     def forget_after_fork(self) -> None:
-        """In a forked child: drop the inherited lock and socket without touching the
-        parent's (the child never leads on its parent's lock)."""
+        """In a forked child: drop the copies of the group's descriptors it inherited (the
+        lock, the state file, the leader's sockets), without touching the parent's: a child
+        never leads on its parent's lock, and a dead parent's followers see its socket end.
+        The child's hub then reads the store itself (``unshared``), if it runs at all."""
         if self._election is not None:
-            self._election.close()  # closes the child's copy only: the parent keeps its lock
+            self._election.close()  # the child's copy only: the parent keeps its lock
+        if self._beacon is not None:
+            self._beacon.forget()
+        if self._writer is not None:
+            self._writer.close()
         self._election = None
         self._beacon = None
+        self._writer = None
         self._thread = None
-        self._role = "unshared" if self._role is not None else None
-        self._reason = "inherited across fork(): the child does not take part in the group"
+        if self._role is not None:
+            self._role = "unshared"
+            self._reason = "inherited across fork(): the child does not take part in the group"
 
     # -- the follower thread -----------------------------------------------------------------
     def _wake(self) -> None:
@@ -512,7 +526,7 @@ class SharedBackend(Backend):
         """Follow the leader until this process leads, detaches, or closes."""
         assert self._paths is not None
         assert self._election is not None
-        delay = 0.002
+        delay = _RECONNECT_FIRST
         while not self._stop.is_set():
             if self._election.try_lead():
                 self._take_over()
@@ -524,9 +538,9 @@ class SharedBackend(Backend):
                     self._warn_once(str(exc))
                 if wait_readable([self._wake_r], delay):
                     self._drain_wake()
-                delay = min(delay * 2, 0.2)
+                delay = min(delay * 2, _RECONNECT_MAX)
                 continue
-            delay = 0.002
+            delay = _RECONNECT_FIRST
             try:
                 if self._follow_line(line) == "detach":
                     return

@@ -6,7 +6,7 @@ A group is the processes of one host that share one remote source (one cache ide
 directory, next to the cache file, named by the same fingerprint::
 
     etcd-<fingerprint>.fleet.lock    the election: whoever holds an exclusive flock() leads
-    etcd-<fingerprint>.fleet.json    the state: the leader's last layer (or its error)
+    etcd-<fingerprint>.fleet.state   the state: the leader's last layer (or its error)
     etcd-<fingerprint>.fleet.sock    the wake-up line: the leader pokes followers on a change
 
 Why these three:
@@ -123,7 +123,7 @@ class GroupPaths:
 
     @property
     def state(self) -> Path:
-        return self.directory / f"{self.stem}.fleet.json"
+        return self.directory / f"{self.stem}.fleet.state"
 
     @property
     def socket(self) -> Path:
@@ -513,6 +513,20 @@ class Beacon(threading.Thread):
             data = b""
         if not data:
             self._drop(conn)  # the follower is gone
+
+    def forget(self) -> None:
+        """In a forked child: close this process's copies of the sockets (the parent's stay
+        open: its followers see no end of stream while it lives), without unlinking."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._listener.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Stop accepting, close every connection (followers wake and elect), join."""

@@ -60,7 +60,7 @@ def _sharing(hub: Hub) -> confhub.Sharing:
 
 
 def _state_file(tmp_path: Path) -> Path:
-    (path,) = (tmp_path / "cache").glob("*.fleet.json")
+    (path,) = (tmp_path / "cache").glob("*.fleet.state")
     return path
 
 
@@ -237,9 +237,7 @@ def test_another_state_format_detaches_the_follower(
     assert store.watch_count == 2
 
 
-def test_share_from_the_spec_and_the_environment(
-    hubs, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_share_from_the_spec_and_the_environment(hubs, monkeypatch: pytest.MonkeyPatch) -> None:
     """``?share=host`` on a source, and ``CONFHUB_SHARE=host``, turn sharing on;
     ``?share=none`` turns it off for one source."""
     first = hubs("memory:fleet?share=host", share=None)
@@ -274,7 +272,10 @@ def test_close_joins_every_thread(hubs) -> None:
     follower.close()
     leader.close()
     _until(
-        lambda: not any(
-            t.name.startswith(("confhub-follow", "confhub-beacon")) for t in threading.enumerate()
+        lambda: (
+            not any(
+                t.name.startswith(("confhub-follow", "confhub-beacon"))
+                for t in threading.enumerate()
+            )
         )
     )

@@ -71,9 +71,7 @@ class Worker:
         with self._cond:
             seen = len(self.lines)
         self.send("health")
-        line = self.wait_for(
-            lambda line: "health" in line and self.lines.index(line) >= seen, 30.0
-        )
+        line = self.wait_for(lambda line: "health" in line and self.lines.index(line) >= seen, 30.0)
         return line["health"]["sources"][0]
 
     def values_of(self, key: str) -> list[Any]:

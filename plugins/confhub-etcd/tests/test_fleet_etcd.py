@@ -3,7 +3,11 @@ election, takeover after ``kill -9``, late and slow followers, and what the stor
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,8 +44,10 @@ def _leader(group: list[Worker]) -> Worker:
     leaders = [w for w in group if roles[w.pid]["role"] == "leader"]
     assert len(leaders) == 1, roles
     followers = [w for w in group if w is not leaders[0]]
-    assert all(roles[w.pid] == {"role": "follower", "leader_pid": leaders[0].pid,
-                                "reason": None} for w in followers), roles
+    assert all(
+        roles[w.pid] == {"role": "follower", "leader_pid": leaders[0].pid, "reason": None}
+        for w in followers
+    ), roles
     return leaders[0]
 
 
@@ -161,3 +167,28 @@ def test_follower_writes_go_to_the_store(etcd: EtcdServer, tmp_path: Path, worke
     while tcp_connections(follower.pid, port) and time.monotonic() < deadline:
         time.sleep(0.05)  # the write's connection closes with its backend
     assert tcp_connections(follower.pid, port) == 0
+
+
+def test_cli_health_says_the_role(etcd: EtcdServer, tmp_path: Path, workers) -> None:
+    """``CONFHUB_SHARE=host confhub health --json`` joins the group as a follower and names
+    the leader."""
+    etcd.put("/app/a", "0")
+    spec = f"etcd://{etcd.endpoint}/app/"
+    (leader,) = _start(workers, spec, tmp_path / "cache", 1)
+    env = {**os.environ, "CONFHUB_SHARE": "host"}
+    command = [sys.executable, "-m", "confhub", "-s", spec, "--cache-dir", str(tmp_path / "cache")]
+    done = subprocess.run(
+        [*command, "health", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    source = json.loads(done.stdout)["sources"][0]
+    assert source["sharing"] == {"role": "follower", "leader_pid": leader.pid, "reason": None}
+    text = subprocess.run(
+        [*command, "health"], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert f"role=follower leader_pid={leader.pid}" in text.stdout
