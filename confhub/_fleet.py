@@ -212,6 +212,7 @@ class SharedBackend(Backend):
         self._seen_seq = -1
         self._delivered_seq = -1
         self._delivered_revision: Any = MISSING
+        self._delivered_error: tuple[str, str] | None = None
         self._stat: tuple[int, int, int] | None = None
         self._warned: set[str] = set()
         # Leader: the group's layer, the last error, the state's sequence number.
@@ -422,6 +423,7 @@ class SharedBackend(Backend):
                 if state.layer is not None:
                     self._delivered_seq = state.seq
                     self._delivered_revision = state.layer.revision
+                    self._delivered_error = None
                     return state.layer
                 assert state.error is not None
                 raise _error_of(state.error, self.display, state.pid)
@@ -597,7 +599,11 @@ class SharedBackend(Backend):
 
     def _deliver(self) -> None:
         """Hand the latest state to the hub if it has not had it (the follower thread
-        alone calls this, so updates reach the hub in order)."""
+        alone calls this, so updates reach the hub in order).
+
+        A state that repeats what the hub has (a new leader's first state, the same
+        revision again) is not handed on: the layer goes when its revision is new (or
+        unknown) or when the leader's trouble ended, the error when it is a new one."""
         with self._lock:
             notify, state = self._notify, self._latest
             if notify is None or state is None or state.seq <= self._delivered_seq:
@@ -605,15 +611,20 @@ class SharedBackend(Backend):
             self._delivered_seq = state.seq
             layer = state.layer
             send_layer = layer is not None and (
-                state.error is None or layer.revision != self._delivered_revision
+                layer.revision is None
+                or layer.revision != self._delivered_revision
+                or (state.error is None and self._delivered_error is not None)
             )
+            send_error = state.error is not None and state.error != self._delivered_error
+            self._delivered_error = state.error
             if send_layer:
                 assert layer is not None
                 self._delivered_revision = layer.revision
         if send_layer:
             assert layer is not None
             notify(layer)
-        if state.error is not None:
+        if send_error:
+            assert state.error is not None
             notify(_error_of(state.error, self.display, state.pid))
 
     def _take_over(self) -> None:

@@ -3,7 +3,8 @@
 It starts ``Hub([SPEC], cache_dir=CACHE_DIR, share="host")``, subscribes, and writes one
 JSON object per line to stdout: ``{"ready": ...}`` once started, ``{"change": generation,
 "set": {key: new}}`` per published change, and answers the commands it reads from stdin:
-``health`` (``{"health": ...}``), ``write KEY VALUE`` (``{"wrote": revision}``), ``quit``.
+``health`` (``{"health": ...}``), ``write KEY VALUE`` (``{"wrote": revision}``), ``fork
+SECONDS`` (a child that sleeps that long: ``{"forked": pid}``), ``quit``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 import confhub
 
@@ -49,6 +51,12 @@ def main() -> None:
             emit({"health": hub.health().to_dict()})
         elif words[0] == "write":
             emit({"wrote": hub.write(words[1], words[2])})
+        elif words[0] == "fork":
+            child = os.fork()
+            if child == 0:  # the child holds copies of everything; it only sleeps
+                time.sleep(float(words[1]))
+                os._exit(0)
+            emit({"forked": child})
         elif words[0] == "quit":
             break
     hub.close()

@@ -192,3 +192,24 @@ def test_cli_health_says_the_role(etcd: EtcdServer, tmp_path: Path, workers) -> 
         [*command, "health"], env=env, capture_output=True, text=True, timeout=60, check=True
     )
     assert f"role=follower leader_pid={leader.pid}" in text.stdout
+
+
+def test_a_forked_child_does_not_keep_a_dead_leader_alive(
+    etcd: EtcdServer, tmp_path: Path, workers
+) -> None:
+    """A child the leader forked inherits its lock and sockets; when the leader is killed,
+    the child's copies do not hide its death: a follower takes over."""
+    etcd.put("/app/a", "0")
+    group = _start(workers, f"etcd://{etcd.endpoint}/app/", tmp_path / "cache", 2)
+    leader = _leader(group)
+    (follower,) = [w for w in group if w is not leader]
+    leader.send("fork 120")
+    child = leader.wait_for(lambda line: "forked" in line)["forked"]
+    try:
+        leader.kill()
+        leader.proc.wait(10)
+        etcd.put("/app/a", "after")
+        _wait_value([follower], "a", "after")
+        assert follower.health()["sharing"]["role"] == "leader"
+    finally:
+        os.kill(child, signal.SIGKILL)
