@@ -557,6 +557,8 @@ class SharedBackend(Backend):
                 self._drain_wake()
             poked = line in readable
             alive = line.drain() if poked else True
+            if not alive:
+                return "lost"  # elect first; the state is read again from whoever leads
             if line.session is not None:
                 with self._lock:
                     self._session = line.session
@@ -564,8 +566,6 @@ class SharedBackend(Backend):
                 # quick writes (coarse mtime, a reused inode); the stat is for the timeout.
                 if self._refresh(force=poked or self._seen_seq < 0) == "detach":
                     return "detach"
-            if not alive:
-                return "lost"
         return "stopped"
 
     def _refresh(self, *, force: bool) -> str | None:
