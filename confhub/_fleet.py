@@ -465,8 +465,8 @@ class SharedBackend(Backend):
             backend.close()
 
     def close(self) -> None:
-        """Stop following or leading (the lock goes first, so a follower can take over at
-        once), close the real backend. Idempotent."""
+        """Stop following or leading (a follower takes over at once), close the real
+        backend. Idempotent."""
         with self._lock:
             if self._closed:
                 return
@@ -478,12 +478,14 @@ class SharedBackend(Backend):
         if thread is not None and thread is not threading.current_thread():
             thread.join(10.0)
         self.inner.close()
-        if self._election is not None:
-            self._election.close()
+        # The socket before the lock: its file is unlinked while no successor can bind one
+        # (the followers that wake meanwhile retry within milliseconds).
         if self._beacon is not None:
             self._beacon.close()
         if self._writer is not None:
             self._writer.close()
+        if self._election is not None:
+            self._election.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)

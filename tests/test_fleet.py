@@ -84,7 +84,8 @@ def test_the_follower_leads_when_the_leader_closes(hubs, store: MemoryStore) -> 
     """Closing the leader frees the lock: the follower takes over and keeps serving."""
     leader, follower = hubs(), hubs()
     leader.close()
-    _until(lambda: _sharing(follower).role == "leader")
+    # The memory store does not replay: wait until the new leader's watch is registered.
+    _until(lambda: _sharing(follower).role == "leader" and store.watch_count == 1)
     store.set("a", "3")
     _until(lambda: follower["a"] == "3")
     assert store.watch_count == 1
@@ -230,11 +231,11 @@ def test_another_state_format_detaches_the_follower(
     planted.write_bytes(_tampered(state, "other", fmt=99))
     os.chmod(planted, 0o600)
     os.replace(planted, state)
-    _until(lambda: _sharing(follower).role == "unshared", timeout=15)
+    # Detached, it watches the store itself (the memory store does not replay: wait for it).
+    _until(lambda: _sharing(follower).role == "unshared" and store.watch_count == 2, timeout=15)
     assert "format 99" in (_sharing(follower).reason or "")
     store.set("a", "5")
     _until(lambda: follower["a"] == "5")
-    assert store.watch_count == 2
 
 
 def test_share_from_the_spec_and_the_environment(hubs, monkeypatch: pytest.MonkeyPatch) -> None:
