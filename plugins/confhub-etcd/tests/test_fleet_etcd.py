@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -13,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confhub import BackendSettings, Layer, LayerDelta, SourceSpec
 from fleet_testlib import Worker, tcp_connections, watch_streams
 
+from confhub_etcd._backend import make_backend
 from confhub_etcd.testing import EtcdServer
 
 
@@ -213,3 +216,33 @@ def test_a_forked_child_does_not_keep_a_dead_leader_alive(
         assert follower.health()["sharing"]["role"] == "leader"
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_etcd_backend_resumes_after_a_revision(etcd: EtcdServer) -> None:
+    """``EtcdBackend.resume(layer)`` makes the next watch start right after the layer's
+    revision without a read: a put made before the watch arrives once, as a delta."""
+    etcd.put("/app/a", "1")
+    spec = SourceSpec.parse(f"etcd://{etcd.endpoint}/app/")
+    first = make_backend(spec, BackendSettings())
+    try:
+        layer = first.load()
+    finally:
+        first.close()
+    etcd.put("/app/b", "during")  # made while nobody watched
+    second = make_backend(spec, BackendSettings())
+    updates: queue.Queue[object] = queue.Queue()
+    try:
+        assert second.resume(layer)
+        second.watch(updates.put)
+        got = updates.get(timeout=30)
+        assert isinstance(got, LayerDelta)
+        assert dict(got.set) == {"b": "during"}
+        assert got.revision == layer.revision + 1
+        etcd.put("/app/a", "2")
+        assert dict(updates.get(timeout=30).set) == {"a": "2"}
+        assert updates.empty()
+    finally:
+        second.close()
+    unknown = make_backend(spec, BackendSettings())
+    assert not unknown.resume(Layer.from_flat({}, source="x", revision=None))
+    unknown.close()
