@@ -1,9 +1,10 @@
 """Host-shared Consul sources (``share="host"``) on the in-repo Consul test server: two hubs
 of one process form a group (the group's lock is a ``flock``, so they exclude each other like
-two processes). Consul has no ``Backend.resume``: a new leader reads the prefix in full."""
+two processes). A new leader resumes the blocking query from the group's last index."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,9 +35,12 @@ def _role(hub: confhub.Hub) -> str | None:
     return None if sharing is None else sharing.role
 
 
-def test_consul_group_follows_and_takes_over(server: ConsulTestServer, tmp_path: Path) -> None:
+def test_consul_group_follows_and_takes_over(
+    server: ConsulTestServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """One hub leads, the other follows its changes; when the leader closes, the follower
-    leads (a full read) and keeps receiving changes."""
+    leads, resuming from the group's last index: a put and a delete made meanwhile arrive,
+    once."""
     server.put("myapp/a", "1")
     spec = f"consul://{server.address}/myapp/"
     leader = confhub.Hub([spec], cache_dir=tmp_path, share="host").start()
@@ -45,10 +49,18 @@ def test_consul_group_follows_and_takes_over(server: ConsulTestServer, tmp_path:
         assert (_role(leader), _role(follower)) == ("leader", "follower")
         server.put("myapp/a", "2")
         _until(lambda: follower["a"] == "2")
-        leader.close()
-        _until(lambda: _role(follower) == "leader")
-        server.put("myapp/a", "3")
-        _until(lambda: follower["a"] == "3")
+        seen: list[tuple[str, Any]] = []
+        follower.subscribe(lambda change: seen.extend((c.key, c.new) for c in change.changes))
+        server.put("myapp/gone", "x")
+        _until(lambda: follower.get("gone", None) == "x")
+        with caplog.at_level(logging.INFO, "confhub.fleet"):
+            leader.close()
+            server.put("myapp/a", "3")
+            server.delete("myapp/gone")
+            _until(lambda: follower["a"] == "3" and "gone" not in follower)
+        assert "resuming the store's watch after revision" in caplog.text
+        assert _role(follower) == "leader"
+        assert seen.count(("a", "3")) == 1
     finally:
         follower.close()
         leader.close()
