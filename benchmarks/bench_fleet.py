@@ -237,14 +237,16 @@ def start_group(spec: str, cache: Path, share: str, count: int) -> tuple[list[Pr
     return procs, board
 
 
-def put_rounds(etcd: Any, procs: list[Proc], board: Board, rounds: int, tag: str) -> list[float]:
-    """The put -> slowest subscriber latency (ns) of each round."""
+def put_rounds(store: Any, procs: list[Proc], board: Board, rounds: int, tag: str) -> list[float]:
+    """The put -> slowest subscriber latency (ns) of each round (``store``: an etcd server,
+    or a ``(put, )`` callable taking the value)."""
+    put = store if callable(store) else (lambda value: store.put("/bench/k", value))
     pids = {p.pid for p in procs}
     slowest = []
     for i in range(rounds):
         value = f"{tag}-{i}"
         t0 = time.monotonic_ns()
-        etcd.put("/bench/k", value)
+        put(value)
         times = board.wait_value(value, pids, 60)
         slowest.append(max(times.values()) - t0)
         time.sleep(SPACING)
@@ -413,6 +415,70 @@ def run(quick: bool) -> None:
             )
             print()
         failover(etcd, spec, Path(tmp) / "cache-failover", sizes[-1], 3 if quick else 5)
+    consul_rows(quick, rounds)
+
+
+def consul_rows(quick: bool, rounds: int) -> None:
+    """The put rows against the in-repo Consul test server (one process serving every
+    blocking query; no consul binary here): latency, and the connections it holds."""
+    from confhub_consul.testing import ConsulTestServer
+
+    sizes = QUICK_SIZES if quick else (1, 10, 50)
+    rows: list[Row] = []
+    held: list[str] = []
+    with ConsulTestServer() as server, tempfile.TemporaryDirectory() as tmp:
+        server.put("bench/k", "start")
+        spec = f"consul://{server.address}/bench/"
+        results: dict[tuple[str, int], list[float]] = {}
+        for count in sizes:
+            for share in ("none", "host"):
+                procs, board = start_group(spec, Path(tmp) / f"c-{share}-{count}", share, count)
+                try:
+                    put = lambda value: server.put("bench/k", value)  # noqa: E731
+                    put_rounds(put, procs, board, 2, f"cwarm-{share}-{count}")
+                    results[(share, count)] = put_rounds(
+                        put, procs, board, rounds, f"c-{share}-{count}"
+                    )
+                    conns = [tcp_connections(p.pid, server.port) for p in procs]
+                    followers = sum(
+                        1 for p, c in zip(procs, conns, strict=True) if c and p.role == "follower"
+                    )
+                    held.append(f"| {count} | {share} | {sum(conns)} | {followers} |")
+                finally:
+                    for p in procs:
+                        p.close()
+        floor = statistics.median(results[("none", sizes[0])])
+        for count in sizes:
+            none, host = results[("none", count)], results[("host", count)]
+            rows.append(
+                Row(
+                    f"{count} processes, share=none",
+                    statistics.median(none),
+                    "1 process, unshared",
+                    statistics.median(none) / floor,
+                    p99_ns=p99(none),
+                )
+            )
+            rows.append(
+                Row(
+                    f"{count} processes, share=host",
+                    statistics.median(host),
+                    f"{count} processes, share=none",
+                    statistics.median(host) / statistics.median(none),
+                    1.0,
+                    p99(host),
+                    note=f"p99 ratio {p99(host) / p99(none):.2f}x",
+                )
+            )
+    print_table(
+        "Consul test server: put -> the slowest subscriber of N processes", rows, latency=True
+    )
+    print("## Consul test server: connections the processes hold to it (/proc)")
+    print()
+    print("| processes | share | TCP connections | followers connected |")
+    print("|---|---|---|---|")
+    print("\n".join(held))
+    print()
 
 
 def _follower_memory_ratio(rows: list[str]) -> float | None:
