@@ -44,7 +44,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ._backend import Backend, Notify, Update, can_watch, can_write, is_cacheable, resume_watch
+from ._backend import Backend, Notify, Update, can_watch, is_cacheable, resume_watch
 from ._cache import Cache, CacheError, default_cache_dir
 from ._errors import (
     ConfhubError,
@@ -53,7 +53,6 @@ from ._errors import (
     SourcePermissionError,
     SourceUnavailableError,
     SpecError,
-    WriteError,
 )
 from ._fleetstate import (
     Beacon,
@@ -84,6 +83,9 @@ log = logging.getLogger("confhub.fleet")
 SHARE_ENV = "CONFHUB_SHARE"
 #: The sharing modes: ``"host"`` (one process per host talks to the store), ``"none"``.
 SHARE_MODES = ("host", "none")
+
+#: The optional store operations a shared backend passes through when the real one has them.
+_STORE_OPERATIONS = ("write", "delete", "commit", "read")
 
 #: A follower that lost its leader tries the lock and the new leader's socket again after
 #: these delays (doubled up to the maximum): a failed connect costs microseconds, and each
@@ -222,6 +224,13 @@ class SharedBackend(Backend):
         self._writer: StateWriter | None = None
         self._write_lock = threading.Lock()
         self._closed = False
+        # The store operations the real backend has, and only those (the hub's writer asks
+        # ``can_write``/``can_delete``/...): each goes to the store (see _through_store).
+        for operation in _STORE_OPERATIONS:
+            if callable(getattr(inner, operation, None)):
+                setattr(self, operation, functools.partial(self._through_store, operation))
+        #: Whether unknown keys from this source count (strict binding): the real backend's.
+        self.strict_keys = bool(getattr(inner, "strict_keys", True))
         _LIVE.add(self)
 
     def __repr__(self) -> str:
@@ -448,19 +457,15 @@ class SharedBackend(Backend):
         else:
             self._wake()  # deliver what arrived between load() and now
 
-    def write(self, key: str, value: Any, expected_revision: Any = None) -> Any:
-        """Write through the store: a follower opens a backend for this one write."""
-        if not can_write(self.inner):
-            raise WriteError(
-                f"{self.display} is not writable (its backend has no write)",
-                source=self.display,
-                key=key,
-            )
+    def _through_store(self, operation: str, *args: Any) -> Any:
+        """A store operation (``write``, ``delete``, ``commit``, ``read``) that the hub's
+        writer calls: the real backend's, or, for a follower, a backend opened for this one
+        call and closed after it (a follower holds no store connection)."""
         if self._role != "follower":
-            return self.inner.write(key, value, expected_revision)  # type: ignore[attr-defined]
+            return getattr(self.inner, operation)(*args)
         backend = self._open_backend()
         try:
-            return backend.write(key, value, expected_revision)  # type: ignore[attr-defined]
+            return getattr(backend, operation)(*args)
         finally:
             backend.close()
 
