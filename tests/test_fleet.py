@@ -114,6 +114,22 @@ def test_a_follower_write_goes_to_the_store(hubs, store: MemoryStore) -> None:
     _until(lambda: leader.get("b", None) == "x" and follower.get("b", None) == "x")
 
 
+def test_a_follower_deletes_and_commits_through_the_store(hubs, store: MemoryStore) -> None:
+    """A follower's delete and transaction reach the store (through a backend opened for
+    the call), and come back to both hubs through the leader."""
+    leader, follower = hubs(), hubs()
+    store.set("gone", "x")
+    _until(lambda: follower.get("gone", None) == "x")
+    follower.delete("gone")
+    with follower.transaction() as txn:
+        txn.put("c", "1")
+        txn.put("d", "2")
+    assert "gone" not in store.data
+    assert (store.data["c"], store.data["d"]) == ("1", "2")
+    _until(lambda: all(h.get("d", None) == "2" and "gone" not in h for h in (leader, follower)))
+    assert store.watch_count == 1
+
+
 def test_a_garbage_state_file_is_never_published(
     hubs, store: MemoryStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
