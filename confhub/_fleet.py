@@ -224,6 +224,7 @@ class SharedBackend(Backend):
         self._writer: StateWriter | None = None
         self._write_lock = threading.Lock()
         self._closed = False
+        self._forked = False  # a fork's child: its next load joins the group afresh
         # The store operations the real backend has, and only those (the hub's writer asks
         # ``can_write``/``can_delete``/...): each goes to the store (see _through_store).
         for operation in _STORE_OPERATIONS:
@@ -407,7 +408,9 @@ class SharedBackend(Backend):
                 raise SourceUnavailableError(
                     f"{self.display}: the backend is closed", source=self.display
                 )
-            if self._role is None:
+            if self._role is None or self._forked:
+                self._forked = False
+                self._role, self._reason = None, None
                 self._join()
             role = self._role
         if role == "leader":
@@ -500,22 +503,33 @@ class SharedBackend(Backend):
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the copies of the group's descriptors it inherited (the
-        lock, the state file, the leader's sockets), without touching the parent's: a child
-        never leads on its parent's lock, and a dead parent's followers see its socket end.
-        The child's hub then reads the store itself (``unshared``), if it runs at all."""
+        lock, the state file, the leader's sockets, the wake-up pipe), without touching the
+        parent's: a child never leads on its parent's lock, and a dead parent's followers
+        see its socket end. Until its hub loads the source again (fork handling that
+        resumes the hub), the child reports ``unshared`` with the reason; that next load
+        joins the group afresh, as any process does."""
         if self._election is not None:
             self._election.close()  # the child's copy only: the parent keeps its lock
         if self._beacon is not None:
             self._beacon.forget()
         if self._writer is not None:
             self._writer.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._election = None
         self._beacon = None
         self._writer = None
         self._thread = None
+        self._latest = None
+        self._session = None
         if self._role is not None:
             self._role = "unshared"
             self._reason = "inherited across fork(): the child does not take part in the group"
+            self._forked = True
 
     # -- the follower thread -----------------------------------------------------------------
     def _wake(self) -> None:
