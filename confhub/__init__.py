@@ -37,7 +37,7 @@ from ._errors import (
     WriteError,
 )
 from ._explain import Explanation, Origin
-from ._health import Health, SlotState, SourceHealth
+from ._health import Health, Sharing, SlotState, SourceHealth
 from ._hub import Hub, State
 from ._layer import Layer, LayerDelta
 from ._location import UrlParts
@@ -96,6 +96,7 @@ __all__ = [
     "RegistryError",
     "RegistryInputError",
     "ServiceListing",
+    "Sharing",
     "SlotState",
     "Snapshot",
     "SourceError",

@@ -8,6 +8,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import attrs
 import pluggy
 
+from ._health import Sharing
 from ._layer import Layer, LayerDelta
 
 #: Marks a plugin's hook implementations: ``@confhub.hookimpl``.
@@ -140,6 +141,40 @@ class Backend(Protocol):
     #: as another identity never gets this one's cached copy; the value itself is never
     #: written, logged or put in a file name. Read with :func:`cache_principal_of`.
     cache_principal: str | None = None
+
+    #: ``False`` when another process keeps this source's cache file (a follower of a
+    #: host-shared source: its leader writes the cache). Read with :func:`writes_cache`.
+    cache_writes: bool = True
+
+    #: The process's role in the source's host-shared group (``None``: not shared).
+    #: Read with :func:`sharing_of`; ``hub.health()`` reports it.
+    sharing: Sharing | None = None
+
+    def resume(self, layer: Layer) -> bool:
+        """(Optional) Adopt ``layer``, the content this source held at ``layer.revision``
+        as another process of a host-shared group read it, as the last ``load``: the next
+        ``watch`` starts right after that revision, without reading the store first, so no
+        change is missed and none is delivered twice. Return ``False`` (the default) when
+        the backend cannot (the group's new leader then loads the source in full). Call
+        with :func:`resume_watch`."""
+        return False
+
+
+def resume_watch(backend: Any, layer: Layer) -> bool:
+    """Ask ``backend`` to watch from ``layer``'s revision (:meth:`Backend.resume`)."""
+    resume = getattr(backend, "resume", None)
+    return bool(resume(layer)) if callable(resume) else False
+
+
+def writes_cache(backend: Any) -> bool:
+    """Whether this process writes ``backend``'s cache file (:attr:`Backend.cache_writes`)."""
+    return bool(getattr(backend, "cache_writes", Backend.cache_writes))
+
+
+def sharing_of(backend: Any) -> Sharing | None:
+    """``backend``'s :attr:`Backend.sharing` (``None`` when left out or not shared)."""
+    found = getattr(backend, "sharing", None)
+    return found if isinstance(found, Sharing) else None
 
 
 def cache_principal_of(backend: Any) -> str | None:

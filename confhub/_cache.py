@@ -59,7 +59,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._backend import cache_principal_of, hookimpl, is_cacheable
+from ._backend import cache_principal_of, hookimpl, is_cacheable, writes_cache
 from ._fileio import read_at_most
 from ._health import log_fields
 from ._layer import Layer, freeze, to_json
@@ -102,6 +102,7 @@ CORE_VOLATILE_OPTIONS = frozenset(
         "poll",
         "retry_initial",
         "retry_max",
+        "share",
         "timeout",
         "watch",
     }
@@ -154,6 +155,16 @@ def source_identity(
         identity.append(principal)
     text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def volatile_options(hook: Any) -> dict[str, frozenset[str]]:
+    """Each scheme's ``BackendInfo.volatile_options``, as the plugins declare them
+    (``hook``: a plugin manager's ``pm.hook``)."""
+    volatile: dict[str, frozenset[str]] = {}
+    for infos in hook.confhub_backend_schemes():
+        for info in infos:
+            volatile[info.scheme] = volatile.get(info.scheme, frozenset()) | info.volatile_options
+    return volatile
 
 
 def _checksum(envelope: dict[str, Any]) -> str:
@@ -500,13 +511,7 @@ class CachePlugin:
         if directory in (None, False, ""):
             self.cache = None
             return
-        volatile: dict[str, frozenset[str]] = {}
-        for infos in hub.pm.hook.confhub_backend_schemes():
-            for info in infos:
-                volatile[info.scheme] = volatile.get(info.scheme, frozenset()) | (
-                    info.volatile_options
-                )
-        self.cache = Cache(Path(directory), volatile)
+        self.cache = Cache(Path(directory), volatile_options(hub.pm.hook))
 
     @hookimpl
     def confhub_load_cached(self, spec: SourceSpec, backend: Any) -> Layer | None:
@@ -531,5 +536,5 @@ class CachePlugin:
 
     @hookimpl
     def confhub_layer_accepted(self, spec: SourceSpec, layer: Layer, backend: Any) -> None:
-        if self.cache is not None and _cacheable(spec, backend):
+        if self.cache is not None and _cacheable(spec, backend) and writes_cache(backend):
             self.cache.write(spec, layer, cache_principal_of(backend))

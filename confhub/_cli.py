@@ -417,6 +417,9 @@ def _cmd_health(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
             extra = f" revision={s.revision}" if s.revision is not None else ""
             extra += f" age={age:.1f}s" if age is not None else ""
             extra += f" failed: {s.last_error}" if s.failed else ""
+            if s.sharing is not None:  # share="host": this process's role in the host group
+                extra += f" role={s.sharing.role}"
+                extra += f" leader_pid={s.sharing.leader_pid}" if s.sharing.leader_pid else ""
             out.write(f"  {s.state:<8} {s.source}{extra}\n")
         return code
     finally:

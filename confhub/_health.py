@@ -37,6 +37,26 @@ class SlotState(enum.StrEnum):
 
 
 @attrs.frozen
+class Sharing:
+    """The role of this process in a host-shared source's group (``share="host"``).
+
+    - ``role``: ``"leader"`` (this process talks to the store for the group),
+      ``"follower"`` (it follows the leader's state and holds no store connection), or
+      ``"unshared"`` (sharing was asked for but could not be used: ``reason`` says why;
+      the process reads the store itself);
+    - ``leader_pid``: the process id of the group's leader, when known.
+    """
+
+    role: str
+    leader_pid: int | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (part of the ``confhub health --json`` contract)."""
+        return {"role": self.role, "leader_pid": self.leader_pid, "reason": self.reason}
+
+
+@attrs.frozen
 class SourceHealth:
     """How one precedence slot is doing.
 
@@ -54,7 +74,9 @@ class SourceHealth:
     ``stale``, ``cached`` and a ``fallback`` always have it; an ``absent`` optional source has
     it when it could not be reached (not when it is merely empty).
 
-    ``revision`` and ``fetched_at``/``age`` describe the layer being served.
+    ``revision`` and ``fetched_at``/``age`` describe the layer being served. ``sharing``
+    is the process's role in the source's host-shared group (:class:`Sharing`; ``None`` for
+    a source that is not shared). A follower's state is the store's as its leader sees it.
     """
 
     source: str
@@ -65,6 +87,7 @@ class SourceHealth:
     last_error: str | None = None
     since: float | None = None
     keys: int = 0
+    sharing: Sharing | None = None
 
     @property
     def age(self) -> float | None:
@@ -79,7 +102,7 @@ class SourceHealth:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the ``confhub health --json`` contract)."""
         age = self.age
-        return {
+        found: dict[str, Any] = {
             "source": self.source,
             "state": self.state.value,
             "active": self.active,
@@ -89,6 +112,9 @@ class SourceHealth:
             "last_error": self.last_error,
             "keys": self.keys,
         }
+        if self.sharing is not None:
+            found["sharing"] = self.sharing.to_dict()
+        return found
 
 
 @attrs.frozen

@@ -26,6 +26,7 @@ import pluggy
 from . import _aio
 from ._backend import Backend, BackendSettings, Update
 from ._binding import Binder, View, make_converter
+from ._cache import volatile_options
 from ._dispatch import Dispatcher, Subscription
 from ._errors import (
     HubStateError,
@@ -33,6 +34,7 @@ from ._errors import (
 )
 from ._explain import Explanation, explain
 from ._fallback import Follower, closed_during_start, load_slots
+from ._fleet import hub_share, share_source
 from ._fromconfig import hub_arguments
 from ._health import Health, SlotState, SourceHealth
 from ._layer import Layer, LayerDelta
@@ -95,6 +97,10 @@ class Hub:
       ceiling of the whole :meth:`start`.
     - ``retry_initial``/``retry_max``: the backoff (seconds, doubled with jitter, capped)
       of retries of a source served from cache or absent at start.
+    - ``share``: ``"host"`` makes the processes of this host that open the same remote
+      source with the same cache directory share one store connection and watch (one
+      leader, the others follow: ``docs/fleet.md``); default ``$CONFHUB_SHARE``, else none.
+      A source's ``?share=host`` or ``?share=none`` wins.
     - ``max_backlog``: when more events than this wait behind slow subscribers, the waiting
       changes are merged (the last value of every key is still delivered) and only the
       latest error and state event per source is kept: bounded by sources and keys.
@@ -115,6 +121,7 @@ class Hub:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         max_backlog: int = 1000,
+        share: str | None = None,
         unknown: UnknownPolicy = "forbid",
     ) -> None:
         self._slots = [Slot(i, group) for i, group in enumerate(as_slots(sources))]
@@ -124,6 +131,7 @@ class Hub:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.max_backlog = max_backlog
+        self.share = hub_share(share)
         self.pm: pluggy.PluginManager = make_plugin_manager(plugins, block, autoload)
         self.converter: cattrs.Converter = make_converter()
         self.pm.hook.confhub_register_converters.call_historic(kwargs={"converter": self.converter})
@@ -306,7 +314,16 @@ class Hub:
             start_timeout=self.start_timeout,
             cache_enabled=cache_enabled,
         )
-        return make_backend(self.pm, spec, settings, hub=self)
+        backend = make_backend(self.pm, spec, settings, hub=self)
+        return share_source(
+            backend,
+            spec,
+            mode=self.share,
+            cache_dir=self.cache_dir,
+            volatile=lambda: volatile_options(self.pm.hook),
+            open_backend=lambda: make_backend(self.pm, spec, settings, hub=self),
+            timeout=self.connect_timeout,
+        )
 
     # -- updates: the pipeline -------------------------------------------------------------
     def _on_update(self, slot: Slot, update: Update) -> None:

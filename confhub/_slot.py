@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from ._backend import Backend, can_write, is_cacheable
+from ._backend import Backend, can_write, is_cacheable, sharing_of
 from ._errors import (
     ConfhubError,
     HubStateError,
@@ -119,6 +119,7 @@ class Slot:
             last_error=None if error is None else str(error),
             since=self.since,
             keys=0 if layer is None else len(layer.values),
+            sharing=sharing_of(self.active_backend),
         )
 
     # -- start-up transitions ----------------------------------------------------------------

@@ -32,6 +32,7 @@ CORE_OPTIONS = frozenset(
         "optional",
         "poll",
         "poll_interval",
+        "share",
         "timeout",
         "watch",
     }

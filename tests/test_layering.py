@@ -37,7 +37,9 @@ LAYERS: list[list[str]] = [
         "_persist",
         "_cache",
         "kv",  # the public kit for KV backends
+        "_fleetstate",  # a host-shared group's lock, state file and wake-up socket
     ],
+    ["_fleet"],  # host-shared sources: the SharedBackend stage around a remote backend
     ["_aio", "_backends._watch"],  # asyncio helpers; the watching machinery file builtins share
     [
         "_backends",

@@ -67,6 +67,7 @@ def test_public_surface_is_pinned() -> None:
         "Origin",
         "PluginError",
         "Readiness",
+        "Sharing",
         "SlotState",
         "Snapshot",
         "SourceError",

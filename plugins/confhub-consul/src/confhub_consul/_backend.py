@@ -87,6 +87,26 @@ class ConsulBackend:
         self._state.record(listing.index, listing.modify_indexes(), layer)
         return layer
 
+    def resume(self, layer: Layer) -> bool:
+        """Adopt ``layer`` (this source's content at Consul index ``layer.revision``, as
+        another process of a host-shared group read it) as the last load: the next
+        :meth:`watch` blocks on that index without reading first, so a change made
+        meanwhile arrives once. ``False`` for a layer without a Consul index, or once
+        watching. (The ModifyIndex of each key is unknown here: the first answer re-reads
+        every key of the prefix and the hub publishes only what changed; a key deleted
+        meanwhile is still seen as deleted.)"""
+        index = layer.revision
+        if isinstance(index, bool) or not isinstance(index, int) or index < 1:
+            return False
+        indexes: dict[str, int] = {}
+        if self.opts.document is None:
+            indexes = {self._reader.keys.to_store(key): 0 for key in layer.values}
+        with self._lock:
+            if self._closed or self._watcher is not None:
+                return False
+            self._state.record(index, indexes, layer)
+        return True
+
     def watch(self, notify: Notify) -> None:
         """Start the blocking-query thread (from the state of the last ``load``)."""
         with self._lock:

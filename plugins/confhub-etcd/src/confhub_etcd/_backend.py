@@ -231,6 +231,33 @@ class EtcdBackend(Backend):
             optional=self.spec.optional,
         )
 
+    def resume(self, layer: Layer) -> bool:
+        """Adopt ``layer`` (this source's content at etcd revision ``layer.revision``, as
+        another process of a host-shared group read it) as the last load: the next
+        :meth:`watch` starts at ``layer.revision + 1`` without a read, so a change made
+        meanwhile arrives once, as a delta. ``False`` for a layer without an etcd revision,
+        or once watching. (The watcher keeps each key's ``mod_revision`` only to diff a
+        read after a compaction; unknown here, they are 0, so such a resync re-sends every
+        key and the hub publishes only what changed.)"""
+        revision = layer.revision
+        if isinstance(revision, bool) or not isinstance(revision, int) or revision <= 0:
+            return False
+        if self.config.fmt is None:
+            items = tuple(
+                KeyValue(self.keys.to_store(k).encode(), b"", 0, 0, 0) for k in layer.values
+            )
+        else:
+            present = bool(layer.values)
+            items = (KeyValue(self.config.prefix.encode(), b"", 0, 0, 0),) if present else ()
+        with self._lock:
+            if self._watcher is not None or self._closed:
+                return False
+            self._snapshot = PrefixSnapshot(revision, items)
+            self._layer = layer
+            self._pending.clear()
+            self._broken = False
+        return True
+
     # -- watch ---------------------------------------------------------------------------------
 
     def watch(self, notify: Notify) -> None:
