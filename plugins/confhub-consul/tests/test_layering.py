@@ -53,5 +53,6 @@ def test_every_backend_module_is_placed() -> None:
         "_testagent",
         "_testagentapi",
         "_testfilter",
+        "pytest_plugin",  # the consul_server fixture, on testing
     }
     assert modules - test_server == set(ORDER)
