@@ -38,12 +38,14 @@ LAYERS: list[list[str]] = [
     ["_backends", "_backends.defaults", "_backends.env", "_backends.file"],  # builtin plugins
     ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
     ["_fallback"],  # start-up chain, recovery, polling, watch wiring
+    ["_forks"],  # a running hub inherited across fork() resumes in the child
     ["_hub"],  # the facade that wires the stages
     ["_demo", "_kvharness"],  # run a Hub
     ["_kvcontract"],  # the KV contract's tests, on its harness
     ["_cliconfig", "_cliformat"],  # the CLI's config file and output formats
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points
+    ["integrations", "integrations.gunicorn"],  # framework glue (imports confhub only)
 ]
 
 #: (importer, imported) pairs allowed upwards under ``if TYPE_CHECKING:`` only.
