@@ -22,7 +22,8 @@ What happens instead, in the child:
    for the child's subscribers), new backends for every member (new connections, new
    watcher threads; the inherited ones are abandoned, never closed nor used: closing a
    watchdog observer would remove the parent's inotify watches from the descriptor they
-   share, closing a TLS socket would send the parent's peer a close_notify), a full read of the
+   share, closing a TLS socket would send the parent's peer a close_notify), a full read
+   of the
    members in order (bounded by the connect timeout, retried with the hub's jittered
    backoff while no member answers), published like any update (only effective changes
    notify; the generation continues from the inherited one), then the watch (or poller,
@@ -50,7 +51,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
 
 from ._backend import Backend, can_watch, is_cacheable
 from ._errors import ConfhubError, SourcePermissionError, SourceUnavailableError
@@ -69,14 +69,15 @@ class ForkGuard:
 
     ``after_fork(parent_pid)`` is the hub's at-fork method (allocations and thread starts
     only), returning the resumers it started; ``close`` is its ``close``. Both are held
-    weakly: the registry never keeps a hub alive. :meth:`register` while the hub runs, :meth:`unregister` when it closes.
+    weakly: the registry never keeps a hub alive. :meth:`register` while the hub runs,
+    :meth:`unregister` when it closes.
     """
 
     def __init__(
         self, after_fork: Callable[[int], list[Resumer]], close: Callable[[], None]
     ) -> None:
-        self._after_fork = weakref.WeakMethod(after_fork)  # type: ignore[arg-type]
-        self._close = weakref.WeakMethod(close)  # type: ignore[arg-type]
+        self._after_fork = weakref.WeakMethod(after_fork)
+        self._close = weakref.WeakMethod(close)
         self.pid = os.getpid()
         #: The resume threads started in this process after the last fork.
         self.resumers: list[Resumer] = []
@@ -121,7 +122,7 @@ def _after_fork_in_child() -> None:
     for guard in list(_GUARDS):
         try:
             guard.forked()
-        except Exception:  # noqa: BLE001 - a hub must never break its process's fork
+        except Exception:
             log.exception("confhub: resuming a hub after fork() failed")
 
 
@@ -191,7 +192,9 @@ class Resumer(threading.Thread):
         self.stop = follower.stop
         self.make_backend = make_backend
         self.timeout = timeout
-        self.backoff = Backoff(follower.retry_initial, max(follower.retry_initial, follower.retry_max))
+        self.backoff = Backoff(
+            follower.retry_initial, max(follower.retry_initial, follower.retry_max)
+        )
         self.reason = reason
         self.report = report
         #: Set once a member was re-read and published (the slot follows its store again).

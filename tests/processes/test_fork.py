@@ -90,7 +90,8 @@ def test_a_forked_child_that_never_reads_still_gets_its_callbacks(tmp_path: Path
                     if pid == child.pid:
                         from_child.append(changes)
                 time.sleep(0.05)
-            assert from_child and from_child[-1] == {"flag": "two"}
+            assert from_child
+            assert from_child[-1] == {"flag": "two"}
         finally:
             ours.send("exit")
             child.join(30)
