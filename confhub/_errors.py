@@ -134,15 +134,22 @@ class WriteConflictError(WriteError):
 class StartupError(ConfhubError):
     """A required source could not be loaded from anywhere.
 
-    ``attempts`` holds ``(what, error)`` pairs for every place that was tried, in order.
+    ``attempts`` holds ``(what, error)`` pairs for every place that was tried (in its last
+    round), in order; ``rounds`` says how many rounds were tried before the start ceiling.
     """
 
     def __init__(
-        self, message: str, *, source: str, attempts: Sequence[tuple[str, BaseException]] = ()
+        self,
+        message: str,
+        *,
+        source: str,
+        attempts: Sequence[tuple[str, BaseException]] = (),
+        rounds: int = 1,
     ) -> None:
         super().__init__(message)
         self.source = source
         self.attempts = tuple(attempts)
+        self.rounds = rounds
 
 
 class PluginError(ConfhubError):

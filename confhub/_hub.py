@@ -40,6 +40,7 @@ from ._plugins import describe_plugins, make_backend, make_plugin_manager
 from ._slot import Slot, backend_named, writable_backend
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot, UnusableSnapshot
 from ._spec import SourceLike, SourceSpec, as_slots
+from .kv import Backoff
 
 log = logging.getLogger("confhub")
 
@@ -171,6 +172,7 @@ class Hub:
                 connect_timeout=self.connect_timeout,
                 start_timeout=self.start_timeout,
                 stop=self._stop,
+                backoff=Backoff(self.retry_initial, max(self.retry_initial, self.retry_max)),
             )
             layers = tuple(s.layer for s in self._slots)
             snapshot = Snapshot(1, merge_full(layers), layers, self.sources)
