@@ -44,7 +44,23 @@ class SourceError(ConfhubError):
 
 
 class SourceUnavailableError(SourceError):
-    """The source cannot be reached right now (transient): fallbacks and retries apply."""
+    """The source cannot be reached right now (transient): fallbacks and retries apply.
+
+    ``retry_at_start=False`` says that trying again during this start cannot help (a TLS
+    handshake that failed on a certificate): the start goes on to the alternates and the
+    caches, then fails or is absent at once instead of retrying until ``start_timeout``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str,
+        key: str | None = None,
+        retry_at_start: bool = True,
+    ) -> None:
+        super().__init__(message, source=source, key=key)
+        self.retry_at_start = retry_at_start
 
 
 class SourceFormatError(SourceError):
