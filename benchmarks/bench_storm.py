@@ -26,7 +26,6 @@ Run: ``.venv/bin/python -m benchmarks.bench_storm [--quick]``.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -122,9 +121,19 @@ def restart_run(etcd: EtcdServer, jitter: str, tmp: Path) -> dict[str, Any]:
     for p in range(PROCESSES):
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.bench_storm", "--worker", spec,
-                 str(HUBS_PER_PROCESS), jitter, str(tmp / f"{jitter}-{p}.json")],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bench_storm",
+                    "--worker",
+                    spec,
+                    str(HUBS_PER_PROCESS),
+                    jitter,
+                    str(tmp / f"{jitter}-{p}.json"),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
         )
     for proc in procs:
@@ -172,8 +181,12 @@ def start_storm(etcd: EtcdServer, count: int, tmp: Path) -> dict[str, Any]:
     spec = f"etcd://{etcd.endpoint}/storm/"
     go = tmp / "go"
     procs = [
-        subprocess.Popen([sys.executable, "-c", STARTER, spec, str(go)],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", STARTER, spec, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         for _ in range(count)
     ]
     deadline = time.monotonic() + 300
@@ -222,15 +235,19 @@ def dead_store(window: float) -> dict[str, Any]:
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    hub = confhub.Hub([f"etcd://127.0.0.1:{port}/app/?optional=true"], cache_dir=None,
-                      plugins=[Count()])
+    hub = confhub.Hub(
+        [f"etcd://127.0.0.1:{port}/app/?optional=true"], cache_dir=None, plugins=[Count()]
+    )
     with hub:
         time.sleep(window)
     stop.set()
     thread.join(5)
     listener.close()
-    return {"loads": loads[0], "connects": connects[0],
-            "bound": most_attempts(window, hub.retry_initial, hub.retry_max)}
+    return {
+        "loads": loads[0],
+        "connects": connects[0],
+        "bound": most_attempts(window, hub.retry_initial, hub.retry_max),
+    }
 
 
 def main() -> None:
@@ -249,25 +266,33 @@ def main() -> None:
         tmp = Path(d)
         etcd.put("/storm/flag", "one")
         rows = {j: restart_run(etcd, j, tmp) for j in ("off", "on")}
-        print(f"\n### Reconnect after a {DOWN:.0f} s etcd outage, {rows['on']['hubs']} hubs "
-              f"({PROCESSES} processes), seconds after etcd answers again\n")
-        print("| backoff | hubs back | first | median | p90 | last | spread | spread vs floor "
-              "| watch attempts while down, mean / max (bound) |")
+        print(
+            f"\n### Reconnect after a {DOWN:.0f} s etcd outage, {rows['on']['hubs']} hubs "
+            f"({PROCESSES} processes), seconds after etcd answers again\n"
+        )
+        print(
+            "| backoff | hubs back | first | median | p90 | last | spread | spread vs floor "
+            "| watch attempts while down, mean / max (bound) |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         bound = most_attempts(DOWN, 0.2, 10.0)
         for j, label in (("off", "no jitter (floor)"), ("on", "**default (jitter 0.5)**")):
             r = rows[j]
             ratio = r["spread"] / rows["off"]["spread"] if rows["off"]["spread"] else float("inf")
-            print(f"| {label} | {r['hubs'] - r['missing']}/{r['hubs']} | {r['first']:.2f} | "
-                  f"{r['median']:.2f} | {r['p90']:.2f} | {r['last']:.2f} | {r['spread']:.2f} | "
-                  f"{ratio:.1f}x | {r['reconnects_mean']:.1f} / {r['reconnects_max']} "
-                  f"({bound}) |")
+            print(
+                f"| {label} | {r['hubs'] - r['missing']}/{r['hubs']} | {r['first']:.2f} | "
+                f"{r['median']:.2f} | {r['p90']:.2f} | {r['last']:.2f} | {r['spread']:.2f} | "
+                f"{ratio:.1f}x | {r['reconnects_mean']:.1f} / {r['reconnects_max']} "
+                f"({bound}) |"
+            )
         storm = start_storm(etcd, STARTERS, tmp)
         print(f"\n### {storm['count']} processes start a hub at once (default options)\n")
         print("| started | needed more than one round | most rounds | slowest start |")
         print("|---|---|---|---|")
-        print(f"| {storm['started']}/{storm['count']} | {storm['retried']} | "
-              f"{storm['most_rounds']} | {storm['took_max']:.2f} s |")
+        print(
+            f"| {storm['started']}/{storm['count']} | {storm['retried']} | "
+            f"{storm['most_rounds']} | {storm['took_max']:.2f} s |"
+        )
     dead = dead_store(WINDOW)
     print(f"\n### One hub, etcd never answers, {WINDOW:.0f} s (default options)\n")
     print("| reads (confhub_load_layer) | bound of the backoff | TCP connections |")

@@ -36,7 +36,7 @@ LAYERS: list[list[str]] = [
         "kv",  # the public kit for KV backends
     ],
     ["_backends", "_backends.defaults", "_backends.env", "_backends.file"],  # builtin plugins
-    ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
+    ["_slot", "_plugins", "_startretry"],  # slot state machine; plugin manager; start rounds
     ["_fallback"],  # start-up chain, recovery, polling, watch wiring
     ["_forks"],  # a running hub inherited across fork() resumes in the child
     ["_hub"],  # the facade that wires the stages

@@ -120,3 +120,10 @@ def test_make_backend_hookspec_offers_spec_settings_and_the_deprecated_hub() -> 
     params = list(inspect.signature(hookspecs.confhub_make_backend).parameters)
     assert params == ["spec", "settings", "hub"]
     assert "deprecated" in (hookspecs.confhub_make_backend.__doc__ or "")
+
+
+def test_gunicorn_hooks_surface_is_pinned() -> None:
+    """confhub.integrations.gunicorn: the hooks a gunicorn.conf.py names, and its timeout."""
+    import confhub.integrations.gunicorn as hooks
+
+    assert hooks.__all__ == ["RESUME_TIMEOUT", "post_fork", "worker_exit"]

@@ -211,8 +211,10 @@ def test_thirty_two_processes_start_at_once_on_one_etcd(etcd: EtcdServer, tmp_pa
         results = []
         for proc in procs:
             out, err = proc.communicate(timeout=180)
-            line = out.decode().strip().splitlines()[-1] if out.strip() else err.decode()[-2000:]
-            results.append(json.loads(line) if line.startswith("{") else {"ok": False, "error": line})
+            text = out.decode().strip()
+            line = text.splitlines()[-1] if text else err.decode()[-2000:]
+            failed = {"ok": False, "error": line}
+            results.append(json.loads(line) if line.startswith("{") else failed)
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -46,6 +46,7 @@ def restore_test_interceptors(saved: tuple[Any, ...]) -> None:
     with _test_lock:
         _test_interceptors[0] = saved
 
+
 log = logging.getLogger("confhub.etcd")
 
 # The process that imported gRPC through this module: a transport made in any other one
