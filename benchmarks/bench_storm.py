@@ -26,6 +26,8 @@ Run: ``.venv/bin/python -m benchmarks.bench_storm [--quick]``.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import socket
 import statistics
 import subprocess
@@ -251,6 +253,9 @@ def dead_store(window: float) -> dict[str, Any]:
 
 
 def main() -> None:
+    # The hubs' WARNING lines (one per hub per outage) would drown the tables.
+    logging.getLogger("confhub").setLevel(logging.ERROR)
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         worker_restart(sys.argv[2], int(sys.argv[3]), sys.argv[4], Path(sys.argv[5]))
         return

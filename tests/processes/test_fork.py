@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from children import report, spawned_hub, wait_for
+from confhub_consul.testing import ConsulTestServer
 from confhub_etcd.testing import EtcdServer
 
 import confhub
@@ -169,3 +170,29 @@ def test_a_spawned_child_builds_its_own_hub(tmp_path: Path) -> None:
     finally:
         child.join(30)
     assert child.exitcode == 0
+
+
+def follow_consul(hub: confhub.Hub, conn: Connection) -> None:
+    wait_live(hub)
+    conn.send(report(hub))
+    wait_for(hub, "flag", "two")
+    conn.send(report(hub))
+    hub.close()
+
+
+def test_a_forked_child_follows_consul_on_its_own_connection() -> None:
+    """The Consul backend in a child: a new HTTP client, its own blocking queries."""
+    with ConsulTestServer(default_query_time=2, max_query_time=3) as consul:
+        consul.put("app/flag", "one")
+        spec = f"consul://{consul.address}/app/"
+        with confhub.Hub([spec], cache_dir=None) as hub:
+            ours, theirs = FORK.Pipe()
+            child = FORK.Process(target=follow_consul, args=(hub, theirs))
+            child.start()
+            first = receive(ours)
+            assert (first["flag"], first["sources"][0]["state"]) == ("one", "live")
+            consul.put("app/flag", "two")
+            second = receive(ours)
+            child.join(30)
+            assert (second["flag"], second["sources"][0]["state"]) == ("two", "live")
+            assert child.exitcode == 0
