@@ -132,17 +132,19 @@ def load_slot(
         refused = any(isinstance(e, SourcePermissionError) for _, e in attempts)
         if not refused and _try_caches(slot, hook, attempts):
             return
-        if refused or slot.optional or not _worth_retrying(attempts):
+        if refused or slot.optional or not _worth_retrying(slot, attempts):
             break
         if retries is None or not retries.again():
             break
     _absent_or_fail(slot, attempts, refused, retries)
 
 
-def _worth_retrying(attempts: list[tuple[str, BaseException]]) -> bool:
-    """Whether another round could help: not when a backend said it cannot (a TLS
-    certificate failure: ``SourceUnavailableError.retry_at_start``)."""
-    return all(getattr(e, "retry_at_start", True) for _, e in attempts)
+def _worth_retrying(slot: Slot, attempts: list[tuple[str, BaseException]]) -> bool:
+    """Whether another round could help: only for a remote (``cacheable``) store (a missing
+    file is reported at once), and not when a backend said it cannot (a TLS certificate
+    failure: ``SourceUnavailableError.retry_at_start``)."""
+    remote = any(is_cacheable(b) for b in slot.backends if b is not None)
+    return remote and all(getattr(e, "retry_at_start", True) for _, e in attempts)
 
 
 def _try_live_members(
