@@ -132,7 +132,9 @@ def test_a_forked_child_is_stale_until_it_reread_etcd_then_watches(etcd: EtcdSer
     serves what etcd holds and follows later puts through its own watch."""
     etcd.put("/app/flag", "one")
     spec = f"etcd://{etcd.endpoint}/app/"
-    with confhub.Hub([spec], cache_dir=None, connect_timeout=0.5) as hub:
+    # A short backoff: the child's re-read is retried soon after etcd is resumed.
+    options = {"connect_timeout": 0.5, "retry_initial": 0.05, "retry_max": 0.5}
+    with confhub.Hub([spec], cache_dir=None, **options) as hub:
         etcd.pause()
         try:
             ours, theirs = FORK.Pipe()
