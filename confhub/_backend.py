@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 import pluggy
@@ -59,6 +59,41 @@ class BackendSettings:
     cache_enabled: bool = True
 
 
+def _action(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("put", "delete"):
+        raise ValueError(f"WriteOp action must be 'put' or 'delete', not {value!r}")
+
+
+def _dotted(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value or any(not p for p in value.split(".")):
+        raise ValueError(
+            f"{value!r} is not a dotted key such as db.pool.size (text, no empty segments)"
+        )
+
+
+@attrs.frozen
+class WriteOp:
+    """One operation of a transaction (:meth:`Hub.transaction`), as a backend's ``commit``
+    gets it: ``put`` dotted ``key`` = ``value``, or ``delete`` it. ``expected_revision``
+    makes the whole transaction depend on the key's revision (``0``: the key must not
+    exist; ``None``: no check). Build them with :meth:`put` and :meth:`delete`."""
+
+    action: Literal["put", "delete"] = attrs.field(validator=_action)
+    key: str = attrs.field(validator=_dotted)
+    value: Any = None
+    expected_revision: Any = None
+
+    @classmethod
+    def put(cls, key: str, value: Any, expected_revision: Any = None) -> WriteOp:
+        """A write of ``key``."""
+        return cls("put", key, value, expected_revision)
+
+    @classmethod
+    def delete(cls, key: str, expected_revision: Any = None) -> WriteOp:
+        """A delete of ``key``."""
+        return cls("delete", key, None, expected_revision)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What a backend object provides. ``watch`` and ``write`` are optional.
@@ -74,6 +109,18 @@ class Backend(Protocol):
       has a ``poll=SECONDS`` option, else read once.
     - ``write(key, value, expected_revision)`` (optional) writes one dotted key with
       compare-and-swap and returns the new revision.
+    - ``delete(key, expected_revision)`` (optional) deletes the value at one dotted key
+      (nothing there: no error; a table there: :class:`WriteError`) and returns the
+      revision after it.
+    - ``commit(ops, force)`` (optional) applies a sequence of :class:`WriteOp` in ONE
+      atomic store transaction, every ``expected_revision`` checked in it, and returns the
+      new revision; a transaction that would turn a table into a value or a value into a
+      table is refused unless ``force`` (:func:`confhub.kv.check_transaction`). A backend
+      that cannot apply them atomically leaves ``commit`` out: the hub refuses
+      transactions on it, never applies them one by one.
+    - ``read(key)`` (optional) reads one dotted key from the store itself (not a cache):
+      ``(value, revision)``, ``(MISSING, 0)`` when absent; the revision is the one
+      ``write``'s ``expected_revision`` compares with (:meth:`Hub.update` uses it).
     - ``close()`` stops watching and joins the backend's threads; it must be idempotent.
     - ``cacheable`` (default ``False``) marks a remote store: the hub bounds its start-time
       loads by the timeout, keeps its last good copy on disk, and retries it in the
@@ -114,3 +161,18 @@ def can_watch(backend: Any) -> bool:
 def can_write(backend: Any) -> bool:
     """Whether ``backend`` implements ``write``."""
     return callable(getattr(backend, "write", None))
+
+
+def can_delete(backend: Any) -> bool:
+    """Whether ``backend`` implements ``delete``."""
+    return callable(getattr(backend, "delete", None))
+
+
+def can_commit(backend: Any) -> bool:
+    """Whether ``backend`` implements ``commit`` (atomic multi-key transactions)."""
+    return callable(getattr(backend, "commit", None))
+
+
+def can_read(backend: Any) -> bool:
+    """Whether ``backend`` implements ``read`` (one key and its revision, from the store)."""
+    return callable(getattr(backend, "read", None))

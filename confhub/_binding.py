@@ -1,8 +1,11 @@
-"""Typed binding: the merged configuration into attrs classes through a cattrs converter.
+"""Typed binding: the merged configuration into classes through a cattrs converter.
 
 :class:`Binder` is the stage of the hub that owns the converter and the live :class:`View`
-objects: it binds a snapshot (``bind``), keeps one view per class and prefix (``view``), and
-re-binds the views a change touches before the hub publishes it (``rebind``).
+objects: it binds a snapshot (``bind``), keeps one view per class, prefix and policy
+(``view``), and re-binds the views a change touches before the hub publishes it
+(``rebind``). attrs classes, dataclasses, pydantic v2 models and TypedDicts bind
+(:mod:`confhub._bindtypes`); keys a class does not declare are refused, logged or ignored
+by the view's policy (:mod:`confhub._strict`).
 
 Each hub owns one converter (never a global). It understands the text that env vars and KV
 stores deliver: ``"false"``, ``"0"``, ``"no"`` and ``"off"`` are False (cattrs alone would make
@@ -16,17 +19,27 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any, Generic, TypeVar
 
-import attrs
 import cattrs
 
-from ._errors import ConfigValidationError
+from ._bindtypes import Shape, Table, field_key, pydantic_errors, register_hooks, shape_of
+from ._errors import ConfigValidationError, UnknownKey, UnknownKeyError
 from ._merge import MISSING
 from ._redact import is_secret_key, redact_value
 from ._snapshot import Snapshot
+from ._strict import (
+    FIX,
+    MAX_LISTED,
+    UnknownPolicy,
+    Warned,
+    check_policy,
+    inspect,
+    line,
+    locate,
+)
 
 T = TypeVar("T")
 
@@ -129,6 +142,7 @@ def make_converter() -> cattrs.Converter:
     for kind in (datetime, date, time):
         converter.register_structure_hook(kind, _iso(kind))
         converter.register_unstructure_hook(kind, lambda value: value.isoformat())
+    register_hooks(converter)
     return converter
 
 
@@ -158,11 +172,36 @@ _ISO_EXAMPLES: dict[type, str] = {
 }
 
 
-def error_lines(exc: BaseException) -> list[str]:
-    """Turn a cattrs structuring error into lines such as ``expected int @ $.db.port``."""
-    if isinstance(exc, (cattrs.ClassValidationError, cattrs.IterableValidationError)):
-        return cattrs.transform_error(exc, path="$", format_exception=_format)
-    return [f"{_format(exc, None)} @ $"]
+def error_lines(exc: BaseException, path: str = "$", type_: Any = None) -> list[str]:
+    """Turn a structuring error into lines such as ``expected int @ $.db.port``.
+
+    cattrs' ``transform_error``, with three differences: a field with an alias is shown
+    by its key in the sources (``$.max-size``), a mapping's string key as a dotted step
+    (``$.pools.main``, the key a source has) and a pydantic ``ValidationError`` as one line
+    per error, below the model's path.
+    """
+    lines: list[str] = []
+    if isinstance(exc, cattrs.IterableValidationError):
+        with_notes, without = exc.group_exceptions()
+        for inner, note in with_notes:
+            index = note.index
+            step = f".{index}" if isinstance(index, str) and _dotted(index) else f"[{index!r}]"
+            lines.extend(error_lines(inner, path + step, note.type))
+        return lines + [f"{_format(inner, None)} @ {path}" for inner in without]
+    if isinstance(exc, cattrs.ClassValidationError):
+        notes, rest = exc.group_exceptions()
+        for inner, field in notes:
+            key = field_key(exc.cl, field.name) if isinstance(exc.cl, type) else field.name
+            lines.extend(error_lines(inner, f"{path}.{key}", field.type))
+        return lines + [f"{_format(inner, None)} @ {path}" for inner in rest]
+    found = pydantic_errors(exc)
+    if found is not None:
+        return [f"{message} @ {path}{below}" for message, below in found]
+    return [f"{_format(exc, type_)} @ {path}"]
+
+
+def _dotted(key: str) -> bool:
+    return bool(key) and "." not in key and "[" not in key and "'" not in key
 
 
 def _format(exc: BaseException, type_: Any) -> str:
@@ -192,39 +231,55 @@ class View(Generic[T]):
     """A live typed view: ``view.current`` is always the latest valid bound instance.
 
     ``current`` is a plain attribute that the hub replaces when it publishes a snapshot
-    (after binding succeeded), so reading it costs one attribute load.
+    (after binding succeeded), so reading it costs one attribute load. ``unknown`` is the
+    view's policy for keys its class does not declare.
     """
 
-    __slots__ = ("__weakref__", "cls", "current", "generation", "prefix")
+    __slots__ = ("__weakref__", "cls", "current", "generation", "prefix", "unknown")
 
-    def __init__(self, cls: type[T], prefix: str | None, current: T, generation: int) -> None:
+    def __init__(
+        self,
+        cls: type[T],
+        prefix: str | None,
+        current: T,
+        generation: int,
+        unknown: UnknownPolicy = "forbid",
+    ) -> None:
         self.cls = cls
         self.prefix = prefix
         self.current = current
         self.generation = generation
+        self.unknown = unknown
 
     def __repr__(self) -> str:
-        return f"<View {self.cls.__name__} generation={self.generation}>"
+        name = getattr(self.cls, "__name__", repr(self.cls))
+        return f"<View {name} generation={self.generation}>"
 
 
 class _ViewInput:
     """What the binder keeps per view: the nested input of its last binding, kept up to
     date with each change so that an update re-binds from it instead of rebuilding the
-    whole tree (``data is None``: rebuild)."""
+    whole tree (``data is None``: rebuild), and the unknown keys a ``"warn"`` view logged."""
 
-    __slots__ = ("data", "fields", "prefix")
+    __slots__ = ("data", "fields", "prefix", "warned")
 
-    def __init__(self, cls: type[Any], prefix: str | None, data: dict[str, Any] | None) -> None:
+    def __init__(
+        self, shape: Shape, prefix: str | None, data: dict[str, Any] | None, policy: str
+    ) -> None:
         self.prefix = prefix
         self.data = data
+        self.warned = Warned()
+        # Under "ignore", a change to a key the class does not declare cannot change the
+        # instance; under the other policies it may make the input unknown-keyed.
         self.fields: frozenset[str] | None = (
-            frozenset(a.name for a in attrs.fields(cls)) if attrs.has(cls) else None
+            frozenset(shape.fields) if isinstance(shape, Table) and policy == "ignore" else None
         )
 
     def relevant(self, changed: Sequence[tuple[str, Any, Any]]) -> list[tuple[str, Any]] | None:
         """The changes under this view as ``(relative key, new)``; ``None``: rebind all.
 
-        Changes to keys the bound class does not declare are left out: cattrs ignores them.
+        Under the ``"ignore"`` policy, changes to keys the bound class does not declare are
+        left out: binding ignores them.
         """
         prefix = self.prefix
         out: list[tuple[str, Any]] = []
@@ -270,31 +325,53 @@ class _ViewInput:
         return data
 
 
-class Binder:
-    """Binds snapshots to attrs classes and keeps the hub's live views.
+def _no_lenient_sources() -> frozenset[int]:
+    return frozenset()
 
-    Not thread-safe by itself: the hub calls ``view``, ``rebind``, ``forget`` and ``commit``
-    under its lock; ``bind`` is safe from any thread.
+
+class Binder:
+    """Binds snapshots to classes and keeps the hub's live views.
+
+    ``unknown`` is the default policy for keys a class does not declare; ``lenient``
+    returns the precedence slots whose sources never make a key unknown (the environment:
+    see :mod:`confhub._strict`). Not thread-safe by itself: the hub calls ``view``,
+    ``rebind``, ``forget`` and ``commit`` under its lock; ``bind`` is safe from any thread.
     """
 
-    def __init__(self, converter: cattrs.Converter) -> None:
+    def __init__(
+        self,
+        converter: cattrs.Converter,
+        *,
+        unknown: UnknownPolicy = "forbid",
+        lenient: Callable[[], frozenset[int]] = _no_lenient_sources,
+    ) -> None:
         self.converter = converter
-        self._views: dict[tuple[type[Any], str | None], tuple[View[Any], _ViewInput]] = {}
+        self.unknown: UnknownPolicy = check_policy(unknown)
+        self._lenient = lenient
+        self._shapes: dict[Any, Shape] = {}
+        self._views: dict[tuple[Any, str | None, str], tuple[View[Any], _ViewInput]] = {}
 
-    def bind(self, snapshot: Snapshot, cls: type[T], prefix: str | None) -> T:
+    def bind(
+        self, snapshot: Snapshot, cls: type[T], prefix: str | None, unknown: str | None = None
+    ) -> T:
         """An instance of ``cls`` built from ``snapshot`` (at ``prefix``)."""
-        return self._structure(snapshot, cls, prefix, _subtree(snapshot.tree(), prefix))
+        policy = self._policy(unknown)
+        data = _subtree(snapshot.tree(), prefix)
+        return self._structure(snapshot, cls, prefix, data, policy, None)
 
-    def view(self, snapshot: Snapshot, cls: type[T], prefix: str | None) -> View[T]:
-        """The live view of ``cls`` at ``prefix``, bound to ``snapshot`` when new."""
-        key = (cls, prefix)
+    def view(
+        self, snapshot: Snapshot, cls: type[T], prefix: str | None, unknown: str | None = None
+    ) -> View[T]:
+        """The live view of ``cls`` at ``prefix`` (and policy), bound to ``snapshot`` when new."""
+        policy = self._policy(unknown)
+        key = (cls, prefix, policy)
         entry = self._views.get(key)
         if entry is None:
             data = _plain(_subtree(snapshot.tree(), prefix))
-            view = View(
-                cls, prefix, self._structure(snapshot, cls, prefix, data), snapshot.generation
-            )
-            entry = self._views[key] = (view, _ViewInput(cls, prefix, data))
+            kept = _ViewInput(self._shape(cls), prefix, data, policy)
+            instance = self._structure(snapshot, cls, prefix, data, policy, kept.warned)
+            view = View(cls, prefix, instance, snapshot.generation, policy)
+            entry = self._views[key] = (view, kept)
         return entry[0]
 
     def rebind(
@@ -302,9 +379,9 @@ class Binder:
     ) -> list[tuple[View[Any], Any]]:
         """Bind the views that ``changed`` touches to ``snapshot``; raise if one does not fit.
 
-        A view whose declared fields did not change keeps its instance (cattrs ignores
-        undeclared keys, so binding again would give an equal one). Nothing is published
-        here: :meth:`commit` does that once the snapshot is accepted.
+        A view none of whose input changed keeps its instance (under ``"ignore"``, changes
+        to undeclared keys do not count: binding would give an equal instance). Nothing is
+        published here: :meth:`commit` does that once the snapshot is accepted.
         """
         bound = []
         for view, kept in self._views.values():
@@ -317,7 +394,10 @@ class Binder:
                 kept.data = data
             else:
                 data = kept.apply(relevant)
-            bound.append((view, self._structure(snapshot, view.cls, view.prefix, data)))
+            instance = self._structure(
+                snapshot, view.cls, view.prefix, data, view.unknown, kept.warned
+            )
+            bound.append((view, instance))
         return bound
 
     def forget(self) -> None:
@@ -332,26 +412,100 @@ class Binder:
             view.current = instance
             view.generation = generation
 
-    def _structure(self, snapshot: Snapshot, cls: type[T], prefix: str | None, data: Any) -> T:
+    def _policy(self, unknown: str | None) -> UnknownPolicy:
+        return self.unknown if unknown is None else check_policy(unknown)
+
+    def _shape(self, cls: Any) -> Shape:
         try:
-            return self.converter.structure(data, cls)
-        except Exception as exc:
-            lines = [annotate(snapshot, line, prefix) for line in error_lines(exc)]
-            error = ConfigValidationError(
-                f"configuration does not fit {cls.__qualname__}:\n  " + "\n  ".join(lines),
-                errors=lines,
-            )
-            if any(_REDACTED_LINE in line for line in lines):
-                # cattrs' own exception quotes the secret value: do not chain it.
-                raise error from None
-            raise error from exc
+            return self._shapes[cls]
+        except KeyError:
+            shape = self._shapes[cls] = shape_of(cls)
+            return shape
+        except TypeError:  # an unhashable type form
+            return shape_of(cls)
+
+    def _structure(
+        self,
+        snapshot: Snapshot,
+        cls: type[T],
+        prefix: str | None,
+        data: Any,
+        policy: UnknownPolicy,
+        warned: Warned | None,
+    ) -> T:
+        findings = inspect(data, self._shape(cls), prefix, unknown=policy != "ignore")
+        unknown = locate(snapshot, findings.unknown, self._lenient()) if findings.unknown else []
+        name = getattr(cls, "__qualname__", repr(cls))
+        if unknown and policy == "warn":
+            lines = [line(item) for item in unknown]
+            report = Warned() if warned is None else warned
+            report.report(unknown, lambda: _warning(name, lines))
+            unknown = []
+        elif warned is not None:
+            warned.report((), str)
+        if not unknown and not findings.shapes:
+            try:
+                return self.converter.structure(data, cls)
+            except Exception as exc:
+                error = _error(snapshot, name, prefix, error_lines(exc), [], more=False)
+                if any(_REDACTED_LINE in text for text in error.errors):
+                    # cattrs' own exception quotes the secret value: do not chain it.
+                    raise error from None
+                raise error from exc
+        # Shape errors and unknown keys first; then what structuring says of the rest.
+        lines = [f"{message} @ {path}" for message, path in findings.shapes]
+        try:
+            self.converter.structure(data, cls)
+        except Exception as exc:  # noqa: BLE001 - reported with the findings
+            # Not twice: a model with extra="forbid" refuses the unknown keys too.
+            bad = [path for _, path in findings.shapes] + [item.path for item in unknown]
+            lines += [e for e in error_lines(exc) if not _under(e.rpartition(" @ ")[2], bad)]
+        more = len(findings.unknown) > MAX_LISTED
+        raise _error(snapshot, name, prefix, lines, unknown, more=more) from None
+
+
+def _error(
+    snapshot: Snapshot,
+    name: str,
+    prefix: str | None,
+    lines: list[str],
+    unknown: list[UnknownKey],
+    *,
+    more: bool,
+) -> ConfigValidationError:
+    """The error of a binding: one line per unknown key, then each other line annotated
+    with the source of its value."""
+    annotated = [line(item) for item in unknown]
+    if more:
+        annotated.append(f"(only the first {MAX_LISTED} unknown keys are listed)")
+    annotated += [annotate(snapshot, text, prefix) for text in lines]
+    message = f"configuration does not fit {name}:\n  " + "\n  ".join(annotated)
+    if unknown:
+        return UnknownKeyError(f"{message}\n{FIX}", errors=annotated, unknown=unknown)
+    return ConfigValidationError(message, errors=annotated)
+
+
+def _warning(name: str, lines: list[str]) -> str:
+    return (
+        f'configuration has keys {name} does not declare (bound without them: unknown="warn"; '
+        'fix the keys, or say unknown="ignore"):\n  ' + "\n  ".join(lines)
+    )
+
+
+def _under(path: str, bad: list[str]) -> bool:
+    """Whether ``path`` is one of ``bad`` or below one (``$.db.host`` is below ``$.db``)."""
+    return any(path == b or path.startswith((b + ".", b + "[")) for b in bad)
 
 
 _REDACTED_LINE = "redacted: the key looks secret"
 
 
 def annotate(snapshot: Snapshot, line: str, prefix: str | None) -> str:
-    """Add the source of the bad value to a ``... @ $.db.port`` line."""
+    """Add the source of the bad value to a ``... @ $.db.port`` line.
+
+    A line about a table (``expected int, got a table @ $.db.port``) names the source of
+    the table's first key.
+    """
     _, _, path = line.rpartition(" @ ")
     key = path_to_key(path)
     if prefix:
@@ -365,6 +519,11 @@ def annotate(snapshot: Snapshot, line: str, prefix: str | None) -> str:
         # with the whole path (``$.items[0].token``) and inside lists and tables.
         line = f"invalid value ({_REDACTED_LINE}) @ {path}"
     index = snapshot.origin_index(key)
+    if index is None and key in snapshot:
+        below = sorted(k for k in snapshot.flat() if k.startswith(key + "."))
+        if below:
+            key = below[0]
+            index = snapshot.origin_index(key)
     if index is None:
         return line
     layer = snapshot.layers[index]

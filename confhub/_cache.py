@@ -32,7 +32,9 @@ Rules (see ``docs/failure.md``):
   aside as ``*.corrupt-<time>``, and never used; a read-only or full directory logs one
   warning per state change and never stops live updates;
 - keys that look secret (see :mod:`confhub._redact`, nested tables and lists included) are
-  kept out when the source says ``?cache_secrets=false``.
+  kept out when the source says ``?cache_secrets=false``, and so is every key of a layer
+  marked ``secret`` (a secret store's); a secret layer that is cached is read back marked
+  ``secret``, so it stays redacted.
 
 Why not a ``confhub_load_layer`` wrapper: the fallback order is live source, then the
 *alternate live sources* of its slot, then the caches. A wrapper would fall back to a
@@ -59,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._backend import cache_principal_of, hookimpl, is_cacheable
 from ._fileio import read_at_most
+from ._health import log_fields
 from ._layer import Layer, freeze, to_json
 from ._merge import MISSING
 from ._redact import DROPPED, SECRET_OPTIONS, strip_secrets
@@ -290,7 +293,12 @@ class Cache:
             return None
         except (OSError, CacheError) as exc:
             # Nothing in a refused directory is opened or moved aside.
-            log.warning("ignoring the cache file of %s: %s", spec.display, exc)
+            log.warning(
+                "ignoring the cache file of %s: %s",
+                spec.display,
+                exc,
+                extra=log_fields(spec.display),
+            )
             return None
         path = self.path_for(spec, digest)
         try:
@@ -298,7 +306,12 @@ class Cache:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning("cache of %s unreadable (%s); not using it", spec.display, exc)
+            log.warning(
+                "cache of %s unreadable (%s); not using it",
+                spec.display,
+                exc,
+                extra=log_fields(spec.display),
+            )
             return None
         except CacheError as exc:
             self._quarantine(path, spec, exc)
@@ -323,6 +336,7 @@ class Cache:
                 revision=envelope.get("revision"),
                 details={k: f"{v} (cached)" for k, v in envelope.get("details", {}).items()},
                 fetched_at=float(envelope["fetched_at"]),
+                secret=envelope.get("secret") is True,
             )
         except (CacheError, ValueError, KeyError, TypeError, OSError, Exception) as exc:  # noqa: BLE001
             self._quarantine(path, spec, exc)
@@ -339,7 +353,13 @@ class Cache:
             moved = f"; moved aside to {aside.name}"
         except OSError:
             moved = ""
-        log.warning("ignoring the cache file of %s: %s%s", spec.display, exc, moved)
+        log.warning(
+            "ignoring the cache file of %s: %s%s",
+            spec.display,
+            exc,
+            moved,
+            extra=log_fields(spec.display),
+        )
 
     # -- writing ---------------------------------------------------------------------------
     def write(self, spec: SourceSpec, layer: Layer, principal: str | None = None) -> bool:
@@ -347,7 +367,9 @@ class Cache:
         backend's ``cache_principal``) if it changed. Never raises."""
         keep_secrets = spec.option_bool("cache_secrets", True)
         data: dict[str, Any] = {}
-        for k, v in layer.values.items():
+        # A layer marked secret (a secret store's) is secret whole.
+        whole = layer.secret and not keep_secrets
+        for k, v in ({} if whole else layer.values).items():
             kept = v if keep_secrets else strip_secrets(k, v)
             if kept is not DROPPED:
                 data[k] = to_json(kept)
@@ -372,6 +394,8 @@ class Cache:
             "data": data,
             "details": details,
         }
+        if layer.secret:
+            envelope["secret"] = True  # read back as a secret layer: still redacted
         content_sum = _checksum({"data": data, "revision": envelope["revision"]})
         with self._lock:
             known = self._written.get(identity + ":content")
@@ -500,6 +524,7 @@ class CachePlugin:
                     spec.display,
                     age,
                     max_stale,
+                    extra=log_fields(spec.display, revision=layer.revision),
                 )
                 return None
         return layer

@@ -1,4 +1,4 @@
-"""The ``confhub`` command line: get, dump, explain, watch, set, backends, health, demo.
+"""The ``confhub`` command line: get, dump, explain, watch, set, delete, backends, health, demo.
 
 JSON output (``--json``) is the stable contract for scripts. Exit codes:
 0 ok, 1 key missing, 2 usage error (bad arguments, a bad config file), 3 a required source
@@ -17,11 +17,16 @@ import math
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, TextIO
 
-from ._cliconfig import UsageError, config_sources
+import attrs
+
+from ._cliconfig import UsageError
 from ._cliformat import jsonable, null_paths, redact_tree, to_toml
+from ._cliregistry import COMMANDS as REGISTRY_COMMANDS
+from ._cliregistry import add_registry_commands, run_registry_command
+from ._cliwrite import WRITE_COMMANDS, add_write_commands, run_write_command
 from ._errors import (
     ConfhubError,
     ConfigKeyError,
@@ -33,17 +38,17 @@ from ._errors import (
     WriteError,
     without_source,
 )
-from ._health import SourceHealth
+from ._fromconfig import read_config
+from ._health import Health, SourceHealth
 from ._hub import Hub
+from ._layer import secret_keys
 from ._merge import MISSING
 from ._redact import REDACTED, is_secret_key, redact_value
 from ._snapshot import Change, ErrorEvent
-from ._spec import SourceSpec
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 1, 2, 3, 4
 #: A bug (an exception that is not a ConfhubError): never 1, which scripts read as "key missing".
 EXIT_INTERNAL = 5
-
 
 
 def _count(text: str) -> int:
@@ -109,17 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=_count, default=0, help="stop after N changes (0: never)")
     p.add_argument("--timeout", type=_seconds, default=0.0, help="stop after SECONDS (0: never)")
 
-    p = sub.add_parser("set", help="write KEY=VALUE to a writable source (compare-and-swap)")
-    p.add_argument("spec")
-    p.add_argument("key")
-    p.add_argument("value")
-    p.add_argument(
-        "--if-revision",
-        type=int,
-        default=None,
-        metavar="N",
-        help="write only if the key's revision is N (0: only if absent)",
-    )
+    add_write_commands(sub)
 
     p = sub.add_parser("backends", help="list installed backend plugins")
     p.add_argument("--json", action="store_true")
@@ -128,28 +123,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     sub.add_parser("demo", help="a guided run: layers, a live change, explain, failures")
+    add_registry_commands(sub)  # services, register, lock (confhub._cliregistry)
     return parser
 
 
-#: The keys a confhub.toml (or ``[tool.confhub]``) may hold.
 def _make_hub(args: argparse.Namespace) -> Hub:
-    sources, cache_dir = list(args.source), args.cache_dir
-    if cache_dir == "":
+    """The hub of a command: ``-s`` sources, else the config file's (the one reader
+    ``Hub.from_config()`` uses, so the CLI sees what the app sees), with ``--cache-dir``
+    winning over the file's ``cache_dir``. With no cache directory anywhere, the hub's
+    default applies (one default: ``$CONFHUB_CACHE_DIR``, else the user cache directory)."""
+    if args.cache_dir == "":
         raise UsageError(
             "--cache-dir was given an empty path (an unset variable?); name a directory, "
             "or leave the option out to use $CONFHUB_CACHE_DIR or the default"
         )
-    if not sources:
-        sources, conf_cache = config_sources(args.config)
-        cache_dir = cache_dir or conf_cache
-    if not sources:
+    kwargs: dict[str, Any] = {"sources": list(args.source)}
+    if not args.source:
+        config = read_config(args.config)
+        for warning in config.warnings:
+            sys.stderr.write(f"confhub: warning: {warning}\n")
+        kwargs = config.hub_arguments({})
+    if not kwargs["sources"]:
         raise UsageError(
             "no sources: pass -s SPEC (repeatable) or write confhub.toml with sources = [...]"
         )
-    kwargs: dict[str, Any] = {}
-    if cache_dir:
-        kwargs["cache_dir"] = cache_dir
-    return Hub(sources, **kwargs)
+    if args.cache_dir:
+        kwargs["cache_dir"] = args.cache_dir
+    return Hub(**kwargs)
 
 
 def _cmd_get(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
@@ -162,9 +162,10 @@ def _cmd_get(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_dump(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
-    tree = hub.snapshot().to_dict()
+    snap = hub.snapshot()
+    tree = snap.to_dict()
     if not args.reveal:
-        tree = redact_tree(tree)
+        tree = redact_tree(tree, secret_keys(snap.layers))
     if args.format == "json":
         out.write(json.dumps(jsonable(tree), indent=2, ensure_ascii=False, sort_keys=True) + "\n")
     elif args.format == "toml":
@@ -212,7 +213,9 @@ def _cmd_explain(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _change_lines(change: Change, as_json: bool) -> list[str]:
+def _change_lines(
+    change: Change, as_json: bool, secret: Collection[str] = frozenset()
+) -> list[str]:
     lines = []
     for c in change.changes:
         if as_json:
@@ -221,8 +224,12 @@ def _change_lines(change: Change, as_json: bool) -> list[str]:
                     {
                         "generation": change.generation,
                         "key": c.key,
-                        "old": jsonable(c.old if c.old is MISSING else redact_value(c.key, c.old)),
-                        "new": jsonable(c.new if c.new is MISSING else redact_value(c.key, c.new)),
+                        "old": jsonable(
+                            c.old if c.old is MISSING else redact_value(c.key, c.old, secret)
+                        ),
+                        "new": jsonable(
+                            c.new if c.new is MISSING else redact_value(c.key, c.new, secret)
+                        ),
                         "source": change.source,
                     },
                     ensure_ascii=False,
@@ -233,15 +240,19 @@ def _change_lines(change: Change, as_json: bool) -> list[str]:
             old = (
                 "<absent>"
                 if c.old is MISSING
-                else (REDACTED if is_secret_key(c.key) else repr(redact_value(c.key, c.old)))
+                else (REDACTED if _secret(c.key, secret) else repr(redact_value(c.key, c.old)))
             )
             new = (
                 "<absent>"
                 if c.new is MISSING
-                else (REDACTED if is_secret_key(c.key) else repr(redact_value(c.key, c.new)))
+                else (REDACTED if _secret(c.key, secret) else repr(redact_value(c.key, c.new)))
             )
             lines.append(f"[{change.generation}] {c.key}: {old} -> {new}  ({change.source})")
     return lines
+
+
+def _secret(key: str, secret: Collection[str]) -> bool:
+    return is_secret_key(key) or key in secret
 
 
 class _HubStateLines(logging.Filter):
@@ -302,10 +313,14 @@ class _WatchPrinter:
 def _cmd_watch(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
     done = threading.Event()
     seen = 0
+    secret = secret_keys(hub.snapshot().layers)
 
     def on_change(change: Change) -> None:
         nonlocal seen
-        for line in _change_lines(change, args.json):
+        # A secret source's keys, as of now (a key removed from one stays secret too).
+        nonlocal secret
+        secret = secret | secret_keys(hub.snapshot().layers)
+        for line in _change_lines(change, args.json, secret):
             out.write(line + "\n")
         out.flush()
         seen += 1
@@ -331,26 +346,6 @@ def _cmd_watch(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _cmd_set(args: argparse.Namespace, out: TextIO) -> int:
-    spec = SourceSpec.parse(args.spec)
-    hub = Hub([spec])
-    backend = hub.make_backend(spec)
-    write = getattr(backend, "write", None)
-    try:
-        if write is None:
-            raise WriteError(
-                f"{spec.display} is read-only (its backend has no write); "
-                "write to an etcd or Consul source",
-                source=spec.display,
-                key=args.key,
-            )
-        revision = write(args.key, args.value, args.if_revision)
-    finally:
-        backend.close()
-    out.write(f"{args.key} written to {spec.display} at revision {revision}\n")
-    return EXIT_OK
-
-
 def _cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
     hub = Hub([])
     rows = hub.backends()
@@ -369,19 +364,63 @@ def _cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _degraded_reason(health: Health) -> str | None:
+    """Why ``health`` is degraded, in one line: each source that is not plainly live."""
+    parts = [
+        f"{h.source} is {h.state.value}"
+        + (" (failed)" if h.failed and h.state != "pending" else "")
+        for h in health.sources
+        if h.state not in ("live", "absent") or h.failed
+    ]
+    return "; ".join(parts) or None
+
+
+def _with_start_failure(health: Health, error: StartupError | SourceError) -> Health:
+    """``health`` with the source that stopped the start marked failed (its slot never got
+    as far as recording the error: the start gave up first)."""
+    last = error.attempts[-1][1] if isinstance(error, StartupError) and error.attempts else error
+    sources = tuple(
+        attrs.evolve(h, last_error=str(last))
+        if h.source == error.source and h.last_error is None
+        else h
+        for h in health.sources
+    )
+    return Health(sources, health.generation)
+
+
 def _cmd_health(hub: Hub, args: argparse.Namespace, out: TextIO) -> int:
-    health = hub.health()
-    if args.json:
-        out.write(json.dumps(health.to_dict(), sort_keys=True) + "\n")
-        return EXIT_OK
-    out.write(("DEGRADED" if health.degraded else "OK") + f" (generation {health.generation})\n")
-    for s in health.sources:
-        age = s.age
-        extra = f" revision={s.revision}" if s.revision is not None else ""
-        extra += f" age={age:.1f}s" if age is not None else ""
-        extra += f" failed: {s.last_error}" if s.failed else ""
-        out.write(f"  {s.state:<8} {s.source}{extra}\n")
-    return EXIT_OK
+    """Start ``hub`` and report; a hub that cannot start is reported too (``DEGRADED``,
+    ``started: false`` and the reason), with the exit code of its error (3 or 4)."""
+    code, reason, failure = EXIT_OK, None, None
+    try:
+        hub.start()
+    except (StartupError, SourceError) as exc:
+        code = EXIT_UNAVAILABLE if isinstance(exc, StartupError) else EXIT_FAILED
+        reason, failure = str(exc), exc
+    try:
+        health = hub.health()
+        if failure is not None:
+            health = _with_start_failure(health, failure)
+        started = reason is None
+        reason = reason or _degraded_reason(health)
+        degraded = health.degraded or not started
+        if args.json:
+            payload = health.to_dict()
+            payload.update(degraded=degraded, started=started, reason=reason)
+            out.write(json.dumps(payload, sort_keys=True) + "\n")
+            return code
+        head = "DEGRADED" if degraded else "OK"
+        head += f" (generation {health.generation})" if started else " (not started)"
+        out.write(head + (f": {reason}" if reason else "") + "\n")
+        for s in health.sources:
+            age = s.age
+            extra = f" revision={s.revision}" if s.revision is not None else ""
+            extra += f" age={age:.1f}s" if age is not None else ""
+            extra += f" failed: {s.last_error}" if s.failed else ""
+            out.write(f"  {s.state:<8} {s.source}{extra}\n")
+        return code
+    finally:
+        hub.close()
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -399,16 +438,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return run_demo(out)
         if args.command == "backends":
             return _cmd_backends(args, out)
-        if args.command == "set":
-            return _cmd_set(args, out)
+        if args.command in WRITE_COMMANDS:
+            return run_write_command(args, out)
+        if args.command in REGISTRY_COMMANDS:
+            return run_registry_command(args, out)
         hub = _make_hub(args)
+        if args.command == "health":
+            return _cmd_health(hub, args, out)
         with hub:
             command = {
                 "get": _cmd_get,
                 "dump": _cmd_dump,
                 "explain": _cmd_explain,
                 "watch": _cmd_watch,
-                "health": _cmd_health,
             }[args.command]
             return command(hub, args, out)
     except UsageError as exc:

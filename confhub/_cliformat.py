@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any, TextIO
 
 from ._layer import to_json
@@ -15,8 +16,9 @@ def jsonable(value: Any) -> Any:
     return None if value is MISSING else to_json(value)
 
 
-def redact_tree(tree: dict[str, Any]) -> dict[str, Any]:
-    redacted: dict[str, Any] = redact_value("", tree)
+def redact_tree(tree: dict[str, Any], secret_keys: Collection[str] = ()) -> dict[str, Any]:
+    """``tree`` with secret-looking keys and ``secret_keys`` (a secret source's) redacted."""
+    redacted: dict[str, Any] = redact_value("", tree, secret_keys)
     return redacted
 
 

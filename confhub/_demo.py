@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 import attrs
 
+from ._demoregistry import run_registry_demo
 from ._hub import Hub
 from ._snapshot import Change, ErrorEvent
 
@@ -108,6 +109,8 @@ def _run(say: Any) -> int:
                     f"   fixed save applies: db.host = {hub.get('db.host')!r}; "
                     f"health: {hub.health().sources[1].state}"
                 )
+                say()
+                run_registry_demo(say)
                 say()
                 results = hub.pm.hook.confhub_demo(out=say.out, workdir=work)
                 if not any(results):

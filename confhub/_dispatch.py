@@ -8,15 +8,15 @@ thread (``confhub._persist``), so a delivery never waits for them.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._errors import HubStateError
-from ._health import SourceHealth
+from ._health import SourceHealth, log_fields
 from ._snapshot import Change, ErrorEvent, KeyChange
 
 log = logging.getLogger("confhub")
@@ -45,6 +45,7 @@ class Subscription:
         self.callback = callback
         self.prefix = prefix
         self.on_error = on_error
+        #: Called once when the hub closes (an async stream ends on it; ``confhub._aio``).
         self.on_close: Callable[[], Any] | None = None
         self.active = True
 
@@ -115,11 +116,12 @@ class EventQueue:
 class Dispatcher:
     """The subscribers of one hub and the notifier thread that calls them.
 
-    ``published`` is called after the subscribers with every delivered :class:`Change`
-    (the hub passes the ``confhub_snapshot_published`` hook).
+    ``published(change, seconds)`` is called after the subscribers with every delivered
+    :class:`Change` and the time its subscribers took, all of them (the hub passes the
+    ``confhub_snapshot_published`` hook).
     """
 
-    def __init__(self, max_backlog: int, published: Callable[[Change], Any]) -> None:
+    def __init__(self, max_backlog: int, published: Callable[[Change, float], Any]) -> None:
         self._queue = EventQueue(max_backlog)
         self._published = published
         self._lock = threading.Lock()
@@ -145,34 +147,6 @@ class Dispatcher:
                 raise HubStateError("hub.subscribe() on a closed hub; create a new Hub")
             self._subscribers = (*self._subscribers, sub)
         return sub
-
-    async def changes(self, prefix: str) -> AsyncIterator[Change]:
-        """Each delivered :class:`Change` at or below ``prefix``, to an asyncio consumer, until
-        the dispatcher closes (queued without bound for a slow consumer). On a closed
-        dispatcher the iteration ends at once."""
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[Change | None] = asyncio.Queue()
-
-        def push(item: Change | None) -> None:
-            try:
-                loop.call_soon_threadsafe(inbox.put_nowait, item)
-            except RuntimeError:  # the loop closed
-                pass
-
-        sub = Subscription(self.unsubscribe, push, prefix, None, None)
-        sub.on_close = lambda: push(None)
-        try:
-            self._add(sub)
-        except HubStateError:
-            return  # closed (before it started, or its start failed): nothing will come
-        try:
-            while True:
-                item = await inbox.get()
-                if item is None:
-                    return
-                yield item
-        finally:
-            sub.cancel()
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Remove ``sub`` (no effect if it is not registered)."""
@@ -245,6 +219,7 @@ class Dispatcher:
             self._deliver(item)
 
     def _deliver(self, item: Event) -> None:
+        started = time.perf_counter()
         for sub in self._subscribers:
             if not sub.active:
                 continue
@@ -265,10 +240,13 @@ class Dispatcher:
                     "the other subscribers still run",
                     getattr(sub.callback, "__qualname__", sub.callback),
                     getattr(item, "generation", "?"),
+                    extra=log_fields(
+                        getattr(item, "source", ""), generation=getattr(item, "generation", None)
+                    ),
                 )
         if isinstance(item, Change):
             try:
-                self._published(item)
+                self._published(item, time.perf_counter() - started)
             except Exception:
                 log.exception("a plugin's confhub_snapshot_published failed; ignored")
 
@@ -291,7 +269,7 @@ def _compact(items: Iterable[Any]) -> list[Any]:
             slot = ("other", index)
         latest[slot] = (index, item)
     if changes:
-        merged = _merge_changes(changes)
+        merged = merge_changes(changes)
         if merged is None:
             del latest[_CHANGES]
         else:
@@ -318,7 +296,7 @@ def drop_tracebacks(error: BaseException) -> None:
             pending.extend(exc.exceptions)
 
 
-def _merge_changes(run: list[Change]) -> Change | None:
+def merge_changes(run: list[Change]) -> Change | None:
     """One change equivalent to ``run`` applied in order (``None`` if it nets to nothing)."""
     if len(run) == 1:
         return run[0]
@@ -337,4 +315,5 @@ def _merge_changes(run: list[Change]) -> Change | None:
     )
     if not kept:
         return None
-    return Change(run[-1].generation, kept, ", ".join(sources))
+    fetched = [c.fetched_at for c in run if c.fetched_at is not None]
+    return Change(run[-1].generation, kept, ", ".join(sources), min(fetched, default=None))

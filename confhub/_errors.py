@@ -8,13 +8,21 @@ Every exception confhub raises on purpose derives from :class:`ConfhubError`::
     │   ├── SourceFormatError          the content is broken; never silently falls back
     │   └── SourcePermissionError      the store refused us (HTTP 403, ACL, auth)
     ├── ConfigValidationError(ValueError)   path-qualified binding errors, ``.errors``
+    │   └── UnknownKeyError            a bound table holds keys its class does not declare
     ├── ConfigKeyError(KeyError)       ``hub.get`` of a key no source provides
     ├── SpecError(ValueError)          a source spec that cannot be parsed
-    │   └── BackendNotFoundError       no installed plugin handles a scheme
+    │   ├── BackendNotFoundError       no installed plugin handles a scheme
+    │   └── ConfigFileError            confhub.toml / [tool.confhub] cannot be used
     ├── WriteError                     a write a backend refused
     │   └── WriteConflictError         compare-and-swap lost
     ├── StartupError                   a required source had no live data, alternate or cache
     ├── PluginError                    a plugin could not be loaded, or implements no hookspec
+    ├── RegistryError                  service registry, discovery, locks (``.service``/``.name``)
+    │   ├── RegistryInputError(ValueError)  a bad service name, TTL, port, address
+    │   ├── LeaseLostError             the store forgot our lease, registration or session
+    │   ├── LockLostError              a held lock's lease or session is gone (or went stale)
+    │   ├── LockTimeoutError           ``acquire(timeout=)`` ran out
+    │   └── NoInstanceError            ``pick()`` found no passing instance
     └── HubStateError(RuntimeError)    the hub was used in the wrong state (closed, not started)
 
 Exceptions carry their context as attributes so that callers never parse messages, and
@@ -24,6 +32,8 @@ messages name the thing at fault and the way out.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import attrs
 
 
 class ConfhubError(Exception):
@@ -92,6 +102,43 @@ class ConfigValidationError(ConfhubError, ValueError):
         self.errors = tuple(errors)
 
 
+@attrs.frozen
+class UnknownKey:
+    """A key under a bound table that its class does not declare (see :class:`UnknownKeyError`).
+
+    - ``key``: the dotted key in the configuration (``db.pool_sise``; for a key inside a
+      list item, the list's key); ``name``: the key as written (``pool_sise``);
+    - ``path``: where binding found it (``$.db.pool_sise``, relative to the bound prefix);
+    - ``source``: the display name of the highest source holding it, ``detail`` that
+      source's provenance of it (``config.toml:4``, an etcd key, a Consul key) and
+      ``also`` the other sources that hold it;
+    - ``suggestion``: the declared key it most resembles (``pool_size``), or ``None``.
+    """
+
+    key: str
+    name: str
+    path: str
+    source: str
+    detail: str | None = None
+    suggestion: str | None = None
+    also: tuple[str, ...] = ()
+
+
+class UnknownKeyError(ConfigValidationError):
+    """Binding refused keys the bound class does not declare (the ``"forbid"`` policy).
+
+    ``unknown`` holds one :class:`UnknownKey` per key; ``errors`` has their lines (and any
+    other binding error found in the same pass). Bind with ``unknown="warn"`` or
+    ``unknown="ignore"`` to accept them.
+    """
+
+    def __init__(
+        self, message: str, *, errors: Sequence[str] = (), unknown: Sequence[UnknownKey] = ()
+    ) -> None:
+        super().__init__(message, errors=errors)
+        self.unknown = tuple(unknown)
+
+
 class ConfigKeyError(ConfhubError, KeyError):
     """No source provides ``key``."""
 
@@ -110,6 +157,16 @@ class SpecError(ConfhubError, ValueError):
     def __init__(self, message: str, *, spec: str) -> None:
         super().__init__(message)
         self.spec = spec
+
+
+class ConfigFileError(SpecError):
+    """``confhub.toml`` (or ``[tool.confhub]``, or the file named by ``$CONFHUB_CONFIG``)
+    cannot be used: ``path`` is the file, ``key`` the key at fault when there is one."""
+
+    def __init__(self, message: str, *, path: str, key: str | None = None) -> None:
+        super().__init__(message, spec=path)
+        self.path = path
+        self.key = key
 
 
 class BackendNotFoundError(SpecError):
@@ -170,6 +227,39 @@ class StartupError(ConfhubError):
 
 class PluginError(ConfhubError):
     """A plugin could not be loaded or implements a hook that does not exist."""
+
+
+class RegistryError(ConfhubError):
+    """A registry operation failed; ``name`` is the service, instance or lock at fault and
+    ``source`` the registry's display name (credentials removed), when known."""
+
+    def __init__(self, message: str, *, source: str = "", name: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+        self.name = name
+
+
+class RegistryInputError(RegistryError, ValueError):
+    """A registry call got an argument it cannot use (a service name with '/', a TTL under
+    a second, a missing port); the message names the argument and the fix."""
+
+
+class LeaseLostError(RegistryError):
+    """The store no longer has our lease, registration or session (it expired or was
+    revoked): the core re-registers as soon as the store answers."""
+
+
+class LockLostError(RegistryError):
+    """A lock we held is gone: its lease or session expired, was revoked, or could not be
+    refreshed before the lock's validity ran out. Stop acting as the holder."""
+
+
+class LockTimeoutError(RegistryError):
+    """``acquire(timeout=...)`` ran out before the lock was ours."""
+
+
+class NoInstanceError(RegistryError, LookupError):
+    """``Discovery.pick()`` found no passing instance of the service."""
 
 
 class HubStateError(ConfhubError, RuntimeError):

@@ -13,8 +13,8 @@ import attrs
 
 from ._errors import ConfigKeyError
 from ._health import SourceHealth
-from ._layer import to_json
-from ._redact import redact_value
+from ._layer import Layer, to_json
+from ._redact import REDACTED, redact_value
 from ._snapshot import Snapshot
 
 
@@ -79,8 +79,11 @@ def explain(
             f"{next(k for k in snapshot.flat() if k.startswith(key + '.'))!r}",
         )
 
-    def shown(value: Any) -> Any:
-        return value if reveal else redact_value(key, value)
+    def shown(value: Any, layer: Layer) -> Any:
+        if reveal:
+            return value
+        # A secret layer's values are secret whatever the key (a secrets directory).
+        return REDACTED if layer.secret else redact_value(key, value)
 
     layers = snapshot.layers
     overridden = []
@@ -91,7 +94,7 @@ def explain(
         overridden.append(
             Origin(
                 sources[i].source,
-                shown(layer.values[key]),
+                shown(layer.values[key], layer),
                 layer.detail(key),
                 layer.revision,
                 False,
@@ -102,7 +105,7 @@ def explain(
     health = sources[index]
     return Explanation(
         key=key,
-        value=shown(snapshot.flat()[key]),
+        value=shown(snapshot.flat()[key], layer),
         source=health.active if health.active is not None else health.source,
         detail=layer.detail(key),
         revision=layer.revision,

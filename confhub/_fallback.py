@@ -26,12 +26,13 @@ from ._backend import Backend, Notify, Update, can_watch, is_cacheable
 from ._errors import (
     ConfhubError,
     HubStateError,
+    SourceFormatError,
     SourcePermissionError,
     SourceUnavailableError,
     StartupError,
     without_source,
 )
-from ._health import SlotState
+from ._health import SlotState, log_fields
 from ._layer import Layer, too_many_keys
 from ._slot import Slot, check_keys
 from ._spec import SourceSpec
@@ -132,6 +133,9 @@ def load_slot(
         refused = any(isinstance(e, SourcePermissionError) for _, e in attempts)
         if not refused and _try_caches(slot, hook, attempts):
             return
+        broken = [e for _, e in attempts if isinstance(e, SourceFormatError)]
+        if broken:
+            raise broken[0]  # no cache: fail as before, with the store's own words
         if refused or slot.optional or not _worth_retrying(slot, attempts):
             break
         if retries is None or not retries.again():
@@ -186,10 +190,24 @@ def _try_live_members(
             # A refusal is an operator's error: do not hide it behind a cache.
             attempts.append((spec.display, exc))
             return False
+        except SourceFormatError as exc:
+            if not is_cacheable(backend):
+                raise  # a broken file fails the start, naming the key and the fix
+            # A store holding content this hub cannot accept (a leaf/parent clash, an
+            # invalid document): like an unreachable one, try what follows, then the
+            # caches; the Recoverer promotes the member once the content is fixed.
+            attempts.append((spec.display, exc))
+            following = slot.members[i + 1].display if i + 1 < len(slot.members) else None
+            hook.confhub_source_failed(spec=spec, error=exc, fallback=following or "cache")
+            continue
         slot.serve(i, layer, attempts[-1][1] if attempts else None)
         if attempts:
             log.warning(
-                "%s: serving the alternate %s (%s)", slot.display, spec.display, attempts[-1][1]
+                "%s: serving the alternate %s (%s)",
+                slot.display,
+                spec.display,
+                attempts[-1][1],
+                extra=log_fields(slot.display, SlotState.FALLBACK, layer.revision),
             )
         return True
     return False
@@ -204,15 +222,19 @@ def _try_caches(slot: Slot, hook: Any, attempts: list[tuple[str, BaseException]]
         cap = spec.max_keys
         if len(layer.values) > cap:
             error = too_many_keys(spec.display, len(layer.values), cap)
-            log.warning("not serving the cached copy: %s", error)
+            log.warning("not serving the cached copy: %s", error, extra=log_fields(slot.display))
             continue
         slot.serve_cached(i, layer, attempts[-1][1] if attempts else None)
         log.warning(
-            "%s is unavailable (%s); serving its cached copy (revision %s, %.0fs old)",
+            "%s %s (%s); serving its cached copy (revision %s, %.0fs old)",
             slot.display,
+            "holds content it cannot accept"
+            if isinstance(slot.last_error, SourceFormatError)
+            else "is unavailable",
             slot.last_error,
             layer.revision,
             time.time() - layer.fetched_at,
+            extra=log_fields(slot.display, SlotState.CACHED, layer.revision),
         )
         return True
     return False
@@ -227,7 +249,11 @@ def _absent_or_fail(
     """Nothing answered: an optional slot is absent; a required one raises StartupError."""
     if slot.optional:
         slot.serve_nothing(attempts[-1][1] if attempts else None)
-        log.warning("%s is unavailable and optional; it contributes nothing", slot.display)
+        log.warning(
+            "%s is unavailable and optional; it contributes nothing",
+            slot.display,
+            extra=log_fields(slot.display, SlotState.ABSENT),
+        )
         return
     lines = "; ".join(f"{what}: {without_source(what, err)}" for what, err in attempts)
     cached = (

@@ -113,3 +113,17 @@ class Health:
             "generation": self.generation,
             "sources": [s.to_dict() for s in self.sources],
         }
+
+
+def log_fields(
+    source: str, state: Any = None, revision: Any = None, generation: int | None = None
+) -> dict[str, Any]:
+    """The ``extra`` of a confhub log record: ``source`` (the display name, credentials
+    redacted), ``state``, ``revision`` and ``generation`` (``None`` where not known), so a JSON
+    log handler can index them. Never a value, never a secret."""
+    return {
+        "source": source,
+        "state": None if state is None else str(state),
+        "revision": None if revision is None else str(revision),
+        "generation": generation,
+    }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ import attrs
 import cattrs
 import pluggy
 
+from . import _aio
 from ._backend import Backend, BackendSettings, Update
 from ._binding import Binder, View, make_converter
 from ._dispatch import Dispatcher, Subscription
@@ -32,14 +34,18 @@ from ._errors import (
 from ._explain import Explanation, explain
 from ._fallback import Follower, closed_during_start, load_slots
 from ._forks import ForkGuard, Resumer, resume_slots
+from ._fromconfig import hub_arguments
 from ._health import Health, SlotState, SourceHealth
 from ._layer import Layer, LayerDelta
 from ._merge import MISSING, merge_full, merge_update
 from ._persist import Persister
 from ._plugins import describe_plugins, make_backend, make_plugin_manager
+from ._probes import Readiness, readiness
 from ._slot import Slot, backend_named, writable_backend
 from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot, UnusableSnapshot
 from ._spec import SourceLike, SourceSpec, as_slots
+from ._strict import UnknownPolicy, strict_keys
+from ._writes import UPDATE_RETRIES, Transaction, Updated, Writer
 from .kv import Backoff
 
 log = logging.getLogger("confhub")
@@ -94,6 +100,8 @@ class Hub:
     - ``max_backlog``: when more events than this wait behind slow subscribers, the waiting
       changes are merged (the last value of every key is still delivered) and only the
       latest error and state event per source is kept: bounded by sources and keys.
+    - ``unknown``: what :meth:`bind` and :meth:`view` do with keys the bound class does
+      not declare, unless they say: ``"forbid"`` (the default), ``"warn"`` or ``"ignore"``.
     """
 
     def __init__(
@@ -109,6 +117,7 @@ class Hub:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         max_backlog: int = 1000,
+        unknown: UnknownPolicy = "forbid",
     ) -> None:
         self._slots = [Slot(i, group) for i, group in enumerate(as_slots(sources))]
         self.cache_dir = cache_dir
@@ -120,19 +129,38 @@ class Hub:
         self.pm: pluggy.PluginManager = make_plugin_manager(plugins, block, autoload)
         self.converter: cattrs.Converter = make_converter()
         self.pm.hook.confhub_register_converters.call_historic(kwargs={"converter": self.converter})
-        self._binder = Binder(self.converter)
+        self._binder = Binder(
+            self.converter,
+            unknown=unknown,
+            lenient=lambda: frozenset(
+                s.index for s in self._slots if not strict_keys(s.active_backend)
+            ),
+        )
         self._state = State.NEW
         self._lock = threading.RLock()
         self._snapshot: Snapshot = UnusableSnapshot(
             "the hub is not started: use 'with hub:' or call hub.start() before reading"
         )
         self._dispatcher = Dispatcher(
-            max_backlog, lambda change: self.pm.hook.confhub_snapshot_published(change=change)
+            max_backlog,
+            lambda change, seconds: self.pm.hook.confhub_snapshot_published(
+                change=change, subscriber_seconds=seconds
+            ),
         )
         self._persister = Persister(self.pm.hook.confhub_layer_accepted)
         self._stop = threading.Event()
+        self._writer = Writer(self._slots, self.make_backend)
         self._follower = self._new_follower()
         self._fork = ForkGuard(self._after_fork, self.close)
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> Hub:
+        """A hub on the sources of ``confhub.toml`` / ``[tool.confhub]`` in pyproject.toml
+        (or ``path``, or ``$CONFHUB_CONFIG``): the file the ``confhub`` command reads, so
+        the app and the CLI on a host read the same sources and cache directory.
+        ``overrides`` are ``Hub`` keyword arguments (``sources=`` too) that win over the
+        file's. :class:`ConfigFileError` names the file, the key and the fix."""
+        return cls(**hub_arguments(path, overrides))
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -146,6 +174,21 @@ class Hub:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def astart(self) -> Hub:
+        """:meth:`start` on a worker thread, so the event loop keeps running; cancelled, it
+        closes the hub and waits for both before re-raising (``confhub._aio.run_start``)."""
+        return await _aio.run_start(self.start, self.close)
+
+    async def aclose(self) -> None:
+        """:meth:`close` on a worker thread; it finishes even if the caller is cancelled."""
+        await _aio.run_close(self.close)
+
+    async def __aenter__(self) -> Hub:
+        return await self.astart()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def start(self) -> Hub:
         """Load every source, publish the first snapshot and start watching.
@@ -303,7 +346,7 @@ class Hub:
                 self._publish(slot, update)
 
     def _publish(self, slot: Slot, update: Layer | LayerDelta) -> None:
-        """next layer -> merge -> validate/bind -> swap -> dispatch (under the lock)."""
+        """next layer -> merge -> validate/bind -> accept -> swap -> dispatch (under the lock)."""
         try:
             layer, delta = slot.next_layer(update)
         except SourceFormatError as exc:
@@ -321,9 +364,10 @@ class Hub:
             slot.reject(layer)
             self._report_failure(slot, exc, rejected=True)
             return
-        self._swap(candidate.snapshot, bound)
+        # The slot's state first: a reader who sees the new values sees its health too.
         self._accept(slot, layer)
-        self._dispatch(slot, candidate)
+        self._swap(candidate.snapshot, bound)
+        self._dispatch(slot, candidate, layer.fetched_at)
 
     def _merge(self, slot: Slot, layer: Layer, delta: LayerDelta) -> _Candidate:
         """The snapshot with ``slot``'s layer replaced, and the effective changes."""
@@ -351,12 +395,12 @@ class Hub:
         self._snapshot = snapshot
         self._binder.commit(bound, snapshot.generation)
 
-    def _dispatch(self, slot: Slot, candidate: _Candidate) -> None:
+    def _dispatch(self, slot: Slot, candidate: _Candidate, fetched_at: float | None) -> None:
         changes = tuple(
             KeyChange(k, o, n) for k, o, n in sorted(candidate.changed, key=lambda c: c[0])
         )
         self._dispatcher.put(
-            Change(candidate.snapshot.generation, changes, slot.active_spec.display)
+            Change(candidate.snapshot.generation, changes, slot.active_spec.display, fetched_at)
         )
 
     def _accept(self, slot: Slot, layer: Layer) -> None:
@@ -410,23 +454,31 @@ class Hub:
         return self._snapshot.generation
 
     # -- typed binding ---------------------------------------------------------------------
-    def bind(self, cls: type[T], *, prefix: str | None = None) -> T:
-        """Return an instance of attrs class ``cls`` built from the current snapshot.
+    def bind(
+        self, cls: type[T], *, prefix: str | None = None, unknown: UnknownPolicy | None = None
+    ) -> T:
+        """Return an instance of ``cls`` (attrs, dataclass, pydantic model, TypedDict) built
+        from the current snapshot.
 
         ``prefix`` binds a sub-table (``prefix="db"``). Raises
-        :class:`ConfigValidationError` listing every bad path (``expected int @ $.db.port``).
+        :class:`ConfigValidationError` listing every bad path (``expected int @ $.db.port``),
+        :class:`UnknownKeyError` for keys ``cls`` does not declare unless ``unknown`` (or
+        the hub's ``unknown=``) is ``"warn"`` or ``"ignore"``.
         """
-        return self._binder.bind(self.snapshot(), cls, prefix)
+        return self._binder.bind(self.snapshot(), cls, prefix, unknown)
 
-    def view(self, cls: type[T], *, prefix: str | None = None) -> View[T]:
-        """Return the live :class:`View` of ``cls`` (one per class and prefix).
+    def view(
+        self, cls: type[T], *, prefix: str | None = None, unknown: UnknownPolicy | None = None
+    ) -> View[T]:
+        """Return the live :class:`View` of ``cls`` (one per class, prefix and policy).
 
         From now on every update is bound to ``cls`` before it is published: an update
-        that does not fit is rejected and the last good configuration stays.
+        that does not fit (a bad value, a key ``cls`` does not declare under the
+        ``"forbid"`` policy) is rejected and the last good configuration stays.
         """
         with self._lock:
             self._check_running("hub.view()")
-            return self._binder.view(self._snapshot, cls, prefix)
+            return self._binder.view(self._snapshot, cls, prefix, unknown)
 
     # -- subscriptions ---------------------------------------------------------------------
     def subscribe(
@@ -450,19 +502,37 @@ class Hub:
             raise HubStateError("hub.subscribe() on a closed hub; create a new Hub")
         return self._dispatcher.subscribe(callback, prefix, on_error, on_state)
 
-    def changes(self, *, prefix: str = "") -> AsyncIterator[Change]:
+    def changes(self, *, prefix: str = "", since: Snapshot | None = None) -> AsyncIterator[Change]:
         """Yield each published :class:`Change` at or below ``prefix``, asynchronously.
 
         ``async for change in hub.changes(prefix="db"): ...``. The iteration ends when the
         hub closes (also one that never ran: closed before start, or whose start failed).
-        Changes are queued without bound for a slow consumer.
+        Changes are queued without bound for a slow consumer. ``since``: a snapshot the
+        consumer already has (``snap = hub.snapshot()``, sent first); the stream then starts
+        right after it, with one catch-up change if the hub moved on meanwhile: nothing is
+        missed or repeated (``confhub._aio.stream``).
         """
-        return self._dispatcher.changes(prefix)
+        return _aio.stream(self.subscribe, self.snapshot, prefix=prefix, since=since)
+
+    def events(
+        self, *, prefix: str = "", changes: bool = True, errors: bool = True, states: bool = True
+    ) -> AsyncIterator[Change | ErrorEvent | SourceHealth]:
+        """Like :meth:`changes`, with the :class:`ErrorEvent` and :class:`SourceHealth`
+        events that ``subscribe(on_error=, on_state=)`` gets, in delivery order."""
+        stream = _aio.stream
+        return stream(self.subscribe, self.snapshot, prefix=prefix, changes=changes,
+                      errors=errors, states=states)  # fmt: skip
 
     # -- health and explain ----------------------------------------------------------------
     def health(self) -> Health:
         """Return the state of every source (works in any lifecycle state)."""
         return Health(tuple(s.health() for s in self._slots), max(self._snapshot.generation, 0))
+
+    def readiness(self, *, max_stale: float | None = None) -> Readiness:
+        """Whether this service should receive traffic: running, every source serving
+        (from its cache too: see ``confhub._probes``); ``max_stale`` seconds: also not
+        ready when a stale or cached copy is older."""
+        return readiness(self._state.value, self.health(), max_stale=max_stale)
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -518,6 +588,41 @@ class Hub:
         finally:
             if opened:
                 backend.close()
+
+    def delete(
+        self, key: str, *, source: str | None = None, expected_revision: Any = MISSING
+    ) -> Any:
+        """Delete ``key``'s value from a writable source (chosen as :meth:`write` does);
+        returns the revision after it. Nothing there is no error; a table there is a
+        :class:`WriteError` (delete its keys). ``expected_revision`` as in :meth:`write`."""
+        self._check_running("hub.delete()")
+        return self._writer.delete(key, source, expected_revision)
+
+    def transaction(self, *, source: str | None = None) -> Transaction:
+        """A :class:`Transaction`: puts and deletes (each with an optional expected
+        revision) that ``commit()`` applies in ONE store transaction, or not at all. A
+        source that cannot do that (files, env) refuses it with a :class:`WriteError`."""
+        self._check_running("hub.transaction()")
+        return Transaction(lambda ops, force: self._commit(source, ops, force), source)
+
+    def _commit(self, source: str | None, ops: Sequence[Any], force: bool) -> Any:
+        self._check_running("Transaction.commit()")
+        return self._writer.commit(source, ops, force)
+
+    def update(
+        self,
+        key: str,
+        fn: Callable[[Any], Any],
+        *,
+        source: str | None = None,
+        retries: int = UPDATE_RETRIES,
+    ) -> Updated:
+        """Read-modify-write: write ``fn(current)`` to ``key`` (``MISSING`` when absent) as a
+        compare-and-swap on the revision read from the store, re-reading and calling ``fn``
+        again after a :class:`WriteConflictError`, at most ``retries`` times. Returns
+        :class:`Updated` (with ``attempts``); the last conflict is raised, naming the count."""
+        self._check_running("hub.update()")
+        return self._writer.update(key, fn, source, retries)
 
     def backends(self) -> list[dict[str, Any]]:
         """Describe the installed backend plugins (scheme, distribution, version)."""

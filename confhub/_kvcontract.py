@@ -34,6 +34,7 @@ from ._errors import (
     WriteConflictError,
 )
 from ._kvharness import ContractBase, KVStoreHarness
+from ._kvtxcontract import TransactionContract
 from ._layer import leaf_parent_clash, too_many_keys
 from ._merge import MISSING
 
@@ -458,7 +459,9 @@ class DocumentContract(ContractBase):
             }
 
 
-class KVBackendContract(TreeContract, WatchContract, WriteContract, DocumentContract):
+class KVBackendContract(
+    TreeContract, WatchContract, WriteContract, DocumentContract, TransactionContract
+):
     """The behaviours every confhub KV backend shares, as tests; subclass it and provide a
     ``kv_store`` fixture (see :class:`KVStoreHarness`).
 

@@ -82,6 +82,8 @@ class ContractBase:
         "write": "hub.write() writes store keys, with compare-and-swap",
         "documents": "format=json reads one store key holding a whole JSON document",
         "outage": "the harness can stop() and start() the store",
+        "transactions": "hub.delete(), hub.transaction() (one atomic store transaction with "
+        "per-key expected revisions) and hub.update() (the backend's delete, commit, read)",
     }
 
     # -- helpers ------------------------------------------------------------------------------

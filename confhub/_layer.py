@@ -317,6 +317,9 @@ class Layer:
       for keys without an entry in ``details``.
     - ``fetched_at``: when the content was read (``time.time()``); cached layers keep the
       time they were originally fetched.
+    - ``secret``: every value of this layer is a secret, whatever its key (a secrets
+      directory): ``explain``, the CLI's output and its change lines show ``<redacted>``
+      for its keys (see :func:`secret_keys`).
     """
 
     values: Values
@@ -325,6 +328,7 @@ class Layer:
     details: Mapping[str, str] = attrs.field(factory=immutables.Map)
     locate: Callable[[str], str | None] | None = None
     fetched_at: float = attrs.field(factory=time.time)
+    secret: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.inner is None:
@@ -340,6 +344,7 @@ class Layer:
         details: Mapping[str, str] | None = None,
         locate: Callable[[str], str | None] | None = None,
         fetched_at: float | None = None,
+        secret: bool = False,
     ) -> Layer:
         """Build a layer from a (possibly nested) mapping; raises :class:`SourceFormatError`."""
         values, counts = flatten_counted(data, source=source)  # freezes every leaf already
@@ -351,6 +356,7 @@ class Layer:
             details=details,
             locate=locate,
             fetched_at=fetched_at,
+            secret=secret,
         )
 
     @classmethod
@@ -363,6 +369,7 @@ class Layer:
         details: Mapping[str, str] | None = None,
         locate: Callable[[str], str | None] | None = None,
         fetched_at: float | None = None,
+        secret: bool = False,
     ) -> Layer:
         """Build a layer from dotted keys to leaves, checking leaf/parent clashes.
 
@@ -377,6 +384,7 @@ class Layer:
             details=details,
             locate=locate,
             fetched_at=fetched_at,
+            secret=secret,
         )
 
     @classmethod
@@ -390,6 +398,7 @@ class Layer:
         details: Mapping[str, str] | None = None,
         locate: Callable[[str], str | None] | None = None,
         fetched_at: float | None = None,
+        secret: bool = False,
     ) -> Layer:
         if counts is None:
             counts = _inner_counts(values)
@@ -407,6 +416,7 @@ class Layer:
             details=dets,
             locate=locate,
             fetched_at=time.time() if fetched_at is None else fetched_at,
+            secret=secret,
         )
 
     def detail(self, key: str) -> str | None:
@@ -466,6 +476,7 @@ class Layer:
             details=details,
             locate=delta.locate if delta.replace_details else self.locate,
             fetched_at=delta.fetched_at if delta.fetched_at is not None else time.time(),
+            secret=self.secret,
         )
 
     def nested(self) -> dict[str, Any]:
@@ -477,6 +488,14 @@ class Layer:
 
 
 _ABSENT: Any = object()
+
+
+def secret_keys(layers: Iterable[Layer | None]) -> frozenset[str]:
+    """The keys of the layers marked ``secret`` (a secrets directory's): redaction treats
+    them as secret whatever their names (``redact_value(key, value, secret_keys)``)."""
+    return frozenset(
+        k for layer in layers if layer is not None and layer.secret for k in layer.values
+    )
 
 
 def _read_only_details(details: Mapping[str, str]) -> Mapping[str, str]:

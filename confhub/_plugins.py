@@ -30,6 +30,10 @@ BUILTIN_PLUGINS = (
     ("defaults", "confhub._backends.defaults"),
     ("env", "confhub._backends.env"),
     ("file", "confhub._backends.file"),
+    ("dotenv", "confhub._backends.dotenv"),
+    ("secrets", "confhub._backends.secrets"),
+    ("argv", "confhub._backends.argv"),
+    ("memregistry", "confhub._memregistry"),  # the memory: registry store
 )
 
 _BUILTIN_NAMES = frozenset(name for name, _ in BUILTIN_PLUGINS) | {"cache"}

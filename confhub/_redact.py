@@ -8,13 +8,17 @@ and camelCase boundaries and lower-cased; a trailing plural ``s`` is dropped; li
 A string value that is a URL with a password (``postgres://u:pw@h/db``) is shown with the
 password replaced, whatever its key. Values inside lists and tables are checked with their
 full path, recursively (:func:`redact_value`, :func:`strip_secrets`).
+
+A source can also declare that every value it holds is secret whatever the key (a secrets
+directory: ``Layer.secret``); the callers pass those keys as ``secret_keys`` and they are
+redacted like secret-looking ones, tables under them included.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -97,18 +101,22 @@ def has_embedded_password(value: Any) -> bool:
     return isinstance(value, str) and _DSN.match(value) is not None
 
 
-def redact_value(key: str, value: Any) -> Any:
-    """``value`` of ``key`` as it may be shown: a secret key's value replaced by
+def redact_value(key: str, value: Any, secret_keys: Collection[str] = ()) -> Any:
+    """``value`` of ``key`` as it may be shown: a secret key's value (or one of
+    ``secret_keys``, the keys of a source whose every value is secret) replaced by
     ``<redacted>``, a DSN's password replaced, tables and lists redacted item by item (each
     checked with its full path: ``users[0].password``)."""
-    if is_secret_key(key):
+    if is_secret_key(key) or key in secret_keys:
         return REDACTED
     if isinstance(value, str):
         return redact_url(value) if has_embedded_password(value) else value
     if isinstance(value, Mapping):
-        return {k: redact_value(f"{key}.{k}" if key else str(k), v) for k, v in value.items()}
+        return {
+            k: redact_value(f"{key}.{k}" if key else str(k), v, secret_keys)
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
-        return type(value)(redact_value(f"{key}[{i}]", v) for i, v in enumerate(value))
+        return type(value)(redact_value(f"{key}[{i}]", v, secret_keys) for i, v in enumerate(value))
     return value
 
 

@@ -37,7 +37,7 @@ from ._errors import (
     WriteError,
     without_source,
 )
-from ._health import SlotState, SourceHealth
+from ._health import SlotState, SourceHealth, log_fields
 from ._layer import Layer, LayerDelta, too_many_keys
 from ._spec import Fallback, SourceSpec
 
@@ -235,7 +235,12 @@ class Slot:
         state = self._serving_state(layer)
         if self.state == state and self.last_error is None:
             return False
-        log.info("%s is %s again", self.display, state)
+        log.info(
+            "%s is %s again",
+            self.display,
+            state,
+            extra=log_fields(self.display, state, layer.revision),
+        )
         self.state = state
         self.last_error = None
         self.reported = None
@@ -259,14 +264,18 @@ class Slot:
         self.state = SlotState.STALE if self.layer is not None else SlotState.ABSENT
         self.since = time.time()
         message = without_source(self.display, error)
+        fields = log_fields(self.display, self.state, getattr(self.layer, "revision", None))
         if rejected or isinstance(error, SourceFormatError):
             log.error(
                 "%s: update rejected, keeping the last good configuration: %s",
                 self.display,
                 message,
+                extra=fields,
             )
         else:
-            log.warning("%s: %s; serving the last good configuration", self.display, message)
+            log.warning(
+                "%s: %s; serving the last good configuration", self.display, message, extra=fields
+            )
         return True
 
     def promote(self, member: int) -> None:

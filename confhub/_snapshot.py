@@ -234,12 +234,16 @@ class Change:
 
     ``generation`` is the new snapshot's number, ``changes`` the effective keys that changed
     (sorted by key) and ``source`` the display name of the source whose update caused it.
-    A change a higher layer masks is never published.
+    A change a higher layer masks is never published. ``fetched_at`` is when confhub read
+    that update from its source (``time.time()``; the earliest one when the notifier merged
+    several updates into one change), so ``time.time() - change.fetched_at`` in a callback is
+    the update's delay through confhub; ``None`` when unknown.
     """
 
     generation: int
     changes: tuple[KeyChange, ...]
     source: str
+    fetched_at: float | None = None
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -266,7 +270,7 @@ class Change:
             return None
         if len(kept) == len(self.changes):
             return self
-        return Change(self.generation, kept, self.source)
+        return Change(self.generation, kept, self.source, self.fetched_at)
 
 
 @attrs.frozen

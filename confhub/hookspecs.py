@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._backend import Backend, BackendInfo, BackendSettings
     from ._hub import Hub
     from ._layer import Layer
+    from ._registry_types import RegistryBackend
     from ._snapshot import Change, Snapshot
     from ._spec import SourceSpec
 
@@ -109,6 +110,23 @@ def confhub_source_failed(spec: SourceSpec, error: BaseException, fallback: str 
     """
 
 
+# -- service registry --------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def confhub_make_registry(spec: SourceSpec, settings: BackendSettings) -> RegistryBackend | None:
+    """Return a registry store for ``spec`` (a :class:`confhub.RegistryBackend`), or ``None``
+    when ``spec.scheme`` is not yours.
+
+    Stops at first non-None result. Used by :class:`confhub.Registry` for service
+    registration, discovery, locks and elections. ``settings`` carries the timeouts and the
+    retry policy; every call of the returned object is bounded by
+    ``settings.connect_timeout`` unless it takes a timeout, and an unreachable store raises
+    :class:`confhub.SourceUnavailableError`. Raise :class:`confhub.SpecError` for a malformed
+    spec of your scheme. Do no I/O here: connect on the first call.
+    """
+
+
 # -- typed binding -----------------------------------------------------------------------
 
 
@@ -133,8 +151,13 @@ def confhub_validate_snapshot(snapshot: Snapshot, previous: Snapshot | None) -> 
 
 
 @hookspec
-def confhub_snapshot_published(change: Change) -> None:
-    """A new snapshot was published. Called in every plugin, on the hub's notifier thread."""
+def confhub_snapshot_published(change: Change, subscriber_seconds: float) -> None:
+    """A new snapshot was published and its subscribers were called.
+
+    ``subscriber_seconds`` is the time the hub's subscribers took for ``change``, all of them
+    (a metric of slow callbacks). Called in every plugin, on the hub's notifier thread, after
+    the subscribers.
+    """
 
 
 # -- command line --------------------------------------------------------------------------

@@ -16,8 +16,11 @@ library::
 - Values: :func:`decode_text` (store bytes to text), :func:`encode_value` (a written value to
   bytes).
 - Writes: :func:`check_write_shape` refuses a write that would turn a table into a value or a
-  value into a table (read the keys under :meth:`KeyMap.write_scope` first);
-  :func:`write_into_document` is the new text of a document-layout write (read-modify-CAS).
+  value into a table (read the keys under :meth:`KeyMap.write_scope` first, map them with
+  :meth:`KeyMap.index`); :func:`check_transaction` does the same for a transaction of
+  :class:`confhub.WriteOp` (puts and deletes, checked against the keys it leaves);
+  :func:`write_into_document` / :func:`commit_into_document` are the new text of a
+  document-layout write or transaction (read-modify-CAS).
 - Errors, in the words the core uses: :func:`too_many_keys`, :func:`leaf_parent_clash`.
 - Watching: :class:`Backoff` (capped, jittered), :class:`ReportOnce` (one report per state
   change), :func:`recovered` (the "source is back" signal).
@@ -37,6 +40,7 @@ from typing import Any
 
 import attrs
 
+from ._backend import WriteOp
 from ._errors import SourceFormatError, WriteError
 from ._layer import Layer, LayerDelta, leaf_parent_clash, too_many_keys
 from ._spec import CORE_OPTIONS, DEFAULT_MAX_KEYS, SourceSpec
@@ -48,7 +52,9 @@ __all__ = [
     "KeyMap",
     "ReportOnce",
     "check_options",
+    "check_transaction",
     "check_write_shape",
+    "commit_into_document",
     "decode_text",
     "encode_value",
     "leaf_parent_clash",
@@ -114,6 +120,23 @@ class KeyMap:
     def to_store(self, dotted: str) -> str:
         """The store key of ``dotted`` (the inverse of :meth:`to_dotted` for plain keys)."""
         return self.prefix + dotted.replace(".", self.separator)
+
+    def index(self, store_keys: Iterable[str | bytes]) -> dict[str, list[str]]:
+        """The dotted keys of ``store_keys`` (a listing under :meth:`write_scope`), each with
+        the store keys that hold it (``myapp/db/port`` and ``myapp/db.port`` are both
+        ``db.port``). Keys this source cannot read (not UTF-8, empty segments) and folder
+        markers are left out: they are refused when it reads. A transaction writes a key
+        where it already is, and deletes every store key that holds it."""
+        found: dict[str, list[str]] = {}
+        for name in store_keys:
+            try:
+                dotted = self.to_dotted(name)
+            except SourceFormatError:
+                continue
+            if dotted is not None:
+                text = name.decode("utf-8") if isinstance(name, bytes) else name
+                found.setdefault(dotted, []).append(text)
+        return found
 
     def write_scope(self, dotted: str) -> str:
         """The store prefix holding every key a write of ``dotted`` could clash with.
@@ -235,6 +258,110 @@ def check_write_shape(
                 source=source,
                 key=key,
             )
+
+
+def check_transaction(
+    existing: Layer | Mapping[str, Any] | Iterable[str],
+    ops: Iterable[WriteOp],
+    *,
+    source: str,
+    force: bool = False,
+) -> None:
+    """Refuse a transaction of :class:`confhub.WriteOp` before anything is sent, as
+    :func:`check_write_shape` refuses one write (``existing`` as there: the keys under the
+    :meth:`KeyMap.write_scope` of every key the transaction touches).
+
+    Always refused (:class:`WriteError`, ``.key`` the op's key): no operation, or a key
+    written or deleted twice (which one wins would be the store's accident). Unless
+    ``force``: a delete of a key that holds no value but a table (delete its keys), and a
+    put that would shadow a table or sit under a value *in the keys the transaction
+    leaves*, so a transaction that deletes a table's keys and puts a value at its name
+    replaces the table, as intended. ``force`` writes it anyway: readers then refuse the
+    source until it is fixed (a hub with a cached copy serves that meanwhile).
+    """
+    ops = list(ops)
+    if not ops:
+        raise WriteError(
+            f"{source}: an empty transaction; add puts or deletes before commit()",
+            source=source,
+        )
+    seen: set[str] = set()
+    for op in ops:
+        if op.key in seen:
+            raise WriteError(
+                f"{source}: {op.key!r} is written or deleted twice in one transaction; "
+                "keep one operation per key",
+                source=source,
+                key=op.key,
+            )
+        seen.add(op.key)
+    if force:
+        return
+    leaves = set(_leaves(existing))
+    deleted = {op.key for op in ops if op.action == "delete"}
+    for key in sorted(deleted - leaves):
+        below = key + "."
+        table = sorted(k for k in leaves if k.startswith(below))
+        if table:
+            shown = ", ".join(repr(k) for k in table[:_SHOWN_KEYS])
+            if len(table) > _SHOWN_KEYS:
+                shown += f" and {len(table) - _SHOWN_KEYS:,} more"
+            raise WriteError(
+                f"{source}: cannot delete {key!r}: it holds no value but a table of "
+                f"{len(table):,} key{'s' if len(table) != 1 else ''} ({shown}); delete "
+                "those keys (in one transaction to delete them together)",
+                source=source,
+                key=key,
+            )
+    after = (leaves - deleted) | {op.key for op in ops if op.action == "put"}
+    for op in ops:
+        if op.action == "put":
+            check_write_shape(after, op.key, op.value, source=source)
+
+
+def commit_into_document(
+    document: Mapping[str, Any] | None,
+    fmt: str,
+    ops: Iterable[WriteOp],
+    *,
+    source: str,
+    force: bool = False,
+) -> bytes:
+    """The text of a document-layout transaction: ``document`` (parsed; ``None``: none yet)
+    with every op applied (a put sets a dotted key, a delete removes it and the tables it
+    leaves empty), dumped in ``fmt``. Refused first by :func:`check_transaction`; with
+    ``force`` a put replaces whatever is at its key (a table, or a value above it)."""
+    ops = list(ops)
+    data: dict[str, Any] = _thaw(document) if document is not None else {}
+    check_transaction(data, ops, source=source, force=force)
+    for op in ops:
+        parts = op.key.split(".")
+        if op.action == "delete":
+            _remove(data, parts)
+            continue
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):  # absent, or (forced) a value in the way
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = list(op.value) if isinstance(op.value, tuple) else op.value
+    return _dump_document(data, fmt, source=source, key=ops[0].key)
+
+
+def _remove(data: dict[str, Any], parts: list[str]) -> None:
+    """Delete ``parts`` from nested ``data``, then the tables that left empty."""
+    trail = [data]
+    for part in parts[:-1]:
+        child = trail[-1].get(part)
+        if not isinstance(child, dict):
+            return
+        trail.append(child)
+    trail[-1].pop(parts[-1], None)
+    for depth in range(len(parts) - 1, 0, -1):
+        if trail[depth]:
+            break
+        del trail[depth - 1][parts[depth - 1]]
 
 
 def write_into_document(

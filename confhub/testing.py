@@ -14,32 +14,48 @@ Updates are delivered to the hub synchronously, from the thread that calls :meth
 Test hooks into a running hub (documented, stable, and built on its public accessors):
 :func:`backend_of` (the backend object serving a source) and :func:`queue_depth` (how many
 events wait for the subscribers).
+
+Changing configuration in a test and waiting until a hub has published it (any source: a
+file, etcd, Consul, a :class:`MemoryStore`): :func:`change_and_wait` runs the change and
+returns the hub's :class:`Change`; :func:`wait_for_value` waits for a key to hold a value.
+The pytest plugin (``confhub.pytest_plugin``) adds fixtures on top; ``docs/testing.md``.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._backend import Backend, BackendInfo, BackendSettings, Notify, hookimpl
+from ._backend import Backend, BackendInfo, BackendSettings, Notify, WriteOp, hookimpl
+from ._dispatch import merge_changes
 from ._errors import SourceUnavailableError, WriteConflictError
 from ._kvcontract import KVBackendContract, KVStoreHarness
 from ._layer import Layer, LayerDelta, flatten
-from .kv import check_write_shape
+from ._memregistry import MemoryRegistryStore, memory_registry_store
+from ._merge import MISSING
+from ._regcontract import RegistryBackendContract, RegistryStoreHarness
+from .kv import check_transaction, check_write_shape
 
 if TYPE_CHECKING:
     from ._hub import Hub
+    from ._snapshot import Change, ErrorEvent
     from ._spec import SourceSpec
 
 __all__ = [
     "KVBackendContract",
     "KVStoreHarness",
     "MemoryBackend",
+    "MemoryRegistryStore",
     "MemoryStore",
+    "RegistryBackendContract",
+    "RegistryStoreHarness",
     "backend_of",
+    "change_and_wait",
+    "memory_registry_store",
     "queue_depth",
+    "wait_for_value",
 ]
 
 
@@ -58,6 +74,86 @@ def queue_depth(hub: Hub) -> int:
     It stays bounded (``Hub(max_backlog=...)``) however slow the subscribers are.
     """
     return hub.backlog
+
+
+def change_and_wait(
+    hub: Hub,
+    change: Callable[[], object],
+    *,
+    keys: Iterable[str] = (),
+    timeout: float = 10.0,
+) -> Change:
+    """Run ``change()`` (a write to any store or file the hub reads) and wait until ``hub``
+    has published its effect; return the hub's :class:`~confhub.Change` (changes published
+    meanwhile merged into one, as the notifier does under a backlog).
+
+    With ``keys``, wait until every one of them has changed (a store may deliver one write
+    per event); without, the first published change ends the wait. Raises the hub's error
+    at once when it rejects the update (:class:`ConfigValidationError`, a broken file...),
+    and :class:`TimeoutError` after ``timeout`` seconds, naming the keys still awaited, what
+    was published meanwhile and the sources' health (a store that never answered, a key a
+    higher source masks: a masked change publishes nothing).
+    """
+    wanted = set(keys)
+    got: list[Change] = []
+    errors: list[ErrorEvent] = []
+    done = threading.Event()
+
+    def on_change(published: Change) -> None:
+        got.append(published)
+        seen = {k for c in got for k in c.keys}
+        if not wanted - seen:
+            done.set()
+
+    def on_error(event: ErrorEvent) -> None:
+        errors.append(event)
+        done.set()
+
+    with hub.subscribe(on_change, on_error=on_error):
+        change()
+        finished = done.wait(timeout)
+    if errors and (not got or wanted - {k for c in got for k in c.keys}):
+        event = errors[0]
+        raise event.error
+    if not finished:
+        seen = sorted({k for c in got for k in c.keys})
+        health = "; ".join(
+            f"{s.source}: {s.state.value}" + (f" ({s.last_error})" if s.last_error else "")
+            for s in hub.health().sources
+        )
+        raise TimeoutError(
+            f"the hub did not publish the change within {timeout} s: still waiting for "
+            f"{sorted(wanted - set(seen)) or 'any change'}; published meanwhile: "
+            f"{seen or 'nothing'}; sources: {health}. Is the key masked by a higher "
+            "source, or the store unreachable?"
+        )
+    return _merged(got)
+
+
+def _merged(changes: list[Change]) -> Change:
+    merged = merge_changes(changes)  # the notifier's own merge of a backlog
+    return merged if merged is not None else changes[-1]
+
+
+def wait_for_value(hub: Hub, key: str, value: Any, *, timeout: float = 10.0) -> None:
+    """Wait until ``hub.get(key)`` equals ``value`` (``confhub.MISSING``: until the key is
+    gone); return at once if it does already. :class:`TimeoutError` after ``timeout``
+    seconds names the key, the value awaited and the value the hub still has."""
+    reached = threading.Event()
+
+    def check(_: object = None) -> None:
+        if hub.get(key, MISSING) == value:
+            reached.set()
+
+    with hub.subscribe(check):
+        check()
+        if reached.wait(timeout):
+            return
+    raise TimeoutError(
+        f"{key} did not become {value!r} within {timeout} s: the hub has "
+        f"{hub.get(key, MISSING)!r} (generation {hub.generation}); "
+        f"explain: confhub explain {key}"
+    )
 
 
 class MemoryStore:
@@ -193,6 +289,40 @@ class MemoryStore:
             check_write_shape(self._data, key, value, source=f"memory:{self.name}")
             return self.set(key, value)
 
+    def commit(self, ops: Any, force: bool = False) -> int:
+        """Apply :class:`confhub.WriteOp` s as one revision, each expected revision checked
+        first (nothing is applied when one differs), refused as the KV plugins refuse a
+        transaction (:func:`confhub.kv.check_transaction`) unless ``force``."""
+        ops = tuple(ops)
+        source = f"memory:{self.name}"
+        with self._lock:
+            for op in ops:
+                actual = self._key_revisions.get(op.key, 0)
+                if op.expected_revision is not None and actual != int(op.expected_revision):
+                    raise WriteConflictError(
+                        f"{source}: {op.key} is at revision {actual}, not "
+                        f"{op.expected_revision}; nothing was written: re-read and retry",
+                        source=source,
+                        key=op.key,
+                        expected=op.expected_revision,
+                        actual=actual,
+                    )
+            check_transaction(self._data, ops, source=source, force=force)
+            puts = {op.key: op.value for op in ops if op.action == "put"}
+            gone = [op.key for op in ops if op.action == "delete" and op.key in self._data]
+            if not puts and not gone:
+                return self.revision
+            return self.transaction(puts, delete=gone)
+
+    def read(self, key: str) -> tuple[Any, int]:
+        """``(value, revision)`` of one dotted key; ``(MISSING, 0)`` when absent."""
+        with self._lock:
+            if self._failure is not None:
+                raise self._failure
+            if key not in self._data:
+                return MISSING, 0
+            return self._data[key], self._key_revisions[key]
+
     @hookimpl
     def confhub_backend_schemes(self) -> list[BackendInfo]:
         return [BackendInfo("memory", "in-memory store for tests", writable=True, watchable=True)]
@@ -230,6 +360,15 @@ class MemoryBackend(Backend):
 
     def write(self, key: str, value: Any, expected_revision: Any = None) -> int:
         return self.store.write(key, value, expected_revision)
+
+    def delete(self, key: str, expected_revision: Any = None) -> int:
+        return self.store.commit((WriteOp.delete(key, expected_revision),))
+
+    def commit(self, ops: Any, force: bool = False) -> int:
+        return self.store.commit(ops, force)
+
+    def read(self, key: str) -> tuple[Any, int]:
+        return self.store.read(key)
 
     def close(self) -> None:
         if self._notify is not None:

@@ -200,3 +200,4 @@ def test_demo_runs() -> None:
     assert code == 0
     assert "db2.internal" in out
     assert "rejected" in out
+    assert "pod-b leads with token" in out

@@ -108,3 +108,32 @@ def test_the_check_leaves_other_paths_alone(tmp_path: Path, line: str) -> None:
     doc = tmp_path / "README.md"
     doc.write_text(line + "\n", encoding="utf-8")
     assert machine_paths([doc], tmp_path) == []
+
+
+def test_the_docs_site_builds_in_strict_mode_without_machine_paths(tmp_path: Path) -> None:
+    """``python3 dev.py docs`` (MkDocs strict: a broken link or API reference fails it) builds
+    the site, with the plugins' pages and the changelog, and no built page shows a machine path
+    (the build runs in a temporary directory, which must not leak into the pages)."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    pages = sorted(site.rglob("*.html"))
+    names = {p.relative_to(site).as_posix() for p in pages}
+    for page in ("guide/index.html", "etcd/backend/index.html", "changelog/index.html"):
+        assert page in names, sorted(names)
+    reference = (site / "reference" / "confhub" / "index.html").read_text(encoding="utf-8")
+    assert 'id="confhub.Hub"' in reference  # the API reference is generated from docstrings
+    hits = machine_paths(pages, site)
+    assert not hits, "\n".join(hits)

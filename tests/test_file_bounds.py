@@ -131,6 +131,8 @@ def test_watched_file_replaced_by_fifo_goes_stale(tmp_path: Path) -> None:
         wait_for(
             lambda: hub.health().sources[0].state == "stale", timeout=JOIN, what="source stale"
         )
+        # The state changes before the error event reaches the notifier thread.
+        wait_for(lambda: bool(errors), timeout=JOIN, what="the error event")
         assert any("FIFO" in str(event.error) for event in errors)
         assert hub.get("a") == 1
     finally:

@@ -20,11 +20,14 @@ PACKAGE = Path(confhub.__file__).parent
 LAYERS: list[list[str]] = [
     ["_location"],  # the one parser of a network spec's location (no confhub imports)
     ["_errors", "_redact", "_health", "_fileio"],  # values (_redact builds on _location)
-    ["_docbounds"],  # document bounds and error wording shared by the parsers
+    ["_docbounds", "_probes"],  # bounds the parsers share; readiness (from health)
     ["_yaml"],  # the YAML loaders
-    ["_spec", "_parsers", "_layer"],  # specs, documents, layers
-    ["_merge", "_backend"],  # the pure merge; the backend contract
+    # specs, documents, layers; bindable kinds; confhub.toml
+    ["_spec", "_parsers", "_layer", "_bindtypes", "_fromconfig"],
+    # the pure merge; the backend and registry contracts; spec builders
+    ["_merge", "_backend", "_registry_types", "sources"],
     ["_snapshot"],  # the immutable merged view and its events
+    ["_strict"],  # strict binding: unknown keys, shape errors, their sources
     ["hookspecs"],  # the plugin contract (type-only imports)
     [
         # stages that take a snapshot or a layer; the cache plugin; the KV kit
@@ -35,17 +38,38 @@ LAYERS: list[list[str]] = [
         "_cache",
         "kv",  # the public kit for KV backends
     ],
-    ["_backends", "_backends.defaults", "_backends.env", "_backends.file"],  # builtin plugins
+    ["_aio", "_backends._watch"],  # asyncio helpers; the watching machinery file builtins share
+    [
+        "_backends",
+        "_backends.defaults",
+        "_backends.env",
+        "_backends.file",
+        "_memregistry",
+    ],  # builtin plugins
+    ["_backends.argv", "_backends.dotenv", "_backends.secrets"],  # issue 13's builtins
+    ["_registration", "_discovery", "_locks"],  # the registry's threads
     ["_slot", "_plugins", "_startretry"],  # slot state machine; plugin manager; start rounds
-    ["_fallback"],  # start-up chain, recovery, polling, watch wiring
+    ["_fallback", "_writes"],  # start-up chain, recovery, polling; delete/txn/update
     ["_forks"],  # a running hub inherited across fork() resumes in the child
-    ["_hub"],  # the facade that wires the stages
+    ["_hub", "_registry"],  # the facades that wire the stages
+    ["_demoregistry"],  # the demo's registry part
     ["_demo", "_kvharness"],  # run a Hub
-    ["_kvcontract"],  # the KV contract's tests, on its harness
-    ["_cliconfig", "_cliformat"],  # the CLI's config file and output formats
+    ["_kvtxcontract"],  # the KV contract's transaction group
+    ["_kvcontract", "_regcontract"],  # the KV and registry contracts' tests
+    ["_cliconfig", "_cliformat", "_cliregistry"],  # the CLI's usage error, formats, registry
+    ["_cliwrite"],  # set, delete (dry-run, --check, --atomic)
     ["_cli"],
     ["testing", "__init__", "__main__"],  # public entry points
-    ["integrations", "integrations.gunicorn"],  # framework glue (imports confhub only)
+    ["integrations", "integrations._observe", "integrations._common"],  # what they share
+    # optional integrations: metrics plugins, web frameworks
+    [
+        "integrations.prometheus",
+        "integrations.otel",
+        "integrations.starlette",
+        "integrations.flask",
+        "integrations.gunicorn",
+    ],
+    ["pytest_plugin"],  # the pytest plugin (fixtures on confhub.testing)
 ]
 
 #: (importer, imported) pairs allowed upwards under ``if TYPE_CHECKING:`` only.

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from confhub import SourceFormatError
@@ -330,9 +330,22 @@ def test_json_round_trip(document: dict[str, Any]) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(_documents)
+@example({"": "08"})  # PyYAML writes "? ''\n: 08\n"
 def test_yaml_round_trip(document: dict[str, Any]) -> None:
-    """Any JSON-able nested dict with string keys survives dumping and parsing as YAML."""
-    assert parse(yaml.safe_dump(document, allow_unicode=True), "yaml") == document
+    """Any JSON-able nested dict with string keys survives dumping and parsing as YAML, or is
+    refused because PyYAML wrote a string plain that YAML 1.1 and 1.2 read differently (it
+    writes ``'08'`` as ``08`` after a complex key: YAML 1.1 has no such int, 1.2 reads 8);
+    confhub refuses such a scalar rather than guess."""
+    text = yaml.safe_dump(document, allow_unicode=True)
+    refusal: SourceFormatError | None = None
+    try:
+        parsed = parse(text, "yaml")
+    except SourceFormatError as exc:
+        refusal = exc
+    if refusal is not None:
+        assert "is ambiguous" in str(refusal), (text, refusal)
+    else:
+        assert parsed == document
 
 
 _toml_leaves = (

@@ -30,7 +30,28 @@ def test_public_surface_is_pinned() -> None:
         "BackendNotFoundError",
         "BackendSettings",
         "Change",
+        "CheckSpec",
+        "Discovery",
+        "DiscoveryChange",
+        "DiscoveryHealth",
+        "Election",
+        "Lock",
+        "Registration",
+        "RegistrationState",
+        "Registry",
+        "RegistryInputError",
+        "close_on_signal",
+        "Instance",
+        "LeaseLostError",
+        "LockBackend",
+        "LockLostError",
+        "LockTimeoutError",
+        "NoInstanceError",
+        "RegistryBackend",
+        "RegistryError",
+        "ServiceListing",
         "ConfhubError",
+        "ConfigFileError",
         "ConfigKeyError",
         "ConfigValidationError",
         "ErrorEvent",
@@ -45,6 +66,8 @@ def test_public_surface_is_pinned() -> None:
         "Notify",
         "Origin",
         "PluginError",
+        "Readiness",
+        "SlotState",
         "Snapshot",
         "SourceError",
         "SourceFormatError",
@@ -56,16 +79,22 @@ def test_public_surface_is_pinned() -> None:
         "StartupError",
         "State",
         "Subscription",
+        "Transaction",
+        "UnknownKey",
+        "UnknownKeyError",
         "Update",
+        "Updated",
         "UrlParts",
         "View",
         "WriteConflictError",
         "WriteError",
+        "WriteOp",
         "hookimpl",
         "is_secret_key",
         "main",
         "parse_document",
         "parse_duration",
+        "sources",
     }
 
 
@@ -101,7 +130,9 @@ def test_kv_kit_surface_is_pinned() -> None:
         "KeyMap",
         "ReportOnce",
         "check_options",
+        "check_transaction",
         "check_write_shape",
+        "commit_into_document",
         "decode_text",
         "encode_value",
         "leaf_parent_clash",
@@ -120,6 +151,15 @@ def test_make_backend_hookspec_offers_spec_settings_and_the_deprecated_hub() -> 
     params = list(inspect.signature(hookspecs.confhub_make_backend).parameters)
     assert params == ["spec", "settings", "hub"]
     assert "deprecated" in (hookspecs.confhub_make_backend.__doc__ or "")
+
+
+def test_sources_builders_surface_is_pinned() -> None:
+    """confhub.sources builds specs in code: its names change only deliberately."""
+    assert confhub.sources.__all__ == ["argv", "dotenv", "secrets"]
+    for name in confhub.sources.__all__:
+        assert isinstance(
+            getattr(confhub.sources, name)(*(["x"] if name != "argv" else [])), confhub.SourceSpec
+        ), name
 
 
 def test_gunicorn_hooks_surface_is_pinned() -> None:

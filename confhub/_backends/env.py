@@ -103,6 +103,10 @@ class EnvBackend(Backend):
     them: they are not keys, and cannot collide or fail the UTF-8 check.
     """
 
+    #: The environment holds every program's variables: a key no bound class declares is
+    #: not a typo here, so strict binding passes over keys only this source holds.
+    strict_keys = False
+
     def __init__(self, spec: SourceSpec, environ: Mapping[str, str] | None = None) -> None:
         self.prefix = spec.location
         self._environ = environ

@@ -35,12 +35,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import confhub
 from confhub import (
+    MISSING,
     Layer,
     LayerDelta,
     Notify,
@@ -50,6 +51,7 @@ from confhub import (
     SpecError,
     WriteConflictError,
     WriteError,
+    WriteOp,
     kv,
     parse_document,
 )
@@ -144,6 +146,35 @@ class DemoServer:
                 self._changed.notify_all()
             return self.revision
 
+    def txn(
+        self, puts: Mapping[str, bytes], deletes: list[str], expected: Mapping[str, int]
+    ) -> tuple[bool, int, dict[str, int]]:
+        """Apply ``puts`` and ``deletes`` as ONE revision, only if every key of ``expected``
+        is at that ``mod_revision`` (0: absent). Returns ``(True, revision, {})``, or
+        ``(False, store revision, {key: actual mod_revision})`` for the keys that differ."""
+        with self._changed:
+            self._check()
+            stale = {}
+            for key, want in expected.items():
+                current = self._data.get(key)
+                actual = 0 if current is None else current.mod_revision
+                if actual != want:
+                    stale[key] = actual
+            if stale:
+                return False, self.revision, stale
+            gone = [k for k in deletes if k in self._data]
+            if not puts and not gone:
+                return True, self.revision, {}
+            self.revision += 1
+            for key in gone:
+                del self._data[key]
+                self._history.append(Event(key, None, self.revision))
+            for key, data in puts.items():
+                self._data[key] = Entry(key, data, self.revision)
+                self._history.append(Event(key, data, self.revision))
+            self._changed.notify_all()
+            return True, self.revision, {}
+
     def watch(
         self, prefix: str, after: int, timeout: float, cancel: threading.Event
     ) -> tuple[int, list[Event]]:
@@ -179,7 +210,8 @@ class DemoServer:
 
 
 class DemoBackend(confhub.Backend):
-    """One ``kvdemo://`` source: ``load``, ``watch``, ``write`` and ``close``."""
+    """One ``kvdemo://`` source: ``load``, ``watch``, ``write`` and ``close``, and the
+    optional ``delete``, ``commit`` (transactions) and ``read``."""
 
     #: A remote store: the hub bounds its loads, caches it, and retries it from the cache.
     cacheable = True
@@ -451,6 +483,76 @@ class DemoBackend(confhub.Backend):
             expected=expected,
             actual=actual,
         )
+
+    # -- delete, transactions, read (optional capabilities) --------------------------------
+
+    def delete(self, key: str, expected_revision: Any = None) -> int:
+        """Delete dotted ``key``: a one-op transaction."""
+        return self.commit((WriteOp.delete(key, expected_revision),))
+
+    def commit(self, ops: Sequence[WriteOp], force: bool = False) -> int:
+        """Apply puts and deletes as ONE server revision, refused first by the kit."""
+        ops = tuple(ops)
+        if self.document is not None:
+            return self._commit_document(ops, force)
+        held: dict[str, list[str]] = {}
+        for scope in {self.keys.write_scope(op.key) for op in ops}:
+            _, entries = self._call(self.server.range, scope)
+            held.update(self.keys.index(e.key for e in entries))
+        kv.check_transaction(held.keys(), ops, source=self.source, force=force)
+        puts: dict[str, bytes] = {}
+        deletes: list[str] = []
+        expected: dict[str, int] = {}
+        for op in ops:
+            where = held.get(op.key) or [self.keys.to_store(op.key)]
+            if op.expected_revision is not None:
+                expected[where[0]] = int(op.expected_revision)
+            if op.action == "put":
+                puts[where[0]] = kv.encode_value(op.value, source=self.source, key=op.key)
+            else:
+                deletes += held.get(op.key, [])
+        ok, revision, stale = self._call(self.server.txn, puts, deletes, expected)
+        if not ok:
+            store_key, actual = next(iter(stale.items()))
+            dotted = self.keys.to_dotted(store_key) or store_key
+            raise self._conflict(dotted, store_key, expected[store_key], actual)
+        return revision
+
+    def _commit_document(self, ops: tuple[WriteOp, ...], force: bool) -> int:
+        """One compare-and-swap of the document key; expected revisions are its own."""
+        document = self.document or ""
+        entry = self._call(self.server.get, document)
+        actual = 0 if entry is None else entry.mod_revision
+        for op in ops:
+            if op.expected_revision is not None and int(op.expected_revision) != actual:
+                raise self._conflict(op.key, document, int(op.expected_revision), actual)
+        data = None
+        if entry is not None:
+            data = parse_document(entry.value, "json", source=self.source, path=document)
+        payload = kv.commit_into_document(data, "json", ops, source=self.source, force=force)
+        ok, revision = self._call(self.server.put, document, payload, expected=actual)
+        if not ok:
+            raise self._conflict(ops[0].key, document, actual, revision)
+        return revision
+
+    def read(self, key: str) -> tuple[Any, int]:
+        """``(value, revision)`` of dotted ``key`` from the server; ``(MISSING, 0)`` if absent."""
+        if self.document is not None:
+            entry = self._call(self.server.get, self.document)
+            if entry is None:
+                return MISSING, 0
+            node: Any = parse_document(entry.value, "json", source=self.source)
+            for part in key.split("."):
+                if not isinstance(node, Mapping) or part not in node:
+                    return MISSING, entry.mod_revision
+                node = node[part]
+            return node, entry.mod_revision
+        _, entries = self._call(self.server.range, self.keys.write_scope(key))
+        held = self.keys.index(e.key for e in entries).get(key)
+        found = self._call(self.server.get, held[0]) if held else None
+        if found is None:
+            return MISSING, 0
+        return self._text(found.key, found.value), found.mod_revision
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -12,7 +12,10 @@ from pathlib import Path
 import confhub_consul
 
 #: The backend's modules in dependency order (the test server's modules are apart).
-ORDER = ["_http", "_options", "_reader", "_watch", "_writer", "_backend", "_plugin"]
+ORDER = [
+    "_http", "_options", "_index", "_reader", "_watch", "_writer",
+    "_calls", "_lock", "_registry", "_backend", "_plugin",
+]  # fmt: skip
 PACKAGE = Path(confhub_consul.__file__).parent
 
 
@@ -43,5 +46,12 @@ def test_backend_modules_import_in_one_direction() -> None:
 def test_every_backend_module_is_placed() -> None:
     """A new module of the package is put in ORDER (or is a test-server module)."""
     modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    test_server = {"testing", "_testserver", "_teststate"}
+    test_server = {
+        "testing",
+        "_testserver",
+        "_teststate",
+        "_testagent",
+        "_testagentapi",
+        "_testfilter",
+    }
     assert modules - test_server == set(ORDER)

@@ -16,9 +16,12 @@ Everything a user can set is described in ``docs/backend.md``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
+from typing import Any
 
-from confhub import BackendSettings, Layer, Notify, SourceSpec, SourceUnavailableError
+from confhub import BackendSettings, Layer, Notify, SourceSpec, SourceUnavailableError, WriteOp
 
+from ._calls import new_connection
 from ._http import Aborted, Connection
 from ._options import ConsulOptions
 from ._reader import ConsulReader, WatchedState
@@ -57,16 +60,7 @@ class ConsulBackend:
     # -- connections ---------------------------------------------------------------------------
     def _new_connection(self) -> Connection:
         """A new connection with this source's TLS settings and token."""
-        headers = {"User-Agent": "confhub-consul"}
-        if self.opts.token:
-            headers["X-Consul-Token"] = self.opts.token
-        return Connection(
-            self.opts.host,
-            self.opts.port,
-            tls=self.opts.ssl_context(),
-            connect_timeout=self.opts.timeout,
-            headers=headers,
-        )
+        return new_connection(self.opts)
 
     def _shared(self) -> Connection:
         """The connection of loads and writes (the watch has its own), made at first use."""
@@ -114,6 +108,18 @@ class ConsulBackend:
         cannot be reached.
         """
         return self._writer.write(key, value, expected_revision)
+
+    def delete(self, key: str, expected_revision: object = None) -> int:
+        """Delete one dotted key (nothing there: no error; a table: :class:`WriteError`)."""
+        return self._writer.delete(key, expected_revision)
+
+    def commit(self, ops: Sequence[WriteOp], force: bool = False) -> int:
+        """Apply puts and deletes in ONE ``/v1/txn`` (all or nothing); the new index."""
+        return self._writer.commit(ops, force)
+
+    def read(self, key: str) -> tuple[Any, int]:
+        """``(value, ModifyIndex)`` of one dotted key, from the leader."""
+        return self._writer.read(key)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:

@@ -24,6 +24,7 @@ OWN_OPTIONS = frozenset(
     {
         "token", "scheme", "ca", "cert", "key", "verify", "consistency", "dc", "timeout",
         "wait", "retry_initial", "retry_max", "rate", "burst", "format", "max_last_contact",
+        "deregister_after", "lock_delay",  # the registry's (docs/registry.md)
     }
 )  # fmt: skip
 #: Options that change how the source is read, never what it holds (kept out of the cache

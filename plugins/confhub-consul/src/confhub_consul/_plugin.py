@@ -1,6 +1,7 @@
 """confhub plugin entry point for the Consul backend (entry point ``consul``, group ``confhub``).
 
-``confhub_make_backend`` only parses the spec: no I/O happens until the hub calls ``load``.
+``confhub_make_backend`` and ``confhub_make_registry`` only parse the spec: no I/O happens
+until the hub calls ``load`` or the registry its first method.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from confhub import BackendInfo, BackendSettings, SourceSpec, hookimpl
 
 from ._backend import ConsulBackend
 from ._options import VOLATILE_OPTIONS
+from ._registry import ConsulRegistry
 
 
 @hookimpl
@@ -31,3 +33,11 @@ def confhub_make_backend(spec: SourceSpec, settings: BackendSettings) -> ConsulB
     if spec.scheme != "consul":
         return None
     return ConsulBackend(spec, settings)
+
+
+@hookimpl
+def confhub_make_registry(spec: SourceSpec, settings: BackendSettings) -> ConsulRegistry | None:
+    """A :class:`ConsulRegistry` for ``consul://`` specs (parses options, no I/O)."""
+    if spec.scheme != "consul":
+        return None
+    return ConsulRegistry(spec, settings)

@@ -37,6 +37,7 @@ from confhub import (
 )
 
 from ._http import TRANSPORT_ERRORS, Aborted, ChunkCheck, Connection, Response, kv_path
+from ._index import response_index
 from ._options import ConsulOptions
 
 log = logging.getLogger("confhub.consul")
@@ -236,14 +237,7 @@ class ConsulReader:
                 source=self.source,
                 key=read_key,
             )
-        raw_index = resp.header("X-Consul-Index")
-        try:
-            index = int(raw_index or "")
-        except ValueError as exc:
-            raise SourceUnavailableError(
-                f"{self.source}: Consul sent no usable X-Consul-Index ({raw_index!r}); retrying",
-                source=self.source,
-            ) from exc
+        index = response_index(resp, self.source)
         if status == 404:
             return KVListing(index, {})
         try:

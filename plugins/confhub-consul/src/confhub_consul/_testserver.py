@@ -30,6 +30,8 @@ from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
+from confhub_consul._testagent import AgentState
+from confhub_consul._testagentapi import AgentAPI
 from confhub_consul._teststate import (
     ANONYMOUS_ACCESSOR,
     READ_VERBS,
@@ -239,6 +241,9 @@ class EngineConfig:
     key_validation: KeyValidation = "current"
     missing_key_blocking: MissingKeyBlocking = "current"
     strict_session_decode: bool = True
+    dcsa_min: float = 60.0
+    check_reap_interval: float = 30.0
+    check_update_interval: float = 300.0
 
 
 class _Denied(Exception):
@@ -279,6 +284,80 @@ class Engine:
             secret_id="anonymous",  # noqa: S106 - Consul's well-known anonymous token name
             accessor_id=ANONYMOUS_ACCESSOR,
         )
+        self.agent = AgentState(
+            state,
+            node=config.node_name,
+            datacenter=config.datacenter,
+            parse_duration=parse_go_duration,
+            dcsa_min=config.dcsa_min,
+            reap_interval=config.check_reap_interval,
+            check_update_interval=config.check_update_interval,
+        )
+        self._agent_api = AgentAPI(self, self.agent)
+
+    # ------------------------------------------- helpers for the agent endpoints
+
+    def parse_read(self, req: Request) -> tuple[str, int, float | None] | Reply:
+        """Consistency and blocking parameters of a read, or the 400 that ends it."""
+        return self._parse_read(req)
+
+    def preamble(self, req: Request, mode: str) -> Reply | AclToken:
+        """Datacenter, leader (unless stale) and token checks; the token or the reply."""
+        return self._preamble(req, mode)
+
+    def common_checks(self, req: Request) -> Reply | None:
+        """The datacenter check alone (agent-local endpoints need no leader)."""
+        return self._common_checks(req)
+
+    def token_or_reply(self, req: Request) -> Reply | AclToken:
+        """The request's token, or the 403 for an unknown one."""
+        try:
+            return self._token(req)
+        except _Denied as exc:
+            return _text(403, str(exc))
+
+    def default_level(self) -> str:
+        """The ACL level of rules a token does not give."""
+        return self._default_level()
+
+    def denied(self, token: AclToken, perm: str, name: str) -> Exception:
+        """Consul's ``Permission denied`` error for ``token`` lacking ``perm`` on ``name``."""
+        return self._denied(token, perm, name)
+
+    def meta(self, index: int | None, mode: str) -> tuple[tuple[str, str], ...]:
+        """The index, known-leader and last-contact headers of a read."""
+        return self._meta(index, mode)
+
+    def block(
+        self,
+        min_index: int,
+        wait: float | None,
+        evaluate: Callable[[], tuple[Reply, int, bool]],
+        *,
+        missing_key_rule: bool,
+    ) -> Reply:
+        """Run a possibly blocking read (see ``_block``)."""
+        return self._block(min_index, wait, evaluate, missing_key_rule=missing_key_rule)
+
+    @staticmethod
+    def text(status: int, body: str) -> Reply:
+        """A plain-text (error) reply."""
+        return _text(status, body)
+
+    @staticmethod
+    def reply(status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> Reply:
+        """A reply with these headers and body."""
+        return Reply(status, headers, body)
+
+    @staticmethod
+    def json_reply(req: Request, body: object, headers: tuple[tuple[str, str], ...]) -> Reply:
+        """A 200 JSON reply (indented with ``?pretty``)."""
+        return Reply(200, (*headers, *_JSON_HEADERS), _go_json(body, pretty="pretty" in req.query))
+
+    def tick(self) -> None:
+        """Expire sessions and TTL checks, sync check output, reap critical services."""
+        self.state.expire_sessions()
+        self.agent.tick()
 
     # --------------------------------------------------------------- faults
 
@@ -417,7 +496,7 @@ class Engine:
             self._records.append(
                 RequestRecord(req.method, req.path, req.raw_query, time.monotonic())
             )
-        self.state.expire_sessions()
+        self.tick()
         for fault in self._take_faults(req):
             if fault.kind == "hang" and self._hang(fault.id):
                 return Reply(0, action="drop")
@@ -462,6 +541,8 @@ class Engine:
             ("/v1/session/destroy/", True, "OPTIONS,PUT", self._session_destroy),
             ("/v1/session/info/", True, "OPTIONS,GET", self._session_info),
             ("/v1/session/list", False, "OPTIONS,GET", self._session_list),
+            ("/v1/session/node/", True, "OPTIONS,GET", self._session_node),
+            *self._agent_api.routes(),
         ]
         for prefix, subtree, allow, handler in routes:
             if path == prefix or (subtree and path.startswith(prefix)):
@@ -947,6 +1028,9 @@ class Engine:
         elif isinstance(raw_delay, int | float) and not isinstance(raw_delay, bool):
             # Consul reads small numbers as seconds, large ones as nanoseconds.
             lock_delay = float(raw_delay) if raw_delay < 1000 else raw_delay / 1e9
+        bound = self._session_checks(fields)
+        if isinstance(bound, Reply):
+            return bound
         sess = self.state.create_session(
             name=str(fields.get("name") or ""),
             node=str(fields.get("node") or self.config.node_name),
@@ -954,6 +1038,8 @@ class Engine:
             behavior="delete" if behavior == "delete" else "release",
             ttl=ttl,
             ttl_text=ttl_text,
+            node_checks=bound[0],
+            service_checks=bound[1],
         )
         return Reply(200, _JSON_HEADERS, _go_json({"ID": sess.id}))
 
@@ -1043,6 +1129,35 @@ class Engine:
 
     def _session_list(self, req: Request, _rest: str) -> Reply:
         return self._session_read(req, lambda: [s.to_json() for s in self.state.sessions()])
+
+    def _session_node(self, req: Request, node: str) -> Reply:
+        return self._session_read(
+            req, lambda: [s.to_json() for s in self.state.sessions() if s.node == node]
+        )
+
+    def _session_checks(
+        self, fields: Mapping[str, object]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]] | Reply:
+        """The node and service checks a new session binds to, each existing and not
+        critical (else Consul's 500)."""
+        raw_nodes = fields.get("nodechecks", fields.get("checks"))
+        nodes = ["serfHealth"] if raw_nodes is None else raw_nodes
+        raw_services = fields.get("servicechecks") or []
+        if not isinstance(nodes, list) or not isinstance(raw_services, list):
+            return _text(400, "Request decode failed: checks must be lists")
+        services = [
+            str(c.get("ID") or c.get("id") or "") if isinstance(c, dict) else str(c)
+            for c in raw_services
+        ]
+        for check_id in [str(n) for n in nodes] + services:
+            if check_id == "serfHealth":
+                continue
+            check = self.agent.check(check_id)
+            if check is None:
+                return _text(500, f"Missing check '{check_id}' registration")
+            if check.status == "critical":
+                return _text(500, f"Check '{check_id}' is in critical state")
+        return tuple(str(n) for n in nodes), tuple(services)
 
     # ------------------------------------------------------- status, agent
 
@@ -1329,6 +1444,7 @@ class HTTPFrontend:
                 name=f"consul-testserver-http-{self.port}",
             ),
             threading.Thread(target=self._reap, name=f"consul-testserver-reaper-{self.port}"),
+            threading.Thread(target=self._probe, name=f"consul-testserver-checks-{self.port}"),
         ]
 
     @property
@@ -1341,9 +1457,21 @@ class HTTPFrontend:
         for thread in self._threads:
             thread.start()
 
+    def sever(self) -> None:
+        """Shut down every open connection (requests in progress and idle keep-alives)."""
+        self._httpd.close_open_connections()
+
     def _reap(self) -> None:
         while not self._stop.wait(self._reaper_interval):
-            self.engine.state.expire_sessions()
+            self.engine.tick()
+
+    def _probe(self) -> None:
+        """Run HTTP/TCP checks as their intervals come round (loopback targets only)."""
+        while not self._stop.wait(self._reaper_interval):
+            for check in self.engine.agent.probe_due():
+                if self._stop.is_set():
+                    return
+                self.engine.agent.probe(check)
 
     def stop(self) -> None:
         """Stop accepting, release every parked request, close sockets, join all threads."""

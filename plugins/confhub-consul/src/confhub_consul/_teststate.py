@@ -32,6 +32,8 @@ ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
 """AccessorID of Consul's built-in anonymous token."""
 
 _LEVELS = {"deny": 0, "read": 1, "list": 2, "write": 3}
+MAX_LOCK_DELAY = 60.0
+"""Consul's ``MaxLockDelay``: a longer LockDelay is stored but enforced as 60 s."""
 
 Behavior = Literal["release", "delete"]
 
@@ -98,6 +100,9 @@ class Session:
     create_index: int
     modify_index: int
     expires_at: float | None
+    #: Checks the session is bound to: it is invalidated when one turns critical or goes.
+    node_checks: tuple[str, ...] = ("serfHealth",)
+    service_checks: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Return the session as Consul's JSON object."""
@@ -108,8 +113,12 @@ class Session:
             "LockDelay": round(self.lock_delay * 1e9),
             "Behavior": self.behavior,
             "TTL": self.ttl_text,
-            "NodeChecks": ["serfHealth"],
-            "ServiceChecks": None,
+            "NodeChecks": list(self.node_checks),
+            "ServiceChecks": (
+                [{"ID": c, "Namespace": ""} for c in self.service_checks]
+                if self.service_checks
+                else None
+            ),
             "CreateIndex": self.create_index,
             "ModifyIndex": self.modify_index,
         }
@@ -133,6 +142,8 @@ class AclToken:
     session: str | None = None
     agent: str | None = None
     management: bool = False
+    #: ``service:<level>`` on every service (registration needs write, health reads read).
+    service: str | None = None
 
     def __post_init__(self) -> None:
         for rules in (self.key_prefix, self.key):
@@ -173,11 +184,11 @@ class AclToken:
             if rule.startswith(prefix) and rule != prefix
         )
 
-    def other_level(self, resource: Literal["session", "agent"], default: str) -> int:
-        """Return the numeric level for a ``session`` or ``agent`` rule."""
+    def other_level(self, resource: Literal["session", "agent", "service"], default: str) -> int:
+        """Return the numeric level for a ``session``, ``agent`` or ``service`` rule."""
         if self.management:
             return _LEVELS["write"]
-        level = self.session if resource == "session" else self.agent
+        level = {"session": self.session, "agent": self.agent, "service": self.service}[resource]
         return _LEVELS[level if level is not None else default]
 
 
@@ -323,6 +334,14 @@ class ConsulState:
 
     def _commit(self) -> None:
         self.cond.notify_all()
+
+    def next_index(self) -> int:
+        """Take the next Raft index (call under :attr:`cond`), for the agent's catalog."""
+        return self._next_index()
+
+    def commit(self) -> None:
+        """Wake every blocking query to re-evaluate (call under :attr:`cond`)."""
+        self._commit()
 
     def apply_kv(
         self, ops: list[TxnKVOp]
@@ -511,6 +530,8 @@ class ConsulState:
         behavior: Behavior,
         ttl: float,
         ttl_text: str,
+        node_checks: tuple[str, ...] = ("serfHealth",),
+        service_checks: tuple[str, ...] = (),
     ) -> Session:
         """Create a session and return it."""
         with self.cond:
@@ -526,6 +547,8 @@ class ConsulState:
                 create_index=idx,
                 modify_index=idx,
                 expires_at=self._expiry(ttl),
+                node_checks=node_checks,
+                service_checks=service_checks,
             )
             self._sessions[sess.id] = sess
             self._session_index = idx
@@ -559,7 +582,8 @@ class ConsulState:
                 if entry.session != session_id:
                     continue
                 if sess.lock_delay > 0:
-                    self._lock_delays[entry.key] = now + sess.lock_delay
+                    # Consul caps the enforced delay at MaxLockDelay (60 s).
+                    self._lock_delays[entry.key] = now + min(sess.lock_delay, MAX_LOCK_DELAY)
                 if sess.behavior == "delete":
                     self._delete(self._kv, entry.key, idx)
                 else:
@@ -567,6 +591,16 @@ class ConsulState:
                     self._kv.entries[entry.key] = released
                     self._kv.index = idx
             self._commit()
+
+    def sessions_bound_to(self, check_ids: Iterable[str]) -> list[str]:
+        """IDs of live sessions bound to any of ``check_ids`` (node or service checks)."""
+        wanted = set(check_ids)
+        with self.cond:
+            return [
+                s.id
+                for s in self._sessions.values()
+                if wanted & set(s.node_checks) or wanted & set(s.service_checks)
+            ]
 
     def expire_sessions(self) -> list[str]:
         """Invalidate every session whose TTL timer ran out; return their IDs."""

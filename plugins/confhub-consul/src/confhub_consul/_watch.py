@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from confhub import Layer, LayerDelta, Notify, SourceError, kv
 
 from ._http import Aborted, Connection
+from ._index import query_index, went_back
 from ._reader import ConsulReader, KVListing, WatchedState, failure_kind
 
 log = logging.getLogger("confhub.consul")
@@ -127,7 +128,7 @@ class Watcher:
             try:
                 # After a failure, read at once (index 0) so recovery is delivered promptly.
                 listing = self.reader.fetch(
-                    self.connection, index=0 if resync else max(index, 1), wait=opts.wait
+                    self.connection, index=0 if resync else query_index(index), wait=opts.wait
                 )
             except SourceError as exc:
                 # Unreachable, refused, or a listing over max_keys (refused mid-read).
@@ -142,8 +143,8 @@ class Watcher:
             if self._stop.is_set():
                 return
             failures = 0
-            went_back = listing.index < index
-            if went_back:
+            back = went_back(index, listing.index)
+            if back:
                 log.info(
                     "%s: the Consul index went back from %d to %d (snapshot restore or "
                     "tombstone GC); resyncing",
@@ -151,10 +152,10 @@ class Watcher:
                     index,
                     listing.index,
                 )
-            if not went_back and not resync and listing.index == index:
+            if not back and not resync and listing.index == index:
                 continue  # a wait that timed out: nothing changed
-            whole, resync = went_back or resync, False
-            index = max(listing.index, 1)
+            whole, resync = back or resync, False
+            index = query_index(listing.index)
             try:
                 update, modify_indexes, layer = self._next(
                     listing, modify_indexes, layer, whole=whole

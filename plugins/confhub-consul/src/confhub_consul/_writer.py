@@ -14,20 +14,31 @@ In both layouts a write that would turn a table into a value, or a value into a 
 refused before anything is sent, with :func:`confhub.kv.check_write_shape`: against the
 parsed document, or against the Consul keys under :meth:`confhub.kv.KeyMap.write_scope`
 (a ``?keys`` listing read at write time, asked of the leader).
+
+Transactions (:meth:`ConsulWriter.commit`, and ``delete`` as a one-op one) are ONE
+``/v1/txn``: ``set``/``cas`` for puts, ``delete`` for deletes (every Consul key holding the
+dotted key), ``check-index``/``check-not-exists`` for a delete's expected revision; Consul
+applies all or nothing (409 lists every failing op). They are refused first by
+:func:`confhub.kv.check_transaction`, against the same listing. Unlike etcd, a Consul
+transaction cannot compare a whole prefix, so a key created under the scope between the
+listing and the commit is not seen (as for a single write). In the document layout a
+transaction is one read-modify-CAS of the document key.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confhub import (
+    MISSING,
     SourceFormatError,
     SourceUnavailableError,
     WriteConflictError,
     WriteError,
+    WriteOp,
     kv,
     parse_document,
 )
@@ -42,6 +53,8 @@ MAX_VALUE_SIZE = 524_288
 MAX_TXN_BODY = 524_288
 #: How many times a document write re-reads and retries after losing a CAS race.
 DOCUMENT_ATTEMPTS = 5
+#: Consul's default ``txn_max_ops``: operations in one transaction.
+MAX_TXN_OPS = 128
 #: One dotted-key segment a write may use: passes every released Consul key validator.
 _SEGMENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_,-")
 
@@ -77,11 +90,21 @@ class ConsulWriter:
         """The dotted keys of the Consul keys a write of ``key`` could clash with: a
         ``?keys`` listing of :meth:`~confhub.kv.KeyMap.write_scope`, asked of the leader
         (keys the source cannot read are left out: they are refused when it reads)."""
+        return list(self._held(conn, key))
+
+    def _held(self, conn: Connection, key: str) -> dict[str, list[str]]:
+        """The dotted keys under ``key``'s write scope, each with its Consul keys."""
+        names, _index = self._listing(conn, key)
+        return self._keys.index(n for n in names if isinstance(n, str))
+
+    def _listing(self, conn: Connection, key: str) -> tuple[list[Any], int]:
+        """The Consul keys under ``key``'s write scope and the listing's X-Consul-Index."""
         scope = self._keys.write_scope(key)
         query = [("keys", "")] + ([("dc", self.options.dc)] if self.options.dc else [])
         resp = self._send(conn, "GET", kv_path(scope), query, None, key=key)
+        index = _index_of(resp)
         if resp.status == 404:
-            return []
+            return [], index
         if resp.status != 200:
             self._check_status(resp, key)
             raise SourceUnavailableError(
@@ -100,15 +123,7 @@ class ConsulWriter:
                 source=self.source,
                 key=key,
             )
-        found = []
-        for name in names:
-            try:
-                dotted = self._keys.to_dotted(name) if isinstance(name, str) else None
-            except SourceFormatError:
-                continue
-            if dotted is not None:
-                found.append(dotted)
-        return found
+        return names, index
 
     def _segments(self, key: object) -> list[str]:
         segments = key.split(".") if isinstance(key, str) else []
@@ -313,6 +328,190 @@ class ConsulWriter:
             actual=actual if actual is not None else 0,
         )
 
+    # -- delete, transactions, read ------------------------------------------------------------
+    def delete(self, key: str, expected_revision: object = None) -> int:
+        """Delete dotted ``key`` (every Consul key holding it) in one ``/v1/txn``."""
+        return self.commit((WriteOp.delete(key, expected_revision),))
+
+    def commit(self, ops: Sequence[WriteOp], force: bool = False) -> int:
+        """Apply ``ops`` in ONE ``/v1/txn`` (see the module docstring); the new index."""
+        ops = tuple(ops)
+        expected = {op.key: self._cas(op.key, op.expected_revision) for op in ops}
+        for op in ops:
+            self._segments(op.key)
+        if self.options.document is not None:
+            return self._commit_document(ops, expected, force)
+        conn = self._connection()
+        held: dict[str, list[str]] = {}
+        for scope_key in {self._keys.write_scope(op.key): op.key for op in ops}.values():
+            held.update(self._held(conn, scope_key))
+        kv.check_transaction(held.keys(), ops, source=self.source, force=force)
+        body: list[dict[str, Any]] = []
+        owner: list[str] = []  # the dotted key of each txn op, for a 409's OpIndex
+        for op in ops:
+            names = held.get(op.key) or [self.options.prefix + op.key.replace(".", "/")]
+            cas = expected[op.key]
+            if op.action == "put":
+                data = kv.encode_value(op.value, source=self.source, key=op.key)
+                self._check_size(data, op.key)
+                entry: dict[str, Any] = {
+                    "Verb": "set" if cas is None else "cas",
+                    "Key": names[0],
+                    "Value": base64.b64encode(data).decode("ascii"),
+                }
+                if cas is not None:
+                    entry["Index"] = cas
+                body.append({"KV": entry})
+                owner.append(op.key)
+                continue
+            if cas == 0:
+                body.append({"KV": {"Verb": "check-not-exists", "Key": names[0]}})
+                owner.append(op.key)
+            elif cas is not None:
+                body.append({"KV": {"Verb": "check-index", "Key": names[0], "Index": cas}})
+                owner.append(op.key)
+            if op.key in held:
+                body += [{"KV": {"Verb": "delete", "Key": name}} for name in names]
+                owner += [op.key] * len(names)
+        return self._send_txn(conn, body, owner, ops)
+
+    def _check_size(self, data: bytes, key: str) -> None:
+        if len(data) > MAX_VALUE_SIZE:
+            raise WriteError(
+                f"{self.source}: the value for {key!r} is {len(data)} bytes; Consul's limit "
+                f"is {MAX_VALUE_SIZE} bytes (512 KiB): store less, or split it",
+                source=self.source,
+                key=key,
+            )
+
+    def _send_txn(
+        self, conn: Connection, body: list[dict[str, Any]], owner: list[str], ops: Sequence[WriteOp]
+    ) -> int:
+        first = ops[0].key
+        if not body:  # only deletes of keys that are not there
+            return self._listing(conn, first)[1]
+        payload = json.dumps(body).encode()
+        if len(body) > MAX_TXN_OPS or len(payload) > MAX_TXN_BODY:
+            raise WriteError(
+                f"{self.source}: the transaction needs {len(body)} operations and "
+                f"{len(payload):,} bytes; Consul accepts at most {MAX_TXN_OPS} and "
+                f"{MAX_TXN_BODY:,} (txn_max_ops, txn_max_req_len): split the change",
+                source=self.source,
+                key=first,
+            )
+        query = [("dc", self.options.dc)] if self.options.dc else []
+        resp = self._send(conn, "PUT", "/v1/txn", query, payload, key=first)
+        self._check_status(resp, first)
+        try:
+            answer = json.loads(resp.body)
+        except ValueError:
+            answer = None
+        if resp.status == 409:
+            errors = [e for e in (answer or {}).get("Errors") or [] if isinstance(e, dict)]
+            what = "; ".join(str(e.get("What", "")) for e in errors)
+            if "Permission denied" in what or "ACL" in what:
+                raise WriteError(
+                    f"{self.source}: Consul refused the transaction ({what}); the ACL token "
+                    "needs key_prefix write on the prefix",
+                    source=self.source,
+                    key=first,
+                )
+            at = errors[0].get("OpIndex") if errors else None
+            key = owner[at] if isinstance(at, int) and 0 <= at < len(owner) else first
+            raise WriteConflictError(
+                f"{self.source}: nothing was written: {what or 'a check failed'} (the "
+                f"expected revision of {key!r}); re-read and retry",
+                source=self.source,
+                key=key,
+                expected=next((op.expected_revision for op in ops if op.key == key), None),
+            )
+        indexes = []
+        for result in (answer or {}).get("Results") or []:
+            try:
+                indexes.append(int(result["KV"]["ModifyIndex"]))
+            except (TypeError, KeyError, ValueError):
+                continue
+        if indexes:
+            return max(indexes)
+        return self._listing(conn, first)[1]  # deletes only: the scope's index after them
+
+    def _commit_document(
+        self, ops: tuple[WriteOp, ...], expected: Mapping[str, int | None], force: bool
+    ) -> int:
+        """A transaction into the document key: one read-modify-CAS (retried when another
+        writer changed it and no op named a revision)."""
+        document = self.options.document or ""
+        fmt = self.options.fmt or "json"
+        for op in ops:
+            if op.action == "put":
+                _check_document_value(self.source, op.key, op.value)
+        wanted = {v for v in expected.values() if v is not None}
+        conn = self._connection()
+        for _ in range(DOCUMENT_ATTEMPTS):
+            found = self._read(conn, document, key=ops[0].key)
+            actual = 0 if found is None else found[0]
+            if wanted - {actual}:
+                raise WriteConflictError(
+                    f"{self.source}: document key {document!r} is at revision {actual}, not "
+                    f"{min(wanted - {actual})}; nothing was written: re-read it and retry",
+                    source=self.source,
+                    key=ops[0].key,
+                    expected=min(wanted - {actual}),
+                    actual=actual,
+                )
+            parsed = self._parsed(found, document, fmt, ops[0].key)
+            payload = kv.commit_into_document(parsed, fmt, ops, source=self.source, force=force)
+            try:
+                return self._put(document, payload, actual, key=ops[0].key)
+            except WriteConflictError:
+                if wanted:
+                    raise
+        raise WriteConflictError(
+            f"{self.source}: document key {document!r} kept changing during "
+            f"{DOCUMENT_ATTEMPTS} attempts to commit; retry later",
+            source=self.source,
+            key=ops[0].key,
+        )
+
+    def _parsed(
+        self, found: tuple[int, bytes] | None, document: str, fmt: str, key: str
+    ) -> Mapping[str, Any] | None:
+        if found is None:
+            return None
+        try:
+            return parse_document(found[1], fmt, source=self.source, path=document)
+        except SourceFormatError as exc:
+            raise WriteError(
+                f"{self.source}: cannot write {key!r}: the document key {document!r} "
+                f"does not hold a valid {fmt} document ({exc}); fix or rewrite it first",
+                source=self.source,
+                key=key,
+            ) from exc
+
+    def read(self, key: str) -> tuple[Any, int]:
+        """``(value, ModifyIndex)`` of dotted ``key``, asked of the leader; ``(MISSING, 0)``
+        when absent. In the document layout: the value inside the document and the
+        document key's ModifyIndex (what ``write``'s ``expected_revision`` compares)."""
+        segments = self._segments(key)
+        conn = self._connection()
+        if self.options.document is not None:
+            document = self.options.document
+            found = self._read(conn, document, key=key)
+            node: Any = self._parsed(found, document, self.options.fmt or "json", key) or {}
+            for part in segments:
+                if not isinstance(node, Mapping) or part not in node:
+                    return MISSING, 0 if found is None else found[0]
+                node = node[part]
+            return node, 0 if found is None else found[0]
+        held = self._held(conn, key).get(key)  # the Consul key that holds it
+        if not held:
+            return MISSING, 0
+        ckey = held[0]
+        found = self._read(conn, ckey, key=key)
+        if found is None:
+            return MISSING, 0
+        return kv.decode_text(found[1], source=self.source, key=ckey, noun="Consul key"), found[0]
+
     # -- one key inside a document -------------------------------------------------------------
     def _write_document(self, key: str, value: object, cas: int | None) -> int:
         """Read-modify-CAS of the document key; see the module docstring."""
@@ -359,6 +558,14 @@ class ConsulWriter:
             source=self.source,
             key=key,
         )
+
+
+def _index_of(resp: Response) -> int:
+    """A read's ``X-Consul-Index`` (at least 1, as Consul promises)."""
+    try:
+        return max(1, int(resp.header("X-Consul-Index") or 1))
+    except ValueError:
+        return 1
 
 
 def _check_document_value(source: str, key: str, value: object) -> None:

@@ -119,6 +119,11 @@ class ConsulTestServer:
     * ``missing_key_blocking``: ``"current"`` (a blocked read of a missing key wakes only when
       the key appears) or ``"legacy"`` (any KV write wakes it, Consul < 1.13 / issue #9449).
     * ``strict_session_decode``: unknown session-create fields give 400.
+    * ``dcsa_min`` (60 s: a smaller ``DeregisterCriticalServiceAfter`` is raised to it),
+      ``check_reap_interval`` (30 s: how often the agent reaps services critical for longer
+      than that) and ``check_update_interval`` (300 s: how long an output-only check update
+      waits before the health endpoints show it). Real Consul's values are the defaults;
+      tests shorten them to run in seconds.
     * ``tls_cert``/``tls_key``: serve HTTPS; ``tls_client_ca``: also require client
       certificates signed by that CA.
     * ``start_index``: the Raft index before the first write (never 0).
@@ -152,6 +157,9 @@ class ConsulTestServer:
         key_validation: KeyValidation = "current",
         missing_key_blocking: MissingKeyBlocking = "current",
         strict_session_decode: bool = True,
+        dcsa_min: float = 60.0,
+        check_reap_interval: float = 30.0,
+        check_update_interval: float = 300.0,
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
         tls_client_ca: str | Path | None = None,
@@ -187,6 +195,9 @@ class ConsulTestServer:
             key_validation=key_validation,
             missing_key_blocking=missing_key_blocking,
             strict_session_decode=strict_session_decode,
+            dcsa_min=dcsa_min,
+            check_reap_interval=check_reap_interval,
+            check_update_interval=check_update_interval,
         )
         self._state = ConsulState(
             clock=clock or time.monotonic,
@@ -329,6 +340,21 @@ class ConsulTestServer:
         """Invalidate sessions whose TTL ran out on the server clock now; return their IDs."""
         return self._state.expire_sessions()
 
+    def run_timers(self) -> None:
+        """Do now what the reaper thread does every ``reaper_interval``: expire sessions and
+        TTL checks, sync deferred check output, and reap critical services when the reap
+        period came round (useful with a :class:`ManualClock`)."""
+        self._engine.tick()
+
+    def service_ids(self) -> list[str]:
+        """IDs of the services registered on the agent, sorted."""
+        return [s.id for s in self._engine.agent.services()]
+
+    def check_status(self, check_id: str) -> str | None:
+        """A check's status (``passing``/``warning``/``critical``), or None if unknown."""
+        check = self._engine.agent.check(check_id)
+        return None if check is None else check.status
+
     def add_token(self, token: AclToken) -> None:
         """Register (or replace) an ACL token."""
         with self._engine_lock():
@@ -374,7 +400,9 @@ class ConsulTestServer:
         Stored data is kept, tombstones are dropped, and every blocked query returns at once
         with the new, lower index (clients must reset their index to 0).
         """
-        self._state.restore_snapshot(to)
+        with self._state.cond:  # one step: a woken query sees every index lowered
+            self._state.restore_snapshot(to)
+            self._engine.agent.restore(to)
 
     def gc_tombstones(self) -> None:
         """Drop KV tombstones, as Consul's tombstone GC does; prefix indexes may go back."""
@@ -428,6 +456,15 @@ class ConsulTestServer:
         return self._engine.add_fault(
             "hang", path_prefix=path_prefix, methods=_methods(methods), times=times
         )
+
+    def partition(self) -> FaultHandle:
+        """Cut the server off: every open connection is shut down (parked blocking queries
+        included: their clients see the connection drop) and every new request is dropped
+        unanswered, until the returned handle is cleared (or :meth:`clear_faults`). The
+        state is kept, as for an agent behind a network partition."""
+        handle = self.drop_connections(times=None)
+        self._require_running().sever()
+        return handle
 
     def release_hung(self) -> None:
         """Answer every request currently parked by :meth:`hang`."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from confhub import (
     SpecError,
     WriteConflictError,
     WriteError,
+    WriteOp,
     kv,
 )
 
@@ -48,6 +49,7 @@ from ._config import EtcdSourceConfig, parse_spec
 from ._documents import updated_document
 from ._errors import EtcdAuthError, EtcdError, EtcdLimitError, EtcdTLSError, EtcdTooManyKeys
 from ._layers import NOUN, checked_tree_layer, document_layer, fast_tree_layer, tree_delta
+from ._transactions import WRITE_ATTEMPTS, EtcdTransactions
 from ._types import (
     EventKind,
     KeyValue,
@@ -72,11 +74,6 @@ class _Trouble(enum.Enum):
     TOO_MANY_KEYS = "too many keys"
     BROKEN = "broken content"
     DOCUMENT_MISSING = "document key missing"
-
-
-#: How many times a tree write reads its scope again when another key under it was written
-#: between the read and the put (see :meth:`EtcdBackend.write`).
-WRITE_ATTEMPTS = 5
 
 
 def _principal(config: EtcdSourceConfig) -> str | None:
@@ -125,6 +122,14 @@ class EtcdBackend(Backend):
         self._lost = False
         self._broken = False  # the content is refused (broken, too many keys, missing)
         self._reports = kv.ReportOnce()
+        self._transactions = EtcdTransactions(
+            client=lambda: self.client,
+            keys=self.keys,
+            config=config,
+            display=self.display,
+            check_key=self._etcd_key,
+            translate=self._translate,
+        )
 
     def __repr__(self) -> str:
         return f"EtcdBackend({self.display!r})"
@@ -477,6 +482,23 @@ class EtcdBackend(Backend):
             source=self.display,
             key=key,
         )
+
+    # -- delete, transactions, read (confhub_etcd._transactions) ----------------------------
+
+    def delete(self, key: str, expected_revision: Any = None) -> int:
+        """Delete dotted ``key`` (every etcd key that holds it); nothing there is no error,
+        a table there is a :class:`confhub.WriteError`. Returns the revision after it."""
+        return self._transactions.commit((WriteOp.delete(key, expected_revision),))
+
+    def commit(self, ops: Sequence[WriteOp], force: bool = False) -> int:
+        """Apply ``ops`` in ONE etcd transaction; returns its revision
+        (:meth:`confhub_etcd._transactions.EtcdTransactions.commit`)."""
+        return self._transactions.commit(ops, force)
+
+    def read(self, key: str) -> tuple[Any, int]:
+        """``(value, mod_revision)`` of dotted ``key`` read from etcd; ``(MISSING, 0)``
+        when absent (:meth:`confhub_etcd._transactions.EtcdTransactions.read`)."""
+        return self._transactions.read(key)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

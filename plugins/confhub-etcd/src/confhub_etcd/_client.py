@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
+import grpc
+
 from ._errors import (
     EtcdAuthError,
     EtcdCASConflict,
@@ -52,7 +54,7 @@ from ._errors import (
     EtcdTooManyKeys,
     EtcdUnavailable,
 )
-from ._rpc import ResponseTooLarge, WatchStream, stubs, to_key_value
+from ._rpc import ResponseTooLarge, WatchStream, stubs, to_key_value, translate
 from ._transport import Transport, parse_endpoint, read_tls
 from ._types import (
     Backoff,
@@ -454,6 +456,57 @@ class EtcdClient:
                 actual = int(op.response_range.kvs[0].mod_revision)
         return CASResult(False, revision, key_b, expected, actual)
 
+    def guarded_txn(
+        self,
+        *,
+        puts: Sequence[tuple[bytes, bytes]],
+        deletes: Sequence[bytes],
+        scopes: Mapping[bytes, int],
+        expected: Mapping[bytes, int],
+    ) -> tuple[bool, int, dict[bytes, int]]:
+        """Apply ``puts`` and ``deletes`` in ONE transaction, only if no key under each of
+        ``scopes`` was written after its revision and every key of ``expected`` is at that
+        mod_revision (0: absent). Returns ``(succeeded, revision, actual)``: on a failed
+        compare ``actual`` holds the current mod_revision of each ``expected`` key (when
+        all match, a scope changed instead: read it again). Limits are checked before
+        sending (:class:`EtcdLimitError`)."""
+        rpc = stubs()
+        compares = [
+            rpc.Compare(
+                key=scope,
+                range_end=prefix_range_end(scope),
+                result=rpc.Compare.LESS,
+                target=rpc.Compare.MOD,
+                mod_revision=revision + 1,
+            )
+            for scope, revision in scopes.items()
+        ]
+        compares += [
+            rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, mod_revision=rev)
+            for key, rev in expected.items()
+        ]
+        ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v)) for k, v in puts]
+        ops += [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)) for k in deletes]
+        _check_ops(max(len(ops), len(compares)), self._max_txn_ops, "transaction")
+        request = rpc.TxnRequest(
+            compare=compares,
+            success=ops,
+            failure=[
+                rpc.RequestOp(request_range=rpc.RangeRequest(key=k, keys_only=True))
+                for k in expected
+            ],
+        )
+        _check_size(request, self._max_request_bytes, "transaction")
+        response = self._unary("kv", "Txn", request, idempotent=False, what="transaction")
+        revision = int(response.header.revision)
+        actual = dict.fromkeys(expected, 0)
+        if not response.succeeded:
+            for op in response.responses:
+                if op.HasField("response_range") and op.response_range.kvs:
+                    item = op.response_range.kvs[0]
+                    actual[bytes(item.key)] = int(item.mod_revision)
+        return bool(response.succeeded), revision, actual
+
     def revision(self) -> int:
         """The current store revision."""
         response = self._unary(
@@ -628,6 +681,43 @@ class EtcdClient:
         """Stop ``watcher`` when this client closes (``PrefixWatcher.start`` calls it)."""
         with self._lock:
             self._watchers.add(watcher)
+
+    # -- leases and raw requests (the service registry's; see _registry.py) ---------------------
+
+    def call(self, stub: str, method: str, request: Any, *, idempotent: bool, what: str) -> Any:
+        """Send one unary request built from :func:`confhub_etcd._rpc.stubs` messages (``stub``
+        is ``kv``, ``lease``, ``watch`` ...) with the client's deadline, auth, failover and
+        retries; ``idempotent=False`` for a write. Raises :class:`EtcdError`."""
+        return self._unary(stub, method, request, idempotent=idempotent, what=what)
+
+    def lease_keepalive(self, lease_id: int) -> int:
+        """Refresh lease ``lease_id`` once; returns its new TTL in seconds, 0 when etcd no
+        longer has the lease. One short ``LeaseKeepAlive`` stream, bounded by the deadline."""
+        request = stubs().LeaseKeepAliveRequest(ID=lease_id)
+        call = self._unary(
+            "lease", "LeaseKeepAlive", iter([request]), idempotent=True, what="lease keepalive"
+        )
+        endpoint = self.current_endpoint
+        try:
+            response = next(iter(call), None)
+        except grpc.RpcError as exc:
+            error = translate(exc, endpoint, what="lease keepalive", tls=self._tls is not None)
+            if isinstance(error, EtcdUnavailable):
+                self.report_failure(endpoint)
+            raise error from None
+        finally:
+            call.cancel()
+        return 0 if response is None else int(response.TTL)
+
+    def open_lease_keepalive(self, requests: Iterator[Any]) -> tuple[str, Any]:
+        """A long-lived ``LeaseKeepAlive`` stream fed by ``requests``: ``(endpoint, call)``
+        (see ``confhub_etcd._lease.KeepaliveStream``)."""
+        return self._transport.open_lease_keepalive(requests)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the client talks TLS."""
+        return self._tls is not None
 
     def _unary(self, stub: str, method: str, request: Any, *, idempotent: bool, what: str) -> Any:
         # Every request of this class goes through here (one place to wrap in a test).

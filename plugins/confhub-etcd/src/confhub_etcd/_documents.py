@@ -7,11 +7,12 @@ calls this, and writes the result with compare-and-swap on the key's revision.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confhub import kv, parse_document
+from confhub import MISSING, WriteOp, kv, parse_document
 
-__all__ = ["updated_document"]
+__all__ = ["committed_document", "updated_document", "value_in_document"]
 
 
 def updated_document(raw: bytes | None, fmt: str, key: str, value: Any, *, source: str) -> bytes:
@@ -21,3 +22,22 @@ def updated_document(raw: bytes | None, fmt: str, key: str, value: Any, *, sourc
     (:func:`confhub.kv.check_write_shape`)."""
     document = parse_document(raw, fmt, source=source) if raw is not None else None
     return kv.write_into_document(document, fmt, key, value, source=source)
+
+
+def committed_document(
+    raw: bytes | None, fmt: str, ops: Sequence[WriteOp], *, source: str, force: bool
+) -> bytes:
+    """The document ``raw`` with every op of a transaction applied
+    (:func:`confhub.kv.commit_into_document`)."""
+    document = parse_document(raw, fmt, source=source) if raw is not None else None
+    return kv.commit_into_document(document, fmt, ops, source=source, force=force)
+
+
+def value_in_document(raw: bytes | None, fmt: str, key: str, *, source: str) -> Any:
+    """The value at dotted ``key`` in the document ``raw``; ``MISSING`` when absent."""
+    node: Any = parse_document(raw, fmt, source=source) if raw is not None else {}
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return MISSING
+        node = node[part]
+    return node

@@ -1,7 +1,8 @@
 """confhub plugin entry point for the etcd backend (entry point ``etcd`` in group ``confhub``).
 
-Implements ``confhub_backend_schemes``, ``confhub_make_backend`` (scheme ``etcd``, no I/O) and
-``confhub_demo``. The backend itself is :class:`confhub_etcd._backend.EtcdBackend`.
+Implements ``confhub_backend_schemes``, ``confhub_make_backend`` (scheme ``etcd``, no I/O),
+``confhub_make_registry`` (the service registry on etcd, no I/O) and ``confhub_demo``. The
+backend itself is :class:`confhub_etcd._backend.EtcdBackend`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,14 @@ if TYPE_CHECKING:
     from confhub import BackendSettings, SourceSpec
 
     from ._backend import EtcdBackend
+    from ._registry import EtcdRegistry
 
-__all__ = ["confhub_backend_schemes", "confhub_demo", "confhub_make_backend"]
+__all__ = [
+    "confhub_backend_schemes",
+    "confhub_demo",
+    "confhub_make_backend",
+    "confhub_make_registry",
+]
 
 
 @hookimpl
@@ -53,6 +60,16 @@ def confhub_make_backend(spec: SourceSpec, settings: BackendSettings) -> EtcdBac
     from ._backend import make_backend  # noqa: PLC0415 - keep plugin discovery free of gRPC
 
     return make_backend(spec, settings)
+
+
+@hookimpl
+def confhub_make_registry(spec: SourceSpec, settings: BackendSettings) -> EtcdRegistry | None:
+    """An :class:`EtcdRegistry` for ``etcd:`` specs; ``None`` for other schemes. No I/O."""
+    if spec.scheme != "etcd":
+        return None
+    from ._registry import make_registry  # noqa: PLC0415 - keep plugin discovery free of gRPC
+
+    return make_registry(spec, settings)
 
 
 @hookimpl

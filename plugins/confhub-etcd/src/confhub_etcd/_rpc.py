@@ -207,6 +207,7 @@ class Connection:
     watch: Any
     auth: Any
     maintenance: Any
+    lease: Any = None
 
 
 def open_connection(
@@ -233,6 +234,7 @@ def open_connection(
         watch=rpc.WatchStub(calls),
         auth=rpc.AuthStub(calls),
         maintenance=rpc.MaintenanceStub(calls),
+        lease=rpc.LeaseStub(calls),
     )
 
 

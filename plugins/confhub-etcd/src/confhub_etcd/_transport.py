@@ -176,6 +176,18 @@ class Transport:
             may_retry=functools.partial(self._fork_retry, conn, idempotent=True),
         )
 
+    def open_lease_keepalive(self, requests: Iterator[Any]) -> tuple[str, Any]:
+        """Open a long-lived ``LeaseKeepAlive`` stream (no deadline) on the current
+        endpoint, fed by ``requests``; returns ``(endpoint, call)``. Raises
+        :class:`EtcdError` (closed, unavailable, auth)."""
+        conn = self._connection()
+        metadata = self._metadata(conn)
+        with self._lock:
+            if self._closed:
+                raise EtcdClosedError("the etcd client is closed; create a new EtcdClient")
+            call = conn.lease.LeaseKeepAlive(requests, metadata=metadata)
+        return conn.endpoint, call
+
     def report_failure(self, endpoint: str) -> None:
         """``endpoint`` failed: move to the next endpoint if it is still the current one."""
         with self._lock:

@@ -46,6 +46,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -351,6 +352,25 @@ class EtcdCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no etcd leader elected within {timeout} s")
             time.sleep(0.05)
+
+    def spec(self, prefix: str = "/", **options: str) -> str:
+        """The source spec that reads ``prefix`` of this cluster (every member an endpoint):
+        ``"/app/"`` -> ``etcd://127.0.0.1:PORT/app/``; a prefix without its leading slash
+        goes in ``?prefix=``. ``options`` are added to the query string (``timeout="1"``).
+        TLS and auth clusters need their credentials in the spec: build those by hand."""
+        if self.tls_enabled or self.auth_enabled:
+            raise ValueError(
+                "EtcdCluster.spec() builds plain specs only; a TLS or auth cluster needs its "
+                "certificates or password in the spec (see docs/etcd/backend.md)"
+            )
+        hosts = ",".join(self.endpoints)
+        query = dict(options)
+        if prefix.startswith("/"):
+            path = prefix
+        else:
+            path, query = "", {"prefix": prefix, **query}
+        tail = ("?" + urllib.parse.urlencode(query)) if query else ""
+        return f"etcd://{hosts}{path}{tail}"
 
     def put(self, key: str | bytes, value: str | bytes) -> int:
         """Write one key through any running member; returns the new revision."""
