@@ -107,6 +107,11 @@ class EventQueue:
         """How many items wait."""
         return len(self._items)
 
+    def after_fork(self) -> None:
+        """In a forked child: a new condition (a dead thread's waiter would swallow a
+        notify, and a parent thread may have held its lock); the items stay."""
+        self._cond = threading.Condition()
+
 
 class Dispatcher:
     """The subscribers of one hub and the notifier thread that calls them.
@@ -179,6 +184,15 @@ class Dispatcher:
         """Start the notifier thread."""
         self._thread = threading.Thread(target=self._run, name="confhub-notifier", daemon=True)
         self._thread.start()
+
+    def after_fork(self) -> None:
+        """In a forked child (the hub's at-fork handler): new locks and a new notifier
+        thread if one ran; queued events are delivered here (the parent's copies of the
+        subscribers never got them in this process)."""
+        self._lock = threading.Lock()
+        self._queue.after_fork()
+        if self._thread is not None:
+            self.start()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop delivering (events still queued are dropped), join the thread, deactivate

@@ -54,7 +54,23 @@ class SourceError(ConfhubError):
 
 
 class SourceUnavailableError(SourceError):
-    """The source cannot be reached right now (transient): fallbacks and retries apply."""
+    """The source cannot be reached right now (transient): fallbacks and retries apply.
+
+    ``retry_at_start=False`` says that trying again during this start cannot help (a TLS
+    handshake that failed on a certificate): the start goes on to the alternates and the
+    caches, then fails or is absent at once instead of retrying until ``start_timeout``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str,
+        key: str | None = None,
+        retry_at_start: bool = True,
+    ) -> None:
+        super().__init__(message, source=source, key=key)
+        self.retry_at_start = retry_at_start
 
 
 class SourceFormatError(SourceError):
@@ -191,15 +207,22 @@ class WriteConflictError(WriteError):
 class StartupError(ConfhubError):
     """A required source could not be loaded from anywhere.
 
-    ``attempts`` holds ``(what, error)`` pairs for every place that was tried, in order.
+    ``attempts`` holds ``(what, error)`` pairs for every place that was tried (in its last
+    round), in order; ``rounds`` says how many rounds were tried before the start ceiling.
     """
 
     def __init__(
-        self, message: str, *, source: str, attempts: Sequence[tuple[str, BaseException]] = ()
+        self,
+        message: str,
+        *,
+        source: str,
+        attempts: Sequence[tuple[str, BaseException]] = (),
+        rounds: int = 1,
     ) -> None:
         super().__init__(message)
         self.source = source
         self.attempts = tuple(attempts)
+        self.rounds = rounds
 
 
 class PluginError(ConfhubError):

@@ -36,6 +36,7 @@ from ._health import SlotState, log_fields
 from ._layer import Layer, too_many_keys
 from ._slot import Slot, check_keys
 from ._spec import SourceSpec
+from ._startretry import StartRetries
 from .kv import Backoff
 
 log = logging.getLogger("confhub")
@@ -86,11 +87,13 @@ def load_slots(
     connect_timeout: float,
     start_timeout: float,
     stop: threading.Event | None = None,
+    backoff: Backoff | None = None,
 ) -> None:
     """Fill every slot in order (see :func:`load_slot`), all within ``start_timeout``.
 
     ``stop`` set (the hub was closed meanwhile) ends the chain before its next slot with
-    :class:`HubStateError`; a load under way is not interrupted.
+    :class:`HubStateError`; a load under way is not interrupted. ``backoff`` spaces the
+    rounds of a required slot that nothing could serve (:mod:`confhub._startretry`).
     """
     deadline = time.monotonic() + start_timeout
     for slot in slots:
@@ -103,6 +106,7 @@ def load_slots(
             deadline=deadline,
             connect_timeout=connect_timeout,
             start_timeout=start_timeout,
+            retries=StartRetries(deadline, backoff or Backoff(0.5, 30.0), stop),
         )
 
 
@@ -114,22 +118,37 @@ def load_slot(
     deadline: float,
     connect_timeout: float,
     start_timeout: float,
+    retries: StartRetries | None = None,
 ) -> None:
-    """Fill ``slot``: live members in order, then their caches; else absent or fail."""
+    """Fill ``slot``: live members in order, then their caches; else absent or fail. A
+    required slot that nothing served tries again while ``retries`` allows."""
     for spec in slot.members:
         _ = spec.max_keys  # validates max_keys=: a bad one is a SpecError at start
-    attempts: list[tuple[str, BaseException]] = []
-    if _try_live_members(
-        slot, hook, make_backend, attempts, deadline, connect_timeout, start_timeout
-    ):
-        return
-    refused = any(isinstance(e, SourcePermissionError) for _, e in attempts)
-    if not refused and _try_caches(slot, hook, attempts):
-        return
-    broken = [e for _, e in attempts if isinstance(e, SourceFormatError)]
-    if broken:
-        raise broken[0]  # no cache: fail as before, with the store's own words
-    _absent_or_fail(slot, attempts, refused)
+    while True:
+        attempts: list[tuple[str, BaseException]] = []  # of the last round
+        if _try_live_members(
+            slot, hook, make_backend, attempts, deadline, connect_timeout, start_timeout
+        ):
+            return
+        refused = any(isinstance(e, SourcePermissionError) for _, e in attempts)
+        if not refused and _try_caches(slot, hook, attempts):
+            return
+        broken = [e for _, e in attempts if isinstance(e, SourceFormatError)]
+        if broken:
+            raise broken[0]  # no cache: fail as before, with the store's own words
+        if refused or slot.optional or not _worth_retrying(slot, attempts):
+            break
+        if retries is None or not retries.again():
+            break
+    _absent_or_fail(slot, attempts, refused, retries)
+
+
+def _worth_retrying(slot: Slot, attempts: list[tuple[str, BaseException]]) -> bool:
+    """Whether another round could help: only for a remote (``cacheable``) store (a missing
+    file is reported at once), and not when a backend said it cannot (a TLS certificate
+    failure: ``SourceUnavailableError.retry_at_start``)."""
+    remote = any(is_cacheable(b) for b in slot.backends if b is not None)
+    return remote and all(getattr(e, "retry_at_start", True) for _, e in attempts)
 
 
 def _try_live_members(
@@ -143,7 +162,9 @@ def _try_live_members(
 ) -> bool:
     """Try each member live, in order; serve the first that answers (True)."""
     for i, spec in enumerate(slot.members):
-        backend = slot.backends[i] = make_backend(spec)
+        backend = slot.backends[i]
+        if backend is None:  # made once: a retry round reuses it (and its connections)
+            backend = slot.backends[i] = make_backend(spec)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             attempts.append(
@@ -219,7 +240,12 @@ def _try_caches(slot: Slot, hook: Any, attempts: list[tuple[str, BaseException]]
     return False
 
 
-def _absent_or_fail(slot: Slot, attempts: list[tuple[str, BaseException]], refused: bool) -> None:
+def _absent_or_fail(
+    slot: Slot,
+    attempts: list[tuple[str, BaseException]],
+    refused: bool,
+    retries: StartRetries | None = None,
+) -> None:
     """Nothing answered: an optional slot is absent; a required one raises StartupError."""
     if slot.optional:
         slot.serve_nothing(attempts[-1][1] if attempts else None)
@@ -235,11 +261,13 @@ def _absent_or_fail(slot: Slot, attempts: list[tuple[str, BaseException]], refus
         if not refused and any(is_cacheable(b) for b in slot.backends if b is not None)
         else ""
     )
+    tried = f" {retries.describe()}" if retries is not None else ""
     raise StartupError(
-        f"required source {slot.display} could not be loaded ({lines}){cached}; "
-        "start the store, add a fallback, or mark the source optional",
+        f"required source {slot.display} could not be loaded{tried} ({lines}){cached}; "
+        "start the store, add a fallback, raise start_timeout, or mark the source optional",
         source=slot.display,
         attempts=attempts,
+        rounds=1 if retries is None else retries.rounds,
     )
 
 

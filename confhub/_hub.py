@@ -35,6 +35,7 @@ from ._errors import (
 from ._explain import Explanation, explain
 from ._fallback import Follower, closed_during_start, load_slots
 from ._fleet import hub_share, share_source
+from ._forks import ForkGuard, Resumer, resume_slots
 from ._fromconfig import hub_arguments
 from ._health import Health, SlotState, SourceHealth
 from ._layer import Layer, LayerDelta
@@ -47,6 +48,7 @@ from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot, UnusableSnapshot
 from ._spec import SourceLike, SourceSpec, as_slots
 from ._strict import UnknownPolicy, strict_keys
 from ._writes import UPDATE_RETRIES, Transaction, Updated, Writer
+from .kv import Backoff
 
 log = logging.getLogger("confhub")
 
@@ -156,15 +158,8 @@ class Hub:
         self._persister = Persister(self.pm.hook.confhub_layer_accepted)
         self._stop = threading.Event()
         self._writer = Writer(self._slots, self.make_backend)
-        self._follower = Follower(
-            self.pm.hook,
-            lock=self._lock,
-            stop=self._stop,
-            on_update=self._on_update,
-            running=lambda: self._state is State.RUNNING,
-            retry_initial=retry_initial,
-            retry_max=retry_max,
-        )
+        self._follower = self._new_follower()
+        self._fork = ForkGuard(self._after_fork, self.close)
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> Hub:
@@ -228,6 +223,7 @@ class Hub:
                 connect_timeout=self.connect_timeout,
                 start_timeout=self.start_timeout,
                 stop=self._stop,
+                backoff=Backoff(self.retry_initial, max(self.retry_initial, self.retry_max)),
             )
             layers = tuple(s.layer for s in self._slots)
             snapshot = Snapshot(1, merge_full(layers), layers, self.sources)
@@ -255,6 +251,7 @@ class Hub:
             self._persister.start()
             for slot in self._slots:
                 self._follower.follow(slot)
+            self._fork.register()
             if self._state is not State.RUNNING:  # close() from this thread (a signal handler)
                 self._abandon_start()
                 raise closed_during_start()
@@ -287,6 +284,7 @@ class Hub:
 
     def _shutdown(self) -> None:
         self._state = State.CLOSED
+        self._fork.unregister()
         self._stop.set()
         for slot in self._slots:
             slot.close()
@@ -294,6 +292,34 @@ class Hub:
         self._persister.close()  # hands the last accepted layers to the cache first
         self._snapshot = UnusableSnapshot(
             "the hub is closed: reads need a running hub; create a new Hub"
+        )
+
+    def _new_follower(self) -> Follower:
+        return Follower(
+            self.pm.hook,
+            lock=self._lock,
+            stop=self._stop,
+            on_update=self._on_update,
+            running=lambda: self._state is State.RUNNING,
+            retry_initial=self.retry_initial,
+            retry_max=self.retry_max,
+        )
+
+    def _after_fork(self, parent: int) -> list[Resumer]:
+        """In a forked child, from the at-fork handler: new locks and threads; each slot that
+        follows a store is marked stale and re-read on a thread (``confhub._forks``)."""
+        if self._state is not State.RUNNING:
+            return []
+        self._lock, self._stop = threading.RLock(), threading.Event()
+        self._follower = self._new_follower()
+        self._dispatcher.after_fork()
+        self._persister.after_fork()
+        return resume_slots(
+            self._slots,
+            self._follower,
+            parent=parent,
+            make_backend=self.make_backend,
+            timeout=self.connect_timeout,
         )
 
     def _check_running(self, what: str) -> None:

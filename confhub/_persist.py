@@ -51,6 +51,13 @@ class Persister:
         self._thread = threading.Thread(target=self._run, name="confhub-persist", daemon=True)
         self._thread.start()
 
+    def after_fork(self) -> None:
+        """In a forked child (the hub's at-fork handler): a new condition and thread if one
+        ran; what is pending is written by this process."""
+        self._cond = threading.Condition()
+        if self._thread is not None:
+            self.start()
+
     def close(self, timeout: float = 10.0) -> None:
         """Hand over what is pending, then stop and join the thread. Idempotent."""
         with self._cond:

@@ -13,6 +13,7 @@ States and transitions::
     pending --serve_cached--> cached                 (start: only a cache answered)
     pending --serve_nothing--> absent                (start: optional, nothing answered)
     any --unload--> pending                          (start interrupted by close)
+    live/fallback --inherit--> stale                 (a forked child re-reads: ``_forks``)
     any --fail--> stale (a layer is served) | absent (none is)
     any --accept--> live | fallback | absent         (a layer passed validation)
     fallback/cached --promote(i)--> (then accept)    (recovery: a preferred member is back)
@@ -152,6 +153,17 @@ class Slot:
         self.layer = self.pending = None
         self.state = SlotState.PENDING
         self.since = time.time()
+
+    def inherit(self, error: BaseException) -> None:
+        """This slot arrived in a forked child without its watch: until it is re-read it is
+        ``stale`` (a ``cached``/``absent``/``stale`` one keeps its state), ``error`` says why.
+        Called from an at-fork handler: assignments only, no log (the resumer logs). The
+        failure is left unreported so that the resumer's report of it is news."""
+        if self.state in (SlotState.LIVE, SlotState.FALLBACK):
+            self.state = SlotState.STALE
+            self.since = time.time()
+        self.last_error = error
+        self.reported = None
 
     # -- running transitions -----------------------------------------------------------------
     def next_layer(self, update: Layer | LayerDelta) -> tuple[Layer, LayerDelta]:

@@ -24,7 +24,13 @@ from confhub.testing import MemoryStore
 
 
 def hub_for(store: MemoryStore, cache_dir: Path, *sources: Any, **kw: Any) -> Hub:
-    options: dict[str, Any] = {"retry_initial": 0.01, "retry_max": 0.05, **kw}
+    # start_timeout 1 s: a required store that is down fails start after its retry rounds.
+    options: dict[str, Any] = {
+        "retry_initial": 0.01,
+        "retry_max": 0.05,
+        "start_timeout": 1.0,
+        **kw,
+    }
     return Hub(
         list(sources) or [f"memory:{store.name}"],
         plugins=[store],

@@ -635,7 +635,9 @@ def test_invalid_utf8_in_a_cache_file_is_never_used(tmp_path: Path) -> None:
     cache.write_bytes(cache.read_bytes().replace(b'"1"', b'"\xff"'))
     store.fail()
     with pytest.raises(StartupError):
-        Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=tmp_path).start()
+        Hub(
+            ["memory:app"], plugins=[store], autoload=False, cache_dir=tmp_path, start_timeout=1
+        ).start()
     assert list(tmp_path.glob("*.corrupt-*"))
 
 

@@ -50,8 +50,9 @@ LAYERS: list[list[str]] = [
     ],  # builtin plugins
     ["_backends.argv", "_backends.dotenv", "_backends.secrets"],  # issue 13's builtins
     ["_registration", "_discovery", "_locks"],  # the registry's threads
-    ["_slot", "_plugins"],  # a slot's state machine; the plugin manager
+    ["_slot", "_plugins", "_startretry"],  # slot state machine; plugin manager; start rounds
     ["_fallback", "_writes"],  # start-up chain, recovery, polling; delete/txn/update
+    ["_forks"],  # a running hub inherited across fork() resumes in the child
     ["_hub", "_registry"],  # the facades that wire the stages
     ["_demoregistry"],  # the demo's registry part
     ["_demo", "_kvharness"],  # run a Hub
@@ -68,6 +69,7 @@ LAYERS: list[list[str]] = [
         "integrations.otel",
         "integrations.starlette",
         "integrations.flask",
+        "integrations.gunicorn",
     ],
     ["pytest_plugin"],  # the pytest plugin (fixtures on confhub.testing)
 ]

@@ -302,7 +302,13 @@ def test_start_failure_cycles_leak_nothing(tmp_path: Path, thread_errors: list[s
     threads_before = threading.active_count()
     fds_before = _fds()
     for _ in range(100):
-        hub = Hub([f"file:{path}", "memory:app"], plugins=[store], autoload=False, cache_dir=None)
+        hub = Hub(  # retry_initial 30 s: no start retry fits in start_timeout (one round)
+            [f"file:{path}", "memory:app"],
+            plugins=[store],
+            autoload=False,
+            cache_dir=None,
+            retry_initial=30.0,
+        )
         with pytest.raises(Exception, match="could not be loaded"):
             hub.start()
     wait_for(lambda: threading.active_count() == threads_before, timeout=5)

@@ -161,3 +161,10 @@ def test_sources_builders_surface_is_pinned() -> None:
         assert isinstance(
             getattr(confhub.sources, name)(*(["x"] if name != "argv" else [])), confhub.SourceSpec
         ), name
+
+
+def test_gunicorn_hooks_surface_is_pinned() -> None:
+    """confhub.integrations.gunicorn: the hooks a gunicorn.conf.py names, and its timeout."""
+    import confhub.integrations.gunicorn as hooks
+
+    assert hooks.__all__ == ["RESUME_TIMEOUT", "post_fork", "worker_exit"]

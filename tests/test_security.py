@@ -211,7 +211,9 @@ def _cached_store(tmp_path: Path) -> tuple[MemoryStore, Path]:
 
 def _refused(store: MemoryStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="confhub.cache"), pytest.raises(StartupError):
-        Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=tmp_path).start()
+        Hub(
+            ["memory:app"], plugins=[store], autoload=False, cache_dir=tmp_path, start_timeout=1
+        ).start()
     assert any("ignoring the cache file" in r.getMessage() for r in caplog.records)
 
 
@@ -554,7 +556,13 @@ def test_cache_of_one_principal_is_never_served_to_another(tmp_path: Path) -> No
         pass
     store.down = True
     with pytest.raises(StartupError):
-        Hub(["as:app?user=intruder"], plugins=[store], autoload=False, cache_dir=cache_dir).start()
+        Hub(
+            ["as:app?user=intruder"],
+            plugins=[store],
+            autoload=False,
+            cache_dir=cache_dir,
+            start_timeout=1,
+        ).start()
     with Hub(["as:app?user=trusted"], plugins=[store], autoload=False, cache_dir=cache_dir) as hub:
         assert hub.get("db.password") == "S3CRET-PASS"
         assert hub.health().sources[0].state == "cached"

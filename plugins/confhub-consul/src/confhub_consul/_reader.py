@@ -19,6 +19,7 @@ from __future__ import annotations
 import binascii
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Hashable, Mapping
 from typing import Any
@@ -172,6 +173,8 @@ class ConsulReader:
                 f"{self.source}: cannot reach Consul at {self.options.host}:"
                 f"{self.options.port} ({type(exc).__name__}: {exc}); retrying",
                 source=self.source,
+                # A certificate refused stays refused: a start does not retry it (as etcd).
+                retry_at_start=not isinstance(exc, ssl.SSLCertVerificationError),
             ) from exc
 
     def _listing_guard(self, status: int, headers: Mapping[str, str]) -> ChunkCheck | None:

@@ -47,7 +47,7 @@ from confhub import (
 from ._client import EtcdClient
 from ._config import EtcdSourceConfig, parse_spec
 from ._documents import updated_document
-from ._errors import EtcdAuthError, EtcdError, EtcdLimitError, EtcdTooManyKeys
+from ._errors import EtcdAuthError, EtcdError, EtcdLimitError, EtcdTLSError, EtcdTooManyKeys
 from ._layers import NOUN, checked_tree_layer, document_layer, fast_tree_layer, tree_delta
 from ._transactions import WRITE_ATTEMPTS, EtcdTransactions
 from ._types import (
@@ -184,7 +184,12 @@ class EtcdBackend(Backend):
                 "the password and the user's roles",
                 source=self.display,
             )
-        return SourceUnavailableError(f"{self.display}: {exc}", source=self.display)
+        # A certificate the other side refuses stays refused: not worth a start's retries.
+        return SourceUnavailableError(
+            f"{self.display}: {exc}",
+            source=self.display,
+            retry_at_start=not isinstance(exc, EtcdTLSError),
+        )
 
     # -- load ----------------------------------------------------------------------------------
 

@@ -124,8 +124,11 @@ _LIVE_CLIENTS: weakref.WeakSet[EtcdClient] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    # Only the parent's clients: a handler registered before this one (confhub's, which
+    # resumes hubs on threads of their own) may already have made new clients here.
     for client in list(_LIVE_CLIENTS):
-        client.reset_after_fork()
+        if client.inherited:
+            client.reset_after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -269,6 +272,12 @@ class EtcdClient:
         for watcher in watchers:
             watcher.close()
         _LIVE_CLIENTS.discard(self)
+
+    @property
+    def inherited(self) -> bool:
+        """Whether this client was made in another process (this one is its forked child)
+        and has not been reset for this one yet."""
+        return self._transport.inherited
 
     def reset_after_fork(self) -> None:
         """Forget this process's channels and locks, as a forked child must.

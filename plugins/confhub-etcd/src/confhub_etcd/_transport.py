@@ -49,6 +49,10 @@ def restore_test_interceptors(saved: tuple[Any, ...]) -> None:
 
 log = logging.getLogger("confhub.etcd")
 
+# The process that imported gRPC through this module: a transport made in any other one
+# (a forked child) starts with the after-fork grace.
+_IMPORTED_IN = os.getpid()
+
 
 def parse_endpoint(text: str) -> tuple[str, bool]:
     """``(host:port, wants TLS)`` from ``host[:port]`` or an ``http(s)://`` URL."""
@@ -102,7 +106,9 @@ class Transport:
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._connections: dict[str, Connection] = {}
-        self._fork_grace = False
+        # A client made in a forked child (a hub resuming there) inherits gRPC's process
+        # state as much as the parent's clients do: its first failing call gets the retry.
+        self._fork_grace = self._pid != _IMPORTED_IN
         self._current = 0
         self._token: str | None = None
         self._closed = False
@@ -122,6 +128,11 @@ class Transport:
     def uses_auth(self) -> bool:
         """Whether calls carry an auth token (credentials were given)."""
         return self._credentials is not None
+
+    @property
+    def inherited(self) -> bool:
+        """Whether this transport belongs to another process (the parent of this one)."""
+        return self._pid != os.getpid()
 
     def close(self) -> None:
         """Close this process's channels; later calls raise :class:`EtcdClosedError`."""
