@@ -169,3 +169,20 @@ def test_the_walker_sees_relative_and_type_only_imports() -> None:
     assert hub["_fallback"] is False
     specs = dict(_imports(PACKAGE / "hookspecs.py"))
     assert specs["_hub"] is True
+
+
+def test_the_architecture_page_shows_these_layers() -> None:
+    """docs/architecture.md draws LAYERS, top row first: keep the page true to the code."""
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = page.split("## Who imports whom", 1)[1]
+    diagram = section.split("```", 2)[1]
+    rows: list[list[str]] = []
+    current: list[str] = []
+    for line in diagram.strip().splitlines():
+        names, _, description = line.partition("|")
+        current += names.split()
+        if description.strip():
+            rows.append(current)
+            current = []
+    assert not current, f"a row of the diagram has no description: {current}"
+    assert [sorted(r) for r in reversed(rows)] == [sorted(r) for r in LAYERS]
