@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -229,6 +230,14 @@ class Fallback:
 SourceLike = str | SourceSpec | Fallback | Mapping[str, Any] | Any
 
 
+def _defaults_instance(obj: Any) -> bool:
+    """An instance of an attrs class, a dataclass or a pydantic model (defaults in code)."""
+    cls = type(obj)
+    if attrs.has(cls) or (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
+        return True
+    return callable(getattr(cls, "model_dump", None)) and hasattr(cls, "model_fields")
+
+
 def as_spec(source: SourceLike) -> SourceSpec:
     """Turn one member of a ``sources`` list into a :class:`SourceSpec`."""
     if isinstance(source, SourceSpec):
@@ -237,11 +246,11 @@ def as_spec(source: SourceLike) -> SourceSpec:
         return SourceSpec.parse(source)
     if isinstance(source, os.PathLike):
         return SourceSpec(scheme="file", location=os.fspath(source))
-    if isinstance(source, Mapping) or attrs.has(type(source)):
+    if isinstance(source, Mapping) or _defaults_instance(source):
         return SourceSpec(scheme="defaults", data=source)
     raise SpecError(
         f"cannot use {type(source).__name__} as a source; give a spec string, a SourceSpec, "
-        "a mapping or an attrs instance of defaults",
+        "or defaults: a mapping, or an attrs, dataclass or pydantic instance",
         spec=repr(type(source)),
     )
 

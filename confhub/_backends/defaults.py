@@ -1,7 +1,9 @@
-"""The ``defaults`` backend: a mapping or an attrs instance given in code."""
+"""The ``defaults`` backend: a mapping, or an attrs, dataclass or pydantic instance, given in
+code."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +11,7 @@ import attrs
 
 from .._backend import Backend, BackendInfo, BackendSettings, hookimpl
 from .._binding import make_converter
+from .._bindtypes import pydantic_model
 from .._errors import SpecError
 from .._layer import Layer
 
@@ -19,15 +22,18 @@ if TYPE_CHECKING:
 
 
 class DefaultsBackend(Backend):
-    """Serves a fixed mapping (an attrs instance is unstructured with the hub's converter)."""
+    """Serves a fixed mapping (an attrs, dataclass or pydantic instance is unstructured with
+    the hub's converter: field aliases become the keys a source would hold)."""
 
     def __init__(self, spec: SourceSpec, converter: cattrs.Converter) -> None:
         data = spec.data
-        if attrs.has(type(data)):
+        cls = type(data)
+        if attrs.has(cls) or dataclasses.is_dataclass(cls) or pydantic_model(cls):
             data = converter.unstructure(data)
         if not isinstance(data, Mapping):
             raise SpecError(
-                f"defaults must be a mapping or an attrs instance, not {type(data).__name__}",
+                "defaults must be a mapping, or an attrs, dataclass or pydantic instance, "
+                f"not {type(data).__name__}",
                 spec="defaults",
             )
         self._data: Mapping[str, Any] = data
@@ -54,7 +60,7 @@ class Plugin:
 
     @hookimpl
     def confhub_backend_schemes(self) -> list[BackendInfo]:
-        return [BackendInfo("defaults", "defaults given in code (a mapping or an attrs instance)")]
+        return [BackendInfo("defaults", "defaults given in code (a mapping or a class instance)")]
 
     @hookimpl
     def confhub_make_backend(
