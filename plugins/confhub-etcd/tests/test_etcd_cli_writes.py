@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from confhub_etcd._client import EtcdClient
+from confhub_etcd import EtcdClient
 from confhub_etcd.testing import EtcdServer
 
 

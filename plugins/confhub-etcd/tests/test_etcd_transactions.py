@@ -9,7 +9,7 @@ import pytest
 from backend_lib import Events, make_hub, spec, wait_until
 from confhub import MISSING, SourceFormatError, WriteConflictError, WriteError
 
-from confhub_etcd._client import EtcdClient
+from confhub_etcd import EtcdClient
 from confhub_etcd.testing import EtcdServer
 
 
