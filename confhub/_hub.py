@@ -3,11 +3,11 @@
 The stages, in the order data flows through them (``docs/architecture.md``)::
 
     specs -> Slot (``_slot``) -> start-up chain, recovery, polling (``_fallback``)
-          -> backends notify -> Hub._publish: next layer -> merge -> validate/bind -> swap
-          -> Dispatcher (``_dispatch``: subscribers) and Persister (``_persist``: the cache)
+          -> backends notify -> Publisher (``_publish``): next layer -> merge -> validate/bind
+          -> swap -> Dispatcher (``_dispatch``: subscribers) and Persister (``_persist``: the cache)
 
 ``Hub`` owns the lifecycle, the current snapshot and the lock that serialises updates; every
-step of an update is a named method of :meth:`Hub._publish`'s chain.
+step of an update is a named method of ``Publisher.publish``'s chain.
 """
 
 from __future__ import annotations
@@ -19,18 +19,16 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-import attrs
 import cattrs
 import pluggy
 
 from . import _aio
-from ._backend import Backend, BackendSettings, Update
+from ._backend import Backend, BackendSettings
 from ._binding import Binder, View, make_converter
 from ._cache import volatile_options
 from ._dispatch import Dispatcher, Subscription
 from ._errors import (
     HubStateError,
-    SourceFormatError,
 )
 from ._explain import Explanation, explain
 from ._fallback import Follower, closed_during_start, load_slots
@@ -38,13 +36,13 @@ from ._fleet import hub_share, share_source
 from ._forks import ForkGuard, Resumer, resume_slots
 from ._fromconfig import hub_arguments
 from ._health import Health, SlotState, SourceHealth
-from ._layer import Layer, LayerDelta
-from ._merge import MISSING, merge_full, merge_update
+from ._merge import MISSING, merge_full
 from ._persist import Persister
 from ._plugins import describe_plugins, make_backend, make_plugin_manager
 from ._probes import Readiness, readiness
+from ._publish import Publisher
 from ._slot import Slot, backend_named, writable_backend
-from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot, UnusableSnapshot
+from ._snapshot import Change, ErrorEvent, Snapshot, UnusableSnapshot
 from ._spec import SourceLike, SourceSpec, as_slots
 from ._strict import UnknownPolicy, strict_keys
 from ._writes import UPDATE_RETRIES, Transaction, Updated, Writer
@@ -62,14 +60,6 @@ class State(enum.Enum):
     STARTING = "starting"
     RUNNING = "running"
     CLOSED = "closed"
-
-
-@attrs.frozen
-class _Candidate:
-    """A snapshot built off to the side by :meth:`Hub._publish`, not yet published."""
-
-    snapshot: Snapshot
-    changed: list[tuple[str, Any, Any]]
 
 
 class Hub:
@@ -156,6 +146,17 @@ class Hub:
             ),
         )
         self._persister = Persister(self.pm.hook.confhub_layer_accepted)
+        self._publisher = Publisher(
+            self._binder,
+            self._dispatcher,
+            self._persister,
+            validate=self.pm.hook.confhub_validate_snapshot,
+            source_failed=self.pm.hook.confhub_source_failed,
+            current=lambda: self._snapshot,
+            swap=self._set_snapshot,
+            running=lambda: self._state is State.RUNNING,
+            lock=self._lock,
+        )
         self._stop = threading.Event()
         self._writer = Writer(self._slots, self.make_backend)
         self._follower = self._new_follower()
@@ -246,7 +247,7 @@ class Hub:
             self._state = State.RUNNING
             for slot in self._slots:
                 if slot.layer is not None and slot.state in (SlotState.LIVE, SlotState.FALLBACK):
-                    self._persist(slot, slot.layer)
+                    self._publisher.persist(slot, slot.layer)
             self._dispatcher.start()
             self._persister.start()
             for slot in self._slots:
@@ -299,7 +300,7 @@ class Hub:
             self.pm.hook,
             lock=self._lock,
             stop=self._stop,
-            on_update=self._on_update,
+            on_update=self._publisher.on_update,
             running=lambda: self._state is State.RUNNING,
             retry_initial=self.retry_initial,
             retry_max=self.retry_max,
@@ -311,6 +312,7 @@ class Hub:
         if self._state is not State.RUNNING:
             return []
         self._lock, self._stop = threading.RLock(), threading.Event()
+        self._publisher.after_fork(self._lock)
         self._follower = self._new_follower()
         self._dispatcher.after_fork()
         self._persister.after_fork()
@@ -321,6 +323,9 @@ class Hub:
             make_backend=self.make_backend,
             timeout=self.connect_timeout,
         )
+
+    def _set_snapshot(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
 
     def _check_running(self, what: str) -> None:
         if self._state is not State.RUNNING:
@@ -350,93 +355,6 @@ class Hub:
             open_backend=lambda: make_backend(self.pm, spec, settings, hub=self),
             timeout=self.connect_timeout,
         )
-
-    # -- updates: the pipeline -------------------------------------------------------------
-    def _on_update(self, slot: Slot, update: Update) -> None:
-        """One backend update: an error is reported, a layer or delta is published."""
-        with self._lock:
-            if self._state is not State.RUNNING:
-                return
-            if isinstance(update, BaseException):
-                self._report_failure(slot, update)
-            else:
-                self._publish(slot, update)
-
-    def _publish(self, slot: Slot, update: Layer | LayerDelta) -> None:
-        """next layer -> merge -> validate/bind -> accept -> swap -> dispatch (under the lock)."""
-        try:
-            layer, delta = slot.next_layer(update)
-        except SourceFormatError as exc:
-            self._report_failure(slot, exc)
-            return
-        candidate = self._merge(slot, layer, delta)
-        if not candidate.changed:
-            # Nothing effective changed (masked, or same values): no new generation.
-            self._snapshot = candidate.snapshot
-            self._accept(slot, layer)
-            return
-        try:
-            bound = self._validate(candidate)
-        except Exception as exc:  # noqa: BLE001 - any veto rejects the update, reported
-            slot.reject(layer)
-            self._report_failure(slot, exc, rejected=True)
-            return
-        # The slot's state first: a reader who sees the new values sees its health too.
-        self._accept(slot, layer)
-        self._swap(candidate.snapshot, bound)
-        self._dispatch(slot, candidate, layer.fetched_at)
-
-    def _merge(self, slot: Slot, layer: Layer, delta: LayerDelta) -> _Candidate:
-        """The snapshot with ``slot``'s layer replaced, and the effective changes."""
-        old = self._snapshot
-        merged, changed = merge_update(old.merged, old.layers, slot.index, layer, delta)
-        layers = list(old.layers)
-        layers[slot.index] = layer
-        generation = old.generation + 1 if changed else old.generation
-        return _Candidate(Snapshot(generation, merged, tuple(layers), old.names), changed)
-
-    def _validate(self, candidate: _Candidate) -> list[tuple[View[Any], Any]]:
-        """Re-bind the views the change touches, then ask the validators (raise: veto)."""
-        try:
-            bound = self._binder.rebind(candidate.snapshot, candidate.changed)
-            self.pm.hook.confhub_validate_snapshot(
-                snapshot=candidate.snapshot, previous=self._snapshot
-            )
-        except BaseException:
-            self._binder.forget()  # the views' kept input holds the rejected state
-            raise
-        return bound
-
-    def _swap(self, snapshot: Snapshot, bound: list[tuple[View[Any], Any]]) -> None:
-        """Publish: one assignment for readers, one per view."""
-        self._snapshot = snapshot
-        self._binder.commit(bound, snapshot.generation)
-
-    def _dispatch(self, slot: Slot, candidate: _Candidate, fetched_at: float | None) -> None:
-        changes = tuple(
-            KeyChange(k, o, n) for k, o, n in sorted(candidate.changed, key=lambda c: c[0])
-        )
-        self._dispatcher.put(
-            Change(candidate.snapshot.generation, changes, slot.active_spec.display, fetched_at)
-        )
-
-    def _accept(self, slot: Slot, layer: Layer) -> None:
-        """``layer`` is what ``slot`` serves now: report a state change, persist it."""
-        if slot.accept(layer):
-            self._dispatcher.put(slot.health())
-        self._persist(slot, layer)
-
-    def _persist(self, slot: Slot, layer: Layer) -> None:
-        """Queue ``layer`` for the plugins (the cache), coalesced per slot, off this thread."""
-        self._persister.offer(slot.index, slot.active_spec, layer, slot.active_backend)
-
-    def _report_failure(self, slot: Slot, error: BaseException, *, rejected: bool = False) -> None:
-        if not slot.fail(error, rejected=rejected):
-            return  # reported already: once per state change, not once per retry
-        fallback = "last good" if slot.layer is not None else None
-        self.pm.hook.confhub_source_failed(spec=slot.active_spec, error=error, fallback=fallback)
-        self._dispatcher.put(ErrorEvent(slot.display, error, self._snapshot.generation))
-        self._dispatcher.put(slot.health())
 
     # -- reads -----------------------------------------------------------------------------
     def get(self, key: str, default: Any = MISSING) -> Any:

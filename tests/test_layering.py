@@ -51,7 +51,8 @@ LAYERS: list[list[str]] = [
     ["_backends.argv", "_backends.dotenv", "_backends.secrets"],  # issue 13's builtins
     ["_registration", "_discovery", "_locks"],  # the registry's threads
     ["_slot", "_plugins", "_startretry"],  # slot state machine; plugin manager; start rounds
-    ["_fallback", "_writes"],  # start-up chain, recovery, polling; delete/txn/update
+    # start-up chain, recovery, polling; delete/txn/update; the update pipeline
+    ["_fallback", "_writes", "_publish"],
     ["_forks"],  # a running hub inherited across fork() resumes in the child
     ["_hub", "_registry"],  # the facades that wire the stages
     ["_demoregistry"],  # the demo's registry part
