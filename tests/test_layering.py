@@ -54,6 +54,7 @@ LAYERS: list[list[str]] = [
     # start-up chain, recovery, polling; delete/txn/update; the update pipeline
     ["_fallback", "_writes", "_publish"],
     ["_forks"],  # a running hub inherited across fork() resumes in the child
+    ["_lifecycle"],  # the hub's state, lock, start and close steps, fork renewal
     ["_hub", "_registry"],  # the facades that wire the stages
     ["_demoregistry"],  # the demo's registry part
     ["_demo", "_kvharness"],  # run a Hub
@@ -167,7 +168,7 @@ def test_the_walker_sees_relative_and_type_only_imports() -> None:
     """The walker itself: it finds the hub's imports and the hook specs' type-only one."""
     hub = dict(_imports(PACKAGE / "_hub.py"))
     assert hub["_snapshot"] is False
-    assert hub["_fallback"] is False
+    assert hub["_lifecycle"] is False
     specs = dict(_imports(PACKAGE / "hookspecs.py"))
     assert specs["_hub"] is True
 
