@@ -39,6 +39,7 @@ LAYERS: list[list[str]] = [
         "kv",  # the public kit for KV backends
         "_fleetstate",  # a host-shared group's lock, state file and wake-up socket
     ],
+    ["_fleetfollow"],  # a host group's follower thread
     ["_fleet"],  # host-shared sources: the SharedBackend stage around a remote backend
     ["_aio", "_backends._watch"],  # asyncio helpers; the watching machinery file builtins share
     [
