@@ -6,7 +6,8 @@ The stages, in the order data flows through them (``docs/architecture.md``)::
           -> backends notify -> Publisher (``_publish``): next layer -> merge -> validate/bind
           -> swap -> Dispatcher (``_dispatch``: subscribers) and Persister (``_persist``: the cache)
 
-``Hub`` owns the lifecycle, the current snapshot and the lock that serialises updates; every
+``Hub`` owns the current snapshot and wires the stages; its ``Lifecycle`` (``_lifecycle``)
+holds the state, the lock that serialises updates and the steps of start and close; every
 step of an update is a named method of ``Publisher.publish``'s chain.
 """
 
