@@ -2,7 +2,7 @@
 
 A view of a class that declares every key of the configuration (sections of 100 int
 fields), fed one-key ``LayerDelta`` updates by ``confhub.testing.MemoryStore``, timed as
-``Hub._on_update`` (merge, re-bind the view, publish). The floor is the same view under
+``Publisher.on_update`` (merge, re-bind the view, publish). The floor is the same view under
 ``unknown="ignore"``, which re-binds without looking for unknown keys (binding before strict
 binding); ``unknown="forbid"`` (the default) also walks the view's input against the class's
 shape. The ratio is what the walk adds to an update. A second table times the walk alone
@@ -69,7 +69,7 @@ def bench_update(quick: bool) -> list[Row]:
                     value = next(counter) + 1_000_000
                     delta = LayerDelta(set={"s0.k0": value}, revision=value)
                     t0 = time.perf_counter_ns()
-                    hub._on_update(slot, delta)
+                    hub._publisher.on_update(slot, delta)
                     samples[policy].append(time.perf_counter_ns() - t0)
                     assert hub.get("s0.k0") == value
         finally:

@@ -6,7 +6,7 @@
    beside the ``autoload=False`` rows; file sources are not cacheable, so the cache plays no
    part in any file row.
 2. Rebuilding after one changed key: the time from a backend delivering an update to the
-   snapshot being published (``Hub._on_update``, called directly on a running hub fed by a
+   snapshot being published (``Publisher.on_update``, called directly on a running hub fed by a
    ``MemoryStore``), for a 100,000-key layer against the floor of a 10-key layer. The hub is
    the default (cache on: a ``MemoryStore`` is cacheable); ``cache_dir=None`` rows beside.
    And a 10,000-key file saved with one key changed: the file backend's reload plus the
@@ -217,7 +217,7 @@ def bench_rebuild(*, quick: bool) -> list[Row]:
                     if variant == "layer":
                         upd = slot.layer.apply(delta, source="memory:b")
                     t0 = time.perf_counter_ns()
-                    hub._on_update(slot, upd)
+                    hub._publisher.on_update(slot, upd)
                     elapsed = time.perf_counter_ns() - t0
                     assert hub.get("s0.k0") == i
                     return elapsed
@@ -278,7 +278,7 @@ def bench_reload(tmp: Path, *, rounds: int) -> list[Row]:
                 loads(path.read_bytes().decode("utf-8"))
                 floor_ns.append(time.perf_counter_ns() - t0)
                 t0 = time.perf_counter_ns()
-                hub._on_update(slot, backend.load())
+                hub._publisher.on_update(slot, backend.load())
                 reload_ns.append(time.perf_counter_ns() - t0)
                 assert hub.get("s0.k0") == 1_000_000 + i
         finally:
@@ -410,7 +410,7 @@ def main() -> None:
             bench_load(tmp, rounds=rounds),
         )
         print_table(
-            "Rebuild after one changed key (Hub._on_update to snapshot published)",
+            "Rebuild after one changed key (Publisher.on_update to snapshot published)",
             bench_rebuild(quick=args.quick), latency=True,
         )
         print_table(

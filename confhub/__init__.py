@@ -38,8 +38,9 @@ from ._errors import (
 )
 from ._explain import Explanation, Origin
 from ._health import Health, Sharing, SlotState, SourceHealth
-from ._hub import Hub, State
+from ._hub import Hub
 from ._layer import Layer, LayerDelta
+from ._lifecycle import State
 from ._location import UrlParts
 from ._locks import Election, Lock
 from ._merge import MISSING

@@ -15,13 +15,13 @@ its files):
   through the real backend, and writes every layer the store sends (or the error it met)
   to the group's state file, then pokes the followers; it writes the cache.
 - **follower**: everyone else. It never opens a store connection. Its thread (one per
-  shared source) waits on the wake-up line from the leader, reads the latest state file on
-  each poke (a slow follower skips to the latest), and hands the layer (or the error) to
-  its hub like any backend's update. When the line ends (the leader died: the kernel closed
-  its socket and dropped its lock), the thread tries the lock; the one that gets it leads,
-  resuming the store's watch right after the last revision the group saw
-  (:meth:`Backend.resume`; a backend without it is loaded in full), and the others connect
-  to it and keep serving meanwhile.
+  shared source; :class:`confhub._fleetfollow.GroupFollower`) waits on the wake-up line
+  from the leader, reads the latest state file on each poke (a slow follower skips to the
+  latest), and hands the layer (or the error) to its hub like any backend's update. When
+  the line ends (the leader died: the kernel closed its socket and dropped its lock), the
+  thread tries the lock; the one that gets it leads, resuming the store's watch right
+  after the last revision the group saw (:meth:`Backend.resume`; a backend without it is
+  loaded in full), and the others connect to it and keep serving meanwhile.
 - **unshared**: sharing was asked for but cannot work here (the cache directory is
   missing, not writable, or not private; a group of another confhub state format): the
   process reads the store itself and says so in a warning and in ``health()``.
@@ -48,27 +48,23 @@ from ._backend import Backend, Notify, Update, can_watch, is_cacheable, resume_w
 from ._cache import Cache, CacheError, default_cache_dir
 from ._errors import (
     ConfhubError,
-    SourceError,
     SourceFormatError,
     SourcePermissionError,
     SourceUnavailableError,
     SpecError,
 )
+from ._fleetfollow import GroupFollower, error_of
 from ._fleetstate import (
     Beacon,
     Busy,
     Election,
-    FormatMismatch,
     GroupFileError,
     GroupPaths,
     GroupState,
-    Line,
     StateWriter,
     encode_state,
     ensure_dir,
     read_state,
-    stat_key,
-    wait_readable,
 )
 from ._health import Sharing
 from ._layer import Layer, LayerDelta
@@ -86,18 +82,6 @@ SHARE_MODES = ("host", "none")
 
 #: The optional store operations a shared backend passes through when the real one has them.
 _STORE_OPERATIONS = ("write", "delete", "commit", "read")
-
-#: A follower that lost its leader tries the lock and the new leader's socket again after
-#: these delays (doubled up to the maximum): a failed connect costs microseconds, and each
-#: millisecond here is a millisecond of every follower's takeover time.
-_RECONNECT_FIRST = 0.001
-_RECONNECT_MAX = 0.02
-
-_ERROR_KINDS: Mapping[str, type[SourceError]] = {
-    "unavailable": SourceUnavailableError,
-    "refused": SourcePermissionError,
-    "format": SourceFormatError,
-}
 
 
 @functools.cache
@@ -200,24 +184,25 @@ class SharedBackend(Backend):
         self._timeout = timeout
         self._lock = threading.Condition(threading.RLock())
         self._stop = threading.Event()
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._role: str | None = None
         self._reason: str | None = None
         self._paths: GroupPaths | None = None
         self._election: Election | None = None
         self._beacon: Beacon | None = None
-        self._thread: threading.Thread | None = None
         self._notify: Notify | None = None
-        # Follower: the latest state read, the leader's session, what the hub got.
-        self._latest: GroupState | None = None
-        self._session: str | None = None
-        self._seen_seq = -1
-        self._delivered_seq = -1
-        self._delivered_revision: Any = MISSING
-        self._delivered_error: tuple[str, str] | None = None
-        self._stat: tuple[int, int, int] | None = None
         self._warned: set[str] = set()
-        # Leader: the group's layer, the last error, the state's sequence number.
+        # Follower: the thread, the latest state read, what the hub got.
+        self._follower = GroupFollower(
+            self.display,
+            lock=self._lock,
+            stop=self._stop,
+            notify=lambda: self._notify,
+            take_over=self._take_over,
+            detach=self._detach,
+            warn=self._warn_once,
+        )
+        # Leader: its session, the group's layer, the last error, the state's sequence number.
+        self._session: str | None = None
         self._group_layer: Layer | None = None
         self._group_error: tuple[str, str] | None = None
         self._seq = 0
@@ -251,8 +236,8 @@ class SharedBackend(Backend):
         pid: int | None = None
         if role == "leader":
             pid = os.getpid()
-        elif role == "follower" and self._latest is not None:
-            pid = self._latest.pid
+        elif role == "follower" and self._follower.latest is not None:
+            pid = self._follower.latest.pid
         return Sharing(role, pid, self._reason)
 
     @property
@@ -287,10 +272,7 @@ class SharedBackend(Backend):
             self._become_leader(previous=self._read_any())
             return
         self._role = "follower"
-        self._thread = threading.Thread(
-            target=self._follow, name=f"confhub-follow[{self.display}]", daemon=True
-        )
-        self._thread.start()
+        self._follower.start(self._paths, self._election.try_lead)
 
     def _unshare(self, reason: str) -> None:
         log.warning(
@@ -320,7 +302,7 @@ class SharedBackend(Backend):
             self._warn_once(f"cannot write the group state: {exc}; followers will wait")
         with self._lock:
             self._role = "leader"
-            self._seq = max(self._seen_seq, previous.seq if previous else 0)
+            self._seq = max(self._follower.seen_seq, previous.seq if previous else 0)
             self._session = secrets.token_hex(8)
             self._lock.notify_all()
         log.info("%s: this process (pid %d) leads its host group", self.display, os.getpid())
@@ -424,21 +406,17 @@ class SharedBackend(Backend):
         with self._lock:
             self._lock.wait_for(
                 lambda: (
-                    self._role != "follower"
-                    or self._closed
-                    or (self._latest is not None and self._latest.session == self._session)
+                    self._role != "follower" or self._closed or self._follower.current() is not None
                 ),
                 timeout=deadline,
             )
-            role, state = self._role, self._latest
-            if role == "follower" and state is not None and state.session == self._session:
+            role, state = self._role, self._follower.current()
+            if role == "follower" and state is not None:
                 if state.layer is not None:
-                    self._delivered_seq = state.seq
-                    self._delivered_revision = state.layer.revision
-                    self._delivered_error = None
+                    self._follower.loaded(state)
                     return state.layer
                 assert state.error is not None
-                raise _error_of(state.error, self.display, state.pid)
+                raise error_of(state.error, self.display, state.pid)
         if role in ("leader", "unshared"):
             return self._load_as_leader() if role == "leader" else self.inner.load()
         raise SourceUnavailableError(
@@ -458,7 +436,7 @@ class SharedBackend(Backend):
         elif role == "unshared":
             self.inner.watch(notify)  # type: ignore[attr-defined]
         else:
-            self._wake()  # deliver what arrived between load() and now
+            self._follower.wake()  # deliver what arrived between load() and now
 
     def _through_store(self, operation: str, *args: Any) -> Any:
         """A store operation (``write``, ``delete``, ``commit``, ``read``) that the hub's
@@ -481,10 +459,8 @@ class SharedBackend(Backend):
             self._closed = True
             self._lock.notify_all()
         self._stop.set()
-        self._wake()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(10.0)
+        self._follower.wake()
+        self._follower.join(10.0)
         self.inner.close()
         # The socket before the lock: its file is unlinked while no successor can bind one
         # (the followers that wake meanwhile retry within milliseconds).
@@ -494,11 +470,7 @@ class SharedBackend(Backend):
             self._writer.close()
         if self._election is not None:
             self._election.close()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._follower.close()
         _LIVE.discard(self)
 
     def forget_after_fork(self) -> None:
@@ -514,150 +486,21 @@ class SharedBackend(Backend):
             self._beacon.forget()
         if self._writer is not None:
             self._writer.close()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._follower.forget_after_fork()
         self._election = None
         self._beacon = None
         self._writer = None
-        self._thread = None
-        self._latest = None
         self._session = None
         if self._role is not None:
             self._role = "unshared"
             self._reason = "inherited across fork(): the child does not take part in the group"
             self._forked = True
 
-    # -- the follower thread -----------------------------------------------------------------
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except OSError:
-            pass
-
-    def _follow(self) -> None:
-        """Follow the leader until this process leads, detaches, or closes."""
-        assert self._paths is not None
-        assert self._election is not None
-        delay = _RECONNECT_FIRST
-        while not self._stop.is_set():
-            if self._election.try_lead():
-                self._take_over()
-                return
-            try:
-                line = Line(self._paths.socket)
-            except (OSError, GroupFileError) as exc:
-                if isinstance(exc, GroupFileError):
-                    self._warn_once(str(exc))
-                if wait_readable([self._wake_r], delay):
-                    self._drain_wake()
-                delay = min(delay * 2, _RECONNECT_MAX)
-                continue
-            delay = _RECONNECT_FIRST
-            try:
-                if self._follow_line(line) == "detach":
-                    return
-            finally:
-                line.close()
-
-    def _follow_line(self, line: Line) -> str:
-        """Read states while the leader's line is up: ``"lost"`` when it ends."""
-        while not self._stop.is_set():
-            readable = wait_readable([line, self._wake_r], 1.0)
-            if self._wake_r in readable:
-                self._drain_wake()
-            poked = line in readable
-            alive = line.drain() if poked else True
-            if not alive:
-                return "lost"  # elect first; the state is read again from whoever leads
-            if line.session is not None:
-                with self._lock:
-                    self._session = line.session
-                # A poke always reads the file: (inode, mtime, size) can repeat across two
-                # quick writes (coarse mtime, a reused inode); the stat is for the timeout.
-                if self._refresh(force=poked or self._seen_seq < 0) == "detach":
-                    return "detach"
-        return "stopped"
-
-    def _refresh(self, *, force: bool) -> str | None:
-        """Read the state file (unless ``force`` is false and it looks unchanged); deliver
-        what is new to the hub."""
-        assert self._paths is not None
-        key = stat_key(self._paths.state)
-        if not force and key is not None and key == self._stat:
-            self._deliver()
-            return None
-        try:
-            state = read_state(self._paths.state, self.display)
-        except Busy:
-            return None  # a write under way: its poke follows (or the leader died in it)
-        except FormatMismatch as exc:
-            self._detach(str(exc))
-            return "detach"
-        except (OSError, GroupFileError) as exc:
-            self._warn_once(f"not following the group state: {exc}")
-            return None
-        self._stat = key
-        if state is None:
-            return None
-        with self._lock:
-            if state.session == self._session and state.seq > self._seen_seq:
-                self._latest = state
-                self._seen_seq = state.seq
-                self._lock.notify_all()
-        self._deliver()
-        return None
-
-    def _deliver(self) -> None:
-        """Hand the latest state to the hub if it has not had it (the follower thread
-        alone calls this, so updates reach the hub in order).
-
-        A state that repeats what the hub has (a new leader's first state, the same
-        revision again) is not handed on: the layer goes when its revision is new (or
-        unknown) or when the leader's trouble ended, the error when it is a new one."""
-        with self._lock:
-            notify, state = self._notify, self._latest
-            if notify is None or state is None or state.seq <= self._delivered_seq:
-                return
-            self._delivered_seq = state.seq
-            layer = state.layer
-            send_layer = layer is not None and (
-                layer.revision is None
-                or layer.revision != self._delivered_revision
-                or (state.error is None and self._delivered_error is not None)
-            )
-            send_error = state.error is not None and state.error != self._delivered_error
-            self._delivered_error = state.error
-            if send_layer:
-                assert layer is not None
-                self._delivered_revision = layer.revision
-        if send_layer:
-            assert layer is not None
-            notify(layer)
-        if send_error:
-            assert state.error is not None
-            notify(_error_of(state.error, self.display, state.pid))
-
+    # -- after the follower thread ---------------------------------------------------------
     def _take_over(self) -> None:
         """The lock is ours: lead from the last state the group saw."""
         final = self._read_any()
-        with self._lock:
-            if final is not None and final.seq > self._seen_seq:
-                self._latest = final
-                self._seen_seq = final.seq
-        self._deliver()  # the hub has what the group saw before we go on
-        with self._lock:
-            latest = self._latest
+        latest = self._follower.catch_up(final)
         self._become_leader(previous=final)
         self._group_layer = latest.layer if latest is not None else None
         self._group_error = latest.error if latest is not None else None
@@ -711,9 +554,3 @@ def _error_pair(error: BaseException) -> tuple[str, str]:
     else:
         kind = "unavailable"
     return kind, str(error)
-
-
-def _error_of(pair: tuple[str, str], source: str, pid: int) -> SourceError:
-    kind, message = pair
-    cls = _ERROR_KINDS.get(kind, SourceUnavailableError)
-    return cls(f"{message} (as the group's leader, pid {pid}, reported it)", source=source)

@@ -12,7 +12,7 @@ What happens instead, in the child:
 
 1. **At the fork** (:func:`_after_fork_in_child`, registered with
    ``os.register_at_fork``): only allocations. Each running hub renews its locks, its stop
-   event, its notifier and cache-writer threads (:meth:`Hub._after_fork`), and every slot
+   event, its notifier and cache-writer threads (``Lifecycle._after_fork``), and every slot
    that follows a store is marked: ``stale`` (from ``live`` or ``fallback``; a ``cached`` or
    ``absent`` slot keeps its state) with ``last_error`` saying it was inherited and is being
    re-read. From this instant ``health()`` no longer says ``live`` for it. No I/O, no hook

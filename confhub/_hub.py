@@ -3,73 +3,52 @@
 The stages, in the order data flows through them (``docs/architecture.md``)::
 
     specs -> Slot (``_slot``) -> start-up chain, recovery, polling (``_fallback``)
-          -> backends notify -> Hub._publish: next layer -> merge -> validate/bind -> swap
-          -> Dispatcher (``_dispatch``: subscribers) and Persister (``_persist``: the cache)
+          -> backends notify -> Publisher (``_publish``): next layer -> merge -> validate/bind
+          -> swap -> Dispatcher (``_dispatch``: subscribers) and Persister (``_persist``: the cache)
 
-``Hub`` owns the lifecycle, the current snapshot and the lock that serialises updates; every
-step of an update is a named method of :meth:`Hub._publish`'s chain.
+``Hub`` owns the current snapshot and wires the stages; its ``Lifecycle`` (``_lifecycle``)
+holds the state, the lock that serialises updates and the steps of start and close; every
+step of an update is a named method of ``Publisher.publish``'s chain.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-import attrs
 import cattrs
 import pluggy
 
 from . import _aio
-from ._backend import Backend, BackendSettings, Update
+from ._backend import Backend, BackendSettings
 from ._binding import Binder, View, make_converter
 from ._cache import volatile_options
 from ._dispatch import Dispatcher, Subscription
 from ._errors import (
     HubStateError,
-    SourceFormatError,
 )
 from ._explain import Explanation, explain
-from ._fallback import Follower, closed_during_start, load_slots
 from ._fleet import hub_share, share_source
-from ._forks import ForkGuard, Resumer, resume_slots
 from ._fromconfig import hub_arguments
-from ._health import Health, SlotState, SourceHealth
-from ._layer import Layer, LayerDelta
-from ._merge import MISSING, merge_full, merge_update
+from ._health import Health, SourceHealth
+from ._lifecycle import Lifecycle, State
+from ._merge import MISSING
 from ._persist import Persister
 from ._plugins import describe_plugins, make_backend, make_plugin_manager
 from ._probes import Readiness, readiness
+from ._publish import Publisher
 from ._slot import Slot, backend_named, writable_backend
-from ._snapshot import Change, ErrorEvent, KeyChange, Snapshot, UnusableSnapshot
+from ._snapshot import Change, ErrorEvent, Snapshot, UnusableSnapshot
 from ._spec import SourceLike, SourceSpec, as_slots
 from ._strict import UnknownPolicy, strict_keys
 from ._writes import UPDATE_RETRIES, Transaction, Updated, Writer
-from .kv import Backoff
 
 log = logging.getLogger("confhub")
 
 T = TypeVar("T")
-
-
-class State(enum.Enum):
-    """The lifecycle of a :class:`Hub`."""
-
-    NEW = "new"
-    STARTING = "starting"
-    RUNNING = "running"
-    CLOSED = "closed"
-
-
-@attrs.frozen
-class _Candidate:
-    """A snapshot built off to the side by :meth:`Hub._publish`, not yet published."""
-
-    snapshot: Snapshot
-    changed: list[tuple[str, Any, Any]]
 
 
 class Hub:
@@ -144,8 +123,7 @@ class Hub:
                 s.index for s in self._slots if not strict_keys(s.active_backend)
             ),
         )
-        self._state = State.NEW
-        self._lock = threading.RLock()
+        lock = threading.RLock()
         self._snapshot: Snapshot = UnusableSnapshot(
             "the hub is not started: use 'with hub:' or call hub.start() before reading"
         )
@@ -156,10 +134,32 @@ class Hub:
             ),
         )
         self._persister = Persister(self.pm.hook.confhub_layer_accepted)
-        self._stop = threading.Event()
+        self._publisher = Publisher(
+            self._binder,
+            self._dispatcher,
+            self._persister,
+            validate=self.pm.hook.confhub_validate_snapshot,
+            source_failed=self.pm.hook.confhub_source_failed,
+            current=lambda: self._snapshot,
+            swap=self._set_snapshot,
+            running=lambda: self._life.state is State.RUNNING,
+            lock=lock,
+        )
         self._writer = Writer(self._slots, self.make_backend)
-        self._follower = self._new_follower()
-        self._fork = ForkGuard(self._after_fork, self.close)
+        self._life = Lifecycle(
+            self._slots,
+            self._dispatcher,
+            self._persister,
+            self._publisher,
+            lock=lock,
+            hook=self.pm.hook,
+            configure=lambda: self.pm.hook.confhub_configure.call_historic(kwargs={"hub": self}),
+            unconfigure=lambda: self.pm.hook.confhub_unconfigure(hub=self),
+            settings=self._settings,
+            make_backend=self.make_backend,
+            swap=self._set_snapshot,
+            close=self.close,
+        )
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> Hub:
@@ -174,7 +174,7 @@ class Hub:
     @property
     def state(self) -> State:
         """The lifecycle state."""
-        return self._state
+        return self._life.state
 
     def __enter__(self) -> Hub:
         self.start()
@@ -207,54 +207,7 @@ class Hub:
         when :meth:`close` was called while it ran (start stops at its next step, closes
         what it opened, and the hub stays closed).
         """
-        with self._lock:
-            if self._state is not State.NEW:
-                raise HubStateError(
-                    f"Hub.start() called on a hub that is {self._state.value}; "
-                    "a hub starts once: create a new Hub"
-                )
-            self._state = State.STARTING
-        try:
-            self.pm.hook.confhub_configure.call_historic(kwargs={"hub": self})
-            load_slots(
-                self._slots,
-                self.pm.hook,
-                self.make_backend,
-                connect_timeout=self.connect_timeout,
-                start_timeout=self.start_timeout,
-                stop=self._stop,
-                backoff=Backoff(self.retry_initial, max(self.retry_initial, self.retry_max)),
-            )
-            layers = tuple(s.layer for s in self._slots)
-            snapshot = Snapshot(1, merge_full(layers), layers, self.sources)
-            self.pm.hook.confhub_validate_snapshot(snapshot=snapshot, previous=None)
-        except BaseException as exc:
-            if self._state is not State.CLOSED:
-                self._shutdown()
-                raise
-            self._abandon_start()
-            if isinstance(exc, HubStateError):
-                raise
-            raise closed_during_start() from exc
-        # Under the lock: a close() now waits until every thread has started, then stops
-        # them all; one that came earlier is seen here.
-        with self._lock:
-            if self._state is not State.STARTING:
-                self._abandon_start()
-                raise closed_during_start()
-            self._snapshot = snapshot
-            self._state = State.RUNNING
-            for slot in self._slots:
-                if slot.layer is not None and slot.state in (SlotState.LIVE, SlotState.FALLBACK):
-                    self._persist(slot, slot.layer)
-            self._dispatcher.start()
-            self._persister.start()
-            for slot in self._slots:
-                self._follower.follow(slot)
-            self._fork.register()
-            if self._state is not State.RUNNING:  # close() from this thread (a signal handler)
-                self._abandon_start()
-                raise closed_during_start()
+        self._life.start()
         return self
 
     def close(self) -> None:
@@ -264,82 +217,32 @@ class Hub:
         Called while :meth:`start` runs (a signal handler), it closes what start opened so
         far and makes start stop at its next step and raise :class:`HubStateError`.
         """
-        with self._lock:
-            if self._state is State.CLOSED:
-                return
-            was_running = self._state is State.RUNNING
-            self._state = State.CLOSED
-        self._shutdown()
-        if was_running:
-            try:
-                self.pm.hook.confhub_unconfigure(hub=self)
-            except Exception:
-                log.exception("a plugin's confhub_unconfigure failed")
+        self._life.close()
 
-    def _abandon_start(self) -> None:
-        """close() came during start(): close what start opened since; nothing was served."""
-        self._shutdown()
-        for slot in self._slots:
-            slot.unload()
-
-    def _shutdown(self) -> None:
-        self._state = State.CLOSED
-        self._fork.unregister()
-        self._stop.set()
-        for slot in self._slots:
-            slot.close()
-        self._dispatcher.close()
-        self._persister.close()  # hands the last accepted layers to the cache first
-        self._snapshot = UnusableSnapshot(
-            "the hub is closed: reads need a running hub; create a new Hub"
-        )
-
-    def _new_follower(self) -> Follower:
-        return Follower(
-            self.pm.hook,
-            lock=self._lock,
-            stop=self._stop,
-            on_update=self._on_update,
-            running=lambda: self._state is State.RUNNING,
-            retry_initial=self.retry_initial,
-            retry_max=self.retry_max,
-        )
-
-    def _after_fork(self, parent: int) -> list[Resumer]:
-        """In a forked child, from the at-fork handler: new locks and threads; each slot that
-        follows a store is marked stale and re-read on a thread (``confhub._forks``)."""
-        if self._state is not State.RUNNING:
-            return []
-        self._lock, self._stop = threading.RLock(), threading.Event()
-        self._follower = self._new_follower()
-        self._dispatcher.after_fork()
-        self._persister.after_fork()
-        return resume_slots(
-            self._slots,
-            self._follower,
-            parent=parent,
-            make_backend=self.make_backend,
-            timeout=self.connect_timeout,
-        )
+    def _set_snapshot(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
 
     def _check_running(self, what: str) -> None:
-        if self._state is not State.RUNNING:
+        if self._life.state is not State.RUNNING:
             raise HubStateError(
-                f"{what} needs a running hub, but this hub is {self._state.value}; "
+                f"{what} needs a running hub, but this hub is {self._life.state.value}; "
                 "use 'with hub:' or hub.start()"
             )
 
     # -- sources ---------------------------------------------------------------------------
-    def make_backend(self, spec: SourceSpec) -> Backend:
-        """Create the backend object for ``spec`` through the plugins (no I/O)."""
+    def _settings(self) -> BackendSettings:
         cache_enabled = self.cache_dir not in (None, False, "") and self.pm.has_plugin("cache")
-        settings = BackendSettings(
+        return BackendSettings(
             connect_timeout=self.connect_timeout,
             retry_initial=self.retry_initial,
             retry_max=self.retry_max,
             start_timeout=self.start_timeout,
             cache_enabled=cache_enabled,
         )
+
+    def make_backend(self, spec: SourceSpec) -> Backend:
+        """Create the backend object for ``spec`` through the plugins (no I/O)."""
+        settings = self._settings()
         backend = make_backend(self.pm, spec, settings, hub=self)
         return share_source(
             backend,
@@ -350,93 +253,6 @@ class Hub:
             open_backend=lambda: make_backend(self.pm, spec, settings, hub=self),
             timeout=self.connect_timeout,
         )
-
-    # -- updates: the pipeline -------------------------------------------------------------
-    def _on_update(self, slot: Slot, update: Update) -> None:
-        """One backend update: an error is reported, a layer or delta is published."""
-        with self._lock:
-            if self._state is not State.RUNNING:
-                return
-            if isinstance(update, BaseException):
-                self._report_failure(slot, update)
-            else:
-                self._publish(slot, update)
-
-    def _publish(self, slot: Slot, update: Layer | LayerDelta) -> None:
-        """next layer -> merge -> validate/bind -> accept -> swap -> dispatch (under the lock)."""
-        try:
-            layer, delta = slot.next_layer(update)
-        except SourceFormatError as exc:
-            self._report_failure(slot, exc)
-            return
-        candidate = self._merge(slot, layer, delta)
-        if not candidate.changed:
-            # Nothing effective changed (masked, or same values): no new generation.
-            self._snapshot = candidate.snapshot
-            self._accept(slot, layer)
-            return
-        try:
-            bound = self._validate(candidate)
-        except Exception as exc:  # noqa: BLE001 - any veto rejects the update, reported
-            slot.reject(layer)
-            self._report_failure(slot, exc, rejected=True)
-            return
-        # The slot's state first: a reader who sees the new values sees its health too.
-        self._accept(slot, layer)
-        self._swap(candidate.snapshot, bound)
-        self._dispatch(slot, candidate, layer.fetched_at)
-
-    def _merge(self, slot: Slot, layer: Layer, delta: LayerDelta) -> _Candidate:
-        """The snapshot with ``slot``'s layer replaced, and the effective changes."""
-        old = self._snapshot
-        merged, changed = merge_update(old.merged, old.layers, slot.index, layer, delta)
-        layers = list(old.layers)
-        layers[slot.index] = layer
-        generation = old.generation + 1 if changed else old.generation
-        return _Candidate(Snapshot(generation, merged, tuple(layers), old.names), changed)
-
-    def _validate(self, candidate: _Candidate) -> list[tuple[View[Any], Any]]:
-        """Re-bind the views the change touches, then ask the validators (raise: veto)."""
-        try:
-            bound = self._binder.rebind(candidate.snapshot, candidate.changed)
-            self.pm.hook.confhub_validate_snapshot(
-                snapshot=candidate.snapshot, previous=self._snapshot
-            )
-        except BaseException:
-            self._binder.forget()  # the views' kept input holds the rejected state
-            raise
-        return bound
-
-    def _swap(self, snapshot: Snapshot, bound: list[tuple[View[Any], Any]]) -> None:
-        """Publish: one assignment for readers, one per view."""
-        self._snapshot = snapshot
-        self._binder.commit(bound, snapshot.generation)
-
-    def _dispatch(self, slot: Slot, candidate: _Candidate, fetched_at: float | None) -> None:
-        changes = tuple(
-            KeyChange(k, o, n) for k, o, n in sorted(candidate.changed, key=lambda c: c[0])
-        )
-        self._dispatcher.put(
-            Change(candidate.snapshot.generation, changes, slot.active_spec.display, fetched_at)
-        )
-
-    def _accept(self, slot: Slot, layer: Layer) -> None:
-        """``layer`` is what ``slot`` serves now: report a state change, persist it."""
-        if slot.accept(layer):
-            self._dispatcher.put(slot.health())
-        self._persist(slot, layer)
-
-    def _persist(self, slot: Slot, layer: Layer) -> None:
-        """Queue ``layer`` for the plugins (the cache), coalesced per slot, off this thread."""
-        self._persister.offer(slot.index, slot.active_spec, layer, slot.active_backend)
-
-    def _report_failure(self, slot: Slot, error: BaseException, *, rejected: bool = False) -> None:
-        if not slot.fail(error, rejected=rejected):
-            return  # reported already: once per state change, not once per retry
-        fallback = "last good" if slot.layer is not None else None
-        self.pm.hook.confhub_source_failed(spec=slot.active_spec, error=error, fallback=fallback)
-        self._dispatcher.put(ErrorEvent(slot.display, error, self._snapshot.generation))
-        self._dispatcher.put(slot.health())
 
     # -- reads -----------------------------------------------------------------------------
     def get(self, key: str, default: Any = MISSING) -> Any:
@@ -493,7 +309,7 @@ class Hub:
         that does not fit (a bad value, a key ``cls`` does not declare under the
         ``"forbid"`` policy) is rejected and the last good configuration stays.
         """
-        with self._lock:
+        with self._life.lock:
             self._check_running("hub.view()")
             return self._binder.view(self._snapshot, cls, prefix, unknown)
 
@@ -515,7 +331,7 @@ class Hub:
         ``on_state(health)`` with the new :class:`SourceHealth` whenever a source changes
         state (live -> stale -> live, cached -> live ...).
         """
-        if self._state is State.CLOSED:
+        if self._life.state is State.CLOSED:
             raise HubStateError("hub.subscribe() on a closed hub; create a new Hub")
         return self._dispatcher.subscribe(callback, prefix, on_error, on_state)
 
@@ -549,7 +365,7 @@ class Hub:
         """Whether this service should receive traffic: running, every source serving
         (from its cache too: see ``confhub._probes``); ``max_stale`` seconds: also not
         ready when a stale or cached copy is older."""
-        return readiness(self._state.value, self.health(), max_stale=max_stale)
+        return readiness(self._life.state.value, self.health(), max_stale=max_stale)
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -646,6 +462,5 @@ class Hub:
         return describe_plugins(self.pm)
 
     def __repr__(self) -> str:
-        return (
-            f"<Hub {self._state.value} sources={list(self.sources)!r} generation={self.generation}>"
-        )
+        state = self._life.state.value
+        return f"<Hub {state} sources={list(self.sources)!r} generation={self.generation}>"

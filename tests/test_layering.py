@@ -39,6 +39,7 @@ LAYERS: list[list[str]] = [
         "kv",  # the public kit for KV backends
         "_fleetstate",  # a host-shared group's lock, state file and wake-up socket
     ],
+    ["_fleetfollow"],  # a host group's follower thread
     ["_fleet"],  # host-shared sources: the SharedBackend stage around a remote backend
     ["_aio", "_backends._watch"],  # asyncio helpers; the watching machinery file builtins share
     [
@@ -51,8 +52,10 @@ LAYERS: list[list[str]] = [
     ["_backends.argv", "_backends.dotenv", "_backends.secrets"],  # issue 13's builtins
     ["_registration", "_discovery", "_locks"],  # the registry's threads
     ["_slot", "_plugins", "_startretry"],  # slot state machine; plugin manager; start rounds
-    ["_fallback", "_writes"],  # start-up chain, recovery, polling; delete/txn/update
+    # start-up chain, recovery, polling; delete/txn/update; the update pipeline
+    ["_fallback", "_writes", "_publish"],
     ["_forks"],  # a running hub inherited across fork() resumes in the child
+    ["_lifecycle"],  # the hub's state, lock, start and close steps, fork renewal
     ["_hub", "_registry"],  # the facades that wire the stages
     ["_demoregistry"],  # the demo's registry part
     ["_demo", "_kvharness"],  # run a Hub
@@ -166,7 +169,7 @@ def test_the_walker_sees_relative_and_type_only_imports() -> None:
     """The walker itself: it finds the hub's imports and the hook specs' type-only one."""
     hub = dict(_imports(PACKAGE / "_hub.py"))
     assert hub["_snapshot"] is False
-    assert hub["_fallback"] is False
+    assert hub["_lifecycle"] is False
     specs = dict(_imports(PACKAGE / "hookspecs.py"))
     assert specs["_hub"] is True
 

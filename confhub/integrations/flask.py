@@ -41,7 +41,8 @@ from flask import Flask, Response, current_app, g, jsonify
 
 from .._binding import View
 from .._errors import HubStateError
-from .._hub import Hub, State
+from .._hub import Hub
+from .._lifecycle import State
 from .._snapshot import Snapshot
 from ._common import Overrides
 

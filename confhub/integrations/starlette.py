@@ -42,7 +42,8 @@ from starlette.types import Lifespan
 
 from .._binding import View
 from .._errors import HubStateError
-from .._hub import Hub, State
+from .._hub import Hub
+from .._lifecycle import State
 from .._snapshot import Snapshot
 from ._common import Overrides
 
