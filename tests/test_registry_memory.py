@@ -32,6 +32,8 @@ class MemoryHarness:
     """The contract's view of the in-process store: ``memory:PREFIX`` is a store per test."""
 
     expires_within = 0.0
+    #: A forked child has a copy of the store, not the store.
+    one_process = True
 
     def __init__(self) -> None:
         self.stores: list[MemoryRegistryStore] = []

@@ -12,12 +12,18 @@ shared with the KV backend).
 :class:`~confhub.SourceUnavailableError` (transient), 403 is
 :class:`~confhub.SourcePermissionError`; any status listed in ``accept`` is returned for the
 caller to read (a 404 that means "lease lost", a 500 that names a bad session TTL).
+
+After ``fork()`` the child's pools forget the parent's connections (the at-fork handler
+gives each a new lock and empty lists): a call in the child opens its own connection, and
+:meth:`Calls.close` in the child never closes a socket the parent still uses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import weakref
 from collections.abc import Collection, Iterator, Sequence
 
 from confhub import SourcePermissionError, SourceUnavailableError
@@ -47,6 +53,14 @@ class Calls:
         self._idle: list[Connection] = []
         self._all: set[Connection] = set()
         self._closed = False
+        _POOLS.add(self)
+
+    def forget(self) -> None:
+        """After fork(), in the child: a new lock and no connections (the parent's are
+        dropped, never closed: only references go)."""
+        self._lock = threading.Lock()
+        self._idle = []
+        self._all = set()
 
     def _closed_error(self) -> SourceUnavailableError:
         return SourceUnavailableError(f"{self.source}: the registry is closed", source=self.source)
@@ -133,3 +147,16 @@ class Calls:
             self._idle.clear()
         for conn in conns:
             conn.close()
+
+
+# The pools alive in this process. Module state because os.register_at_fork cannot be undone;
+# weak, so that a pool is never kept alive by it.
+_POOLS: weakref.WeakSet[Calls] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_POOLS):
+        pool.forget()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
