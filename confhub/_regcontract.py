@@ -82,10 +82,11 @@ def _forked_child(
             "token": lock.token,
             "leader": election.is_leader,
         }
-        for name, call in (
+        calls: tuple[tuple[str, Callable[[], object]], ...] = (
             ("acquire", lambda: lock.acquire(timeout=0.1)),
             ("set_status", lambda: registration.set_status("warning")),
-        ):
+        )
+        for name, call in calls:
             try:
                 call()
                 report[name] = "no error"
@@ -107,7 +108,7 @@ def _forked_child(
             report["listed"] = sorted(i.instance_id for i in other.instances("api").instances)
             report["holder"] = other.lock("job").holder()
         results.put(("ok", report))
-    except BaseException as exc:  # report anything to the parent
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails
         results.put(("error", repr(exc)))
 
 

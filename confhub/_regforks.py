@@ -59,7 +59,7 @@ def untrack(obj: Inheritable) -> None:
 def inherited_message(what: str, parent: int, fix: str) -> str:
     """The warning (and error) text of an object inherited from process ``parent``."""
     return (
-        f"{what} was inherited across fork() from process {parent}, which still holds it; "
+        f"{what} was inherited across fork() from process {parent}, which owns it; "
         f"process {os.getpid()} does not keep it alive, release nor close it: {fix}"
     )
 
