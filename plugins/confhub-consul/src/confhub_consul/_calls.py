@@ -53,20 +53,25 @@ class Calls:
         self._idle: list[Connection] = []
         self._all: set[Connection] = set()
         self._closed = False
+        self._pid = os.getpid()
         _POOLS.add(self)
 
     def forget(self) -> None:
         """After fork(), in the child: a new lock and no connections (the parent's are
-        dropped, never closed: only references go)."""
-        self._lock = threading.Lock()
-        self._idle = []
-        self._all = set()
+        dropped, never closed: only references go). Once per process; also run on the
+        child's first use, in case a thread uses the pool before the at-fork handler ran."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            self._idle = []
+            self._all = set()
 
     def _closed_error(self) -> SourceUnavailableError:
         return SourceUnavailableError(f"{self.source}: the registry is closed", source=self.source)
 
     @contextlib.contextmanager
     def _borrow(self) -> Iterator[Connection]:
+        self.forget()
         with self._lock:
             if self._closed:
                 raise self._closed_error()
@@ -140,6 +145,7 @@ class Calls:
 
     def close(self) -> None:
         """Abort every connection (waking parked queries) and refuse new calls; idempotent."""
+        self.forget()
         with self._lock:
             self._closed = True
             conns = list(self._all)

@@ -140,19 +140,25 @@ class _ClientPool:
     registry connection of this process that uses them (a discovery, a lock and the
     registrations of one app share one gRPC channel), closed when the last one is.
 
-    In a child forked from a process using it, :meth:`forget` (the at-fork handler) drops
-    the parent's clients: the child's new connections get clients of their own, and giving
-    back an inherited one closes nothing (the parent's channels are not the child's)."""
+    In a child forked from a process using it, :meth:`forget` drops the parent's clients:
+    the child's new connections get clients of their own, and giving back an inherited one
+    closes nothing (the parent's channels are not the child's). It runs from the at-fork
+    handler and, before that handler may have run (a discovery resuming on a thread started
+    by confhub's own handler, which runs first), on the child's first use of the pool.
+    """
 
     def __init__(self) -> None:
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._clients: dict[tuple[object, ...], tuple[EtcdClient, KeepaliveStream, int]] = {}
 
     def forget(self) -> None:
         """After fork(), in the child: a new lock, no clients (the parent's are dropped,
-        never closed: only references go)."""
-        self._lock = threading.Lock()
-        self._clients = {}
+        never closed: only references go). Once per process."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            self._clients = {}
 
     @staticmethod
     def _key(config: EtcdSourceConfig) -> tuple[object, ...]:
@@ -166,6 +172,7 @@ class _ClientPool:
 
     def take(self, config: EtcdSourceConfig) -> tuple[EtcdClient, KeepaliveStream]:
         key = self._key(config)
+        self.forget()
         with self._lock:
             found = self._clients.get(key)
             if found is None:
@@ -183,6 +190,7 @@ class _ClientPool:
 
     def give_back(self, config: EtcdSourceConfig, client: EtcdClient) -> None:
         key = self._key(config)
+        self.forget()
         with self._lock:
             found = self._clients.get(key)
             if found is None or found[0] is not client:
