@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Self
 import attrs
 
 from ._errors import NoInstanceError, SourceError, SourceFormatError, SourceUnavailableError
+from ._regforks import track, untrack
 from ._registry_types import Instance
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class Discovery:
         retry: Callable[[int], float] = lambda attempt: min(5.0, 0.1 * 2**attempt),
         source: str = "",
         cache_path: str | os.PathLike[str] | None = None,
+        renew: Callable[[], RegistryBackend] | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(
@@ -127,6 +129,8 @@ class Discovery:
                 "the last list forever"
             )
         self._backend = backend
+        self._renew = renew
+        self._inherited: list[RegistryBackend] = []  # the parents' (after fork: never closed)
         self._service = service
         self._passing_only = passing_only
         self._strategy = strategy
@@ -160,6 +164,7 @@ class Discovery:
             target=self._run, name=f"confhub-discovery-{service}", daemon=True
         )
         self._thread.start()
+        track(self)
 
     def __repr__(self) -> str:
         return f"Discovery({self._service!r}, instances={len(self._current)})"
@@ -276,8 +281,11 @@ class Discovery:
             if self._closed:
                 return
             self._closed = True
+        untrack(self)
         self._stop.set()
-        self._backend.close()  # ends a wait in progress
+        backend = self._backend
+        if not any(backend is b for b in self._inherited):  # never the parent's connection
+            backend.close()  # ends a wait in progress
         self._thread.join()
 
     def __enter__(self) -> Self:
@@ -290,6 +298,59 @@ class Discovery:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    # -- fork ----------------------------------------------------------------------------------
+
+    def after_fork(self, parent: int) -> str | None:
+        """In a child, from the at-fork handler: mark the list stale (inherited, being
+        re-read) and start the thread that makes a new connection, reads the whole list
+        again and watches it. Without a way to make a connection the list stays stale (and
+        is dropped after ``max_staleness``)."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._inherited.append(self._backend)
+        self._index = -1  # read the whole list again before watching
+        if self._renew is None:
+            self._error = SourceUnavailableError(
+                f"discovery of {self._service!r}: inherited across fork() from process "
+                f"{parent} without a way to reconnect; the list is not followed in process "
+                f"{os.getpid()}: call registry.discover() after the fork",
+                source=self._source,
+            )
+            self._thread = threading.Thread(target=lambda: None, daemon=True)
+            return str(self._error)
+        self._error = SourceUnavailableError(
+            f"discovery of {self._service!r}: inherited across fork() from process {parent}; "
+            f"re-reading it and watching again in process {os.getpid()} (serving the "
+            "inherited list meanwhile)",
+            source=self._source,
+        )
+        self._thread = threading.Thread(
+            target=self._resume, name=f"confhub-discovery-{self._service}", daemon=True
+        )
+        self._thread.start()
+        return None
+
+    def _resume(self) -> None:
+        renew = self._renew
+        assert renew is not None
+        log.warning("%s", self._error)
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                backend = renew()
+                break
+            except Exception as exc:  # noqa: BLE001 - reported and retried
+                log.error("discovery of %s: cannot reconnect after fork(): %s", self._service, exc)
+                self._stop.wait(self._retry(attempt))
+                attempt += 1
+        else:
+            return
+        self._backend = backend
+        if self._stop.is_set():  # closed meanwhile (close() saw the parent's connection)
+            backend.close()
+            return
+        self._run()
 
     # -- the thread --------------------------------------------------------------------------
 

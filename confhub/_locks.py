@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from ._errors import LockLostError, RegistryError, SourceError
+from ._regforks import inherited_message, track, untrack
 
 if TYPE_CHECKING:
     from ._registry_types import LockBackend
@@ -69,6 +70,8 @@ class Lock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._inherited_from: int | None = None
+        track(self)
 
     def __repr__(self) -> str:
         return f"Lock({self._name!r}, identity={self._identity!r}, held={self.held})"
@@ -137,6 +140,12 @@ class Lock:
                 source=self._source,
                 name=self._name,
             )
+        if self._inherited_from is not None:
+            raise RegistryError(
+                self._inherited_message("cannot be acquired with the parent's connection"),
+                source=self._source,
+                name=self._name,
+            )
         if self.held:
             raise RegistryError(
                 f"lock {self._name!r} is already held by this Lock object; release it first "
@@ -169,7 +178,12 @@ class Lock:
         return token
 
     def release(self) -> None:
-        """Give the lock up at once (the next waiter gets it). No error when not held."""
+        """Give the lock up at once (the next waiter gets it). No error when not held.
+
+        A lock inherited across ``fork()`` is never released by the child (it is not held
+        here: the parent holds it)."""
+        if self._inherited_from is not None:
+            return
         self._join_keepalive()
         with self._lock:
             had = self._token is not None
@@ -180,9 +194,16 @@ class Lock:
             log.info("lock %s released by %s", self._name, self._identity)
 
     def close(self) -> None:
-        """Release the lock and close its connection. Idempotent."""
+        """Release the lock and close its connection. Idempotent.
+
+        In a process that inherited the lock across ``fork()``, only marks it closed: the
+        store is not touched (the parent may hold the lock, on the parent's connection)."""
         if self._closed:
             return
+        if self._inherited_from is not None:
+            self._closed = True
+            return
+        untrack(self)
         try:
             self.release()
         except SourceError as exc:
@@ -202,6 +223,34 @@ class Lock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+    # -- fork ----------------------------------------------------------------------------------
+
+    def after_fork(self, parent: int) -> str | None:
+        """In a child, from the at-fork handler: not held here, never kept alive nor
+        released (new lock and event, no thread). Returns the warning to log."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        held = self._token is not None and self._lost is None
+        if self._inherited_from is None:
+            self._inherited_from = parent
+        self._token = None
+        self._valid_until = 0.0
+        self._lost = LockLostError(
+            self._inherited_message("not held here"), source=self._source, name=self._name
+        )
+        if self._closed or not held:
+            return None
+        return str(self._lost)
+
+    def _inherited_message(self, what: str) -> str:
+        return inherited_message(
+            f"lock {self._name!r} of {self._identity!r} ({what})",
+            self._inherited_from or 0,
+            "create and acquire a lock in this process (registry.lock() after the fork, "
+            "gunicorn: in post_fork) if it needs one",
+        )
 
     # -- the keepalive thread ----------------------------------------------------------------
 
@@ -288,6 +337,8 @@ class Election:
         self._stop = threading.Event()
         self._observer: threading.Thread | None = None
         self._closed = False
+        self._inherited_from: int | None = None
+        track(self)
 
     def __repr__(self) -> str:
         return f"Election({self._lock.name!r}, identity={self.identity!r}, leader={self.is_leader})"
@@ -328,6 +379,13 @@ class Election:
     def subscribe(self, callback: Callable[[tuple[str, int] | None], None]) -> Callable[[], None]:
         """Call ``callback(leader)`` on every change of leader, from the observer thread
         (started by the first subscriber); returns a function that unsubscribes."""
+        if self._inherited_from is not None:
+            raise RegistryError(
+                f"election {self.name!r} was inherited across fork() from process "
+                f"{self._inherited_from}; create a new one with registry.election() in this "
+                "process to observe it",
+                name=self.name,
+            )
         with self._guard:
             self._subscribers.append(callback)
             if self._observer is None and not self._closed:
@@ -350,6 +408,10 @@ class Election:
                 return
             self._closed = True
             observer = self._observer
+        if self._inherited_from is not None:
+            self._lock.close()  # marks it closed only: the parent's lock is not touched
+            return
+        untrack(self)
         self._stop.set()
         self._lock.close()  # resigns, then closes the backend: ends a wait in progress
         if observer is not None:
@@ -367,6 +429,17 @@ class Election:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def after_fork(self, parent: int) -> str | None:
+        """In a child, from the at-fork handler: no observer, never resigns (its
+        :class:`Lock` is marked inherited by its own handler)."""
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._stop.set()
+        self._observer = None
+        if self._inherited_from is None:
+            self._inherited_from = parent
+        return None
 
     def _observe(self) -> None:
         known: tuple[str, int] | None = None

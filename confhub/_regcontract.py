@@ -16,17 +16,19 @@ and counts are asserted, not speed.
 
 from __future__ import annotations
 
+import multiprocessing
 import queue
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 from ._backend import BackendSettings
 from ._discovery import DiscoveryChange
-from ._errors import LockTimeoutError, NoInstanceError, RegistryInputError
+from ._errors import LockTimeoutError, NoInstanceError, RegistryError, RegistryInputError
 from ._registration import RegistrationState
 from ._registry import Registry
 
@@ -45,7 +47,9 @@ class RegistryStoreHarness(Protocol):
       session now, as if it had expired;
     - ``expires_within``: how many seconds past a TTL the store may take to drop a record
       whose owner died (etcd: 1; Consul: the reaping interval);
-    - ``plugins`` (optional): plugin objects to pass to the registry.
+    - ``plugins`` (optional): plugin objects to pass to the registry;
+    - ``one_process`` (optional, default false): the store lives in the test's process (a
+      forked child has a copy of it), so the fork test skips what needs a shared store.
     """
 
     expires_within: float
@@ -57,6 +61,55 @@ class RegistryStoreHarness(Protocol):
     def start(self) -> None: ...
 
     def expire(self, service: str, instance_id: str) -> None: ...
+
+
+def _forked_child(
+    spec: str,
+    plugins: list[Any],
+    registry: Registry,
+    objects: dict[str, Any],
+    later: Any,
+    results: Any,
+) -> None:
+    """The fork test's child: report what the inherited objects say, wait for the parent's
+    later registration in the inherited discovery, close everything and report again."""
+    try:
+        registration, lock, election = objects["registration"], objects["lock"], objects["election"]
+        discovery = objects["discovery"]
+        report: dict[str, Any] = {
+            "state": str(registration.state),
+            "held": lock.held,
+            "token": lock.token,
+            "leader": election.is_leader,
+        }
+        calls: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("acquire", lambda: lock.acquire(timeout=0.1)),
+            ("set_status", lambda: registration.set_status("warning")),
+        )
+        for name, call in calls:
+            try:
+                call()
+                report[name] = "no error"
+            except RegistryError as exc:
+                report[name] = str(exc)
+        if later is not None:
+            later.wait(WAIT)
+            deadline = time.monotonic() + WAIT
+            while "later" not in {i.instance_id for i in discovery.instances}:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            report["seen"] = sorted(i.instance_id for i in discovery.instances)
+            report["stale"] = discovery.health().stale
+        registry.close()
+        report["closed_state"] = str(registration.state)
+        settings = BackendSettings(connect_timeout=1.0, retry_initial=0.05, retry_max=0.5)
+        with Registry(spec, plugins=plugins, settings=settings) as other:
+            report["listed"] = sorted(i.instance_id for i in other.instances("api").instances)
+            report["holder"] = other.lock("job").holder()
+        results.put(("ok", report))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails
+        results.put(("error", repr(exc)))
 
 
 class RegistryBackendContract:
@@ -382,3 +435,92 @@ class RegistryBackendContract:
             assert two.is_leader
             assert not one.is_leader
             assert two.token == leader[1]
+
+    # -- fork ----------------------------------------------------------------------------------
+
+    def test_forked_child_leaves_the_parents_registration_and_lock(
+        self, registry_store: RegistryStoreHarness
+    ) -> None:
+        """A child forked from a process that registered, holds a lock and leads does not
+        hold them, refuses to act on them, and closing them there leaves them to the
+        parent: still registered (never lost) and kept alive, the lock still the parent's.
+        The inherited discovery follows the store again in the child."""
+        shared = not getattr(registry_store, "one_process", False)
+        prefix = self.new_prefix()
+        states: list[RegistrationState] = []
+        with self.registry(registry_store, prefix) as registry:
+            registration = registry.register(
+                "api", address="127.0.0.1", port=8080, ttl=2, on_state=states.append
+            )
+            lock = registry.lock("job", ttl=2, identity="parent")
+            token = lock.acquire(timeout=WAIT)
+            election = registry.election("leader", ttl=2, identity="parent")
+            election.campaign(timeout=WAIT)
+            discovery = registry.discover("api")
+            objects = {
+                "registration": registration,
+                "lock": lock,
+                "election": election,
+                "discovery": discovery,
+            }
+            context = multiprocessing.get_context("fork")
+            results = context.Queue()
+            later = context.Event() if shared else None
+            process = context.Process(
+                target=_forked_child,
+                args=(
+                    registry_store.spec(prefix),
+                    list(getattr(registry_store, "plugins", ())),
+                    registry,
+                    objects,
+                    later,
+                    results,
+                ),
+            )
+            with warnings.catch_warnings():  # fork() of a threaded process: what we test
+                warnings.simplefilter("ignore", DeprecationWarning)
+                process.start()
+            try:
+                if later is not None:
+                    with registry.register(
+                        "api", address="127.0.0.1", port=8081, ttl=2, instance_id="later"
+                    ):
+                        later.set()
+                        outcome = results.get(timeout=WAIT * 3)
+                else:
+                    outcome = results.get(timeout=WAIT * 3)
+            finally:
+                process.join(WAIT)
+                if process.is_alive():
+                    process.kill()
+                    process.join(WAIT)
+            assert outcome[0] == "ok", outcome
+            report = outcome[1]
+            assert process.exitcode == 0
+            # In the child: inherited, not held, not leading; acting on them is refused.
+            assert report["state"] == "inherited"
+            assert report["held"] is False
+            assert report["token"] is None
+            assert report["leader"] is False
+            assert "inherited across fork()" in report["acquire"]
+            assert "post_fork" in report["set_status"]
+            assert report["closed_state"] == "inherited"
+            # The child's close() did not deregister nor release (seen from the child).
+            assert registration.instance_id in report["listed"]
+            assert report["holder"] == ("parent", token)
+            if shared:
+                assert "later" in report["seen"]
+                assert report["stale"] is False
+            # In the parent, after the child exited: kept alive, never lost, still held.
+            acked = registration.keepalives
+            self.wait_until(
+                lambda: registration.keepalives >= acked + 2, "two keepalives after the child"
+            )
+            assert states == []
+            assert registration.state is RegistrationState.REGISTERED
+            listed = {i.instance_id for i in registry.instances("api").instances}
+            assert registration.instance_id in listed
+            assert lock.held
+            assert lock.holder() == ("parent", token)
+            assert election.is_leader
+            assert election.leader() == ("parent", election.token)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 import attrs
 
 from ._errors import LeaseLostError, RegistryError, SourceError
+from ._regforks import inherited_message, track, untrack
 from ._registry_types import STATUSES
 
 if TYPE_CHECKING:
@@ -41,6 +42,10 @@ class RegistrationState(enum.StrEnum):
     REREGISTERED = "re-registered"
     #: :meth:`Registration.close` ran: deregistered, the thread stopped.
     CLOSED = "closed"
+    #: This object was inherited across ``fork()``: the registration belongs to the parent
+    #: process, which still keeps it alive. The child never renews nor deregisters it
+    #: (``close()`` does nothing to the store); register in the child if it serves too.
+    INHERITED = "inherited"
 
 
 class _Closeable(Protocol):
@@ -78,12 +83,14 @@ class Registration:
         self._keepalives = 0
         self._last_error: BaseException | None = None
         self._last_ack = time.monotonic()
+        self._inherited_from: int | None = None
         backend.register(instance, ttl, checks)
         self._last_ack = time.monotonic()
-        self._thread = threading.Thread(
+        self._thread: threading.Thread | None = threading.Thread(
             target=self._run, name=f"confhub-registration-{instance.instance_id}", daemon=True
         )
         self._thread.start()
+        track(self)
 
     def __repr__(self) -> str:
         return (
@@ -138,6 +145,12 @@ class Registration:
                 f"{', '.join(STATUSES)}; pass one of them"
             )
         self._check_open()
+        if self._inherited_from is not None:
+            raise RegistryError(
+                self._inherited_message("cannot set its status"),
+                source=self._source,
+                name=self.instance_id,
+            )
         with self._lock:
             self._status = status
             self._instance = attrs.evolve(self._instance, status=status)
@@ -152,13 +165,21 @@ class Registration:
 
         A store that cannot be reached is not waited for beyond its connect timeout: the
         presence then expires by itself within its TTL.
+
+        In a process that inherited the registration across ``fork()`` this does nothing to
+        the store (the parent still holds the registration) and only logs a warning.
         """
+        if self._inherited_from is not None:
+            log.warning("%s", self._inherited_message("close() leaves it registered"))
+            return
         with self._lock:
             if self._state is RegistrationState.CLOSED:
                 return
             self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+        untrack(self)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
         try:
             self._backend.deregister(self.instance_id)
         except SourceError as exc:
@@ -181,6 +202,30 @@ class Registration:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    # -- fork ----------------------------------------------------------------------------------
+
+    def after_fork(self, parent: int) -> str | None:
+        """In a child, from the at-fork handler: mark the registration inherited (new lock,
+        no thread, the store untouched). Returns the warning to log."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stop.set()
+        self._thread = None
+        if self._state is RegistrationState.CLOSED:
+            return None
+        if self._inherited_from is None:
+            self._inherited_from = parent
+        self._state = RegistrationState.INHERITED
+        return self._inherited_message("it is not kept alive here")
+
+    def _inherited_message(self, what: str) -> str:
+        return inherited_message(
+            f"registration {self._instance.service}/{self.instance_id} ({what})",
+            self._inherited_from or 0,
+            "register this process's own instance after the fork (gunicorn: in post_fork) "
+            "if it serves too",
+        )
 
     # -- the keepalive thread ----------------------------------------------------------------
 

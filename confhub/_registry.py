@@ -24,6 +24,7 @@ from ._discovery import DEFAULT_MAX_STALENESS, Discovery
 from ._errors import BackendNotFoundError, RegistryError, RegistryInputError
 from ._locks import Election, Lock
 from ._plugins import make_plugin_manager
+from ._regforks import track, untrack
 from ._registration import Registration, RegistrationState
 from ._registry_types import CheckSpec, Instance, ServiceListing
 from ._spec import SourceSpec, as_spec
@@ -145,7 +146,9 @@ class Registry:
         self._guard = threading.Lock()
         self._children: list[Any] = []
         self._closed = False
-        self._backend = self._new_backend()
+        self._backend: RegistryBackend | None = self._new_backend()
+        self._inherited: list[RegistryBackend] = []  # the parents' (after fork: never closed)
+        track(self)
 
     def __repr__(self) -> str:
         return f"Registry({self._spec.display!r})"
@@ -189,7 +192,7 @@ class Registry:
             status=self._status(service, status),
         )
         registration = Registration(
-            self._backend,
+            self._store(),
             instance,
             ttl=check_ttl(f"register({service!r})", ttl),
             checks=tuple(checks),
@@ -257,6 +260,7 @@ class Registry:
                 retry=self._retry_delay,
                 source=self.display,
                 cache_path=cache_path,
+                renew=self._new_backend,
             )
         except BaseException:
             backend.close()
@@ -267,12 +271,12 @@ class Registry:
     def instances(self, service: str) -> ServiceListing:
         """The :class:`confhub.ServiceListing` of ``service`` now (one read, every status)."""
         self._check_open()
-        return self._backend.list_instances(check_name("service name", service))
+        return self._store().list_instances(check_name("service name", service))
 
     def services(self) -> tuple[str, ...]:
         """The names of the services with at least one instance, sorted."""
         self._check_open()
-        return tuple(sorted(self._backend.services()))
+        return tuple(sorted(self._store().services()))
 
     # -- locks and elections -----------------------------------------------------------------
 
@@ -339,19 +343,26 @@ class Registry:
 
     def close(self) -> None:
         """Close every registration (deregistering it), discovery, lock and election made
-        here, then the store connection. Idempotent."""
+        here, then the store connection. Idempotent.
+
+        In a process that inherited the registry across ``fork()``, the inherited
+        registrations, locks and elections are left to the parent (see
+        :class:`RegistrationState`), and only the connections this process opened close."""
         with self._guard:
             if self._closed:
                 return
             self._closed = True
             children = list(reversed(self._children))
             self._children.clear()
+            backend, self._backend = self._backend, None
+        untrack(self)
         for child in children:
             try:
                 child.close()
             except Exception:
                 log.exception("closing %r failed", child)
-        self._backend.close()
+        if backend is not None:
+            backend.close()
 
     def __enter__(self) -> Self:
         return self
@@ -363,6 +374,25 @@ class Registry:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def after_fork(self, parent: int) -> str | None:
+        """In a child, from the at-fork handler: drop the parent's shared connection (never
+        used nor closed here); the first call that needs one makes a new one."""
+        self._guard = threading.Lock()
+        if self._backend is not None:
+            self._inherited.append(self._backend)
+        self._backend = None
+        return None
+
+    def _store(self) -> RegistryBackend:
+        backend = self._backend
+        if backend is None:
+            with self._guard:
+                self._check_open()
+                if self._backend is None:
+                    self._backend = self._new_backend()
+                backend = self._backend
+        return backend
 
     def _check_open(self) -> None:
         if self._closed:

@@ -50,6 +50,7 @@ LAYERS: list[list[str]] = [
         "_memregistry",
     ],  # builtin plugins
     ["_backends.argv", "_backends.dotenv", "_backends.secrets"],  # issue 13's builtins
+    ["_regforks"],  # registry objects inherited across fork(): marked, discovery resumes
     ["_registration", "_discovery", "_locks"],  # the registry's threads
     ["_slot", "_plugins", "_startretry"],  # slot state machine; plugin manager; start rounds
     # start-up chain, recovery, polling; delete/txn/update; the update pipeline

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import queue
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,8 @@ class MemoryHarness:
     """The contract's view of the in-process store: ``memory:PREFIX`` is a store per test."""
 
     expires_within = 0.0
+    #: A forked child has a copy of the store, not the store.
+    one_process = True
 
     def __init__(self) -> None:
         self.stores: list[MemoryRegistryStore] = []
@@ -273,3 +277,38 @@ def test_status_set_while_the_lease_is_lost_is_carried_by_the_reregistration(nam
         assert wait_for(states, "the return") is RegistrationState.REREGISTERED
         (instance,) = registry.instances("api").instances
         assert instance.status == "warning"
+
+
+def _register_in_child(registry: Registry, results: multiprocessing.Queue[object]) -> None:
+    try:
+        inherited = registry.instances("api").instances  # a new connection, on first use
+        own = registry.register("api", address="h", port=2, ttl=3, instance_id="child")
+        listed = sorted(i.instance_id for i in registry.instances("api").instances)
+        results.put((len(inherited), str(own.state), listed))
+        registry.close()
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails
+        results.put(repr(exc))
+
+
+def test_a_forked_child_registers_its_own_instance_on_an_inherited_registry(name: str) -> None:
+    """The worker's post_fork recipe: the inherited Registry makes a new connection in the
+    child and registers the child's own instance there like any registration."""
+    with Registry(f"memory:{name}") as registry:
+        registry.register("api", address="h", port=1, ttl=3, instance_id="parent")
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        process = context.Process(target=_register_in_child, args=(registry, results))
+        with warnings.catch_warnings():  # fork() of a threaded process: what we test
+            warnings.simplefilter("ignore", DeprecationWarning)
+            process.start()
+        try:
+            outcome = results.get(timeout=WAIT)
+        finally:
+            process.join(WAIT)
+            if process.is_alive():
+                process.kill()
+                process.join(WAIT)
+        assert outcome == (1, "registered", ["child", "parent"]), outcome
+        assert process.exitcode == 0
+        # The child's copy of the store is its own: the parent lists only its instance.
+        assert [i.instance_id for i in registry.instances("api").instances] == ["parent"]

@@ -12,12 +12,18 @@ shared with the KV backend).
 :class:`~confhub.SourceUnavailableError` (transient), 403 is
 :class:`~confhub.SourcePermissionError`; any status listed in ``accept`` is returned for the
 caller to read (a 404 that means "lease lost", a 500 that names a bad session TTL).
+
+After ``fork()`` the child's pools forget the parent's connections (the at-fork handler
+gives each a new lock and empty lists): a call in the child opens its own connection, and
+:meth:`Calls.close` in the child never closes a socket the parent still uses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import weakref
 from collections.abc import Collection, Iterator, Sequence
 
 from confhub import SourcePermissionError, SourceUnavailableError
@@ -47,12 +53,25 @@ class Calls:
         self._idle: list[Connection] = []
         self._all: set[Connection] = set()
         self._closed = False
+        self._pid = os.getpid()
+        _POOLS.add(self)
+
+    def forget(self) -> None:
+        """After fork(), in the child: a new lock and no connections (the parent's are
+        dropped, never closed: only references go). Once per process; also run on the
+        child's first use, in case a thread uses the pool before the at-fork handler ran."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            self._idle = []
+            self._all = set()
 
     def _closed_error(self) -> SourceUnavailableError:
         return SourceUnavailableError(f"{self.source}: the registry is closed", source=self.source)
 
     @contextlib.contextmanager
     def _borrow(self) -> Iterator[Connection]:
+        self.forget()
         with self._lock:
             if self._closed:
                 raise self._closed_error()
@@ -126,6 +145,7 @@ class Calls:
 
     def close(self) -> None:
         """Abort every connection (waking parked queries) and refuse new calls; idempotent."""
+        self.forget()
         with self._lock:
             self._closed = True
             conns = list(self._all)
@@ -133,3 +153,16 @@ class Calls:
             self._idle.clear()
         for conn in conns:
             conn.close()
+
+
+# The pools alive in this process. Module state because os.register_at_fork cannot be undone;
+# weak, so that a pool is never kept alive by it.
+_POOLS: weakref.WeakSet[Calls] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_POOLS):
+        pool.forget()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -137,11 +138,27 @@ def parse_instance(
 class _ClientPool:
     """One :class:`EtcdClient` per endpoints, credentials and TLS settings, shared by every
     registry connection of this process that uses them (a discovery, a lock and the
-    registrations of one app share one gRPC channel), closed when the last one is."""
+    registrations of one app share one gRPC channel), closed when the last one is.
+
+    In a child forked from a process using it, :meth:`forget` drops the parent's clients:
+    the child's new connections get clients of their own, and giving back an inherited one
+    closes nothing (the parent's channels are not the child's). It runs from the at-fork
+    handler and, before that handler may have run (a discovery resuming on a thread started
+    by confhub's own handler, which runs first), on the child's first use of the pool.
+    """
 
     def __init__(self) -> None:
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._clients: dict[tuple[object, ...], tuple[EtcdClient, KeepaliveStream, int]] = {}
+
+    def forget(self) -> None:
+        """After fork(), in the child: a new lock, no clients (the parent's are dropped,
+        never closed: only references go). Once per process."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            self._clients = {}
 
     @staticmethod
     def _key(config: EtcdSourceConfig) -> tuple[object, ...]:
@@ -155,6 +172,7 @@ class _ClientPool:
 
     def take(self, config: EtcdSourceConfig) -> tuple[EtcdClient, KeepaliveStream]:
         key = self._key(config)
+        self.forget()
         with self._lock:
             found = self._clients.get(key)
             if found is None:
@@ -170,10 +188,14 @@ class _ClientPool:
             self._clients[key] = (client, stream, users + 1)
             return client, stream
 
-    def give_back(self, config: EtcdSourceConfig) -> None:
+    def give_back(self, config: EtcdSourceConfig, client: EtcdClient) -> None:
         key = self._key(config)
+        self.forget()
         with self._lock:
-            client, stream, users = self._clients[key]
+            found = self._clients.get(key)
+            if found is None or found[0] is not client:
+                return  # a client inherited across fork(): the parent's, left alone
+            client, stream, users = found
             if users > 1:
                 self._clients[key] = (client, stream, users - 1)
                 return
@@ -185,6 +207,7 @@ class _ClientPool:
 # The one piece of module state: the issue asks registrations, discoveries, locks and
 # elections to share the plugin's connections, and a Registry makes one backend for each.
 _POOL = _ClientPool()
+os.register_at_fork(after_in_child=_POOL.forget)
 
 
 class _Listing:
@@ -538,7 +561,7 @@ class EtcdRegistry:
         for watch in watches:
             watch.close()
         if client is not None:
-            _POOL.give_back(self.config)
+            _POOL.give_back(self.config, client)
 
 
 def make_registry(spec: SourceSpec, settings: BackendSettings) -> EtcdRegistry:
