@@ -23,6 +23,7 @@ The pytest plugin (``confhub.pytest_plugin``) adds fixtures on top; ``docs/testi
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -54,6 +55,7 @@ __all__ = [
     "backend_of",
     "change_and_wait",
     "memory_registry_store",
+    "free_ports",
     "queue_depth",
     "wait_for_value",
 ]
@@ -66,6 +68,21 @@ def backend_of(hub: Hub, source: str) -> Backend:
     or a fallback member's. The hub owns the backend: inspect it, do not close it.
     """
     return hub.backend_for(source)
+
+
+def free_ports(count: int = 1) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 for a test's servers (the sockets are
+    held until all are chosen, so the kernel cannot hand the same port out twice)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def queue_depth(hub: Hub) -> int:

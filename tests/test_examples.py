@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,11 @@ from typing import Any
 
 import httpx
 
+from confhub.testing import free_ports
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flask_file"
 HANG = 30.0  # a bound on every wait: reached only when something is broken
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _until(check: Callable[[], Any], what: str) -> Any:
@@ -51,7 +47,7 @@ def _write(path: Path, text: str) -> None:
 @contextlib.contextmanager
 def _flask(config: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """``flask --app app run`` on a free port; stopped (SIGINT, then kill) on exit."""
-    port = _free_port()
+    [port] = free_ports()
     env = {**os.environ, "EXAMPLE_CONFIG": str(config)}
     args = [sys.executable, "-m", "flask", "--app", "app", "run"]
     args += ["--host", "127.0.0.1", "--port", str(port)]
@@ -113,7 +109,7 @@ def test_the_flask_example_refuses_to_start_on_a_missing_file(tmp_path: Path) ->
     """No configuration file: the app does not start, and says which file is missing."""
     env = {**os.environ, "EXAMPLE_CONFIG": str(tmp_path / "absent.toml")}
     result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "app", "run", "--port", str(_free_port())],
+        [sys.executable, "-m", "flask", "--app", "app", "run", "--port", str(free_ports()[0])],
         cwd=EXAMPLE,
         env=env,
         capture_output=True,

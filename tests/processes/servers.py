@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,12 +25,6 @@ APP_DIR = ROOT / "examples" / "gunicorn"
 BIN = Path(sys.executable).parent
 
 Answer = dict[str, Any]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def gunicorn(port: int, *, workers: int, preload: bool, worker_class: str = "sync") -> list[str]:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from confhub_etcd.testing import EtcdServer
-from servers import Answer, Server, free_port, gunicorn, uvicorn
+from servers import Answer, Server, gunicorn, uvicorn
+
+from confhub.testing import free_ports
 
 WORKERS = 2
 
@@ -52,7 +54,7 @@ def test_gunicorn_workers_follow_a_file(tmp_path: Path, worker_class: str, prelo
     """gunicorn (sync or uvicorn workers, with or without --preload): every worker sees it."""
     cfg = tmp_path / "app.toml"
     cfg.write_text('flag = "one"\n')
-    port = free_port()
+    [port] = free_ports()
     argv = gunicorn(port, workers=WORKERS, preload=preload, worker_class=worker_class)
     change = lambda: cfg.write_text('flag = "two"\n')  # noqa: E731
     run_recipe(argv, port, f"file:{cfg}", tmp_path, change, preload)
@@ -62,7 +64,7 @@ def test_uvicorn_workers_follow_a_file(tmp_path: Path) -> None:
     """uvicorn --workers N (spawned workers, each with its own hub): every worker sees it."""
     cfg = tmp_path / "app.toml"
     cfg.write_text('flag = "one"\n')
-    port = free_port()
+    [port] = free_ports()
     change = lambda: cfg.write_text('flag = "two"\n')  # noqa: E731
     run_recipe(uvicorn(port, workers=WORKERS), port, f"file:{cfg}", tmp_path, change, False)
 
@@ -70,7 +72,7 @@ def test_uvicorn_workers_follow_a_file(tmp_path: Path) -> None:
 def test_gunicorn_preload_workers_follow_etcd(tmp_path: Path, etcd: EtcdServer) -> None:
     """gunicorn --preload with an etcd source: each worker re-reads and watches etcd itself."""
     etcd.put("/app/flag", "one")
-    port = free_port()
+    [port] = free_ports()
     argv = gunicorn(port, workers=WORKERS, preload=True)
     spec = f"etcd://{etcd.endpoint}/app/"
     run_recipe(argv, port, spec, tmp_path, lambda: etcd.put("/app/flag", "two"), True)
@@ -80,7 +82,7 @@ def test_gunicorn_workers_close_their_hubs_on_exit(tmp_path: Path) -> None:
     """worker_exit closes each worker's hubs: the log says so for every worker."""
     cfg = tmp_path / "app.toml"
     cfg.write_text('flag = "one"\n')
-    port = free_port()
+    [port] = free_ports()
     argv = gunicorn(port, workers=WORKERS, preload=True)
     with Server(argv, {"APP_SOURCES": f"file:{cfg}"}, port, tmp_path / "server.log") as server:
         pids = set(server.workers_until(WORKERS, serves("one")))

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 import consul
 import pytest
 import requests
+from confhub.testing import free_ports
 
 from confhub_consul.testing import AclToken, ConsulTestServer
 
@@ -170,25 +170,11 @@ class Target:
         self._session.close()
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (held until all are chosen: no port handed out twice)."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sockets.append(sock)
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 @contextlib.contextmanager
 def _consul_agent(*, acl: bool) -> Iterator[tuple[str, int]]:
     """Run ``consul agent -dev`` on loopback with free ports; always stopped."""
     assert CONSUL_BIN is not None
-    http_port, server_port, lan_port, wan_port = _free_ports(4)
+    http_port, server_port, lan_port, wan_port = free_ports(4)
     hcl = [
         f'default_query_time = "{int(DEFAULT_QUERY_TIME)}s"',
         f'max_query_time = "{int(MAX_QUERY_TIME)}s"',

@@ -13,7 +13,6 @@ so a shared real agent is never confused by an earlier test.
 from __future__ import annotations
 
 import http.server
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ import consul
 import consul.exceptions
 import pytest
 import requests
+from confhub.testing import free_ports
 from conftest import MAX_QUERY_TIME, Target, make_double
 from consul import Check
 from test_conformance import Call, idx, settle
@@ -116,12 +116,6 @@ def status_server() -> Iterator[_StatusServer]:
         server.shutdown()
         server.server_close()
         thread.join()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ------------------------------------------------------------ agent service registration
@@ -224,7 +218,7 @@ def test_59_http_and_tcp_checks(target: Target, svc: str, status_server: _Status
     tcp_ok = f"127.0.0.1:{status_server.server_address[1]}"
     register(target, {"Name": svc, "ID": f"{svc}-t", "Check": {"TCP": tcp_ok, "Interval": "1s"}})
     wait_until(lambda: (check_of(target, f"service:{svc}-t") or {}).get("Status") == "passing")
-    refused = f"127.0.0.1:{_free_port()}"
+    refused = f"127.0.0.1:{free_ports()[0]}"
     register(target, {"Name": svc, "ID": f"{svc}-r", "Check": {"TCP": refused, "Interval": "1s"}})
     wait_until(lambda: (check_of(target, f"service:{svc}-r") or {}).get("Output", "") != "")
     assert (check_of(target, f"service:{svc}-r") or {}).get("Status") == "critical"

@@ -98,7 +98,7 @@ def test_a_port_taken_before_etcd_binds_it_is_retried_with_new_ports(
     taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     taken.bind(("127.0.0.1", 0))
     taken.listen()
-    real = testing._free_ports
+    real = testing.free_ports
     calls: list[list[int]] = []
 
     def first_port_taken(count: int) -> list[int]:
@@ -108,7 +108,7 @@ def test_a_port_taken_before_etcd_binds_it_is_retried_with_new_ports(
         calls.append(ports)
         return ports
 
-    monkeypatch.setattr(testing, "_free_ports", first_port_taken)
+    monkeypatch.setattr(testing, "free_ports", first_port_taken)
     try:
         with EtcdServer() as etcd:
             etcd.put("/a", "1")
@@ -119,7 +119,7 @@ def test_a_port_taken_before_etcd_binds_it_is_retried_with_new_ports(
 
 
 def test_ports_of_one_cluster_are_distinct() -> None:
-    assert len(set(testing._free_ports(64))) == 64
+    assert len(set(testing.free_ports(64))) == 64
 
 
 def test_public_surface_is_pinned() -> None:

@@ -10,7 +10,6 @@ import contextlib
 import importlib.metadata
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from confhub.testing import free_ports
 
 from confhub_etcd.testing import EtcdServer
 
@@ -28,12 +28,6 @@ pytest_plugins = ["pytester"]
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "fastapi_etcd"
 HANG = 30.0  # a bound on every wait: reached only when something is broken
 PREFIX = "/example/"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _until(check: Callable[[], Any], what: str) -> Any:
@@ -51,7 +45,7 @@ def _until(check: Callable[[], Any], what: str) -> Any:
 @contextlib.contextmanager
 def _service(etcd: EtcdServer, cache_dir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """uvicorn serving the example on a free port; stopped (SIGINT, then kill) on exit."""
-    port = _free_port()
+    [port] = free_ports()
     env = {
         **os.environ,
         "EXAMPLE_ETCD": etcd.endpoint,
@@ -155,7 +149,7 @@ def test_the_fastapi_example_refuses_to_start_without_etcd_or_cache(tmp_path: Pa
     naming the source)."""
     with EtcdServer() as etcd:
         etcd.kill()
-        port = _free_port()
+        [port] = free_ports()
         env = {**os.environ, "EXAMPLE_ETCD": etcd.endpoint, "CONFHUB_CACHE_DIR": str(tmp_path)}
         result = subprocess.run(
             [sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)],

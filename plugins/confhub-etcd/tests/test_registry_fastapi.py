@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from confhub import BackendSettings, Registry
+from confhub.testing import free_ports
 from registry_lib import WAIT, wait_until
 
 from confhub_etcd.testing import EtcdServer
@@ -28,12 +28,6 @@ def example_source() -> str:
     return source
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def registry(etcd: EtcdServer) -> Iterator[Registry]:
     spec = f"etcd://{etcd.endpoint}/services/"
@@ -46,7 +40,7 @@ def test_fastapi_example_registers_on_startup_and_deregisters_on_shutdown(
 ) -> None:
     """The app is listed while it serves, finds its peers, and is gone once SIGTERM ends it."""
     (tmp_path / "orders_app.py").write_text(example_source(), encoding="utf-8")
-    port = free_port()
+    [port] = free_ports()
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(tmp_path), *(p for p in sys.path if p)]),

