@@ -37,7 +37,6 @@ from confhub import (
     SourcePermissionError,
     SourceSpec,
     SourceUnavailableError,
-    SpecError,
     WriteConflictError,
     WriteError,
     WriteOp,
@@ -45,7 +44,7 @@ from confhub import (
 )
 
 from ._client import EtcdClient
-from ._config import EtcdSourceConfig, parse_spec
+from ._config import EtcdSourceConfig, open_client, parse_spec
 from ._documents import updated_document
 from ._errors import EtcdAuthError, EtcdError, EtcdLimitError, EtcdTLSError, EtcdTooManyKeys
 from ._layers import NOUN, checked_tree_layer, document_layer, fast_tree_layer, tree_delta
@@ -151,23 +150,7 @@ class EtcdBackend(Backend):
                     f"{self.display}: the backend is closed", source=self.display
                 )
             if self._client is None:
-                cfg = self.config
-                try:
-                    self._client = EtcdClient(
-                        list(cfg.endpoints),
-                        timeout=cfg.timeout,
-                        tls=cfg.tls,
-                        credentials=cfg.credentials,
-                        max_receive_bytes=cfg.max_receive_bytes,
-                    )
-                except OSError as exc:
-                    raise SpecError(
-                        f"{self.display}: cannot read a TLS file ({exc.strerror}: "
-                        f"{exc.filename}); fix the ca=, cert= or key= option",
-                        spec=self.display,
-                    ) from None
-                except ValueError as exc:
-                    raise SpecError(f"{self.display}: {exc}", spec=self.display) from None
+                self._client = open_client(self.config, self.display)
             return self._client
 
     def _too_many(self, exc: EtcdTooManyKeys) -> SourceFormatError:

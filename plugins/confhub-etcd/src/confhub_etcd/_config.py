@@ -15,6 +15,7 @@ from typing import Final
 from confhub import SourceSpec, SpecError, UrlParts
 from confhub.kv import DEFAULT_MAX_KEYS, Backoff, check_options
 
+from ._client import EtcdClient
 from ._types import Credentials, TLSConfig
 
 __all__ = ["OWN_OPTIONS", "VOLATILE_OPTIONS", "EtcdSourceConfig", "parse_spec"]
@@ -98,6 +99,27 @@ def parse_spec(spec: SourceSpec, *, default_timeout: float = 2.0) -> EtcdSourceC
         max_receive_bytes=max_receive_bytes,
         max_keys=max_keys,
     )
+
+
+def open_client(config: EtcdSourceConfig, display: str) -> EtcdClient:
+    """The client of ``config`` (no I/O until its first call). A TLS file that cannot be
+    read, or a setting the client refuses, is a :class:`SpecError` naming the option."""
+    try:
+        return EtcdClient(
+            list(config.endpoints),
+            timeout=config.timeout,
+            tls=config.tls,
+            credentials=config.credentials,
+            max_receive_bytes=config.max_receive_bytes,
+        )
+    except OSError as exc:
+        raise SpecError(
+            f"{display}: cannot read a TLS file ({exc.strerror}: {exc.filename}); "
+            "fix the ca=, cert= or key= option",
+            spec=display,
+        ) from None
+    except ValueError as exc:
+        raise SpecError(f"{display}: {exc}", spec=display) from None
 
 
 def _spec_error(spec: SourceSpec, message: str) -> SpecError:

@@ -34,7 +34,7 @@ from confhub import (
 )
 
 from ._client import EtcdClient
-from ._config import parse_spec
+from ._config import open_client, parse_spec
 from ._errors import EtcdAuthError, EtcdError
 from ._lease import KeepaliveStream, Leases, StreamSet, lease_missing
 from ._lock import EtcdLock
@@ -170,19 +170,15 @@ class _ClientPool:
             config.max_receive_bytes,
         )
 
-    def take(self, config: EtcdSourceConfig) -> tuple[EtcdClient, KeepaliveStream]:
+    def take(self, config: EtcdSourceConfig, display: str) -> tuple[EtcdClient, KeepaliveStream]:
+        """The shared client of ``config`` (made on first use: :func:`open_client`, whose
+        :class:`SpecError` names ``display``) and its keepalive stream."""
         key = self._key(config)
         self.forget()
         with self._lock:
             found = self._clients.get(key)
             if found is None:
-                client = EtcdClient(
-                    list(config.endpoints),
-                    timeout=config.timeout,
-                    tls=config.tls,
-                    credentials=config.credentials,
-                    max_receive_bytes=config.max_receive_bytes,
-                )
+                client = open_client(config, display)
                 found = (client, KeepaliveStream(client), 0)
             client, stream, users = found
             self._clients[key] = (client, stream, users + 1)
@@ -343,16 +339,7 @@ class EtcdRegistry:
                     raise SourceUnavailableError(
                         f"{self.display}: this registry connection is closed", source=self.display
                     )
-                try:
-                    self._client, self._keepalives = _POOL.take(self.config)
-                except OSError as exc:
-                    raise SpecError(
-                        f"{self.display}: cannot read a TLS file ({exc.strerror}: "
-                        f"{exc.filename}); fix the ca=, cert= or key= option",
-                        spec=self.display,
-                    ) from None
-                except ValueError as exc:
-                    raise SpecError(f"{self.display}: {exc}", spec=self.display) from None
+                self._client, self._keepalives = _POOL.take(self.config, self.display)
             return self._client
 
     def leases(self) -> Leases:
