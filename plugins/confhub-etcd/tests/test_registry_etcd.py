@@ -302,5 +302,15 @@ def test_holder_cut_off_gives_up_before_another_can_hold(etcd: EtcdServer, spec:
             etcd.start()
         assert store_running_at_loss == [False]
         waiter = other.lock("job", ttl=2, identity="waiter")
-        token = waiter.acquire(timeout=WAIT)
+        # The shared gRPC channel may still be in its reconnect backoff just after the
+        # restart: a call then fails at once (SourceUnavailableError) until it reconnects.
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                token = waiter.acquire(timeout=WAIT)
+                break
+            except confhub.SourceUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         assert waiter.holder() == ("waiter", token)
