@@ -451,6 +451,13 @@ def _positive(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
         raise ValueError(f"Backoff {attribute.name} must be above 0, not {value!r}")
 
 
+#: The jitter's own source: drawing from it never changes the ``random`` module's state (an
+#: app that seeds ``random`` gets the same sequence with confhub running), and it needs no
+#: reseeding after ``fork()`` (each draw reads the OS's entropy), so forked workers do
+#: not retry in step.
+_JITTER = random.SystemRandom()
+
+
 @attrs.frozen
 class Backoff:
     """Capped exponential backoff with jitter.
@@ -479,7 +486,7 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """The seconds to wait before retry ``attempt`` (0 for the first retry)."""
         base = min(self.maximum, self.initial * self.multiplier ** min(max(attempt, 0), 64))
-        return base * (1.0 - self.jitter * random.random())  # noqa: S311 - jitter, not crypto
+        return base * (1.0 - self.jitter * _JITTER.random())
 
 
 class ReportOnce:

@@ -269,6 +269,41 @@ def test_backoff_jitter_shortens_by_at_most_its_fraction() -> None:
     assert len(set(delays)) > 1
 
 
+def test_backoff_jitter_leaves_the_random_module_alone() -> None:
+    """Jitter never draws from the ``random`` module: an app (or a property test) that seeds
+    it gets the same sequence while confhub's threads back off beside it."""
+    import random
+
+    random.seed(1234)
+    expected = [random.random() for _ in range(3)]
+    random.seed(1234)
+    backoff = kv.Backoff(1.0, 4.0, jitter=0.5)
+    delays = {backoff.delay(3) for _ in range(50)}
+    assert len(delays) > 1  # jittered all the same
+    assert [random.random() for _ in range(3)] == expected
+
+
+def test_backoff_jitter_differs_in_forked_children() -> None:
+    """Two children forked from one process draw different delays (a fleet restarted at
+    once does not retry in step)."""
+    import os
+
+    backoff = kv.Backoff(1.0, 4.0, jitter=0.5)
+    drawn = []
+    for _ in range(2):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.close(read)
+            os.write(write, repr([backoff.delay(5) for _ in range(4)]).encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            drawn.append(pipe.read())
+        os.waitpid(pid, 0)
+    assert drawn[0] != drawn[1]
+
+
 def test_backoff_survives_a_huge_attempt_number() -> None:
     """A watch retrying for days never overflows the exponent."""
     assert kv.Backoff(0.1, 30.0, jitter=0.0).delay(10**9) == 30.0

@@ -113,19 +113,20 @@ def test_a_start_outlasts_a_store_that_answers_late(etcd: EtcdServer) -> None:
     etcd.pause()
     starting = threading.Thread(target=hub.start, name="test-start")
     try:
-        starting.start()
-        deadline = time.monotonic() + 30
-        while counter.failures < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert counter.failures >= 2  # two rounds failed: one attempt would have ended it
-    finally:
-        etcd.resume()
-        starting.join(60)
-    try:
+        try:
+            starting.start()
+            deadline = time.monotonic() + 30  # a hang guard: rounds come every ~0.3-0.8 s
+            while counter.failures < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert counter.failures >= 2  # two rounds failed: one attempt would have ended it
+            assert hub.state is not confhub.State.RUNNING  # still starting, not given up
+        finally:
+            etcd.resume()
+            starting.join(60)
         assert hub.state is confhub.State.RUNNING
         assert hub["flag"] == "one"
     finally:
-        hub.close()
+        hub.close()  # whatever failed above: no hub, thread or watch outlives the test
 
 
 def test_a_source_down_at_start_is_retried_within_its_backoff() -> None:

@@ -55,6 +55,11 @@ def prefix_range_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
+#: Jitter from the OS's entropy: never touches the ``random`` module's state, and forked
+#: children do not draw the same delays.
+_JITTER = random.SystemRandom()
+
+
 @dataclass(frozen=True, slots=True)
 class Credentials:
     """User name and password for etcd's auth; the password never appears in a repr."""
@@ -215,7 +220,7 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
-        return base * (1.0 - self.jitter * random.random())  # noqa: S311 - not cryptographic
+        return base * (1.0 - self.jitter * _JITTER.random())
 
 
 # -- what a watcher keeps: each key's mod_revision ------------------------------------------------
