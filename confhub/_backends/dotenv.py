@@ -46,7 +46,8 @@ from .._backend import BackendInfo, BackendSettings, hookimpl
 from .._errors import SourceFormatError
 from .._layer import Layer
 from ..kv import check_options
-from ._watch import WatchedBackend, digest
+from ._fileread import digest
+from ._watch import WatchedBackend
 from .env import env_key
 
 if TYPE_CHECKING:

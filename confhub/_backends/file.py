@@ -25,7 +25,7 @@ watches the parent directory, follows symlinks and Kubernetes ``..data`` swaps, 
 and compares content hashes; see that module's docstring.
 
 ``{profile}`` in the path is replaced by the active profile (``$CONFHUB_PROFILE``, or the
-variable named by ``?profile_env=``): see :func:`confhub._backends._watch.profile_path`.
+variable named by ``?profile_env=``): see :func:`confhub._backends._fileread.profile_path`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from .._backend import BackendInfo, BackendSettings, hookimpl
 from .._errors import SpecError
 from .._layer import Layer
 from .._parsers import format_for_path, locate_key, parse_document
-from ._watch import WatchedBackend, digest
+from ._fileread import digest
+from ._watch import WatchedBackend
 
 if TYPE_CHECKING:
     from .._spec import SourceSpec
