@@ -53,7 +53,9 @@ LAYERS: list[list[str]] = [
         "_memregistry",
     ],  # builtin plugins
     ["_backends.argv", "_backends.dotenv", "_backends.secrets"],  # issue 13's builtins
-    ["_regforks"],  # registry objects inherited across fork(): marked, discovery resumes
+    # registry objects inherited across fork(): marked, discovery resumes; a discovery's
+    # opt-in file copy of its last list
+    ["_regforks", "_listcache"],
     ["_registration", "_discovery", "_locks"],  # the registry's threads
     ["_slot", "_plugins", "_startretry"],  # slot state machine; plugin manager; start rounds
     # start-up chain, recovery, polling; delete/txn/update; the update pipeline
@@ -200,7 +202,14 @@ MAX_MODULE_LINES = 600
 #: ... and no class over this many (``class`` line to its last line, docstrings included).
 MAX_CLASS_LINES = 400
 #: What may exceed them, and why. Keep it short: a new entry needs a reason a reviewer accepts.
-SIZE_ALLOWED: dict[str, str] = {}
+SIZE_ALLOWED: dict[str, str] = {
+    # The facade: 413 lines of which most are the public methods' docstrings; its work is
+    # in the stages it wires (_publish, _lifecycle, _writes, _dispatch ...). No seam left.
+    "_hub.Hub": "the facade; its length is its documented public surface",
+    # The frozen layer and its delta (624): being reworked on the load path (issue 9 item 7);
+    # cut it (e.g. the per-key details apart from the flat data) once that settles.
+    "_layer": "the load path's layer, under rework; cut after it settles",
+}
 
 
 def _sizes() -> list[tuple[str, int, int]]:
