@@ -14,12 +14,16 @@ ORDER = [
     "_types",
     "_rpc",
     "_transport",
+    "_kvread",
+    "_kvwrite",
+    "_watchstream",
     "_watcher",
     "_client",
     "_config",
     "_layers",
     "_documents",
     "_transactions",
+    "_writes",
     "_backend",
     "_lease",
     "_lock",
@@ -31,7 +35,17 @@ ORDER = [
     "_demo",
     "_plugin",
 ]
-CLIENT_LAYER = {"_errors", "_types", "_rpc", "_transport", "_watcher", "_client"}
+CLIENT_LAYER = {
+    "_errors",
+    "_types",
+    "_rpc",
+    "_transport",
+    "_kvread",
+    "_kvwrite",
+    "_watchstream",
+    "_watcher",
+    "_client",
+}
 PACKAGE = Path(confhub_etcd.__file__).parent
 
 
