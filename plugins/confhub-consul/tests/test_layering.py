@@ -1,4 +1,4 @@
-"""The backend's modules import one way: options -> reader -> watch/writer -> backend -> plugin.
+"""The backend's modules import one way: options -> reader -> watch/writes -> backend -> plugin.
 
 A module may import only modules listed before it (type-only imports included), so the
 watcher can never reach back into the backend, and a new cycle fails here.
@@ -13,7 +13,7 @@ import confhub_consul
 
 #: The backend's modules in dependency order (the test server's modules are apart).
 ORDER = [
-    "_http", "_options", "_index", "_reader", "_watch", "_writer",
+    "_http", "_options", "_index", "_reader", "_watch", "_kvrequests", "_docwriter", "_writer",
     "_calls", "_lock", "_registry", "_backend", "_plugin",
 ]  # fmt: skip
 PACKAGE = Path(confhub_consul.__file__).parent
