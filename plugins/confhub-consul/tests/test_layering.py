@@ -56,3 +56,39 @@ def test_every_backend_module_is_placed() -> None:
         "pytest_plugin",  # the consul_server fixture, on testing
     }
     assert modules - test_server == set(ORDER)
+
+
+#: The core's size bounds (tests/test_layering.py), held by the plugin too.
+MAX_MODULE_LINES = 600
+MAX_CLASS_LINES = 400
+#: Over the bounds, and why: the in-repo Consul test server is a test double (an HTTP
+#: server imitating Consul's KV, sessions, agent and catalog), not the backend.
+SIZE_ALLOWED = {
+    "_testserver": "the test server's HTTP engine",
+    "_testserver.Engine": "the test server's HTTP engine: one handler per endpoint",
+    "_testagent": "the test server's agent and catalog",
+    "_testagent.AgentState": "the test server's agent and catalog state",
+    "_teststate": "the test server's KV and session state",
+    "_teststate.ConsulState": "the test server's KV and session state",
+    "testing": "the test server's public harness",
+    "testing.ConsulTestServer": "the test server's public harness: start, faults, waits",
+}
+
+
+def _sizes() -> dict[str, tuple[int, int]]:
+    found: dict[str, tuple[int, int]] = {}
+    for path in sorted(PACKAGE.glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        found[path.stem] = (len(text.splitlines()), MAX_MODULE_LINES)
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                found[f"{path.stem}.{node.name}"] = (lines, MAX_CLASS_LINES)
+    return found
+
+
+def test_no_module_or_class_outgrows_the_bounds() -> None:
+    """Modules within 600 lines, classes within 400 (issue 9): cut along a seam."""
+    sizes = _sizes()
+    over = [f"{n}: {lines} > {bound}" for n, (lines, bound) in sizes.items() if lines > bound]
+    assert sorted(n.split(":")[0] for n in over) == sorted(SIZE_ALLOWED), "\n".join(over)
