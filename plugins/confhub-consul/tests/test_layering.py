@@ -53,6 +53,11 @@ def test_every_backend_module_is_placed() -> None:
         "_testagent",
         "_testagentapi",
         "_testfilter",
+        "_testproto",
+        "_testfaults",
+        "_testkvapi",
+        "_testsessionapi",
+        "_testhttp",
         "pytest_plugin",  # the consul_server fixture, on testing
     }
     assert modules - test_server == set(ORDER)
@@ -61,16 +66,15 @@ def test_every_backend_module_is_placed() -> None:
 #: The core's size bounds (tests/test_layering.py), held by the plugin too.
 MAX_MODULE_LINES = 600
 MAX_CLASS_LINES = 400
-#: Over the bounds, and why: the in-repo Consul test server is a test double (an HTTP
-#: server imitating Consul's KV, sessions, agent and catalog), not the backend.
+#: Over the bounds, and why: parts of the in-repo Consul test server, a test double (an HTTP
+#: server imitating Consul's KV, sessions, agent and catalog), not the backend. Each is one
+#: job already (the agent's state, the KV and session state, the public harness); cut them
+#: when they grow.
 SIZE_ALLOWED = {
-    "_testserver": "the test server's HTTP engine",
-    "_testserver.Engine": "the test server's HTTP engine: one handler per endpoint",
-    "_testagent": "the test server's agent and catalog",
+    "_testagent": "the test server's agent and catalog state",
     "_testagent.AgentState": "the test server's agent and catalog state",
     "_teststate": "the test server's KV and session state",
     "_teststate.ConsulState": "the test server's KV and session state",
-    "testing": "the test server's public harness",
     "testing.ConsulTestServer": "the test server's public harness: start, faults, waits",
 }
 
