@@ -62,6 +62,15 @@ from ._fileread import ABSENT, digest, max_bytes_option, profile_path, read_regu
 if TYPE_CHECKING:
     from .._spec import SourceSpec
 
+__all__ = [
+    "ABSENT",
+    "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_SETTLE",
+    "WatchedBackend",
+    "digest",  # re-exported from _fileread, with read_regular, for the builtins
+    "read_regular",
+]
+
 log = logging.getLogger("confhub.file")
 
 DEFAULT_SETTLE = 0.02

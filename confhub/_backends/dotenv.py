@@ -46,8 +46,7 @@ from .._backend import BackendInfo, BackendSettings, hookimpl
 from .._errors import SourceFormatError
 from .._layer import Layer
 from ..kv import check_options
-from ._fileread import digest
-from ._watch import WatchedBackend
+from ._watch import WatchedBackend, digest
 from .env import env_key
 
 if TYPE_CHECKING:

@@ -37,8 +37,7 @@ from .._backend import BackendInfo, BackendSettings, hookimpl
 from .._errors import SpecError
 from .._layer import Layer
 from .._parsers import format_for_path, locate_key, parse_document
-from ._fileread import digest
-from ._watch import WatchedBackend
+from ._watch import WatchedBackend, digest
 
 if TYPE_CHECKING:
     from .._spec import SourceSpec

@@ -39,8 +39,7 @@ from .._backend import BackendInfo, BackendSettings, hookimpl
 from .._errors import SourceFormatError, SourceUnavailableError, SpecError
 from .._layer import Layer
 from ..kv import check_options
-from ._fileread import digest, read_regular
-from ._watch import WatchedBackend
+from ._watch import WatchedBackend, digest, read_regular
 from .env import env_key
 
 if TYPE_CHECKING:

@@ -342,7 +342,10 @@ class Engine:
         return tuple(headers)
 
     def query_timeout(self, wait: float | None) -> float:
-        """Consul's RPCQueryTimeout: default, clamp, then jitter up to wait/16 (2.7)."""
+        """Consul's RPCQueryTimeout: default, clamp, then jitter up to wait/16 (2.7).
+
+        The seconds a blocking query asking for ``wait`` (``None``: none given) is held at
+        most; public so that a test can check the draws without timing a query."""
         cfg = self.config
         timeout = wait if wait is not None and wait > 0 else cfg.default_query_time
         timeout = min(timeout, cfg.max_query_time)
