@@ -54,6 +54,8 @@ def test_every_backend_module_is_placed() -> None:
         "_testagentapi",
         "_testfilter",
         "_testproto",
+        "_testrecords",
+        "_testregistration",
         "_testfaults",
         "_testkvapi",
         "_testsessionapi",
@@ -66,16 +68,15 @@ def test_every_backend_module_is_placed() -> None:
 #: The core's size bounds (tests/test_layering.py), held by the plugin too.
 MAX_MODULE_LINES = 600
 MAX_CLASS_LINES = 400
-#: Over the bounds, and why: parts of the in-repo Consul test server, a test double (an HTTP
-#: server imitating Consul's KV, sessions, agent and catalog), not the backend. Each is one
-#: job already (the agent's state, the KV and session state, the public harness); cut them
-#: when they grow.
+#: Over the bounds, and why: two classes of the in-repo Consul test server, a test double
+#: (an HTTP server imitating Consul's KV, sessions, agent and catalog), not the backend.
 SIZE_ALLOWED = {
-    "_testagent": "the test server's agent and catalog state",
-    "_testagent.AgentState": "the test server's agent and catalog state",
-    "_teststate": "the test server's KV and session state",
-    "_teststate.ConsulState": "the test server's KV and session state",
-    "testing.ConsulTestServer": "the test server's public harness: start, faults, waits",
+    # The state store (424): KV, sessions and lock-delays under one condition and one Raft
+    # index; a session's end rewrites KV entries in the same step, so they stay together.
+    "_teststate.ConsulState": "the test server's state store: KV and sessions in one step",
+    # The public harness (449): one documented method per knob and fault; its work is the
+    # engine's, the faults', the state's.
+    "testing.ConsulTestServer": "the test server's public harness: its documented surface",
 }
 
 
