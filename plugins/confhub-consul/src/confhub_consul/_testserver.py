@@ -6,10 +6,10 @@ action such as drop/hang) without touching sockets, so the protocol rules live i
 It owns what every endpoint shares (the token, the datacenter and leader checks, read
 parameters, blocking, the response headers) and routes each request to an endpoint module:
 :mod:`~confhub_consul._testkvapi` (KV, txn), :mod:`~confhub_consul._testsessionapi`
-(sessions), :mod:`~confhub_consul._testagentapi` (agent, health, catalog). Faults are
-:mod:`~confhub_consul._testfaults`', the values :mod:`~confhub_consul._testproto`'s, the sockets
-:mod:`~confhub_consul._testhttp`'s. The public wrapper is
-:class:`confhub_consul.testing.ConsulTestServer`.
+(sessions), :mod:`~confhub_consul._testagentapi` (agent, health, catalog). The faults
+are kept by :mod:`~confhub_consul._testfaults`, the values are in
+:mod:`~confhub_consul._testproto`, the sockets in :mod:`~confhub_consul._testhttp`. The
+public wrapper is :class:`confhub_consul.testing.ConsulTestServer`.
 
 Behaviour follows ``shared/consul-api.md`` section 2; comments cite its subsections.
 """
