@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 import attrs
 
 from ._errors import NoInstanceError, SourceError, SourceFormatError, SourceUnavailableError
+from ._listcache import ListingCache
 from ._regforks import track, untrack
 from ._registry_types import Instance
 
@@ -101,8 +100,8 @@ class Discovery:
 
     With ``cache_path``, every list read is also saved to that JSON file, and a discovery
     whose first read fails because the store is unreachable starts from it (reported
-    stale) when it is younger than ``max_staleness``. Off by default: see the module's
-    note on stale lists.
+    stale) when it is younger than ``max_staleness`` (:class:`confhub._listcache.ListingCache`
+    holds the file). Off by default: see the module's note on stale lists.
     """
 
     def __init__(
@@ -151,7 +150,7 @@ class Discovery:
         self._skipped: tuple[SourceFormatError, ...] = ()
         self._reported: set[str] = set()
         self._closed = False
-        self._cache_path = None if cache_path is None else Path(cache_path)
+        self._cache = None if cache_path is None else ListingCache(cache_path, service)
         try:
             listing = backend.list_instances(service)
         except SourceError as exc:
@@ -421,56 +420,18 @@ class Discovery:
     # -- the opt-in cache of the last list -----------------------------------------------------
 
     def _save_cache(self, instances: dict[str, Instance]) -> None:
-        if self._cache_path is None:
-            return
-        document = {
-            "service": self._service,
-            "saved_at": time.time(),
-            "instances": [
-                {
-                    "id": i.instance_id,
-                    "address": i.address,
-                    "port": i.port,
-                    "meta": dict(i.meta),
-                    "status": i.status,
-                    "origin": i.origin,
-                }
-                for i in instances.values()
-            ],
-        }
-        tmp = self._cache_path.with_name(self._cache_path.name + ".tmp")
-        try:
-            self._cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(document, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, self._cache_path)
-        except OSError as exc:
-            log.warning("discovery of %s: cannot write its cache %s: %s", self._service, tmp, exc)
+        if self._cache is not None:
+            self._cache.save(instances.values())
 
     def _load_cache(self, error: SourceError) -> bool:
         """Serve the cached list (stale) when the first read failed; False if there is none
         fit to serve (missing, unreadable, for another service, older than max_staleness)."""
-        if self._cache_path is None or not isinstance(error, SourceUnavailableError):
+        if self._cache is None or not isinstance(error, SourceUnavailableError):
             return False
-        try:
-            document = json.loads(self._cache_path.read_text(encoding="utf-8"))
-            age = max(0.0, time.time() - float(document["saved_at"]))
-            if document["service"] != self._service:
-                return False
-            instances = {
-                str(row["id"]): Instance(
-                    service=self._service,
-                    instance_id=str(row["id"]),
-                    address=str(row["address"]),
-                    port=int(row["port"]),
-                    meta=row.get("meta") or {},
-                    status=str(row.get("status", "passing")),
-                    origin=str(row.get("origin", "")),
-                )
-                for row in document["instances"]
-            }
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("discovery of %s: cannot use its cache: %s", self._service, exc)
+        cached = self._cache.load()
+        if cached is None:
             return False
+        instances, age = cached
         if self._max_staleness is not None and age > self._max_staleness:
             log.warning(
                 "discovery of %s: its cache is %.0fs old, over max_staleness; not using it",

@@ -55,7 +55,6 @@ from ._errors import (
 )
 from ._fleetfollow import GroupFollower, error_of
 from ._fleetstate import (
-    Beacon,
     Busy,
     Election,
     GroupFileError,
@@ -66,6 +65,7 @@ from ._fleetstate import (
     ensure_dir,
     read_state,
 )
+from ._fleetwake import Beacon
 from ._health import Sharing
 from ._layer import Layer, LayerDelta
 from ._merge import MISSING

@@ -27,11 +27,10 @@ from ._fleetstate import (
     GroupFileError,
     GroupPaths,
     GroupState,
-    Line,
     read_state,
     stat_key,
-    wait_readable,
 )
+from ._fleetwake import Line, wait_readable
 from ._merge import MISSING
 
 #: A follower that lost its leader tries the lock and the new leader's socket again after

@@ -112,8 +112,9 @@ def _forked_child(
         results.put(("error", repr(exc)))
 
 
-class RegistryBackendContract:
-    """The registry behaviours every store provides, against a real store."""
+class RegistryContractBase:
+    """What the registry contract's groups share: fresh prefixes, a registry on the store,
+    bounded waits, an outage."""
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -167,6 +168,11 @@ class RegistryBackendContract:
             yield
         finally:
             store.start()
+
+
+class RegistrationContract(RegistryContractBase):
+    """Registrations and discoveries: listing, changes, passing-only, pick, lost leases,
+    outages, bad input."""
 
     # -- registration and listing ------------------------------------------------------------
 
@@ -358,6 +364,10 @@ class RegistryBackendContract:
                 assert needle in str(error), str(error)
             assert registry.services() == ()
 
+
+class LockContract(RegistryContractBase):
+    """Locks and elections, and what a forked child does with inherited registry objects."""
+
     # -- locks and elections -----------------------------------------------------------------
 
     def test_lock_is_held_by_one_at_a_time_and_handed_over_on_release(
@@ -524,3 +534,8 @@ class RegistryBackendContract:
             assert lock.holder() == ("parent", token)
             assert election.is_leader
             assert election.leader() == ("parent", election.token)
+
+
+class RegistryBackendContract(RegistrationContract, LockContract):
+    """The registry behaviours every store provides, against a real store; subclass it and
+    provide a ``registry_store`` fixture (see :class:`RegistryStoreHarness`)."""

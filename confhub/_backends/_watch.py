@@ -1,6 +1,7 @@
 """The watching machinery every file-shaped builtin source shares (``file:``, ``dotenv:``,
-``secrets:``): a bounded read of regular files, and :class:`WatchedBackend`, which watches a
-directory through watchdog, debounces, hashes and re-reads.
+``secrets:``): :class:`WatchedBackend`, which reads through :mod:`._fileread` (bounded reads
+of regular files), watches a directory through :mod:`._dirwatch` (the watchdog observer),
+debounces, hashes and re-reads.
 
 A subclass says *what* it reads; this module says *how* it is watched:
 
@@ -40,20 +41,11 @@ Watching follows the lessons of viper, Envoy and kubelet's atomic writer:
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import logging
 import os
-import re
-import stat
 import threading
 import time
-from typing import TYPE_CHECKING, Any
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.polling import PollingObserver
+from typing import TYPE_CHECKING
 
 from .._backend import Backend, Notify
 from .._errors import (
@@ -63,19 +55,26 @@ from .._errors import (
     SourceUnavailableError,
     SpecError,
 )
-from .._fileio import read_at_most
 from .._layer import Layer
+from ._dirwatch import DirectoryWatch
+from ._fileread import ABSENT, digest, max_bytes_option, profile_path, read_regular
 
 if TYPE_CHECKING:
     from .._spec import SourceSpec
+
+__all__ = [
+    "ABSENT",
+    "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_SETTLE",
+    "WatchedBackend",
+    "digest",  # re-exported from _fileread, with read_regular, for the builtins
+    "read_regular",
+]
 
 log = logging.getLogger("confhub.file")
 
 DEFAULT_SETTLE = 0.02
 DEFAULT_POLL_INTERVAL = 0.5
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-#: The revision (and content hash) of a source that is missing.
-ABSENT = "absent"
 _WATCH_MODES = {
     "auto": "auto",
     "true": "auto",
@@ -86,141 +85,6 @@ _WATCH_MODES = {
     "off": "false",
     "no": "false",
 }
-
-
-#: The variable that names the active profile (``?profile_env=`` names another).
-PROFILE_ENV = "CONFHUB_PROFILE"
-_PROFILE = "{profile}"
-_PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def profile_path(spec: SourceSpec, location: str) -> tuple[str | None, str | None]:
-    """``location`` with ``{profile}`` replaced by the active profile, and the profile.
-
-    The profile is the value of ``$CONFHUB_PROFILE`` (or of the variable the
-    ``profile_env`` option names), read once, when the backend is made. A path without the
-    placeholder is returned as is, with ``None``. When the variable is unset or empty, the
-    path is ``None`` if the source is ``?optional=true`` (it contributes nothing), else a
-    :class:`SpecError`. A profile must be a plain name (letters, digits, ``_ . -``, not
-    ``..``): it picks a file beside the others, never a path elsewhere.
-    """
-    if _PROFILE not in location:
-        return location, None
-    variable = str(spec.option("profile_env", PROFILE_ENV))
-    profile = os.environ.get(variable, "").strip()
-    if not profile:
-        if spec.optional:
-            return None, None
-        raise SpecError(
-            f"{spec.display}: the path holds {{profile}} but ${variable} is not set; set it "
-            f"(e.g. {variable}=prod) or add ?optional=true to read nothing without a profile",
-            spec=spec.display,
-        )
-    if not _PROFILE_NAME.fullmatch(profile) or ".." in profile:
-        raise SpecError(
-            f"{spec.display}: ${variable}={profile!r} is not a profile name; use letters, "
-            "digits, '_', '.' and '-' (no '/', no '..'), e.g. prod or staging-eu",
-            spec=spec.display,
-        )
-    return location.replace(_PROFILE, profile), profile
-
-
-def read_regular(path: str, max_bytes: int, *, source: str) -> bytes | None:
-    """The bytes of the regular file at ``path``, or ``None`` when it does not exist.
-
-    Opened with ``O_NONBLOCK`` so that a FIFO never blocks the open; only a regular file
-    is read (symlinks are followed: only the final target's type counts), and at most
-    ``max_bytes + 1`` bytes, so ``/dev/zero`` or a runaway file is refused, not loaded.
-    Errors name ``source`` and ``path``: :class:`SourcePermissionError`,
-    :class:`SourceUnavailableError` (not a regular file, an I/O error),
-    :class:`SourceFormatError` (a directory, too big).
-    """
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except FileNotFoundError:
-        return None
-    except PermissionError as exc:
-        raise SourcePermissionError(
-            f"{source}: cannot read {path}: {exc.strerror or exc}; fix its permissions",
-            source=source,
-        ) from None
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # a socket (or a device with no driver)
-            raise _not_regular(source, path, "a socket or an unconnected device") from None
-        raise SourceUnavailableError(
-            f"{source}: cannot read {path}: {exc.strerror or exc}", source=source
-        ) from None
-    try:
-        try:
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                raise SourceFormatError(
-                    f"{source}: {path} is a directory, not a file", source=source
-                )
-            if not stat.S_ISREG(st.st_mode):
-                raise _not_regular(source, path, _file_type(st.st_mode))
-            if st.st_size > max_bytes:
-                raise _too_big(source, path, f"{st.st_size:,} bytes", max_bytes)
-            data = read_at_most(fd, max_bytes)
-        except OSError as exc:
-            raise SourceUnavailableError(
-                f"{source}: cannot read {path}: {exc.strerror or exc}", source=source
-            ) from None
-    finally:
-        os.close(fd)
-    if len(data) > max_bytes:  # it grew while being read
-        raise _too_big(source, path, f"more than {max_bytes:,} bytes", max_bytes)
-    return data
-
-
-def _not_regular(source: str, path: str, kind: str) -> SourceUnavailableError:
-    return SourceUnavailableError(
-        f"{source}: {path} is {kind}, not a regular file; confhub reads only "
-        "regular files (a symlink to one is fine): point the source at the file itself",
-        source=source,
-    )
-
-
-def _too_big(source: str, path: str, size: str, max_bytes: int) -> SourceFormatError:
-    return SourceFormatError(
-        f"{source}: {path} is {size}, more than max_bytes={max_bytes:,}; "
-        "refusing it: raise ?max_bytes= on the source if a file that big is intended",
-        source=source,
-    )
-
-
-def _file_type(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a special file"
-
-
-def digest(content: bytes) -> str:
-    """The revision of file content: a short SHA-256."""
-    return hashlib.sha256(content).hexdigest()[:16]
-
-
-def max_bytes_option(spec: SourceSpec, default: int) -> int:
-    """The ``max_bytes`` option: a whole number >= 0, else :class:`SpecError`."""
-    value = spec.option("max_bytes")
-    if value is None:
-        return default
-    try:
-        limit = int(str(value))
-    except ValueError:
-        limit = -1
-    if limit < 0:
-        raise SpecError(
-            f"{spec.display}: max_bytes={value!r} is not a byte count; give a whole number >= 0",
-            spec=spec.display,
-        )
-    return limit
 
 
 class WatchedBackend(Backend):
@@ -260,24 +124,24 @@ class WatchedBackend(Backend):
         self.watch_mode = _WATCH_MODES[mode]
         self._last_hash: str | None = None
         self._reported_broken: str | None = None
-        self._observer: BaseObserver | None = None
-        self._handler = _Handler(self)
-        self._watches: dict[str, ObservedWatch] = {}
-        # The identity (device, inode) of each watched directory when it was scheduled: a
-        # directory deleted and recreated is a new inode that the old watch does not see.
-        self._watched_ids: dict[str, tuple[int, int]] = {}
-        self._dir_lost = False  # set on an event saying a watched directory was deleted
+        self._dirwatch = DirectoryWatch(
+            name=self.name,
+            mode=self.watch_mode,
+            poll_interval=self.poll_interval,
+            watch_dir=lambda: self.watch_dir,
+            real_dir=self.real_dir,
+            is_relevant=self.is_relevant,
+            poke=self.poke,
+            report=self._report,
+        )
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        # Serialises watch(), close() and the settle thread's observer restarts, so close()
-        # sees every observer that was started and none is started after it.
+        # Serialises watch() and close(), so close() joins every thread that was started.
         self._lifecycle = threading.Lock()
         self._cond = threading.Condition()
         self._deadline: float | None = None
         self._first_event: float | None = None
         self._notify: Notify | None = None
-        #: The observer class in use (``InotifyObserver``, ``PollingObserver`` ...), once watching.
-        self.observer_kind: str | None = None
 
     # -- what a subclass says ----------------------------------------------------------------
     @property
@@ -323,7 +187,13 @@ class WatchedBackend(Backend):
     def watched_directories(self) -> frozenset[str]:
         """The directories watched now (the source's own and, through symlinks, the ones it
         resolves to), a snapshot; empty when not watching. For diagnostics and tests."""
-        return frozenset(self._watches.copy())  # dict.copy() is atomic: no size-change race
+        return self._dirwatch.directories
+
+    @property
+    def observer_kind(self) -> str | None:
+        """The observer class in use (``InotifyObserver``, ``PollingObserver`` ...), once
+        watching."""
+        return self._dirwatch.observer_kind
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> Layer:
@@ -345,7 +215,7 @@ class WatchedBackend(Backend):
             if self._stop.is_set():
                 return  # closed already: start nothing that close() would not stop
             self._notify = notify
-            self._observer = self._start_observer()
+            self._dirwatch.start()
             self._thread = threading.Thread(
                 target=self._run,
                 name=f"confhub-file-settle[{os.path.basename(self.path)}]",
@@ -354,81 +224,6 @@ class WatchedBackend(Backend):
             self._thread.start()
         # The source may have changed between load() and now, before anything watched it.
         self.poke()
-
-    def _dirs(self) -> set[str]:
-        parent = self.watch_dir
-        dirs = {parent}
-        real = self.real_dir()
-        if real != parent and os.path.isdir(real):
-            dirs.add(real)
-        return dirs
-
-    def _schedule_all(self, observer: BaseObserver, dirs: set[str]) -> None:
-        for d in sorted(dirs):
-            self._schedule(observer, d)
-
-    def _schedule(self, observer: BaseObserver, directory: str) -> None:
-        st = os.stat(directory)
-        self._watches[directory] = observer.schedule(self._handler, directory, recursive=False)
-        self._watched_ids[directory] = (st.st_dev, st.st_ino)
-
-    def _parent_gone(self) -> bool:
-        """Whether the watched directory is missing or was replaced by another."""
-        if self._dir_lost:
-            return True
-        parent = self.watch_dir
-        try:
-            st = os.stat(parent)
-        except OSError:
-            return True
-        return self._watched_ids.get(parent) != (st.st_dev, st.st_ino)
-
-    def _start_observer(self) -> BaseObserver:
-        parent = self.watch_dir
-        if not os.path.isdir(parent):
-            raise SourceUnavailableError(
-                f"{self.name}: directory {parent} does not exist, "
-                "so the source cannot be watched; create it",
-                source=self.name,
-            )
-        dirs = self._dirs()
-        if self.watch_mode != "poll":
-            native: BaseObserver | None = None
-            try:
-                # InotifyObserver creates its inotify instance here: EMFILE when the
-                # instance limit is reached, ENOSPC from a watch limit in schedule/start.
-                native = Observer()
-                self._schedule_all(native, dirs)
-                native.start()
-            except OSError as exc:
-                self._watches.clear()
-                self._watched_ids.clear()
-                if native is not None:
-                    # Its thread never started; stop() joins what did (emitters, inotify).
-                    _stop_observer(native)
-                log.warning(
-                    "%s: native file watching is unavailable (%s); polling every %.2fs instead",
-                    self.name,
-                    exc,
-                    self.poll_interval,
-                )
-            else:
-                self.observer_kind = type(native).__name__
-                return native
-        observer: BaseObserver = PollingObserver(timeout=self.poll_interval)
-        try:
-            self._schedule_all(observer, dirs)
-            observer.start()
-        except OSError as exc:
-            self._watches.clear()
-            self._watched_ids.clear()
-            _stop_observer(observer)
-            raise SourceUnavailableError(
-                f"{self.name}: cannot watch {parent}, not even by polling: {exc}",
-                source=self.name,
-            ) from exc
-        self.observer_kind = type(observer).__name__
-        return observer
 
     def poke(self) -> None:
         """Note an event: (re)start the debounce window, bounded by ``max_settle``."""
@@ -439,21 +234,12 @@ class WatchedBackend(Backend):
             self._deadline = min(now + self.settle, self._first_event + self.max_settle)
             self._cond.notify()
 
-    def directory_deleted(self, path: str) -> bool:
-        """An event said directory ``path`` was deleted: when it is one we watch, its watch
-        died with it; note that (the settle thread then looks for it) and return True."""
-        if path not in self._watched_ids:
-            return False
-        self._dir_lost = True
-        self.poke()
-        return True
-
     def _run(self) -> None:
         while not self._stop.is_set():
             with self._cond:
                 deadline = self._deadline
                 if deadline is None:
-                    if not self._parent_gone():
+                    if not self._dirwatch.parent_gone():
                         self._cond.wait()
                         continue
                     # The directory was deleted: no event will come from it. Look for it
@@ -500,7 +286,7 @@ class WatchedBackend(Backend):
 
     def _check(self) -> None:
         """Read the settled source and report a new layer, its absence, or why it is broken."""
-        self._rewatch()
+        self._dirwatch.rewatch()
         ok, content = self._read_or_report()
         if not ok:
             return
@@ -549,141 +335,13 @@ class WatchedBackend(Backend):
         self._reported_broken = None
         self._publish(layer)
 
-    def _rewatch(self) -> None:
-        """Watch the directory the path now resolves to; drop ones it no longer does."""
-        observer = self._observer
-        if observer is None:
-            return
-        wanted = {d for d in self._dirs() if os.path.isdir(d)}
-        parent = self.watch_dir
-        if parent in wanted and self._parent_gone():
-            # The directory was deleted and is back as a new inode. watchdog keeps its
-            # bookkeeping by path, so a watch scheduled again on the same path can stay
-            # attached to the dead inode: start a fresh observer instead.
-            self._restart_observer()
-            return
-        for d in set(self._watches) - wanted:
-            watch = self._watches.pop(d)
-            self._watched_ids.pop(d, None)
-            try:
-                observer.unschedule(watch)
-            except (KeyError, OSError) as exc:  # already gone with its directory
-                log.debug("%s: unwatching %s: %s", self.name, d, exc)
-        for d in wanted - set(self._watches):
-            try:
-                self._schedule(observer, d)
-            except OSError as exc:  # pragma: no cover - depends on the platform's limits
-                log.warning("%s: cannot watch %s: %s", self.name, d, exc)
-
-    def _restart_observer(self) -> None:
-        with self._lifecycle:
-            old, self._observer = self._observer, None
-        if old is not None:
-            _stop_observer(old)
-        self._watches.clear()
-        self._watched_ids.clear()
-        self._dir_lost = False
-        if self._stop.is_set():
-            return
-        try:
-            fresh = self._start_observer()
-        except SourceUnavailableError as exc:
-            self._report(exc)
-            return
-        with self._lifecycle:
-            closed = self._stop.is_set()
-            if not closed:
-                self._observer = fresh
-        if closed:  # close() ran meanwhile and saw no observer: this one is ours to stop
-            _stop_observer(fresh)
-            return
-        log.info("%s: %s was recreated; watching it again", self.name, self.watch_dir)
-
     def close(self) -> None:
         """Stop watching and join the observer's and the settle thread. Idempotent."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
         with self._lifecycle:
-            observer, self._observer = self._observer, None
             thread, self._thread = self._thread, None
-        if observer is not None:
-            _stop_observer(observer)
-        self._watches.clear()
-        self._watched_ids.clear()
+        self._dirwatch.close()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
-
-
-class _Handler(FileSystemEventHandler):
-    """Pokes the backend for any event that may concern its source (both ends of a move)."""
-
-    def __init__(self, backend: WatchedBackend) -> None:
-        self._backend = backend
-
-    def _relevant(self, path: Any) -> bool:
-        if not path:
-            return False
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
-        return self._backend.is_relevant(str(path))
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        # Our own reads open and close the file: reacting to those would loop forever.
-        if event.event_type in ("opened", "closed_no_write"):
-            return
-        if event.event_type == "deleted" and event.is_directory:
-            src = (
-                os.fsdecode(event.src_path) if isinstance(event.src_path, bytes) else event.src_path
-            )
-            if self._backend.directory_deleted(src):
-                return
-        if self._relevant(event.src_path) or self._relevant(getattr(event, "dest_path", "")):
-            self._backend.poke()
-
-
-def _stop_observer(observer: BaseObserver) -> None:
-    """Stop an observer, join its threads, and release its inotify instance.
-
-    Closing the inotify descriptor is not left to watchdog alone: its reader
-    (``watchdog.observers.inotify_c.InotifyFD``, 7.x) starts out marked as reading, so
-    ``close()`` writes to the reader's wake-up pipe and leaves the closing to the reader,
-    which closes on its way out of a read. A reader stopped before its first read (a hub
-    closed right after it started, the reader thread not yet scheduled: a loaded machine)
-    never reads, so the inotify descriptor and both pipe ends stayed open, every thread
-    gone. Each such descriptor counts against the per-user limit of inotify instances.
-    """
-    observer.stop()
-    if observer.is_alive() and observer is not threading.current_thread():
-        observer.join(timeout=5)
-    _release_inotify(observer)
-
-
-def _release_inotify(observer: BaseObserver) -> None:
-    """Close what a stopped InotifyFD reader left open (see ``_stop_observer``).
-
-    Only a reader whose thread has ended is touched, and only in the one state that means
-    "closed, descriptors never released": ``_closed`` set while ``_is_reading`` is still
-    true. Whoever closes the descriptors clears ``_is_reading`` first, under the reader's
-    lock, and nothing sets it again once ``_closed`` is set. Other watchdog versions and
-    other observers (polling) lack these members and are left alone.
-    """
-    reader: Any = getattr(observer, "_inotify_fd", None)
-    lock = getattr(reader, "_lock", None)
-    release = getattr(reader, "_close_resources", None)
-    is_thread = isinstance(reader, threading.Thread)
-    if not is_thread or lock is None or not callable(release):
-        return
-    if reader.is_alive():
-        if reader is threading.current_thread():
-            return
-        reader.join(timeout=5)
-        if reader.is_alive():  # still reading: it will close on its way out
-            return
-    with lock:
-        if getattr(reader, "_closed", False) is True and getattr(reader, "_is_reading", False):
-            reader._is_reading = False
-            try:
-                release()
-            except OSError as exc:  # pragma: no cover - already closed by someone else
-                log.debug("releasing an inotify instance: %s", exc)

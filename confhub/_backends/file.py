@@ -25,7 +25,7 @@ watches the parent directory, follows symlinks and Kubernetes ``..data`` swaps, 
 and compares content hashes; see that module's docstring.
 
 ``{profile}`` in the path is replaced by the active profile (``$CONFHUB_PROFILE``, or the
-variable named by ``?profile_env=``): see :func:`confhub._backends._watch.profile_path`.
+variable named by ``?profile_env=``): see :func:`confhub._backends._fileread.profile_path`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@
 
 The pieces, imported in one direction: :mod:`~confhub_consul._options` parses the spec,
 :mod:`~confhub_consul._reader` reads and builds layers, :mod:`~confhub_consul._watch` runs
-the blocking-query loop, :mod:`~confhub_consul._writer` writes; this module wires them.
+the blocking-query loop, :mod:`~confhub_consul._writer` writes (its requests in
+:mod:`~confhub_consul._kvrequests`, the document layout in :mod:`~confhub_consul._docwriter`);
+this module wires them.
 Requests go through :mod:`confhub_consul._http` (see there why not py-consul's client).
 Everything a user can set is described in ``docs/backend.md``.
 """

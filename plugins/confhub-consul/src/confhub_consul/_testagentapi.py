@@ -1,7 +1,7 @@
 """HTTP endpoints of the test server's agent, health and catalog (``shared/consul-api.md``
 2.13-2.14, checklist items 56-73).
 
-:class:`AgentAPI` answers ``/v1/agent/service/*``, ``/v1/agent/check/*``,
+:class:`AgentAPI` answers ``/v1/agent/self``, ``/v1/agent/service/*``, ``/v1/agent/check/*``,
 ``/v1/agent/services``, ``/v1/agent/checks``, ``/v1/health/service/<s>``,
 ``/v1/health/checks/<s>``, ``/v1/catalog/service/<s>`` and ``/v1/catalog/services`` through
 the engine's shared request helpers (parameters, tokens, leader, blocking), and keeps its
@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from confhub_consul._testagent import STATUSES, AgentState, RegistrationError
 from confhub_consul._testfilter import FilterError, compile_filter
+from confhub_consul._testproto import Reply, Request
 from confhub_consul._teststate import AclToken
 
 if TYPE_CHECKING:
-    from confhub_consul._testserver import Engine, Reply, Request
+    from confhub_consul._testserver import Engine
 
 __all__ = ["AgentAPI"]
 
-Handler = Callable[["Request", str], "Reply"]
+Handler = Callable[[Request, str], Reply]
 _HEALTH_FIELDS = frozenset({"Node", "Service", "Checks"})
 _CATALOG_FIELDS = frozenset(
     {
@@ -55,6 +56,7 @@ class AgentAPI:
             ("/v1/agent/check/warn/", True, "OPTIONS,PUT", self._status("warning")),
             ("/v1/agent/check/fail/", True, "OPTIONS,PUT", self._status("critical")),
             ("/v1/agent/check/update/", True, "OPTIONS,PUT", self._update),
+            ("/v1/agent/self", False, "OPTIONS,GET", self._agent_self),
             ("/v1/agent/services", False, "OPTIONS,GET", self._agent_services),
             ("/v1/agent/checks", False, "OPTIONS,GET", self._agent_checks),
             ("/v1/health/service/", True, "OPTIONS,GET", self._health_service),
@@ -260,6 +262,44 @@ class AgentAPI:
 
     def _catalog_services(self, req: Request, _rest: str) -> Reply:
         return self._read(req, "", self.agent.catalog_services)
+
+    def _agent_self(self, req: Request, _rest: str) -> Reply:
+        token = self.engine.token_or_reply(req)
+        if isinstance(token, Reply):
+            return token
+        if token.other_level("agent", self.engine.default_level()) < 1:
+            denied = self.engine.denied(token, "agent:read", self.engine.config.node_name)
+            return self.engine.text(403, str(denied))
+        cfg = self.engine.config
+        body = {
+            "Config": {
+                "Datacenter": cfg.datacenter,
+                "PrimaryDatacenter": cfg.datacenter,
+                "NodeName": cfg.node_name,
+                "NodeID": "11111111-2222-3333-4444-555555555555",
+                "Revision": "testserver",
+                "Server": True,
+                "Version": cfg.version,
+                "BuildDate": "2025-01-01T00:00:00Z",
+            },
+            "DebugConfig": {},
+            "Coord": {
+                "Vec": [0, 0, 0, 0, 0, 0, 0, 0],
+                "Error": 1.5,
+                "Adjustment": 0,
+                "Height": 1e-05,
+            },
+            "Member": {
+                "Name": cfg.node_name,
+                "Addr": "127.0.0.1",
+                "Port": 8301,
+                "Tags": {"dc": cfg.datacenter, "role": "consul"},
+                "Status": 1,
+            },
+            "Stats": {},
+            "Meta": {"consul-network-segment": ""},
+        }
+        return self.engine.json_reply(req, body, ())
 
 
 def _empty_read(select: Callable[[], tuple[int, Any]]) -> Callable[[], tuple[int, Any]]:

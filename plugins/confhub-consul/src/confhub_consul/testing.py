@@ -36,15 +36,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from confhub_consul._testserver import (
-    Engine,
+from confhub_consul._testfaults import FaultHandle
+from confhub_consul._testhttp import HTTPFrontend
+from confhub_consul._testproto import (
     EngineConfig,
-    FaultHandle,
-    HTTPFrontend,
     KeyValidation,
     MissingKeyBlocking,
     RequestRecord,
 )
+from confhub_consul._testserver import Engine
 from confhub_consul._teststate import AclToken, ConsulState, KVEntry, Session
 
 __all__ = [
@@ -357,16 +357,11 @@ class ConsulTestServer:
 
     def add_token(self, token: AclToken) -> None:
         """Register (or replace) an ACL token."""
-        with self._engine_lock():
-            self._engine.tokens[token.secret_id] = token
+        self._engine.add_token(token)
 
     def remove_token(self, secret_id: str) -> None:
         """Forget a token; requests using it get 403 ``ACL not found``."""
-        with self._engine_lock():
-            self._engine.tokens.pop(secret_id, None)
-
-    def _engine_lock(self) -> threading.Lock:
-        return self._engine._lock
+        self._engine.remove_token(secret_id)
 
     # ------------------------------------------------------ fault injection
 
@@ -424,7 +419,7 @@ class ConsulTestServer:
         until cleared. ``body`` defaults to a Consul-like text for the status.
         """
         text = body if body is not None else _DEFAULT_BODIES.get(status, "injected fault")
-        return self._engine.add_fault(
+        return self._engine.faults.add(
             "status",
             path_prefix=path_prefix,
             methods=_methods(methods),
@@ -437,7 +432,7 @@ class ConsulTestServer:
         self, *, times: int | None = 1, path_prefix: str = "/", methods: Iterable[str] | None = None
     ) -> FaultHandle:
         """Close matching connections without answering (py-consul raises ConnectionError)."""
-        return self._engine.add_fault(
+        return self._engine.faults.add(
             "drop", path_prefix=path_prefix, methods=_methods(methods), times=times
         )
 
@@ -453,7 +448,7 @@ class ConsulTestServer:
         :meth:`release_hung` lets the parked requests be answered normally; ``stop()`` closes
         them without an answer.
         """
-        return self._engine.add_fault(
+        return self._engine.faults.add(
             "hang", path_prefix=path_prefix, methods=_methods(methods), times=times
         )
 
@@ -468,12 +463,12 @@ class ConsulTestServer:
 
     def release_hung(self) -> None:
         """Answer every request currently parked by :meth:`hang`."""
-        self._engine.release_hung()
+        self._engine.faults.release_hung()
 
     @property
     def hung_requests(self) -> int:
         """How many requests are parked by :meth:`hang` right now."""
-        return self._engine.hung
+        return self._engine.faults.hung
 
     def delay(
         self,
@@ -484,7 +479,7 @@ class ConsulTestServer:
         methods: Iterable[str] | None = None,
     ) -> FaultHandle:
         """Wait ``seconds`` before handling matching requests (slow server)."""
-        return self._engine.add_fault(
+        return self._engine.faults.add(
             "delay", path_prefix=path_prefix, methods=_methods(methods), times=times, delay=seconds
         )
 
@@ -501,7 +496,7 @@ class ConsulTestServer:
         once, then the body one byte every ``seconds_per_byte`` (the connection is closed
         after it). With ``headers=True`` the status line and headers drip too, one byte at
         a time like the body. A client whose read timeout is per ``recv`` never times out."""
-        return self._engine.add_fault(
+        return self._engine.faults.add(
             "drip",
             path_prefix=path_prefix,
             methods=_methods(methods),
@@ -513,7 +508,7 @@ class ConsulTestServer:
     def clear_faults(self) -> None:
         """Remove every injected fault, release hung requests, restore the leader and end a
         simulated follower lag."""
-        self._engine.clear_faults()
+        self._engine.faults.clear_all()
         self._engine.set_leader(True)
         self._engine.set_last_contact(None)
 

@@ -37,18 +37,15 @@ from confhub import (
     SourcePermissionError,
     SourceSpec,
     SourceUnavailableError,
-    WriteConflictError,
-    WriteError,
     WriteOp,
     kv,
 )
 
 from ._client import EtcdClient
 from ._config import EtcdSourceConfig, open_client, parse_spec
-from ._documents import updated_document
-from ._errors import EtcdAuthError, EtcdError, EtcdLimitError, EtcdTLSError, EtcdTooManyKeys
+from ._errors import EtcdAuthError, EtcdError, EtcdTLSError, EtcdTooManyKeys
 from ._layers import NOUN, checked_tree_layer, document_layer, fast_tree_layer, tree_delta
-from ._transactions import WRITE_ATTEMPTS, EtcdTransactions
+from ._transactions import EtcdTransactions
 from ._types import (
     EventKind,
     KeyValue,
@@ -59,6 +56,7 @@ from ._types import (
     WatchStatus,
 )
 from ._watcher import PrefixWatcher
+from ._writes import EtcdWrites
 
 __all__ = ["EtcdBackend", "EtcdSourceConfig", "make_backend", "parse_spec"]
 
@@ -121,12 +119,19 @@ class EtcdBackend(Backend):
         self._lost = False
         self._broken = False  # the content is refused (broken, too many keys, missing)
         self._reports = kv.ReportOnce()
+        self._writes = EtcdWrites(
+            client=lambda: self.client,
+            keys=self.keys,
+            config=config,
+            display=self.display,
+            translate=self._translate,
+        )
         self._transactions = EtcdTransactions(
             client=lambda: self.client,
             keys=self.keys,
             config=config,
             display=self.display,
-            check_key=self._etcd_key,
+            check_key=self._writes.check_key,
             translate=self._translate,
         )
 
@@ -370,128 +375,11 @@ class EtcdBackend(Backend):
 
     # -- write ---------------------------------------------------------------------------------
 
-    def _etcd_key(self, key: str) -> str:
-        parts = key.split(".")
-        if not key or any(not p for p in parts) or "/" in key:
-            raise WriteError(
-                f"{self.display}: {key!r} is not a dotted key such as db.pool.size "
-                "(no empty segments, no '/')",
-                source=self.display,
-                key=key,
-            )
-        return self.keys.to_store(key)
-
     def write(self, key: str, value: Any, expected_revision: Any = None) -> int:
         """Write dotted ``key``; with ``expected_revision`` a compare-and-swap on the etcd
-        key's mod_revision (0: the key must not exist). Returns the new revision.
-
-        A write that would put a value over a table, or a key under a value, is refused
-        before anything is sent (:func:`confhub.kv.check_write_shape`, against the keys
-        under :meth:`~confhub.kv.KeyMap.write_scope`, read keys-only), and the put is
-        guarded by that read: if a key under the scope was written since, it is read and
-        checked again (a bounded number of times), so no concurrent write slips in between.
-        """
-        if self.config.fmt is not None:
-            return self._write_document(key, value, expected_revision)
-        etcd_key = self._etcd_key(key)
-        payload = kv.encode_value(value, source=self.display, key=key)
-        expected = None if expected_revision is None else int(expected_revision)
-        scope = self.keys.write_scope(key)
-        client = self.client
-        for _ in range(WRITE_ATTEMPTS):
-            try:
-                revision, names = client.keys_under(scope)
-                kv.check_write_shape(self._dotted_keys(names), key, value, source=self.display)
-                result = client.put_if_unchanged_under(
-                    etcd_key,
-                    payload,
-                    scope=scope,
-                    scope_revision=revision,
-                    expected_mod_revision=expected,
-                )
-            except EtcdLimitError as exc:
-                raise WriteError(f"{self.display}: {exc}", source=self.display, key=key) from None
-            except EtcdError as exc:
-                raise self._translate(exc, f"the write of {key!r}") from None
-            if result.succeeded:
-                return result.revision
-            if expected is not None and result.actual != expected:
-                raise WriteConflictError(
-                    f"{self.display}: {key} (etcd key {etcd_key}) is at mod_revision "
-                    f"{result.actual or 'none (absent)'}, not {expected}; re-read "
-                    "(confhub explain shows the mod_revision) and retry",
-                    source=self.display,
-                    key=key,
-                    expected=expected,
-                    actual=result.actual,
-                )
-            # Another key under the scope was written since the read: read and check again.
-        raise WriteConflictError(
-            f"{self.display}: the keys under {scope!r} kept changing during "
-            f"{WRITE_ATTEMPTS} attempts to write {key!r}; retry later",
-            source=self.display,
-            key=key,
-        )
-
-    def _dotted_keys(self, names: list[bytes]) -> list[str]:
-        """The dotted keys of etcd keys ``names`` (keys this source cannot read are left
-        out: they are refused when it reads)."""
-        found = []
-        for name in names:
-            try:
-                dotted = self.keys.to_dotted(name)
-            except SourceFormatError:
-                continue
-            if dotted is not None:
-                found.append(dotted)
-        return found
-
-    def _write_document(self, key: str, value: Any, expected_revision: Any) -> int:
-        """Read-modify-CAS of the one document key (a lost race without
-        ``expected_revision`` is retried up to 5 times)."""
-        cfg = self.config
-        self._etcd_key(key)  # validates the dotted key
-        client = self.client
-        for _ in range(5):
-            try:
-                item, _rev = client.get(cfg.prefix)
-            except EtcdError as exc:
-                raise self._translate(exc, "the read") from None
-            actual = item.mod_revision if item is not None else 0
-            expected = actual if expected_revision is None else int(expected_revision)
-            if expected != actual:
-                raise WriteConflictError(
-                    f"{self.display}: document key {cfg.prefix} is at mod_revision {actual}, "
-                    f"not {expected}; re-read and retry",
-                    source=self.display,
-                    key=key,
-                    expected=expected,
-                    actual=actual,
-                )
-            raw = item.value if item is not None else None
-            payload = updated_document(raw, cfg.fmt or "json", key, value, source=self.display)
-            try:
-                result = client.put_if_revision(cfg.prefix, payload, expected)
-            except EtcdLimitError as exc:
-                raise WriteError(f"{self.display}: {exc}", source=self.display, key=key) from None
-            except EtcdError as exc:
-                raise self._translate(exc, f"the write of {key!r}") from None
-            if result.succeeded:
-                return result.revision
-            if expected_revision is not None:
-                raise WriteConflictError(
-                    f"{self.display}: document key {cfg.prefix} changed (mod_revision "
-                    f"{result.actual}, not {expected}); re-read and retry",
-                    source=self.display,
-                    key=key,
-                    expected=expected,
-                    actual=result.actual,
-                )
-        raise WriteConflictError(
-            f"{self.display}: document key {cfg.prefix} kept changing; retry later",
-            source=self.display,
-            key=key,
-        )
+        key's mod_revision (0: the key must not exist). Returns the new revision
+        (:meth:`confhub_etcd._writes.EtcdWrites.write`: the shape check and its guard)."""
+        return self._writes.write(key, value, expected_revision)
 
     # -- delete, transactions, read (confhub_etcd._transactions) ----------------------------
 

