@@ -44,6 +44,11 @@ log = logging.getLogger("confhub.registry")
 DEFAULT_MAX_STALENESS = 60.0
 #: How long one ``wait_instances`` call may wait for a change before it is asked again.
 DEFAULT_WAIT = 30.0
+#: ``pick("random")``'s own generator: the ``random`` module's state stays the app's own,
+#: and a forked child is reseeded (below) so that workers do not pick in step.
+_SPREAD = random.Random()  # noqa: S311 - load spreading, not crypto
+os.register_at_fork(after_in_child=_SPREAD.seed)
+
 STRATEGIES = ("round_robin", "random")
 
 
@@ -216,7 +221,7 @@ class Discovery:
         if not instances:
             raise NoInstanceError(self._why_empty(), source=self._source, name=self._service)
         if chosen == "random":
-            return random.choice(instances)  # noqa: S311 - load spreading, not crypto
+            return _SPREAD.choice(instances)
         return instances[next(self._counter) % len(instances)]
 
     def _why_empty(self) -> str:

@@ -312,3 +312,24 @@ def test_a_forked_child_registers_its_own_instance_on_an_inherited_registry(name
         assert process.exitcode == 0
         # The child's copy of the store is its own: the parent lists only its instance.
         assert [i.instance_id for i in registry.instances("api").instances] == ["parent"]
+
+
+def test_random_pick_leaves_the_random_module_alone(name: str) -> None:
+    """``pick("random")`` spreads over every instance without drawing from the ``random``
+    module: an app that seeds it gets its own sequence."""
+    import random
+
+    with Registry(f"memory:{name}") as registry:
+        for port in (1, 2, 3):
+            registry.register("api", address="h", port=port, instance_id=f"i{port}")
+        discovery = registry.discover("api")
+        deadline = time.monotonic() + WAIT  # a hang guard
+        while len(discovery.instances) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(discovery.instances) == 3
+        random.seed(99)
+        expected = [random.random() for _ in range(3)]
+        random.seed(99)
+        ports = {discovery.pick("random").port for _ in range(200)}
+        assert [random.random() for _ in range(3)] == expected
+    assert ports == {1, 2, 3}

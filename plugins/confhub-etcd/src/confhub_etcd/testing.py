@@ -227,6 +227,7 @@ class EtcdCluster:
         if member.process is not None and member.running:
             member.process.send_signal(signal.SIGSTOP)
             member.paused = True
+            _wait_stopped(member.process.pid)
 
     def resume(self, index: int = 0) -> None:
         """SIGCONT a paused member."""
@@ -462,3 +463,26 @@ class EtcdServer(EtcdCluster):
     def endpoint(self) -> str:
         """``127.0.0.1:PORT`` of the member's client URL."""
         return self.members[0].endpoint
+
+
+def _wait_stopped(pid: int, limit: float = 10.0) -> None:
+    """Return once every thread of ``pid`` is stopped (Linux: ``/proc/PID/task/*/stat``).
+
+    ``kill(SIGSTOP)`` returns before a busy process's threads have all stopped; on a loaded
+    machine one of them can still answer a request meanwhile, which a test that paused the
+    member does not expect. Elsewhere (no ``/proc``) it returns at once; ``limit`` is a hang
+    guard only."""
+    tasks = Path(f"/proc/{pid}/task")
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            states = [
+                (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                for task in tasks.iterdir()
+            ]
+        except (OSError, IndexError):
+            return  # no /proc, or the process is gone: nothing to wait for
+        if all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.005)
+
