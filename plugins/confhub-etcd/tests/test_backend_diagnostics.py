@@ -12,9 +12,10 @@ import threading
 import time
 from collections.abc import Callable
 
+import attrs
 import pytest
 from backend_lib import FAST_OPTS, Events, make_hub, spec
-from confhub import StartupError
+from confhub import Hub, StartupError
 from etcd_testlib import unanswered_endpoint
 
 from confhub_etcd.testing import EtcdCluster, EtcdServer
@@ -172,6 +173,45 @@ def test_log_lines_name_the_prefix_and_the_source_without_credentials(
     for line in lines:
         assert "b'" not in line and 'b"' not in line, line
         assert password not in line, line
+
+
+# -- the same bad value is reported once (issue 14, item 9) -------------------------------------
+
+
+@attrs.frozen
+class _Port:
+    port: int
+
+
+def test_the_same_bad_value_put_again_is_one_error_line_and_one_event(
+    etcd: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same bad value put five times (each message carries its own mod_revision) is one
+    ERROR line and one ErrorEvent; a different bad value is one more."""
+    etcd.put("/app/port", "1")
+    caplog.set_level(logging.INFO, logger="confhub")
+    with make_hub([spec(etcd.endpoint)]) as hub:
+        events = Events(hub)
+        hub.view(_Port)
+        for value in ["abc"] * 5 + ["abd"]:
+            revision = etcd.put("/app/port", value)
+            # Each put seen on its own (not merged with the next): health shows the latest
+            # failure, its revision included, whether it was reported or not.
+            events.wait_for(
+                lambda: f"(mod_revision {revision})" in (_last_error(hub) or ""),
+                what=f"the rejection of revision {revision}",
+            )
+        events.wait_for(lambda: len(events.errors) >= 2, what="two error events")
+        etcd.put("/app/port", "2")
+        events.wait_value("port", "2")  # etcd holds text; the view converts it
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(lines) == 2, lines
+    assert "'abc'" in lines[0] and "'abd'" in lines[1]
+    assert len(events.errors) == 2, [str(e.error) for e in events.errors]
+
+
+def _last_error(hub: Hub) -> str | None:
+    return hub.health().sources[0].last_error
 
 
 # -- one outage, one report (issue 14, item 15) ------------------------------------------------
