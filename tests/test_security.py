@@ -542,7 +542,8 @@ def test_symlink_to_a_huge_file_at_the_cache_file_name_is_never_read(
         assert (cache_dir / name).is_symlink()
     else:  # replaced by the hub's own private regular file
         st = (cache_dir / name).lstat()
-        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+        assert stat.S_ISREG(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o600
 
 
 # -- issue 14: the principal is part of the cache identity ------------------------------------

@@ -601,7 +601,7 @@ def test_the_watch_tells_one_outage_once_whatever_its_messages_say(
             fault.clear()
             before = server.request_count("/v1/kv/")
             fault = server.inject_status(500, times=None, body=body, path_prefix="/v1/kv/")
-            wait(lambda: server.request_count("/v1/kv/") > before + 2, f"retries on {body!r}")
+            wait(lambda b=before: server.request_count("/v1/kv/") > b + 2, f"retries on {body!r}")
         fault.clear()
         server.put("myapp/a", "3")
         wait(lambda: not isinstance(told[-1], Exception), "the recovery")

@@ -198,7 +198,7 @@ def test_the_same_bad_value_put_again_is_one_error_line_and_one_event(
             # Each put seen on its own (not merged with the next): health shows the latest
             # failure, its revision included, whether it was reported or not.
             events.wait_for(
-                lambda: f"(mod_revision {revision})" in (_last_error(hub) or ""),
+                lambda r=revision: f"(mod_revision {r})" in (_last_error(hub) or ""),
                 what=f"the rejection of revision {revision}",
             )
         events.wait_for(lambda: len(events.errors) >= 2, what="two error events")
