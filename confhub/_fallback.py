@@ -46,9 +46,12 @@ log = logging.getLogger("confhub")
 
 
 def load_bounded(hook: Any, spec: SourceSpec, backend: Backend, timeout: float) -> Layer:
-    """Load through the hooks, bounded by ``timeout`` for remote (``cacheable``) backends."""
-    if not is_cacheable(backend):
-        return hook.confhub_load_layer(spec=spec, backend=backend)  # type: ignore[no-any-return]
+    """Load through the hooks on a worker thread, bounded by ``timeout``.
+
+    Every backend: a remote store that does not answer, and a file on a hung network mount
+    (a read stuck in the kernel, which nothing can interrupt) alike. The worker of a load
+    that overran is left to finish on its own (a daemon thread, its result dropped).
+    """
     result: list[Any] = []
 
     def target() -> None:
@@ -61,6 +64,13 @@ def load_bounded(hook: Any, spec: SourceSpec, backend: Backend, timeout: float) 
     worker.start()
     worker.join(timeout)
     if not result:
+        if not is_cacheable(backend):
+            raise SourceUnavailableError(
+                f"the read did not finish within {timeout:.2f}s (the "
+                "start_timeout ceiling): a file on a hung network mount? check the mount, "
+                "or raise start_timeout",
+                source=spec.display,
+            )
         raise SourceUnavailableError(
             f"did not answer within {timeout:.2f}s (connect_timeout, or the "
             "start_timeout ceiling); check the store or raise the timeout",
@@ -178,7 +188,13 @@ def _try_live_members(
             )
             continue
         try:
-            attempt = min(remaining, spec.option_float("timeout", connect_timeout))
+            # A remote store has connect_timeout (or its timeout=) per attempt; a local
+            # source (a file) only the start ceiling.
+            attempt = (
+                min(remaining, spec.option_float("timeout", connect_timeout))
+                if is_cacheable(backend)
+                else remaining
+            )
             layer = load_bounded(hook, spec, backend, attempt)
             check_keys(spec, layer)  # SourceFormatError: refused like broken content
         except SourceUnavailableError as exc:

@@ -1,13 +1,17 @@
 """File reads are bounded (issue 14, item 10): a FIFO never blocks, a device or a runaway
-file is refused before it is loaded, and a watched file replaced by a FIFO makes the source
-stale instead of blocking the settle thread.
+file is refused before it is loaded, a watched file replaced by a FIFO makes the source
+stale instead of blocking the settle thread, and a file on a hung mount fails start() at
+start_timeout instead of blocking it.
 
-Real FIFOs (``os.mkfifo``) and a real symlink to ``/dev/zero``; a thread join with a
-generous limit is the only backstop against a hang, never a timing assertion.
+Real FIFOs (``os.mkfifo``), a real symlink to ``/dev/zero`` and a real FUSE mount whose
+daemon never answers (as root, where the kernel allows it); a thread join with a generous
+limit is the only backstop against a hang, never a timing assertion.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import threading
 from collections.abc import Iterator
@@ -139,3 +143,49 @@ def test_watched_file_replaced_by_fifo_goes_stale(tmp_path: Path) -> None:
         _release(path)
         closer.start()
         closer.join(JOIN)
+
+
+# -- a file on a hung mount ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _hung_mount(directory: Path) -> Iterator[None]:
+    """Mount a FUSE filesystem on ``directory`` whose daemon never answers (a hung network
+    mount: every lookup under it blocks in the kernel). Leaving aborts the connection (the
+    blocked calls fail) and detaches the mount. Skips where mounting is not allowed."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+    except OSError as exc:
+        pytest.skip(f"cannot open /dev/fuse: {exc}")
+    options = f"fd={fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}"
+    if libc.mount(b"confhub-hung", bytes(directory), b"fuse", 0, options.encode()) != 0:
+        os.close(fd)
+        pytest.skip(f"cannot mount FUSE here: {os.strerror(ctypes.get_errno())}")
+    try:
+        yield
+    finally:
+        os.close(fd)  # aborts the connection: whatever waits on it fails now
+        libc.umount2(bytes(directory), 2)  # MNT_DETACH
+
+
+def test_a_file_on_a_hung_mount_fails_start_at_start_timeout(tmp_path: Path) -> None:
+    """start() with a required file on a mount that never answers raises StartupError
+    naming the file and the start_timeout ceiling, after start_timeout and well before the
+    mount answers (here: never, until the test aborts it); it blocked forever before."""
+    mount = tmp_path / "nfs"
+    mount.mkdir()
+    start_timeout = 1.0
+    with _hung_mount(mount):
+        hub = confhub.Hub([f"file:{mount}/app.toml"], cache_dir=None, start_timeout=start_timeout)
+        thread, outcome = _start_in_thread(hub)
+        thread.join(JOIN)
+        assert not thread.is_alive(), "start() blocked on the hung mount"
+    hub.close()
+    (error,) = outcome
+    assert isinstance(error, confhub.StartupError), error
+    assert f"file:{mount}/app.toml" in str(error)
+    assert "start_timeout" in str(error)
+    assert "hung network mount" in str(error)

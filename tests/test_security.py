@@ -15,6 +15,7 @@ import os
 import stat
 import threading
 import traceback
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -507,6 +508,42 @@ def test_symlink_at_the_cache_file_name_is_never_followed(tmp_path: Path) -> Non
         assert stat.S_ISFIFO(target.lstat().st_mode)
     finally:
         _release(target)
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o700], ids=["refused-directory", "private-directory"])
+def test_symlink_to_a_huge_file_at_the_cache_file_name_is_never_read(
+    tmp_path: Path, mode: int
+) -> None:
+    """A symlink at the cache file's name to a 256 MiB (sparse) file: the cache writer never
+    reads it, in a directory it refuses (no I/O there at all) or in a private one (not
+    followed). Python's allocations while the hub runs stay far below the file's size
+    (before the fix the writer read it whole: ~321 MiB more)."""
+    name = _cache_name(tmp_path, "memory:app")
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=mode)
+    os.chmod(cache_dir, mode)
+    huge = tmp_path / "huge.json"
+    size = 256 * 1024 * 1024
+    with open(huge, "wb") as fh:
+        fh.truncate(size)
+    (cache_dir / name).symlink_to(huge)
+    store = MemoryStore("app", {"a": "1"})
+    tracemalloc.start()
+    try:
+        with Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=cache_dir) as hub:
+            store.set("a", "2")
+            wait_for(lambda: hub.get("a") == "2")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < size // 8, f"{peak:,} bytes allocated while the hub ran"
+    assert huge.stat().st_size == size
+    if mode == 0o770:  # refused: left as it was
+        assert (cache_dir / name).is_symlink()
+    else:  # replaced by the hub's own private regular file
+        st = (cache_dir / name).lstat()
+        assert stat.S_ISREG(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o600
 
 
 # -- issue 14: the principal is part of the cache identity ------------------------------------

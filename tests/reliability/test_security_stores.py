@@ -89,6 +89,40 @@ def test_same_credentials_on_two_prefixes_never_share_a_cache(tmp_path: Path) ->
             assert hub.get("who") == "B"
 
 
+def test_cache_secrets_false_keeps_nested_secrets_of_an_etcd_document_out_of_the_cache(
+    tmp_path: Path,
+) -> None:
+    """Item 3 on a real store: an etcd JSON document with a secret in a list of tables, a
+    SECRET_KEY, a DSN and api_keys under a table, read with ?cache_secrets=false, leaves
+    none of them in the cache file (it wrote them), keeps the rest, and a start from that
+    cache while etcd is down serves the rest."""
+    document = {
+        "users": [{"name": "alice", "password": "S3CRET-1"}],
+        "secret_key": "S3CRET-2",
+        "dsn": "postgres://app:S3CRET-3@db.internal:5432/app",
+        "cfg": {"api_keys": ["S3CRET-4"], "region": "eu"},
+        "compass": "north",
+    }
+    cache_dir = tmp_path / "cache"
+    with EtcdServer() as etcd:
+        etcd.put("/app/config.json", json.dumps(document))
+        source = f"etcd://{etcd.endpoint}/app/config.json?format=json&cache_secrets=false&{FAST}"
+        with _hub(source, cache_dir) as hub:
+            assert hub.get("users")[0]["password"] == "S3CRET-1"  # the app gets real values
+        (path,) = cache_dir.glob("etcd-*.json")
+        assert "S3CRET" not in path.read_text()
+        assert json.loads(path.read_text())["data"] == {
+            "users": [{"name": "alice"}],
+            "cfg.region": "eu",  # the cache keeps a table's leaves by their dotted keys
+            "compass": "north",
+        }
+        etcd.kill()
+        with _hub(source, cache_dir) as hub:
+            assert hub.health().sources[0].state == "cached"
+            assert hub.get("cfg.region") == "eu"
+            assert hub.get("secret_key", None) is None
+
+
 # -- item 2: the reader is part of the cache identity -----------------------------------------
 
 

@@ -558,6 +558,59 @@ def test_hung_server_is_reported_after_one_read_timeout(server: ConsulTestServer
     server.clear_faults()
 
 
+def test_the_watch_tells_one_outage_once_whatever_its_messages_say(
+    server: ConsulTestServer,
+) -> None:
+    """Issue 14, item 13: the watch classifies a failure by its type and attributes, never by
+    words in its message. One outage whose answers vary (a 500 saying "No cluster leader",
+    then 500s whose text says "connection refused", "cannot reach" or "closed") is told to
+    the hub once; the old classifier took those words for other kinds of failure and told
+    the hub again for each."""
+    server.put("myapp/a", "1")
+    backend = ConsulBackend(SourceSpec.parse(spec(server)))
+    told: list[Any] = []
+    lock = threading.Condition()
+
+    def notify(update: Any) -> None:
+        with lock:
+            told.append(update)
+            lock.notify_all()
+
+    def errors() -> list[Any]:
+        with lock:
+            return [u for u in told if isinstance(u, Exception)]
+
+    def wait(predicate: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + BOUND
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {told}"
+            time.sleep(0.02)
+
+    try:
+        backend.load()
+        backend.watch(notify)
+        server.wait_for_blocked(1)
+        fault = server.inject_status(500, times=None, path_prefix="/v1/kv/")
+        server.put("myapp/a", "2")  # the parked query answers; the next one meets the fault
+        wait(lambda: bool(errors()), "the outage")
+        for body in (
+            "rpc error: connection refused by the leader",
+            "cannot reach the servers",
+            "stream closed",
+        ):
+            fault.clear()
+            before = server.request_count("/v1/kv/")
+            fault = server.inject_status(500, times=None, body=body, path_prefix="/v1/kv/")
+            wait(lambda b=before: server.request_count("/v1/kv/") > b + 2, f"retries on {body!r}")
+        fault.clear()
+        server.put("myapp/a", "3")
+        wait(lambda: not isinstance(told[-1], Exception), "the recovery")
+    finally:
+        backend.close()
+    assert len(errors()) == 1, [str(e) for e in errors()]
+    assert isinstance(errors()[0], SourceUnavailableError)
+
+
 def test_close_racing_watch_joins_the_thread(
     server: ConsulTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

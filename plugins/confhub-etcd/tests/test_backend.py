@@ -13,8 +13,10 @@ from urllib.parse import unquote
 import pytest
 from backend_lib import Events, make_hub, spec
 from confhub import (
+    Fallback,
     SourceFormatError,
     SourceSpec,
+    SourceUnavailableError,
     SpecError,
     WriteConflictError,
     WriteError,
@@ -223,6 +225,47 @@ def test_a_write_that_would_change_the_shape_is_refused_before_sending(
     assert "'db.host' holds a value" in capsys.readouterr().err
     with EtcdClient(etcd.endpoints) as client:
         assert client.revision() == before  # nothing was written
+
+
+def test_a_write_naming_a_fallback_member_goes_to_that_etcd(tmp_path: Path) -> None:
+    """Issue 14, item 6, on two real etcd clusters (two revision spaces): a write naming the
+    alternate of a Fallback goes to the alternate while the primary serves, its
+    compare-and-swap is checked against the alternate's revisions, and a write naming the
+    primary while it is down fails naming it instead of landing on the serving alternate."""
+    with EtcdServer() as one, EtcdServer() as two:
+        for i in range(5):  # the primary's revisions run ahead of the alternate's
+            one.put("/app/pad", str(i))
+        one.put("/app/k", "primary")
+        two.put("/app/k", "alternate")
+        primary, alternate = spec(one.endpoint), spec(two.endpoint)
+        names = [spec(one.endpoint, opts=""), spec(two.endpoint, opts="")]  # as hub.sources
+        with make_hub([Fallback(primary, alternate)], tmp_path / "a") as hub:
+            assert hub.health().sources[0].active == names[0]
+            with EtcdClient(one.endpoints) as c1, EtcdClient(two.endpoints) as c2:
+                primary_rev = c1.get("/app/k")[0].mod_revision  # type: ignore[union-attr]
+                alternate_rev = c2.get("/app/k")[0].mod_revision  # type: ignore[union-attr]
+                assert primary_rev != alternate_rev
+                hub.write("k", "to the alternate", source=names[1])
+                assert c2.get("/app/k")[0].value == b"to the alternate"  # type: ignore[union-attr]
+                assert c1.get("/app/k")[0].value == b"primary"  # type: ignore[union-attr]
+                written = c2.get("/app/k")[0].mod_revision  # type: ignore[union-attr]
+                with pytest.raises(WriteConflictError) as info:  # the primary's revision
+                    hub.write("k", "x", source=names[1], expected_revision=primary_rev)
+                assert info.value.actual == written
+                hub.write("k", "cas", source=names[1], expected_revision=written)
+                assert c2.get("/app/k")[0].value == b"cas"  # type: ignore[union-attr]
+                assert c1.get("/app/k")[0].value == b"primary"  # type: ignore[union-attr]
+            assert hub.get("k") == "primary"  # the primary serves: nothing changed here
+        one.kill()
+        with make_hub([Fallback(primary, alternate)], tmp_path / "b") as hub:
+            assert hub.health().sources[0].active == names[1]
+            with pytest.raises(SourceUnavailableError) as down:
+                hub.write("k", "lost?", source=names[0])
+            assert names[0] in str(down.value)
+            with EtcdClient(two.endpoints) as c2:
+                assert c2.get("/app/k")[0].value == b"cas"  # type: ignore[union-attr]
+            hub.write("k", "served", source=names[1])
+            Events(hub).wait_value("k", "served")
 
 
 def test_a_key_written_under_the_scope_between_the_check_and_the_put_is_seen(

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable
 
+import attrs
 import pytest
-from backend_lib import Events, make_hub, spec
-from confhub import StartupError
+from backend_lib import FAST_OPTS, Events, make_hub, spec
+from confhub import Hub, StartupError
 from etcd_testlib import unanswered_endpoint
 
 from confhub_etcd.testing import EtcdCluster, EtcdServer
@@ -44,7 +49,7 @@ def test_a_frozen_member_is_stale_within_three_progress_intervals(
     bound = 3 * interval
     opts = f"retry_initial=0.05&retry_max=0.3&progress_interval={interval}"
     etcd.put("/app/a", "1")
-    caplog.set_level(logging.INFO, logger="confhub.etcd")
+    caplog.set_level(logging.DEBUG, logger="confhub.etcd")  # the watch's state lines
     with make_hub([spec(etcd.endpoint, opts=opts)]) as hub:
         events = Events(hub)
         connected = _record_time(caplog, "connected")
@@ -84,7 +89,7 @@ def test_a_frozen_member_is_left_for_another_one(
     interval = 0.5
     opts = f"retry_initial=0.05&retry_max=0.3&progress_interval={interval}"
     cluster.put("/app/a", "1")
-    caplog.set_level(logging.INFO, logger="confhub.etcd")
+    caplog.set_level(logging.DEBUG, logger="confhub.etcd")  # the watch's state lines
     with make_hub([spec(cluster.endpoints, opts=opts)]) as hub:
         events = Events(hub)
         _record_time(caplog, "connected")
@@ -168,3 +173,139 @@ def test_log_lines_name_the_prefix_and_the_source_without_credentials(
     for line in lines:
         assert "b'" not in line and 'b"' not in line, line
         assert password not in line, line
+
+
+# -- the same bad value is reported once (issue 14, item 9) -------------------------------------
+
+
+@attrs.frozen
+class _Port:
+    port: int
+
+
+def test_the_same_bad_value_put_again_is_one_error_line_and_one_event(
+    etcd: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same bad value put five times (each message carries its own mod_revision) is one
+    ERROR line and one ErrorEvent; a different bad value is one more."""
+    etcd.put("/app/port", "1")
+    caplog.set_level(logging.INFO, logger="confhub")
+    with make_hub([spec(etcd.endpoint)]) as hub:
+        events = Events(hub)
+        hub.view(_Port)
+        for value in ["abc"] * 5 + ["abd"]:
+            revision = etcd.put("/app/port", value)
+            # Each put seen on its own (not merged with the next): health shows the latest
+            # failure, its revision included, whether it was reported or not.
+            events.wait_for(
+                lambda r=revision: f"(mod_revision {r})" in (_last_error(hub) or ""),
+                what=f"the rejection of revision {revision}",
+            )
+        events.wait_for(lambda: len(events.errors) >= 2, what="two error events")
+        etcd.put("/app/port", "2")
+        events.wait_value("port", "2")  # etcd holds text; the view converts it
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(lines) == 2, lines
+    assert "'abc'" in lines[0] and "'abd'" in lines[1]
+    assert len(events.errors) == 2, [str(e.error) for e in events.errors]
+
+
+def _last_error(hub: Hub) -> str | None:
+    return hub.health().sources[0].last_error
+
+
+# -- one outage, one report (issue 14, item 15) ------------------------------------------------
+
+
+def test_an_outage_is_one_warning_and_its_end_one_info_line(
+    etcd: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An etcd outage through a hub logs one WARNING (the hub's: the source is serving its last
+    good configuration) and its end one INFO line (`is live again`), on every confhub logger:
+    the watch's own state lines (`etcd watch on ... disconnected`, `... connected`) are the
+    hub's to report, and go at DEBUG."""
+    etcd.put("/app/a", "1")
+    caplog.set_level(logging.DEBUG, logger="confhub")
+    with make_hub([spec(etcd.endpoint)]) as hub:
+        events = Events(hub)
+        _record_time(caplog, "connected")
+        caplog.clear()
+        etcd.kill()
+        events.wait_state("stale")
+        etcd.start()
+        events.wait_state("live")
+        etcd.put("/app/a", "2")  # after the reconnect's own lines (same watch thread)
+        events.wait_value("a", "2")
+    lines = [
+        (r.levelno, r.name, r.getMessage())
+        for r in caplog.records
+        if r.levelno >= logging.INFO and r.name.startswith("confhub")
+    ]
+    lost = [line for line in lines if line[0] == logging.WARNING]
+    back = [line for line in lines if line[0] == logging.INFO and "closed" not in line[2]]
+    assert len(lost) == 1, lost
+    assert lost[0][1] == "confhub" and "serving the last good configuration" in lost[0][2]
+    assert len(back) == 1, back
+    assert back[0][1] == "confhub" and "is live again" in back[0][2]
+    debug = [r.getMessage() for r in caplog.records if r.name == "confhub.etcd"]
+    assert any(" disconnected " in m for m in debug), debug  # still there, at DEBUG
+
+
+def test_confhub_watch_prints_one_line_when_etcd_goes_and_one_when_it_is_back(
+    etcd: EtcdServer,
+) -> None:
+    """`confhub watch` on an etcd source (a real process): etcd killed and started again is
+    one `is unavailable` line and one `is back` line on stderr (it printed the disconnect
+    more than once, and never the reconnect)."""
+    etcd.put("/app/a", "1")
+    source = spec(etcd.endpoint, opts=FAST_OPTS + "&timeout=1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "confhub", "-s", source, "watch", "--count", "2",
+         "--timeout", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    err: list[str] = []
+    out: list[str] = []
+    assert proc.stdout is not None and proc.stderr is not None
+    readers = [
+        threading.Thread(target=lambda: err.extend(iter(proc.stderr.readline, ""))),  # type: ignore[union-attr]
+        threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, ""))),  # type: ignore[union-attr]
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        n = 0
+        deadline = time.monotonic() + 60
+        while not out:  # the watch is set up once a change arrives
+            assert time.monotonic() < deadline, ("no change printed", err)
+            n += 1
+            etcd.put("/app/a", f"1-{n}")
+            time.sleep(0.2)
+        etcd.kill()
+        _wait(lambda: any("unavailable" in line for line in err), "the outage line")
+        time.sleep(3 * 0.5)  # several reconnect attempts while it is down (retry_max=0.3)
+        etcd.start()
+        _wait(lambda: any(" is back" in line for line in err), "the back line")
+        etcd.put("/app/a", "final")
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for reader in readers:
+            reader.join(10)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == 0, err
+    lines = [line.rstrip("\n") for line in err if not line.startswith("watching ")]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"confhub: etcd://{etcd.endpoint}/app/ is unavailable"), lines
+    assert lines[1] == f"confhub: etcd://{etcd.endpoint}/app/ is back: live", lines
+    assert "'final'" in out[-1]
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

@@ -273,6 +273,7 @@ class EtcdBackend(Backend):
             page_size=self.config.page_size,
             max_keys=self.config.max_keys if self.config.fmt is None else None,
             source=self.display,  # redacted: no password
+            log_states=False,  # the hub logs the source's outage and recovery, once
         )
         with self._lock:
             if self._closed:

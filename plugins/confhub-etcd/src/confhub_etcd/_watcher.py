@@ -115,7 +115,10 @@ class PrefixWatcher:
 
     Log lines name the watch by its prefix, as text, and ``source`` when given: the display
     name of what the watch serves (confhub passes the source's redacted spec). Pass nothing
-    that holds a credential.
+    that holds a credential. Each state change is logged (``DISCONNECTED`` at WARNING, the
+    others at INFO); with ``log_states=False`` those lines go at DEBUG, for a consumer that
+    reports the states itself (confhub's backend: the hub logs a source's outage and
+    recovery once, and a second line from here would say each one twice).
     """
 
     def __init__(
@@ -134,8 +137,10 @@ class PrefixWatcher:
         stable_after: float = 1.0,
         max_keys: int | None = None,
         source: str | None = None,
+        log_states: bool = True,
     ) -> None:
         self._client = client
+        self._log_states = log_states
         self._max_keys = max_keys
         self._prefix = to_bytes(prefix)
         self._prefix_text = key_text(self._prefix)  # for messages
@@ -438,7 +443,7 @@ class PrefixWatcher:
             return
         self._reported, self._reported_kind = state, kind
         status = WatchStatus(state, self._revision, self._endpoint, error)
-        _log_status(self._label, status)
+        _log_status(self._label, status, quiet=not self._log_states)
         if self._on_state is None:
             return
         try:
@@ -448,17 +453,20 @@ class PrefixWatcher:
             log.exception("etcd watch state callback for %s failed", self._label)
 
 
-def _log_status(label: str, status: WatchStatus) -> None:
-    """One log line per reported state change (never values or secrets)."""
+def _log_status(label: str, status: WatchStatus, *, quiet: bool = False) -> None:
+    """One log line per reported state change (never values or secrets); at DEBUG when
+    ``quiet`` (the consumer reports the states)."""
     if status.state is WatchState.DISCONNECTED:
-        log.warning(
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "etcd watch on %s disconnected at revision %d: %s",
             label,
             status.revision,
             status.error,
         )
     else:
-        log.info(
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
             "etcd watch on %s %s (revision %d, endpoint %s)",
             label,
             status.state.value,
