@@ -101,7 +101,7 @@ def test_explicit_plugin_object_provides_a_backend() -> None:
 
     class Static:
         @confhub.hookimpl
-        def confhub_make_backend(self, spec: confhub.SourceSpec, hub: Hub) -> object:
+        def confhub_make_backend(self, spec: confhub.SourceSpec) -> object:
             if spec.scheme != "static":
                 return None
 
@@ -116,6 +116,28 @@ def test_explicit_plugin_object_provides_a_backend() -> None:
 
     with Hub(["static:"], plugins=[Static()], autoload=False) as hub:
         assert hub.get("x.y") == 1
+
+
+def test_a_plugin_declaring_the_deprecated_hub_still_works_and_is_warned() -> None:
+    """An implementation written before ``settings`` (``(spec, hub)``) still gets the hub,
+    and its registration warns once, naming the signature to declare instead."""
+    seen: list[object] = []
+
+    class Old:
+        @confhub.hookimpl
+        def confhub_make_backend(self, spec: confhub.SourceSpec, hub: Hub) -> object:
+            if spec.scheme != "old":
+                return None
+            seen.append(hub)
+            from confhub.testing import MemoryBackend, MemoryStore
+
+            return MemoryBackend(MemoryStore("old", {"x": "1"}))
+
+    with pytest.warns(DeprecationWarning, match=r"declare confhub_make_backend\(spec, settings\)"):
+        hub = Hub(["old:"], plugins=[Old()], autoload=False)
+    with hub:
+        assert hub.get("x") == "1"
+    assert seen == [hub]
 
 
 def test_load_layer_wrapper_can_post_process() -> None:
