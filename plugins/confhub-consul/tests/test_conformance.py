@@ -584,7 +584,7 @@ def test_33_jitter_is_spread_and_seedable() -> None:
 
     def samples(seed: int) -> list[float]:
         engine = Engine(EngineConfig(seed=seed), ConsulState(clock=time.monotonic), {})
-        return [engine._query_timeout(16.0) for _ in range(200)]
+        return [engine.query_timeout(16.0) for _ in range(200)]
 
     values = samples(7)
     assert all(16.0 <= v < 17.0 for v in values)
@@ -593,8 +593,8 @@ def test_33_jitter_is_spread_and_seedable() -> None:
     engine = Engine(
         EngineConfig(jitter=False, max_query_time=5.0), ConsulState(clock=time.monotonic), {}
     )
-    assert engine._query_timeout(60.0) == 5.0
-    assert engine._query_timeout(None) == 5.0
+    assert engine.query_timeout(60.0) == 5.0
+    assert engine.query_timeout(None) == 5.0
 
 
 # ------------------------------------------------------------------ consistency, headers

@@ -662,8 +662,11 @@ class Engine:
         headers.append(("X-Consul-Lastcontact", str(self._last_contact_ms(mode))))
         return tuple(headers)
 
-    def _query_timeout(self, wait: float | None) -> float:
-        """Consul's RPCQueryTimeout: default, clamp, then jitter up to wait/16 (2.7)."""
+    def query_timeout(self, wait: float | None) -> float:
+        """Consul's RPCQueryTimeout: default, clamp, then jitter up to wait/16 (2.7).
+
+        The seconds a blocking query asking for ``wait`` (``None``: none given) is held at
+        most; public so that a test can check the draws without timing a query."""
         cfg = self.config
         timeout = wait if wait is not None and wait > 0 else cfg.default_query_time
         timeout = min(timeout, cfg.max_query_time)
@@ -695,7 +698,7 @@ class Engine:
             strict_missing = (
                 missing_key_rule and not exists and self.config.missing_key_blocking == "current"
             )
-            deadline = time.monotonic() + self._query_timeout(wait)
+            deadline = time.monotonic() + self.query_timeout(wait)
             generation = self.state.generation
             self._blocked += 1
             try:
