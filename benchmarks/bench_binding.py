@@ -5,7 +5,10 @@ fields), fed one-key ``LayerDelta`` updates by ``confhub.testing.MemoryStore``, 
 ``Publisher.on_update`` (merge, re-bind the view, publish). The floor is the same view under
 ``unknown="ignore"``, which re-binds without looking for unknown keys (binding before strict
 binding); ``unknown="forbid"`` (the default) also walks the view's input against the class's
-shape. The ratio is what the walk adds to an update. A second table times the walk alone
+shape. The ratio is what the walk adds to an update. The hubs run the default
+configuration (cache on, in the default cache directory: a ``MemoryStore`` is cacheable, so
+each update is also offered to the cache's own thread); a ``cache_dir=None`` row of the
+strict hub is beside them. A second table times the walk alone
 (``confhub._strict.inspect``) against cattrs' ``structure`` of the same input.
 
 Run: ``.venv/bin/python -m benchmarks.bench_binding [--quick]``.
@@ -49,35 +52,42 @@ def bench_update(quick: bool) -> list[Row]:
         sections = keys // 100
         cls = _config_class(sections)
         medians: dict[str, tuple[float, list[int]]] = {}
-        # Interleave the two policies round by round, so a slow patch hits both alike.
+        # Interleave the hubs round by round, so a slow patch hits them alike. The default
+        # hub (cache on) for both policies; the strict one again with the cache off.
+        variants: dict[str, tuple[str, dict[str, Any]]] = {
+            "ignore": ("ignore", {}),
+            "forbid": ("forbid", {}),
+            "forbid, cache off": ("forbid", {"cache_dir": None}),
+        }
         hubs = {}
-        for policy in ("ignore", "forbid"):
-            store = MemoryStore(f"b-{policy}", _data(sections))
+        for name, (policy, options) in variants.items():
+            label = name.replace(", ", "-").replace(" ", "")
+            store = MemoryStore(f"b-{label}", _data(sections))
             hub = confhub.Hub(
-                [f"memory:b-{policy}"], plugins=[store], autoload=False, cache_dir=None,
-                connect_timeout=60, start_timeout=120,
+                [f"memory:b-{label}"], plugins=[store], autoload=False,
+                connect_timeout=60, start_timeout=120, **options,
             ).start()
             hub.view(cls, unknown=policy)
-            hubs[policy] = hub
-        samples: dict[str, list[int]] = {"ignore": [], "forbid": []}
+            hubs[name] = hub
+        samples: dict[str, list[int]] = {name: [] for name in variants}
         counter = iter(range(10**9))
         rounds = 30 if quick else 300
         try:
             for _ in range(rounds + 10):
-                for policy, hub in hubs.items():
+                for name, hub in hubs.items():
                     slot = hub._slots[0]
                     value = next(counter) + 1_000_000
                     delta = LayerDelta(set={"s0.k0": value}, revision=value)
                     t0 = time.perf_counter_ns()
                     hub._publisher.on_update(slot, delta)
-                    samples[policy].append(time.perf_counter_ns() - t0)
+                    samples[name].append(time.perf_counter_ns() - t0)
                     assert hub.get("s0.k0") == value
         finally:
             for hub in hubs.values():
                 hub.close()
-        for policy in samples:
-            kept = samples[policy][10:]  # the first rounds warm up
-            medians[policy] = (statistics.median(kept), kept)
+        for name in samples:
+            kept = samples[name][10:]  # the first rounds warm up
+            medians[name] = (statistics.median(kept), kept)
         floor = medians["ignore"][0]
         rows.append(Row(f"update, {keys:,}-key view, unknown=\"ignore\" (floor)", floor,
                         "ignore", 1.0, p99_ns=p99(medians["ignore"][1]),
@@ -85,6 +95,10 @@ def bench_update(quick: bool) -> list[Row]:
         rows.append(Row(f"update, {keys:,}-key view, unknown=\"forbid\"", medians["forbid"][0],
                         "ignore", medians["forbid"][0] / floor, STRICT_TARGET,
                         p99_ns=p99(medians["forbid"][1]), note=f"{rounds} updates"))
+        off = medians["forbid, cache off"]
+        rows.append(Row(f"update, {keys:,}-key view, unknown=\"forbid\", cache_dir=None", off[0],
+                        "ignore", off[0] / floor, p99_ns=p99(off[1]),
+                        note="the cache off: no offer to its thread"))
     return rows
 
 

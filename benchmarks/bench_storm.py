@@ -1,8 +1,11 @@
 """Storms: many hubs on one etcd through a restart, at start, and against a dead store.
 
 Runs a real single-member etcd on loopback (``confhub_etcd.testing.EtcdServer``); hubs run
-in separate worker processes (this module with ``--worker``), default options except where
-a row says otherwise, cache off.
+in separate worker processes (this module with ``--worker``) with the default configuration
+(cache on, in the default cache directory) except where a row says otherwise, as a user's
+hubs run. The cache's writes have their own thread, off every path measured here, so the
+rows have no ``cache_dir=None`` twin; a starter that cannot reach etcd may start from the
+cache the earlier rows wrote, as a user's hub would.
 
 1. **Reconnect spread after a store restart**: 100 hubs (4 processes x 25), each watching
    one prefix. etcd is stopped for ``DOWN`` seconds and started again; each hub's time back
@@ -80,7 +83,7 @@ def worker_restart(spec: str, hubs: int, jitter: str, out: Path) -> None:
             if health.state == "live":
                 back[i].append(time.time())
 
-        hub = confhub.Hub([spec], cache_dir=None).start()
+        hub = confhub.Hub([spec]).start()
         hub.subscribe(on_state=on_state)
         opened.append(hub)
     print("ready", flush=True)
@@ -107,7 +110,7 @@ while not go.exists() and time.monotonic() < deadline:
     time.sleep(0.01)
 t = time.monotonic()
 try:
-    with confhub.Hub([sys.argv[1]], cache_dir=None, plugins=[Count()]) as hub:
+    with confhub.Hub([sys.argv[1]], plugins=[Count()]) as hub:
         print(json.dumps({"ok": True, "failures": Count.failures, "took": time.monotonic() - t}))
 except confhub.StartupError as exc:
     print(json.dumps({"ok": False, "failures": Count.failures, "rounds": exc.rounds}))
@@ -237,9 +240,7 @@ def dead_store(window: float) -> dict[str, Any]:
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    hub = confhub.Hub(
-        [f"etcd://127.0.0.1:{port}/app/?optional=true"], cache_dir=None, plugins=[Count()]
-    )
+    hub = confhub.Hub([f"etcd://127.0.0.1:{port}/app/?optional=true"], plugins=[Count()])
     with hub:
         time.sleep(window)
     stop.set()

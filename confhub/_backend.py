@@ -150,6 +150,11 @@ class Backend(Protocol):
     #: Read with :func:`sharing_of`; ``hub.health()`` reports it.
     sharing: Sharing | None = None
 
+    #: ``False`` when the source's keys are not all meant for the app (the environment
+    #: holds every program's variables): strict binding then never counts a key only this
+    #: source holds as unknown. Read with :func:`is_strict`.
+    strict_keys: bool = True
+
     def resume(self, layer: Layer) -> bool:
         """(Optional) Adopt ``layer``, the content this source held at ``layer.revision``
         as another process of a host-shared group read it, as the last ``load``: the next
@@ -181,6 +186,12 @@ def cache_principal_of(backend: Any) -> str | None:
     """``backend``'s :attr:`Backend.cache_principal` (default ``None`` when left out)."""
     principal = getattr(backend, "cache_principal", Backend.cache_principal)
     return None if principal is None else str(principal)
+
+
+def is_strict(backend: Any) -> bool:
+    """Whether an unknown key from ``backend`` counts (:attr:`Backend.strict_keys`, default
+    ``True`` when left out)."""
+    return bool(getattr(backend, "strict_keys", Backend.strict_keys))
 
 
 def is_cacheable(backend: Any) -> bool:

@@ -44,7 +44,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ._backend import Backend, Notify, Update, can_watch, is_cacheable, resume_watch
+from ._backend import (
+    Backend,
+    Notify,
+    Update,
+    cache_principal_of,
+    can_watch,
+    is_cacheable,
+    is_strict,
+    resume_watch,
+)
 from ._cache import Cache, CacheError, default_cache_dir
 from ._errors import (
     ConfhubError,
@@ -177,7 +186,7 @@ class SharedBackend(Backend):
         self.inner = inner
         self.spec = spec
         self.display = spec.display
-        self.cache_principal = getattr(inner, "cache_principal", None)
+        self.cache_principal = cache_principal_of(inner)
         self._directory = directory
         self._volatile = volatile
         self._open_backend = open_backend
@@ -216,7 +225,7 @@ class SharedBackend(Backend):
             if callable(getattr(inner, operation, None)):
                 setattr(self, operation, functools.partial(self._through_store, operation))
         #: Whether unknown keys from this source count (strict binding): the real backend's.
-        self.strict_keys = bool(getattr(inner, "strict_keys", True))
+        self.strict_keys = is_strict(inner)
         _LIVE.add(self)
 
     def __repr__(self) -> str:

@@ -23,7 +23,7 @@ import cattrs
 import pluggy
 
 from . import _aio
-from ._backend import Backend, BackendSettings
+from ._backend import Backend, BackendSettings, is_strict
 from ._binding import Binder, View, make_converter
 from ._cache import volatile_options
 from ._dispatch import Dispatcher, Subscription
@@ -43,7 +43,7 @@ from ._publish import Publisher
 from ._slot import Slot, backend_named, writable_backend
 from ._snapshot import Change, ErrorEvent, Snapshot, UnusableSnapshot
 from ._spec import SourceLike, SourceSpec, as_slots
-from ._strict import UnknownPolicy, strict_keys
+from ._strict import UnknownPolicy
 from ._writes import UPDATE_RETRIES, Transaction, Updated, Writer
 
 log = logging.getLogger("confhub")
@@ -120,7 +120,7 @@ class Hub:
             self.converter,
             unknown=unknown,
             lenient=lambda: frozenset(
-                s.index for s in self._slots if not strict_keys(s.active_backend)
+                s.index for s in self._slots if not is_strict(s.active_backend)
             ),
         )
         lock = threading.RLock()

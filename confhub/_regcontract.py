@@ -103,7 +103,9 @@ def _forked_child(
             report["stale"] = discovery.health().stale
         registry.close()
         report["closed_state"] = str(registration.state)
-        settings = BackendSettings(connect_timeout=1.0, retry_initial=0.05, retry_max=0.5)
+        # One read from a fresh process: its deadline is a hang guard, not a pace (1 s was
+        # missed on a loaded 2-core machine: a new channel, then the read).
+        settings = BackendSettings(connect_timeout=WAIT, retry_initial=0.05, retry_max=0.5)
         with Registry(spec, plugins=plugins, settings=settings) as other:
             report["listed"] = sorted(i.instance_id for i in other.instances("api").instances)
             report["holder"] = other.lock("job").holder()
@@ -126,7 +128,9 @@ class RegistryContractBase:
     @staticmethod
     def registry(store: RegistryStoreHarness, prefix: str, **kwargs: Any) -> Registry:
         """A registry on ``store`` under ``prefix`` with short retry delays."""
-        settings = BackendSettings(connect_timeout=1.0, retry_initial=0.05, retry_max=0.5)
+        # One read from a fresh process: its deadline is a hang guard, not a pace (1 s was
+        # missed on a loaded 2-core machine: a new channel, then the read).
+        settings = BackendSettings(connect_timeout=WAIT, retry_initial=0.05, retry_max=0.5)
         return Registry(
             store.spec(prefix),
             plugins=list(getattr(store, "plugins", ())),

@@ -51,9 +51,6 @@ def check_policy(value: Any) -> UnknownPolicy:
     return value  # type: ignore[no-any-return]
 
 
-def strict_keys(backend: Any) -> bool:
-    """Whether an unknown key from ``backend`` counts (``Backend.strict_keys``, default yes)."""
-    return bool(getattr(backend, "strict_keys", True))
 
 
 @attrs.frozen

@@ -54,13 +54,23 @@ def confhub_backend_schemes() -> list[BackendInfo]:  # type: ignore[empty-body]
     """
 
 
-@hookspec(firstresult=True)
+@hookspec(
+    firstresult=True,
+    warn_on_impl_args={
+        "hub": DeprecationWarning(
+            "confhub_make_backend(hub) is deprecated: declare confhub_make_backend(spec, "
+            "settings) and read the hub's timeouts, retry and cache policy from settings "
+            "(a confhub.BackendSettings)"
+        )
+    },
+)
 def confhub_make_backend(spec: SourceSpec, settings: BackendSettings, hub: Hub) -> Backend | None:
     """Return a backend object for ``spec``, or ``None`` when ``spec.scheme`` is not yours.
 
     Stops at first non-None result. ``settings`` carries the hub's timeouts, retry and cache
     policy (:class:`confhub.BackendSettings`); a spec's own options win over them. ``hub``
-    is deprecated and kept only for plugins written before ``settings``: declare
+    is deprecated and kept only for plugins written before ``settings`` (an implementation
+    that declares it gets a ``DeprecationWarning`` when registered): declare
     ``confhub_make_backend(spec, settings)``. Raise :class:`confhub.SpecError` for a spec of
     your scheme that is malformed (name the option and the fix). Do no I/O here: connect in
     ``load``.
@@ -169,7 +179,3 @@ def confhub_demo(out: Any, workdir: str) -> bool | None:
 
     Called in every plugin after the core's steps; ``workdir`` is a scratch directory.
     """
-
-
-def _all_hookspecs() -> list[Any]:
-    return [v for k, v in globals().items() if k.startswith("confhub_")]

@@ -101,7 +101,7 @@ def test_explicit_plugin_object_provides_a_backend() -> None:
 
     class Static:
         @confhub.hookimpl
-        def confhub_make_backend(self, spec: confhub.SourceSpec, hub: Hub) -> object:
+        def confhub_make_backend(self, spec: confhub.SourceSpec) -> object:
             if spec.scheme != "static":
                 return None
 
@@ -116,6 +116,28 @@ def test_explicit_plugin_object_provides_a_backend() -> None:
 
     with Hub(["static:"], plugins=[Static()], autoload=False) as hub:
         assert hub.get("x.y") == 1
+
+
+def test_a_plugin_declaring_the_deprecated_hub_still_works_and_is_warned() -> None:
+    """An implementation written before ``settings`` (``(spec, hub)``) still gets the hub,
+    and its registration warns once, naming the signature to declare instead."""
+    seen: list[object] = []
+
+    class Old:
+        @confhub.hookimpl
+        def confhub_make_backend(self, spec: confhub.SourceSpec, hub: Hub) -> object:
+            if spec.scheme != "old":
+                return None
+            seen.append(hub)
+            from confhub.testing import MemoryBackend, MemoryStore
+
+            return MemoryBackend(MemoryStore("old", {"x": "1"}))
+
+    with pytest.warns(DeprecationWarning, match=r"declare confhub_make_backend\(spec, settings\)"):
+        hub = Hub(["old:"], plugins=[Old()], autoload=False)
+    with hub:
+        assert hub.get("x") == "1"
+    assert seen == [hub]
 
 
 def test_load_layer_wrapper_can_post_process() -> None:
@@ -243,6 +265,69 @@ def test_a_plugin_declaring_only_spec_and_settings_gets_them() -> None:
     with Hub(["modern:"], plugins=[Modern()], autoload=False, connect_timeout=1.5) as hub:
         assert hub.get("x") == "1"
     assert [s.connect_timeout for s in seen] == [1.5]
+
+
+def test_a_backend_leaving_out_the_optional_attributes_gets_the_protocols_defaults() -> None:
+    """What the core reads from a backend that has only ``load`` and ``close`` is the
+    default declared on ``confhub.Backend``: one default, in one place."""
+    from confhub import _backend
+
+    class Bare:
+        def load(self) -> confhub.Layer:
+            return confhub.Layer.from_flat({}, source="bare:")
+
+        def close(self) -> None:
+            pass
+
+    bare = Bare()
+    assert _backend.is_cacheable(bare) is confhub.Backend.cacheable is False
+    assert _backend.is_strict(bare) is confhub.Backend.strict_keys is True
+    assert _backend.writes_cache(bare) is confhub.Backend.cache_writes is True
+    assert _backend.cache_principal_of(bare) is confhub.Backend.cache_principal is None
+    assert _backend.sharing_of(bare) is confhub.Backend.sharing is None
+    assert _backend.resume_watch(bare, bare.load()) is False
+
+    class Declared(confhub.Backend):
+        strict_keys = False
+        cacheable = True
+
+        def load(self) -> confhub.Layer:
+            return confhub.Layer.from_flat({}, source="declared:")
+
+        def close(self) -> None:
+            pass
+
+    assert (_backend.is_strict(Declared()), _backend.is_cacheable(Declared())) == (False, True)
+
+
+def test_every_backend_attribute_the_core_reads_is_declared_on_the_protocol() -> None:
+    """The core reads a backend's optional attributes only through ``confhub._backend``'s
+    readers, each defaulting to the ``Backend`` protocol's own default: no other module
+    spells a default of its own with ``getattr(backend, "...", default)``."""
+    import ast
+    from pathlib import Path
+
+    root = Path(confhub.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in {"getattr", "hasattr"}
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+            ):
+                continue
+            target = ast.unparse(node.args[0])
+            if "backend" in target or target in {"inner", "b", "member"}:
+                found.append((path.name, target, node.args[1].value))
+    readers = {name for file, _, name in found if file == "_backend.py"}
+    elsewhere = [f for f in found if f[0] != "_backend.py"]
+    assert not elsewhere, f"read a backend attribute through confhub._backend instead: {elsewhere}"
+    members = set(dir(confhub.Backend))
+    optional_methods = {"watch", "write", "delete", "commit", "read"}  # can_watch() and so on
+    assert readers - optional_methods <= members, readers - optional_methods - members
 
 
 @attrs.frozen

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import confhub
 from confhub import hookspecs
 
@@ -109,14 +112,52 @@ def test_every_error_derives_from_confhub_error() -> None:
     assert issubclass(confhub.HubStateError, RuntimeError)
 
 
+def _hookspecs() -> dict[str, Any]:
+    """The functions ``confhub.hookspecs`` marks as hook specifications (pluggy's marker)."""
+    return {
+        name: value
+        for name, value in vars(hookspecs).items()
+        if callable(value) and hasattr(value, "confhub_spec")
+    }
+
+
 def test_hookspecs_have_prefix_and_docstrings() -> None:
     """Every hookspec is named confhub_* and documents itself."""
-    specs = hookspecs._all_hookspecs()
+    specs = _hookspecs()
     assert len(specs) >= 10
-    for spec in specs:
-        assert spec.__name__.startswith("confhub_")
-        assert spec.__doc__, spec.__name__
-        assert len(spec.__doc__) > 40, spec.__name__
+    for name, spec in specs.items():
+        assert name.startswith("confhub_"), name
+        assert spec.__doc__, name
+        assert len(spec.__doc__) > 40, name
+
+
+def test_hookspecs_are_pinned() -> None:
+    """The whole hook contract: names, arguments and calling options. Changing it is
+    deliberate: update this list and the changelog (a new argument is not seen by existing
+    implementations; removing one breaks those that declare it)."""
+    found = {
+        name: (
+            tuple(inspect.signature(spec).parameters),
+            spec.confhub_spec["firstresult"],
+            spec.confhub_spec["historic"],
+        )
+        for name, spec in _hookspecs().items()
+    }
+    assert found == {
+        "confhub_configure": (("hub",), False, True),
+        "confhub_unconfigure": (("hub",), False, False),
+        "confhub_backend_schemes": ((), False, False),
+        "confhub_make_backend": (("spec", "settings", "hub"), True, False),
+        "confhub_load_layer": (("spec", "backend"), True, False),
+        "confhub_load_cached": (("spec", "backend"), True, False),
+        "confhub_layer_accepted": (("spec", "layer", "backend"), False, False),
+        "confhub_source_failed": (("spec", "error", "fallback"), False, False),
+        "confhub_make_registry": (("spec", "settings"), True, False),
+        "confhub_register_converters": (("converter",), False, True),
+        "confhub_validate_snapshot": (("snapshot", "previous"), False, False),
+        "confhub_snapshot_published": (("change", "subscriber_seconds"), False, False),
+        "confhub_demo": (("out", "workdir"), False, False),
+    }
 
 
 def test_kv_kit_surface_is_pinned() -> None:
@@ -147,8 +188,6 @@ def test_kv_kit_surface_is_pinned() -> None:
 
 def test_make_backend_hookspec_offers_spec_settings_and_the_deprecated_hub() -> None:
     """confhub_make_backend passes spec and settings, and still hub for old plugins."""
-    import inspect
-
     params = list(inspect.signature(hookspecs.confhub_make_backend).parameters)
     assert params == ["spec", "settings", "hub"]
     assert "deprecated" in (hookspecs.confhub_make_backend.__doc__ or "")

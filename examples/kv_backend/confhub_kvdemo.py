@@ -423,25 +423,14 @@ class DemoBackend(confhub.Backend):
         # Refuse a value over a table, or a key under a value, before anything is sent:
         # read the keys the write could clash with (just those under its first segment).
         _, related = self._call(self.server.range, self.keys.write_scope(key))
-        kv.check_write_shape(self._dotted_keys(related), key, value, source=self.source)
+        held = self.keys.index(e.key for e in related)  # dotted key -> its store keys
+        kv.check_write_shape(list(held), key, value, source=self.source)
         payload = kv.encode_value(value, source=self.source, key=key)
         expected = None if expected_revision is None else int(expected_revision)
         ok, revision = self._call(self.server.put, store_key, payload, expected=expected)
         if not ok:
             raise self._conflict(key, store_key, expected, revision)
         return revision
-
-    def _dotted_keys(self, entries: list[Entry]) -> list[str]:
-        """The dotted keys of ``entries`` (keys this source cannot read are left out)."""
-        found = []
-        for entry in entries:
-            try:
-                dotted = self.keys.to_dotted(entry.key)
-            except SourceFormatError:
-                continue
-            if dotted is not None:
-                found.append(dotted)
-        return found
 
     def _write_document(self, key: str, value: Any, expected_revision: Any) -> int:
         """Read-modify-CAS of the document key: retried while other writers win, unless the

@@ -1157,11 +1157,11 @@ def test_55_concurrent_watchers(target: Target, K: str) -> None:
         put_at = time.monotonic()
         target.put(f"{K}/w7", b"changed")
         woken = watchers[7].join()
-        # Woken by the write (a new index), well before its 3 s wait would have run out;
-        # timed from the write, not from the watcher's start (50 threads start slowly on a
-        # loaded machine).
+        # Woken by the write (a new index; a query that timed out would carry the old one),
+        # before its 3 s wait would have run out, timed from the write: an order, not a
+        # pace (was: < 2.0 s).
         assert idx(woken) > indexes[7]
-        assert time.monotonic() - put_at < 2.0
+        assert time.monotonic() - put_at < 3.0
         for i, w in enumerate(watchers):
             resp = w.join()
             if i != 7:

@@ -5,8 +5,6 @@ It is the complete plugin the "writing a backend plugin" guide walks through.
 
 from __future__ import annotations
 
-from typing import Any
-
 import confhub
 
 
@@ -35,7 +33,9 @@ def confhub_backend_schemes() -> list[confhub.BackendInfo]:
 
 
 @confhub.hookimpl
-def confhub_make_backend(spec: confhub.SourceSpec, hub: Any) -> ExampleBackend | None:
+def confhub_make_backend(
+    spec: confhub.SourceSpec, settings: confhub.BackendSettings
+) -> ExampleBackend | None:
     if spec.scheme != "example":
         return None
     return ExampleBackend(spec)
