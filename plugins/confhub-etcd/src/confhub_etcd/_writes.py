@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from confhub import SourceFormatError, WriteConflictError, WriteError, kv
+from confhub import WriteConflictError, WriteError, kv
 
 from ._client import EtcdClient
 from ._config import EtcdSourceConfig
@@ -72,7 +72,7 @@ class EtcdWrites:
         for _ in range(WRITE_ATTEMPTS):
             try:
                 revision, names = client.keys_under(scope)
-                kv.check_write_shape(self._dotted_keys(names), key, value, source=self._display)
+                kv.check_write_shape(self._keys.index(names), key, value, source=self._display)
                 result = client.put_if_unchanged_under(
                     etcd_key,
                     payload,
@@ -103,19 +103,6 @@ class EtcdWrites:
             source=self._display,
             key=key,
         )
-
-    def _dotted_keys(self, names: list[bytes]) -> list[str]:
-        """The dotted keys of etcd keys ``names`` (keys this source cannot read are left
-        out: they are refused when it reads)."""
-        found = []
-        for name in names:
-            try:
-                dotted = self._keys.to_dotted(name)
-            except SourceFormatError:
-                continue
-            if dotted is not None:
-                found.append(dotted)
-        return found
 
     def _write_document(self, key: str, value: Any, expected_revision: Any) -> int:
         """Read-modify-CAS of the one document key (a lost race without
