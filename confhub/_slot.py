@@ -34,6 +34,7 @@ from ._errors import (
     SourceFormatError,
     SourcePermissionError,
     SourceUnavailableError,
+    SpecError,
     WriteError,
     without_source,
 )
@@ -338,10 +339,25 @@ def failure_kind(error: BaseException, *, rejected: bool = False) -> Hashable:
 # -- finding a slot's backend ------------------------------------------------------------------
 
 
+def _as_named(slots: Sequence[Slot], source: str) -> str:
+    """``source`` as the hub names it: a display name as is, or a spec as it was written
+    (``"etcd://u:pw@h:2379/app/?timeout=2"``) by its display name, when that names a source.
+    Anything else is returned unchanged (the caller's error lists the names)."""
+    known = {s.display for s in slots} | {m.display for s in slots for m in s.members}
+    if source in known:
+        return source
+    try:
+        display = SourceSpec.parse(source).display
+    except (SpecError, ValueError):
+        return source
+    return display if display in known else source
+
+
 def backend_named(slots: Sequence[Slot], source: str) -> Backend:
     """The backend serving ``source``: a slot's display name (its active member's backend)
     or a member's. :class:`KeyError` if no source is called so; :class:`HubStateError`
     before start, when the backends do not exist yet."""
+    source = _as_named(slots, source)
     for slot in slots:
         names = [m.display for m in slot.members]
         if source == slot.display:
@@ -371,6 +387,8 @@ def writable_backend(
     another one does, its backend comes from ``open_member`` (no member is ever written in
     the place of another, and ``expected_revision`` is checked against its own revisions).
     """
+    if source is not None:
+        source = _as_named(slots, source)
     for slot in reversed(slots):
         names = [m.display for m in slot.members]
         if source is not None and source != slot.display:

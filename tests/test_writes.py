@@ -289,6 +289,24 @@ def test_a_transaction_naming_a_fallback_member_goes_to_that_member(tmp_path: Pa
         assert alternate.data == {"b": "y"}
 
 
+def test_a_write_may_name_its_source_as_the_spec_was_written(tmp_path: Path) -> None:
+    """``source=`` takes the spec as written (options and all), not only the name that
+    ``hub.sources`` shows; a spec that names no source is refused, listing the names."""
+    primary, alternate = MemoryStore("p", {"a": "p"}), MemoryStore("alt", {"a": "alt"})
+    hub = Hub(
+        [Fallback("memory:p?timeout=2", "memory:alt?timeout=2")],
+        plugins=[primary, alternate],
+        autoload=False,
+        cache_dir=tmp_path,
+    )
+    with hub:
+        hub.write("a", "x", source="memory:alt?timeout=2")
+        assert alternate.data == {"a": "x"}
+        assert primary.data == {"a": "p"}
+        with pytest.raises(WriteError, match="memory:p"):
+            hub.write("a", "y", source="memory:other?timeout=2")
+
+
 def test_a_store_with_refused_content_at_start_serves_the_cache(tmp_path: Path) -> None:
     """The start-up chain treats content it cannot accept like an unreachable store: the
     cache serves, the reason is reported, and the fixed content is promoted; without a
