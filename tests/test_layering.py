@@ -21,7 +21,7 @@ LAYERS: list[list[str]] = [
     ["_location"],  # the one parser of a network spec's location (no confhub imports)
     ["_errors", "_redact", "_health", "_fileio"],  # values (_redact builds on _location)
     ["_docbounds", "_probes"],  # bounds the parsers share; readiness (from health)
-    ["_yaml"],  # the YAML loaders
+    ["_yaml", "_flatten"],  # the YAML loaders; nested -> flat keys, a layer's read-only values
     # specs, documents, layers; bindable kinds; confhub.toml
     ["_spec", "_parsers", "_layer", "_bindtypes", "_fromconfig"],
     # the pure merge; the backend and registry contracts; spec builders
