@@ -20,6 +20,8 @@ from typing import Any, NoReturn, TypeAlias
 
 import immutables
 
+from . import _docbounds
+from ._docbounds import _Where, check_bounds
 from ._errors import SourceFormatError
 
 #: ``immutables.Map`` is generic at runtime but not in its stubs; these names keep it readable.
@@ -88,24 +90,57 @@ def flatten(data: Mapping[str, Any], *, source: str, _prefix: str = "") -> dict[
     "a": {"b": 2}}``) raise :class:`SourceFormatError` naming both.
     """
     out: dict[str, Any] = {}
-    _flatten_into(out, data, _prefix, source, {}, True)
+    _flatten_into(out, data, _prefix, source, {}, True, 0, None)
     return out
 
 
 def flatten_counted(
-    data: Mapping[str, Any], *, source: str
+    data: Mapping[str, Any], *, source: str, bounds: _Where | None = None
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """:func:`flatten`, plus the parent counts of the result (``Layer.inner``).
 
     The counts come from the walk itself (the leaves each nested mapping added); only when
     a source key holds a dot (``"a.b" = 1``, whose parents the walk does not visit) or is
     not a string are they counted again from the dotted keys.
+
+    ``bounds``: the document's bounds were not checked yet (``parse_unwalked``): this walk
+    checks the nesting depth and the value count too. On anything it refuses, the
+    parser's own walk runs and raises the parser's error, else the plain walk raises its
+    own: the same error, whichever walk found it, as when the parser had walked first.
     """
+    if bounds is not None:
+        try:
+            return _flatten_counted(data, source, [_docbounds.MAX_NODES])
+        except (_OutOfBounds, SourceFormatError):
+            check_bounds(data, bounds)  # a bound is broken: the parser's error
+    return _flatten_counted(data, source, None)
+
+
+def _flatten_counted(
+    data: Mapping[str, Any], source: str, budget: list[int] | None
+) -> tuple[dict[str, Any], dict[str, int]]:
     out: dict[str, Any] = {}
     counts: dict[str, int] = {}
-    if not _flatten_into(out, data, "", source, counts, True):
+    if not _flatten_into(out, data, "", source, counts, True, 0, budget):
         counts = _inner_counts(out)
     return out, counts
+
+
+class _OutOfBounds(Exception):
+    """A document bound is broken (the parser's walk then says which)."""
+
+
+def _charge(node: Any, depth: int, budget: list[int]) -> None:
+    """What the parser's walk charges for ``node`` and what it holds (tables, lists)."""
+    stack = [(node, depth)]
+    while stack:
+        node, depth = stack.pop()
+        budget[0] -= len(node) + 1
+        if depth > _docbounds.MAX_DEPTH or budget[0] < 0:
+            raise _OutOfBounds
+        for child in node.values() if isinstance(node, Mapping) else node:
+            if isinstance(child, (Mapping, list, tuple)):
+                stack.append((child, depth + 1))
 
 
 #: Leaf types a mapping can be flattened with in one step (floats still need a finite check).
@@ -119,6 +154,8 @@ def _flatten_into(
     source: str,
     counts: dict[str, int],
     clean: bool,
+    depth: int,
+    budget: list[int] | None,
 ) -> bool:
     """Flatten ``data`` (under ``prefix``) into ``out``, adding to ``counts`` the leaves each
     nested mapping contributed.
@@ -126,7 +163,12 @@ def _flatten_into(
     ``clean``: no source key so far held a dot or was not a string, so a new dotted key
     cannot already be in ``out`` (each is a distinct path of the tree). Returns the same
     for the walk up to the end of ``data``; False also means ``counts`` may be incomplete.
+    ``budget``: see :func:`flatten_counted` (``None``: bounds checked already).
     """
+    if budget is not None:
+        budget[0] -= len(data) + 1
+        if depth > _docbounds.MAX_DEPTH or budget[0] < 0:
+            raise _OutOfBounds
     # The common case, a mapping of plain leaves under plain keys, in C-level steps: every
     # key a non-empty string without a dot, every leaf a scalar (floats finite).
     kinds = set(map(type, data.values()))
@@ -173,7 +215,7 @@ def _flatten_into(
             clean = False  # its parents inside raw_key are not walked
         if isinstance(value, Mapping):
             before = len(out)
-            clean = _flatten_into(out, value, key, source, counts, clean)
+            clean = _flatten_into(out, value, key, source, counts, clean, depth + 1, budget)
             added = len(out) - before
             if added:
                 counts[key] = counts.get(key, 0) + added
@@ -184,6 +226,8 @@ def _flatten_into(
                     source=source,
                     key=key,
                 )
+            if budget is not None and isinstance(value, (list, tuple)):
+                _charge(value, depth + 1, budget)
             try:
                 out[key] = freeze(value)
             except ValueError as exc:

@@ -161,9 +161,15 @@ class Layer:
         locate: Callable[[str], str | None] | None = None,
         fetched_at: float | None = None,
         secret: bool = False,
+        bounds: Any = None,
     ) -> Layer:
-        """Build a layer from a (possibly nested) mapping; raises :class:`SourceFormatError`."""
-        values, counts = flatten_counted(data, source=source)  # freezes every leaf already
+        """Build a layer from a (possibly nested) mapping; raises :class:`SourceFormatError`.
+
+        ``bounds``: what :func:`~confhub._parsers.parse_unwalked` returned with ``data``
+        (the document's bounds, checked while flattening; ``None``: checked already).
+        """
+        # Freezes every leaf already.
+        values, counts = flatten_counted(data, source=source, bounds=bounds)
         return cls._from_frozen(
             values,
             counts=counts,
