@@ -695,7 +695,9 @@ _OVERFLOW = 1234.5  # written as 1e999 in the text: a literal json.loads reads a
 _layer_keys = st.sampled_from(["a", "b", "a.b", "", "c.", "x"])
 _layer_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.sampled_from([0.5, _OVERFLOW, "t"]),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(_layer_keys, children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(_layer_keys, children, max_size=3)
+    ),
     max_leaves=12,
 )
 
