@@ -32,6 +32,7 @@ class Persister:
         # slot index -> the latest accepted (spec, layer, backend); insertion-ordered.
         self._pending: dict[int, tuple[SourceSpec, Layer, Any]] = {}
         self._stopping = False
+        self._started = False
         self._thread: threading.Thread | None = None
 
     def offer(self, slot: int, spec: SourceSpec, layer: Layer, backend: Any) -> None:
@@ -40,6 +41,8 @@ class Persister:
             self._pending.pop(slot, None)  # re-insert: written after the older slots
             self._pending[slot] = (spec, layer, backend)
             self._cond.notify()
+            if self._started and self._thread is None and not self._stopping:
+                self._spawn()
 
     @property
     def pending(self) -> int:
@@ -47,15 +50,23 @@ class Persister:
         return len(self._pending)
 
     def start(self) -> None:
-        """Start the thread."""
+        """Let the thread run: it starts with the first layer offered, so a hub whose
+        sources are never cached (files, env) starts none."""
+        with self._cond:
+            self._started = True
+            if self._pending and self._thread is None and not self._stopping:
+                self._spawn()
+
+    def _spawn(self) -> None:  # under self._cond
         self._thread = threading.Thread(target=self._run, name="confhub-persist", daemon=True)
         self._thread.start()
 
     def after_fork(self) -> None:
-        """In a forked child (the hub's at-fork handler): a new condition and thread if one
-        ran; what is pending is written by this process."""
+        """In a forked child (the hub's at-fork handler): a new condition, and a new thread
+        once started; what is pending is written by this process."""
         self._cond = threading.Condition()
-        if self._thread is not None:
+        self._thread = None
+        if self._started:
             self.start()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -63,7 +74,7 @@ class Persister:
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        thread = self._thread
+            thread = self._thread  # none is started once _stopping is set
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=timeout)
         elif thread is None:
