@@ -171,17 +171,17 @@ def test_a_loaded_layers_values_refuse_every_change() -> None:
         Layer.from_flat({"a.b": 1}, source="t"),
     ):
         values: Any = layer.values
-        for change in (
-            lambda v: v.__setitem__("x", 1),
-            lambda v: v.__delitem__("a.b"),
-            lambda v: v.update(x=1),
-            lambda v: v.pop("a.b"),
-            lambda v: v.popitem(),
-            lambda v: v.setdefault("x", 1),
-            lambda v: v.clear(),
+        for method, args in (
+            ("__setitem__", ("x", 1)),
+            ("__delitem__", ("a.b",)),
+            ("update", ({"x": 1},)),
+            ("pop", ("a.b",)),
+            ("popitem", ()),
+            ("setdefault", ("x", 1)),
+            ("clear", ()),
         ):
             with pytest.raises(TypeError, match="read-only"):
-                change(values)
+                getattr(values, method)(*args)
         with pytest.raises(TypeError, match="read-only"):
             values |= {"x": 1}
         assert dict(layer.values) == {"a.b": 1}
