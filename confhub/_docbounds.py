@@ -1,6 +1,8 @@
-"""What every document parser shares: the bounds against resource bombs and the error
-wording ("in PATH at line N, column C"). Imported by :mod:`confhub._parsers` (TOML, JSON,
-the entry point) and :mod:`confhub._yaml` (the YAML loaders)."""
+"""What every document parser shares: the bounds against resource bombs, the walk that
+checks them on a parsed document (:func:`check_bounds`) and the error wording ("in PATH at
+line N, column C"). Imported by :mod:`confhub._parsers` (TOML, JSON, the entry point),
+:mod:`confhub._yaml` (the YAML loaders) and :mod:`confhub._flatten` (a JSON file's bounds
+are checked while it is flattened; the walk here decides the error)."""
 
 from __future__ import annotations
 
