@@ -161,7 +161,7 @@ def bench_load(tmp: Path, *, rounds: int) -> list[Row]:
             Row(f"{label}  part: flatten(parsed)", med["flatten"], parse, med["flatten"] / f,
                 note="nested -> dotted keys, freeze leaves"),
             Row(f"{label}  part: Layer.from_flat", med["Layer.from_flat"], parse,
-                med["Layer.from_flat"] / f, note="immutables.Map, parent counts, clash check"),
+                med["Layer.from_flat"] / f, note="read-only copy, parent counts, clash check"),
             Row(f"{label}  part: merge_full([layer])", med["merge_full"], parse,
                 med["merge_full"] / f, note="effective view from scratch"),
             Row(f"{label}Hub([file]).start(), default Hub() (autoload)", med["default Hub"],
