@@ -21,13 +21,17 @@ log = logging.getLogger("confhub")
 
 #: The hook call: ``accepted(spec=..., layer=..., backend=...)``.
 Accepted = Callable[..., Any]
+#: ``wanted(spec, backend)``: whether any plugin takes this source's layers (else they are
+#: not offered at all, and a hub of sources nobody persists starts no thread).
+Wanted = Callable[[SourceSpec, Any], bool]
 
 
 class Persister:
     """Calls ``accepted(spec=, layer=, backend=)`` off the update path, coalesced per slot."""
 
-    def __init__(self, accepted: Accepted) -> None:
+    def __init__(self, accepted: Accepted, wanted: Wanted | None = None) -> None:
         self._accepted = accepted
+        self._wanted = wanted
         self._cond = threading.Condition()
         # slot index -> the latest accepted (spec, layer, backend); insertion-ordered.
         self._pending: dict[int, tuple[SourceSpec, Layer, Any]] = {}
@@ -36,7 +40,10 @@ class Persister:
         self._thread: threading.Thread | None = None
 
     def offer(self, slot: int, spec: SourceSpec, layer: Layer, backend: Any) -> None:
-        """Record ``layer`` as the latest accepted one of ``slot`` (replaces a pending one)."""
+        """Record ``layer`` as the latest accepted one of ``slot`` (replaces a pending one),
+        unless no plugin takes the layers of this source."""
+        if self._wanted is not None and not self._wanted(spec, backend):
+            return
         with self._cond:
             self._pending.pop(slot, None)  # re-insert: written after the older slots
             self._pending[slot] = (spec, layer, backend)
