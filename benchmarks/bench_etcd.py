@@ -14,7 +14,8 @@ rows labelled ``cache_dir=None`` are the same measurement with the cache off.
    (``EtcdClient.watch_prefix``) is shown as a reference.
 2. Initial load of 10,000 and 100,000 keys: ``EtcdBackend.load()`` (paged read at one
    revision plus building the layer), against the floor of the raw client's paged range read
-   (pyetcd ``get_range_response``, same page size, at one revision). Target <= 1.5x. The
+   (pyetcd ``get_range_response``, same page size, at one revision). Target <= 1.3x at
+   10,000 keys, 1.5x at 100,000 (each case's result is dropped outside the timer). The
    plugin's ``EtcdClient.read_prefix`` is shown as a reference. ``Hub.start()`` is shown too
    (it adds the core's merge and snapshot; no target here).
 3. Applying one changed key: a watch batch of one key handed to the backend of a running hub
@@ -48,7 +49,8 @@ from ._table import Row, header, p99, parse_args, print_table, versions
 
 LATENCY_MEDIAN_SLACK_NS = 1_000_000
 LATENCY_P99_TARGET = 1.5
-LOAD_TARGET = 1.5
+#: Issue 9 item 7: 1.3x pyetcd's paged read at 10,000 keys (1.5x at 100,000).
+LOAD_TARGETS = {10_000: 1.3, 100_000: 1.5}
 APPLY_TARGET = 3.0
 PAGE_SIZE = 500
 
@@ -209,8 +211,9 @@ def _interleaved(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, 
         for name, fn in cases.items():
             gc.collect()
             t0 = time.perf_counter_ns()
-            fn()
+            result = fn()
             samples[name].append(time.perf_counter_ns() - t0)
+            del result  # freeing it is not the case's cost
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
@@ -262,7 +265,7 @@ def bench_load(
                 t["load"],
                 floor="pyetcd",
                 ratio=t["load"] / t["pyetcd"],
-                target=LOAD_TARGET,
+                target=LOAD_TARGETS.get(n, 1.5),
             ),
             Row(
                 f"{n:,} keys: Hub.start(), default hub (informative)",

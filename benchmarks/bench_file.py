@@ -43,6 +43,8 @@ from confhub.testing import MemoryStore
 from ._table import Row, header, p99, parse_args, print_table, versions
 
 LOAD_TARGET = 1.5
+#: Issue 9 item 7: the whole load of a 10,000-key file against its parser (JSON's is C).
+LOAD_TARGETS = {"toml": 1.5, "yaml": 1.5, "json": 3.0}
 REBUILD_TARGET = 3.0
 LATENCY_TARGET = 3.0
 
@@ -146,7 +148,7 @@ def bench_load(tmp: Path, *, rounds: int) -> list[Row]:
         rows += [
             Row(f"{label}floor: read + {parse}", f, parse, 1.0),
             Row(f"{label}Hub([file]).start() (watching)", med["Hub(...)"] + med["start"], parse,
-                (med["Hub(...)"] + med["start"]) / f, LOAD_TARGET,
+                (med["Hub(...)"] + med["start"]) / f, LOAD_TARGETS[fmt],
                 note="Hub() construction + start()"),
             Row(f"{label}  of which Hub(...) construction", med["Hub(...)"], parse,
                 med["Hub(...)"] / f, note="plugin manager, converter"),
@@ -159,7 +161,7 @@ def bench_load(tmp: Path, *, rounds: int) -> list[Row]:
             Row(f"{label}  part: flatten(parsed)", med["flatten"], parse, med["flatten"] / f,
                 note="nested -> dotted keys, freeze leaves"),
             Row(f"{label}  part: Layer.from_flat", med["Layer.from_flat"], parse,
-                med["Layer.from_flat"] / f, note="immutables.Map, parent counts, clash check"),
+                med["Layer.from_flat"] / f, note="read-only copy, parent counts, clash check"),
             Row(f"{label}  part: merge_full([layer])", med["merge_full"], parse,
                 med["merge_full"] / f, note="effective view from scratch"),
             Row(f"{label}Hub([file]).start(), default Hub() (autoload)", med["default Hub"],

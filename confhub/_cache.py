@@ -534,7 +534,12 @@ class CachePlugin:
                 return None
         return layer
 
+    def takes(self, spec: SourceSpec, backend: Any) -> bool:
+        """Whether :meth:`confhub_layer_accepted` writes this source's layers (the hub does
+        not hand a layer to its persist thread when no plugin takes it)."""
+        return self.cache is not None and _cacheable(spec, backend) and writes_cache(backend)
+
     @hookimpl
     def confhub_layer_accepted(self, spec: SourceSpec, layer: Layer, backend: Any) -> None:
-        if self.cache is not None and _cacheable(spec, backend) and writes_cache(backend):
+        if self.cache is not None and self.takes(spec, backend):
             self.cache.write(spec, layer, cache_principal_of(backend))

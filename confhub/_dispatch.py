@@ -127,6 +127,7 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._subscribers: tuple[Subscription, ...] = ()
         self._thread: threading.Thread | None = None
+        self._started = False
         self._closing = threading.Event()
 
     # -- subscribers -----------------------------------------------------------------------
@@ -168,6 +169,9 @@ class Dispatcher:
         if isinstance(event, ErrorEvent):
             drop_tracebacks(event.error)
         self._queue.put(event)
+        if self._thread is None and self._started:
+            with self._lock:
+                self._spawn()
 
     @property
     def depth(self) -> int:
@@ -181,17 +185,26 @@ class Dispatcher:
 
     # -- the thread ------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the notifier thread."""
-        self._thread = threading.Thread(target=self._run, name="confhub-notifier", daemon=True)
-        self._thread.start()
+        """Let the notifier thread run: it starts with the first event queued (a hub whose
+        sources never change starts none)."""
+        with self._lock:
+            self._started = True
+            if self._queue.qsize():
+                self._spawn()
+
+    def _spawn(self) -> None:  # under self._lock
+        if self._thread is None and self._started and not self._closing.is_set():
+            self._thread = threading.Thread(target=self._run, name="confhub-notifier", daemon=True)
+            self._thread.start()
 
     def after_fork(self) -> None:
-        """In a forked child (the hub's at-fork handler): new locks and a new notifier
-        thread if one ran; queued events are delivered here (the parent's copies of the
+        """In a forked child (the hub's at-fork handler): new locks, and a new notifier
+        thread once started; queued events are delivered here (the parent's copies of the
         subscribers never got them in this process)."""
         self._lock = threading.Lock()
         self._queue.after_fork()
-        if self._thread is not None:
+        self._thread = None
+        if self._started:
             self.start()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -199,9 +212,10 @@ class Dispatcher:
         every subscription and tell each its ``on_close`` (an iterator from :meth:`changes`
         ends), whether or not the thread ever ran (a hub closed before it started, or whose
         start failed)."""
-        self._closing.set()
+        with self._lock:
+            self._closing.set()
+            thread = self._thread  # none is started once _closing is set
         self._queue.put(_STOP)
-        thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=timeout)
         with self._lock:

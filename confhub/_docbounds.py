@@ -1,8 +1,15 @@
-"""What every document parser shares: the bounds against resource bombs and the error
-wording ("in PATH at line N, column C"). Imported by :mod:`confhub._parsers` (TOML, JSON,
-the entry point) and :mod:`confhub._yaml` (the YAML loaders)."""
+"""What every document parser shares: the bounds against resource bombs, the walk that
+checks them on a parsed document (:func:`check_bounds`) and the error wording ("in PATH at
+line N, column C"). Imported by :mod:`confhub._parsers` (TOML, JSON, the entry point),
+:mod:`confhub._yaml` (the YAML loaders) and :mod:`confhub._flatten` (a JSON file's bounds
+are checked while it is flattened; the walk here decides the error)."""
 
 from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Mapping
+from typing import Any
 
 from ._errors import SourceFormatError
 
@@ -44,3 +51,46 @@ class _Where:
             f"{self.source}: {what}{where}{hint}", source=self.source, key=key, line=line
         )
 
+
+def check_bounds(data: Any, where: _Where) -> bool:
+    """Walk the document once, bounded, refusing deep nesting, bombs and non-finite floats;
+    returns whether it holds dates or times (TOML's)."""
+    dates = False
+    budget = MAX_NODES
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    pop, push = stack.pop, stack.append
+    isfinite = math.isfinite
+    while stack:
+        node, depth = pop()
+        if depth > MAX_DEPTH:
+            raise where.error(f"nesting deeper than {MAX_DEPTH} levels; refusing it")
+        budget -= len(node) + 1
+        if budget < 0:
+            raise where.error(
+                f"the document expands to more than {MAX_NODES:,} values; refusing it"
+            )
+        children = node.values() if isinstance(node, Mapping) else node
+        for value in children:
+            # Exact type checks first: they are what the parsers produce, and cheap.
+            kind = type(value)
+            if kind is str or kind is bool:
+                continue
+            if kind is int:
+                if value.bit_length() >= _INT_BITS and abs(value) >= _INT_LIMIT:
+                    raise where.error(
+                        f"an integer with more than {MAX_INT_DIGITS:,} decimal digits; refusing it",
+                        hint="; store such a number as a string",
+                    )
+                continue
+            if kind is float:
+                if not isfinite(value):
+                    raise where.error(f"{value!r} is not allowed in configuration")
+            elif kind is dict or kind is list or isinstance(value, (Mapping, list, tuple)):
+                push((value, depth + 1))
+            elif isinstance(value, _DATES):
+                dates = True
+    return dates
+
+
+#: TOML's date and time values; they become ISO 8601 strings (see :func:`_dates_to_text`).
+_DATES = (datetime.date, datetime.time)  # datetime.datetime is a date

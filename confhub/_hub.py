@@ -25,7 +25,7 @@ import pluggy
 from . import _aio
 from ._backend import Backend, BackendSettings, is_strict
 from ._binding import Binder, View, make_converter
-from ._cache import volatile_options
+from ._cache import CachePlugin, volatile_options
 from ._dispatch import Dispatcher, Subscription
 from ._errors import (
     HubStateError,
@@ -133,7 +133,7 @@ class Hub:
                 change=change, subscriber_seconds=seconds
             ),
         )
-        self._persister = Persister(self.pm.hook.confhub_layer_accepted)
+        self._persister = Persister(self.pm.hook.confhub_layer_accepted, self._layer_wanted)
         self._publisher = Publisher(
             self._binder,
             self._dispatcher,
@@ -230,6 +230,15 @@ class Hub:
             )
 
     # -- sources ---------------------------------------------------------------------------
+    def _layer_wanted(self, spec: SourceSpec, backend: Backend) -> bool:
+        """Whether a plugin takes the accepted layers of this source: any implementation of
+        ``confhub_layer_accepted`` but the builtin cache's, or the cache when it writes them."""
+        for impl in self.pm.hook.confhub_layer_accepted.get_hookimpls():
+            plugin = impl.plugin
+            if not isinstance(plugin, CachePlugin) or plugin.takes(spec, backend):
+                return True
+        return False
+
     def _settings(self) -> BackendSettings:
         cache_enabled = self.cache_dir not in (None, False, "") and self.pm.has_plugin("cache")
         return BackendSettings(

@@ -5,42 +5,32 @@ a file key ``"a.b" = 1`` and a nested ``[a] b = 1`` are the same key. Flat layer
 update touch only the keys it changes (see :mod:`confhub._merge`), which keeps applying one
 change to a 100,000-key layer about as cheap as to a 10-key one.
 
-Layers are persistent maps (:mod:`immutables`, a hash array mapped trie): ``set`` and
-``delete`` return a new map in O(log n) and share the rest.
+A layer built from a document or a flat mapping keeps its values in a read-only dict
+(:class:`~confhub._flatten.Leaves`: nothing more to build at load); its first update makes
+the persistent map (:mod:`immutables`, a hash array mapped trie) whose ``set`` and
+``delete`` return a new map in O(log n) sharing the rest, and every later update uses that.
+Flattening itself (nested -> dotted keys) is :mod:`confhub._flatten`.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import repeat
-from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import Any
 
 import attrs
 import immutables
 
 from ._errors import SourceFormatError
-
-#: ``immutables.Map`` is generic at runtime but not in its stubs; these names keep it readable.
-Values: TypeAlias = "immutables.Map[str, Any]"
-
-
-def prefixes(key: str) -> Iterator[str]:
-    """Yield the proper prefixes of a dotted key, shortest first: ``a.b.c`` -> ``a``, ``a.b``."""
-    start = 0
-    while True:
-        dot = key.find(".", start)
-        if dot < 0:
-            return
-        yield key[:dot]
-        start = dot + 1
-
-
-_SCALARS = frozenset({str, int, bool, type(None)})
+from ._flatten import Values as Values
+from ._flatten import _inner_counts as _inner_counts
+from ._flatten import flatten as flatten
+from ._flatten import flatten_counted as flatten_counted
+from ._flatten import freeze as freeze
+from ._flatten import frozen_leaves as frozen_leaves
+from ._flatten import leaves, persistent
+from ._flatten import prefixes as prefixes
 
 
 def add_parents(inner: Any, key: str) -> None:
@@ -57,159 +47,6 @@ def remove_parents(inner: Any, key: str) -> None:
             inner[p] = n
         else:
             del inner[p]
-
-
-def freeze(value: Any) -> Any:
-    """Return ``value`` made read-only all the way down (lists become tuples)."""
-    if type(value) in _SCALARS:
-        return value
-    if isinstance(value, Mapping):
-        return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
-    if type(value) is tuple:
-        items = [freeze(v) for v in value]
-        # Already frozen all the way down: keep it (a cached or re-delivered layer).
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else tuple(items)
-    if isinstance(value, (list, tuple)):
-        return tuple(freeze(v) for v in value)
-    if isinstance(value, (set, frozenset)):
-        return frozenset(freeze(v) for v in value)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{value!r} is not a finite number")
-    return value
-
-
-def frozen_leaves(values: Mapping[str, Any], source: str) -> Mapping[str, Any]:
-    """``values`` with every leaf read-only (see :func:`freeze`); the same mapping when all
-    already are. A non-finite float is a :class:`SourceFormatError` naming its key."""
-    out: dict[str, Any] | None = None
-    scalars = _SCALARS
-    for key, value in values.items():
-        kind = type(value)
-        if kind in scalars or (kind is float and -math.inf < value < math.inf):
-            continue
-        try:
-            frozen = freeze(value)
-        except ValueError as exc:
-            raise SourceFormatError(
-                f"{source}: value of {key!r} is not allowed: {exc}", source=source, key=key
-            ) from None
-        if frozen is not value:
-            if out is None:
-                out = dict(values)
-            out[key] = frozen
-    return values if out is None else out
-
-
-def flatten(data: Mapping[str, Any], *, source: str, _prefix: str = "") -> dict[str, Any]:
-    """Flatten a nested mapping into dotted keys, freezing leaves.
-
-    Empty mappings contribute no key. Keys that collide once flattened (``{"a.b": 1,
-    "a": {"b": 2}}``) raise :class:`SourceFormatError` naming both.
-    """
-    out: dict[str, Any] = {}
-    _flatten_into(out, data, _prefix, source, {}, True)
-    return out
-
-
-def flatten_counted(
-    data: Mapping[str, Any], *, source: str
-) -> tuple[dict[str, Any], dict[str, int]]:
-    """:func:`flatten`, plus the parent counts of the result (``Layer.inner``).
-
-    The counts come from the walk itself (the leaves each nested mapping added); only when
-    a source key holds a dot (``"a.b" = 1``, whose parents the walk does not visit) or is
-    not a string are they counted again from the dotted keys.
-    """
-    out: dict[str, Any] = {}
-    counts: dict[str, int] = {}
-    if not _flatten_into(out, data, "", source, counts, True):
-        counts = _inner_counts(out)
-    return out, counts
-
-
-#: Leaf types a mapping can be flattened with in one step (floats still need a finite check).
-_PLAIN = frozenset({str, int, bool, type(None), float})
-
-
-def _flatten_into(
-    out: dict[str, Any],
-    data: Mapping[str, Any],
-    prefix: str,
-    source: str,
-    counts: dict[str, int],
-    clean: bool,
-) -> bool:
-    """Flatten ``data`` (under ``prefix``) into ``out``, adding to ``counts`` the leaves each
-    nested mapping contributed.
-
-    ``clean``: no source key so far held a dot or was not a string, so a new dotted key
-    cannot already be in ``out`` (each is a distinct path of the tree). Returns the same
-    for the walk up to the end of ``data``; False also means ``counts`` may be incomplete.
-    """
-    # The common case, a mapping of plain leaves under plain keys, in C-level steps: every
-    # key a non-empty string without a dot, every leaf a scalar (floats finite).
-    kinds = set(map(type, data.values()))
-    if kinds <= _PLAIN and "" not in data:
-        try:
-            joined = "".join(data)
-        except TypeError:
-            joined = "."  # a key that is not a string: the loop below
-        if "." not in joined and (
-            float not in kinds
-            or all(map(math.isfinite, [v for v in data.values() if type(v) is float]))
-        ):
-            keys = map((prefix + ".").__add__, data) if prefix else iter(data)
-            if clean:
-                out.update(zip(keys, data.values(), strict=True))
-                return True
-            # A dotted key elsewhere ("a.b" = 1) may have reached one of these first.
-            listed = list(keys)
-            if out.keys().isdisjoint(listed):
-                out.update(zip(listed, data.values(), strict=True))
-                return False
-    scalars = _SCALARS
-    for raw_key, value in data.items():
-        if not isinstance(raw_key, str):
-            raw_key = str(raw_key)
-            clean = False
-        key = f"{prefix}.{raw_key}" if prefix else raw_key
-        kind = type(value)
-        if (
-            (kind in scalars or (kind is float and -math.inf < value < math.inf))
-            and "." not in raw_key
-            and raw_key
-            and key not in out
-        ):
-            out[key] = value  # the common case, checked cheaply
-            continue
-        if not raw_key or raw_key.startswith(".") or raw_key.endswith(".") or ".." in raw_key:
-            raise SourceFormatError(
-                f"{source}: key {key!r} has an empty segment; rename it",
-                source=source,
-                key=key,
-            )
-        if "." in raw_key:
-            clean = False  # its parents inside raw_key are not walked
-        if isinstance(value, Mapping):
-            before = len(out)
-            clean = _flatten_into(out, value, key, source, counts, clean)
-            added = len(out) - before
-            if added:
-                counts[key] = counts.get(key, 0) + added
-        else:
-            if key in out:
-                raise SourceFormatError(
-                    f"{source}: key {key!r} is given twice (once with dots in its name); keep one",
-                    source=source,
-                    key=key,
-                )
-            try:
-                out[key] = freeze(value)
-            except ValueError as exc:
-                raise SourceFormatError(
-                    f"{source}: value of {key!r} is not allowed: {exc}", source=source, key=key
-                ) from None
-    return clean
 
 
 def _check_no_leaf_parent(
@@ -275,29 +112,6 @@ def too_many_keys(
     )
 
 
-_HEAD = itemgetter(0, 1)
-
-
-def _inner_counts(keys: Iterable[str]) -> dict[str, int]:
-    """Parent counts of dotted keys: how many keys lie below each proper prefix."""
-    # Count each key's direct parent in C-level steps (rpartition; a key without a dot has
-    # no separator), then add those counts to the parents' own prefixes: one short walk
-    # per distinct parent instead of one per key.
-    direct = Counter(map(_HEAD, map(str.rpartition, keys, repeat("."))))
-    counts: dict[str, int] = {}
-    get = counts.get
-    for (parent, sep), below in direct.items():
-        if not sep:
-            continue
-        counts[parent] = get(parent, 0) + below
-        dot = parent.find(".")
-        while dot >= 0:
-            p = parent[:dot]
-            counts[p] = get(p, 0) + below
-            dot = parent.find(".", dot + 1)
-    return counts
-
-
 #: The details of a layer without any (one shared empty map).
 _NO_DETAILS: Values = immutables.Map()
 
@@ -306,7 +120,9 @@ _NO_DETAILS: Values = immutables.Map()
 class Layer:
     """The frozen contribution of one source: flat dotted keys to leaf values.
 
-    - ``values``: the leaves; build layers with :meth:`from_mapping` or :meth:`from_flat`.
+    - ``values``: the leaves, a read-only mapping (a read-only dict, or a persistent
+      ``immutables.Map`` once the layer was updated; ``Layer(values=...)`` copies any other
+      mapping); build layers with :meth:`from_mapping` or :meth:`from_flat`.
     - ``revision``: the source's revision of this content (etcd revision, Consul index,
       a file's content hash), shown by ``explain`` and recorded in the cache.
     - ``details``: per-key provenance (``"/myapp/db/port mod_revision=12"``, ``"APP_DB__PORT"``),
@@ -322,7 +138,7 @@ class Layer:
       for its keys (see :func:`secret_keys`).
     """
 
-    values: Values
+    values: Mapping[str, Any] = attrs.field(converter=leaves)
     inner: Values = attrs.field(default=None)
     revision: Any = None
     details: Mapping[str, str] = attrs.field(factory=immutables.Map)
@@ -345,9 +161,15 @@ class Layer:
         locate: Callable[[str], str | None] | None = None,
         fetched_at: float | None = None,
         secret: bool = False,
+        bounds: Any = None,
     ) -> Layer:
-        """Build a layer from a (possibly nested) mapping; raises :class:`SourceFormatError`."""
-        values, counts = flatten_counted(data, source=source)  # freezes every leaf already
+        """Build a layer from a (possibly nested) mapping; raises :class:`SourceFormatError`.
+
+        ``bounds``: what :func:`~confhub._parsers.parse_unwalked` returned with ``data``
+        (the document's bounds, checked while flattening; ``None``: checked already).
+        """
+        # Freezes every leaf already.
+        values, counts = flatten_counted(data, source=source, bounds=bounds)
         return cls._from_frozen(
             values,
             counts=counts,
@@ -405,7 +227,7 @@ class Layer:
         dets = _NO_DETAILS if details is None else _read_only_details(details)
         # A leaf/parent clash is exactly a key that is both a leaf and a parent.
         clash = values.keys() & counts.keys()
-        vals = immutables.Map(values)
+        vals = leaves(values)  # the dict flatten made, or a copy of the caller's
         inner = immutables.Map(counts)
         if clash:
             _check_no_leaf_parent(vals, inner, sorted(clash), source, dets)
@@ -442,7 +264,7 @@ class Layer:
 
     def apply(self, delta: LayerDelta, *, source: str) -> Layer:
         """Return a new layer with ``delta`` applied; raises on a leaf/parent clash."""
-        values = self.values.mutate()
+        values = persistent(self.values).mutate()
         inner = self.inner.mutate()
         for key in delta.deleted:
             if key in values and key not in delta.set:

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import immutables
 
+from ._flatten import Leaves, persistent
 from ._layer import Layer, LayerDelta, Values, add_parents, prefixes, remove_parents
 
 #: Marks a key that is absent on one side of a change.
@@ -39,7 +40,7 @@ class Origins(Mapping[str, int]):
 
     __slots__ = ("_base", "_other", "_values")
 
-    def __init__(self, values: Values, other: Values, base: int) -> None:
+    def __init__(self, values: Mapping[str, Any], other: Values, base: int) -> None:
         self._values = values
         self._other = other
         self._base = base
@@ -71,9 +72,13 @@ class Origins(Mapping[str, int]):
 
 @attrs.frozen(eq=False)
 class Merged:
-    """The effective view: leaf values, the slot each came from, and parent-key counts."""
+    """The effective view: leaf values, the slot each came from, and parent-key counts.
 
-    values: Values
+    ``values`` is read-only: a layer's own values when one layer contributes, a
+    :class:`~confhub._flatten.Leaves` after a full merge, a persistent map after an update.
+    """
+
+    values: Mapping[str, Any]
     origins: Origins
     inner: Values
 
@@ -109,11 +114,11 @@ def merge_full(layers: Sequence[Layer | None]) -> Merged:
             origins[key] = index
             add_parents(inner, key)
         seen.update(layer.values.keys())
-    final = immutables.Map(values)
+    final = Leaves(values)
     return Merged(final, Origins(final, immutables.Map(origins), top), immutables.Map(inner))
 
 
-def diff_values(old: Values, new: Values) -> Changed:
+def diff_values(old: Mapping[str, Any], new: Mapping[str, Any]) -> Changed:
     """Return ``(key, old, new)`` for every key whose effective value differs."""
     changed: Changed = [
         (k, old.get(k, MISSING), v) for k, v in new.items() if old.get(k, MISSING) != v
@@ -154,7 +159,7 @@ def merge_update(
         return _slow(merged, new_layers)
     lower = [layers[j] for j in range(index)]
     higher = [layers[j] for j in range(index + 1, len(layers))]
-    values = merged.values.mutate()
+    values = persistent(merged.values).mutate()  # built on the first update, then shared
     base = merged.origins._base
     origins = merged.origins._other.mutate()  # the leaves not from ``base``
     inner = merged.inner.mutate()

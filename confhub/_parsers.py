@@ -18,18 +18,18 @@ bomb ("billion laughs") is refused in time and memory proportional to its text.
 
 from __future__ import annotations
 
-import datetime
 import json
-import math
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._docbounds import _INT_BITS, _INT_LIMIT, _Where
+from ._docbounds import _DATES, _Where
 from ._docbounds import MAX_DEPTH as MAX_DEPTH
 from ._docbounds import MAX_INT_DIGITS as MAX_INT_DIGITS
 from ._docbounds import MAX_NODES as MAX_NODES
+from ._docbounds import check_bounds as _check_bounds
 from ._errors import SourceFormatError, SpecError
 from ._yaml import YAML_LOADER_ENV as YAML_LOADER_ENV
 from ._yaml import _Decided, _parse_yaml, _RetryPure, yaml_loader_kind
@@ -74,7 +74,27 @@ def parse_document(
     given, is named too (``... in /etc/app.toml at line 3, column 7``). See the module
     docstring for what is rejected.
     """
-    where = _Where(source, path)
+    return _parse_document(content, fmt, _Where(source, path), walk=True)[0]
+
+
+def parse_unwalked(
+    content: bytes | str, fmt: str, *, source: str, path: str | None = None
+) -> tuple[Mapping[str, Any], _Where | None]:
+    """:func:`parse_document`, leaving the bounds walk to the flatten that follows when
+    that gives the same result: returns the document and the bounds still to check (give
+    them to ``Layer.from_mapping(bounds=...)``), or ``None`` when they were checked here.
+
+    Only JSON is left unwalked (its node count is already exact before parsing, see
+    :func:`_precount_json`), and only without ``\\u`` escapes (the surrogate check that
+    follows the walk keeps its place) and with Python's default integer digit limit (the
+    parser itself then refuses a longer integer).
+    """
+    return _parse_document(content, fmt, _Where(source, path), walk=False)
+
+
+def _parse_document(
+    content: bytes | str, fmt: str, where: _Where, *, walk: bool
+) -> tuple[Mapping[str, Any], _Where | None]:
     if isinstance(content, bytes):
         try:
             text = content.decode("utf-8-sig")
@@ -89,7 +109,7 @@ def parse_document(
         text = content
     if fmt == "yaml" and yaml_loader_kind() == "c":
         try:
-            return _parse_text(text, fmt, where, "c")
+            return _parse_text(text, fmt, where, "c"), None
         except _Decided as decided:
             raise decided.error from None
         except (SourceFormatError, _RetryPure):
@@ -97,10 +117,20 @@ def parse_document(
             # syntax errors differently, so the pure loader reads it again and says what
             # it always said (or, where libyaml refused what it accepts, returns it).
             pass
-    return _parse_text(text, fmt, where, "pure")
+    if (
+        not walk
+        and fmt == "json"
+        and "\\u" not in text
+        and "\\U" not in text
+        and 0 < sys.get_int_max_str_digits() <= MAX_INT_DIGITS
+    ):
+        return _parse_text(text, fmt, where, "pure", walk=False), where
+    return _parse_text(text, fmt, where, "pure"), None
 
 
-def _parse_text(text: str, fmt: str, where: _Where, yaml_kind: str) -> Mapping[str, Any]:
+def _parse_text(
+    text: str, fmt: str, where: _Where, yaml_kind: str, *, walk: bool = True
+) -> Mapping[str, Any]:
     source = where.source
     try:
         if fmt == "toml":
@@ -125,7 +155,7 @@ def _parse_text(text: str, fmt: str, where: _Where, yaml_kind: str) -> Mapping[s
         raise where.error(
             f"the document must be a mapping (a table/object) at the top, not {type(data).__name__}"
         )
-    if _check_bounds(data, where):
+    if walk and _check_bounds(data, where):
         _dates_to_text(data)
     if fmt != "toml" and ("\\u" in text or "\\U" in text):
         # Only a \u/\U escape can produce a lone surrogate (TOML refuses them itself).
@@ -274,50 +304,6 @@ def _parse_json(text: str, where: _Where) -> Any:
             hint="; write a finite number or a string",
         ) from None
 
-
-
-def _check_bounds(data: Any, where: _Where) -> bool:
-    """Walk the document once, bounded, refusing deep nesting, bombs and non-finite floats;
-    returns whether it holds dates or times (TOML's)."""
-    dates = False
-    budget = MAX_NODES
-    stack: list[tuple[Any, int]] = [(data, 0)]
-    pop, push = stack.pop, stack.append
-    isfinite = math.isfinite
-    while stack:
-        node, depth = pop()
-        if depth > MAX_DEPTH:
-            raise where.error(f"nesting deeper than {MAX_DEPTH} levels; refusing it")
-        budget -= len(node) + 1
-        if budget < 0:
-            raise where.error(
-                f"the document expands to more than {MAX_NODES:,} values; refusing it"
-            )
-        children = node.values() if isinstance(node, Mapping) else node
-        for value in children:
-            # Exact type checks first: they are what the parsers produce, and cheap.
-            kind = type(value)
-            if kind is str or kind is bool:
-                continue
-            if kind is int:
-                if value.bit_length() >= _INT_BITS and abs(value) >= _INT_LIMIT:
-                    raise where.error(
-                        f"an integer with more than {MAX_INT_DIGITS:,} decimal digits; refusing it",
-                        hint="; store such a number as a string",
-                    )
-                continue
-            if kind is float:
-                if not isfinite(value):
-                    raise where.error(f"{value!r} is not allowed in configuration")
-            elif kind is dict or kind is list or isinstance(value, (Mapping, list, tuple)):
-                push((value, depth + 1))
-            elif isinstance(value, _DATES):
-                dates = True
-    return dates
-
-
-#: TOML's date and time values; they become ISO 8601 strings (see :func:`_dates_to_text`).
-_DATES = (datetime.date, datetime.time)  # datetime.datetime is a date
 
 
 def _dates_to_text(data: Any) -> None:

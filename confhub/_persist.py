@@ -21,25 +21,35 @@ log = logging.getLogger("confhub")
 
 #: The hook call: ``accepted(spec=..., layer=..., backend=...)``.
 Accepted = Callable[..., Any]
+#: ``wanted(spec, backend)``: whether any plugin takes this source's layers (else they are
+#: not offered at all, and a hub of sources nobody persists starts no thread).
+Wanted = Callable[[SourceSpec, Any], bool]
 
 
 class Persister:
     """Calls ``accepted(spec=, layer=, backend=)`` off the update path, coalesced per slot."""
 
-    def __init__(self, accepted: Accepted) -> None:
+    def __init__(self, accepted: Accepted, wanted: Wanted | None = None) -> None:
         self._accepted = accepted
+        self._wanted = wanted
         self._cond = threading.Condition()
         # slot index -> the latest accepted (spec, layer, backend); insertion-ordered.
         self._pending: dict[int, tuple[SourceSpec, Layer, Any]] = {}
         self._stopping = False
+        self._started = False
         self._thread: threading.Thread | None = None
 
     def offer(self, slot: int, spec: SourceSpec, layer: Layer, backend: Any) -> None:
-        """Record ``layer`` as the latest accepted one of ``slot`` (replaces a pending one)."""
+        """Record ``layer`` as the latest accepted one of ``slot`` (replaces a pending one),
+        unless no plugin takes the layers of this source."""
+        if self._wanted is not None and not self._wanted(spec, backend):
+            return
         with self._cond:
             self._pending.pop(slot, None)  # re-insert: written after the older slots
             self._pending[slot] = (spec, layer, backend)
             self._cond.notify()
+            if self._started and self._thread is None and not self._stopping:
+                self._spawn()
 
     @property
     def pending(self) -> int:
@@ -47,15 +57,23 @@ class Persister:
         return len(self._pending)
 
     def start(self) -> None:
-        """Start the thread."""
+        """Let the thread run: it starts with the first layer offered, so a hub whose
+        sources are never cached (files, env) starts none."""
+        with self._cond:
+            self._started = True
+            if self._pending and self._thread is None and not self._stopping:
+                self._spawn()
+
+    def _spawn(self) -> None:  # under self._cond
         self._thread = threading.Thread(target=self._run, name="confhub-persist", daemon=True)
         self._thread.start()
 
     def after_fork(self) -> None:
-        """In a forked child (the hub's at-fork handler): a new condition and thread if one
-        ran; what is pending is written by this process."""
+        """In a forked child (the hub's at-fork handler): a new condition, and a new thread
+        once started; what is pending is written by this process."""
         self._cond = threading.Condition()
-        if self._thread is not None:
+        self._thread = None
+        if self._started:
             self.start()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -63,7 +81,7 @@ class Persister:
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        thread = self._thread
+            thread = self._thread  # none is started once _stopping is set
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=timeout)
         elif thread is None:

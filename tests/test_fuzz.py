@@ -485,7 +485,8 @@ def test_json_precount_refuses_exactly_what_the_bounds_walk_refuses(
     for limit in range(40):
         verdicts = []
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("confhub._parsers.MAX_NODES", limit)
+            patch.setattr("confhub._parsers.MAX_NODES", limit)  # the count before parsing
+            patch.setattr("confhub._docbounds.MAX_NODES", limit)  # the walk after it
             for check in (
                 lambda: _parsers._precount_json(text, where),
                 lambda: _parsers._check_bounds(json.loads(text), where),
@@ -539,6 +540,7 @@ def test_toml_precount_never_refuses_what_the_bounds_walk_accepts(text: str) -> 
     for limit in range(16):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr("confhub._parsers.MAX_NODES", limit)
+            patch.setattr("confhub._docbounds.MAX_NODES", limit)  # the walk after parsing
             counted = verdict(lambda: _parsers._precount_toml(text, where))
             walked = verdict(lambda: _parsers._check_bounds(tomllib.loads(text), where))
         # What the count refuses, the walk refuses in the same words (parse_document runs
@@ -694,3 +696,55 @@ def test_empty_deleted_and_permission_filtered_keys_stay_distinct() -> None:
         assert health.state == "stale"
         assert health.keys == 2
         assert health.last_error == str(errors[0].error)
+
+
+_OVERFLOW = 1234.5  # written as 1e999 in the text: a literal json.loads reads as inf
+_layer_keys = st.sampled_from(["a", "b", "a.b", "", "c.", "x"])
+_layer_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.sampled_from([0.5, _OVERFLOW, "t"]),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(_layer_keys, children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+def _outcome(build: Callable[[], Layer]) -> Any:
+    try:
+        layer = build()
+    except SourceFormatError as exc:
+        return str(exc)
+    return dict(layer.values), dict(layer.inner)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    document=st.dictionaries(_layer_keys, _layer_values, max_size=4),
+    max_depth=st.integers(0, 4),
+    max_nodes=st.integers(1, 40),
+)
+def test_a_json_file_checked_while_flattening_gives_what_two_walks_give(
+    document: dict[str, Any], max_depth: int, max_nodes: int
+) -> None:
+    """The file backend checks a JSON document's bounds in the flatten walk (one walk, not
+    the parser's and then the layer's): the same layer, or the same first error (a bound,
+    a non-finite number, an empty key segment, a key given twice), as parsing with the
+    bounds walk and then flattening, at every bound."""
+    text = json.dumps(document).replace(repr(_OVERFLOW), "1e999")
+    outcomes = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("confhub._docbounds.MAX_DEPTH", max_depth)
+        patch.setattr("confhub._docbounds.MAX_NODES", max_nodes)
+        for walked in (True, False):
+
+            def build(walked: bool = walked) -> Layer:
+                if walked:
+                    return Layer.from_mapping(
+                        parse_document(text, "json", source="s", path="p"), source="s"
+                    )
+                data, bounds = _parsers.parse_unwalked(text, "json", source="s", path="p")
+                assert bounds is not None  # this text is left to the flatten walk
+                return Layer.from_mapping(data, source="s", bounds=bounds)
+
+            outcomes.append(_outcome(build))
+    assert outcomes[0] == outcomes[1], text

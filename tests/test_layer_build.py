@@ -159,3 +159,74 @@ def test_parent_counts_count_every_proper_prefix(keys: list[str]) -> None:
             if char == ".":
                 expected[key[:dot]] = expected.get(key[:dot], 0) + 1
     assert _inner_counts(keys) == expected
+
+
+# -- a layer's values: read-only at load, the persistent map built on the first update -------
+
+
+def test_a_loaded_layers_values_refuse_every_change() -> None:
+    """Values built from a document or a flat mapping are read-only, however written to."""
+    for layer in (
+        Layer.from_mapping({"a": {"b": 1}}, source="t"),
+        Layer.from_flat({"a.b": 1}, source="t"),
+    ):
+        values: Any = layer.values
+        for method, args in (
+            ("__setitem__", ("x", 1)),
+            ("__delitem__", ("a.b",)),
+            ("update", ({"x": 1},)),
+            ("pop", ("a.b",)),
+            ("popitem", ()),
+            ("setdefault", ("x", 1)),
+            ("clear", ()),
+        ):
+            with pytest.raises(TypeError, match="read-only"):
+                getattr(values, method)(*args)
+        with pytest.raises(TypeError, match="read-only"):
+            values |= {"x": 1}
+        assert dict(layer.values) == {"a.b": 1}
+
+
+def test_a_layer_copies_a_mapping_its_caller_could_change() -> None:
+    """Layer(values=...) and from_flat keep a copy of a plain dict: the caller changing it
+    later changes no layer (readers never see a change)."""
+    given = {"a": 1}
+    built = Layer(values=given)
+    flat = Layer.from_flat(given, source="t")
+    given["a"] = 2
+    given["b"] = 3
+    assert dict(built.values) == {"a": 1} == dict(flat.values)
+
+
+def test_updates_leave_the_loaded_layer_as_it_was() -> None:
+    """Applying deltas to a loaded layer (again and again, to the same one, as a rejected
+    update followed by another does) gives the right values each time, and the loaded layer
+    and every earlier result stay as they were."""
+    base = Layer.from_mapping({"a": {"b": 1, "c": 2}, "d": 3}, source="t")
+    one = base.apply(LayerDelta(set={"a.b": 10}, deleted={"d"}), source="t")
+    two = base.apply(LayerDelta(set={"e": 5}), source="t")
+    three = one.apply(LayerDelta(set={"a.c": 20}), source="t")
+    assert dict(base.values) == {"a.b": 1, "a.c": 2, "d": 3}
+    assert dict(one.values) == {"a.b": 10, "a.c": 2}
+    assert dict(two.values) == {"a.b": 1, "a.c": 2, "d": 3, "e": 5}
+    assert dict(three.values) == {"a.b": 10, "a.c": 20}
+    assert dict(three.inner) == {"a": 2}
+    # A loaded layer and its update compare by their items, whatever holds them.
+    assert base.values == Layer.from_flat(dict(base.values), source="t").values
+    assert one.values == Layer.from_flat(dict(one.values), source="t").values
+    assert Layer.from_flat(dict(one.values), source="t").values == one.values
+    assert one.values != base.values
+
+
+def test_the_persistent_map_of_a_loaded_layer_is_built_once() -> None:
+    """The first update of a loaded layer builds its persistent map; later updates of the
+    same layer (and of a merge holding the same values) share it, so each is O(log n)."""
+    from confhub._flatten import persistent
+
+    layer = Layer.from_flat({f"k{i}": i for i in range(100)}, source="t")
+    merged = merge_full([layer])
+    first = persistent(layer.values)
+    assert persistent(layer.values) is first
+    assert persistent(merged.values) is first  # one layer: the merge holds the same values
+    assert isinstance(first, immutables.Map)
+    assert dict(first) == dict(layer.values)

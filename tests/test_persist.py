@@ -68,3 +68,41 @@ def test_the_last_accepted_layer_is_on_disk_after_close(tmp_path: Path) -> None:
     with Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=tmp_path) as hub:
         assert hub.health().sources[0].state == "cached"
         assert hub.get("a") == "2"
+
+
+class Recorder:
+    """A plugin recording the sources whose layers reach ``confhub_layer_accepted``."""
+
+    confhub_plugin_name = "recorder"
+
+    def __init__(self) -> None:
+        self.sources: list[str] = []
+
+    @hookimpl
+    def confhub_layer_accepted(self, spec: SourceSpec, layer: Layer) -> None:
+        self.sources.append(spec.display)
+
+
+def _persist_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "confhub-persist"]
+
+
+def test_layers_no_plugin_takes_start_no_persist_thread(tmp_path: Path) -> None:
+    """A file's layers are not cached: with only the cache plugin listening, a started hub
+    hands them to no thread (none starts); a plugin of its own still gets every one."""
+    path = tmp_path / "app.json"
+    path.write_text('{"a": 1}')
+    before = len(_persist_threads())
+    with Hub([f"file:{path}"], autoload=False, cache_dir=tmp_path / "cache") as hub:
+        assert hub.get("a") == 1
+        assert len(_persist_threads()) == before
+    recorder = Recorder()
+    with Hub([f"file:{path}"], plugins=[recorder], autoload=False, cache_dir=tmp_path) as hub:
+        wait_for(lambda: recorder.sources)
+        assert len(_persist_threads()) == before + 1
+    assert recorder.sources == [f"file:{path}"]
+    # A cached source (the in-memory store is one) still reaches the cache.
+    store = MemoryStore("app", {"a": "1"})
+    with Hub(["memory:app"], plugins=[store], autoload=False, cache_dir=tmp_path / "c2"):
+        pass
+    assert list((tmp_path / "c2").iterdir())

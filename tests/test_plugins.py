@@ -140,6 +140,38 @@ def test_a_plugin_declaring_the_deprecated_hub_still_works_and_is_warned() -> No
     assert seen == [hub]
 
 
+def test_each_plugin_instance_is_inspected_for_itself() -> None:
+    """What registration finds is remembered per process only for confhub's own plugins:
+    two instances of one third-party class, one holding a hook implementation in a slot
+    and one not, each get exactly their own hooks, in either order."""
+
+    class Dynamic:
+        __slots__ = ("confhub_make_backend",)
+
+    @confhub.hookimpl
+    def confhub_make_backend(spec: confhub.SourceSpec) -> object:
+        if spec.scheme != "dyn":
+            return None
+
+        class B:
+            def load(self) -> confhub.Layer:
+                return confhub.Layer.from_mapping({"d": 1}, source=spec.display)
+
+            def close(self) -> None:
+                pass
+
+        return B()
+
+    with_hook, without = Dynamic(), Dynamic()
+    with_hook.confhub_make_backend = confhub_make_backend  # type: ignore[attr-defined]
+    for first, second in ((with_hook, without), (without, with_hook)):
+        hubs = {id(p): Hub(["dyn:"], plugins=[p], autoload=False) for p in (first, second)}
+        with hubs[id(with_hook)] as hub:
+            assert hub.get("d") == 1
+        with pytest.raises(confhub.BackendNotFoundError), hubs[id(without)]:
+            pass
+
+
 def test_load_layer_wrapper_can_post_process() -> None:
     """A wrapper around confhub_load_layer sees and can replace the core's result."""
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from .._backend import BackendInfo, BackendSettings, hookimpl
 from .._errors import SpecError
 from .._layer import Layer
-from .._parsers import format_for_path, locate_key, parse_document
+from .._parsers import format_for_path, locate_key, parse_unwalked
 from ._watch import WatchedBackend, digest
 
 if TYPE_CHECKING:
@@ -72,15 +72,20 @@ class FileBackend(WatchedBackend):
             raise exc from None
 
     def parse_content(self, content: bytes) -> Layer:
-        data = parse_document(content, self.format, source=self.name, path=self.path)
-        text = content.decode("utf-8-sig", errors="replace")
+        # JSON's bounds are checked by the layer's flatten walk (one walk, not two).
+        data, bounds = parse_unwalked(content, self.format, source=self.name, path=self.path)
         path = self.path
+        decoded: list[str] = []  # the text, decoded on the first explain() that asks
 
         def locate(key: str) -> str | None:
-            line = locate_key(text, key)
+            if not decoded:
+                decoded.append(content.decode("utf-8-sig", errors="replace"))
+            line = locate_key(decoded[0], key)
             return f"{path}:{line}" if line else path
 
-        return Layer.from_mapping(data, source=self.name, revision=digest(content), locate=locate)
+        return Layer.from_mapping(
+            data, source=self.name, revision=digest(content), locate=locate, bounds=bounds
+        )
 
     def __repr__(self) -> str:
         return f"<FileBackend {self.path} format={self.format}>"

@@ -78,7 +78,9 @@ def fast_tree_layer(items: Sequence[Any], prefix: str, revision: int) -> Layer |
     if any(p in dotted for p in _DOTTED_SUSPECT):
         return None
     keys = dotted[1:-1].split("\n")
-    values = immutables.Map(zip(keys, texts, strict=True))
+    # A plain dict: the layer keeps it read-only, and makes the persistent map that
+    # updates need on the first one (a load builds none).
+    values = dict(zip(keys, texts, strict=True))
     if len(values) != count:
         return None  # two etcd keys map to one dotted key
     inner = _parent_counts(keys)
@@ -205,7 +207,7 @@ def checked_tree_layer(items: Iterable[Any], keys: KeyMap, revision: int) -> Lay
             source, str(owner(details[parent])), str(owner(details[child])), key=parent, noun=NOUN
         )
     return Layer(
-        values=immutables.Map(values),
+        values=values,
         inner=immutables.Map(inner),
         revision=revision,
         details=immutables.Map(details),
