@@ -65,6 +65,16 @@ class Events:
     def wait_value(self, key: str, value: Any, timeout: float = 15.0) -> None:
         self.wait_for(lambda: self.hub.get(key, None) == value, timeout, f"{key} == {value!r}")
 
+    def wait_change(self, key: str, value: Any, timeout: float = 15.0) -> None:
+        """Until a delivered Change sets ``key`` to ``value`` (the hub's value can be new a
+        moment before the notifier thread delivers its Change: wait for this before reading
+        ``changes``)."""
+        self.wait_for(
+            lambda: value in [c.new for ch in self.changes for c in ch.changes if c.key == key],
+            timeout,
+            f"a change setting {key} to {value!r}",
+        )
+
     def wait_state(self, state: str, index: int = -1, timeout: float = 15.0) -> None:
         self.wait_for(
             lambda: self.hub.health().sources[index].state == state, timeout, f"state {state}"

@@ -52,7 +52,7 @@ def test_member_killed_and_restarted_with_writes_during_the_outage(
         cluster.put("/app/during", "outage")
         cluster.start(0)
         events.wait_value("during", "outage")
-        events.wait_value("n", "15")
+        events.wait_change("n", "15")
         events.wait_state("live")
         assert len(events.errors) == errors
         _assert_history(events, "n")

@@ -26,7 +26,7 @@ def test_transaction_puts_and_deletes_in_one_revision(etcd: EtcdServer, client: 
         events = Events(hub)
         with hub.transaction() as txn:
             txn.put("db.host", "h2").put("db.port", 6543).delete("db.user").put("new.key", True)
-        events.wait_value("new.key", "true")
+        events.wait_change("new.key", "true")
         revision = client.get("/app/db/host")[0].mod_revision  # type: ignore[union-attr]
         assert client.get("/app/db/port")[0].mod_revision == revision  # type: ignore[union-attr]
         assert client.get("/app/db/user")[0] is None
