@@ -6,7 +6,8 @@ debounces, hashes and re-reads.
 A subclass says *what* it reads; this module says *how* it is watched:
 
 - :meth:`WatchedBackend.read_content` returns the source's bytes (``None``: missing);
-- :meth:`WatchedBackend.parse_content` turns them into a :class:`Layer`;
+- :meth:`WatchedBackend.parse_content` turns them into a :class:`Layer` (given their
+  digest, the layer's revision, computed once by the caller);
 - :attr:`WatchedBackend.watch_dir` is the directory watched (a file's parent, a secrets
   directory itself), :meth:`WatchedBackend.real_dir` the directory the path resolves to
   through symlinks (watched too when it differs);
@@ -169,8 +170,10 @@ class WatchedBackend(Backend):
         ``path``, at most ``max_bytes``)."""
         return read_regular(self.path, self.max_bytes, source=self.name)
 
-    def parse_content(self, content: bytes) -> Layer:
-        """``content`` as a layer, or :class:`SourceFormatError`."""
+    def parse_content(self, content: bytes, revision: str) -> Layer:
+        """``content`` as a layer whose revision is ``revision`` (``digest(content)``, which
+        the caller computed once for the layer and the watcher's change check alike), or
+        :class:`SourceFormatError`."""
         raise NotImplementedError
 
     def missing_layer(self) -> Layer:
@@ -203,8 +206,9 @@ class WatchedBackend(Backend):
         if content is None:
             self._last_hash = ABSENT
             return self.missing_layer()
-        layer = self.parse_content(content)
-        self._last_hash = digest(content)
+        content_hash = digest(content)  # hashed once: the revision and the change check
+        layer = self.parse_content(content, content_hash)
+        self._last_hash = content_hash
         return layer
 
     # -- watching --------------------------------------------------------------------------
@@ -315,7 +319,7 @@ class WatchedBackend(Backend):
         if content_hash == self._last_hash and self._reported_broken is None:
             return  # a duplicate event or a touch: nothing changed
         try:
-            layer = self.parse_content(content)
+            layer = self.parse_content(content, content_hash)
         except SourceFormatError as exc:
             # It may be half written: look again once the writer had time to finish.
             if self._stop.wait(self.settle):

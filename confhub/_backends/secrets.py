@@ -39,7 +39,7 @@ from .._backend import BackendInfo, BackendSettings, hookimpl
 from .._errors import SourceFormatError, SourceUnavailableError, SpecError
 from .._layer import Layer
 from ..kv import check_options
-from ._watch import WatchedBackend, digest, read_regular
+from ._watch import WatchedBackend, read_regular
 from .env import env_key
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ class SecretsBackend(WatchedBackend):
             values[name] = text.removesuffix("\n").removesuffix("\r")
         return json.dumps(values, sort_keys=True).encode()
 
-    def parse_content(self, content: bytes) -> Layer:
+    def parse_content(self, content: bytes, revision: str) -> Layer:
         files: dict[str, str] = json.loads(content)
         values: dict[str, str] = {}
         details: dict[str, str] = {}
@@ -161,7 +161,7 @@ class SecretsBackend(WatchedBackend):
             names[key] = name
             details[key] = os.path.join(self.path, name)
         return Layer.from_flat(
-            values, source=self.name, revision=digest(content), details=details, secret=True
+            values, source=self.name, revision=revision, details=details, secret=True
         )
 
     def __repr__(self) -> str:
