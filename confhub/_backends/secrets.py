@@ -91,6 +91,10 @@ class SecretsBackend(WatchedBackend):
             return True
         return os.path.dirname(path) in (self.path, os.path.realpath(self.path))
 
+    def stamp(self) -> tuple[int, ...] | None:
+        # A directory's own stat does not change when a file in it is rewritten in place.
+        return None
+
     def read_content(self) -> bytes | None:
         """The directory's keys as canonical JSON bytes (the content hash compares them),
         or None when the directory does not exist."""
