@@ -247,6 +247,11 @@ def test_the_converter_is_built_on_first_need_with_every_plugins_hooks(tmp_path:
         for _ in range(2):
             with pytest.raises(RuntimeError, match="Broken cannot register"):
                 hub.bind(WithPort)
+    # A defaults source needs the converter at start: the error comes from start().
+    broken = Hub([{"port": "80"}], plugins=[Broken()], autoload=False)
+    with pytest.raises(RuntimeError, match="Broken cannot register"):
+        broken.start()
+    assert broken.state is confhub.State.CLOSED
 
 
 # -- what a backend receives ------------------------------------------------------------------
