@@ -227,8 +227,10 @@ class WatchedBackend(Backend):
     def load(self) -> Layer:
         if self.no_profile:
             return Layer.from_flat({}, source=self.name, revision=ABSENT)
-        # Taken before the read: a write after it changes the stamp (see watch()).
-        self._loaded_stamp = self.stamp()
+        # Taken before the read: a write after it changes the stamp (see watch()). Kept
+        # only for content that loaded: anything else is checked again once watching.
+        self._loaded_stamp = None
+        stamp = self.stamp()
         content = self.read_content()
         if content is None:
             self._last_hash = ABSENT
@@ -236,6 +238,7 @@ class WatchedBackend(Backend):
         content_hash = digest(content)  # hashed once: the revision and the change check
         layer = self.parse_content(content, content_hash)
         self._last_hash = content_hash
+        self._loaded_stamp = stamp
         return layer
 
     # -- watching --------------------------------------------------------------------------
