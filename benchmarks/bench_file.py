@@ -151,7 +151,7 @@ def bench_load(tmp: Path, *, rounds: int) -> list[Row]:
                 (med["Hub(...)"] + med["start"]) / f, LOAD_TARGETS[fmt],
                 note="Hub() construction + start()"),
             Row(f"{label}  of which Hub(...) construction", med["Hub(...)"], parse,
-                med["Hub(...)"] / f, note="plugin manager, converter"),
+                med["Hub(...)"] / f, note="plugin manager (the converter: on first bind)"),
             Row(f"{label}  of which start()", med["start"], parse, med["start"] / f,
                 note="load, merge, snapshot, watcher threads"),
             Row(f"{label}  start() with ?watch=false", med["start, watch=false"], parse,

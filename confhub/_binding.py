@@ -340,12 +340,12 @@ class Binder:
 
     def __init__(
         self,
-        converter: cattrs.Converter,
+        converter: Callable[[], cattrs.Converter],
         *,
         unknown: UnknownPolicy = "forbid",
         lenient: Callable[[], frozenset[int]] = _no_lenient_sources,
     ) -> None:
-        self.converter = converter
+        self._converter = converter  # called on each use: the hub builds it on first need
         self.unknown: UnknownPolicy = check_policy(unknown)
         self._lenient = lenient
         self._shapes: dict[Any, Shape] = {}
@@ -443,9 +443,11 @@ class Binder:
             unknown = []
         elif warned is not None:
             warned.report((), str)
+        # Outside the try: a plugin's error while the converter is built is its own error.
+        converter = self._converter()
         if not unknown and not findings.shapes:
             try:
-                return self.converter.structure(data, cls)
+                return converter.structure(data, cls)
             except Exception as exc:
                 error = _error(snapshot, name, prefix, error_lines(exc), [], more=False)
                 if any(_REDACTED_LINE in text for text in error.errors):
@@ -455,7 +457,7 @@ class Binder:
         # Shape errors and unknown keys first; then what structuring says of the rest.
         lines = [f"{message} @ {path}" for message, path in findings.shapes]
         try:
-            self.converter.structure(data, cls)
+            converter.structure(data, cls)
         except Exception as exc:  # noqa: BLE001 - reported with the findings
             # Not twice: a model with extra="forbid" refuses the unknown keys too.
             bad = [path for _, path in findings.shapes] + [item.path for item in unknown]

@@ -114,10 +114,13 @@ class Hub:
         self.max_backlog = max_backlog
         self.share = hub_share(share)
         self.pm: pluggy.PluginManager = make_plugin_manager(plugins, block, autoload)
-        self.converter: cattrs.Converter = make_converter()
-        self.pm.hook.confhub_register_converters.call_historic(kwargs={"converter": self.converter})
+        # The converter is built on first need (see the ``converter`` property).
+        self._converter: cattrs.Converter | None = None
+        self._converter_building: cattrs.Converter | None = None
+        self._converter_error: BaseException | None = None
+        self._converter_lock = threading.RLock()
         self._binder = Binder(
-            self.converter,
+            lambda: self.converter,
             unknown=unknown,
             lenient=lambda: frozenset(
                 s.index for s in self._slots if not is_strict(s.active_backend)
@@ -160,6 +163,36 @@ class Hub:
             swap=self._set_snapshot,
             close=self.close,
         )
+
+    @property
+    def converter(self) -> cattrs.Converter:
+        """The hub's own cattrs converter, built on first need: the first :meth:`bind`,
+        :meth:`view`, the start of a ``defaults`` source, or this
+        attribute read. Building it calls ``confhub_register_converters`` on every plugin
+        (historic: a plugin registered later is called at registration); an error a plugin
+        raises there surfaces from that first need, and from every later one."""
+        converter = self._converter
+        if converter is not None:
+            return converter
+        with self._converter_lock:
+            if self._converter is not None:
+                return self._converter
+            if self._converter_error is not None:
+                raise self._converter_error
+            if self._converter_building is not None:  # a plugin's hook reading it back
+                return self._converter_building
+            converter = self._converter_building = make_converter()
+            try:
+                self.pm.hook.confhub_register_converters.call_historic(
+                    kwargs={"converter": converter}
+                )
+            except BaseException as exc:
+                self._converter_error = exc
+                raise
+            finally:
+                self._converter_building = None
+            self._converter = converter
+            return converter
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> Hub:

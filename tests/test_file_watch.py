@@ -490,6 +490,77 @@ def test_change_between_load_and_watch_is_not_lost(tmp_path: Path) -> None:
     assert updates[-1].values["port"] == 2
 
 
+def _settle_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("confhub-file-settle")]
+
+
+def _settled_file(path: Path, text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Write ``path`` and make it count as settled: a stamp is trusted once the file's
+    ctime is RACY_SECONDS old (3 s by default; lowered here rather than slept)."""
+    from confhub._backends import _watch
+
+    path.write_text(text)
+    monkeypatch.setattr(_watch, "RACY_SECONDS", 0.05)
+    time.sleep(0.1)
+
+
+def test_an_unchanged_file_starts_no_settle_thread_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settle thread starts with the first event: none for a file that did not change
+    between load() and watch(); one once it changes; close() joins it."""
+    path = tmp_path / "app.toml"
+    _settled_file(path, "port = 1\n", monkeypatch)
+    backend = _backend(path)
+    updates: list[Any] = []
+    backend.load()
+    try:
+        backend.watch(updates.append)
+        assert backend.observer_kind is not None  # watching, with no settle thread yet
+        assert _settle_threads() == []
+        write_in_place(path, "port = 2\n")
+        wait_for(lambda: updates)
+        assert _settle_threads() == ["confhub-file-settle[app.toml]"]
+    finally:
+        backend.close()
+    assert _settle_threads() == []
+    assert updates[-1].values["port"] == 2
+
+
+def test_a_same_size_change_between_load_and_watch_of_a_settled_file_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settled file (its stamp trusted) rewritten in place, same size, after load() and
+    before watch(): its stamp changed, so the first check runs and publishes it."""
+    path = tmp_path / "app.toml"
+    _settled_file(path, "port = 1\n", monkeypatch)
+    backend = _backend(path)
+    updates: list[Any] = []
+    backend.load()
+    write_in_place(path, "port = 2\n")
+    try:
+        backend.watch(updates.append)
+        wait_for(lambda: updates)
+    finally:
+        backend.close()
+    assert updates[-1].values["port"] == 2
+
+
+def test_a_recent_file_is_checked_once_watching_starts(tmp_path: Path) -> None:
+    """A file changed within RACY_SECONDS of load() is checked when watching starts, even
+    with its stamp unchanged (a write in the same timestamp tick may leave it so)."""
+    path = tmp_path / "app.toml"
+    path.write_text("port = 1\n")  # just written: racy
+    backend = _backend(path)
+    backend.load()
+    try:
+        backend.watch(lambda update: None)
+        assert _settle_threads() == ["confhub-file-settle[app.toml]"]
+    finally:
+        backend.close()
+    assert _settle_threads() == []
+
+
 def test_rapid_saves_coalesce_and_the_last_wins(
     tmp_path: Path, open_hub: Any, recorder: Recorder
 ) -> None:

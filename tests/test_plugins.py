@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import attrs
 import cattrs
@@ -206,6 +207,51 @@ def test_register_converters_hook_adds_types() -> None:
 
     with Hub([{"port": "80"}], plugins=[Ports()], autoload=False) as hub:
         assert isinstance(hub.bind(WithPort).port, Port)
+
+
+def test_the_converter_is_built_on_first_need_with_every_plugins_hooks(tmp_path: Path) -> None:
+    """The hub builds its converter on first need: confhub_register_converters is called on
+    every plugin (one registered after Hub() too) before the first bind, once per hub; an
+    error a plugin raises there surfaces from that first need and every later one."""
+    calls: list[str] = []
+
+    class Ports:
+        @confhub.hookimpl
+        def confhub_register_converters(self, converter: cattrs.Converter) -> None:
+            calls.append("ports")
+            converter.register_structure_hook(Port, lambda v, _: Port(int(v)))
+
+    class Late:
+        @confhub.hookimpl
+        def confhub_register_converters(self, converter: cattrs.Converter) -> None:
+            calls.append("late")
+
+    path = tmp_path / "app.json"
+    path.write_text('{"port": "80"}')
+    with Hub([f"file:{path}"], plugins=[Ports()], autoload=False) as hub:
+        hub.pm.register(Late())
+        assert calls == []  # a hub of a file that nothing binds builds no converter
+        assert isinstance(hub.bind(WithPort).port, Port)
+        assert sorted(calls) == ["late", "ports"]
+        assert hub.converter is hub.converter
+        hub.bind(WithPort)
+        assert sorted(calls) == ["late", "ports"]
+
+    class Broken:
+        @confhub.hookimpl
+        def confhub_register_converters(self, converter: cattrs.Converter) -> None:
+            raise RuntimeError("Broken cannot register its types")
+
+    with Hub([f"file:{path}"], plugins=[Broken()], autoload=False) as hub:
+        assert hub.get("port") == "80"  # reads need no converter
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="Broken cannot register"):
+                hub.bind(WithPort)
+    # A defaults source needs the converter at start: the error comes from start().
+    broken = Hub([{"port": "80"}], plugins=[Broken()], autoload=False)
+    with pytest.raises(RuntimeError, match="Broken cannot register"):
+        broken.start()
+    assert broken.state is confhub.State.CLOSED
 
 
 # -- what a backend receives ------------------------------------------------------------------

@@ -6,7 +6,8 @@ debounces, hashes and re-reads.
 A subclass says *what* it reads; this module says *how* it is watched:
 
 - :meth:`WatchedBackend.read_content` returns the source's bytes (``None``: missing);
-- :meth:`WatchedBackend.parse_content` turns them into a :class:`Layer`;
+- :meth:`WatchedBackend.parse_content` turns them into a :class:`Layer` (given their
+  digest, the layer's revision, computed once by the caller);
 - :attr:`WatchedBackend.watch_dir` is the directory watched (a file's parent, a secrets
   directory itself), :meth:`WatchedBackend.real_dir` the directory the path resolves to
   through symlinks (watched too when it differs);
@@ -32,7 +33,13 @@ Watching follows the lessons of viper, Envoy and kubelet's atomic writer:
   at once may reuse the inode), so the backend looks for it every ``poll_interval`` and
   starts a fresh observer once it is back.
 - The first check runs as soon as watching starts, so a change made between ``load()`` and
-  ``watch()`` is not lost.
+  ``watch()`` is not lost; it is skipped only when :meth:`WatchedBackend.stamp` (device,
+  inode, size, mtime and ctime, taken before the read) is the same at ``watch()`` and the
+  file's ctime is more than ``RACY_SECONDS`` old (git's "racy" rule: a write in the same
+  timestamp tick as the read could leave every field as it was).
+- The settle thread starts with the first event (the first check is one), not at
+  ``watch()``: a file that does not change between ``load()`` and ``watch()`` starts no
+  thread of its own until it changes. ``close()`` joins it either way.
 - The watching thread survives anything a check raises: the error is reported and the
   next event is handled (viper's watcher returned for good on the first error).
 - inotify may be unavailable (instance or watch limits, some container filesystems): fall
@@ -66,6 +73,7 @@ __all__ = [
     "ABSENT",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_SETTLE",
+    "RACY_SECONDS",
     "WatchedBackend",
     "digest",  # re-exported from _fileread, with read_regular, for the builtins
     "read_regular",
@@ -75,6 +83,10 @@ log = logging.getLogger("confhub.file")
 
 DEFAULT_SETTLE = 0.02
 DEFAULT_POLL_INTERVAL = 0.5
+#: A file whose ctime is younger than this at ``load()`` is always checked again once
+#: watching starts: timestamps are coarse (a clock tick; FAT's mtime has 2 s steps), so a
+#: write in the same tick as the read may leave its stamp unchanged.
+RACY_SECONDS = 3.0
 _WATCH_MODES = {
     "auto": "auto",
     "true": "auto",
@@ -123,6 +135,7 @@ class WatchedBackend(Backend):
             raise SpecError(f"{self.name}: watch={mode!r}; use auto, poll or false", spec=self.name)
         self.watch_mode = _WATCH_MODES[mode]
         self._last_hash: str | None = None
+        self._loaded_stamp: tuple[int, ...] | None = None
         self._reported_broken: str | None = None
         self._dirwatch = DirectoryWatch(
             name=self.name,
@@ -169,8 +182,23 @@ class WatchedBackend(Backend):
         ``path``, at most ``max_bytes``)."""
         return read_regular(self.path, self.max_bytes, source=self.name)
 
-    def parse_content(self, content: bytes) -> Layer:
-        """``content`` as a layer, or :class:`SourceFormatError`."""
+    def stamp(self) -> tuple[int, ...] | None:
+        """What identifies the source's content without reading it, or ``None`` when that
+        cannot be told (missing, unreadable, changed within ``RACY_SECONDS``): the device,
+        inode, size, mtime and ctime of the file at ``path`` (a subclass reading something
+        else returns ``None``: it is then always checked once watching starts)."""
+        try:
+            st = os.stat(self.path)
+        except (OSError, ValueError):
+            return None
+        if time.time() - st.st_ctime < RACY_SECONDS:  # also a ctime in the future
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def parse_content(self, content: bytes, revision: str) -> Layer:
+        """``content`` as a layer whose revision is ``revision`` (``digest(content)``, which
+        the caller computed once for the layer and the watcher's change check alike), or
+        :class:`SourceFormatError`."""
         raise NotImplementedError
 
     def missing_layer(self) -> Layer:
@@ -199,12 +227,18 @@ class WatchedBackend(Backend):
     def load(self) -> Layer:
         if self.no_profile:
             return Layer.from_flat({}, source=self.name, revision=ABSENT)
+        # Taken before the read: a write after it changes the stamp (see watch()). Kept
+        # only for content that loaded: anything else is checked again once watching.
+        self._loaded_stamp = None
+        stamp = self.stamp()
         content = self.read_content()
         if content is None:
             self._last_hash = ABSENT
             return self.missing_layer()
-        layer = self.parse_content(content)
-        self._last_hash = digest(content)
+        content_hash = digest(content)  # hashed once: the revision and the change check
+        layer = self.parse_content(content, content_hash)
+        self._last_hash = content_hash
+        self._loaded_stamp = stamp
         return layer
 
     # -- watching --------------------------------------------------------------------------
@@ -216,23 +250,34 @@ class WatchedBackend(Backend):
                 return  # closed already: start nothing that close() would not stop
             self._notify = notify
             self._dirwatch.start()
-            self._thread = threading.Thread(
-                target=self._run,
-                name=f"confhub-file-settle[{os.path.basename(self.path)}]",
-                daemon=True,
-            )
-            self._thread.start()
-        # The source may have changed between load() and now, before anything watched it.
-        self.poke()
+        # The source may have changed between load() and now, before anything watched it:
+        # check it, unless its stamp says it did not (events report what comes next).
+        loaded = self._loaded_stamp
+        if loaded is None or self.stamp() != loaded:
+            self.poke()
 
     def poke(self) -> None:
-        """Note an event: (re)start the debounce window, bounded by ``max_settle``."""
+        """Note an event: (re)start the debounce window, bounded by ``max_settle``; the
+        settle thread starts with the first."""
         with self._cond:
             now = time.monotonic()
             if self._first_event is None:
                 self._first_event = now
             self._deadline = min(now + self.settle, self._first_event + self.max_settle)
             self._cond.notify()
+        if self._thread is None:
+            self._start_settling()
+
+    def _start_settling(self) -> None:
+        with self._lifecycle:
+            if self._thread is not None or self._notify is None or self._stop.is_set():
+                return  # started, not watching, or closed: close() joins what was started
+            self._thread = threading.Thread(
+                target=self._run,
+                name=f"confhub-file-settle[{os.path.basename(self.path)}]",
+                daemon=True,
+            )
+            self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -315,7 +360,7 @@ class WatchedBackend(Backend):
         if content_hash == self._last_hash and self._reported_broken is None:
             return  # a duplicate event or a touch: nothing changed
         try:
-            layer = self.parse_content(content)
+            layer = self.parse_content(content, content_hash)
         except SourceFormatError as exc:
             # It may be half written: look again once the writer had time to finish.
             if self._stop.wait(self.settle):

@@ -53,10 +53,22 @@ class Plugin:
 
     def __init__(self) -> None:
         self._converter: cattrs.Converter | None = None
+        self._hub: Any = None  # the hub configured (not imported: layering)
 
     @hookimpl
     def confhub_register_converters(self, converter: cattrs.Converter) -> None:
         self._converter = converter
+
+    @hookimpl
+    def confhub_configure(self, hub: Any) -> None:
+        # The hub builds its converter on first need: reading hub.converter builds it and
+        # hands it to every plugin (this one too) through confhub_register_converters.
+        self._hub = hub
+
+    @hookimpl
+    def confhub_unconfigure(self, hub: Any) -> None:
+        if self._hub is hub:
+            self._hub = None
 
     @hookimpl
     def confhub_backend_schemes(self) -> list[BackendInfo]:
@@ -68,6 +80,8 @@ class Plugin:
     ) -> DefaultsBackend | None:
         if spec.scheme != "defaults":
             return None
+        if self._converter is None and self._hub is not None:
+            self._hub.converter  # noqa: B018 - builds it; confhub_register_converters keeps it
         if self._converter is None:  # a plugin manager no hub configured
             self._converter = make_converter()
         return DefaultsBackend(spec, self._converter)

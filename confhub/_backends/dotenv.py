@@ -46,7 +46,7 @@ from .._backend import BackendInfo, BackendSettings, hookimpl
 from .._errors import SourceFormatError
 from .._layer import Layer
 from ..kv import check_options
-from ._watch import WatchedBackend, digest
+from ._watch import WatchedBackend
 from .env import env_key
 
 if TYPE_CHECKING:
@@ -206,7 +206,7 @@ class DotenvBackend(WatchedBackend):
         self.prefix = str(spec.option("prefix", ""))
         self.interpolate = spec.option_bool("interpolate", True)
 
-    def parse_content(self, content: bytes) -> Layer:
+    def parse_content(self, content: bytes, revision: str) -> Layer:
         try:
             text = content.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -236,7 +236,7 @@ class DotenvBackend(WatchedBackend):
             names[key] = f"{name} (line {line})"
             expanded = f" (expanded {', '.join('${' + u + '}' for u in used)})" if used else ""
             details[key] = f"{self.path}:{line}{expanded}"
-        return Layer.from_flat(values, source=self.name, revision=digest(content), details=details)
+        return Layer.from_flat(values, source=self.name, revision=revision, details=details)
 
     def __repr__(self) -> str:
         return f"<DotenvBackend {self.path} prefix={self.prefix!r}>"

@@ -37,7 +37,7 @@ from .._backend import BackendInfo, BackendSettings, hookimpl
 from .._errors import SpecError
 from .._layer import Layer
 from .._parsers import format_for_path, locate_key, parse_unwalked
-from ._watch import WatchedBackend, digest
+from ._watch import WatchedBackend
 
 if TYPE_CHECKING:
     from .._spec import SourceSpec
@@ -71,7 +71,7 @@ class FileBackend(WatchedBackend):
                 ) from None
             raise exc from None
 
-    def parse_content(self, content: bytes) -> Layer:
+    def parse_content(self, content: bytes, revision: str) -> Layer:
         # JSON's bounds are checked by the layer's flatten walk (one walk, not two).
         data, bounds = parse_unwalked(content, self.format, source=self.name, path=self.path)
         path = self.path
@@ -84,7 +84,7 @@ class FileBackend(WatchedBackend):
             return f"{path}:{line}" if line else path
 
         return Layer.from_mapping(
-            data, source=self.name, revision=digest(content), locate=locate, bounds=bounds
+            data, source=self.name, revision=revision, locate=locate, bounds=bounds
         )
 
     def __repr__(self) -> str:

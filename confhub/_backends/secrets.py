@@ -39,7 +39,7 @@ from .._backend import BackendInfo, BackendSettings, hookimpl
 from .._errors import SourceFormatError, SourceUnavailableError, SpecError
 from .._layer import Layer
 from ..kv import check_options
-from ._watch import WatchedBackend, digest, read_regular
+from ._watch import WatchedBackend, read_regular
 from .env import env_key
 
 if TYPE_CHECKING:
@@ -91,6 +91,10 @@ class SecretsBackend(WatchedBackend):
             return True
         return os.path.dirname(path) in (self.path, os.path.realpath(self.path))
 
+    def stamp(self) -> tuple[int, ...] | None:
+        # A directory's own stat does not change when a file in it is rewritten in place.
+        return None
+
     def read_content(self) -> bytes | None:
         """The directory's keys as canonical JSON bytes (the content hash compares them),
         or None when the directory does not exist."""
@@ -141,7 +145,7 @@ class SecretsBackend(WatchedBackend):
             values[name] = text.removesuffix("\n").removesuffix("\r")
         return json.dumps(values, sort_keys=True).encode()
 
-    def parse_content(self, content: bytes) -> Layer:
+    def parse_content(self, content: bytes, revision: str) -> Layer:
         files: dict[str, str] = json.loads(content)
         values: dict[str, str] = {}
         details: dict[str, str] = {}
@@ -161,7 +165,7 @@ class SecretsBackend(WatchedBackend):
             names[key] = name
             details[key] = os.path.join(self.path, name)
         return Layer.from_flat(
-            values, source=self.name, revision=digest(content), details=details, secret=True
+            values, source=self.name, revision=revision, details=details, secret=True
         )
 
     def __repr__(self) -> str:
