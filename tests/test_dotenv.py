@@ -76,6 +76,7 @@ def test_interpolation_can_be_turned_off() -> None:
         ('A=1\n\nB="never closed\n', 3, "never closed"),
         ('A="x" trailing\n', 1, "after the value"),
         ("A=1\n=novalue\n", 2, "cannot read"),
+        ("A=\r'=\n", 2, "cannot read"),  # a key opening a quote must close it (Hypothesis)
     ],
 )
 def test_a_broken_line_is_an_error_naming_the_line(text: str, line: int, words: str) -> None:

@@ -66,7 +66,7 @@ _LINE = re.compile(
     rf"""
     [\s]*                                   # blank lines and leading whitespace
     (?:export[^\S\r\n]+)?
-    (?:'(?P<qkey>[^']+)'|(?P<key>[^=\#\s]+))
+    (?:'(?P<qkey>[^']+)'|(?P<key>[^=\#\s'][^=\#\s]*))  # a key opening a quote closes it
     {_WS}
     (?P<eq>={_WS})?
     """,
