@@ -25,6 +25,17 @@ MAX_TXN_OPS: Final = 128
 _RAFT_ENVELOPE_BYTES: Final = 512
 
 
+def _unchanged_since(rpc: Any, scope: bytes, revision: int) -> Any:
+    """The compare "no key under ``scope`` was written after ``revision``"."""
+    return rpc.Compare(
+        key=scope,
+        range_end=prefix_range_end(scope),
+        result=rpc.Compare.LESS,
+        target=rpc.Compare.MOD,
+        mod_revision=revision + 1,
+    )
+
+
 class KVWrites:
     """The writes of an :class:`~confhub_etcd.EtcdClient`, over its ``unary`` call, within
     the server's limits ``max_request_bytes`` and ``max_txn_ops``."""
@@ -59,15 +70,7 @@ class KVWrites:
         """
         rpc = stubs()
         key_b, scope_b = to_bytes(key), to_bytes(scope)
-        compares = [
-            rpc.Compare(
-                key=scope_b,
-                range_end=prefix_range_end(scope_b),
-                result=rpc.Compare.LESS,
-                target=rpc.Compare.MOD,
-                mod_revision=scope_revision + 1,
-            )
-        ]
+        compares = [_unchanged_since(rpc, scope_b, scope_revision)]
         if expected_mod_revision is not None:
             compares.append(
                 rpc.Compare(
@@ -109,16 +112,7 @@ class KVWrites:
         all match, a scope changed instead: read it again). Limits are checked before
         sending (:class:`EtcdLimitError`)."""
         rpc = stubs()
-        compares = [
-            rpc.Compare(
-                key=scope,
-                range_end=prefix_range_end(scope),
-                result=rpc.Compare.LESS,
-                target=rpc.Compare.MOD,
-                mod_revision=revision + 1,
-            )
-            for scope, revision in scopes.items()
-        ]
+        compares = [_unchanged_since(rpc, scope, revision) for scope, revision in scopes.items()]
         compares += [
             rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, mod_revision=rev)
             for key, rev in expected.items()
