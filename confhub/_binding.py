@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any, Generic, TypeVar
@@ -144,6 +145,42 @@ def make_converter() -> cattrs.Converter:
         converter.register_unstructure_hook(kind, lambda value: value.isoformat())
     register_hooks(converter)
     return converter
+
+
+class LazyConverter:
+    """A hub's converter, built on first need (:meth:`get`): :func:`make_converter`, then
+    ``register(converter)`` (the plugins' ``confhub_register_converters``). An error raised
+    there is raised again by every later :meth:`get`; a ``register`` that reads the
+    converter back (from its own thread) gets the one being built."""
+
+    def __init__(self, register: Callable[[cattrs.Converter], None]) -> None:
+        self._register = register
+        self._converter: cattrs.Converter | None = None
+        self._building: cattrs.Converter | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.RLock()
+
+    def get(self) -> cattrs.Converter:
+        converter = self._converter
+        if converter is not None:
+            return converter
+        with self._lock:
+            if self._converter is not None:
+                return self._converter
+            if self._error is not None:
+                raise self._error
+            if self._building is not None:  # register() reading it back
+                return self._building
+            converter = self._building = make_converter()
+            try:
+                self._register(converter)
+            except BaseException as exc:
+                self._error = exc
+                raise
+            finally:
+                self._building = None
+            self._converter = converter
+            return converter
 
 
 def _iso(kind: type[datetime] | type[date] | type[time]) -> Any:

@@ -55,7 +55,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -543,3 +543,18 @@ class CachePlugin:
     def confhub_layer_accepted(self, spec: SourceSpec, layer: Layer, backend: Any) -> None:
         if self.cache is not None and self.takes(spec, backend):
             self.cache.write(spec, layer, cache_principal_of(backend))
+
+
+def layers_wanted(hook: Any) -> Callable[[SourceSpec, Any], bool]:
+    """Whether a plugin takes the accepted layers of a source, for the hub's persist stage:
+    any implementation of ``confhub_layer_accepted`` (``hook``) but the builtin cache's, or
+    the cache when it writes that source's layers."""
+
+    def wanted(spec: SourceSpec, backend: Any) -> bool:
+        for impl in hook.get_hookimpls():
+            plugin = impl.plugin
+            if not isinstance(plugin, CachePlugin) or plugin.takes(spec, backend):
+                return True
+        return False
+
+    return wanted

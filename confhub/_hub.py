@@ -24,8 +24,8 @@ import pluggy
 
 from . import _aio
 from ._backend import Backend, BackendSettings, is_strict
-from ._binding import Binder, View, make_converter
-from ._cache import CachePlugin, volatile_options
+from ._binding import Binder, LazyConverter, View
+from ._cache import layers_wanted, volatile_options
 from ._dispatch import Dispatcher, Subscription
 from ._errors import (
     HubStateError,
@@ -114,11 +114,11 @@ class Hub:
         self.max_backlog = max_backlog
         self.share = hub_share(share)
         self.pm: pluggy.PluginManager = make_plugin_manager(plugins, block, autoload)
-        # The converter is built on first need (see the ``converter`` property).
-        self._converter: cattrs.Converter | None = None
-        self._converter_building: cattrs.Converter | None = None
-        self._converter_error: BaseException | None = None
-        self._converter_lock = threading.RLock()
+        self._converter = LazyConverter(  # built on first need: the ``converter`` property
+            lambda converter: self.pm.hook.confhub_register_converters.call_historic(
+                kwargs={"converter": converter}
+            )
+        )
         self._binder = Binder(
             lambda: self.converter,
             unknown=unknown,
@@ -136,7 +136,10 @@ class Hub:
                 change=change, subscriber_seconds=seconds
             ),
         )
-        self._persister = Persister(self.pm.hook.confhub_layer_accepted, self._layer_wanted)
+        self._persister = Persister(
+            self.pm.hook.confhub_layer_accepted,
+            layers_wanted(self.pm.hook.confhub_layer_accepted),
+        )
         self._publisher = Publisher(
             self._binder,
             self._dispatcher,
@@ -171,28 +174,7 @@ class Hub:
         attribute read. Building it calls ``confhub_register_converters`` on every plugin
         (historic: a plugin registered later is called at registration); an error a plugin
         raises there surfaces from that first need, and from every later one."""
-        converter = self._converter
-        if converter is not None:
-            return converter
-        with self._converter_lock:
-            if self._converter is not None:
-                return self._converter
-            if self._converter_error is not None:
-                raise self._converter_error
-            if self._converter_building is not None:  # a plugin's hook reading it back
-                return self._converter_building
-            converter = self._converter_building = make_converter()
-            try:
-                self.pm.hook.confhub_register_converters.call_historic(
-                    kwargs={"converter": converter}
-                )
-            except BaseException as exc:
-                self._converter_error = exc
-                raise
-            finally:
-                self._converter_building = None
-            self._converter = converter
-            return converter
+        return self._converter.get()
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> Hub:
@@ -263,15 +245,6 @@ class Hub:
             )
 
     # -- sources ---------------------------------------------------------------------------
-    def _layer_wanted(self, spec: SourceSpec, backend: Backend) -> bool:
-        """Whether a plugin takes the accepted layers of this source: any implementation of
-        ``confhub_layer_accepted`` but the builtin cache's, or the cache when it writes them."""
-        for impl in self.pm.hook.confhub_layer_accepted.get_hookimpls():
-            plugin = impl.plugin
-            if not isinstance(plugin, CachePlugin) or plugin.takes(spec, backend):
-                return True
-        return False
-
     def _settings(self) -> BackendSettings:
         cache_enabled = self.cache_dir not in (None, False, "") and self.pm.has_plugin("cache")
         return BackendSettings(

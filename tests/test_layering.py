@@ -203,7 +203,7 @@ MAX_MODULE_LINES = 600
 MAX_CLASS_LINES = 400
 #: What may exceed them, and why. Keep it short: a new entry needs a reason a reviewer accepts.
 SIZE_ALLOWED: dict[str, str] = {
-    # The facade: 413 lines of which most are the public methods' docstrings; its work is
+    # The facade: ~430 lines of which most are the public methods' docstrings; its work is
     # in the stages it wires (_publish, _lifecycle, _writes, _dispatch ...). No seam left.
     "_hub.Hub": "the facade; its length is its documented public surface",
 }
