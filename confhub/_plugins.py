@@ -6,7 +6,7 @@ import importlib
 import importlib.metadata
 import os
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -83,26 +83,32 @@ class _PluginManager(pluggy.PluginManager):
         parsing = self._parsing
         if parsing is None or parsing[0] is not plugin or name in parsing[2]:
             return super().parse_hookimpl_opts(plugin, name)
-        known = parsing[1]
-        opts = known.get(name, _UNSEEN)
-        if opts is _UNSEEN:
-            opts = known[name] = super().parse_hookimpl_opts(plugin, name)
-        # pluggy normalizes the options it gets in place: hand out a copy.
-        return None if opts is None else dict(opts)
+        return _remembered(
+            parsing[1], name, lambda: super(_PluginManager, self).parse_hookimpl_opts(plugin, name)
+        )
 
     def parse_hookspec_opts(self, module_or_class: Any, name: str) -> Any:
         if module_or_class is not hookspecs:
             return super().parse_hookspec_opts(module_or_class, name)
-        known = _PARSED.setdefault(hookspecs, {})
-        opts = known.get(name, _UNSEEN)
-        if opts is _UNSEEN:
-            opts = known[name] = super().parse_hookspec_opts(module_or_class, name)
-        return None if opts is None else dict(opts)
+        return _remembered(
+            _PARSED.setdefault(hookspecs, {}),
+            name,
+            lambda: super(_PluginManager, self).parse_hookspec_opts(module_or_class, name),
+        )
 
 
 #: (module or class) -> attribute name -> its parsed hook options (None: not a hook).
 _PARSED: dict[Any, dict[str, Any]] = {}
 _UNSEEN: Any = object()
+
+
+def _remembered(known: dict[str, Any], name: str, parse: Callable[[], Any]) -> Any:
+    """``known[name]``, parsed once; a copy, since pluggy normalizes the options it gets in
+    place (None: not a hook)."""
+    opts = known.get(name, _UNSEEN)
+    if opts is _UNSEEN:
+        opts = known[name] = parse()
+    return None if opts is None else dict(opts)
 
 
 def _builtin_owner(plugin: Any) -> Any:

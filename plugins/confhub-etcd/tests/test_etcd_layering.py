@@ -36,17 +36,8 @@ ORDER = [
     "_demo",
     "_plugin",
 ]
-CLIENT_LAYER = {
-    "_errors",
-    "_types",
-    "_rpc",
-    "_transport",
-    "_kvread",
-    "_kvwrite",
-    "_watchstream",
-    "_watcher",
-    "_client",
-}
+#: The client layer: everything up to ``_client`` (it imports nothing from confhub).
+CLIENT_LAYER = set(ORDER[: ORDER.index("_client") + 1])
 PACKAGE = Path(confhub_etcd.__file__).parent
 
 
